@@ -1,0 +1,6 @@
+/* libsal: shift networks on the CPU.  Umbrella header; see core.h for the conventions. */
+#ifndef SAL_SAL_H
+#define SAL_SAL_H
+#include "sal/core.h"
+#include "sal/conv.h"
+#endif

@@ -1,0 +1,192 @@
+/* Convolution (CL): k x k, stride S, zero padding P, no bias.
+ *
+ * The 1x1 / stride-1 / no-padding case goes straight to GEMM (no copy at all); every
+ * other case lowers a chunk of B images to a column matrix (im2col) and makes one GEMM
+ * of it.  In the channel-major layout a chunk of images is one contiguous run of
+ * columns, so B > 1; in NCHW each image is its own GEMM.
+ *
+ *   col (C*K*K, B*Ho*Wo):  col[(c*K + ky)*K + kx][b*Ho*Wo + oy*Wo + ox]
+ *                          = x[n0 + b, c, oy*S + ky - P, ox*S + kx - P]   (0 outside) */
+#include <string.h>
+
+#include "internal/internal.h"
+#include "sal/conv.h"
+
+#define SAL_CONV_SCRATCH_CAP ((int64_t)1 << 22)  /* floats of im2col per chunk (16 MiB) */
+
+sal_status sal_conv_check(const sal_conv_desc *d, sal_act *y) {
+    const char *fn = "sal_conv";
+    SAL_REQUIRE(d != NULL, fn, "desc=NULL: must point to a sal_conv_desc");
+    SAL_TRY(sal_act_check(fn, "x", d->x));
+    SAL_REQUIRE(d->o >= 1, fn, "O=%lld: must be >= 1", (long long)d->o);
+    SAL_REQUIRE(d->k >= 1, fn, "K=%lld: must be >= 1", (long long)d->k);
+    SAL_REQUIRE(d->stride >= 1, fn, "stride=%lld: must be >= 1", (long long)d->stride);
+    SAL_REQUIRE(d->pad >= 0, fn, "pad=%lld: must be >= 0", (long long)d->pad);
+    int64_t hp = d->x.h + 2 * d->pad, wp = d->x.w + 2 * d->pad;
+    SAL_REQUIRE(hp >= d->k && wp >= d->k, fn,
+                "K=%lld: must be <= padded input size (%lld, %lld)", (long long)d->k,
+                (long long)hp, (long long)wp);
+    sal_act out = {d->x.n, d->o, (hp - d->k) / d->stride + 1, (wp - d->k) / d->stride + 1,
+                   d->x.layout};
+    int64_t tmp;
+    SAL_TRY(sal_checked_prod(fn, "weights O*C*K*K", &tmp, 4, d->o, d->x.c, d->k, d->k));
+    SAL_TRY(sal_checked_prod(fn, "columns C*K*K*Ho*Wo", &tmp, 4, d->x.c * d->k, d->k, out.h, out.w));
+    SAL_TRY(sal_act_check(fn, "y", out));
+    if (y) *y = out;
+    return SAL_OK;
+}
+
+static bool conv_is_pointwise(const sal_conv_desc *d) {
+    return d->k == 1 && d->stride == 1 && d->pad == 0;
+}
+
+/* images per im2col chunk */
+static int64_t conv_chunk(const sal_conv_desc *d, const sal_act *y) {
+    if (d->x.layout == SAL_NCHW) return 1;
+    int64_t per = d->x.c * d->k * d->k * y->h * y->w;
+    int64_t b = SAL_CONV_SCRATCH_CAP / per;
+    return b < 1 ? 1 : (b > d->x.n ? d->x.n : b);
+}
+
+size_t sal_conv_scratch(const sal_conv_desc *d) {
+    sal_act y;
+    if (sal_conv_check(d, &y) != SAL_OK || conv_is_pointwise(d)) return 0;
+    return (size_t)(conv_chunk(d, &y) * d->x.c * d->k * d->k * y.h * y.w);
+}
+
+/* first and one-past-last output column whose input column ox*S + kx - P is inside [0, W) */
+static inline void conv_valid_range(int64_t kx, int64_t S, int64_t P, int64_t W, int64_t Wo,
+                                    int64_t *lo, int64_t *hi) {
+    int64_t a = P - kx;                       /* need ox*S >= a */
+    *lo = a <= 0 ? 0 : (a + S - 1) / S;
+    int64_t b = W - 1 + P - kx;               /* need ox*S <= b */
+    *hi = b < 0 ? 0 : b / S + 1;
+    if (*hi > Wo) *hi = Wo;
+    if (*lo > *hi) *lo = *hi;
+}
+
+/* col (C*K*K, B*Ho*Wo) from images n0 .. n0+B-1 of x */
+static void im2col(float *col, const float *x, const sal_conv_desc *d, const sal_act *y,
+                   int64_t n0, int64_t B) {
+    const int64_t C = d->x.c, H = d->x.h, W = d->x.w, K = d->k, S = d->stride, P = d->pad;
+    const int64_t Ho = y->h, Wo = y->w, cols = B * Ho * Wo;
+    const int64_t sn = sal_act_sn(d->x), sc = sal_act_sc(d->x);
+#pragma omp parallel for num_threads(sal_threads()) schedule(static)
+    for (int64_t r = 0; r < C * K * K; r++) {
+        const int64_t c = r / (K * K), ky = r / K % K, kx = r % K;
+        int64_t lo, hi;
+        conv_valid_range(kx, S, P, W, Wo, &lo, &hi);
+        for (int64_t b = 0; b < B; b++) {
+            const float *xc = x + (n0 + b) * sn + c * sc;
+            float *dst = col + r * cols + b * Ho * Wo;
+            for (int64_t oy = 0; oy < Ho; oy++, dst += Wo) {
+                const int64_t iy = oy * S + ky - P;
+                if (iy < 0 || iy >= H) { memset(dst, 0, (size_t)Wo * sizeof *dst); continue; }
+                const float *src = xc + iy * W + kx - P;
+                for (int64_t ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
+                if (S == 1) memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof *dst);
+                else for (int64_t ox = lo; ox < hi; ox++) dst[ox] = src[ox * S];
+                for (int64_t ox = hi; ox < Wo; ox++) dst[ox] = 0.0f;
+            }
+        }
+    }
+}
+
+/* dx (images n0 .. n0+B-1) += col2im(dcol); one thread owns a channel, so no races */
+static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, const sal_act *y,
+                       int64_t n0, int64_t B) {
+    const int64_t C = d->x.c, H = d->x.h, W = d->x.w, K = d->k, S = d->stride, P = d->pad;
+    const int64_t Ho = y->h, Wo = y->w, cols = B * Ho * Wo;
+    const int64_t sn = sal_act_sn(d->x), sc = sal_act_sc(d->x);
+#pragma omp parallel for num_threads(sal_threads()) schedule(static)
+    for (int64_t c = 0; c < C; c++) {
+        for (int64_t kk = 0; kk < K * K; kk++) {
+            const int64_t ky = kk / K, kx = kk % K, r = c * K * K + kk;
+            int64_t lo, hi;
+            conv_valid_range(kx, S, P, W, Wo, &lo, &hi);
+            for (int64_t b = 0; b < B; b++) {
+                float *xc = dx + (n0 + b) * sn + c * sc;
+                const float *src = dcol + r * cols + b * Ho * Wo;
+                for (int64_t oy = 0; oy < Ho; oy++, src += Wo) {
+                    const int64_t iy = oy * S + ky - P;
+                    if (iy < 0 || iy >= H) continue;
+                    float *dst = xc + iy * W + kx - P;
+                    if (S == 1) for (int64_t ox = lo; ox < hi; ox++) dst[ox] += src[ox];
+                    else for (int64_t ox = lo; ox < hi; ox++) dst[ox * S] += src[ox];
+                }
+            }
+        }
+    }
+}
+
+/* y (N,O,Ho,Wo) = conv(x (N,C,H,W), w (O,C,K,K)); scratch: sal_conv_scratch(d) floats */
+sal_status sal_conv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                        float *scratch) {
+    sal_act ya;
+    SAL_TRY(sal_conv_check(d, &ya));
+    const int nt = sal_threads();
+    const int64_t N = d->x.n, C = d->x.c, O = d->o, CKK = C * d->k * d->k, HWo = ya.h * ya.w;
+    const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
+    const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
+    if (conv_is_pointwise(d)) {
+        if (d->x.layout == SAL_CNHW)  /* Y (O, N*HW) = W (O, C) X (C, N*HW) */
+            return sal_sgemm(O, N * HWo, C, 1.0f, w, C, 1, x, xsc, 1, 0.0f, y, ysc, 1, nt);
+        for (int64_t n = 0; n < N; n++)
+            SAL_TRY(sal_sgemm(O, HWo, C, 1.0f, w, C, 1, x + n * xsn, xsc, 1, 0.0f, y + n * ysn,
+                              ysc, 1, nt));
+        return SAL_OK;
+    }
+    SAL_REQUIRE(scratch != NULL, "sal_conv_fwd", "scratch=NULL: needs %zu floats",
+                sal_conv_scratch(d));
+    const int64_t chunk = conv_chunk(d, &ya);
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+        const int64_t B = N - n0 < chunk ? N - n0 : chunk;
+        im2col(scratch, x, d, &ya, n0, B);
+        SAL_TRY(sal_sgemm(O, B * HWo, CKK, 1.0f, w, CKK, 1, scratch, B * HWo, 1, 0.0f,
+                          y + n0 * ysn, ysc, 1, nt));
+    }
+    return SAL_OK;
+}
+
+/* dx (N,C,H,W) += dL/dx, dw (O,C,K,K) += dL/dw, from dy (N,O,Ho,Wo); either may be NULL */
+sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                        const sal_conv_desc *d, float *scratch) {
+    sal_act ya;
+    SAL_TRY(sal_conv_check(d, &ya));
+    const int nt = sal_threads();
+    const int64_t N = d->x.n, C = d->x.c, O = d->o, CKK = C * d->k * d->k, HWo = ya.h * ya.w;
+    const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
+    const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
+    if (conv_is_pointwise(d)) {
+        const int64_t nb = d->x.layout == SAL_CNHW ? 1 : N;     /* GEMMs */
+        const int64_t cols = d->x.layout == SAL_CNHW ? N * HWo : HWo;
+        for (int64_t n = 0; n < nb; n++) {
+            const float *dyn = dy + n * ysn, *xn = x + n * xsn;
+            if (dw)  /* dW (O, C) += dY (O, cols) X^T (cols, C) */
+                SAL_TRY(sal_sgemm(O, C, cols, 1.0f, dyn, ysc, 1, xn, 1, xsc, 1.0f, dw, C, 1, nt));
+            if (dx)  /* dX (C, cols) += W^T (C, O) dY (O, cols) */
+                SAL_TRY(sal_sgemm(C, cols, O, 1.0f, w, 1, C, dyn, ysc, 1, 1.0f, dx + n * xsn,
+                                  xsc, 1, nt));
+        }
+        return SAL_OK;
+    }
+    if (!dx && !dw) return SAL_OK;
+    SAL_REQUIRE(scratch != NULL, "sal_conv_bwd", "scratch=NULL: needs %zu floats",
+                sal_conv_scratch(d));
+    const int64_t chunk = conv_chunk(d, &ya);
+    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+        const int64_t B = N - n0 < chunk ? N - n0 : chunk, cols = B * HWo;
+        const float *dyn = dy + n0 * ysn;
+        if (dw) {  /* dW (O, CKK) += dY (O, cols) col^T (cols, CKK) */
+            im2col(scratch, x, d, &ya, n0, B);
+            SAL_TRY(sal_sgemm(O, CKK, cols, 1.0f, dyn, ysc, 1, scratch, 1, cols, 1.0f, dw, CKK, 1,
+                              nt));
+        }
+        if (dx) {  /* dcol (CKK, cols) = W^T (CKK, O) dY (O, cols), then scatter-add */
+            SAL_TRY(sal_sgemm(CKK, cols, O, 1.0f, w, 1, CKK, dyn, ysc, 1, 0.0f, scratch, cols, 1,
+                              nt));
+            col2im_add(dx, scratch, d, &ya, n0, B);
+        }
+    }
+    return SAL_OK;
+}

@@ -1,0 +1,48 @@
+"""salnp: shift networks and the Shift Attention Layer (SAL) on the CPU.
+
+A C11 core (libsal, BLIS for the GEMMs) with a thin NumPy interface::
+
+    import salnp
+    salnp.show_config()
+    y = salnp.ops.conv2d(x, w, stride=1, padding=1)
+"""
+from . import _core
+from ._core import SalError, __version__
+from . import ops
+
+__all__ = ["SalError", "__version__", "ops", "show_config", "config", "set_num_threads",
+           "get_num_threads"]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the threads used by libsal's own loops and by each BLIS call."""
+    _core.set_num_threads(int(n))
+
+
+def get_num_threads() -> int:
+    """Threads used by libsal (default: OMP_NUM_THREADS or the number of cores)."""
+    return _core.get_num_threads()
+
+
+def config() -> dict:
+    """The build and run-time configuration as a dict (what show_config prints)."""
+    import platform
+    import numpy
+
+    info = dict(_core.blas_info())
+    info["salnp"] = __version__
+    info["numpy"] = numpy.__version__
+    info["python"] = platform.python_version()
+    return info
+
+
+def show_config() -> None:
+    """Print the salnp version, BLIS (version, flavour, sub-configuration) and threads."""
+    c = config()
+    status = "verified" if c["verified"] else "FAILED verification"
+    warn = "  (WARNING: generic reference kernels, slow)" if c["generic"] else ""
+    print(f"salnp {c['salnp']}  (numpy {c['numpy']}, python {c['python']})")
+    print(f"BLIS {c['blis_version']}  flavour: {c['flavour']}")
+    print(f"  sub-configuration: {c['arch']} ({status}){warn}")
+    print(f"  chosen by: {c['arch_source']}")
+    print(f"threads: {c['threads']} (libsal loops and each BLIS call; salnp.set_num_threads)")

@@ -1,0 +1,366 @@
+/* salnp._core: the only file that knows CPython and NumPy.
+ *
+ * Every function converts its array arguments to float32, C-contiguous and aligned
+ * (a copy where needed: inputs are never written), checks shapes with messages that
+ * name the function and the argument, allocates its outputs and scratch with the GIL
+ * held, and releases the GIL only around the pure C work. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <numpy/arrayobject.h>
+
+#include <stdarg.h>
+#include <string.h>
+
+#include "sal/sal.h"
+
+#ifndef SAL_VERSION_STR
+#define SAL_VERSION_STR SAL_VERSION
+#endif
+
+typedef struct {
+    PyObject *error; /* salnp.SalError: failures that are not the caller's fault */
+} core_state;
+
+static core_state *get_state(PyObject *module) { return (core_state *)PyModule_GetState(module); }
+
+/* ---- argument helpers ---------------------------------------------------- */
+
+/* "(4, 3, 8)" */
+static void shape_str(char *buf, size_t n, PyArrayObject *a) {
+    size_t len = (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < PyArray_NDIM(a) && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, i ? ", %lld" : "%lld",
+                                (long long)PyArray_DIM(a, i));
+    if (len < n) snprintf(buf + len, n - len, PyArray_NDIM(a) == 1 ? ",)" : ")");
+}
+
+/* New reference to obj as a float (NPY_FLOAT or NPY_DOUBLE) array with ndim dimensions,
+ * C-contiguous, aligned and native byte order; a copy when obj is not already that.
+ * Integer, bool, complex, object and string data are refused: a float tensor is required. */
+static PyArrayObject *as_real(PyObject *obj, int typenum, const char *fn, const char *arg,
+                              int ndim, const char *dims_doc) {
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be an array, got None", fn, arg);
+        return NULL;
+    }
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (raw == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a real floating-point array, got %.100s", fn,
+                     arg, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    int kind = PyArray_DESCR(raw)->kind;
+    if (kind != 'f') {
+        PyErr_Format(PyExc_TypeError,
+                     "%s: %s must be a real floating-point array (float32 preferred), got dtype %S",
+                     fn, arg, (PyObject *)PyArray_DESCR(raw));
+        Py_DECREF(raw);
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(raw) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must be a %d-D array %s, got %d-D", fn, arg, ndim,
+                     dims_doc, PyArray_NDIM(raw));
+        Py_DECREF(raw);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FromAny(
+        (PyObject *)raw, PyArray_DescrFromType(typenum), 0, 0,
+        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_NOTSWAPPED | NPY_ARRAY_FORCECAST,
+        NULL);
+    Py_DECREF(raw);
+    if (a == NULL) return NULL;
+    for (int i = 0; i < PyArray_NDIM(a); i++)
+        if (PyArray_DIM(a, i) == 0) {
+            char sh[96];
+            shape_str(sh, sizeof sh, a);
+            PyErr_Format(PyExc_ValueError, "%s: %s has shape %s: every dimension of %s must be >= 1",
+                         fn, arg, sh, dims_doc);
+            Py_DECREF(a);
+            return NULL;
+        }
+    return a;
+}
+
+static PyArrayObject *as_f32(PyObject *obj, const char *fn, const char *arg, int ndim,
+                             const char *dims_doc) {
+    return as_real(obj, NPY_FLOAT32, fn, arg, ndim, dims_doc);
+}
+
+/* ValueError "fn: arg must have shape EXPECTED, got (..)" when a's shape != want */
+static int require_shape(PyArrayObject *a, int nd, const npy_intp *want, const char *fn,
+                         const char *arg, const char *expected) {
+    int ok = PyArray_NDIM(a) == nd;
+    for (int i = 0; ok && i < nd; i++) ok = want[i] < 0 || PyArray_DIM(a, i) == want[i];
+    if (ok) return 0;
+    char sh[96];
+    shape_str(sh, sizeof sh, a);
+    PyErr_Format(PyExc_ValueError, "%s: %s must have shape %s, got %s", fn, arg, expected, sh);
+    return -1;
+}
+
+/* zero-filled (gradients accumulate into it) or uninitialised (forward outputs) */
+static PyArrayObject *new_array(int nd, const npy_intp *dims, int typenum) {
+    return (PyArrayObject *)PyArray_ZEROS(nd, (npy_intp *)dims, typenum, 0);
+}
+static PyArrayObject *new_empty(int nd, const npy_intp *dims, int typenum) {
+    return (PyArrayObject *)PyArray_EMPTY(nd, (npy_intp *)dims, typenum, 0);
+}
+
+/* Turn a libsal status into the matching Python exception. */
+static PyObject *raise_status(PyObject *module, sal_status s, const char *fn) {
+    const char *msg = sal_last_error();
+    switch (s) {
+    case SAL_EINVAL:
+    case SAL_ENONFINITE:
+        PyErr_Format(PyExc_ValueError, "%s: %s", fn, msg);
+        break;
+    case SAL_EOVERFLOW:
+        PyErr_Format(PyExc_ValueError, "%s: %s (sizes too large)", fn, msg);
+        break;
+    case SAL_ENOMEM:
+        PyErr_Format(PyExc_MemoryError, "%s: out of memory: %s", fn, msg);
+        break;
+    default:
+        PyErr_Format(get_state(module)->error, "%s: %s: %s", fn, sal_status_name(s), msg);
+    }
+    return NULL;
+}
+
+static int check_int_arg(long long v, long long lo, const char *fn, const char *arg) {
+    if (v >= lo) return 0;
+    PyErr_Format(PyExc_ValueError, "%s: %s=%lld: must be >= %lld", fn, arg, v, lo);
+    return -1;
+}
+
+static float *scratch_alloc(size_t nfloats) {
+    float *p = (float *)PyMem_RawMalloc(nfloats ? nfloats * sizeof(float) : 1);
+    if (p == NULL) PyErr_NoMemory();
+    return p;
+}
+
+/* ---- library state --------------------------------------------------------- */
+
+static PyObject *core_blas_info(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    sal_blas_info bi;
+    sal_status s = sal_blas_query(&bi);
+    if (s != SAL_OK) return raise_status(m, s, "blas_info");
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:O,s:O,s:i}", "blis_version", bi.blis_version,
+                         "flavour", bi.flavour, "arch", bi.arch, "arch_source", bi.arch_source,
+                         "cpu_features", bi.cpu_features, "verified",
+                         bi.verified ? Py_True : Py_False, "generic",
+                         bi.generic ? Py_True : Py_False, "threads", sal_get_num_threads());
+}
+
+static PyObject *core_set_num_threads(PyObject *m, PyObject *arg) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 1 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n=%ld: must be in [1, 1024]", n);
+        return NULL;
+    }
+    sal_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *core_get_num_threads(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromLong(sal_get_num_threads());
+}
+
+/* ---- convolution -------------------------------------------------------------- */
+
+/* Parses (x, w, [grad_y,] stride, padding) into arrays and a descriptor; typenum picks
+ * float32 (the fast kernels) or float64 (the reference twins). */
+typedef struct {
+    PyArrayObject *x, *w, *gy;
+    sal_conv_desc d;
+    sal_act y;
+} conv_args;
+
+static void conv_args_free(conv_args *a) {
+    Py_XDECREF(a->x);
+    Py_XDECREF(a->w);
+    Py_XDECREF(a->gy);
+}
+
+static int conv_args_parse(conv_args *a, const char *fn, int typenum, PyObject *ox, PyObject *ow,
+                           PyObject *ogy, long long stride, long long padding) {
+    memset(a, 0, sizeof *a);
+    if (check_int_arg(stride, 1, fn, "stride") || check_int_arg(padding, 0, fn, "padding"))
+        return -1;
+    a->x = as_real(ox, typenum, fn, "x", 4, "(N, C, H, W)");
+    if (!a->x) return -1;
+    a->w = as_real(ow, typenum, fn, "w", 4, "(O, C, K, K)");
+    if (!a->w) return -1;
+    npy_intp C = PyArray_DIM(a->x, 1), K = PyArray_DIM(a->w, 2);
+    char expect[96];
+    snprintf(expect, sizeof expect, "(O, C=%lld, K, K) with a square kernel", (long long)C);
+    npy_intp want_w[4] = {-1, C, K, K};
+    if (require_shape(a->w, 4, want_w, fn, "w", expect)) return -1;
+    a->d = (sal_conv_desc){{PyArray_DIM(a->x, 0), C, PyArray_DIM(a->x, 2), PyArray_DIM(a->x, 3),
+                            SAL_NCHW},
+                           PyArray_DIM(a->w, 0), K, stride, padding};
+    if (sal_conv_check(&a->d, &a->y) != SAL_OK) {
+        PyErr_Format(PyExc_ValueError, "%s: %s", fn, sal_last_error());
+        return -1;
+    }
+    if (ogy) {
+        a->gy = as_real(ogy, typenum, fn, "grad_y", 4, "(N, O, Ho, Wo)");
+        if (!a->gy) return -1;
+        npy_intp want[4] = {a->y.n, a->y.c, a->y.h, a->y.w};
+        snprintf(expect, sizeof expect, "(N, O, Ho, Wo) = (%lld, %lld, %lld, %lld)",
+                 (long long)a->y.n, (long long)a->y.c, (long long)a->y.h, (long long)a->y.w);
+        if (require_shape(a->gy, 4, want, fn, "grad_y", expect)) return -1;
+    }
+    return 0;
+}
+
+static PyObject *conv_forward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
+                              const char *fn) {
+    static char *kwlist[] = {"x", "w", "stride", "padding", NULL};
+    PyObject *ox, *ow;
+    long long stride = 1, padding = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LL", kwlist, &ox, &ow, &stride, &padding))
+        return NULL;
+    conv_args a;
+    PyArrayObject *y = NULL;
+    float *scratch = NULL;
+    PyObject *ret = NULL;
+    if (conv_args_parse(&a, fn, typenum, ox, ow, NULL, stride, padding)) goto done;
+    npy_intp dims[4] = {a.y.n, a.y.c, a.y.h, a.y.w};
+    y = new_empty(4, dims, typenum);
+    if (!y) goto done;
+    sal_status s;
+    if (typenum == NPY_FLOAT32) {
+        scratch = scratch_alloc(sal_conv_scratch(&a.d));
+        if (!scratch) goto done;
+        Py_BEGIN_ALLOW_THREADS
+        s = sal_conv_fwd(PyArray_DATA(y), PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d, scratch);
+        Py_END_ALLOW_THREADS
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        s = sal_ref_conv_fwd_f64(PyArray_DATA(y), PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d);
+        Py_END_ALLOW_THREADS
+    }
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)y;
+    y = NULL;
+done:
+    PyMem_RawFree(scratch);
+    Py_XDECREF(y);
+    conv_args_free(&a);
+    return ret;
+}
+
+static PyObject *conv_backward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
+                               const char *fn) {
+    static char *kwlist[] = {"x", "w", "grad_y", "stride", "padding", NULL};
+    PyObject *ox, *ow, *ogy;
+    long long stride = 1, padding = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|LL", kwlist, &ox, &ow, &ogy, &stride,
+                                     &padding))
+        return NULL;
+    conv_args a;
+    PyArrayObject *gx = NULL, *gw = NULL;
+    float *scratch = NULL;
+    PyObject *ret = NULL;
+    if (conv_args_parse(&a, fn, typenum, ox, ow, ogy, stride, padding)) goto done;
+    gx = new_array(4, PyArray_DIMS(a.x), typenum);
+    gw = new_array(4, PyArray_DIMS(a.w), typenum);
+    if (!gx || !gw) goto done;
+    sal_status s;
+    if (typenum == NPY_FLOAT32) {
+        scratch = scratch_alloc(sal_conv_scratch(&a.d));
+        if (!scratch) goto done;
+        Py_BEGIN_ALLOW_THREADS
+        s = sal_conv_bwd(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(a.gy), PyArray_DATA(a.x),
+                         PyArray_DATA(a.w), &a.d, scratch);
+        Py_END_ALLOW_THREADS
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        s = sal_ref_conv_bwd_f64(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(a.gy),
+                                 PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d);
+        Py_END_ALLOW_THREADS
+    }
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = Py_BuildValue("(NN)", gx, gw);
+    gx = gw = NULL;
+done:
+    PyMem_RawFree(scratch);
+    Py_XDECREF(gx);
+    Py_XDECREF(gw);
+    conv_args_free(&a);
+    return ret;
+}
+
+static PyObject *core_conv2d(PyObject *m, PyObject *args, PyObject *kw) {
+    return conv_forward(m, args, kw, NPY_FLOAT32, "conv2d");
+}
+static PyObject *core_conv2d_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    return conv_backward(m, args, kw, NPY_FLOAT32, "conv2d_backward");
+}
+static PyObject *core_ref_conv2d_f64(PyObject *m, PyObject *args, PyObject *kw) {
+    return conv_forward(m, args, kw, NPY_FLOAT64, "ref_conv2d_f64");
+}
+static PyObject *core_ref_conv2d_backward_f64(PyObject *m, PyObject *args, PyObject *kw) {
+    return conv_backward(m, args, kw, NPY_FLOAT64, "ref_conv2d_backward_f64");
+}
+
+/* ---- module ------------------------------------------------------------------- */
+
+#define KW (PyCFunction)(void (*)(void))
+static PyMethodDef core_methods[] = {
+    {"blas_info", core_blas_info, METH_NOARGS,
+     "blas_info() -> dict\n--\n\nBLIS version, flavour, sub-configuration and how it was chosen."},
+    {"set_num_threads", core_set_num_threads, METH_O,
+     "set_num_threads(n)\n--\n\nThreads used by libsal's loops and by BLIS (n >= 1)."},
+    {"get_num_threads", core_get_num_threads, METH_NOARGS,
+     "get_num_threads() -> int\n--\n\nThreads used by libsal."},
+    {"conv2d", KW core_conv2d, METH_VARARGS | METH_KEYWORDS,
+     "conv2d(x, w, stride=1, padding=0) -> y\n--\n\n"
+     "Cross-correlation as torch.nn.functional.conv2d, no bias.\n"
+     "x (N, C, H, W), w (O, C, K, K) -> y (N, O, Ho, Wo), float32."},
+    {"conv2d_backward", KW core_conv2d_backward, METH_VARARGS | METH_KEYWORDS,
+     "conv2d_backward(x, w, grad_y, stride=1, padding=0) -> (grad_x, grad_w)\n--\n\n"
+     "Gradients of conv2d with respect to x and w, given grad_y = dL/dy."},
+    {"ref_conv2d_f64", KW core_ref_conv2d_f64, METH_VARARGS | METH_KEYWORDS,
+     "ref_conv2d_f64(x, w, stride=1, padding=0) -> y\n--\n\nNaive float64 reference (tests)."},
+    {"ref_conv2d_backward_f64", KW core_ref_conv2d_backward_f64, METH_VARARGS | METH_KEYWORDS,
+     "ref_conv2d_backward_f64(x, w, grad_y, stride=1, padding=0) -> (grad_x, grad_w)\n--\n\n"
+     "Naive float64 reference (tests)."},
+    {NULL, NULL, 0, NULL}};
+
+static int core_exec(PyObject *m) {
+    if (PyArray_ImportNumPyAPI() < 0) return -1;
+    core_state *st = get_state(m);
+    st->error = PyErr_NewExceptionWithDoc(
+        "salnp.SalError", "A libsal failure that is not an argument error (BLIS, I/O, format).",
+        PyExc_RuntimeError, NULL);
+    if (!st->error) return -1;
+    if (PyModule_AddObjectRef(m, "SalError", st->error) < 0) return -1;
+    if (PyModule_AddStringConstant(m, "__version__", SAL_VERSION_STR) < 0) return -1;
+    sal_status s = sal_init();
+    if (s != SAL_OK) {
+        PyErr_Format(st->error, "libsal initialisation failed: %s", sal_last_error());
+        return -1;
+    }
+    return 0;
+}
+
+static int core_traverse(PyObject *m, visitproc visit, void *arg) {
+    Py_VISIT(get_state(m)->error);
+    return 0;
+}
+
+static int core_clear(PyObject *m) {
+    Py_CLEAR(get_state(m)->error);
+    return 0;
+}
+
+static PyModuleDef_Slot core_slots[] = {{Py_mod_exec, core_exec}, {0, NULL}};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "_core", "libsal kernels on NumPy arrays (see salnp.ops).",
+    sizeof(core_state), core_methods, core_slots, core_traverse, core_clear, NULL};
+
+PyMODINIT_FUNC PyInit__core(void) { return PyModuleDef_Init(&core_module); }

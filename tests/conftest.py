@@ -1,0 +1,34 @@
+"""Shared test helpers: tolerances as |got - ref| <= atol + rtol*|ref|, worst index reported."""
+import os
+
+import numpy as np
+import pytest
+
+
+def assert_close(got, ref, atol=1e-4, rtol=1e-4, what="value"):
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert got.shape == ref.shape, f"{what}: shape {got.shape} != reference {ref.shape}"
+    assert np.all(np.isfinite(got)), f"{what}: non-finite values"
+    err = np.abs(got - ref) - (atol + rtol * np.abs(ref))
+    if err.size and err.max() > 0:
+        i = np.unravel_index(np.argmax(err), err.shape)
+        raise AssertionError(
+            f"{what}: worst at index {tuple(int(v) for v in i)}: got {got[i]!r}, ref {ref[i]!r}, "
+            f"|diff| {abs(got[i] - ref[i]):.3g} > atol {atol} + rtol {rtol} * |ref|")
+
+
+@pytest.fixture
+def rng(request):
+    """A seeded generator; the seed is printed (and shown on failure) so runs can be repeated."""
+    seed = int(os.environ.get("SALNP_TEST_SEED", "0")) or (abs(hash(request.node.nodeid)) % 2**31)
+    print(f"seed={seed} (set SALNP_TEST_SEED={seed} to repeat)")
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    import salnp
+    n = salnp.get_num_threads()
+    yield
+    salnp.set_num_threads(n)

@@ -1,0 +1,111 @@
+"""conv2d / conv2d_backward against PyTorch autograd and float64 finite differences."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import salnp
+from conftest import assert_close
+
+# (N, C, H, W, O, K, stride, padding): batch 1, odd and prime sizes, non-square, stride 2,
+# channels 1 and not divisible by 9, 1x1 kernels (the GEMM path) and 3x3 (im2col)
+SHAPES = [
+    (1, 1, 1, 1, 1, 1, 1, 0),
+    (1, 3, 7, 5, 4, 3, 1, 1),
+    (2, 5, 11, 13, 7, 3, 2, 1),
+    (3, 16, 8, 8, 16, 1, 1, 0),
+    (2, 10, 9, 9, 20, 1, 2, 0),
+    (1, 1, 17, 3, 2, 3, 1, 1),
+    (4, 13, 6, 7, 11, 3, 1, 0),
+    (2, 3, 10, 10, 5, 5, 2, 2),
+    (5, 23, 5, 4, 29, 3, 2, 1),
+    (8, 16, 32, 32, 16, 3, 1, 1),
+]
+
+
+def torch_conv(x, w, gy, stride, padding):
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    y = F.conv2d(xt, wt, stride=stride, padding=padding)
+    y.backward(torch.tensor(gy))
+    return y.detach().numpy(), xt.grad.numpy(), wt.grad.numpy()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_conv2d_matches_torch(shape, rng):
+    N, C, H, W, O, K, s, p = shape
+    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+    w = (rng.standard_normal((O, C, K, K)) / np.sqrt(C * K * K)).astype(np.float32)
+    y = salnp.ops.conv2d(x, w, stride=s, padding=p)
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    gx, gw = salnp.ops.conv2d_backward(x, w, gy, stride=s, padding=p)
+    ry, rgx, rgw = torch_conv(x, w, gy, s, p)
+    assert_close(y, ry, what="y")
+    assert_close(gx, rgx, what="grad_x")
+    # grad_w sums N*Ho*Wo products: float32 accumulation order differs from torch's
+    scale = np.sqrt(N * y.shape[2] * y.shape[3])
+    assert_close(gw, rgw, atol=1e-4 * scale, rtol=1e-4, what="grad_w")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv2d_threads_agree(threads, rng):
+    x = rng.standard_normal((3, 7, 12, 9), dtype=np.float32)
+    w = rng.standard_normal((6, 7, 3, 3), dtype=np.float32)
+    gy = rng.standard_normal((3, 6, 6, 5), dtype=np.float32)
+    salnp.set_num_threads(1)
+    ref = (salnp.ops.conv2d(x, w, 2, 1),) + salnp.ops.conv2d_backward(x, w, gy, 2, 1)
+    salnp.set_num_threads(threads)
+    got = (salnp.ops.conv2d(x, w, 2, 1),) + salnp.ops.conv2d_backward(x, w, gy, 2, 1)
+    for g, r, name in zip(got, ref, ["y", "grad_x", "grad_w"]):
+        assert_close(g, r, atol=1e-5, rtol=1e-5, what=name)
+
+
+def test_inputs_unchanged(rng):
+    x = rng.standard_normal((2, 3, 5, 5), dtype=np.float32)
+    w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)
+    gy = rng.standard_normal((2, 4, 5, 5), dtype=np.float32)
+    copies = [a.copy() for a in (x, w, gy)]
+    salnp.ops.conv2d(x, w, padding=1)
+    salnp.ops.conv2d_backward(x, w, gy, padding=1)
+    for a, c in zip((x, w, gy), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+def test_noncontiguous_and_float64_inputs(rng):
+    x = rng.standard_normal((2, 3, 10, 10))          # float64, converted
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    xs = x[:, :, ::2, ::-1]                           # strided, negative stride
+    y = salnp.ops.conv2d(xs, w, padding=1)
+    ry = F.conv2d(torch.tensor(np.ascontiguousarray(xs), dtype=torch.float32), torch.tensor(w),
+                  padding=1).numpy()
+    assert_close(y, ry)
+
+
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (2, 0)])
+def test_conv2d_finite_differences_f64(stride, padding, rng):
+    """The float64 reference against central differences; the float32 kernel against it."""
+    x = rng.standard_normal((2, 3, 6, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y = salnp._core.ref_conv2d_f64(x, w, stride, padding)
+    gy = rng.standard_normal(y.shape)
+    gx, gw = salnp._core.ref_conv2d_backward_f64(x, w, gy, stride, padding)
+    eps = 1e-6
+
+    def loss(xx, ww):
+        return float(np.sum(salnp._core.ref_conv2d_f64(xx, ww, stride, padding) * gy))
+
+    for arr, grad, name in ((x, gx, "x"), (w, gw, "w")):
+        for idx in [tuple(rng.integers(0, d) for d in arr.shape) for _ in range(12)]:
+            old = arr[idx]
+            arr[idx] = old + eps
+            lp = loss(x, w)
+            arr[idx] = old - eps
+            lm = loss(x, w)
+            arr[idx] = old
+            fd = (lp - lm) / (2 * eps)
+            assert abs(fd - grad[idx]) <= 1e-6 + 1e-6 * abs(fd), (name, idx, fd, grad[idx])
+    # adjoint identity <conv(x), gy> = <x, conv^T(gy)> (linear in x)
+    assert abs(np.sum(y * gy) - np.sum(x * gx)) <= 1e-9 * (1 + abs(np.sum(y * gy)))
+    # the float32 fast kernel against the float64 reference
+    y32 = salnp.ops.conv2d(x.astype(np.float32), w.astype(np.float32), stride, padding)
+    assert_close(y32, y, atol=1e-4, rtol=1e-4)
