@@ -109,3 +109,59 @@ def test_conv2d_finite_differences_f64(stride, padding, rng):
     # the float32 fast kernel against the float64 reference
     y32 = salnp.ops.conv2d(x.astype(np.float32), w.astype(np.float32), stride, padding)
     assert_close(y32, y, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 8, 8, 16, 1, 1, 0), (2, 5, 11, 13, 7, 3, 2, 1),
+                                   (130, 4, 9, 9, 6, 3, 1, 1), (2, 10, 9, 9, 20, 1, 2, 0)])
+def test_conv2d_channel_major_layout(shape, rng):
+    """layout='CNHW' (batch-wide GEMM, multi-image im2col chunks) equals NCHW / torch."""
+    N, C, H, W, O, K, s, p = shape
+    x = rng.standard_normal((N, C, H, W), dtype=np.float32)
+    w = rng.standard_normal((O, C, K, K), dtype=np.float32)
+    ry, rgx, rgw = torch_conv(x, w, rng.standard_normal(
+        F.conv2d(torch.tensor(x), torch.tensor(w), stride=s, padding=p).shape, dtype=np.float32), s, p)
+    gy = rng.standard_normal(ry.shape, dtype=np.float32)
+    ry, rgx, rgw = torch_conv(x, w, gy, s, p)
+    xc = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+    y = salnp.ops.conv2d(xc, w, s, p, layout="CNHW")
+    gx, gw = salnp.ops.conv2d_backward(xc, w, gy.transpose(1, 0, 2, 3), s, p, layout="CNHW")
+    assert_close(y.transpose(1, 0, 2, 3), ry, what="y")
+    assert_close(gx.transpose(1, 0, 2, 3), rgx, what="grad_x")
+    scale = np.sqrt(N * ry.shape[2] * ry.shape[3])
+    assert_close(gw, rgw, atol=1e-4 * scale, rtol=1e-4, what="grad_w")
+
+
+X = np.zeros((2, 3, 8, 8), np.float32)
+Wt = np.zeros((4, 3, 3, 3), np.float32)
+
+
+@pytest.mark.parametrize("call,exc,fragment", [
+    (lambda: salnp.ops.conv2d(X, Wt, stride=0), ValueError, "conv2d: stride=0: must be >= 1"),
+    (lambda: salnp.ops.conv2d(X, Wt, padding=-1), ValueError, "padding=-1: must be >= 0"),
+    (lambda: salnp.ops.conv2d(X[0], Wt), ValueError, "x must be a 4-D array (N, C, H, W), got 3-D"),
+    (lambda: salnp.ops.conv2d(X, Wt[:, :2]), ValueError, "w must have shape (O, C=3, K, K)"),
+    (lambda: salnp.ops.conv2d(X, Wt[:, :, :, :2]), ValueError, "square kernel"),
+    (lambda: salnp.ops.conv2d(X[:0], Wt), ValueError, "every dimension"),
+    (lambda: salnp.ops.conv2d(None, Wt), TypeError, "conv2d: x must be an array, got None"),
+    (lambda: salnp.ops.conv2d(X.astype(np.int32), Wt), TypeError, "x must be a real floating-point"),
+    (lambda: salnp.ops.conv2d(X.astype(np.complex64), Wt), TypeError, "x must be a real floating"),
+    (lambda: salnp.ops.conv2d(X.astype(object), Wt), TypeError, "x must be a real floating"),
+    (lambda: salnp.ops.conv2d(X, Wt.astype(bool)), TypeError, "w must be a real floating"),
+    (lambda: salnp.ops.conv2d(X[:, :, :2, :2], Wt), ValueError, "K=3: must be <= padded input"),
+    (lambda: salnp.ops.conv2d(X, Wt, layout="NHWC"), ValueError, "layout='NHWC'"),
+    (lambda: salnp.ops.conv2d_backward(X, Wt, np.zeros((2, 4, 7, 7), np.float32), padding=1),
+     ValueError, "grad_y must have shape (N, O, Ho, Wo) = (2, 4, 8, 8)"),
+    (lambda: salnp.ops.conv2d_backward(X, Wt, None), TypeError, "grad_y must be an array"),
+    (lambda: salnp.ops.conv2d(X, Wt, stride=2**70), OverflowError, ""),
+])
+def test_conv2d_bad_input(call, exc, fragment):
+    with pytest.raises(exc) as info:
+        call()
+    assert fragment in str(info.value)
+
+
+def test_conv2d_huge_broadcast_input_fails_cleanly():
+    """A broadcast view whose contiguous copy would need 4 TiB: a clean error, no crash."""
+    x = np.broadcast_to(np.zeros((1, 1, 1, 1), np.float32), (1, 1, 2**20, 2**20))
+    with pytest.raises((MemoryError, ValueError)):
+        salnp.ops.conv2d(x, np.zeros((1, 1, 1, 1), np.float32))

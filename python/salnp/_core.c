@@ -133,6 +133,26 @@ static int check_int_arg(long long v, long long lo, const char *fn, const char *
     return -1;
 }
 
+/* O& converter: layout="NCHW" (default) or "CNHW" (channel-major, arrays are (C, N, H, W)) */
+static int layout_converter(PyObject *obj, void *out) {
+    const char *name = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
+    if (name && strcmp(name, "NCHW") == 0) *(sal_layout *)out = SAL_NCHW;
+    else if (name && strcmp(name, "CNHW") == 0) *(sal_layout *)out = SAL_CNHW;
+    else {
+        PyErr_Format(PyExc_ValueError, "layout=%R: must be 'NCHW' or 'CNHW'", obj);
+        return 0;
+    }
+    return 1;
+}
+
+/* array dims of an activation: (N, C, H, W) or, channel-major, (C, N, H, W) */
+static void act_dims(sal_act a, npy_intp dims[4]) {
+    dims[0] = a.layout == SAL_NCHW ? a.n : a.c;
+    dims[1] = a.layout == SAL_NCHW ? a.c : a.n;
+    dims[2] = a.h;
+    dims[3] = a.w;
+}
+
 static float *scratch_alloc(size_t nfloats) {
     float *p = (float *)PyMem_RawMalloc(nfloats ? nfloats * sizeof(float) : 1);
     if (p == NULL) PyErr_NoMemory();
@@ -184,32 +204,35 @@ static void conv_args_free(conv_args *a) {
 }
 
 static int conv_args_parse(conv_args *a, const char *fn, int typenum, PyObject *ox, PyObject *ow,
-                           PyObject *ogy, long long stride, long long padding) {
+                           PyObject *ogy, long long stride, long long padding, sal_layout L) {
     memset(a, 0, sizeof *a);
     if (check_int_arg(stride, 1, fn, "stride") || check_int_arg(padding, 0, fn, "padding"))
         return -1;
-    a->x = as_real(ox, typenum, fn, "x", 4, "(N, C, H, W)");
+    a->x = as_real(ox, typenum, fn, "x", 4, L == SAL_NCHW ? "(N, C, H, W)" : "(C, N, H, W)");
     if (!a->x) return -1;
     a->w = as_real(ow, typenum, fn, "w", 4, "(O, C, K, K)");
     if (!a->w) return -1;
-    npy_intp C = PyArray_DIM(a->x, 1), K = PyArray_DIM(a->w, 2);
+    const int ci = L == SAL_NCHW ? 1 : 0;
+    npy_intp C = PyArray_DIM(a->x, ci), K = PyArray_DIM(a->w, 2);
     char expect[96];
     snprintf(expect, sizeof expect, "(O, C=%lld, K, K) with a square kernel", (long long)C);
     npy_intp want_w[4] = {-1, C, K, K};
     if (require_shape(a->w, 4, want_w, fn, "w", expect)) return -1;
-    a->d = (sal_conv_desc){{PyArray_DIM(a->x, 0), C, PyArray_DIM(a->x, 2), PyArray_DIM(a->x, 3),
-                            SAL_NCHW},
+    a->d = (sal_conv_desc){{PyArray_DIM(a->x, 1 - ci), C, PyArray_DIM(a->x, 2), PyArray_DIM(a->x, 3),
+                            L},
                            PyArray_DIM(a->w, 0), K, stride, padding};
     if (sal_conv_check(&a->d, &a->y) != SAL_OK) {
         PyErr_Format(PyExc_ValueError, "%s: %s", fn, sal_last_error());
         return -1;
     }
     if (ogy) {
-        a->gy = as_real(ogy, typenum, fn, "grad_y", 4, "(N, O, Ho, Wo)");
+        a->gy = as_real(ogy, typenum, fn, "grad_y", 4, "like y");
         if (!a->gy) return -1;
-        npy_intp want[4] = {a->y.n, a->y.c, a->y.h, a->y.w};
-        snprintf(expect, sizeof expect, "(N, O, Ho, Wo) = (%lld, %lld, %lld, %lld)",
-                 (long long)a->y.n, (long long)a->y.c, (long long)a->y.h, (long long)a->y.w);
+        npy_intp want[4];
+        act_dims(a->y, want);
+        snprintf(expect, sizeof expect, "%s = (%lld, %lld, %lld, %lld)",
+                 L == SAL_NCHW ? "(N, O, Ho, Wo)" : "(O, N, Ho, Wo)", (long long)want[0],
+                 (long long)want[1], (long long)want[2], (long long)want[3]);
         if (require_shape(a->gy, 4, want, fn, "grad_y", expect)) return -1;
     }
     return 0;
@@ -217,17 +240,20 @@ static int conv_args_parse(conv_args *a, const char *fn, int typenum, PyObject *
 
 static PyObject *conv_forward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                               const char *fn) {
-    static char *kwlist[] = {"x", "w", "stride", "padding", NULL};
+    static char *kwlist[] = {"x", "w", "stride", "padding", "layout", NULL};
     PyObject *ox, *ow;
     long long stride = 1, padding = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LL", kwlist, &ox, &ow, &stride, &padding))
+    sal_layout L = SAL_NCHW;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LL$O&", kwlist, &ox, &ow, &stride, &padding,
+                                     layout_converter, &L))
         return NULL;
     conv_args a;
     PyArrayObject *y = NULL;
     float *scratch = NULL;
     PyObject *ret = NULL;
-    if (conv_args_parse(&a, fn, typenum, ox, ow, NULL, stride, padding)) goto done;
-    npy_intp dims[4] = {a.y.n, a.y.c, a.y.h, a.y.w};
+    if (conv_args_parse(&a, fn, typenum, ox, ow, NULL, stride, padding, L)) goto done;
+    npy_intp dims[4];
+    act_dims(a.y, dims);
     y = new_empty(4, dims, typenum);
     if (!y) goto done;
     sal_status s;
@@ -254,17 +280,18 @@ done:
 
 static PyObject *conv_backward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                                const char *fn) {
-    static char *kwlist[] = {"x", "w", "grad_y", "stride", "padding", NULL};
+    static char *kwlist[] = {"x", "w", "grad_y", "stride", "padding", "layout", NULL};
     PyObject *ox, *ow, *ogy;
     long long stride = 1, padding = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|LL", kwlist, &ox, &ow, &ogy, &stride,
-                                     &padding))
+    sal_layout L = SAL_NCHW;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|LL$O&", kwlist, &ox, &ow, &ogy, &stride,
+                                     &padding, layout_converter, &L))
         return NULL;
     conv_args a;
     PyArrayObject *gx = NULL, *gw = NULL;
     float *scratch = NULL;
     PyObject *ret = NULL;
-    if (conv_args_parse(&a, fn, typenum, ox, ow, ogy, stride, padding)) goto done;
+    if (conv_args_parse(&a, fn, typenum, ox, ow, ogy, stride, padding, L)) goto done;
     gx = new_array(4, PyArray_DIMS(a.x), typenum);
     gw = new_array(4, PyArray_DIMS(a.w), typenum);
     if (!gx || !gw) goto done;
@@ -317,11 +344,13 @@ static PyMethodDef core_methods[] = {
     {"get_num_threads", core_get_num_threads, METH_NOARGS,
      "get_num_threads() -> int\n--\n\nThreads used by libsal."},
     {"conv2d", KW core_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "conv2d(x, w, stride=1, padding=0) -> y\n--\n\n"
+     "conv2d(x, w, stride=1, padding=0, *, layout='NCHW') -> y\n--\n\n"
      "Cross-correlation as torch.nn.functional.conv2d, no bias.\n"
-     "x (N, C, H, W), w (O, C, K, K) -> y (N, O, Ho, Wo), float32."},
+     "x (N, C, H, W), w (O, C, K, K) -> y (N, O, Ho, Wo), float32.\n"
+     "layout='CNHW': x is channel-major (C, N, H, W) and so is y (O, N, Ho, Wo);\n"
+     "a 1x1 convolution is then one GEMM over the whole batch."},
     {"conv2d_backward", KW core_conv2d_backward, METH_VARARGS | METH_KEYWORDS,
-     "conv2d_backward(x, w, grad_y, stride=1, padding=0) -> (grad_x, grad_w)\n--\n\n"
+     "conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW') -> (grad_x, grad_w)\n--\n\n"
      "Gradients of conv2d with respect to x and w, given grad_y = dL/dy."},
     {"ref_conv2d_f64", KW core_ref_conv2d_f64, METH_VARARGS | METH_KEYWORDS,
      "ref_conv2d_f64(x, w, stride=1, padding=0) -> y\n--\n\nNaive float64 reference (tests)."},
