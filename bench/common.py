@@ -1,0 +1,23 @@
+"""Benchmark helpers: interleaved repeats and medians (the host sometimes steals a core)."""
+import statistics
+import time
+
+
+def interleaved(fns, repeats=15, warmup=2):
+    """Time each callable in fns, round-robin, `repeats` times; returns median seconds each."""
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            times[i].append(time.perf_counter() - t)
+    return [statistics.median(t) for t in times]
+
+
+def table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    line = lambda r: "  ".join(str(v).rjust(w) for v, w in zip(r, widths))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
