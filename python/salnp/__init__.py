@@ -9,8 +9,9 @@ A C11 core (libsal, BLIS for the GEMMs) with a thin NumPy interface::
 from . import _core
 from ._core import SalError, __version__
 from . import ops
+from . import data
 
-__all__ = ["SalError", "__version__", "ops", "show_config", "config", "set_num_threads",
+__all__ = ["SalError", "__version__", "ops", "data", "show_config", "config", "set_num_threads",
            "get_num_threads"]
 
 

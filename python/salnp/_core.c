@@ -333,6 +333,281 @@ static PyObject *core_ref_conv2d_backward_f64(PyObject *m, PyObject *args, PyObj
     return conv_backward(m, args, kw, NPY_FLOAT64, "ref_conv2d_backward_f64");
 }
 
+/* ---- data ------------------------------------------------------------------------ */
+
+/* *out = obj as an unsigned 64-bit integer (seeds, epochs); ValueError naming fn and arg */
+static int u64_arg(PyObject *obj, const char *fn, const char *arg, uint64_t *out) {
+    PyObject *i = PyNumber_Index(obj);
+    if (i == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: %s must be an integer, got %.100s", fn, arg,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(i);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s: %s=%S: must be in [0, 2**64)", fn, arg, i);
+        Py_DECREF(i);
+        return -1;
+    }
+    Py_DECREF(i);
+    *out = v;
+    return 0;
+}
+
+/* New reference: obj as a fresh 1-D int64 array of length >= 1 (always a copy, so no
+ * other thread can change it while the GIL is released); only integer dtypes accepted */
+static PyArrayObject *as_index(PyObject *obj, const char *fn, const char *arg) {
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (raw == NULL) return NULL;
+    int kind = PyArray_DESCR(raw)->kind;
+    if ((kind != 'i' && kind != 'u') || PyArray_NDIM(raw) != 1 || PyArray_DIM(raw, 0) < 1) {
+        PyErr_Format(kind != 'i' && kind != 'u' ? PyExc_TypeError : PyExc_ValueError,
+                     "%s: %s must be a non-empty 1-D integer array, got dtype %S with %d "
+                     "dimension(s)",
+                     fn, arg, (PyObject *)PyArray_DESCR(raw), PyArray_NDIM(raw));
+        Py_DECREF(raw);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)PyArray_FromAny(
+        (PyObject *)raw, PyArray_DescrFromType(NPY_INT64), 1, 1,
+        NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED | NPY_ARRAY_NOTSWAPPED | NPY_ARRAY_ENSURECOPY |
+            NPY_ARRAY_FORCECAST,
+        NULL);
+    if (a != NULL && kind == 'u' && PyArray_ITEMSIZE(raw) == 8) {
+        /* uint64 values above INT64_MAX wrapped to negative: refuse them */
+        const int64_t *p = PyArray_DATA(a);
+        for (npy_intp k = 0; k < PyArray_DIM(a, 0); k++)
+            if (p[k] < 0) {
+                PyErr_Format(PyExc_ValueError, "%s: %s[%lld]: value too large", fn, arg,
+                             (long long)k);
+                Py_DECREF(a);
+                a = NULL;
+                break;
+            }
+    }
+    Py_DECREF(raw);
+    return a;
+}
+
+static int layout_arg(const char *s, const char *fn, sal_layout *out) {
+    if (strcmp(s, "NCHW") == 0) { *out = SAL_NCHW; return 0; }
+    if (strcmp(s, "CNHW") == 0) { *out = SAL_CNHW; return 0; }
+    PyErr_Format(PyExc_ValueError, "%s: layout='%s': must be 'NCHW' or 'CNHW'", fn, s);
+    return -1;
+}
+
+/* Format errors of the parsers: SalError carrying the parser's message (the caller,
+ * salnp.data, adds the file name). */
+static PyObject *raise_format(PyObject *m, sal_status s, const char *fn) {
+    if (s == SAL_EFORMAT) {
+        PyErr_Format(get_state(m)->error, "%s", sal_last_error());
+        return NULL;
+    }
+    return raise_status(m, s, fn);
+}
+
+static PyObject *core_parse_cifar(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"data", "num_classes", NULL};
+    const char *fn = "_parse_cifar";
+    Py_buffer buf = {0};
+    PyObject *onc, *ret = NULL, *seq = NULL;
+    PyArrayObject *img = NULL, *lab = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "y*O", kwlist, &buf, &onc)) return NULL;
+    int nc[SAL_CIFAR_MAX_LABELS];
+    seq = PySequence_Fast(onc, "_parse_cifar: num_classes must be a sequence of ints");
+    if (!seq) goto done;
+    Py_ssize_t L = PySequence_Fast_GET_SIZE(seq);
+    if (L < 1 || L > SAL_CIFAR_MAX_LABELS) {
+        PyErr_Format(PyExc_ValueError, "%s: num_classes has %zd entries: must have 1 to %d (one "
+                     "per label byte)", fn, L, SAL_CIFAR_MAX_LABELS);
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < L; k++) {
+        long v = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, k));
+        if (v == -1 && PyErr_Occurred()) goto done;
+        if (v < 1 || v > 256) {
+            PyErr_Format(PyExc_ValueError, "%s: num_classes[%zd]=%ld: must be in [1, 256]", fn, k, v);
+            goto done;
+        }
+        nc[k] = (int)v;
+    }
+    int64_t n;
+    sal_status s = sal_cifar_count((size_t)buf.len, (int)L, &n);
+    if (s != SAL_OK) { raise_format(m, s, fn); goto done; }
+    npy_intp di[4] = {n, SAL_CIFAR_C, SAL_CIFAR_H, SAL_CIFAR_W}, dl[2] = {n, L};
+    img = new_empty(4, di, NPY_UINT8);
+    lab = new_empty(2, dl, NPY_INT32);
+    if (!img || !lab) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_cifar_parse(buf.buf, (size_t)buf.len, (int)L, nc, PyArray_DATA(img),
+                        (size_t)PyArray_SIZE(img), PyArray_DATA(lab), (size_t)PyArray_SIZE(lab));
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_format(m, s, fn); goto done; }
+    ret = Py_BuildValue("(NN)", img, lab);
+    img = lab = NULL;
+done:
+    Py_XDECREF(seq);
+    Py_XDECREF(img);
+    Py_XDECREF(lab);
+    PyBuffer_Release(&buf);
+    return ret;
+}
+
+static PyObject *core_parse_idx(PyObject *m, PyObject *arg) {
+    const char *fn = "_parse_idx";
+    Py_buffer buf = {0};
+    PyObject *ret = NULL;
+    if (PyObject_GetBuffer(arg, &buf, PyBUF_SIMPLE) < 0) return NULL;
+    sal_idx_info info;
+    sal_status s = sal_idx_header(buf.buf, (size_t)buf.len, &info);
+    if (s != SAL_OK) { raise_format(m, s, fn); goto done; }
+    npy_intp dims[SAL_IDX_MAX_DIMS];
+    for (int k = 0; k < info.ndim; k++) dims[k] = (npy_intp)info.dims[k];
+    PyArrayObject *a = new_empty(info.ndim, dims, NPY_UINT8);
+    if (!a) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_idx_parse_u8(buf.buf, (size_t)buf.len, &info, PyArray_DATA(a), (size_t)PyArray_SIZE(a));
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { Py_DECREF(a); raise_format(m, s, fn); goto done; }
+    ret = (PyObject *)a;
+done:
+    PyBuffer_Release(&buf);
+    return ret;
+}
+
+static PyObject *core_permutation(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"n", "seed", "epoch", NULL};
+    const char *fn = "_permutation";
+    long long n;
+    PyObject *oseed, *oepoch;
+    uint64_t seed, epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "LOO", kwlist, &n, &oseed, &oepoch)) return NULL;
+    if (check_int_arg(n, 1, fn, "n") || u64_arg(oseed, fn, "seed", &seed) ||
+        u64_arg(oepoch, fn, "epoch", &epoch))
+        return NULL;
+    npy_intp dims[1] = {(npy_intp)n};
+    PyArrayObject *p = new_empty(1, dims, NPY_INT64);
+    if (!p) return NULL;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_permutation(PyArray_DATA(p), n, seed, epoch);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { Py_DECREF(p); return raise_status(m, s, fn); }
+    return (PyObject *)p;
+}
+
+static PyObject *core_batch_augment(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"index", "pad", "flip", "seed", "epoch", NULL};
+    const char *fn = "_batch_augment";
+    PyObject *oindex, *oseed, *oepoch;
+    long long pad;
+    int flip;
+    uint64_t seed, epoch;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLpOO", kwlist, &oindex, &pad, &flip, &oseed,
+                                     &oepoch))
+        return NULL;
+    if (u64_arg(oseed, fn, "seed", &seed) || u64_arg(oepoch, fn, "epoch", &epoch)) return NULL;
+    PyArrayObject *idx = as_index(oindex, fn, "index");
+    if (!idx) return NULL;
+    const float zero = 0.0f, one = 1.0f;
+    sal_batch_desc d = {1, 1, 1, &zero, &one, pad, flip, seed, epoch, SAL_NCHW};
+    npy_intp dims[2] = {PyArray_DIM(idx, 0), 3};
+    PyArrayObject *aug = new_empty(2, dims, NPY_INT32);
+    if (!aug) { Py_DECREF(idx); return NULL; }
+    sal_status s = sal_batch_augment(PyArray_DATA(aug), PyArray_DATA(idx), dims[0], &d);
+    Py_DECREF(idx);
+    if (s != SAL_OK) { Py_DECREF(aug); return raise_status(m, s, fn); }
+    return (PyObject *)aug;
+}
+
+static PyObject *core_make_batch(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"images", "index", "mean", "std", "pad", "flip", "seed",
+                             "epoch", "layout", "out", NULL};
+    const char *fn = "_make_batch";
+    PyObject *oimg, *oindex, *omean, *ostd, *oseed = NULL, *oepoch = NULL, *oout = Py_None;
+    long long pad = 0;
+    int flip = 0;
+    const char *layout_s = "NCHW";
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|LpOOsO", kwlist, &oimg, &oindex, &omean,
+                                     &ostd, &pad, &flip, &oseed, &oepoch, &layout_s, &oout))
+        return NULL;
+    uint64_t seed = 0, epoch = 0;
+    sal_layout layout;
+    if ((oseed && u64_arg(oseed, fn, "seed", &seed)) ||
+        (oepoch && u64_arg(oepoch, fn, "epoch", &epoch)) || layout_arg(layout_s, fn, &layout) ||
+        check_int_arg(pad, 0, fn, "pad"))
+        return NULL;
+    PyArrayObject *img = NULL, *idx = NULL, *mean = NULL, *std = NULL, *out = NULL;
+    PyObject *ret = NULL;
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(oimg);
+    if (!raw) goto done;
+    if (PyArray_TYPE(raw) != NPY_UINT8 || PyArray_NDIM(raw) != 4) {
+        PyErr_Format(PyArray_TYPE(raw) != NPY_UINT8 ? PyExc_TypeError : PyExc_ValueError,
+                     "%s: images must be a 4-D uint8 array (N, C, H, W), got dtype %S with %d "
+                     "dimension(s)",
+                     fn, (PyObject *)PyArray_DESCR(raw), PyArray_NDIM(raw));
+        Py_DECREF(raw);
+        goto done;
+    }
+    img = (PyArrayObject *)PyArray_FromAny((PyObject *)raw, PyArray_DescrFromType(NPY_UINT8), 4, 4,
+                                           NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED, NULL);
+    Py_DECREF(raw);
+    if (!img) goto done;
+    idx = as_index(oindex, fn, "index");
+    if (!idx) goto done;
+    const npy_intp N = PyArray_DIM(img, 0), C = PyArray_DIM(img, 1), H = PyArray_DIM(img, 2),
+                   W = PyArray_DIM(img, 3), B = PyArray_DIM(idx, 0);
+    if (N < 1 || C < 1 || H < 1 || W < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: images has a zero-size dimension", fn);
+        goto done;
+    }
+    char expect[64];
+    snprintf(expect, sizeof expect, "(C,) = (%lld,)", (long long)C);
+    npy_intp want_c[1] = {C};
+    mean = as_f32(omean, fn, "mean", 1, "(C,)");
+    if (!mean || require_shape(mean, 1, want_c, fn, "mean", expect)) goto done;
+    std = as_f32(ostd, fn, "std", 1, "(C,)");
+    if (!std || require_shape(std, 1, want_c, fn, "std", expect)) goto done;
+    npy_intp dims[4] = {B, C, H, W};
+    if (layout == SAL_CNHW) { dims[0] = C; dims[1] = B; }
+    if (oout == Py_None) {
+        out = new_empty(4, dims, NPY_FLOAT32);
+        if (!out) goto done;
+    } else {
+        if (!PyArray_Check(oout) || PyArray_TYPE((PyArrayObject *)oout) != NPY_FLOAT32 ||
+            !PyArray_ISCARRAY((PyArrayObject *)oout) ||
+            PyArray_ISBYTESWAPPED((PyArrayObject *)oout)) {
+            PyErr_Format(PyExc_TypeError, "%s: out must be a float32, C-contiguous, aligned, "
+                         "writeable ndarray in native byte order", fn);
+            goto done;
+        }
+        out = (PyArrayObject *)oout;
+        Py_INCREF(out);
+        snprintf(expect, sizeof expect, "(%lld, %lld, %lld, %lld) for layout %s",
+                 (long long)dims[0], (long long)dims[1], (long long)dims[2], (long long)dims[3],
+                 layout_s);
+        if (require_shape(out, 4, dims, fn, "out", expect)) goto done;
+    }
+    sal_batch_desc d = {C, H, W, PyArray_DATA(mean), PyArray_DATA(std), pad, flip, seed, epoch,
+                        layout};
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_make_batch(PyArray_DATA(out), PyArray_DATA(img), N, PyArray_DATA(idx), B, &d);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(img);
+    Py_XDECREF(idx);
+    Py_XDECREF(mean);
+    Py_XDECREF(std);
+    Py_XDECREF(out);
+    return ret;
+}
+
 /* ---- module ------------------------------------------------------------------- */
 
 #define KW (PyCFunction)(void (*)(void))
@@ -357,6 +632,27 @@ static PyMethodDef core_methods[] = {
     {"ref_conv2d_backward_f64", KW core_ref_conv2d_backward_f64, METH_VARARGS | METH_KEYWORDS,
      "ref_conv2d_backward_f64(x, w, grad_y, stride=1, padding=0) -> (grad_x, grad_w)\n--\n\n"
      "Naive float64 reference (tests)."},
+    {"_parse_cifar", KW core_parse_cifar, METH_VARARGS | METH_KEYWORDS,
+     "_parse_cifar(data, num_classes) -> (images, labels)\n--\n\n"
+     "CIFAR binary records (len(num_classes) label bytes + 3072 pixels) from a bytes-like\n"
+     "object: images uint8 (N, 3, 32, 32), labels int32 (N, len(num_classes)).\n"
+     "Raises SalError on a malformed buffer (salnp.data adds the file name)."},
+    {"_parse_idx", core_parse_idx, METH_O,
+     "_parse_idx(data) -> array\n--\n\n"
+     "IDX unsigned-byte data from a bytes-like object, shaped by its header (uint8)."},
+    {"_permutation", KW core_permutation, METH_VARARGS | METH_KEYWORDS,
+     "_permutation(n, seed, epoch) -> int64 (n,)\n--\n\n"
+     "A permutation of range(n), a pure function of (n, seed, epoch)."},
+    {"_batch_augment", KW core_batch_augment, METH_VARARGS | METH_KEYWORDS,
+     "_batch_augment(index, pad, flip, seed, epoch) -> int32 (B, 3)\n--\n\n"
+     "The (dy, dx, flip) that _make_batch draws for each sample: crop offsets in the\n"
+     "zero-padded image, in [0, 2*pad], and the flip bit."},
+    {"_make_batch", KW core_make_batch, METH_VARARGS | METH_KEYWORDS,
+     "_make_batch(images, index, mean, std, pad=0, flip=False, seed=0, epoch=0,\n"
+     "            layout='NCHW', out=None) -> out\n--\n\n"
+     "float32 batch (B, C, H, W) (or (C, B, H, W) for layout='CNHW') from uint8 images\n"
+     "(N, C, H, W) at index: zero-pad by pad, random crop back to H x W, horizontal flip\n"
+     "with p = 0.5 when flip, then (v/255 - mean) / std.  Written into out when given."},
     {NULL, NULL, 0, NULL}};
 
 static int core_exec(PyObject *m) {
