@@ -111,8 +111,9 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
 #pragma omp parallel for num_threads(sal_threads()) schedule(static)
     for (int64_t c = 0; c < C; c++) {
         double mean, invstd;
+        float k = 0.0f;  /* the shift: x - k is exact for x near k (float32 near a large mean) */
         if (training) {
-            const float k = x[c * sc];
+            k = x[c * sc];
             double s1 = 0.0, s2 = 0.0;
             for (int64_t n = 0; n < N; n++) run_moments(x + n * sn + c * sc, HW, k, &s1, &s2);
             const double dm = s1 / (double)M;
@@ -131,8 +132,11 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
         }
         if (save_mean) save_mean[c] = (float)mean;
         if (save_invstd) save_invstd[c] = (float)invstd;
-        const double g = gamma ? gamma[c] : 1.0, b = beta ? beta[c] : 0.0;
-        const float scale = (float)(g * invstd), shift = (float)(b - mean * g * invstd);
+        /* y = ((x - k) - (mean - k)) scale + shift: centring before scaling, about the
+         * shift k, keeps a large mean from cancelling the information in x */
+        const double g = gamma ? gamma[c] : 1.0;
+        const float dm = (float)(mean - k), scale = (float)(g * invstd);
+        const float shift = beta ? beta[c] : 0.0f;
         for (int64_t n = 0; n < N; n++) {
             const int64_t off = n * sn + c * sc;
             const float *xr = x + off;
@@ -141,18 +145,18 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
                 const float *rr = residual + off;
                 if (relu)
                     for (int64_t i = 0; i < HW; i++) {
-                        const float v = xr[i] * scale + shift + rr[i];
+                        const float v = (xr[i] - k - dm) * scale + shift + rr[i];
                         yr[i] = v > 0.0f ? v : 0.0f;
                     }
                 else
-                    for (int64_t i = 0; i < HW; i++) yr[i] = xr[i] * scale + shift + rr[i];
+                    for (int64_t i = 0; i < HW; i++) yr[i] = (xr[i] - k - dm) * scale + shift + rr[i];
             } else if (relu) {
                 for (int64_t i = 0; i < HW; i++) {
-                    const float v = xr[i] * scale + shift;
+                    const float v = (xr[i] - k - dm) * scale + shift;
                     yr[i] = v > 0.0f ? v : 0.0f;
                 }
             } else {
-                for (int64_t i = 0; i < HW; i++) yr[i] = xr[i] * scale + shift;
+                for (int64_t i = 0; i < HW; i++) yr[i] = (xr[i] - k - dm) * scale + shift;
             }
         }
     }
