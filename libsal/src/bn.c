@@ -6,6 +6,7 @@
  * run by run; the statistics are taken about the channel's first value (shifted data),
  * so that a large mean does not cancel the variance. */
 #include <math.h>
+#include <string.h>
 
 #include "internal/layers_internal.h"
 
@@ -65,18 +66,31 @@ static inline void run_moments(const float *x, int64_t L, float k, double *s1, d
     *s2 += r2;
 }
 
+/* d where y > 0, else +0: as bits (d & -(y > 0)), so that loops have no branch and
+ * vectorise (a ternary here stays a branch once GCC unrolls or versions the loop) */
+static inline float relu_mask(float d, float y) {
+    uint32_t b;
+    memcpy(&b, &d, sizeof b);
+    b &= -(uint32_t)(y > 0.0f);
+    float r;
+    memcpy(&r, &b, sizeof r);
+    return r;
+}
+
 /* s1 += sum dz, s2 += sum dz (x - mean), dz = dy masked by y > 0 when y != NULL */
 static inline void run_grad_sums(const float *dy, const float *y, const float *x, float mean,
                                  int64_t L, double *s1, double *s2) {
     float a1[LANES] = {0}, a2[LANES] = {0};
     int64_t i = 0;
     if (y) {
-        for (; i + LANES <= L; i += LANES)
+        for (; i + LANES <= L; i += LANES) {
+            float g[LANES];
+            for (int j = 0; j < LANES; j++) g[j] = relu_mask(dy[i + j], y[i + j]);
             for (int j = 0; j < LANES; j++) {
-                const float g = y[i + j] > 0.0f ? dy[i + j] : 0.0f;
-                a1[j] += g;
-                a2[j] += g * (x[i + j] - mean);
+                a1[j] += g[j];
+                a2[j] += g[j] * (x[i + j] - mean);
             }
+        }
     } else {
         for (; i + LANES <= L; i += LANES)
             for (int j = 0; j < LANES; j++) {
@@ -201,7 +215,7 @@ static sal_status bn_backward(const char *fn, float *dx, float *dgamma, float *d
                 float *dxr = dx + off;
                 if (yr)
                     for (int64_t i = 0; i < HW; i++) {
-                        const float dz = yr[i] > 0.0f ? dyr[i] : 0.0f;
+                        const float dz = relu_mask(dyr[i], yr[i]);
                         dxr[i] += k1 * dz - k2 * (xr[i] - mean) - k3;
                     }
                 else
@@ -211,7 +225,7 @@ static sal_status bn_backward(const char *fn, float *dx, float *dgamma, float *d
             if (dresidual) {
                 float *drr = dresidual + off;
                 if (yr)
-                    for (int64_t i = 0; i < HW; i++) drr[i] += yr[i] > 0.0f ? dyr[i] : 0.0f;
+                    for (int64_t i = 0; i < HW; i++) drr[i] += relu_mask(dyr[i], yr[i]);
                 else
                     for (int64_t i = 0; i < HW; i++) drr[i] += dyr[i];
             }

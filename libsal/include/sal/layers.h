@@ -34,7 +34,7 @@ sal_status sal_bn_check(const sal_bn_desc *d);
  * eval: mean = running_mean, invstd = 1/sqrt(running_var + eps) (both required);
  *   save_mean, save_invstd receive those (NULL: not saved), so the backward always
  *   takes the saved pair.
- * gamma NULL means 1, beta NULL means 0.  y may be x. */
+ * gamma NULL means 1, beta NULL means 0.  y may be x (then no backward: it needs x). */
 sal_status sal_bn_fwd(float *y, float *save_mean, float *save_invstd, float *running_mean,
                       float *running_var, const float *x, const float *gamma, const float *beta,
                       const sal_bn_desc *d);
@@ -48,7 +48,8 @@ sal_status sal_bn_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, c
                       const sal_bn_desc *d);
 
 /* Fused: y (N,C,H,W) = relu(bn(x (N,C,H,W)) + residual (N,C,H,W)); residual NULL: no add.
- * Statistics, saved pair and running update exactly as sal_bn_fwd.  y may be x. */
+ * Statistics, saved pair and running update exactly as sal_bn_fwd.  y may be x (then no
+ * backward: it needs x). */
 sal_status sal_bn_relu_fwd(float *y, float *save_mean, float *save_invstd, float *running_mean,
                            float *running_var, const float *x, const float *gamma,
                            const float *beta, const float *residual, const sal_bn_desc *d);
