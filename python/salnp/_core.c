@@ -608,6 +608,630 @@ done:
     return ret;
 }
 
+/* ---- layers: batch norm, ReLU, add, pooling, Linear, cross-entropy, SGD ------------ */
+
+/* New reference to obj when the kernel may write it in place: an ndarray of typenum,
+ * C-contiguous, aligned, native byte order and writeable, with ndim dimensions (-1: any).
+ * Never converted: an update written into a silent copy would be lost. */
+static PyArrayObject *as_inplace(PyObject *obj, int typenum, const char *fn, const char *arg,
+                                 int ndim, const char *dims_doc) {
+    const char *tname = typenum == NPY_FLOAT64 ? "float64" : "float32";
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a writeable %s array (updated in place), "
+                     "got None", fn, arg, tname);
+        return NULL;
+    }
+    if (!PyArray_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a numpy.ndarray (updated in place), got %.100s",
+                     fn, arg, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *a = (PyArrayObject *)obj;
+    if (PyArray_TYPE(a) != typenum || !PyArray_ISNOTSWAPPED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must have dtype %s in native byte order (it is "
+                     "updated in place, never copied), got dtype %S", fn, arg, tname,
+                     (PyObject *)PyArray_DESCR(a));
+        return NULL;
+    }
+    if (!PyArray_IS_C_CONTIGUOUS(a) || !PyArray_ISALIGNED(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must be C-contiguous and aligned (it is updated in "
+                     "place, never copied)", fn, arg);
+        return NULL;
+    }
+    if (!PyArray_ISWRITEABLE(a)) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must be writeable (it is updated in place)", fn, arg);
+        return NULL;
+    }
+    if (ndim >= 0 && PyArray_NDIM(a) != ndim) {
+        PyErr_Format(PyExc_ValueError, "%s: %s must be a %d-D array %s, got %d-D", fn, arg, ndim,
+                     dims_doc, PyArray_NDIM(a));
+        return NULL;
+    }
+    Py_INCREF(a);
+    return a;
+}
+
+/* (C,) vector for channel parameters; None allowed when may_be_none (result NULL, no error) */
+static int channel_vec(PyArrayObject **out, PyObject *obj, int typenum, int may_be_none,
+                       npy_intp C, const char *fn, const char *arg) {
+    *out = NULL;
+    if (may_be_none && obj == Py_None) return 0;
+    *out = as_real(obj, typenum, fn, arg, 1, "(C,)");
+    if (!*out) return -1;
+    char expect[48];
+    snprintf(expect, sizeof expect, "(C,) = (%lld,)", (long long)C);
+    return require_shape(*out, 1, &C, fn, arg, expect);
+}
+
+static void *data_or_null(PyArrayObject *a) { return a ? PyArray_DATA(a) : NULL; }
+
+static sal_act act_nchw(PyArrayObject *x) {
+    return (sal_act){PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2), PyArray_DIM(x, 3),
+                     SAL_NCHW};
+}
+
+/* an elementwise op's geometry: the array seen as (1, numel, 1, 1) */
+static sal_act act_flat(PyArrayObject *x) { return (sal_act){1, PyArray_SIZE(x), 1, 1, SAL_NCHW}; }
+
+/* batch_norm / batch_norm_relu (relu = 1) / ref_batch_norm_f64 (typenum NPY_FLOAT64) */
+static PyObject *bn_forward_py(PyObject *m, PyObject *args, PyObject *kw, int typenum, int relu,
+                               const char *fn) {
+    static char *kwlist_bn[] = {"x", "gamma", "beta", "running_mean", "running_var", "training",
+                                "momentum", "eps", NULL};
+    static char *kwlist_relu[] = {"x", "gamma", "beta", "running_mean", "running_var", "residual",
+                                  "training", "momentum", "eps", NULL};
+    PyObject *ox, *og, *ob, *orm = Py_None, *orv = Py_None, *ores = Py_None;
+    int training = 1;
+    double momentum = 0.1, eps = 1e-5;
+    int ok = relu ? PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOOpdd", kwlist_relu, &ox, &og, &ob,
+                                                &orm, &orv, &ores, &training, &momentum, &eps)
+                  : PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOpdd", kwlist_bn, &ox, &og, &ob,
+                                                &orm, &orv, &training, &momentum, &eps);
+    if (!ok) return NULL;
+    PyArrayObject *x = NULL, *g = NULL, *b = NULL, *rm = NULL, *rv = NULL, *res = NULL;
+    PyArrayObject *y = NULL, *sm = NULL, *si = NULL;
+    PyObject *ret = NULL;
+    x = as_real(ox, typenum, fn, "x", 4, "(N, C, H, W)");
+    if (!x) goto done;
+    const npy_intp C = PyArray_DIM(x, 1);
+    if (channel_vec(&g, og, typenum, 1, C, fn, "gamma") ||
+        channel_vec(&b, ob, typenum, 1, C, fn, "beta"))
+        goto done;
+    sal_bn_desc d = {act_nchw(x), training, momentum, eps};
+    if (sal_bn_check(&d) != SAL_OK) {
+        PyErr_Format(PyExc_ValueError, "%s: %s", fn, sal_last_error());
+        goto done;
+    }
+    char expect[48];
+    snprintf(expect, sizeof expect, "(C,) = (%lld,)", (long long)C);
+    if (training) {  /* updated in place when given: both or neither */
+        if ((orm == Py_None) != (orv == Py_None)) {
+            PyErr_Format(PyExc_ValueError, "%s: running_mean and running_var: give both or "
+                         "neither (got %s and %s)", fn, orm == Py_None ? "None" : "an array",
+                         orv == Py_None ? "None" : "an array");
+            goto done;
+        }
+        if (orm != Py_None) {
+            rm = as_inplace(orm, typenum, fn, "running_mean", 1, "(C,)");
+            if (!rm || require_shape(rm, 1, &C, fn, "running_mean", expect)) goto done;
+            rv = as_inplace(orv, typenum, fn, "running_var", 1, "(C,)");
+            if (!rv || require_shape(rv, 1, &C, fn, "running_var", expect)) goto done;
+        }
+    } else {  /* read only */
+        if (orm == Py_None || orv == Py_None) {
+            PyErr_Format(PyExc_TypeError, "%s: %s must be an array in eval mode (training=False), "
+                         "got None", fn, orm == Py_None ? "running_mean" : "running_var");
+            goto done;
+        }
+        if (channel_vec(&rm, orm, typenum, 0, C, fn, "running_mean") ||
+            channel_vec(&rv, orv, typenum, 0, C, fn, "running_var"))
+            goto done;
+    }
+    if (ores != Py_None) {
+        res = as_real(ores, typenum, fn, "residual", 4, "(N, C, H, W)");
+        if (!res) goto done;
+        char ex4[96];
+        snprintf(ex4, sizeof ex4, "(N, C, H, W) = (%lld, %lld, %lld, %lld)", (long long)d.x.n,
+                 (long long)d.x.c, (long long)d.x.h, (long long)d.x.w);
+        if (require_shape(res, 4, PyArray_DIMS(x), fn, "residual", ex4)) goto done;
+    }
+    y = new_empty(4, PyArray_DIMS(x), typenum);
+    sm = new_empty(1, &C, typenum);
+    si = new_empty(1, &C, typenum);
+    if (!y || !sm || !si) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    if (typenum == NPY_FLOAT64)
+        s = sal_ref_bn_fwd_f64(PyArray_DATA(y), PyArray_DATA(sm), PyArray_DATA(si),
+                               data_or_null(rm), data_or_null(rv), PyArray_DATA(x),
+                               data_or_null(g), data_or_null(b), &d);
+    else if (relu)
+        s = sal_bn_relu_fwd(PyArray_DATA(y), PyArray_DATA(sm), PyArray_DATA(si), data_or_null(rm),
+                            data_or_null(rv), PyArray_DATA(x), data_or_null(g), data_or_null(b),
+                            data_or_null(res), &d);
+    else
+        s = sal_bn_fwd(PyArray_DATA(y), PyArray_DATA(sm), PyArray_DATA(si), data_or_null(rm),
+                       data_or_null(rv), PyArray_DATA(x), data_or_null(g), data_or_null(b), &d);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = Py_BuildValue("(NNN)", y, sm, si);
+    y = sm = si = NULL;
+done:
+    Py_XDECREF(x); Py_XDECREF(g); Py_XDECREF(b); Py_XDECREF(rm); Py_XDECREF(rv);
+    Py_XDECREF(res); Py_XDECREF(y); Py_XDECREF(sm); Py_XDECREF(si);
+    return ret;
+}
+
+/* batch_norm_backward / batch_norm_relu_backward (relu = 1: takes y, returns grad_residual)
+ * / ref_batch_norm_backward_f64 */
+static PyObject *bn_backward_py(PyObject *m, PyObject *args, PyObject *kw, int typenum, int relu,
+                                const char *fn) {
+    static char *kwlist_bn[] = {"x", "gamma", "grad_y", "save_mean", "save_invstd", "training",
+                                NULL};
+    static char *kwlist_relu[] = {"x", "gamma", "y", "grad_y", "save_mean", "save_invstd",
+                                  "training", NULL};
+    PyObject *ox, *og, *oy = Py_None, *ogy, *osm, *osi;
+    int training = 1;
+    int ok = relu ? PyArg_ParseTupleAndKeywords(args, kw, "OOOOOO|p", kwlist_relu, &ox, &og, &oy,
+                                                &ogy, &osm, &osi, &training)
+                  : PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|p", kwlist_bn, &ox, &og, &ogy,
+                                                &osm, &osi, &training);
+    if (!ok) return NULL;
+    PyArrayObject *x = NULL, *g = NULL, *y = NULL, *gy = NULL, *sm = NULL, *si = NULL;
+    PyArrayObject *gx = NULL, *gg = NULL, *gb = NULL, *gr = NULL;
+    PyObject *ret = NULL;
+    x = as_real(ox, typenum, fn, "x", 4, "(N, C, H, W)");
+    if (!x) goto done;
+    const npy_intp C = PyArray_DIM(x, 1);
+    sal_bn_desc d = {act_nchw(x), training, 0.1, 1e-5};
+    if (sal_bn_check(&d) != SAL_OK) {
+        PyErr_Format(PyExc_ValueError, "%s: %s", fn, sal_last_error());
+        goto done;
+    }
+    char ex4[96];
+    snprintf(ex4, sizeof ex4, "(N, C, H, W) = (%lld, %lld, %lld, %lld)", (long long)d.x.n,
+             (long long)d.x.c, (long long)d.x.h, (long long)d.x.w);
+    if (channel_vec(&g, og, typenum, 1, C, fn, "gamma")) goto done;
+    if (relu) {
+        y = as_real(oy, typenum, fn, "y", 4, "(N, C, H, W)");
+        if (!y || require_shape(y, 4, PyArray_DIMS(x), fn, "y", ex4)) goto done;
+    }
+    gy = as_real(ogy, typenum, fn, "grad_y", 4, "(N, C, H, W)");
+    if (!gy || require_shape(gy, 4, PyArray_DIMS(x), fn, "grad_y", ex4)) goto done;
+    if (channel_vec(&sm, osm, typenum, 0, C, fn, "save_mean") ||
+        channel_vec(&si, osi, typenum, 0, C, fn, "save_invstd"))
+        goto done;
+    gx = new_array(4, PyArray_DIMS(x), typenum);
+    gg = new_array(1, &C, typenum);
+    gb = new_array(1, &C, typenum);
+    if (relu) gr = new_array(4, PyArray_DIMS(x), typenum);
+    if (!gx || !gg || !gb || (relu && !gr)) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    if (typenum == NPY_FLOAT64)
+        s = sal_ref_bn_bwd_f64(PyArray_DATA(gx), PyArray_DATA(gg), PyArray_DATA(gb),
+                               PyArray_DATA(gy), PyArray_DATA(x), data_or_null(g),
+                               PyArray_DATA(sm), PyArray_DATA(si), &d);
+    else if (relu)
+        s = sal_bn_relu_bwd(PyArray_DATA(gx), PyArray_DATA(gg), PyArray_DATA(gb), PyArray_DATA(gr),
+                            PyArray_DATA(gy), PyArray_DATA(y), PyArray_DATA(x), data_or_null(g),
+                            PyArray_DATA(sm), PyArray_DATA(si), &d);
+    else
+        s = sal_bn_bwd(PyArray_DATA(gx), PyArray_DATA(gg), PyArray_DATA(gb), PyArray_DATA(gy),
+                       PyArray_DATA(x), data_or_null(g), PyArray_DATA(sm), PyArray_DATA(si), &d);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = relu ? Py_BuildValue("(NNNN)", gx, gg, gb, gr) : Py_BuildValue("(NNN)", gx, gg, gb);
+    gx = gg = gb = gr = NULL;
+done:
+    Py_XDECREF(x); Py_XDECREF(g); Py_XDECREF(y); Py_XDECREF(gy); Py_XDECREF(sm);
+    Py_XDECREF(si); Py_XDECREF(gx); Py_XDECREF(gg); Py_XDECREF(gb); Py_XDECREF(gr);
+    return ret;
+}
+
+static PyObject *core_batch_norm(PyObject *m, PyObject *args, PyObject *kw) {
+    return bn_forward_py(m, args, kw, NPY_FLOAT32, 0, "batch_norm");
+}
+static PyObject *core_batch_norm_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    return bn_backward_py(m, args, kw, NPY_FLOAT32, 0, "batch_norm_backward");
+}
+static PyObject *core_batch_norm_relu(PyObject *m, PyObject *args, PyObject *kw) {
+    return bn_forward_py(m, args, kw, NPY_FLOAT32, 1, "batch_norm_relu");
+}
+static PyObject *core_batch_norm_relu_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    return bn_backward_py(m, args, kw, NPY_FLOAT32, 1, "batch_norm_relu_backward");
+}
+static PyObject *core_ref_batch_norm_f64(PyObject *m, PyObject *args, PyObject *kw) {
+    return bn_forward_py(m, args, kw, NPY_FLOAT64, 0, "ref_batch_norm_f64");
+}
+static PyObject *core_ref_batch_norm_backward_f64(PyObject *m, PyObject *args, PyObject *kw) {
+    return bn_backward_py(m, args, kw, NPY_FLOAT64, 0, "ref_batch_norm_backward_f64");
+}
+
+/* relu(x) -> y, any shape */
+static PyObject *core_relu(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", NULL};
+    const char *fn = "relu";
+    PyObject *ox;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &ox)) return NULL;
+    PyArrayObject *x = NULL, *y = NULL;
+    PyObject *ret = NULL;
+    x = as_f32(ox, fn, "x", -1, "of any shape");
+    if (!x) goto done;
+    y = new_empty(PyArray_NDIM(x), PyArray_DIMS(x), NPY_FLOAT32);
+    if (!y) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_relu_fwd(PyArray_DATA(y), PyArray_DATA(x), act_flat(x));
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)y;
+    y = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    return ret;
+}
+
+/* two arrays of one shape: the second must match the first */
+static int same_shape(PyArrayObject *a, PyArrayObject *b, const char *fn, const char *aname,
+                      const char *bname) {
+    char sh[96], expect[128];
+    shape_str(sh, sizeof sh, a);
+    snprintf(expect, sizeof expect, "%s (the shape of %s)", sh, aname);
+    return require_shape(b, PyArray_NDIM(a), PyArray_DIMS(a), fn, bname, expect);
+}
+
+/* relu_backward(y, grad_y) -> grad_x;  add(a, b) -> y */
+static PyObject *elementwise2(PyObject *m, PyObject *args, PyObject *kw, int op) {
+    static char *kw_relu[] = {"y", "grad_y", NULL};
+    static char *kw_add[] = {"a", "b", NULL};
+    const char *fn = op ? "add" : "relu_backward";
+    const char *an = op ? "a" : "y", *bn = op ? "b" : "grad_y";
+    PyObject *oa, *ob;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", op ? kw_add : kw_relu, &oa, &ob))
+        return NULL;
+    PyArrayObject *a = NULL, *b = NULL, *out = NULL;
+    PyObject *ret = NULL;
+    a = as_f32(oa, fn, an, -1, "of any shape");
+    if (!a) goto done;
+    b = as_f32(ob, fn, bn, -1, "of any shape");
+    if (!b || same_shape(a, b, fn, an, bn)) goto done;
+    out = op ? new_empty(PyArray_NDIM(a), PyArray_DIMS(a), NPY_FLOAT32)
+             : new_array(PyArray_NDIM(a), PyArray_DIMS(a), NPY_FLOAT32);
+    if (!out) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    if (op) s = sal_add_fwd(PyArray_DATA(out), PyArray_DATA(a), PyArray_DATA(b), act_flat(a));
+    else s = sal_relu_bwd(PyArray_DATA(out), PyArray_DATA(b), PyArray_DATA(a), act_flat(a));
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(a);
+    Py_XDECREF(b);
+    Py_XDECREF(out);
+    return ret;
+}
+static PyObject *core_relu_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    return elementwise2(m, args, kw, 0);
+}
+static PyObject *core_add(PyObject *m, PyObject *args, PyObject *kw) {
+    return elementwise2(m, args, kw, 1);
+}
+
+/* global_avg_pool(x) -> y (N, C) */
+static PyObject *core_global_avg_pool(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", NULL};
+    const char *fn = "global_avg_pool";
+    PyObject *ox;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O", kwlist, &ox)) return NULL;
+    PyArrayObject *x = NULL, *y = NULL;
+    PyObject *ret = NULL;
+    x = as_f32(ox, fn, "x", 4, "(N, C, H, W)");
+    if (!x) goto done;
+    y = new_empty(2, PyArray_DIMS(x), NPY_FLOAT32);
+    if (!y) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_gap_fwd(PyArray_DATA(y), PyArray_DATA(x), act_nchw(x));
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)y;
+    y = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    return ret;
+}
+
+/* global_avg_pool_backward(grad_y, input_shape) -> grad_x (N, C, H, W) */
+static PyObject *core_global_avg_pool_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"grad_y", "input_shape", NULL};
+    const char *fn = "global_avg_pool_backward";
+    PyObject *ogy;
+    long long n, c, h, w;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O(LLLL)", kwlist, &ogy, &n, &c, &h, &w))
+        return NULL;
+    PyArrayObject *gy = NULL, *gx = NULL;
+    PyObject *ret = NULL;
+    if (check_int_arg(n, 1, fn, "input_shape[0] (N)") ||
+        check_int_arg(c, 1, fn, "input_shape[1] (C)") ||
+        check_int_arg(h, 1, fn, "input_shape[2] (H)") ||
+        check_int_arg(w, 1, fn, "input_shape[3] (W)"))
+        goto done;
+    const sal_act a = {n, c, h, w, SAL_NCHW};
+    gy = as_f32(ogy, fn, "grad_y", 2, "(N, C)");
+    if (!gy) goto done;
+    npy_intp want[2] = {(npy_intp)n, (npy_intp)c}, dims[4] = {(npy_intp)n, (npy_intp)c,
+                                                              (npy_intp)h, (npy_intp)w};
+    char expect[64];
+    snprintf(expect, sizeof expect, "(N, C) = (%lld, %lld)", n, c);
+    if (require_shape(gy, 2, want, fn, "grad_y", expect)) goto done;
+    gx = new_array(4, dims, NPY_FLOAT32);
+    if (!gx) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_gap_bwd(PyArray_DATA(gx), PyArray_DATA(gy), a);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)gx;
+    gx = NULL;
+done:
+    Py_XDECREF(gy);
+    Py_XDECREF(gx);
+    return ret;
+}
+
+/* linear(x, w, b=None) -> y (N, O) */
+static PyObject *core_linear(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "w", "b", NULL};
+    const char *fn = "linear";
+    PyObject *ox, *ow, *ob = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &ox, &ow, &ob)) return NULL;
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *y = NULL;
+    PyObject *ret = NULL;
+    char expect[64];
+    x = as_f32(ox, fn, "x", 2, "(N, I)");
+    if (!x) goto done;
+    w = as_f32(ow, fn, "w", 2, "(O, I)");
+    if (!w) goto done;
+    /* NI, NO: I is complex.h's imaginary unit */
+    const npy_intp N = PyArray_DIM(x, 0), NI = PyArray_DIM(x, 1), NO = PyArray_DIM(w, 0);
+    snprintf(expect, sizeof expect, "(O, I=%lld)", (long long)NI);
+    npy_intp want_w[2] = {-1, NI};
+    if (require_shape(w, 2, want_w, fn, "w", expect)) goto done;
+    if (ob != Py_None) {
+        b = as_f32(ob, fn, "b", 1, "(O,)");
+        if (!b) goto done;
+        snprintf(expect, sizeof expect, "(O,) = (%lld,)", (long long)NO);
+        if (require_shape(b, 1, &NO, fn, "b", expect)) goto done;
+    }
+    npy_intp dims[2] = {N, NO};
+    y = new_empty(2, dims, NPY_FLOAT32);
+    if (!y) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_linear_fwd(PyArray_DATA(y), PyArray_DATA(x), PyArray_DATA(w), data_or_null(b), N, NI, NO);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)y;
+    y = NULL;
+done:
+    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(b); Py_XDECREF(y);
+    return ret;
+}
+
+/* linear_backward(x, w, grad_y) -> (grad_x, grad_w, grad_b) */
+static PyObject *core_linear_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"x", "w", "grad_y", NULL};
+    const char *fn = "linear_backward";
+    PyObject *ox, *ow, *ogy;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &ox, &ow, &ogy)) return NULL;
+    PyArrayObject *x = NULL, *w = NULL, *gy = NULL, *gx = NULL, *gw = NULL, *gb = NULL;
+    PyObject *ret = NULL;
+    char expect[64];
+    x = as_f32(ox, fn, "x", 2, "(N, I)");
+    if (!x) goto done;
+    w = as_f32(ow, fn, "w", 2, "(O, I)");
+    if (!w) goto done;
+    /* NI, NO: I is complex.h's imaginary unit */
+    const npy_intp N = PyArray_DIM(x, 0), NI = PyArray_DIM(x, 1), NO = PyArray_DIM(w, 0);
+    snprintf(expect, sizeof expect, "(O, I=%lld)", (long long)NI);
+    npy_intp want_w[2] = {-1, NI};
+    if (require_shape(w, 2, want_w, fn, "w", expect)) goto done;
+    gy = as_f32(ogy, fn, "grad_y", 2, "(N, O)");
+    if (!gy) goto done;
+    snprintf(expect, sizeof expect, "(N, O) = (%lld, %lld)", (long long)N, (long long)NO);
+    npy_intp want_gy[2] = {N, NO};
+    if (require_shape(gy, 2, want_gy, fn, "grad_y", expect)) goto done;
+    gx = new_array(2, PyArray_DIMS(x), NPY_FLOAT32);
+    gw = new_array(2, PyArray_DIMS(w), NPY_FLOAT32);
+    gb = new_array(1, &NO, NPY_FLOAT32);
+    if (!gx || !gw || !gb) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_linear_bwd(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(gb), PyArray_DATA(gy),
+                       PyArray_DATA(x), PyArray_DATA(w), N, NI, NO);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = Py_BuildValue("(NNN)", gx, gw, gb);
+    gx = gw = gb = NULL;
+done:
+    Py_XDECREF(x); Py_XDECREF(w); Py_XDECREF(gy); Py_XDECREF(gx); Py_XDECREF(gw);
+    Py_XDECREF(gb);
+    return ret;
+}
+
+/* New reference to labels as an int32 (N,) array with values in [0, K): integer dtypes
+ * only (TypeError otherwise); range checked before the narrowing cast. */
+static PyArrayObject *as_labels(PyObject *obj, npy_intp N, npy_intp K, const char *fn) {
+    if (obj == NULL || obj == Py_None) {
+        PyErr_Format(PyExc_TypeError, "%s: labels must be an integer array, got None", fn);
+        return NULL;
+    }
+    PyArrayObject *raw = (PyArrayObject *)PyArray_FROM_O(obj);
+    if (raw == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: labels must be an integer array, got %.100s", fn,
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    PyArrayObject *l64 = NULL, *out = NULL;
+    int kind = PyArray_DESCR(raw)->kind;
+    if (kind != 'i' && kind != 'u') {
+        PyErr_Format(PyExc_TypeError, "%s: labels must be an integer array (class indices), got "
+                     "dtype %S", fn, (PyObject *)PyArray_DESCR(raw));
+        goto done;
+    }
+    char expect[48];
+    snprintf(expect, sizeof expect, "(N,) = (%lld,)", (long long)N);
+    if (require_shape(raw, 1, &N, fn, "labels", expect)) goto done;
+    l64 = (PyArrayObject *)PyArray_FromAny((PyObject *)raw, PyArray_DescrFromType(NPY_INT64), 1, 1,
+                                           NPY_ARRAY_CARRAY | NPY_ARRAY_FORCECAST, NULL);
+    if (!l64) goto done;
+    const npy_int64 *v = PyArray_DATA(l64);
+    for (npy_intp i = 0; i < N; i++)
+        if (v[i] < 0 || v[i] >= K) {  /* uint64 >= 2^63 wrapped to < 0 */
+            PyErr_Format(PyExc_ValueError, "%s: labels[%lld]=%lld: must be in [0, K=%lld)", fn,
+                         (long long)i, (long long)v[i], (long long)K);
+            goto done;
+        }
+    out = (PyArrayObject *)PyArray_FromAny((PyObject *)l64, PyArray_DescrFromType(NPY_INT32), 1, 1,
+                                           NPY_ARRAY_CARRAY | NPY_ARRAY_FORCECAST, NULL);
+done:
+    Py_DECREF(raw);
+    Py_XDECREF(l64);
+    return out;
+}
+
+/* cross_entropy(logits, labels) -> float;  cross_entropy_backward(logits, labels, grad=1.0) */
+static PyObject *xent_py(PyObject *m, PyObject *args, PyObject *kw, int backward) {
+    static char *kw_fwd[] = {"logits", "labels", NULL};
+    static char *kw_bwd[] = {"logits", "labels", "grad", NULL};
+    const char *fn = backward ? "cross_entropy_backward" : "cross_entropy";
+    PyObject *oz, *ol;
+    double grad = 1.0;
+    int ok = backward ? PyArg_ParseTupleAndKeywords(args, kw, "OO|d", kw_bwd, &oz, &ol, &grad)
+                      : PyArg_ParseTupleAndKeywords(args, kw, "OO", kw_fwd, &oz, &ol);
+    if (!ok) return NULL;
+    PyArrayObject *z = NULL, *lab = NULL, *gz = NULL;
+    PyObject *ret = NULL;
+    z = as_f32(oz, fn, "logits", 2, "(N, K)");
+    if (!z) goto done;
+    const npy_intp N = PyArray_DIM(z, 0), K = PyArray_DIM(z, 1);
+    lab = as_labels(ol, N, K, fn);
+    if (!lab) goto done;
+    sal_status s;
+    if (backward) {
+        if (!isfinite(grad)) {
+            char v[32];
+            snprintf(v, sizeof v, "%g", grad);  /* PyErr_Format has no %g */
+            PyErr_Format(PyExc_ValueError, "%s: grad=%s: must be finite", fn, v);
+            goto done;
+        }
+        gz = new_array(2, PyArray_DIMS(z), NPY_FLOAT32);
+        if (!gz) goto done;
+        Py_BEGIN_ALLOW_THREADS
+        s = sal_xent_bwd(PyArray_DATA(gz), PyArray_DATA(z), PyArray_DATA(lab), N, K, (float)grad);
+        Py_END_ALLOW_THREADS
+        if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+        ret = (PyObject *)gz;
+        gz = NULL;
+    } else {
+        float loss = 0.0f;
+        Py_BEGIN_ALLOW_THREADS
+        s = sal_xent_fwd(&loss, NULL, PyArray_DATA(z), PyArray_DATA(lab), N, K);
+        Py_END_ALLOW_THREADS
+        if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+        ret = PyFloat_FromDouble(loss);
+    }
+done:
+    Py_XDECREF(z); Py_XDECREF(lab); Py_XDECREF(gz);
+    return ret;
+}
+static PyObject *core_cross_entropy(PyObject *m, PyObject *args, PyObject *kw) {
+    return xent_py(m, args, kw, 0);
+}
+static PyObject *core_cross_entropy_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    return xent_py(m, args, kw, 1);
+}
+
+/* segments: None or a sequence of (n, lr_mult, wd_mult); *out is PyMem_RawMalloc'ed */
+static int parse_segments(PyObject *obj, sal_sgd_segment **out, Py_ssize_t *nseg, const char *fn) {
+    *out = NULL;
+    *nseg = 0;
+    if (obj == Py_None) return 0;
+    PyObject *seq = PySequence_Fast(obj, "");
+    if (!seq) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: segments must be None or a sequence of (n, lr_mult, "
+                     "wd_mult) tuples, got %.100s", fn, Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const Py_ssize_t S = PySequence_Fast_GET_SIZE(seq);
+    *out = (sal_sgd_segment *)PyMem_RawMalloc((size_t)(S ? S : 1) * sizeof **out);
+    if (!*out) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+    for (Py_ssize_t i = 0; i < S; i++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(seq, i);
+        long long n;
+        double lrm, wdm;
+        if (!PyTuple_Check(it) || !PyArg_ParseTuple(it, "Ldd", &n, &lrm, &wdm)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s: segments[%zd] must be a tuple (n: int, lr_mult: "
+                         "float, wd_mult: float)", fn, i);
+            Py_DECREF(seq);
+            return -1;
+        }
+        (*out)[i] = (sal_sgd_segment){n, lrm, wdm};
+    }
+    *nseg = S;
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* sgd_step(params, grads, momentum_buffer, lr, momentum=0.9, weight_decay=0.0,
+ *          nesterov=False, dampening=0.0, first_step=False, segments=None) -> None */
+static PyObject *core_sgd_step(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"params", "grads", "momentum_buffer", "lr", "momentum",
+                             "weight_decay", "nesterov", "dampening", "first_step", "segments",
+                             NULL};
+    const char *fn = "sgd_step";
+    PyObject *op, *og, *ob, *osegs = Py_None;
+    double lr, momentum = 0.9, weight_decay = 0.0, dampening = 0.0;
+    int nesterov = 0, first = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|ddpdpO", kwlist, &op, &og, &ob, &lr,
+                                     &momentum, &weight_decay, &nesterov, &dampening, &first,
+                                     &osegs))
+        return NULL;
+    PyArrayObject *p = NULL, *g = NULL, *buf = NULL;
+    sal_sgd_segment *segs = NULL;
+    Py_ssize_t nseg = 0;
+    PyObject *ret = NULL;
+    p = as_inplace(op, NPY_FLOAT32, fn, "params", -1, "");
+    if (!p) goto done;
+    if (ob != Py_None || momentum != 0.0) {
+        buf = as_inplace(ob, NPY_FLOAT32, fn, "momentum_buffer", -1, "");
+        if (!buf || same_shape(p, buf, fn, "params", "momentum_buffer")) goto done;
+    }
+    g = as_f32(og, fn, "grads", -1, "of the shape of params");
+    if (!g || same_shape(p, g, fn, "params", "grads")) goto done;
+    if (parse_segments(osegs, &segs, &nseg, fn)) goto done;
+    const sal_sgd_desc d = {lr, momentum, dampening, weight_decay, nesterov};
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_sgd_step(PyArray_DATA(p), data_or_null(buf), PyArray_DATA(g), PyArray_SIZE(p), &d,
+                     segs, nseg, first);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(segs);
+    Py_XDECREF(p); Py_XDECREF(g); Py_XDECREF(buf);
+    return ret;
+}
+
 /* ---- module ------------------------------------------------------------------- */
 
 #define KW (PyCFunction)(void (*)(void))
@@ -653,6 +1277,74 @@ static PyMethodDef core_methods[] = {
      "float32 batch (B, C, H, W) (or (C, B, H, W) for layout='CNHW') from uint8 images\n"
      "(N, C, H, W) at index: zero-pad by pad, random crop back to H x W, horizontal flip\n"
      "with p = 0.5 when flip, then (v/255 - mean) / std.  Written into out when given."},
+    {"batch_norm", KW core_batch_norm, METH_VARARGS | METH_KEYWORDS,
+     "batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, "
+     "momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n--\n\n"
+     "Batch normalisation over N, H, W per channel, as torch.nn.functional.batch_norm.\n"
+     "x (N, C, H, W); gamma, beta (C,) or None (1 and 0); returns y (N, C, H, W) and the\n"
+     "(C,) mean and 1/sqrt(var + eps) that normalised x, for batch_norm_backward.\n"
+     "training=True: batch statistics (biased variance; needs N*H*W >= 2); running_mean and\n"
+     "running_var, when given (both or neither), are UPDATED IN PLACE with momentum, the\n"
+     "variance unbiased, so they must be float32, C-contiguous, writeable arrays (no copy).\n"
+     "training=False: normalises with running_mean, running_var (required, read only)."},
+    {"batch_norm_backward", KW core_batch_norm_backward, METH_VARARGS | METH_KEYWORDS,
+     "batch_norm_backward(x, gamma, grad_y, save_mean, save_invstd, training=True) "
+     "-> (grad_x, grad_gamma, grad_beta)\n--\n\n"
+     "Gradients of batch_norm given grad_y = dL/dy and the save_mean, save_invstd it returned.\n"
+     "training selects the batch-statistics formula (True) or the eval one (False) and must\n"
+     "match the forward call. gamma None means 1."},
+    {"batch_norm_relu", KW core_batch_norm_relu, METH_VARARGS | METH_KEYWORDS,
+     "batch_norm_relu(x, gamma, beta, running_mean=None, running_var=None, residual=None, "
+     "training=True, momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n--\n\n"
+     "Fused relu(batch_norm(x) + residual) in one pass (residual None: relu(batch_norm(x))).\n"
+     "Statistics and running-stat update exactly as batch_norm."},
+    {"batch_norm_relu_backward", KW core_batch_norm_relu_backward, METH_VARARGS | METH_KEYWORDS,
+     "batch_norm_relu_backward(x, gamma, y, grad_y, save_mean, save_invstd, training=True) "
+     "-> (grad_x, grad_gamma, grad_beta, grad_residual)\n--\n\n"
+     "Gradients of batch_norm_relu from its output y (the ReLU mask y > 0) and grad_y.\n"
+     "grad_residual = grad_y * (y > 0) (ignore it when no residual was added)."},
+    {"relu", KW core_relu, METH_VARARGS | METH_KEYWORDS,
+     "relu(x) -> y\n--\n\nmax(x, 0) elementwise, any shape."},
+    {"relu_backward", KW core_relu_backward, METH_VARARGS | METH_KEYWORDS,
+     "relu_backward(y, grad_y) -> grad_x\n--\n\n"
+     "grad_y * (y > 0); y is the output of relu (its input gives the same mask)."},
+    {"add", KW core_add, METH_VARARGS | METH_KEYWORDS,
+     "add(a, b) -> y\n--\n\n"
+     "a + b for two arrays of one shape (no broadcasting). Its backward passes grad_y to both."},
+    {"global_avg_pool", KW core_global_avg_pool, METH_VARARGS | METH_KEYWORDS,
+     "global_avg_pool(x) -> y\n--\n\nMean over H, W: x (N, C, H, W) -> y (N, C)."},
+    {"global_avg_pool_backward", KW core_global_avg_pool_backward, METH_VARARGS | METH_KEYWORDS,
+     "global_avg_pool_backward(grad_y, input_shape) -> grad_x\n--\n\n"
+     "grad_y (N, C) spread evenly over H, W; input_shape = (N, C, H, W)."},
+    {"linear", KW core_linear, METH_VARARGS | METH_KEYWORDS,
+     "linear(x, w, b=None) -> y\n--\n\n"
+     "y (N, O) = x (N, I) w (O, I)^T + b (O,), as torch.nn.functional.linear."},
+    {"linear_backward", KW core_linear_backward, METH_VARARGS | METH_KEYWORDS,
+     "linear_backward(x, w, grad_y) -> (grad_x, grad_w, grad_b)\n--\n\n"
+     "Gradients of linear given grad_y (N, O); grad_b (O,) = grad_y summed over N."},
+    {"cross_entropy", KW core_cross_entropy, METH_VARARGS | METH_KEYWORDS,
+     "cross_entropy(logits, labels) -> float\n--\n\n"
+     "Softmax cross-entropy, mean over the batch: logits (N, K), labels integer (N,) in [0, K)."},
+    {"cross_entropy_backward", KW core_cross_entropy_backward, METH_VARARGS | METH_KEYWORDS,
+     "cross_entropy_backward(logits, labels, grad=1.0) -> grad_logits\n--\n\n"
+     "grad * (softmax(logits) - onehot(labels)) / N, shape (N, K)."},
+    {"sgd_step", KW core_sgd_step, METH_VARARGS | METH_KEYWORDS,
+     "sgd_step(params, grads, momentum_buffer, lr, momentum=0.9, weight_decay=0.0, "
+     "nesterov=False, dampening=0.0, first_step=False, segments=None) -> None\n--\n\n"
+     "One torch.optim.SGD step, in place on params and momentum_buffer (float32, C-contiguous,\n"
+     "writeable arrays of one shape, e.g. flat arenas; the buffer may be None when momentum=0).\n"
+     "first_step=True initialises the buffer to the gradient as PyTorch does; with\n"
+     "dampening=0 a zeroed buffer gives the same result either way.\n"
+     "segments: None or a sequence of (n, lr_mult, wd_mult) covering params in order (flat\n"
+     "index), each run using lr*lr_mult and weight_decay*wd_mult (PyTorch's param groups)."},
+    {"ref_batch_norm_f64", KW core_ref_batch_norm_f64, METH_VARARGS | METH_KEYWORDS,
+     "ref_batch_norm_f64(x, gamma, beta, running_mean=None, running_var=None, training=True, "
+     "momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n--\n\n"
+     "Naive float64 reference (tests); running stats must be float64 arrays."},
+    {"ref_batch_norm_backward_f64", KW core_ref_batch_norm_backward_f64,
+     METH_VARARGS | METH_KEYWORDS,
+     "ref_batch_norm_backward_f64(x, gamma, grad_y, save_mean, save_invstd, training=True) "
+     "-> (grad_x, grad_gamma, grad_beta)\n--\n\nNaive float64 reference (tests)."},
     {NULL, NULL, 0, NULL}};
 
 static int core_exec(PyObject *m) {

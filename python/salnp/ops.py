@@ -3,7 +3,45 @@
 Inputs may be any array-like of real floats; they are converted to float32
 C-contiguous arrays (a copy when needed, never written).  Outputs are new arrays.
 Bad input raises TypeError or ValueError naming the function and the argument.
-"""
-from ._core import conv2d, conv2d_backward
 
-__all__ = ["conv2d", "conv2d_backward"]
+Exceptions to "never written", each documented on the function: ``batch_norm`` and
+``batch_norm_relu`` update ``running_mean``/``running_var`` in place in training mode,
+and ``sgd_step`` updates ``params`` and ``momentum_buffer`` in place.  Those arrays must
+already be float32, C-contiguous and writeable (an update into a silent copy would be
+lost), otherwise ValueError/TypeError.
+
+Batch norm keeps no hidden state: the forward returns ``(y, save_mean, save_invstd)``,
+the per-channel mean and 1/sqrt(var + eps) it normalised with (batch statistics in
+training mode, running statistics in eval mode), and the backward takes them back::
+
+    y, mean, invstd = batch_norm(x, gamma, beta, rm, rv, training=True)
+    gx, ggamma, gbeta = batch_norm_backward(x, gamma, gy, mean, invstd, training=True)
+"""
+from ._core import (
+    add,
+    batch_norm,
+    batch_norm_backward,
+    batch_norm_relu,
+    batch_norm_relu_backward,
+    conv2d,
+    conv2d_backward,
+    cross_entropy,
+    cross_entropy_backward,
+    global_avg_pool,
+    global_avg_pool_backward,
+    linear,
+    linear_backward,
+    relu,
+    relu_backward,
+    sgd_step,
+)
+
+__all__ = [
+    "conv2d", "conv2d_backward",
+    "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
+    "relu", "relu_backward", "add",
+    "global_avg_pool", "global_avg_pool_backward",
+    "linear", "linear_backward",
+    "cross_entropy", "cross_entropy_backward",
+    "sgd_step",
+]

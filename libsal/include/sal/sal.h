@@ -4,4 +4,5 @@
 #include "sal/core.h"
 #include "sal/conv.h"
 #include "sal/data.h"
+#include "sal/layers.h"
 #endif
