@@ -3,4 +3,5 @@
 #define SAL_SAL_H
 #include "sal/core.h"
 #include "sal/conv.h"
+#include "sal/shift.h"
 #endif
