@@ -1,8 +1,9 @@
 """Functional ops on NumPy arrays (float32, NCHW), forward and backward.
 
-Inputs may be any array-like of real floats; they are converted to float32
-C-contiguous arrays (a copy when needed, never written).  Outputs are new arrays.
-Bad input raises TypeError or ValueError naming the function and the argument.
+Inputs may be any array-like of real floats (shift offsets: integers); they are
+converted to float32 (int32) C-contiguous arrays (a copy when needed, never written).
+Outputs are new arrays.  Bad input raises TypeError or ValueError naming the function
+and the argument.
 
 Exceptions to "never written", each documented on the function: ``batch_norm`` and
 ``batch_norm_relu`` update ``running_mean``/``running_var`` in place in training mode,
@@ -18,6 +19,8 @@ training mode, running statistics in eval mode), and the backward takes them bac
     gx, ggamma, gbeta = batch_norm_backward(x, gamma, gy, mean, invstd, training=True)
 """
 from ._core import (
+    active_shift,
+    active_shift_backward,
     add,
     batch_norm,
     batch_norm_backward,
@@ -27,17 +30,27 @@ from ._core import (
     conv2d_backward,
     cross_entropy,
     cross_entropy_backward,
+    default_shift_offsets,
     global_avg_pool,
     global_avg_pool_backward,
     linear,
     linear_backward,
+    normalize_shift_grad,
     relu,
     relu_backward,
+    sal_conv2d,
+    sal_conv2d_backward,
+    sal_probs,
     sgd_step,
+    shift,
+    shift_backward,
 )
 
 __all__ = [
     "conv2d", "conv2d_backward",
+    "shift", "shift_backward", "default_shift_offsets",
+    "active_shift", "active_shift_backward", "normalize_shift_grad",
+    "sal_conv2d", "sal_conv2d_backward", "sal_probs",
     "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",
     "relu", "relu_backward", "add",
     "global_avg_pool", "global_avg_pool_backward",

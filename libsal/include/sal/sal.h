@@ -5,4 +5,5 @@
 #include "sal/conv.h"
 #include "sal/data.h"
 #include "sal/layers.h"
+#include "sal/shift.h"
 #endif

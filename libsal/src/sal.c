@@ -1,0 +1,178 @@
+/* SAL: the Shift Attention Layer (Boukli Hacene et al., ICPR 2020), training form.
+ *
+ * For every kernel slice (o, c) (shared: every input channel c) with logits a (9):
+ *   s = std(a) (unbiased, no mean subtraction), p = softmax(beta * a / s)
+ *   (s = 0 or beta = 0: p = 1/9; the max is subtracted before exp), hard: p <- (p > 0.5);
+ *   W_eff[o,c,q] = p[o|0, c, q] * w[o,c,q];  y = conv3x3(x, W_eff, stride S, padding 1).
+ * The convolution is sal_conv_fwd / sal_conv_bwd (im2col + GEMM); the attention adds
+ * O(O*C*9) work next to the O(N*Ho*Wo*O*C*9) of the convolution.
+ *
+ * Backward (DESIGN.md 1.4), with g = dL/dW_eff from sal_conv_bwd, n = 9, abar = mean(a):
+ *   dL/dw_q = p_q g_q,   u_q = w_q g_q (shared: sum over o),
+ *   v_q = p_q (u_q - sum_k p_k u_k),
+ *   dL/da_i = (beta/s) [v_i - (sum_j v_j a_j) (a_i - abar) / ((n-1) s^2)].
+ * s = 0 (p is constant there) and hard mode (a step function) give dL/da = 0.
+ * The attention arithmetic runs in double per slice.
+ *
+ * Scratch (floats): [conv scratch | p (L,9) | W_eff (O,C,9) | g (O,C,9)], L = O*C or C. */
+#include <math.h>
+#include <string.h>
+
+#include "internal/internal.h"
+#include "sal/shift.h"
+
+#define SAL_KK 9              /* 3x3 kernel positions */
+#define SAL_PAR_MIN 2048      /* slices below which the attention loops stay serial */
+
+static sal_conv_desc sal_conv_of(const sal_sal_desc *d) {
+    return (sal_conv_desc){d->x, d->o, 3, d->stride, d->pad};
+}
+static int64_t sal_slices(const sal_sal_desc *d) { return d->shared ? d->x.c : d->o * d->x.c; }
+
+static sal_status beta_check(const char *fn, double beta) {
+    if (!isfinite(beta))
+        return sal_fail(SAL_ENONFINITE, fn, "beta=%g: must be finite", beta);
+    SAL_REQUIRE(beta >= 0.0, fn, "beta=%g: must be >= 0", beta);
+    return SAL_OK;
+}
+
+sal_status sal_sal_check(const sal_sal_desc *d, sal_act *y) {
+    const char *fn = "sal_sal";
+    SAL_REQUIRE(d != NULL, fn, "desc=NULL: must point to a sal_sal_desc");
+    SAL_REQUIRE(d->pad == 1, fn, "pad=%lld: must be 1 (3x3 kernel, padding K/2)",
+                (long long)d->pad);
+    SAL_REQUIRE(d->shared == 0 || d->shared == 1, fn, "shared=%d: must be 0 or 1", d->shared);
+    SAL_REQUIRE(d->hard == 0 || d->hard == 1, fn, "hard=%d: must be 0 or 1", d->hard);
+    SAL_TRY(beta_check(fn, d->beta));
+    sal_conv_desc cd = sal_conv_of(d);
+    return sal_conv_check(&cd, y);
+}
+
+size_t sal_sal_scratch(const sal_sal_desc *d) {
+    if (sal_sal_check(d, NULL) != SAL_OK) return 0;
+    sal_conv_desc cd = sal_conv_of(d);
+    return sal_conv_scratch(&cd) + (size_t)(sal_slices(d) + 2 * d->o * d->x.c) * SAL_KK;
+}
+
+/* p (9) from a (9); returns s = std(a) (0 when p was set uniform for s = 0) */
+static double probs_row(float *p, const float *a, double beta, int hard) {
+    double mean = 0.0, var = 0.0;
+    for (int q = 0; q < SAL_KK; q++) mean += a[q];
+    mean /= SAL_KK;
+    for (int q = 0; q < SAL_KK; q++) var += (a[q] - mean) * (a[q] - mean);
+    const double s = sqrt(var / (SAL_KK - 1));
+    double e[SAL_KK], sum = 0.0;
+    if (s == 0.0 || beta == 0.0) {
+        for (int q = 0; q < SAL_KK; q++) e[q] = 1.0;
+        sum = SAL_KK;
+    } else {
+        double z[SAL_KK], m = -INFINITY;
+        for (int q = 0; q < SAL_KK; q++) {
+            z[q] = beta * (a[q] / s);
+            if (z[q] > m) m = z[q];
+        }
+        for (int q = 0; q < SAL_KK; q++) sum += (e[q] = exp(z[q] - m));
+    }
+    for (int q = 0; q < SAL_KK; q++) {
+        const double pq = e[q] / sum;
+        p[q] = hard ? (pq > 0.5 ? 1.0f : 0.0f) : (float)pq;
+    }
+    return s;
+}
+
+static sal_status logits_check(const char *fn, const float *a, int64_t l) {
+    SAL_REQUIRE(a != NULL, fn, "a=NULL: needs %lld floats", (long long)(l * SAL_KK));
+    for (int64_t i = 0; i < l * SAL_KK; i++)
+        if (!isfinite(a[i]))
+            return sal_fail(SAL_ENONFINITE, fn, "a[%lld, %lld]=%g: logits must be finite",
+                            (long long)(i / SAL_KK), (long long)(i % SAL_KK), (double)a[i]);
+    return SAL_OK;
+}
+
+/* p (L,9) = softmax(beta * a / std(a)) row by row of a (L,9) */
+sal_status sal_attn_probs(float *p, const float *a, int64_t l, double beta, int hard) {
+    const char *fn = "sal_attn_probs";
+    SAL_REQUIRE(l >= 1, fn, "L=%lld: must be >= 1", (long long)l);
+    SAL_REQUIRE(p != NULL, fn, "p=NULL: needs %lld floats", (long long)(l * SAL_KK));
+    SAL_TRY(beta_check(fn, beta));
+    SAL_TRY(logits_check(fn, a, l));
+#pragma omp parallel for num_threads(sal_threads()) schedule(static) if (l >= SAL_PAR_MIN)
+    for (int64_t i = 0; i < l; i++) probs_row(p + i * SAL_KK, a + i * SAL_KK, beta, hard != 0);
+    return SAL_OK;
+}
+
+/* p (L,9) and W_eff (O,C,9) = p * w from w (O,C,3,3) and a (L,9) into the scratch */
+static sal_status sal_weights(float *p, float *weff, const float *w, const float *a,
+                              const sal_sal_desc *d, const char *fn) {
+    const int64_t O = d->o, C = d->x.c, L = sal_slices(d);
+    SAL_REQUIRE(w != NULL, fn, "w=NULL: needs O*C*9 floats");
+    SAL_TRY(logits_check(fn, a, L));
+#pragma omp parallel for num_threads(sal_threads()) schedule(static) if (L >= SAL_PAR_MIN)
+    for (int64_t i = 0; i < L; i++) probs_row(p + i * SAL_KK, a + i * SAL_KK, d->beta, d->hard);
+#pragma omp parallel for num_threads(sal_threads()) schedule(static) if (O * C >= SAL_PAR_MIN)
+    for (int64_t oc = 0; oc < O * C; oc++) {
+        const float *pr = p + (d->shared ? oc % C : oc) * SAL_KK;
+        for (int q = 0; q < SAL_KK; q++) weff[oc * SAL_KK + q] = pr[q] * w[oc * SAL_KK + q];
+    }
+    return SAL_OK;
+}
+
+/* y (N,O,Ho,Wo) = conv(x (N,C,H,W), p * w (O,C,3,3)), p from a (O|1,C,9) */
+sal_status sal_sal_fwd(float *y, const float *x, const float *w, const float *a,
+                       const sal_sal_desc *d, float *scratch) {
+    const char *fn = "sal_sal_fwd";
+    SAL_TRY(sal_sal_check(d, NULL));
+    SAL_REQUIRE(scratch != NULL, fn, "scratch=NULL: needs %zu floats", sal_sal_scratch(d));
+    sal_conv_desc cd = sal_conv_of(d);
+    float *p = scratch + sal_conv_scratch(&cd), *weff = p + sal_slices(d) * SAL_KK;
+    SAL_TRY(sal_weights(p, weff, w, a, d, fn));
+    return sal_conv_fwd(y, x, weff, &cd, scratch);
+}
+
+/* dx (N,C,H,W) += dL/dx, dw (O,C,3,3) += dL/dw, da (O|1,C,9) += dL/da from dy (N,O,Ho,Wo) */
+sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const float *x,
+                       const float *w, const float *a, const sal_sal_desc *d, float *scratch) {
+    const char *fn = "sal_sal_bwd";
+    SAL_TRY(sal_sal_check(d, NULL));
+    SAL_REQUIRE(scratch != NULL, fn, "scratch=NULL: needs %zu floats", sal_sal_scratch(d));
+    if (d->hard) da = NULL;                         /* zero derivative */
+    if (!dx && !dw && !da) return SAL_OK;
+    sal_conv_desc cd = sal_conv_of(d);
+    const int64_t O = d->o, C = d->x.c, L = sal_slices(d);
+    float *p = scratch + sal_conv_scratch(&cd), *weff = p + L * SAL_KK, *g = weff + O * C * SAL_KK;
+    SAL_TRY(sal_weights(p, weff, w, a, d, fn));
+    if (dw || da) memset(g, 0, (size_t)(O * C * SAL_KK) * sizeof *g);
+    SAL_TRY(sal_conv_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, &cd, scratch));
+    if (dw)
+        for (int64_t oc = 0; oc < O * C; oc++) {
+            const float *pr = p + (d->shared ? oc % C : oc) * SAL_KK;
+            for (int q = 0; q < SAL_KK; q++) dw[oc * SAL_KK + q] += pr[q] * g[oc * SAL_KK + q];
+        }
+    if (!da || d->beta == 0.0) return SAL_OK;      /* beta = 0: p does not depend on a */
+    const int64_t ostep = d->shared ? O : 1;       /* outputs summed into one slice */
+#pragma omp parallel for num_threads(sal_threads()) schedule(static) if (L >= SAL_PAR_MIN)
+    for (int64_t i = 0; i < L; i++) {
+        const float *ar = a + i * SAL_KK, *pr = p + i * SAL_KK;
+        double mean = 0.0, var = 0.0;
+        for (int q = 0; q < SAL_KK; q++) mean += ar[q];
+        mean /= SAL_KK;
+        for (int q = 0; q < SAL_KK; q++) var += (ar[q] - mean) * (ar[q] - mean);
+        const double s = sqrt(var / (SAL_KK - 1));
+        if (s == 0.0) continue;                     /* uniform by definition: constant */
+        double u[SAL_KK] = {0}, pu = 0.0, va = 0.0, v[SAL_KK];
+        for (int64_t k = 0; k < ostep; k++) {
+            /* unshared: slice i = (o, c); shared: slice i = c, summed over o */
+            const int64_t oc = d->shared ? k * C + i : i;
+            for (int q = 0; q < SAL_KK; q++)
+                u[q] += (double)w[oc * SAL_KK + q] * g[oc * SAL_KK + q];
+        }
+        for (int q = 0; q < SAL_KK; q++) pu += pr[q] * u[q];
+        for (int q = 0; q < SAL_KK; q++) {
+            v[q] = pr[q] * (u[q] - pu);
+            va += v[q] * ar[q];
+        }
+        const double f = d->beta / s, h = va / ((SAL_KK - 1) * s * s);
+        for (int q = 0; q < SAL_KK; q++) da[i * SAL_KK + q] += (float)(f * (v[q] - h * (ar[q] - mean)));
+    }
+    return SAL_OK;
+}
