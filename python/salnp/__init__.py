@@ -10,9 +10,12 @@ from . import _core
 from ._core import SalError, __version__
 from . import ops
 from . import data
+from . import nn
+from . import models
+from .io import load, save
 
-__all__ = ["SalError", "__version__", "ops", "data", "show_config", "config", "set_num_threads",
-           "get_num_threads"]
+__all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load",
+           "show_config", "config", "set_num_threads", "get_num_threads"]
 
 
 def set_num_threads(n: int) -> None:

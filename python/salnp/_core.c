@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "sal/sal.h"
+#include "sal/net.h"
 
 #ifndef SAL_VERSION_STR
 #define SAL_VERSION_STR SAL_VERSION
@@ -1781,6 +1782,148 @@ static PyObject *core_ref_sal_probs_f64(PyObject *m, PyObject *args, PyObject *k
     return sal_probs_impl(m, args, kw, NPY_FLOAT64, "ref_sal_probs_f64");
 }
 
+/* ---- networks (a program of ops over channel-major buffers; see sal/net.h) ---------- */
+
+#define NET_CAPSULE "salnp._core.net"
+
+static void net_capsule_free(PyObject *cap) {
+    sal_net_free((sal_net *)PyCapsule_GetPointer(cap, NET_CAPSULE));
+}
+
+static sal_net *net_from_capsule(PyObject *cap, const char *fn) {
+    if (!PyCapsule_IsValid(cap, NET_CAPSULE)) {
+        PyErr_Format(PyExc_TypeError, "%s: net must be an engine made by net_create", fn);
+        return NULL;
+    }
+    return (sal_net *)PyCapsule_GetPointer(cap, NET_CAPSULE);
+}
+
+static int check_arena_sizes(const sal_net *net, PyArrayObject *params, PyArrayObject *bufs,
+                             const char *fn) {
+    int64_t np_, nb;
+    sal_net_arena_sizes(net, &np_, &nb);
+    if (PyArray_SIZE(params) != np_ || (bufs && PyArray_SIZE(bufs) != nb)) {
+        PyErr_Format(PyExc_ValueError, "%s: the arenas have %lld parameters and %lld buffer values, "
+                     "the engine was built for %lld and %lld", fn, (long long)PyArray_SIZE(params),
+                     bufs ? (long long)PyArray_SIZE(bufs) : -1LL, (long long)np_, (long long)nb);
+        return -1;
+    }
+    return 0;
+}
+
+/* A float32 C-contiguous writeable array used in place (an arena): never a silent copy. */
+static int arena_arg(PyObject *obj, const char *fn, const char *arg, PyArrayObject **out) {
+    if (!PyArray_Check(obj) || PyArray_TYPE((PyArrayObject *)obj) != NPY_FLOAT32 ||
+        !PyArray_ISCARRAY((PyArrayObject *)obj) || PyArray_ISBYTESWAPPED((PyArrayObject *)obj)) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: %s must be a float32, C-contiguous, aligned, writeable array "
+                     "(it is updated in place)", fn, arg);
+        return -1;
+    }
+    *out = (PyArrayObject *)obj;
+    return 0;
+}
+
+static PyObject *core_net_create(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"shapes", "ops", "offsets", "nparams", "nbuffers", NULL};
+    const char *fn = "net_create";
+    PyObject *oshapes, *oops, *ooff;
+    long long nparams, nbuffers;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL", kwlist, &oshapes, &oops, &ooff, &nparams,
+                                     &nbuffers))
+        return NULL;
+    PyObject *ret = NULL;
+    PyArrayObject *shapes = (PyArrayObject *)PyArray_FROMANY(oshapes, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    PyArrayObject *ops = (PyArrayObject *)PyArray_FROMANY(oops, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    PyArrayObject *off = (PyArrayObject *)PyArray_FROMANY(ooff, NPY_INT32, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!shapes || !ops || !off) goto done;
+    if (PyArray_DIM(shapes, 1) != 3 || PyArray_DIM(ops, 1) != (npy_intp)(sizeof(sal_op) / sizeof(int64_t)) ||
+        PyArray_DIM(off, 1) != 2) {
+        PyErr_Format(PyExc_ValueError, "%s: shapes (B, 3), ops (n, %d) and offsets (M, 2) expected",
+                     fn, (int)(sizeof(sal_op) / sizeof(int64_t)));
+        goto done;
+    }
+    sal_net *net = NULL;
+    sal_status s = sal_net_create(&net, PyArray_DATA(shapes), PyArray_DIM(shapes, 0),
+                                  PyArray_DATA(ops), PyArray_DIM(ops, 0), PyArray_DATA(off),
+                                  PyArray_DIM(off, 0), nparams, nbuffers);
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = PyCapsule_New(net, NET_CAPSULE, net_capsule_free);
+    if (!ret) sal_net_free(net);
+done:
+    Py_XDECREF(shapes);
+    Py_XDECREF(ops);
+    Py_XDECREF(off);
+    return ret;
+}
+
+static PyObject *core_net_forward(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "params", "buffers", "x", "train", "hard", "beta", NULL};
+    const char *fn = "forward";
+    PyObject *cap, *oparams, *obufs, *ox;
+    int train = 0, hard = 0;
+    double beta = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|ppd", kwlist, &cap, &oparams, &obufs, &ox,
+                                     &train, &hard, &beta))
+        return NULL;
+    sal_net *net = net_from_capsule(cap, fn);
+    PyArrayObject *params, *bufs, *x = NULL, *y = NULL;
+    PyObject *ret = NULL;
+    if (!net || arena_arg(oparams, fn, "params", &params) || arena_arg(obufs, fn, "buffers", &bufs))
+        return NULL;
+    x = as_f32(ox, fn, "x", 4, "(N, C, H, W)");
+    if (!x) goto done;
+    npy_intp n = PyArray_DIM(x, 0);
+    if (check_arena_sizes(net, params, bufs, fn)) goto done;
+    npy_intp dims[2] = {n, (npy_intp)sal_net_output_width(net)};
+    y = new_empty(2, dims, NPY_FLOAT32);
+    if (!y) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    sal_act xg = {n, PyArray_DIM(x, 1), PyArray_DIM(x, 2), PyArray_DIM(x, 3), SAL_NCHW};
+    s = sal_net_forward(net, PyArray_DATA(y), PyArray_DATA(x), xg, PyArray_DATA(params),
+                        PyArray_DATA(bufs), train, hard, beta);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)y;
+    y = NULL;
+done:
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    return ret;
+}
+
+static PyObject *core_net_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "params", "grads", "grad_logits", NULL};
+    const char *fn = "backward";
+    PyObject *cap, *oparams, *ograds, *ogy;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", kwlist, &cap, &oparams, &ograds, &ogy))
+        return NULL;
+    sal_net *net = net_from_capsule(cap, fn);
+    PyArrayObject *params, *grads, *gy = NULL;
+    PyObject *ret = NULL;
+    if (!net || arena_arg(oparams, fn, "params", &params) || arena_arg(ograds, fn, "grads", &grads))
+        return NULL;
+    gy = as_f32(ogy, fn, "grad_logits", 2, "(N, K)");
+    if (!gy) goto done;
+    npy_intp want[2] = {sal_net_last_batch(net), sal_net_output_width(net)};
+    char expect[64];
+    snprintf(expect, sizeof expect, "(N, K) = (%lld, %lld) of the last forward", (long long)want[0],
+             (long long)want[1]);
+    if (require_shape(gy, 2, want, fn, "grad_logits", expect)) goto done;
+    if (check_arena_sizes(net, params, NULL, fn) || check_arena_sizes(net, grads, NULL, fn))
+        goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_net_backward(net, PyArray_DATA(grads), PyArray_DATA(gy), PyArray_DATA(params));
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(gy);
+    return ret;
+}
+
 /* ---- module ------------------------------------------------------------------- */
 
 #define KW (PyCFunction)(void (*)(void))
@@ -1950,6 +2093,15 @@ static PyMethodDef core_methods[] = {
      "Naive float64 reference (tests): full softmax and std Jacobians."},
     {"ref_sal_probs_f64", KW core_ref_sal_probs_f64, METH_VARARGS | METH_KEYWORDS,
      "ref_sal_probs_f64(logits, beta, hard=False) -> p\n--\n\nNaive float64 reference (tests)."},
+    {"net_create", KW core_net_create, METH_VARARGS | METH_KEYWORDS,
+     "net_create(shapes, ops, offsets, nparams, nbuffers) -> engine\n--\n\n"
+     "A network program (see salnp.models): buffer shapes (B, 3), op rows, int32 shift offsets."},
+    {"net_forward", KW core_net_forward, METH_VARARGS | METH_KEYWORDS,
+     "net_forward(net, params, buffers, x, train=False, hard=False, beta=1.0) -> logits\n--\n\n"
+     "Run the program; params and buffers are the arenas (buffers updated in training)."},
+    {"net_backward", KW core_net_backward, METH_VARARGS | METH_KEYWORDS,
+     "net_backward(net, params, grads, grad_logits)\n--\n\n"
+     "Accumulate dL/dparams into grads for the last forward."},
     {NULL, NULL, 0, NULL}};
 
 static int core_exec(PyObject *m) {

@@ -1,0 +1,425 @@
+/* The network program: validation, buffers allocated once per batch size, forward and
+ * backward as one pass each over the op list.  All activations are channel-major. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal/internal.h"
+#include "sal/conv.h"
+#include "sal/layers.h"
+#include "sal/net.h"
+#include "sal/shift.h"
+
+struct sal_net {
+    int64_t nbuf, nops, noff, nparams, nbuffers;
+    int64_t *shapes;    /* (nbuf, 3) per-sample C, H, W */
+    sal_op *ops;
+    int32_t *offsets;   /* (noff, 2) */
+    int64_t cap;        /* batch size the activations are allocated for */
+    int64_t n;          /* batch size of the last forward (0: none yet) */
+    int train, hard;    /* mode of the last forward */
+    double beta;
+    float **act, **grad;        /* per buffer, cap * C * H * W floats */
+    float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops */
+    int64_t *stat_off;          /* per op offset into stats, -1 if none */
+    float *scratch;
+    size_t scratch_n;
+};
+
+static const char *FN = "sal_net";
+
+static sal_act buf_act(const sal_net *net, int64_t b, int64_t n) {
+    const int64_t *s = net->shapes + 3 * b;
+    return (sal_act){n, s[0], s[1], s[2], SAL_CNHW};
+}
+
+static int64_t buf_numel(const sal_net *net, int64_t b, int64_t n) {
+    const int64_t *s = net->shapes + 3 * b;
+    return n * s[0] * s[1] * s[2];
+}
+
+static sal_conv_desc conv_desc(const sal_net *net, const sal_op *op, int64_t n) {
+    return (sal_conv_desc){buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad};
+}
+
+static sal_sal_desc sal_desc(const sal_net *net, const sal_op *op, int64_t n) {
+    return (sal_sal_desc){buf_act(net, op->in, n), op->o, op->stride, op->pad, (int)op->shared,
+                          net->hard, net->beta};
+}
+
+/* Checks one op against the buffers and arenas: every index in range, every output shape
+ * the one its kernel produces.  Sizes with n = 1. */
+static sal_status check_op(const sal_net *net, int64_t i, const sal_op *op) {
+    const int64_t B = net->nbuf, P = net->nparams;
+    SAL_REQUIRE(op->in >= 0 && op->in < B && op->out > 0 && op->out < B && op->in != op->out,
+                FN, "op %lld: in=%lld out=%lld: must be distinct buffers in [0, %lld)",
+                (long long)i, (long long)op->in, (long long)op->out, (long long)B);
+    SAL_REQUIRE(op->res >= -1 && op->res < B && op->res != op->out, FN,
+                "op %lld: res=%lld: must be -1 or another buffer", (long long)i, (long long)op->res);
+    const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+    int64_t want[3] = {si[0], si[1], si[2]}, pw = 0, pb = 0;
+    sal_act y;
+    switch (op->kind) {
+    case SAL_OP_CONV: {
+        sal_conv_desc d = conv_desc(net, op, 1);
+        SAL_TRY(sal_conv_check(&d, &y));
+        want[0] = y.c, want[1] = y.h, want[2] = y.w;
+        pw = op->o * si[0] * op->k * op->k;
+        break;
+    }
+    case SAL_OP_SAL: {
+        sal_sal_desc d = sal_desc(net, op, 1);
+        d.beta = 1.0;
+        SAL_TRY(sal_sal_check(&d, &y));
+        want[0] = y.c, want[1] = y.h, want[2] = y.w;
+        pw = op->o * si[0] * 9;
+        pb = (op->shared ? 1 : op->o) * si[0] * 9;
+        break;
+    }
+    case SAL_OP_SHIFT:
+    case SAL_OP_ASHIFT: {
+        sal_shift_desc d = {buf_act(net, op->in, 1), op->stride};
+        SAL_TRY(sal_shift_check(&d, &y));
+        want[1] = y.h, want[2] = y.w;
+        if (op->kind == SAL_OP_SHIFT)
+            SAL_REQUIRE(op->ioff >= 0 && op->ioff + si[0] <= net->noff, FN,
+                        "op %lld: ioff=%lld: needs %lld offset rows of %lld", (long long)i,
+                        (long long)op->ioff, (long long)si[0], (long long)net->noff);
+        else
+            pw = 2 * si[0];
+        break;
+    }
+    case SAL_OP_BN:
+        pw = pb = si[0];
+        SAL_REQUIRE(op->b0 >= 0 && op->b1 >= 0 && op->b0 + si[0] <= net->nbuffers &&
+                        op->b1 + si[0] <= net->nbuffers, FN,
+                    "op %lld: running statistics at %lld, %lld: outside the buffer arena (%lld)",
+                    (long long)i, (long long)op->b0, (long long)op->b1, (long long)net->nbuffers);
+        SAL_REQUIRE(op->res < 0 || op->relu, FN, "op %lld: BN with a residual needs relu=1",
+                    (long long)i);
+        break;
+    case SAL_OP_ADD:
+        SAL_REQUIRE(op->res >= 0, FN, "op %lld: add needs a res buffer", (long long)i);
+        break;
+    case SAL_OP_POOL:
+        want[1] = want[2] = 1;
+        break;
+    case SAL_OP_LINEAR:
+        SAL_REQUIRE(si[1] == 1 && si[2] == 1, FN, "op %lld: linear input must be pooled (C, 1, 1)",
+                    (long long)i);
+        want[0] = op->o, want[1] = want[2] = 1;
+        pw = op->o * si[0];
+        pb = op->o;
+        break;
+    default:
+        return sal_fail(SAL_EINVAL, FN, "op %lld: kind=%lld: unknown op", (long long)i,
+                        (long long)op->kind);
+    }
+    if (op->res >= 0) {
+        const int64_t *sr = net->shapes + 3 * op->res;
+        SAL_REQUIRE(sr[0] == want[0] && sr[1] == want[1] && sr[2] == want[2], FN,
+                    "op %lld: res buffer %lld has shape (%lld, %lld, %lld), not the output's",
+                    (long long)i, (long long)op->res, (long long)sr[0], (long long)sr[1],
+                    (long long)sr[2]);
+    }
+    SAL_REQUIRE(so[0] == want[0] && so[1] == want[1] && so[2] == want[2], FN,
+                "op %lld: out buffer %lld has shape (%lld, %lld, %lld), the op makes (%lld, %lld, %lld)",
+                (long long)i, (long long)op->out, (long long)so[0], (long long)so[1],
+                (long long)so[2], (long long)want[0], (long long)want[1], (long long)want[2]);
+    SAL_REQUIRE(pw == 0 || (op->p0 >= 0 && op->p0 + pw <= P), FN,
+                "op %lld: p0=%lld: %lld parameters do not fit the arena (%lld)", (long long)i,
+                (long long)op->p0, (long long)pw, (long long)P);
+    SAL_REQUIRE(pb == 0 || (op->p1 >= 0 && op->p1 + pb <= P), FN,
+                "op %lld: p1=%lld: %lld parameters do not fit the arena (%lld)", (long long)i,
+                (long long)op->p1, (long long)pb, (long long)P);
+    return SAL_OK;
+}
+
+sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, const sal_op *ops,
+                          int64_t nops, const int32_t *offsets, int64_t noff, int64_t nparams,
+                          int64_t nbuffers) {
+    SAL_REQUIRE(out && shapes && ops, FN, "net, shapes and ops must not be NULL");
+    SAL_REQUIRE(nbuf >= 2 && nops >= 1, FN, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
+                (long long)nbuf, (long long)nops);
+    SAL_REQUIRE(noff >= 0 && (noff == 0 || offsets), FN, "noff=%lld: offsets missing",
+                (long long)noff);
+    SAL_REQUIRE(nparams >= 0 && nbuffers >= 0, FN, "arena sizes must be >= 0");
+    *out = NULL;
+    sal_net *net = calloc(1, sizeof *net);
+    if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    net->nbuf = nbuf, net->nops = nops, net->noff = noff;
+    net->nparams = nparams, net->nbuffers = nbuffers;
+    net->shapes = malloc((size_t)nbuf * 3 * sizeof *net->shapes);
+    net->ops = malloc((size_t)nops * sizeof *net->ops);
+    net->offsets = malloc((size_t)(noff ? noff : 1) * 2 * sizeof *net->offsets);
+    net->act = calloc((size_t)nbuf, sizeof *net->act);
+    net->grad = calloc((size_t)nbuf, sizeof *net->grad);
+    net->stat_off = malloc((size_t)nops * sizeof *net->stat_off);
+    if (!net->shapes || !net->ops || !net->offsets || !net->act || !net->grad || !net->stat_off) {
+        sal_net_free(net);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    memcpy(net->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
+    memcpy(net->ops, ops, (size_t)nops * sizeof *ops);
+    if (noff) memcpy(net->offsets, offsets, (size_t)noff * 2 * sizeof *offsets);
+    sal_status s = SAL_OK;
+    for (int64_t b = 0; b < nbuf && s == SAL_OK; b++) {
+        int64_t tot;
+        const int64_t *sb = shapes + 3 * b;
+        if (sb[0] < 1 || sb[1] < 1 || sb[2] < 1)
+            s = sal_fail(SAL_EINVAL, FN, "buffer %lld: shape (%lld, %lld, %lld): sizes must be >= 1",
+                         (long long)b, (long long)sb[0], (long long)sb[1], (long long)sb[2]);
+        else
+            s = sal_checked_prod(FN, "buffer size", &tot, 3, sb[0], sb[1], sb[2]);
+    }
+    int64_t nstats = 0;
+    for (int64_t i = 0; i < nops && s == SAL_OK; i++) {
+        s = check_op(net, i, &ops[i]);
+        net->stat_off[i] = ops[i].kind == SAL_OP_BN ? nstats : -1;
+        if (ops[i].kind == SAL_OP_BN) nstats += 2 * shapes[3 * ops[i].in];
+    }
+    if (s == SAL_OK) {
+        net->stats = malloc((size_t)(nstats ? nstats : 1) * sizeof *net->stats);
+        if (!net->stats) s = sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    if (s != SAL_OK) {
+        sal_net_free(net);
+        return s;
+    }
+    *out = net;
+    return SAL_OK;
+}
+
+static void free_buffers(sal_net *net) {
+    for (int64_t b = 0; b < net->nbuf; b++) {
+        free(net->act[b]);
+        free(net->grad[b]);
+        net->act[b] = net->grad[b] = NULL;
+    }
+    free(net->scratch);
+    net->scratch = NULL;
+    net->scratch_n = 0;
+    net->cap = 0;
+}
+
+void sal_net_free(sal_net *net) {
+    if (!net) return;
+    if (net->act && net->grad) free_buffers(net);
+    free(net->shapes);
+    free(net->ops);
+    free(net->offsets);
+    free(net->act);
+    free(net->grad);
+    free(net->stats);
+    free(net->stat_off);
+    free(net);
+}
+
+/* Activations (and the scratch) for batch size n; gradients are allocated by backward. */
+static sal_status reserve(sal_net *net, int64_t n) {
+    if (n <= net->cap) return SAL_OK;
+    free_buffers(net);
+    size_t scratch = 0;
+    for (int64_t i = 0; i < net->nops; i++) {
+        const sal_op *op = &net->ops[i];
+        size_t need = 0;
+        if (op->kind == SAL_OP_CONV) {
+            sal_conv_desc d = conv_desc(net, op, n);
+            need = sal_conv_scratch(&d);
+        } else if (op->kind == SAL_OP_SAL) {
+            sal_sal_desc d = sal_desc(net, op, n);
+            need = sal_sal_scratch(&d);
+        }
+        if (need > scratch) scratch = need;
+    }
+    for (int64_t b = 0; b < net->nbuf; b++) {
+        int64_t numel;
+        SAL_TRY(sal_checked_prod(FN, "activation", &numel, 2, n, buf_numel(net, b, 1)));
+        net->act[b] = malloc((size_t)numel * sizeof(float));
+        if (!net->act[b]) {
+            free_buffers(net);
+            return sal_fail(SAL_ENOMEM, FN, "activations for batch %lld: out of memory", (long long)n);
+        }
+    }
+    net->scratch = malloc((scratch ? scratch : 1) * sizeof(float));
+    if (!net->scratch) {
+        free_buffers(net);
+        return sal_fail(SAL_ENOMEM, FN, "scratch: out of memory");
+    }
+    net->scratch_n = scratch;
+    net->cap = n;
+    return SAL_OK;
+}
+
+/* x (N, C, H, W) NCHW -> dst (C, N, H, W) */
+static void to_channel_major(float *dst, const float *x, int64_t n, int64_t c, int64_t hw) {
+#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
+    for (int64_t ci = 0; ci < c; ci++)
+        for (int64_t ni = 0; ni < n; ni++)
+            memcpy(dst + (ci * n + ni) * hw, x + (ni * c + ci) * hw, (size_t)hw * sizeof(float));
+}
+
+sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act xg,
+                           const float *params, float *buffers, int train, int hard, double beta) {
+    SAL_REQUIRE(net && logits && x && params, FN, "net, logits, x and params must not be NULL");
+    SAL_TRY(sal_act_check(FN, "x", xg));
+    const int64_t n = xg.n, *s0 = net->shapes;
+    SAL_REQUIRE(xg.layout == SAL_NCHW && xg.c == s0[0] && xg.h == s0[1] && xg.w == s0[2], FN,
+                "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
+                (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
+                (long long)s0[1], (long long)s0[2]);
+    SAL_REQUIRE(buffers || net->nbuffers == 0, FN, "buffers=NULL: the net has BN statistics");
+    SAL_TRY(reserve(net, n));
+    net->n = 0;  /* no valid forward until this one completes */
+    net->train = train != 0, net->hard = hard != 0, net->beta = beta;
+    to_channel_major(net->act[0], x, n, s0[0], s0[1] * s0[2]);
+    for (int64_t i = 0; i < net->nops; i++) {
+        const sal_op *op = &net->ops[i];
+        const sal_act xa = buf_act(net, op->in, n);
+        const float *in = net->act[op->in];
+        float *y = net->act[op->out];
+        const float *res = op->res >= 0 ? net->act[op->res] : NULL;
+        if (op->kind == SAL_OP_LINEAR && i == net->nops - 1) y = logits;
+        switch (op->kind) {
+        case SAL_OP_CONV: {
+            sal_conv_desc d = conv_desc(net, op, n);
+            SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, net->scratch));
+            break;
+        }
+        case SAL_OP_SAL: {
+            sal_sal_desc d = sal_desc(net, op, n);
+            SAL_TRY(sal_sal_fwd(y, in, params + op->p0, params + op->p1, &d, net->scratch));
+            break;
+        }
+        case SAL_OP_SHIFT: {
+            sal_shift_desc d = {xa, op->stride};
+            SAL_TRY(sal_shift_fwd(y, in, net->offsets + 2 * op->ioff, &d));
+            break;
+        }
+        case SAL_OP_ASHIFT: {
+            sal_shift_desc d = {xa, op->stride};
+            SAL_TRY(sal_ashift_fwd(y, in, params + op->p0, &d));
+            break;
+        }
+        case SAL_OP_BN: {
+            sal_bn_desc d = {xa, net->train, 0.1, 1e-5};
+            float *sm = net->stats + net->stat_off[i], *si = sm + xa.c;
+            float *rm = buffers + op->b0, *rv = buffers + op->b1;
+            if (op->relu)
+                SAL_TRY(sal_bn_relu_fwd(y, sm, si, rm, rv, in, params + op->p0, params + op->p1,
+                                        res, &d));
+            else
+                SAL_TRY(sal_bn_fwd(y, sm, si, rm, rv, in, params + op->p0, params + op->p1, &d));
+            break;
+        }
+        case SAL_OP_ADD:
+            SAL_TRY(sal_add_fwd(y, in, res, xa));
+            break;
+        case SAL_OP_POOL:
+            SAL_TRY(sal_gap_fwd(y, in, xa));
+            break;
+        case SAL_OP_LINEAR:
+            SAL_TRY(sal_linear_fwd(y, in, params + op->p0, params + op->p1, n, xa.c, op->o));
+            break;
+        }
+    }
+    const sal_op *last = &net->ops[net->nops - 1];
+    if (last->kind != SAL_OP_LINEAR) {  /* copy the last buffer out, (N, F) row-major */
+        int64_t f = buf_numel(net, last->out, 1);
+        SAL_REQUIRE(net->shapes[3 * last->out + 1] * net->shapes[3 * last->out + 2] == 1, FN,
+                    "the last op must produce (N, F) (a pool or a linear)");
+        memcpy(logits, net->act[last->out], (size_t)(n * f) * sizeof(float));
+    }
+    net->n = n;
+    return SAL_OK;
+}
+
+sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, const float *params) {
+    SAL_REQUIRE(net && grads && dlogits && params, FN, "net, grads, dlogits, params must not be NULL");
+    SAL_REQUIRE(net->n >= 1, FN, "backward: no forward pass to differentiate");
+    const int64_t n = net->n;
+    for (int64_t b = 1; b < net->nbuf; b++) {
+        if (!net->grad[b]) {
+            net->grad[b] = malloc((size_t)buf_numel(net, b, net->cap) * sizeof(float));
+            if (!net->grad[b]) return sal_fail(SAL_ENOMEM, FN, "gradients: out of memory");
+        }
+        memset(net->grad[b], 0, (size_t)buf_numel(net, b, n) * sizeof(float));
+    }
+    const sal_op *last = &net->ops[net->nops - 1];
+    /* the output's gradient: dlogits; a final linear reads it directly */
+    const int64_t lastbuf = last->out;
+    memcpy(net->grad[lastbuf], dlogits, (size_t)buf_numel(net, lastbuf, n) * sizeof(float));
+    for (int64_t i = net->nops - 1; i >= 0; i--) {
+        const sal_op *op = &net->ops[i];
+        const sal_act xa = buf_act(net, op->in, n);
+        const float *in = net->act[op->in];
+        const float *dy = net->grad[op->out];
+        float *dx = op->in == 0 ? NULL : net->grad[op->in];  /* no gradient for the input */
+        float *dres = op->res >= 0 ? net->grad[op->res] : NULL;
+        switch (op->kind) {
+        case SAL_OP_CONV: {
+            sal_conv_desc d = conv_desc(net, op, n);
+            SAL_TRY(sal_conv_bwd(dx, grads + op->p0, dy, in, params + op->p0, &d, net->scratch));
+            break;
+        }
+        case SAL_OP_SAL: {
+            sal_sal_desc d = sal_desc(net, op, n);
+            SAL_TRY(sal_sal_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0,
+                                params + op->p1, &d, net->scratch));
+            break;
+        }
+        case SAL_OP_SHIFT: {
+            sal_shift_desc d = {xa, op->stride};
+            if (dx) SAL_TRY(sal_shift_bwd(dx, dy, net->offsets + 2 * op->ioff, &d));
+            break;
+        }
+        case SAL_OP_ASHIFT: {
+            sal_shift_desc d = {xa, op->stride};
+            SAL_TRY(sal_ashift_bwd(dx, grads + op->p0, dy, in, params + op->p0, &d));
+            break;
+        }
+        case SAL_OP_BN: {
+            sal_bn_desc d = {xa, net->train, 0.1, 1e-5};
+            const float *sm = net->stats + net->stat_off[i], *si = sm + xa.c;
+            if (op->relu)
+                SAL_TRY(sal_bn_relu_bwd(dx, grads + op->p0, grads + op->p1, dres, dy,
+                                        net->act[op->out], in, params + op->p0, sm, si, &d));
+            else
+                SAL_TRY(sal_bn_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0,
+                                   sm, si, &d));
+            break;
+        }
+        case SAL_OP_ADD:
+            SAL_TRY(sal_add_bwd(dx, dres, dy, xa));
+            break;
+        case SAL_OP_POOL:
+            if (dx) SAL_TRY(sal_gap_bwd(dx, dy, xa));
+            break;
+        case SAL_OP_LINEAR:
+            SAL_TRY(sal_linear_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0, n,
+                                   xa.c, op->o));
+            break;
+        }
+    }
+    return SAL_OK;
+}
+
+sal_status sal_net_buffer(const sal_net *net, int64_t b, const float **act, sal_act *geom) {
+    SAL_REQUIRE(net && act && geom, FN, "net, act, geom must not be NULL");
+    SAL_REQUIRE(b >= 0 && b < net->nbuf, FN, "b=%lld: must be in [0, %lld)", (long long)b,
+                (long long)net->nbuf);
+    SAL_REQUIRE(net->n >= 1, FN, "no forward pass yet");
+    *act = net->act[b];
+    *geom = buf_act(net, b, net->n);
+    return SAL_OK;
+}
+
+int64_t sal_net_output_width(const sal_net *net) {
+    return buf_numel(net, net->ops[net->nops - 1].out, 1);
+}
+
+int64_t sal_net_last_batch(const sal_net *net) { return net->n; }
+
+void sal_net_arena_sizes(const sal_net *net, int64_t *nparams, int64_t *nbuffers) {
+    *nparams = net->nparams;
+    *nbuffers = net->nbuffers;
+}

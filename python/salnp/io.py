@@ -1,0 +1,105 @@
+"""Saving and loading networks and training state as .npz (never pickle).
+
+A file holds the arrays under their state-dict names plus three small entries:
+``__format__`` (the format version), ``__kind__`` ("network" or "training") and
+``__config__`` (JSON text of the model config and, for training state, everything
+needed to resume).  Files are written to a temporary name in the same folder, fsynced
+and renamed, so a process killed during ``save`` leaves the previous file intact.
+Loading uses ``allow_pickle=False``; a truncated, corrupted or foreign file raises
+ValueError naming the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = 1
+__all__ = ["save", "load", "save_npz_atomic", "read_npz", "FORMAT"]
+
+
+def save_npz_atomic(path, arrays: dict, kind: str, config: dict) -> None:
+    """Write arrays + metadata to path atomically (tmp file, fsync, rename, fsync dir)."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    payload = {k: np.array(v, order="C") for k, v in arrays.items()}
+    for k, v in payload.items():
+        if v.dtype.kind not in "fiub":
+            raise TypeError(f"save: {k} has dtype {v.dtype}; only numeric arrays are stored")
+    payload["__format__"] = np.array(FORMAT, np.int64)
+    payload["__kind__"] = np.array(kind)
+    payload["__config__"] = np.array(json.dumps(config, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    dfd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read_npz(path, kind: str | None = None):
+    """(arrays, config, kind) from a salnp .npz; ValueError naming the file otherwise."""
+    path = os.fspath(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+        raise ValueError(f"{path}: not a readable salnp .npz file ({type(e).__name__}: {e})") from None
+    if "__format__" not in arrays or "__config__" not in arrays or "__kind__" not in arrays:
+        raise ValueError(f"{path}: not a salnp file (no __format__/__kind__/__config__ entries)")
+    fmt = int(arrays.pop("__format__"))
+    if fmt != FORMAT:
+        raise ValueError(f"{path}: format version {fmt}, this salnp reads version {FORMAT}")
+    found = str(arrays.pop("__kind__"))
+    if kind is not None and found != kind:
+        raise ValueError(f"{path}: holds a {found!r}, expected a {kind!r}")
+    try:
+        config = json.loads(str(arrays.pop("__config__")))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupted config ({e})") from None
+    return arrays, config, found
+
+
+def save(net, path) -> None:
+    """Save a network (parameters, buffers, config) to path (.npz)."""
+    save_npz_atomic(path, net.state_dict(), "network", {"model": net.config})
+
+
+def load(path):
+    """Load a network saved by save(); returns a new network with its weights."""
+    from .models import resnet
+
+    arrays, config, kind = read_npz(path)
+    if kind not in ("network", "training"):
+        raise ValueError(f"{path}: holds a {kind!r}, not a network")
+    model_cfg = config.get("model")
+    if not isinstance(model_cfg, dict):
+        raise ValueError(f"{path}: no model config")
+    try:
+        net = resnet(**model_cfg)
+    except TypeError as e:
+        raise ValueError(f"{path}: model config {model_cfg} not understood ({e})") from None
+    state = {k: v for k, v in arrays.items() if not k.startswith("optim.") and not k.startswith("train.")}
+    try:
+        net.load_state_dict(state)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    return net

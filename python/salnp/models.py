@@ -1,0 +1,392 @@
+"""CIFAR ResNets with CL, SL, ASL or SAL layers (DESIGN.md section 2).
+
+    net = salnp.models.resnet(depth=20, width=16, layer="sal")
+    logits = net.forward(x)          # x float32 (N, C, H, W)
+
+A network is a tree of Modules (PyTorch-style names: ``layer1.0.conv1.weight``) whose
+parameters live in one arena, plus a *program*: the flat list of C ops the tree emits
+(conv, SAL, shift, BN(+add)(+ReLU), pool, linear) over activation buffers.  libsal runs
+the program forward and backward with every buffer allocated once per batch size, in
+the channel-major layout.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from .nn import Arena, Module, constant, kaiming_uniform_a_sqrt5, uniform
+
+__all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "BatchNorm2d",
+           "Linear", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "default_shift_offsets"]
+
+# op kinds and the field order of one op row; must match sal/net.h
+OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = range(8)
+FIELDS = ("kind", "inp", "out", "res", "relu", "o", "k", "stride", "pad", "p0", "p1", "p2",
+          "b0", "b1", "shared", "ioff")
+
+
+def default_shift_offsets(c: int) -> np.ndarray:
+    """Wu et al.'s fixed 3x3 assignment (DESIGN 1.2): int32 (C, 2) rows (dy, dx)."""
+    off = np.zeros((c, 2), np.int32)
+    n9 = 9 * (c // 9)
+    idx = np.arange(n9)
+    off[:n9, 0] = (idx // 3) % 3 - 1
+    off[:n9, 1] = idx % 3 - 1
+    return off
+
+
+class Program:
+    """Activation buffers (per-sample shapes) and op rows, built by Module.emit()."""
+
+    def __init__(self, in_shape):
+        self.shapes = [tuple(in_shape)]
+        self.ops: list[dict] = []
+        self.int_offsets: list[np.ndarray] = []
+
+    def buf(self, c, h, w) -> int:
+        self.shapes.append((int(c), int(h), int(w)))
+        return len(self.shapes) - 1
+
+    def op(self, **f) -> None:
+        row = dict.fromkeys(FIELDS, 0)
+        row.update(res=-1, ioff=-1)
+        row.update(f)
+        self.ops.append(row)
+
+    def table(self) -> np.ndarray:
+        return np.array([[r[k] for k in FIELDS] for r in self.ops], dtype=np.int64)
+
+
+def _out_size(h, k, s, p):
+    return (h + 2 * p - k) // s + 1
+
+
+# ---------------------------------------------------------------- leaf layers
+class Conv2d(Module):
+    """k x k convolution, no bias (BN follows)."""
+
+    def __init__(self, cin, cout, k=3, stride=1, padding=None):
+        super().__init__()
+        self.cin, self.cout, self.k, self.stride = cin, cout, k, stride
+        self.padding = k // 2 if padding is None else padding
+        self.add_param("weight", (cout, cin, k, k), kaiming_uniform_a_sqrt5(cin * k * k))
+
+    def emit(self, prog, arena, name, x):
+        c, h, w = prog.shapes[x]
+        y = prog.buf(self.cout, _out_size(h, self.k, self.stride, self.padding),
+                     _out_size(w, self.k, self.stride, self.padding))
+        prog.op(kind=OP_CONV, inp=x, out=y, o=self.cout, k=self.k, stride=self.stride,
+                pad=self.padding, p0=arena.offsets[f"{name}.weight"][0])
+        return y
+
+
+class SALConv2d(Module):
+    """Shift Attention Layer: a 3x3 convolution whose kernel slices learn one shift each.
+
+    logits (C_out, C_in, 9) unshared, or (1, C_in, 9) shared; init U[0, 1)."""
+
+    def __init__(self, cin, cout, stride=1, shared=False):
+        super().__init__()
+        self.cin, self.cout, self.k, self.stride, self.padding, self.shared = cin, cout, 3, stride, 1, shared
+        self.add_param("weight", (cout, cin, 3, 3), kaiming_uniform_a_sqrt5(cin * 9))
+        self.add_param("logits", (1 if shared else cout, cin, 9), uniform(0.0, 1.0))
+
+    def emit(self, prog, arena, name, x):
+        c, h, w = prog.shapes[x]
+        y = prog.buf(self.cout, _out_size(h, 3, self.stride, 1), _out_size(w, 3, self.stride, 1))
+        prog.op(kind=OP_SAL, inp=x, out=y, o=self.cout, k=3, stride=self.stride, pad=1,
+                p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.logits"][0],
+                shared=int(self.shared))
+        return y
+
+
+class Shift(Module):
+    """Fixed per-channel integer shift (SL, Wu et al.); 0 parameters, 0 MACs."""
+
+    def __init__(self, c, stride=1, offsets=None):
+        super().__init__()
+        self.c, self.stride = c, stride
+        off = default_shift_offsets(c) if offsets is None else np.asarray(offsets, np.int32)
+        self.add_buffer("offsets", (c, 2), lambda rng, shape: off, dtype=np.int32)
+
+    def emit(self, prog, arena, name, x):
+        c, h, w = prog.shapes[x]
+        y = prog.buf(c, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
+        prog.int_offsets.append(self._buffers["offsets"])
+        prog.op(kind=OP_SHIFT, inp=x, out=y, stride=self.stride, ioff=len(prog.int_offsets) - 1)
+        return y
+
+
+class ActiveShift(Module):
+    """Active shift (ASL, Jeon & Kim): learned real (dy, dx) per channel, bilinear.
+
+    Offsets init U(-1, 1), no weight decay, learning-rate multiplier 0.01; their gradient
+    is normalised to unit length per channel before the update (reference training)."""
+
+    def __init__(self, c, stride=1, lr_scale=0.01):
+        super().__init__()
+        self.c, self.stride = c, stride
+        self.add_param("shift", (c, 2), uniform(-1.0, 1.0), decay=False, lr_scale=lr_scale)
+
+    def emit(self, prog, arena, name, x):
+        c, h, w = prog.shapes[x]
+        y = prog.buf(c, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
+        prog.op(kind=OP_ASHIFT, inp=x, out=y, stride=self.stride,
+                p0=arena.offsets[f"{name}.shift"][0])
+        return y
+
+
+class BatchNorm2d(Module):
+    """BatchNorm (momentum 0.1, eps 1e-5 as PyTorch); the program fuses (+ residual)(ReLU)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.add_param("weight", (c,), constant(1.0))
+        self.add_param("bias", (c,), constant(0.0))
+        self.add_buffer("running_mean", (c,), constant(0.0))
+        self.add_buffer("running_var", (c,), constant(1.0))
+        self.add_buffer("num_batches_tracked", (), constant(0), dtype=np.int64)
+
+    def emit(self, prog, arena, name, x, relu=False, res=-1):
+        y = prog.buf(*prog.shapes[x])
+        prog.op(kind=OP_BN, inp=x, out=y, res=res, relu=int(relu),
+                p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.bias"][0],
+                b0=arena.offsets[f"{name}.running_mean"][0],
+                b1=arena.offsets[f"{name}.running_var"][0])
+        return y
+
+
+class Linear(Module):
+    def __init__(self, fin, fout):
+        super().__init__()
+        self.fin, self.fout = fin, fout
+        self.add_param("weight", (fout, fin), kaiming_uniform_a_sqrt5(fin))
+        self.add_param("bias", (fout,), kaiming_uniform_a_sqrt5(fin))
+
+    def emit(self, prog, arena, name, x):
+        y = prog.buf(self.fout, 1, 1)
+        prog.op(kind=OP_LINEAR, inp=x, out=y, o=self.fout, p0=arena.offsets[f"{name}.weight"][0],
+                p1=arena.offsets[f"{name}.bias"][0])
+        return y
+
+
+class Sequential(Module):
+    def __init__(self, *mods):
+        super().__init__()
+        for i, m in enumerate(mods):
+            self.add_module(str(i), m)
+
+    def __getitem__(self, i):
+        return self._modules[str(i)]
+
+    def __len__(self):
+        return len(self._modules)
+
+
+def _shortcut(cin, cout, stride):
+    """Option B: identity, or 1x1 conv with stride + BN when the shape changes."""
+    if stride == 1 and cin == cout:
+        return None
+    return Sequential(Conv2d(cin, cout, 1, stride, 0), BatchNorm2d(cout))
+
+
+def _emit_shortcut(sc, prog, arena, name, x):
+    if sc is None:
+        return x
+    y = sc[0].emit(prog, arena, f"{name}.shortcut.0", x)
+    return sc[1].emit(prog, arena, f"{name}.shortcut.1", y)
+
+
+# ---------------------------------------------------------------- blocks
+class BasicBlock(Module):
+    """L(3x3) -> BN -> ReLU -> L(3x3) -> BN -> + shortcut -> ReLU, L = CL or SAL."""
+
+    def __init__(self, cin, cout, stride, layer="cl", shared=False):
+        super().__init__()
+        if layer == "sal":
+            self.conv1 = SALConv2d(cin, cout, stride, shared)
+            self.conv2 = SALConv2d(cout, cout, 1, shared)
+        else:
+            self.conv1 = Conv2d(cin, cout, 3, stride)
+            self.conv2 = Conv2d(cout, cout, 3, 1)
+        self.bn1 = BatchNorm2d(cout)
+        self.bn2 = BatchNorm2d(cout)
+        sc = _shortcut(cin, cout, stride)
+        if sc is not None:
+            self.shortcut = sc
+        self._sc = sc
+
+    def emit(self, prog, arena, name, x):
+        r = _emit_shortcut(self._sc, prog, arena, name, x)
+        h = self.conv1.emit(prog, arena, f"{name}.conv1", x)
+        h = self.bn1.emit(prog, arena, f"{name}.bn1", h, relu=True)
+        h = self.conv2.emit(prog, arena, f"{name}.conv2", h)
+        return self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True, res=r)
+
+
+class ShiftBlock(Module):
+    """ShiftResNet block (DESIGN 1.2): 1x1 in->e*out, BN, ReLU, shift, 1x1 e*out->out with
+    the stride, BN, ReLU, then + shortcut."""
+
+    def __init__(self, cin, cout, stride, expansion=1):
+        super().__init__()
+        mid = int(round(expansion * cout))
+        self.conv1 = Conv2d(cin, mid, 1, 1, 0)
+        self.bn1 = BatchNorm2d(mid)
+        self.shift = Shift(mid)
+        self.conv2 = Conv2d(mid, cout, 1, stride, 0)
+        self.bn2 = BatchNorm2d(cout)
+        sc = _shortcut(cin, cout, stride)
+        if sc is not None:
+            self.shortcut = sc
+        self._sc = sc
+
+    def emit(self, prog, arena, name, x):
+        r = _emit_shortcut(self._sc, prog, arena, name, x)
+        h = self.conv1.emit(prog, arena, f"{name}.conv1", x)
+        h = self.bn1.emit(prog, arena, f"{name}.bn1", h, relu=True)
+        h = self.shift.emit(prog, arena, f"{name}.shift", h)
+        h = self.conv2.emit(prog, arena, f"{name}.conv2", h)
+        h = self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True)
+        y = prog.buf(*prog.shapes[h])
+        prog.op(kind=OP_ADD, inp=h, out=y, res=r)
+        return y
+
+
+class ActiveShiftBlock(Module):
+    """ASL block: 1x1 in->e*out, BN, ReLU, active shift, 1x1 e*out->out with the stride, BN,
+    + shortcut (option B), ReLU."""
+
+    def __init__(self, cin, cout, stride, expansion=1):
+        super().__init__()
+        mid = int(round(expansion * cout))
+        self.conv1 = Conv2d(cin, mid, 1, 1, 0)
+        self.bn1 = BatchNorm2d(mid)
+        self.shift = ActiveShift(mid)
+        self.conv2 = Conv2d(mid, cout, 1, stride, 0)
+        self.bn2 = BatchNorm2d(cout)
+        sc = _shortcut(cin, cout, stride)
+        if sc is not None:
+            self.shortcut = sc
+        self._sc = sc
+
+    def emit(self, prog, arena, name, x):
+        r = _emit_shortcut(self._sc, prog, arena, name, x)
+        h = self.conv1.emit(prog, arena, f"{name}.conv1", x)
+        h = self.bn1.emit(prog, arena, f"{name}.bn1", h, relu=True)
+        h = self.shift.emit(prog, arena, f"{name}.shift", h)
+        h = self.conv2.emit(prog, arena, f"{name}.conv2", h)
+        return self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True, res=r)
+
+
+# ---------------------------------------------------------------- the network
+class ResNet(Module):
+    """CIFAR ResNet (He et al.): stem 3x3 conv + BN + ReLU, three stages of widths
+    w, 2w, 4w with n blocks each (stride 2 entering stages 2 and 3), global average
+    pool, Linear.  ``layer`` picks the block: "cl", "sal" (BasicBlock), "sl", "asl"."""
+
+    def __init__(self, depth=20, width=16, layer="sal", shared=False, expansion=1,
+                 num_classes=10, in_channels=3, seed=0, input_size=None):
+        super().__init__()
+        if layer not in ("cl", "sal", "sl", "asl"):
+            raise ValueError(f"resnet: layer={layer!r}: must be 'cl', 'sal', 'sl' or 'asl'")
+        if not isinstance(depth, (int, np.integer)) or depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"resnet: depth={depth!r}: must be 6n+2 (20, 32, 44, 56, 110)")
+        for name, v in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"resnet: {name}={v!r}: must be an integer >= 1")
+        if not (isinstance(expansion, (int, float, np.integer, np.floating)) and expansion > 0):
+            raise ValueError(f"resnet: expansion={expansion!r}: must be > 0")
+        if shared and layer != "sal":
+            raise ValueError("resnet: shared=True applies to layer='sal' only")
+        self.config = dict(depth=int(depth), width=int(width), layer=layer, shared=bool(shared),
+                           expansion=expansion, num_classes=int(num_classes),
+                           in_channels=int(in_channels), seed=int(seed))
+        n = (depth - 2) // 6
+        self.conv1 = Conv2d(in_channels, width, 3, 1)
+        self.bn1 = BatchNorm2d(width)
+        cin = width
+        for stage, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)], 1):
+            blocks = []
+            for b in range(n):
+                s = stride if b == 0 else 1
+                if layer in ("cl", "sal"):
+                    blocks.append(BasicBlock(cin, cout, s, layer, shared))
+                elif layer == "sl":
+                    blocks.append(ShiftBlock(cin, cout, s, expansion))
+                else:
+                    blocks.append(ActiveShiftBlock(cin, cout, s, expansion))
+                cin = cout
+            self.add_module(f"layer{stage}", Sequential(*blocks))
+        self.linear = Linear(cin, num_classes)
+        self.arena = Arena(self, seed)
+        self._engines = {}
+        self._last = None
+        self.beta = 1.0  # SAL inverse temperature (fit anneals it)
+
+    # the program for one input size, and its C engine (activations allocated once)
+    def _engine(self, in_shape):
+        key = tuple(in_shape)
+        if key not in self._engines:
+            prog = Program(in_shape)
+            x = self.conv1.emit(prog, self.arena, "conv1", 0)
+            x = self.bn1.emit(prog, self.arena, "bn1", x, relu=True)
+            for stage in (1, 2, 3):
+                seq = self._modules[f"layer{stage}"]
+                for i in range(len(seq)):
+                    x = seq[i].emit(prog, self.arena, f"layer{stage}.{i}", x)
+            y = prog.buf(prog.shapes[x][0], 1, 1)
+            prog.op(kind=OP_POOL, inp=x, out=y)
+            self.linear.emit(prog, self.arena, "linear", y)
+            offs = (np.concatenate(prog.int_offsets) if prog.int_offsets
+                    else np.zeros((0, 2), np.int32))
+            starts = np.cumsum([0] + [len(o) for o in prog.int_offsets])[:-1]
+            table = prog.table()
+            for row in table:
+                if row[FIELDS.index("ioff")] >= 0:
+                    row[FIELDS.index("ioff")] = starts[row[FIELDS.index("ioff")]]
+            self._engines[key] = (prog, _core.net_create(
+                np.array(prog.shapes, np.int64), table, np.ascontiguousarray(offs, np.int32),
+                self.arena.params.size, self.arena.buffers.size))
+        return self._engines[key][1]
+
+    def _check_input(self, x, fn):
+        x = np.asarray(x)
+        if x.dtype.kind != "f":
+            raise TypeError(f"{fn}: x must be a real floating-point array, got dtype {x.dtype}")
+        c = self.config["in_channels"]
+        if x.ndim != 4 or x.shape[1] != c or min(x.shape) < 1:
+            raise ValueError(f"{fn}: x must have shape (N, C={c}, H, W) with N, H, W >= 1, "
+                             f"got {x.shape}")
+        return np.ascontiguousarray(x, np.float32)
+
+    def forward(self, x, train=None, hard=False):
+        """Logits (N, num_classes) for x (N, C, H, W).  train=None follows self.training
+        (batch statistics, running-stat update); hard=True binarises SAL attention."""
+        x = self._check_input(x, "forward")
+        train = self.training if train is None else bool(train)
+        eng = self._last = self._engine(x.shape[1:])
+        if train:
+            for _, m in self.named_modules():
+                if isinstance(m, BatchNorm2d):
+                    m._buffers["num_batches_tracked"][...] += 1
+        return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, train, bool(hard),
+                                 float(self.beta))
+
+    __call__ = forward
+
+    def backward(self, grad_logits):
+        """Accumulate parameter gradients (into the grad arena) for the last forward."""
+        if getattr(self, "_last", None) is None:
+            raise RuntimeError("backward: call forward(x, train=True) first")
+        _core.net_backward(self._last, self.arena.params, self.arena.grads, np.ascontiguousarray(grad_logits, np.float32))
+
+    def zero_grad(self):
+        self.arena.zero_grad()
+
+
+def resnet(depth=20, width=16, layer="sal", shared=False, expansion=1, num_classes=10,
+           in_channels=3, seed=0) -> ResNet:
+    """A CIFAR ResNet-`depth` of width `width` with CL / SL / ASL / SAL layers."""
+    return ResNet(depth, width, layer, shared, expansion, num_classes, in_channels, seed)
