@@ -13,8 +13,9 @@ from . import data
 from . import nn
 from . import models
 from .io import load, save
+from .train import fit, evaluate
 
-__all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load",
+__all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load", "fit", "evaluate",
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 

@@ -1,0 +1,249 @@
+"""Training: SGD with PyTorch's semantics over the parameter arena, LR and SAL beta
+schedules, evaluation with soft and binarised attention, checkpoints and resume.
+
+    history = salnp.fit(net, train, test, epochs=10)
+    pandas.DataFrame(history)          # one plain dict per epoch
+
+The SAL inverse temperature ``net.beta`` is annealed after every optimiser step, by
+default geometrically from beta[0] to beta[1] over the run (DESIGN 1.4): this is the
+pruning.  A checkpoint (parameters, momentum, BN statistics, beta, epoch, step,
+history, config) is written atomically after every epoch; ``resume=`` continues a run
+exactly (bit for bit at one thread: data order and augmentation are pure functions of
+(seed, epoch, sample)).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import time
+
+import numpy as np
+
+from . import _core, ops
+from .io import read_npz, save_npz_atomic
+from .models import ActiveShift, SALConv2d
+
+log = logging.getLogger("salnp")
+
+__all__ = ["fit", "evaluate", "SGD", "lr_at", "beta_at", "attention_stats"]
+
+
+class SGD:
+    """torch.optim.SGD over the network's flat arenas (one C loop per step).
+
+    Per-parameter multipliers come from the module declarations (ASL shifts: lr x 0.01,
+    no weight decay); ASL offset gradients are normalised per channel before the step."""
+
+    def __init__(self, net, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False):
+        for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"SGD: {name}={v!r}: must be a finite number >= 0")
+        self.net, self.lr, self.momentum = net, float(lr), float(momentum)
+        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+        self.steps = 0
+        a = net.arena
+        # runs of equal (lr_mult, wd_mult) over the flat arena
+        keys = np.stack([a.lr_scale, a.decay], 1)
+        change = np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1
+        starts = np.concatenate([[0], change])
+        ends = np.concatenate([change, [a.params.size]])
+        self.segments = [(int(e - s), float(keys[s, 0]), float(keys[s, 1])) for s, e in zip(starts, ends)]
+        self._ashift = [m for _, m in net.named_modules() if isinstance(m, ActiveShift)]
+
+    def step(self, lr=None):
+        for m in self._ashift:
+            g = m._grads["shift"]
+            g[...] = ops.normalize_shift_grad(g)
+        a = self.net.arena
+        ops.sgd_step(a.params, a.grads, a.momentum, self.lr if lr is None else float(lr),
+                     momentum=self.momentum, weight_decay=self.weight_decay,
+                     nesterov=self.nesterov, first_step=self.steps == 0, segments=self.segments)
+        self.steps += 1
+
+
+def lr_at(epoch, epochs, lr, schedule="step", milestones=(1 / 3, 2 / 3), gamma=0.1):
+    """Learning rate of an epoch.  "step": x gamma at each milestone (fractions of the
+    run, or epoch numbers when >= 1: the recipe's 0.1/0.01/0.001 at epochs 0/100/200 of
+    300); "cosine": lr/2 (1 + cos(pi epoch / epochs)); "constant"; or a callable."""
+    if callable(schedule):
+        return float(schedule(epoch))
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return 0.5 * lr * (1 + math.cos(math.pi * epoch / epochs))
+    if schedule == "step":
+        ms = [m * epochs if m < 1 else m for m in milestones]
+        return lr * gamma ** sum(epoch >= m for m in ms)
+    raise ValueError(f"fit: lr_schedule={schedule!r}: must be 'step', 'cosine', 'constant' or callable")
+
+
+def beta_at(step, total_steps, beta0, beta1, schedule="geometric"):
+    """SAL inverse temperature after `step` optimiser steps: geometric (DESIGN 1.4,
+    beta <- beta * gamma each step, gamma = (beta1/beta0)^(1/total)), linear or cosine."""
+    t = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    if schedule == "geometric":
+        if beta0 <= 0:
+            raise ValueError(f"fit: beta=({beta0}, {beta1}): geometric annealing needs beta0 > 0")
+        return beta0 * (beta1 / beta0) ** t
+    if schedule == "linear":
+        return beta0 + (beta1 - beta0) * t
+    if schedule == "cosine":
+        return beta1 + (beta0 - beta1) * 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"fit: beta_schedule={schedule!r}: must be 'geometric', 'linear' or 'cosine'")
+
+
+def attention_stats(net):
+    """Mean over all SAL slices of max p, and the fraction of slices already one-hot."""
+    maxp, onehot, count = 0.0, 0, 0
+    for _, m in net.named_modules():
+        if isinstance(m, SALConv2d):
+            p = ops.sal_probs(m.logits, net.beta)
+            mx = p.max(-1)
+            maxp += float(mx.sum())
+            onehot += int((mx > 0.5).sum())
+            count += mx.size
+    if count == 0:
+        return None, None
+    return maxp / count, onehot / count
+
+
+def evaluate(net, data, batch_size=500, hard=False):
+    """(loss, accuracy) of net on a Dataset in eval mode (running BN statistics)."""
+    total_loss, correct, n = 0.0, 0, 0
+    for x, y in data.batches(batch_size, shuffle=False, augment=False):
+        logits = net.forward(x, train=False, hard=hard)
+        y32 = y.astype(np.int32)
+        total_loss += ops.cross_entropy(logits, y32) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    return total_loss / max(n, 1), correct / max(n, 1)
+
+
+def _versions():
+    return {"salnp": _core.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "blis": _core.blas_info()}
+
+
+def _save_state(path, net, opt, epoch, history, run_cfg):
+    arrays = dict(net.state_dict())
+    arrays["optim.momentum"] = net.arena.momentum
+    cfg = {"model": net.config, "run": run_cfg, "epoch": epoch, "optim_steps": opt.steps,
+           "beta": net.beta, "history": history}
+    save_npz_atomic(path, arrays, "training", cfg)
+
+
+def _load_state(path, net, opt):
+    arrays, cfg, _ = read_npz(path, kind="training")
+    if cfg.get("model") != net.config:
+        raise ValueError(f"{path}: checkpoint of model {cfg.get('model')}, not {net.config}")
+    mom = arrays.pop("optim.momentum", None)
+    if mom is None or mom.shape != net.arena.momentum.shape:
+        raise ValueError(f"{path}: no optimiser state of the right size")
+    net.load_state_dict({k: v for k, v in arrays.items()})
+    net.arena.momentum[...] = mom
+    opt.steps = int(cfg["optim_steps"])
+    net.beta = float(cfg["beta"])
+    return int(cfg["epoch"]), list(cfg["history"]), cfg.get("run", {})
+
+
+def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+        nesterov=False, lr_schedule="step", milestones=(1 / 3, 2 / 3), lr_gamma=0.1,
+        beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
+        eval_batch_size=500, checkpoint=None, resume=None, progress=True, threads=None):
+    """Train `net` on the Dataset `train`, evaluating on `test` after every epoch.
+
+    Returns the history: one dict per epoch (epoch, lr, beta, train_loss, train_acc,
+    test_loss, test_acc, test_acc_hard (SAL), attn_maxp, attn_onehot, time_s,
+    images_per_s).  checkpoint: a path written atomically after every epoch; resume: a
+    checkpoint to continue from.  A NaN/inf loss raises FloatingPointError naming the
+    step, after saving the last good epoch; Ctrl-C returns the history so far (the
+    checkpoint of the last finished epoch stays resumable)."""
+    if not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"fit: epochs={epochs!r}: must be an integer >= 1")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"fit: batch_size={batch_size!r}: must be an integer >= 1")
+    if len(train) < 1:
+        raise ValueError("fit: train is empty")
+    if train.images.shape[1] != net.config["in_channels"]:
+        raise ValueError(f"fit: train has {train.images.shape[1]} channels, the network "
+                         f"{net.config['in_channels']}")
+    if train.num_classes > net.config["num_classes"]:
+        raise ValueError(f"fit: train has {train.num_classes} classes, the network "
+                         f"{net.config['num_classes']} outputs")
+    b0, b1 = (float(beta[0]), float(beta[1])) if isinstance(beta, (tuple, list)) else (float(beta),) * 2
+    if not (math.isfinite(b0) and math.isfinite(b1) and b0 >= 0 and b1 >= 0):
+        raise ValueError(f"fit: beta={beta!r}: must be finite and >= 0")
+    if threads is not None:
+        _core.set_num_threads(int(threads))
+    is_sal = net.config["layer"] == "sal"
+    eval_hard = is_sal if eval_hard is None else bool(eval_hard)
+    opt = SGD(net, lr, momentum, weight_decay, nesterov)
+    steps_per_epoch = train.num_batches(batch_size, drop_last=False)
+    total_steps = epochs * steps_per_epoch
+    run_cfg = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, nesterov=nesterov, lr_schedule=str(lr_schedule),
+                   milestones=list(milestones), lr_gamma=lr_gamma, beta=[b0, b1],
+                   beta_schedule=beta_schedule, augment=augment, seed=seed,
+                   train=getattr(train, "name", "?"), train_size=len(train),
+                   test=getattr(test, "name", None), test_size=len(test) if test is not None else 0,
+                   threads=_core.get_num_threads(), versions=_versions())
+    start_epoch, history = 0, []
+    if resume is not None:
+        start_epoch, history, old = _load_state(resume, net, opt)
+        log.info("resumed from %s at epoch %d", resume, start_epoch)
+    else:
+        net.beta = beta_at(0, total_steps, b0, b1, beta_schedule) if is_sal else net.beta
+    net.train()
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    try:
+        for epoch in range(start_epoch, epochs):
+            lr_e = lr_at(epoch, epochs, lr, lr_schedule, milestones, lr_gamma)
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = 0.0, 0, 0
+            batches = train.batches(batch_size, shuffle=True, augment=augment, seed=seed,
+                                    epoch=epoch, reuse=True)
+            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not progress, leave=False) if tqdm else batches
+            for x, y in bar:
+                y32 = y.astype(np.int32)
+                logits = net.forward(x, train=True)
+                loss = ops.cross_entropy(logits, y32)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(
+                        f"fit: loss is {loss} at epoch {epoch + 1}, step {opt.steps + 1}; "
+                        f"the last good state is the checkpoint of epoch {epoch}"
+                        + (f" ({checkpoint})" if checkpoint else ""))
+                net.zero_grad()
+                net.backward(ops.cross_entropy_backward(logits, y32))
+                opt.step(lr_e)
+                if is_sal:
+                    net.beta = beta_at(opt.steps, total_steps, b0, b1, beta_schedule)
+                loss_sum += loss * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                seen += len(y)
+                if tqdm and progress:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                    img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            train_time = time.perf_counter() - t0
+            rec = {"epoch": epoch + 1, "lr": lr_e, "beta": net.beta if is_sal else None,
+                   "train_loss": loss_sum / seen, "train_acc": correct / seen}
+            if test is not None:
+                rec["test_loss"], rec["test_acc"] = evaluate(net, test, eval_batch_size)
+                rec["test_acc_hard"] = evaluate(net, test, eval_batch_size, True)[1] if eval_hard else None
+            rec["attn_maxp"], rec["attn_onehot"] = attention_stats(net)
+            rec["time_s"] = time.perf_counter() - t0
+            rec["images_per_s"] = seen / train_time
+            history.append(rec)
+            log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "epoch"})
+            if checkpoint is not None:
+                _save_state(checkpoint, net, opt, epoch + 1, history, run_cfg)
+    except KeyboardInterrupt:
+        log.warning("fit interrupted; %d epoch(s) finished%s", len(history),
+                    f", resumable from {checkpoint}" if checkpoint else "")
+    net.eval()
+    return history
