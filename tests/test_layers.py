@@ -556,3 +556,11 @@ def test_failed_update_leaves_state_unchanged():
     with pytest.raises(ValueError):
         ops.batch_norm(X, C3, C3, rm, C3.astype(np.float64))
     np.testing.assert_array_equal(rm, np.zeros(3))
+
+
+def test_relu_and_fused_bn_relu_propagate_nan():
+    """PyTorch's relu keeps NaN; hiding it would mask a diverged run."""
+    x = np.array([[[[np.nan, -1.0], [2.0, 0.5]]]], np.float32)
+    assert np.isnan(salnp.ops.relu(x)[0, 0, 0, 0])
+    y, _, _ = salnp.ops.batch_norm_relu(np.full((2, 1, 2, 2), np.nan, np.float32), None, None)
+    assert np.isnan(y).all()

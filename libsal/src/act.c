@@ -15,7 +15,7 @@ sal_status sal_relu_fwd(float *y, const float *x, sal_act xa) {
     SAL_REQUIRE_PTR(y, fn, "y", "N*C*H*W floats");
     SAL_REQUIRE_PTR(x, fn, "x", "N*C*H*W floats");
 #pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t i = 0; i < T; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (int64_t i = 0; i < T; i++) y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN propagates, as in PyTorch */
     return SAL_OK;
 }
 

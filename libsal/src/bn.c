@@ -160,14 +160,14 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
                 if (relu)
                     for (int64_t i = 0; i < HW; i++) {
                         const float v = (xr[i] - k - dm) * scale + shift + rr[i];
-                        yr[i] = v > 0.0f ? v : 0.0f;
+                        yr[i] = v < 0.0f ? 0.0f : v;
                     }
                 else
                     for (int64_t i = 0; i < HW; i++) yr[i] = (xr[i] - k - dm) * scale + shift + rr[i];
             } else if (relu) {
                 for (int64_t i = 0; i < HW; i++) {
                     const float v = (xr[i] - k - dm) * scale + shift;
-                    yr[i] = v > 0.0f ? v : 0.0f;
+                    yr[i] = v < 0.0f ? 0.0f : v;
                 }
             } else {
                 for (int64_t i = 0; i < HW; i++) yr[i] = (xr[i] - k - dm) * scale + shift;

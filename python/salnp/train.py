@@ -136,7 +136,8 @@ def _save_state(path, net, opt, epoch, history, run_cfg):
 
 def _load_state(path, net, opt):
     arrays, cfg, _ = read_npz(path, kind="training")
-    if cfg.get("model") != net.config:
+    arch = lambda c: {k: v for k, v in (c or {}).items() if k != "seed"}
+    if arch(cfg.get("model")) != arch(net.config):
         raise ValueError(f"{path}: checkpoint of model {cfg.get('model')}, not {net.config}")
     mom = arrays.pop("optim.momentum", None)
     if mom is None or mom.shape != net.arena.momentum.shape:
@@ -151,13 +152,15 @@ def _load_state(path, net, opt):
 def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
         nesterov=False, lr_schedule="step", milestones=(1 / 3, 2 / 3), lr_gamma=0.1,
         beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
-        eval_batch_size=500, checkpoint=None, resume=None, progress=True, threads=None):
+        eval_batch_size=500, checkpoint=None, resume=None, progress=True, threads=None,
+        callback=None):
     """Train `net` on the Dataset `train`, evaluating on `test` after every epoch.
 
     Returns the history: one dict per epoch (epoch, lr, beta, train_loss, train_acc,
     test_loss, test_acc, test_acc_hard (SAL), attn_maxp, attn_onehot, time_s,
     images_per_s).  checkpoint: a path written atomically after every epoch; resume: a
-    checkpoint to continue from.  A NaN/inf loss raises FloatingPointError naming the
+    checkpoint to continue from; callback(record) runs after every epoch (after the
+    checkpoint) and a True result stops training there.  A NaN/inf loss raises FloatingPointError naming the
     step, after saving the last good epoch; Ctrl-C returns the history so far (the
     checkpoint of the last finished epoch stays resumable)."""
     if not isinstance(epochs, int) or epochs < 1:
@@ -242,6 +245,8 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
             log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "epoch"})
             if checkpoint is not None:
                 _save_state(checkpoint, net, opt, epoch + 1, history, run_cfg)
+            if callback is not None and callback(rec):
+                break
     except KeyboardInterrupt:
         log.warning("fit interrupted; %d epoch(s) finished%s", len(history),
                     f", resumable from {checkpoint}" if checkpoint else "")

@@ -103,7 +103,7 @@ REF_BN(_f64, double)
 /* ---- ReLU ---- */
 sal_status sal_ref_relu_fwd(float *y, const float *x, sal_act xa) {
     SAL_TRY(sal_act_check("sal_ref_relu_fwd", "x", xa));
-    for (int64_t i = 0; i < sal_act_numel(xa); i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (int64_t i = 0; i < sal_act_numel(xa); i++) y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN propagates, as in PyTorch */
     return SAL_OK;
 }
 
