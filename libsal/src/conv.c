@@ -88,10 +88,15 @@ static void im2col(float *col, const float *x, const sal_conv_desc *d, const sal
             for (int64_t oy = 0; oy < Ho; oy++, dst += Wo) {
                 const int64_t iy = oy * S + ky - P;
                 if (iy < 0 || iy >= H) { memset(dst, 0, (size_t)Wo * sizeof *dst); continue; }
-                const float *src = xc + iy * W + kx - P;
+                /* element offset of input column ox*S + kx - P in xc: an index, not a
+                 * pointer, because kx - P alone can lie far outside the image (huge pad) */
+                const int64_t off = iy * W + kx - P;
                 for (int64_t ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
-                if (S == 1) memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof *dst);
-                else for (int64_t ox = lo; ox < hi; ox++) dst[ox] = src[ox * S];
+                if (S == 1) {
+                    if (hi > lo) memcpy(dst + lo, xc + (off + lo), (size_t)(hi - lo) * sizeof *dst);
+                } else {
+                    for (int64_t ox = lo; ox < hi; ox++) dst[ox] = xc[off + ox * S];
+                }
                 for (int64_t ox = hi; ox < Wo; ox++) dst[ox] = 0.0f;
             }
         }
@@ -116,9 +121,9 @@ static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, con
                 for (int64_t oy = 0; oy < Ho; oy++, src += Wo) {
                     const int64_t iy = oy * S + ky - P;
                     if (iy < 0 || iy >= H) continue;
-                    float *dst = xc + iy * W + kx - P;
-                    if (S == 1) for (int64_t ox = lo; ox < hi; ox++) dst[ox] += src[ox];
-                    else for (int64_t ox = lo; ox < hi; ox++) dst[ox * S] += src[ox];
+                    const int64_t off = iy * W + kx - P;   /* an index: see im2col */
+                    if (S == 1) for (int64_t ox = lo; ox < hi; ox++) xc[off + ox] += src[ox];
+                    else for (int64_t ox = lo; ox < hi; ox++) xc[off + ox * S] += src[ox];
                 }
             }
         }

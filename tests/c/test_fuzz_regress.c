@@ -116,10 +116,44 @@ static void test_conv_stride_overflow(void) {
     free(scr);
 }
 
+/* im2col / col2im_add formed the pointer xc + iy*W + kx - P before indexing it: with a
+ * huge pad that pointer lies far outside the image (UBSan: pointer index expression
+ * overflowed) even though only in-range elements were read.  pad = stride = 2^60 on a
+ * 4x4 input gives a 3x3 output whose centre (1, 1) is a real 3x3 convolution. */
+static void test_conv_huge_pad_pointer(void) {
+    const int64_t big = (int64_t)1 << 60;
+    for (int layout = 0; layout <= 1; layout++) {
+        sal_conv_desc d = {{1, 1, 4, 4, (sal_layout)layout}, 1, 3, big, big};
+        sal_act y;
+        CHECK(sal_conv_check(&d, &y) == SAL_OK && y.h == 3 && y.w == 3, "check: %s",
+              sal_last_error());
+        float x[16], w[9], yf[9], yr[9], dy[9], dxf[16] = {0}, dxr[16] = {0}, dwf[9] = {0},
+              dwr[9] = {0};
+        for (int k = 0; k < 16; k++) x[k] = (float)(k % 7 - 3);
+        for (int k = 0; k < 9; k++) w[k] = (float)(k % 4 - 1), dy[k] = (float)(k + 1);
+        float *scr = malloc((sal_conv_scratch(&d) + 1) * sizeof *scr);
+        CHECK(sal_conv_fwd(yf, x, w, &d, scr) == SAL_OK, "fwd: %s", sal_last_error());
+        CHECK(sal_ref_conv_fwd(yr, x, w, &d) == SAL_OK, "ref fwd: %s", sal_last_error());
+        float centre = 0.0f;
+        for (int ky = 0; ky < 3; ky++)
+            for (int kx = 0; kx < 3; kx++) centre += w[ky * 3 + kx] * x[ky * 4 + kx];
+        for (int k = 0; k < 9; k++)
+            CHECK(yf[k] == (k == 4 ? centre : 0.0f) && yr[k] == yf[k],
+                  "layout %d: y[%d] = %g, ref %g", layout, k, (double)yf[k], (double)yr[k]);
+        CHECK(sal_conv_bwd(dxf, dwf, dy, x, w, &d, scr) == SAL_OK, "bwd: %s", sal_last_error());
+        CHECK(sal_ref_conv_bwd(dxr, dwr, dy, x, w, &d) == SAL_OK, "ref bwd: %s",
+              sal_last_error());
+        CHECK(memcmp(dxf, dxr, sizeof dxf) == 0 && memcmp(dwf, dwr, sizeof dwf) == 0,
+              "layout %d: bwd differs from the reference", layout);
+        free(scr);
+    }
+}
+
 int main(void) {
     CHECK(sal_init() == SAL_OK, "init: %s", sal_last_error());
     test_batch_pad_wider_than_image();
     test_conv_pad_overflow();
     test_conv_stride_overflow();
+    test_conv_huge_pad_pointer();
     return check_done("test_fuzz_regress");
 }
