@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: setup, C tests under ASan+UBSan, then pytest.
+# The whole test suite on a fresh machine: setup, C tests under ASan+UBSan (with the fuzz
+# corpus replayed), a bounded libFuzzer run (scripts/fuzz.sh), then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
@@ -8,6 +9,10 @@ echo "== C tests (ctest, AddressSanitizer + UndefinedBehaviorSanitizer) =="
 cmake -S . -B build/asan -G Ninja -DSAL_SANITIZE=ON -DSAL_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/asan
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build/asan --output-on-failure
+
+echo "== Fuzzing (libFuzzer, bounded: SAL_CI_FUZZ_SECONDS per target, default 20) =="
+# 4 targets x 20 s + ~30 s build: about 2 minutes.  Longer runs: bash scripts/fuzz.sh 300
+bash scripts/fuzz.sh "${SAL_CI_FUZZ_SECONDS:-20}"
 
 echo "== Python tests (pytest, installed package) =="
 set +e

@@ -22,6 +22,12 @@ sal_status sal_conv_check(const sal_conv_desc *d, sal_act *y) {
     SAL_REQUIRE(d->k >= 1, fn, "K=%lld: must be >= 1", (long long)d->k);
     SAL_REQUIRE(d->stride >= 1, fn, "stride=%lld: must be >= 1", (long long)d->stride);
     SAL_REQUIRE(d->pad >= 0, fn, "pad=%lld: must be >= 0", (long long)d->pad);
+    /* H + 2P and W + 2P must not overflow: bounded like every other size (2^62), so the
+     * index arithmetic of the kernels (oy*S + ky - P, W - 1 + P - kx) fits as well */
+    const int64_t lim = (int64_t)1 << 62, hw = d->x.h > d->x.w ? d->x.h : d->x.w;
+    SAL_REQUIRE(d->pad <= (lim - hw) / 2, fn,
+                "pad=%lld: too large (padded size max(H, W) + 2*pad must be <= 2^62)",
+                (long long)d->pad);
     int64_t hp = d->x.h + 2 * d->pad, wp = d->x.w + 2 * d->pad;
     SAL_REQUIRE(hp >= d->k && wp >= d->k, fn,
                 "K=%lld: must be <= padded input size (%lld, %lld)", (long long)d->k,
@@ -58,7 +64,7 @@ size_t sal_conv_scratch(const sal_conv_desc *d) {
 static inline void conv_valid_range(int64_t kx, int64_t S, int64_t P, int64_t W, int64_t Wo,
                                     int64_t *lo, int64_t *hi) {
     int64_t a = P - kx;                       /* need ox*S >= a */
-    *lo = a <= 0 ? 0 : (a + S - 1) / S;
+    *lo = a <= 0 ? 0 : (a - 1) / S + 1;       /* ceil(a / S); a + S - 1 overflowed for huge S */
     int64_t b = W - 1 + P - kx;               /* need ox*S <= b */
     *hi = b < 0 ? 0 : b / S + 1;
     if (*hi > Wo) *hi = Wo;
@@ -82,10 +88,15 @@ static void im2col(float *col, const float *x, const sal_conv_desc *d, const sal
             for (int64_t oy = 0; oy < Ho; oy++, dst += Wo) {
                 const int64_t iy = oy * S + ky - P;
                 if (iy < 0 || iy >= H) { memset(dst, 0, (size_t)Wo * sizeof *dst); continue; }
-                const float *src = xc + iy * W + kx - P;
+                /* element offset of input column ox*S + kx - P in xc: an index, not a
+                 * pointer, because kx - P alone can lie far outside the image (huge pad) */
+                const int64_t off = iy * W + kx - P;
                 for (int64_t ox = 0; ox < lo; ox++) dst[ox] = 0.0f;
-                if (S == 1) memcpy(dst + lo, src + lo, (size_t)(hi - lo) * sizeof *dst);
-                else for (int64_t ox = lo; ox < hi; ox++) dst[ox] = src[ox * S];
+                if (S == 1) {
+                    if (hi > lo) memcpy(dst + lo, xc + (off + lo), (size_t)(hi - lo) * sizeof *dst);
+                } else {
+                    for (int64_t ox = lo; ox < hi; ox++) dst[ox] = xc[off + ox * S];
+                }
                 for (int64_t ox = hi; ox < Wo; ox++) dst[ox] = 0.0f;
             }
         }
@@ -110,9 +121,9 @@ static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, con
                 for (int64_t oy = 0; oy < Ho; oy++, src += Wo) {
                     const int64_t iy = oy * S + ky - P;
                     if (iy < 0 || iy >= H) continue;
-                    float *dst = xc + iy * W + kx - P;
-                    if (S == 1) for (int64_t ox = lo; ox < hi; ox++) dst[ox] += src[ox];
-                    else for (int64_t ox = lo; ox < hi; ox++) dst[ox * S] += src[ox];
+                    const int64_t off = iy * W + kx - P;   /* an index: see im2col */
+                    if (S == 1) for (int64_t ox = lo; ox < hi; ox++) xc[off + ox] += src[ox];
+                    else for (int64_t ox = lo; ox < hi; ox++) xc[off + ox * S] += src[ox];
                 }
             }
         }

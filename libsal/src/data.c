@@ -282,11 +282,14 @@ sal_status sal_make_batch(float *out, const uint8_t *images, int64_t n_images,
         augment_draw(d, index[i], a);
         const int64_t dy = a[0] - P, dx = a[1] - P;
         const int flip = a[2];
-        /* valid output columns: source column sx = (flip ? W-1-x : x) + dx in [0, W) */
+        /* valid output columns: source column sx = (flip ? W-1-x : x) + dx in [0, W);
+         * both ends are clamped to [0, W]: with |dx| > W (pad > W) no column is valid,
+         * and an unclamped lo ran the zero-fill loop past the end of the row */
         int64_t lo, hi;
         if (!flip) { lo = -dx; hi = W - dx; }
         else { lo = dx; hi = W + dx; }        /* W-1-x+dx in [0, W)  <=>  x in [dx, W+dx) */
         if (lo < 0) lo = 0;
+        if (lo > W) lo = W;
         if (hi > W) hi = W;
         if (hi < lo) hi = lo;
         for (int64_t c = 0; c < C; c++) {

@@ -135,6 +135,31 @@ static int check_int_arg(long long v, long long lo, const char *fn, const char *
     return -1;
 }
 
+/* *out = obj as a signed 64-bit integer (sizes, strides, pads); obj NULL keeps *out (an
+ * omitted optional argument).  TypeError for a non-integer, ValueError naming fn and arg
+ * for one outside int64 (PyArg's "L" raised a bare OverflowError there). */
+static int i64_arg(PyObject *obj, const char *fn, const char *arg, long long *out) {
+    if (obj == NULL) return 0;
+    PyObject *i = PyNumber_Index(obj);
+    if (i == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: %s must be an integer, got %.100s", fn, arg,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(i, &overflow);
+    if (overflow || (v == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "%s: %s=%S: must be in [-2**63, 2**63)", fn, arg, i);
+        Py_DECREF(i);
+        return -1;
+    }
+    Py_DECREF(i);
+    *out = v;
+    return 0;
+}
+
 /* O& converter: layout="NCHW" (default) or "CNHW" (channel-major, arrays are (C, N, H, W)) */
 static int layout_converter(PyObject *obj, void *out) {
     const char *name = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
@@ -243,11 +268,12 @@ static int conv_args_parse(conv_args *a, const char *fn, int typenum, PyObject *
 static PyObject *conv_forward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                               const char *fn) {
     static char *kwlist[] = {"x", "w", "stride", "padding", "layout", NULL};
-    PyObject *ox, *ow;
+    PyObject *ox, *ow, *ostride = NULL, *opadding = NULL;
     long long stride = 1, padding = 0;
     sal_layout L = SAL_NCHW;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|LL$O&", kwlist, &ox, &ow, &stride, &padding,
-                                     layout_converter, &L))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OO$O&", kwlist, &ox, &ow, &ostride, &opadding,
+                                     layout_converter, &L) ||
+        i64_arg(ostride, fn, "stride", &stride) || i64_arg(opadding, fn, "padding", &padding))
         return NULL;
     conv_args a;
     PyArrayObject *y = NULL;
@@ -283,11 +309,12 @@ done:
 static PyObject *conv_backward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                                const char *fn) {
     static char *kwlist[] = {"x", "w", "grad_y", "stride", "padding", "layout", NULL};
-    PyObject *ox, *ow, *ogy;
+    PyObject *ox, *ow, *ogy, *ostride = NULL, *opadding = NULL;
     long long stride = 1, padding = 0;
     sal_layout L = SAL_NCHW;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|LL$O&", kwlist, &ox, &ow, &ogy, &stride,
-                                     &padding, layout_converter, &L))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO$O&", kwlist, &ox, &ow, &ogy, &ostride,
+                                     &opadding, layout_converter, &L) ||
+        i64_arg(ostride, fn, "stride", &stride) || i64_arg(opadding, fn, "padding", &padding))
         return NULL;
     conv_args a;
     PyArrayObject *gx = NULL, *gw = NULL;
@@ -482,11 +509,11 @@ done:
 static PyObject *core_permutation(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"n", "seed", "epoch", NULL};
     const char *fn = "_permutation";
-    long long n;
-    PyObject *oseed, *oepoch;
+    long long n = 0;
+    PyObject *on, *oseed, *oepoch;
     uint64_t seed, epoch;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "LOO", kwlist, &n, &oseed, &oepoch)) return NULL;
-    if (check_int_arg(n, 1, fn, "n") || u64_arg(oseed, fn, "seed", &seed) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &on, &oseed, &oepoch)) return NULL;
+    if (i64_arg(on, fn, "n", &n) || check_int_arg(n, 1, fn, "n") || u64_arg(oseed, fn, "seed", &seed) ||
         u64_arg(oepoch, fn, "epoch", &epoch))
         return NULL;
     npy_intp dims[1] = {(npy_intp)n};
@@ -503,14 +530,16 @@ static PyObject *core_permutation(PyObject *m, PyObject *args, PyObject *kw) {
 static PyObject *core_batch_augment(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"index", "pad", "flip", "seed", "epoch", NULL};
     const char *fn = "_batch_augment";
-    PyObject *oindex, *oseed, *oepoch;
-    long long pad;
+    PyObject *oindex, *opad, *oseed, *oepoch;
+    long long pad = 0;
     int flip;
     uint64_t seed, epoch;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OLpOO", kwlist, &oindex, &pad, &flip, &oseed,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOpOO", kwlist, &oindex, &opad, &flip, &oseed,
                                      &oepoch))
         return NULL;
-    if (u64_arg(oseed, fn, "seed", &seed) || u64_arg(oepoch, fn, "epoch", &epoch)) return NULL;
+    if (i64_arg(opad, fn, "pad", &pad) || u64_arg(oseed, fn, "seed", &seed) ||
+        u64_arg(oepoch, fn, "epoch", &epoch))
+        return NULL;
     PyArrayObject *idx = as_index(oindex, fn, "index");
     if (!idx) return NULL;
     const float zero = 0.0f, one = 1.0f;
@@ -528,16 +557,17 @@ static PyObject *core_make_batch(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"images", "index", "mean", "std", "pad", "flip", "seed",
                              "epoch", "layout", "out", NULL};
     const char *fn = "_make_batch";
-    PyObject *oimg, *oindex, *omean, *ostd, *oseed = NULL, *oepoch = NULL, *oout = Py_None;
+    PyObject *oimg, *oindex, *omean, *ostd, *opad = NULL, *oseed = NULL, *oepoch = NULL,
+             *oout = Py_None;
     long long pad = 0;
     int flip = 0;
     const char *layout_s = "NCHW";
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|LpOOsO", kwlist, &oimg, &oindex, &omean,
-                                     &ostd, &pad, &flip, &oseed, &oepoch, &layout_s, &oout))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OpOOsO", kwlist, &oimg, &oindex, &omean,
+                                     &ostd, &opad, &flip, &oseed, &oepoch, &layout_s, &oout))
         return NULL;
     uint64_t seed = 0, epoch = 0;
     sal_layout layout;
-    if ((oseed && u64_arg(oseed, fn, "seed", &seed)) ||
+    if (i64_arg(opad, fn, "pad", &pad) || (oseed && u64_arg(oseed, fn, "seed", &seed)) ||
         (oepoch && u64_arg(oepoch, fn, "epoch", &epoch)) || layout_arg(layout_s, fn, &layout) ||
         check_int_arg(pad, 0, fn, "pad"))
         return NULL;

@@ -1,0 +1,103 @@
+"""Writes the seed corpus of the fuzz targets: tiny synthetic inputs (a few KB at most),
+in the byte layouts the harnesses decode (see the comment at the top of each fuzz_*.c).
+
+    python3 tests/fuzz/make_corpus.py        # rewrites tests/fuzz/corpus/<target>/seed_*
+
+Inputs of crashes found by fuzzing live beside them as crash_* files and are kept."""
+import struct
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent / "corpus"
+
+
+def write(target, name, data):
+    d = ROOT / target
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"seed_{name}").write_bytes(bytes(data))
+
+
+def pixels(n, k=0):
+    return bytes((i * 7 + k) % 256 for i in range(n))
+
+
+# ---- cifar: [label_bytes sel, nc0..nc3 (nc = byte + 1), cap mode, probe u64 BE] + records
+def cifar(lb, nc, cap, probe, body):
+    ncb = [0 if v == 0 else 255 if v == 257 else v - 1 for v in (list(nc) + [1] * 4)[:4]]
+    return bytes([lb] + ncb + [cap]) + struct.pack(">Q", probe) + body
+
+
+rec10 = bytes([3]) + pixels(3072)
+rec100 = bytes([19, 99]) + pixels(3072, 1)
+write("cifar", "cifar10_one_record", cifar(1, [10], 0, 2 * 3073, rec10))
+write("cifar", "cifar100_one_record", cifar(2, [20, 100], 3, 3074, rec100))
+write("cifar", "cifar10_truncated", cifar(1, [10], 0, 3073 + 5, rec10[:2000]))
+write("cifar", "cifar10_bad_label", cifar(1, [10], 0, 0, bytes([10]) + rec10[1:]))
+write("cifar", "cifar10_small_capacity", cifar(1, [10], 1, 1, rec10))
+write("cifar", "cifar_empty", cifar(1, [10], 0, 2**64 - 1, b""))
+
+
+# ---- idx: [cap mode] + IDX bytes
+def idx(dims, data, type_byte=0x08):
+    return bytes([0, 0, type_byte, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims) + data
+
+
+write("idx", "labels_1d", b"\x00" + idx([10], bytes(range(10))))
+write("idx", "images_3d", b"\x02" + idx([2, 4, 4], pixels(32)))
+write("idx", "images_4d", b"\x00" + idx([1, 2, 3, 4], pixels(24)))
+write("idx", "truncated", b"\x00" + idx([2, 4, 4], pixels(20)))
+write("idx", "trailing", b"\x00" + idx([3], pixels(5)))
+write("idx", "float_type", b"\x00" + idx([2], pixels(8), 0x0D))
+write("idx", "overflowing_dims", b"\x00" + idx([0xFFFFFFFF] * 4, b""))
+write("idx", "header_cut", b"\x00" + idx([2, 4, 4], b"")[:9])
+
+
+# ---- batch / conv: sizes as fuzz_size encodings
+def small(v):      # sel >= 0x40: u16 % small
+    return bytes([0x40]) + struct.pack(">H", v)
+
+
+def raw(v):        # sel 0x20..0x3F: raw 64 bits
+    return bytes([0x20]) + struct.pack(">q", v)
+
+
+def num(v):        # fuzz_float, "reasonable" branch: byte / 64 - 2 (+ 2.5 for an even sel)
+    k = round((v + 2.0) * 64)
+    return bytes([0x41, k])
+
+
+def rawf(f):       # fuzz_float, raw bits
+    return bytes([0x00]) + struct.pack(">f", f)
+
+
+def batch(b, c, h, w, n, pad, flip, layout, mean, std, index, seed=12345, epoch=1):
+    out = b"".join(small(v) if 0 <= v < 4096 else raw(v) for v in (b, c, h, w, n, pad))
+    out += bytes([flip, layout]) + struct.pack(">Q", seed) + struct.pack(">H", epoch)
+    for m, s in zip(mean, std):
+        out += (rawf(m) if abs(m) > 2 or m != m else num(m)) + b"\x00" + \
+               (rawf(s) if abs(s) > 2 or s != s or s <= 0 else num(s))
+    return out + b"".join(small(i) if 0 <= i < 4096 else raw(i) for i in index)
+
+
+M3, S3 = [0.5, 0.25, 0.0], [0.25, 0.5, 1.0]
+write("batch", "rgb_crop_flip", batch(2, 3, 8, 8, 3, 2, 1, 0, M3, S3, [2, 0]))
+write("batch", "rgb_cnhw", batch(3, 3, 5, 7, 4, 1, 1, 1, M3, S3, [1, 3, 0]))
+write("batch", "gray_no_aug", batch(1, 1, 6, 6, 1, 0, 0, 0, [0.25], [0.5], [0]))
+write("batch", "std_nan", batch(1, 1, 4, 4, 2, 1, 0, 0, [0.0], [float("nan")], [1]))
+write("batch", "std_zero", batch(1, 1, 4, 4, 2, 1, 0, 0, [0.0], [0.0], [1]))
+write("batch", "pad_1025", batch(1, 1, 4, 4, 2, 1025, 0, 0, [0.0], [1.0], [0]))
+write("batch", "index_out_of_range", batch(2, 1, 4, 4, 2, 1, 0, 0, [0.0], [1.0], [0, 2]))
+write("batch", "index_negative", batch(1, 1, 4, 4, 2, 0, 0, 0, [0.0], [1.0], [-1]))
+write("batch", "dims_overflow", batch(2**40, 1, 2**20, 2**20, 1, 0, 0, 0, [0.0], [1.0], [0]))
+
+
+def conv(n, c, h, w, o, k, stride, pad, layout=0, vseed=7):
+    return b"".join(small(v) if 0 <= v < 4096 else raw(v) for v in (n, c, h, w, o, k, stride, pad)) \
+        + bytes([layout]) + struct.pack(">I", vseed)
+
+
+write("conv", "3x3_pad1", conv(2, 3, 6, 6, 4, 3, 1, 1))
+write("conv", "1x1_pointwise", conv(2, 3, 5, 5, 2, 1, 1, 0))
+write("conv", "1x1_pointwise_cnhw", conv(3, 2, 4, 4, 2, 1, 1, 0, layout=1))
+write("conv", "5x5_stride2_cnhw", conv(3, 2, 9, 7, 3, 5, 2, 2, layout=1))
+write("conv", "kernel_too_big", conv(1, 1, 3, 3, 1, 6, 1, 1))
+write("conv", "stride_huge", conv(1, 1, 4, 4, 1, 3, 2**63 - 1, 1))
