@@ -1,4 +1,6 @@
 """Whole networks against PyTorch twins: one training step, every gradient, the update."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -6,18 +8,19 @@ import torch.nn.functional as F
 
 import salnp
 from conftest import assert_close
+import torch_ref
 from torch_ref import from_salnp
 
 CASES = [
-    dict(layer="cl", width=8),
-    dict(layer="sal", width=8),
-    dict(layer="sal", width=8, shared=True),
-    dict(layer="sl", width=8, expansion=3),
-    dict(layer="asl", width=8, expansion=2),
+    dict(layer="cl", width=4),
+    dict(layer="sal", width=4),
+    dict(layer="sal", width=4, shared=True),
+    dict(layer="sl", width=4, expansion=3),
+    dict(layer="asl", width=4, expansion=2),
 ]
 
 
-def _batch(rng, n=6, c=3, h=32):
+def _batch(rng, n=3, c=3, h=32):
     x = rng.standard_normal((n, c, h, h), dtype=np.float32)
     y = rng.integers(0, 10, n).astype(np.int32)
     return x, y
@@ -32,8 +35,17 @@ def test_one_training_step_matches_torch(cfg, rng):
         for name, p in net.named_parameters():
             if name.endswith("shift.shift"):
                 p[...] = rng.uniform(-1.4, 1.4, p.shape).round(1) + 0.05
-    tnet = from_salnp(net, beta)
-    x, y = _batch(rng)
+    # The twin runs in float64.  A pre-ReLU value within float32 noise of 0 is a kink: the
+    # gradient jumps there (seen: 2 % on the stem weights), so draw the batch until every
+    # ReLU input is at least 1e-5 away from 0 in the reference.
+    tnet = from_salnp(net, beta).double()
+    for _ in range(20):
+        x, y = _batch(rng)
+        torch_ref.RELU_MARGIN[0] = float("inf")
+        with torch.no_grad():   # a copy: train-mode forwards move running statistics
+            copy.deepcopy(tnet).train()(torch.tensor(x, dtype=torch.float64))
+        if torch_ref.RELU_MARGIN[0] > 1e-5:
+            break
 
     # ours: forward, loss, backward, SGD step
     logits = net.forward(x, train=True)
@@ -47,7 +59,7 @@ def test_one_training_step_matches_torch(cfg, rng):
     # torch
     tnet.train()
     opt = torch.optim.SGD(tnet.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    tlogits = tnet(torch.tensor(x))
+    tlogits = tnet(torch.tensor(x, dtype=torch.float64))
     tloss = F.cross_entropy(tlogits, torch.tensor(y, dtype=torch.long))
     opt.zero_grad()
     tloss.backward()
