@@ -13,8 +13,12 @@ from . import data
 from . import nn
 from . import models
 from .io import load, save
+from . import flops
+from .flops import count
+from . import export   # a callable module: salnp.export(net), salnp.export.load(path)
 
 __all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load",
+           "flops", "count", "export",
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 
