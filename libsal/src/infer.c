@@ -534,6 +534,16 @@ int64_t sal_infer_output_width(const sal_infer *net) {
 int64_t sal_infer_num_weights(const sal_infer *net) { return net->nweights; }
 int64_t sal_infer_num_ops(const sal_infer *net) { return net->nops; }
 
+sal_status sal_infer_buffer(const sal_infer *net, int64_t b, const float **act, sal_act *geom) {
+    SAL_REQUIRE(net && act && geom, FN, "net, act, geom must not be NULL");
+    SAL_REQUIRE(b >= 0 && b < net->nbuf, FN, "b=%lld: must be in [0, %lld)", (long long)b,
+                (long long)net->nbuf);
+    SAL_REQUIRE(net->n >= 1, FN, "no forward pass yet");
+    *act = net->act[b];
+    *geom = buf_act(net, b, net->n);
+    return SAL_OK;
+}
+
 sal_status sal_infer_count(const sal_infer *net, sal_count_row *rows) {
     SAL_REQUIRE(net && rows, "sal_infer_count", "net and rows must not be NULL");
     for (int64_t i = 0; i < net->nops; i++) {

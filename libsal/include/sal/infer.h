@@ -67,6 +67,8 @@ sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_
 int64_t sal_infer_output_width(const sal_infer *net);
 int64_t sal_infer_num_weights(const sal_infer *net);
 int64_t sal_infer_num_ops(const sal_infer *net);
+/* activations of buffer b after the last forward (CNHW), for inspection and tests */
+sal_status sal_infer_buffer(const sal_infer *net, int64_t b, const float **act, sal_act *geom);
 
 /* rows (nops): accounting of the inference program (SAL_COUNT_INFER conventions of
  * sal/count.h; kind is a sal_iop_kind) */
