@@ -7,7 +7,8 @@
  * so that output (n, Y, X) of pair (o, i, dy, dx) reads, with ey = 1 + dy, ex = 1 + dx,
  *   P[i][(ey%S)*S + ex%S][n][Y + ey/S][X + ex/S].
  * Numbering the positions q = (n*Hph + u)*Wph + v of one (i, phase) block, that is
- * q + src(pair) with a constant src(pair) = ((i*S*S + phase)*N)*Hph*Wph + (ey/S)*Wph + ex/S.
+ * q + src(pair) with a constant src(pair) = (i*S*S + phase)*B + (ey/S)*Wph + ex/S, where the
+ * block stride B >= N*Hph*Wph is padded to an odd number of cache lines (see block_stride).
  * A tile of T consecutive q (several rows, possibly several images) accumulates
  * w * P[q + src .. + T) over the pairs of one output channel in registers; positions with
  * u >= Ho or v >= Wo are computed and dropped.  The planes carry T + 2*Wph + 2 floats of
@@ -22,7 +23,7 @@
 #include "sal/infer.h"
 #include "sal/layers.h"
 
-#define GT 64  /* outputs per GATHER tile: 4 vectors of 16 floats */
+#define GT 128  /* outputs per GATHER tile: 8 vectors of 16 floats */
 
 struct sal_infer {
     int64_t nbuf, nops, nshift, npairs, nweights;
@@ -58,12 +59,21 @@ static void phase_geom(int64_t S, int64_t Ho, int64_t Wo, int64_t *hph, int64_t 
     *wph = Wo + 2 / S;
 }
 
+/* floats between consecutive (channel, phase) blocks of m floats: m rounded up to whole
+ * 64-byte lines, and an odd number of lines, so that the blocks a tile reads do not all
+ * fall into the same few L1 sets (power-of-two-like strides made 64-channel layers
+ * miss in L1 on every pair) */
+static int64_t block_stride(int64_t m) {
+    int64_t b = (m + 15) / 16 * 16;
+    return (b / 16) % 2 ? b : b + 16;
+}
+
 /* floats of phase planes (with slack) a GATHER op needs for batch n */
 static size_t gather_scratch(const sal_infer *net, const sal_iop *op, int64_t n) {
     const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
     int64_t hph, wph;
     phase_geom(op->stride, so[1], so[2], &hph, &wph);
-    return (size_t)(si[0] * op->stride * op->stride * n * hph * wph + GT + 2 * wph + 2);
+    return (size_t)(si[0] * op->stride * op->stride * block_stride(n * hph * wph) + GT + 2 * wph + 2);
 }
 
 static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t *nrow) {
@@ -331,28 +341,24 @@ static void epi_planes(float *y, int64_t O, int64_t M, const float *bias, const 
 /* ---- GATHER kernel ----------------------------------------------------------------- */
 typedef float v16 __attribute__((vector_size(64)));
 
-/* acc (GT) = sum over k < np of w[k] * base[src[k] .. src[k] + GT) */
+/* acc (GT) = sum over k < np of w[k] * base[src[k] .. src[k] + GT): GT/16 independent
+ * accumulator vectors (8 cover the FMA latency of two units) */
+#define GV (GT / 16)
 static inline __attribute__((always_inline)) void gather_tile_body(float *acc, const float *base,
                                                                     const int64_t *src,
                                                                     const float *w, int64_t np) {
-    v16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+    v16 a[GV];
+    for (int j = 0; j < GV; j++) a[j] = (v16){0};
     for (int64_t k = 0; k < np; k++) {
         const float *s = base + src[k];
-        v16 x0, x1, x2, x3;
-        memcpy(&x0, s, sizeof x0);
-        memcpy(&x1, s + 16, sizeof x1);
-        memcpy(&x2, s + 32, sizeof x2);
-        memcpy(&x3, s + 48, sizeof x3);
         const v16 wv = (v16){0} + w[k];
-        a0 += wv * x0;
-        a1 += wv * x1;
-        a2 += wv * x2;
-        a3 += wv * x3;
+        for (int j = 0; j < GV; j++) {
+            v16 xj;
+            memcpy(&xj, s + 16 * j, sizeof xj);
+            a[j] += wv * xj;
+        }
     }
-    memcpy(acc, &a0, sizeof a0);
-    memcpy(acc + 16, &a1, sizeof a1);
-    memcpy(acc + 32, &a2, sizeof a2);
-    memcpy(acc + 48, &a3, sizeof a3);
+    memcpy(acc, a, sizeof a);
 }
 
 __attribute__((target("avx512f"))) static void gather_tile_avx512(float *acc, const float *base,
@@ -381,13 +387,17 @@ static gather_fn pick_gather(void) {
 /* P (C, S*S, N, Hph, Wph) from x (C, N, H, W), zero padding 1; the slack after it zeroed */
 static void phase_planes(float *P, const float *x, int64_t C, int64_t N, int64_t H, int64_t W,
                          int64_t S, int64_t hph, int64_t wph, size_t total) {
-    const int64_t plane = hph * wph, SS = S * S;
+    const int64_t plane = hph * wph, SS = S * S, block = block_stride(N * plane);
 #pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
     for (int64_t ip = 0; ip < C * SS; ip++)
-        for (int64_t n = 0; n < N; n++) {
+        for (int64_t n = 0; n <= N; n++) {
+            if (n == N) {  /* the padding after the block (read only for dropped positions) */
+                memset(P + ip * block + N * plane, 0, (size_t)(block - N * plane) * sizeof *P);
+                continue;
+            }
             const int64_t i = ip / SS, a = ip % SS / S, b = ip % S;
             const float *xp = x + (i * N + n) * H * W;
-            float *dst = P + (ip * N + n) * plane;
+            float *dst = P + ip * block + n * plane;
             /* columns v whose source S*v + b - 1 lies in [0, W) */
             int64_t vlo, vhi;
             sal_valid_range(b - 1, S, W, wph, &vlo, &vhi);
@@ -401,7 +411,7 @@ static void phase_planes(float *P, const float *x, int64_t C, int64_t N, int64_t
                 for (int64_t v = vhi; v < wph; v++) dst[v] = 0.0f;
             }
         }
-    const size_t used = (size_t)(C * SS * N * plane);
+    const size_t used = (size_t)(C * SS * block);
     memset(P + used, 0, (total - used) * sizeof *P);
 }
 
@@ -425,7 +435,7 @@ static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float 
     for (int64_t k = 0; k < op->npair; k++) {
         const int32_t *r = net->pairs + 4 * (op->ioff + k);
         const int64_t ey = 1 + r[2], ex = 1 + r[3];
-        src[k] = ((r[1] * SS + (ey % S) * S + ex % S) * N) * plane + (ey / S) * wph + ex / S;
+        src[k] = (r[1] * SS + (ey % S) * S + ex % S) * block_stride(total) + (ey / S) * wph + ex / S;
     }
     const int64_t *rp = net->rowptr + net->row_at[opi];
     const float *w = weights + op->p0, *bias = op->p1 >= 0 ? weights + op->p1 : NULL;
