@@ -2,7 +2,7 @@
 salnp.export's network vs the training network in hard eval mode vs PyTorch running the
 same binarised network, 2 threads, interleaved medians, results checked before timing.
 
-    PYTHONPATH=python python bench/bench_export.py [--threads 2] [--write]
+    PYTHONPATH=python python bench/bench_export.py [--threads 2,1] [--write]
 
 Binarisation: the attention logits keep their random initialisation U[0, 1) and beta is
 set to 70 (the CIFAR beta_final of the reference recipe), so that p = softmax(beta a /
@@ -64,12 +64,11 @@ def binarised_torch(net, fold):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", default="2", help="thread counts to time, e.g. 2 or 2,1")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     args = ap.parse_args()
-    salnp.set_num_threads(args.threads)
-    torch.set_num_threads(args.threads)
+    threads = [int(t) for t in str(args.threads).split(",")]
     rng = np.random.default_rng(0)
 
     net = salnp.models.resnet(20, 16, "sal", shared=False, seed=0)
@@ -87,7 +86,10 @@ def main():
     ctrain, cinf = salnp.count(net, mode="train"), inf.count()
 
     rows, checks = [], []
-    for N, reps in ((1, 10 * args.repeats), (128, args.repeats)):
+    for nt, N, reps in [(nt, N, r) for nt in threads
+                        for N, r in ((1, 10 * args.repeats), (128, args.repeats))]:
+        salnp.set_num_threads(nt)
+        torch.set_num_threads(nt)
         x = rng.standard_normal((N, 3, 32, 32), dtype=np.float32)
         xt = torch.tensor(x)
         ref = net.forward(x, train=False, hard=True)
@@ -98,7 +100,7 @@ def main():
         scale = float(np.abs(ref).max())
         for k, v in got.items():
             err = float(np.abs(v - ref).max())
-            checks.append(f"batch {N}: {k} vs training net hard eval: max |diff| {err:.2e} "
+            checks.append(f"threads {nt}, batch {N}: {k} vs training net hard eval: max |diff| {err:.2e} "
                           f"(max |logit| {scale:.2f})")
             assert err <= 1e-4 * scale + 1e-6, (k, N, err)
 
@@ -115,12 +117,12 @@ def main():
         times = interleaved(fns, repeats=reps, warmup=3)
         base = times[0]
         for n, t in zip(names, times):
-            rows.append([N, n, f"{1e3 * t:.3f}", f"{N / t:,.0f}", f"{t / base:.2f}x"])
+            rows.append([nt, N, n, f"{1e3 * t:.3f}", f"{N / t:,.0f}", f"{t / base:.2f}x"])
 
-    header = ["batch", "network", "ms / batch", "images/s", "time vs export"]
+    header = ["threads", "batch", "network", "ms / batch", "images/s", "time vs export"]
     result = table(header, rows)
     cfg = salnp.config()
-    env = (f"{platform.processor() or platform.machine()}, {args.threads} threads, BLIS "
+    env = (f"{platform.processor() or platform.machine()}, threads {args.threads}, BLIS "
            f"{cfg['blis_version']} {cfg['flavour']} ({cfg['arch']}), torch {torch.__version__}, "
            f"{datetime.date.today().isoformat()}, load average before the run "
            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -142,7 +144,10 @@ def main():
                    + summary.replace("\n", "  \n") + "\n\n"
                    "Inference time, median of interleaved repeats (batch 1: "
                    f"{10 * args.repeats}, batch 128: {args.repeats}); every result checked "
-                   "against the training network in hard eval mode (<= 1e-4 relative) first.\n\n"
+                   "against the training network in hard eval mode (<= 1e-4 relative) first.  "
+                   "When the load average exceeds the CPU count the host is shared with other "
+                   "jobs: every column suffers, the 2-thread ones most (a parallel region "
+                   "waits for its preempted thread).\n\n"
                    "```\n" + result + "\n```\n")
         start = text.find("## Export\n")
         if start >= 0:                      # replace our own earlier section only
