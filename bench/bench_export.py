@@ -69,6 +69,7 @@ def main():
     ap.add_argument("--write", action="store_true", help="record in bench/RESULTS.md")
     args = ap.parse_args()
     threads = [int(t) for t in str(args.threads).split(",")]
+    load0 = os.getloadavg()[0]
     rng = np.random.default_rng(0)
 
     net = salnp.models.resnet(20, 16, "sal", shared=False, seed=0)
@@ -124,8 +125,8 @@ def main():
     cfg = salnp.config()
     env = (f"{platform.processor() or platform.machine()}, threads {args.threads}, BLIS "
            f"{cfg['blis_version']} {cfg['flavour']} ({cfg['arch']}), torch {torch.__version__}, "
-           f"{datetime.date.today().isoformat()}, load average before the run "
-           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+           f"{datetime.date.today().isoformat()}, load average {load0:.1f} before "
+           f"and {os.getloadavg()[0]:.1f} after the run on {os.cpu_count()} CPUs")
     summary = (f"SAL-ResNet-20 (w=16, unshared), 32x32, beta = 70 on random-init logits "
                f"(not trained): kept slices {kept:,} / {slices:,} ({100 * kept / slices:.1f} %).\n"
                f"Training network (soft SAL as dense 3x3): {ctrain.macs:,} MACs, "
