@@ -423,3 +423,13 @@ void sal_net_arena_sizes(const sal_net *net, int64_t *nparams, int64_t *nbuffers
     *nparams = net->nparams;
     *nbuffers = net->nbuffers;
 }
+
+void sal_net_program(const sal_net *net, const int64_t **shapes, int64_t *nbuf,
+                     const sal_op **ops, int64_t *nops, const int32_t **offsets, int64_t *noff) {
+    if (shapes) *shapes = net->shapes;
+    if (nbuf) *nbuf = net->nbuf;
+    if (ops) *ops = net->ops;
+    if (nops) *nops = net->nops;
+    if (offsets) *offsets = net->offsets;
+    if (noff) *noff = net->noff;
+}

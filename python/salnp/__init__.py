@@ -14,8 +14,12 @@ from . import nn
 from . import models
 from .io import load, save
 from .train import fit, evaluate
+from . import flops
+from .flops import count
+from . import export   # a callable module: salnp.export(net), salnp.export.load(path)
 
-__all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load", "fit", "evaluate",
+__all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load", "fit",
+           "evaluate", "flops", "count", "export",
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 

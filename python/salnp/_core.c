@@ -14,6 +14,8 @@
 
 #include "sal/sal.h"
 #include "sal/net.h"
+#include "sal/count.h"
+#include "sal/infer.h"
 
 #ifndef SAL_VERSION_STR
 #define SAL_VERSION_STR SAL_VERSION
@@ -1954,6 +1956,168 @@ done:
     return ret;
 }
 
+/* ---- accounting and the inference network (see sal/count.h, sal/infer.h) ---------- */
+
+/* Columns of the int64 part of a count: op, kind, in (C, H, W), out (C, H, W), train_only,
+ * kept, macs, bwd_macs, shift_moves; params come as a separate float64 vector. */
+#define COUNT_NCOL 13
+
+/* (ints (nops, 13) int64, params (nops,) float64) from rows, or NULL with an error set */
+static PyObject *count_result(const sal_count_row *rows, int64_t nops) {
+    npy_intp di[2] = {(npy_intp)nops, COUNT_NCOL}, dp[1] = {(npy_intp)nops};
+    PyArrayObject *ints = new_empty(2, di, NPY_INT64), *par = new_empty(1, dp, NPY_FLOAT64);
+    PyObject *ret = NULL;
+    if (!ints || !par) goto done;
+    int64_t *iv = PyArray_DATA(ints);
+    double *pv = PyArray_DATA(par);
+    for (int64_t i = 0; i < nops; i++) {
+        const sal_count_row *r = &rows[i];
+        int64_t row[COUNT_NCOL] = {r->op, r->kind, r->in[0], r->in[1], r->in[2], r->out[0],
+                                   r->out[1], r->out[2], r->train_only, r->kept, r->macs,
+                                   r->bwd_macs, r->shift_moves};
+        memcpy(iv + i * COUNT_NCOL, row, sizeof row);
+        pv[i] = r->params;
+    }
+    ret = PyTuple_Pack(2, (PyObject *)ints, (PyObject *)par);
+done:
+    Py_XDECREF(ints);
+    Py_XDECREF(par);
+    return ret;
+}
+
+static PyObject *core_net_count(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "params", "beta", "inference", NULL};
+    const char *fn = "count";
+    PyObject *cap, *oparams;
+    double beta = 1.0;
+    int inference = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|dp", kwlist, &cap, &oparams, &beta, &inference))
+        return NULL;
+    sal_net *net = net_from_capsule(cap, fn);
+    PyArrayObject *params;
+    if (!net || arena_arg(oparams, fn, "params", &params) ||
+        check_arena_sizes(net, params, NULL, fn))
+        return NULL;
+    int64_t nops;
+    sal_net_program(net, NULL, NULL, NULL, &nops, NULL, NULL);
+    sal_count_row *rows = PyMem_RawMalloc((size_t)nops * sizeof *rows);
+    if (!rows) return PyErr_NoMemory();
+    PyObject *ret = NULL;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    s = sal_net_count(net, PyArray_DATA(params), beta,
+                      inference ? SAL_COUNT_INFER : SAL_COUNT_TRAIN, rows);
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) raise_status(m, s, fn);
+    else ret = count_result(rows, nops);
+    PyMem_RawFree(rows);
+    return ret;
+}
+
+#define INFER_CAPSULE "salnp._core.infer"
+
+static void infer_capsule_free(PyObject *cap) {
+    sal_infer_free((sal_infer *)PyCapsule_GetPointer(cap, INFER_CAPSULE));
+}
+
+static sal_infer *infer_from_capsule(PyObject *cap, const char *fn) {
+    if (!PyCapsule_IsValid(cap, INFER_CAPSULE)) {
+        PyErr_Format(PyExc_TypeError, "%s: net must be an engine made by infer_create", fn);
+        return NULL;
+    }
+    return (sal_infer *)PyCapsule_GetPointer(cap, INFER_CAPSULE);
+}
+
+static PyObject *core_infer_create(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"shapes", "ops", "shifts", "pairs", "nweights", NULL};
+    const char *fn = "infer_create";
+    PyObject *oshapes, *oops, *oshifts, *opairs;
+    long long nweights;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOL", kwlist, &oshapes, &oops, &oshifts, &opairs,
+                                     &nweights))
+        return NULL;
+    PyObject *ret = NULL;
+    PyArrayObject *shapes = (PyArrayObject *)PyArray_FROMANY(oshapes, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    PyArrayObject *ops = (PyArrayObject *)PyArray_FROMANY(oops, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    PyArrayObject *sh = (PyArrayObject *)PyArray_FROMANY(oshifts, NPY_INT32, 2, 2, NPY_ARRAY_IN_ARRAY);
+    PyArrayObject *pr = (PyArrayObject *)PyArray_FROMANY(opairs, NPY_INT32, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!shapes || !ops || !sh || !pr) goto done;
+    const npy_intp nf = (npy_intp)(sizeof(sal_iop) / sizeof(int64_t));
+    if (PyArray_DIM(shapes, 1) != 3 || PyArray_DIM(ops, 1) != nf || PyArray_DIM(sh, 1) != 3 ||
+        PyArray_DIM(pr, 1) != 4) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: shapes (B, 3), ops (n, %d), shifts (M, 3) and pairs (P, 4) expected", fn,
+                     (int)nf);
+        goto done;
+    }
+    sal_infer *net = NULL;
+    sal_status s = sal_infer_create(&net, PyArray_DATA(shapes), PyArray_DIM(shapes, 0),
+                                    PyArray_DATA(ops), PyArray_DIM(ops, 0), PyArray_DATA(sh),
+                                    PyArray_DIM(sh, 0), PyArray_DATA(pr), PyArray_DIM(pr, 0),
+                                    nweights);
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = PyCapsule_New(net, INFER_CAPSULE, infer_capsule_free);
+    if (!ret) sal_infer_free(net);
+done:
+    Py_XDECREF(shapes);
+    Py_XDECREF(ops);
+    Py_XDECREF(sh);
+    Py_XDECREF(pr);
+    return ret;
+}
+
+static PyObject *core_infer_forward(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "weights", "x", NULL};
+    const char *fn = "forward";
+    PyObject *cap, *ow, *ox;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &cap, &ow, &ox)) return NULL;
+    sal_infer *net = infer_from_capsule(cap, fn);
+    PyArrayObject *w = NULL, *x = NULL, *y = NULL;
+    PyObject *ret = NULL;
+    if (!net) return NULL;
+    w = as_f32(ow, fn, "weights", 1, "(nweights,)");
+    if (!w) goto done;
+    if (PyArray_SIZE(w) != sal_infer_num_weights(net)) {
+        PyErr_Format(PyExc_ValueError, "%s: weights has %lld values, the engine was built for %lld",
+                     fn, (long long)PyArray_SIZE(w), (long long)sal_infer_num_weights(net));
+        goto done;
+    }
+    x = as_f32(ox, fn, "x", 4, "(N, C, H, W)");
+    if (!x) goto done;
+    npy_intp n = PyArray_DIM(x, 0);
+    npy_intp dims[2] = {n, (npy_intp)sal_infer_output_width(net)};
+    y = new_empty(2, dims, NPY_FLOAT32);
+    if (!y) goto done;
+    sal_status s;
+    Py_BEGIN_ALLOW_THREADS
+    sal_act xg = {n, PyArray_DIM(x, 1), PyArray_DIM(x, 2), PyArray_DIM(x, 3), SAL_NCHW};
+    s = sal_infer_forward(net, PyArray_DATA(y), PyArray_DATA(x), xg, PyArray_DATA(w));
+    Py_END_ALLOW_THREADS
+    if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
+    ret = (PyObject *)y;
+    y = NULL;
+done:
+    Py_XDECREF(w);
+    Py_XDECREF(x);
+    Py_XDECREF(y);
+    return ret;
+}
+
+static PyObject *core_infer_count(PyObject *m, PyObject *cap) {
+    const char *fn = "count";
+    sal_infer *net = infer_from_capsule(cap, fn);
+    if (!net) return NULL;
+    const int64_t nops = sal_infer_num_ops(net);
+    sal_count_row *rows = PyMem_RawMalloc((size_t)nops * sizeof *rows);
+    if (!rows) return PyErr_NoMemory();
+    PyObject *ret = NULL;
+    sal_status s = sal_infer_count(net, rows);
+    if (s != SAL_OK) raise_status(m, s, fn);
+    else ret = count_result(rows, nops);
+    PyMem_RawFree(rows);
+    return ret;
+}
+
 /* ---- module ------------------------------------------------------------------- */
 
 #define KW (PyCFunction)(void (*)(void))
@@ -2132,6 +2296,21 @@ static PyMethodDef core_methods[] = {
     {"net_backward", KW core_net_backward, METH_VARARGS | METH_KEYWORDS,
      "net_backward(net, params, grads, grad_logits)\n--\n\n"
      "Accumulate dL/dparams into grads for the last forward."},
+    {"net_count", KW core_net_count, METH_VARARGS | METH_KEYWORDS,
+     "net_count(net, params, beta=1.0, inference=False) -> (ints, params)\n--\n\n"
+     "Accounting of a network program per op (sal/count.h): ints int64 (nops, 13) with\n"
+     "columns op, kind, in C, H, W, out C, H, W, train_only, kept, macs, bwd_macs,\n"
+     "shift_moves (per image); params float64 (nops,).  inference=True: the network export\n"
+     "builds (BN folded, SAL binarised with beta from the logits in params)."},
+    {"infer_create", KW core_infer_create, METH_VARARGS | METH_KEYWORDS,
+     "infer_create(shapes, ops, shifts, pairs, nweights) -> engine\n--\n\n"
+     "An inference program (see salnp.export): buffer shapes (B, 3), op rows (sal_iop),\n"
+     "int32 shift rows (src, dy, dx), int32 SAL pairs (o, i, dy, dx)."},
+    {"infer_forward", KW core_infer_forward, METH_VARARGS | METH_KEYWORDS,
+     "infer_forward(net, weights, x) -> logits\n--\n\n"
+     "Run the inference program on x (N, C, H, W) with the weight arena."},
+    {"infer_count", core_infer_count, METH_O,
+     "infer_count(net) -> (ints, params)\n--\n\nAccounting of an inference program, as net_count."},
     {NULL, NULL, 0, NULL}};
 
 static int core_exec(PyObject *m) {

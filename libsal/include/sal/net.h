@@ -52,6 +52,10 @@ int64_t sal_net_last_batch(const sal_net *net);
 void sal_net_arena_sizes(const sal_net *net, int64_t *nparams, int64_t *nbuffers);
 /* (C, H, W) of buffer b, for inspection; activations of the last forward (CNHW) */
 sal_status sal_net_buffer(const sal_net *net, int64_t b, const float **act, sal_act *geom);
+/* read-only views of the program as validated and copied by sal_net_create: shapes
+ * (nbuf, 3), ops (nops), offsets (noff, 2); any output pointer may be NULL */
+void sal_net_program(const sal_net *net, const int64_t **shapes, int64_t *nbuf,
+                     const sal_op **ops, int64_t *nops, const int32_t **offsets, int64_t *noff);
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,9 @@
 #define SAL_SAL_H
 #include "sal/core.h"
 #include "sal/conv.h"
+#include "sal/count.h"
 #include "sal/data.h"
+#include "sal/infer.h"
 #include "sal/layers.h"
 #include "sal/shift.h"
 #endif

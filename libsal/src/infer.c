@@ -1,0 +1,624 @@
+/* The inference program (sal/infer.h): validation, buffers once per batch size, one
+ * forward pass over the op list; the GATHER kernel of binarised unshared SAL layers.
+ *
+ * GATHER layout.  For stride S, the input (C, N, H, W) is rewritten as phase planes
+ *   P[i][a*S + b][n][u][v] = xpad[n, i, S*u + a, S*v + b],   xpad = x padded by 1 (zeros),
+ *   u < Hph = Ho + 2/S, v < Wph = Wo + 2/S,
+ * so that output (n, Y, X) of pair (o, i, dy, dx) reads, with ey = 1 + dy, ex = 1 + dx,
+ *   P[i][(ey%S)*S + ex%S][n][Y + ey/S][X + ex/S].
+ * Numbering the positions q = (n*Hph + u)*Wph + v of one (i, phase) block, that is
+ * q + src(pair) with a constant src(pair) = (i*S*S + phase)*B + (ey/S)*Wph + ex/S, where the
+ * block stride B >= N*Hph*Wph is padded to an odd number of cache lines (see block_stride).
+ * A tile of T consecutive q (several rows, possibly several images) accumulates
+ * w * P[q + src .. + T) over the pairs of one output channel in registers; positions with
+ * u >= Ho or v >= Wo are computed and dropped.  The planes carry T + 2*Wph + 2 floats of
+ * zeroed slack at the end, so no tile reads past the buffer. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal/internal.h"
+#include "internal/range.h"
+#include "sal/conv.h"
+#include "sal/infer.h"
+#include "sal/layers.h"
+
+#define GT 128  /* outputs per GATHER tile: 8 vectors of 16 floats */
+
+struct sal_infer {
+    int64_t nbuf, nops, nshift, npairs, nweights;
+    int64_t *shapes;       /* (nbuf, 3) */
+    sal_iop *ops;
+    int32_t *shifts;       /* (nshift, 3) */
+    int32_t *pairs;        /* (npairs, 4) */
+    int64_t *rowptr;       /* GATHER ops: O + 1 pair indices per op (relative to ioff) */
+    int64_t *row_at;       /* per op: start in rowptr, -1 if none */
+    int64_t *src;          /* per pair: offset into the phase planes (for batch src_n) */
+    int64_t src_n;
+    int64_t cap, n;
+    float **act;
+    float *scratch;
+    size_t scratch_n;
+};
+
+static const char *FN = "sal_infer";
+
+static sal_act buf_act(const sal_infer *net, int64_t b, int64_t n) {
+    const int64_t *s = net->shapes + 3 * b;
+    return (sal_act){n, s[0], s[1], s[2], SAL_CNHW};
+}
+
+static int64_t buf_numel(const sal_infer *net, int64_t b, int64_t n) {
+    const int64_t *s = net->shapes + 3 * b;
+    return n * s[0] * s[1] * s[2];
+}
+
+/* phase-plane geometry of a GATHER op for stride S and output (Ho, Wo) */
+static void phase_geom(int64_t S, int64_t Ho, int64_t Wo, int64_t *hph, int64_t *wph) {
+    *hph = Ho + 2 / S;
+    *wph = Wo + 2 / S;
+}
+
+/* floats between consecutive (channel, phase) blocks of m floats: m rounded up to whole
+ * 64-byte lines, and an odd number of lines, so that the blocks a tile reads do not all
+ * fall into the same few L1 sets (power-of-two-like strides made 64-channel layers
+ * miss in L1 on every pair) */
+static int64_t block_stride(int64_t m) {
+    int64_t b = (m + 15) / 16 * 16;
+    return (b / 16) % 2 ? b : b + 16;
+}
+
+/* floats of phase planes (with slack) a GATHER op needs for batch n */
+static size_t gather_scratch(const sal_infer *net, const sal_iop *op, int64_t n) {
+    const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+    int64_t hph, wph;
+    phase_geom(op->stride, so[1], so[2], &hph, &wph);
+    return (size_t)(si[0] * op->stride * op->stride * block_stride(n * hph * wph) + GT + 2 * wph + 2);
+}
+
+static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t *nrow) {
+    const int64_t B = net->nbuf, P = net->nweights;
+    SAL_REQUIRE(op->in >= 0 && op->in < B && op->out > 0 && op->out < B && op->in != op->out,
+                FN, "op %lld: in=%lld out=%lld: must be distinct buffers in [0, %lld)",
+                (long long)i, (long long)op->in, (long long)op->out, (long long)B);
+    SAL_REQUIRE(op->res >= -1 && op->res < B && op->res != op->out, FN,
+                "op %lld: res=%lld: must be -1 or another buffer", (long long)i, (long long)op->res);
+    SAL_REQUIRE(op->relu == 0 || op->relu == 1, FN, "op %lld: relu=%lld: must be 0 or 1",
+                (long long)i, (long long)op->relu);
+    SAL_REQUIRE(op->res_post == 0 || op->res_post == 1, FN,
+                "op %lld: res_post=%lld: must be 0 or 1", (long long)i, (long long)op->res_post);
+    const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+    int64_t want[3] = {si[0], si[1], si[2]}, pw = 0, pb = 0;
+    sal_act y;
+    switch (op->kind) {
+    case SAL_IOP_CONV: {
+        sal_conv_desc d = {buf_act(net, op->in, 1), op->o, op->k, op->stride, op->pad};
+        SAL_TRY(sal_conv_check(&d, &y));
+        want[0] = y.c, want[1] = y.h, want[2] = y.w;
+        pw = op->o * si[0] * op->k * op->k;
+        pb = op->p1 >= 0 ? op->o : 0;
+        break;
+    }
+    case SAL_IOP_GATHER: {
+        SAL_REQUIRE(op->o >= 1 && op->stride >= 1, FN, "op %lld: O=%lld stride=%lld: must be >= 1",
+                    (long long)i, (long long)op->o, (long long)op->stride);
+        SAL_REQUIRE(op->npair >= 0 && op->ioff >= 0 && op->ioff + op->npair <= net->npairs, FN,
+                    "op %lld: pairs [%lld, %lld): outside the pair table (%lld)", (long long)i,
+                    (long long)op->ioff, (long long)(op->ioff + op->npair), (long long)net->npairs);
+        want[0] = op->o, want[1] = (si[1] - 1) / op->stride + 1, want[2] = (si[2] - 1) / op->stride + 1;
+        pw = op->npair;
+        pb = op->p1 >= 0 ? op->o : 0;
+        int64_t prev = 0;
+        for (int64_t k = op->ioff; k < op->ioff + op->npair; k++) {
+            const int32_t *r = net->pairs + 4 * k;
+            SAL_REQUIRE(r[0] >= prev && r[0] < op->o && r[1] >= 0 && r[1] < si[0] &&
+                            r[2] >= -1 && r[2] <= 1 && r[3] >= -1 && r[3] <= 1, FN,
+                        "op %lld: pair %lld = (%d, %d, %d, %d): needs o sorted in [0, %lld), "
+                        "i in [0, %lld), |dy|, |dx| <= 1", (long long)i, (long long)k, r[0], r[1],
+                        r[2], r[3], (long long)op->o, (long long)si[0]);
+            prev = r[0];
+        }
+        *nrow += op->o + 1;
+        break;
+    }
+    case SAL_IOP_SHIFT: {
+        SAL_REQUIRE(op->stride >= 1, FN, "op %lld: stride=%lld: must be >= 1", (long long)i,
+                    (long long)op->stride);
+        SAL_REQUIRE(op->index_bits >= 0, FN, "op %lld: index_bits=%lld: must be >= 0",
+                    (long long)i, (long long)op->index_bits);
+        want[0] = so[0], want[1] = (si[1] - 1) / op->stride + 1, want[2] = (si[2] - 1) / op->stride + 1;
+        SAL_REQUIRE(op->ioff >= 0 && op->ioff + so[0] <= net->nshift, FN,
+                    "op %lld: ioff=%lld: needs %lld shift rows of %lld", (long long)i,
+                    (long long)op->ioff, (long long)so[0], (long long)net->nshift);
+        for (int64_t c = 0; c < so[0]; c++) {
+            const int32_t *r = net->shifts + 3 * (op->ioff + c);
+            SAL_REQUIRE(r[0] >= 0 && r[0] < si[0], FN,
+                        "op %lld: shift row %lld: source channel %d not in [0, %lld)", (long long)i,
+                        (long long)(op->ioff + c), r[0], (long long)si[0]);
+        }
+        break;
+    }
+    case SAL_IOP_ADD:
+        SAL_REQUIRE(op->res >= 0, FN, "op %lld: add needs a res buffer", (long long)i);
+        break;
+    case SAL_IOP_POOL:
+        want[1] = want[2] = 1;
+        break;
+    case SAL_IOP_LINEAR:
+        SAL_REQUIRE(si[1] == 1 && si[2] == 1 && op->o >= 1, FN,
+                    "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
+        want[0] = op->o, want[1] = want[2] = 1;
+        pw = op->o * si[0];
+        pb = op->o;
+        break;
+    default:
+        return sal_fail(SAL_EINVAL, FN, "op %lld: kind=%lld: unknown op", (long long)i,
+                        (long long)op->kind);
+    }
+    if (op->res >= 0) {
+        SAL_REQUIRE(op->kind == SAL_IOP_CONV || op->kind == SAL_IOP_GATHER || op->kind == SAL_IOP_ADD,
+                    FN, "op %lld: only conv, gather and add take a residual", (long long)i);
+        const int64_t *sr = net->shapes + 3 * op->res;
+        SAL_REQUIRE(sr[0] == want[0] && sr[1] == want[1] && sr[2] == want[2], FN,
+                    "op %lld: res buffer %lld has shape (%lld, %lld, %lld), not the output's",
+                    (long long)i, (long long)op->res, (long long)sr[0], (long long)sr[1],
+                    (long long)sr[2]);
+    }
+    SAL_REQUIRE(so[0] == want[0] && so[1] == want[1] && so[2] == want[2], FN,
+                "op %lld: out buffer %lld has shape (%lld, %lld, %lld), the op makes (%lld, %lld, %lld)",
+                (long long)i, (long long)op->out, (long long)so[0], (long long)so[1],
+                (long long)so[2], (long long)want[0], (long long)want[1], (long long)want[2]);
+    SAL_REQUIRE(pw == 0 || (op->p0 >= 0 && op->p0 + pw <= P), FN,
+                "op %lld: p0=%lld: %lld weights do not fit the arena (%lld)", (long long)i,
+                (long long)op->p0, (long long)pw, (long long)P);
+    SAL_REQUIRE(pb == 0 || (op->p1 >= 0 && op->p1 + pb <= P), FN,
+                "op %lld: p1=%lld: %lld weights do not fit the arena (%lld)", (long long)i,
+                (long long)op->p1, (long long)pb, (long long)P);
+    return SAL_OK;
+}
+
+void sal_infer_free(sal_infer *net) {
+    if (!net) return;
+    if (net->act)
+        for (int64_t b = 0; b < net->nbuf; b++) free(net->act[b]);
+    free(net->act);
+    free(net->scratch);
+    free(net->shapes);
+    free(net->ops);
+    free(net->shifts);
+    free(net->pairs);
+    free(net->rowptr);
+    free(net->row_at);
+    free(net->src);
+    free(net);
+}
+
+sal_status sal_infer_create(sal_infer **out, const int64_t *shapes, int64_t nbuf,
+                            const sal_iop *ops, int64_t nops, const int32_t *shifts,
+                            int64_t nshift, const int32_t *pairs, int64_t npairs,
+                            int64_t nweights) {
+    SAL_REQUIRE(out && shapes && ops, FN, "net, shapes and ops must not be NULL");
+    *out = NULL;
+    SAL_REQUIRE(nbuf >= 2 && nops >= 1, FN, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
+                (long long)nbuf, (long long)nops);
+    SAL_REQUIRE(nshift >= 0 && (nshift == 0 || shifts), FN, "nshift=%lld: shifts missing",
+                (long long)nshift);
+    SAL_REQUIRE(npairs >= 0 && (npairs == 0 || pairs), FN, "npairs=%lld: pairs missing",
+                (long long)npairs);
+    SAL_REQUIRE(nweights >= 0, FN, "nweights=%lld: must be >= 0", (long long)nweights);
+    sal_infer *net = calloc(1, sizeof *net);
+    if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    net->nbuf = nbuf, net->nops = nops, net->nshift = nshift, net->npairs = npairs;
+    net->nweights = nweights;
+    net->shapes = malloc((size_t)nbuf * 3 * sizeof *net->shapes);
+    net->ops = malloc((size_t)nops * sizeof *net->ops);
+    net->shifts = malloc((size_t)(nshift ? nshift : 1) * 3 * sizeof *net->shifts);
+    net->pairs = malloc((size_t)(npairs ? npairs : 1) * 4 * sizeof *net->pairs);
+    net->src = malloc((size_t)(npairs ? npairs : 1) * sizeof *net->src);
+    net->row_at = malloc((size_t)nops * sizeof *net->row_at);
+    net->act = calloc((size_t)nbuf, sizeof *net->act);
+    if (!net->shapes || !net->ops || !net->shifts || !net->pairs || !net->src || !net->row_at ||
+        !net->act) {
+        sal_infer_free(net);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    memcpy(net->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
+    memcpy(net->ops, ops, (size_t)nops * sizeof *ops);
+    if (nshift) memcpy(net->shifts, shifts, (size_t)nshift * 3 * sizeof *shifts);
+    if (npairs) memcpy(net->pairs, pairs, (size_t)npairs * 4 * sizeof *pairs);
+    sal_status s = SAL_OK;
+    for (int64_t b = 0; b < nbuf && s == SAL_OK; b++) {
+        int64_t tot;
+        const int64_t *sb = shapes + 3 * b;
+        if (sb[0] < 1 || sb[1] < 1 || sb[2] < 1)
+            s = sal_fail(SAL_EINVAL, FN, "buffer %lld: shape (%lld, %lld, %lld): sizes must be >= 1",
+                         (long long)b, (long long)sb[0], (long long)sb[1], (long long)sb[2]);
+        else
+            s = sal_checked_prod(FN, "buffer size", &tot, 3, sb[0], sb[1], sb[2]);
+    }
+    int64_t nrow = 0;
+    for (int64_t i = 0; i < nops && s == SAL_OK; i++) {
+        net->row_at[i] = ops[i].kind == SAL_IOP_GATHER ? nrow : -1;
+        s = check_op(net, i, &ops[i], &nrow);
+    }
+    if (s == SAL_OK) {
+        const int64_t last = ops[nops - 1].out;
+        if (shapes[3 * last + 1] != 1 || shapes[3 * last + 2] != 1)
+            s = sal_fail(SAL_EINVAL, FN, "the last op must produce (N, F) (a pool or a linear)");
+    }
+    if (s == SAL_OK) {
+        net->rowptr = malloc((size_t)(nrow ? nrow : 1) * sizeof *net->rowptr);
+        if (!net->rowptr) s = sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    for (int64_t i = 0; i < nops && s == SAL_OK; i++) {
+        if (ops[i].kind != SAL_IOP_GATHER) continue;
+        int64_t *rp = net->rowptr + net->row_at[i];
+        int64_t k = 0;
+        for (int64_t o = 0; o <= ops[i].o; o++) {
+            while (k < ops[i].npair && net->pairs[4 * (ops[i].ioff + k)] < o) k++;
+            rp[o] = k;   /* first pair of output o (pairs are sorted by o) */
+        }
+    }
+    if (s != SAL_OK) {
+        sal_infer_free(net);
+        return s;
+    }
+    net->src_n = -1;
+    *out = net;
+    return SAL_OK;
+}
+
+static void free_act(sal_infer *net) {
+    for (int64_t b = 0; b < net->nbuf; b++) {
+        free(net->act[b]);
+        net->act[b] = NULL;
+    }
+    free(net->scratch);
+    net->scratch = NULL;
+    net->scratch_n = 0;
+    net->cap = 0;
+}
+
+static sal_status reserve(sal_infer *net, int64_t n) {
+    if (n <= net->cap) return SAL_OK;
+    free_act(net);
+    size_t scratch = 0;
+    for (int64_t i = 0; i < net->nops; i++) {
+        const sal_iop *op = &net->ops[i];
+        size_t need = 0;
+        if (op->kind == SAL_IOP_CONV) {
+            sal_conv_desc d = {buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad};
+            need = sal_conv_scratch(&d);
+        } else if (op->kind == SAL_IOP_GATHER) {
+            need = gather_scratch(net, op, n);
+        }
+        if (need > scratch) scratch = need;
+    }
+    for (int64_t b = 0; b < net->nbuf; b++) {
+        int64_t numel;
+        SAL_TRY(sal_checked_prod(FN, "activation", &numel, 2, n, buf_numel(net, b, 1)));
+        net->act[b] = malloc((size_t)numel * sizeof(float));
+        if (!net->act[b]) {
+            free_act(net);
+            return sal_fail(SAL_ENOMEM, FN, "activations for batch %lld: out of memory", (long long)n);
+        }
+    }
+    net->scratch = malloc((scratch ? scratch : 1) * sizeof(float));
+    if (!net->scratch) {
+        free_act(net);
+        return sal_fail(SAL_ENOMEM, FN, "scratch: out of memory");
+    }
+    net->scratch_n = scratch;
+    net->cap = n;
+    return SAL_OK;
+}
+
+/* ---- epilogue -------------------------------------------------------------------- */
+/* y (m) = epi(acc (m)): + b, + res before or after the ReLU */
+static inline void epi_run(float *y, const float *acc, int64_t m, float b, const float *res,
+                           int relu, int res_post) {
+    if (!res) {
+        if (relu) for (int64_t j = 0; j < m; j++) { float v = acc[j] + b; y[j] = v > 0.0f ? v : 0.0f; }
+        else for (int64_t j = 0; j < m; j++) y[j] = acc[j] + b;
+    } else if (!res_post) {
+        if (relu) for (int64_t j = 0; j < m; j++) { float v = acc[j] + b + res[j]; y[j] = v > 0.0f ? v : 0.0f; }
+        else for (int64_t j = 0; j < m; j++) y[j] = acc[j] + b + res[j];
+    } else {
+        if (relu) for (int64_t j = 0; j < m; j++) { float v = acc[j] + b; y[j] = (v > 0.0f ? v : 0.0f) + res[j]; }
+        else for (int64_t j = 0; j < m; j++) y[j] = acc[j] + b + res[j];
+    }
+}
+
+/* in place over y (O, M) (channel-major), bias (O) or NULL, res (O, M) or NULL */
+static void epi_planes(float *y, int64_t O, int64_t M, const float *bias, const float *res,
+                       int relu, int res_post) {
+#pragma omp parallel for num_threads(sal_threads()) schedule(static)
+    for (int64_t o = 0; o < O; o++)
+        epi_run(y + o * M, y + o * M, M, bias ? bias[o] : 0.0f, res ? res + o * M : NULL, relu,
+                res_post);
+}
+
+/* ---- GATHER kernel ----------------------------------------------------------------- */
+typedef float v16 __attribute__((vector_size(64)));
+
+/* acc (GT) = sum over k < np of w[k] * base[src[k] .. src[k] + GT): GT/16 independent
+ * accumulator vectors (8 cover the FMA latency of two units) */
+#define GV (GT / 16)
+static inline __attribute__((always_inline)) void gather_tile_body(float *acc, const float *base,
+                                                                    const int64_t *src,
+                                                                    const float *w, int64_t np) {
+    v16 a[GV];
+    for (int j = 0; j < GV; j++) a[j] = (v16){0};
+    for (int64_t k = 0; k < np; k++) {
+        const float *s = base + src[k];
+        const v16 wv = (v16){0} + w[k];
+        for (int j = 0; j < GV; j++) {
+            v16 xj;
+            memcpy(&xj, s + 16 * j, sizeof xj);
+            a[j] += wv * xj;
+        }
+    }
+    memcpy(acc, a, sizeof a);
+}
+
+__attribute__((target("avx512f"))) static void gather_tile_avx512(float *acc, const float *base,
+                                                                   const int64_t *src,
+                                                                   const float *w, int64_t np) {
+    gather_tile_body(acc, base, src, w, np);
+}
+__attribute__((target("avx2,fma"))) static void gather_tile_avx2(float *acc, const float *base,
+                                                                 const int64_t *src,
+                                                                 const float *w, int64_t np) {
+    gather_tile_body(acc, base, src, w, np);
+}
+static void gather_tile_generic(float *acc, const float *base, const int64_t *src, const float *w,
+                                int64_t np) {
+    gather_tile_body(acc, base, src, w, np);
+}
+
+typedef void (*gather_fn)(float *, const float *, const int64_t *, const float *, int64_t);
+static gather_fn pick_gather(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return gather_tile_avx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gather_tile_avx2;
+    return gather_tile_generic;
+}
+
+/* P (C, S*S, N, Hph, Wph) from x (C, N, H, W), zero padding 1; the slack after it zeroed */
+static void phase_planes(float *P, const float *x, int64_t C, int64_t N, int64_t H, int64_t W,
+                         int64_t S, int64_t hph, int64_t wph, size_t total) {
+    const int64_t plane = hph * wph, SS = S * S, block = block_stride(N * plane);
+#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
+    for (int64_t ip = 0; ip < C * SS; ip++)
+        for (int64_t n = 0; n <= N; n++) {
+            if (n == N) {  /* the padding after the block (read only for dropped positions) */
+                memset(P + ip * block + N * plane, 0, (size_t)(block - N * plane) * sizeof *P);
+                continue;
+            }
+            const int64_t i = ip / SS, a = ip % SS / S, b = ip % S;
+            const float *xp = x + (i * N + n) * H * W;
+            float *dst = P + ip * block + n * plane;
+            /* columns v whose source S*v + b - 1 lies in [0, W) */
+            int64_t vlo, vhi;
+            sal_valid_range(b - 1, S, W, wph, &vlo, &vhi);
+            for (int64_t u = 0; u < hph; u++, dst += wph) {
+                const int64_t r = S * u + a - 1;
+                if (r < 0 || r >= H || vlo >= vhi) { memset(dst, 0, (size_t)wph * sizeof *dst); continue; }
+                const float *srow = xp + r * W + b - 1;
+                for (int64_t v = 0; v < vlo; v++) dst[v] = 0.0f;
+                if (S == 1) memcpy(dst + vlo, srow + vlo, (size_t)(vhi - vlo) * sizeof *dst);
+                else for (int64_t v = vlo; v < vhi; v++) dst[v] = srow[S * v];
+                for (int64_t v = vhi; v < wph; v++) dst[v] = 0.0f;
+            }
+        }
+    const size_t used = (size_t)(C * SS * block);
+    memset(P + used, 0, (total - used) * sizeof *P);
+}
+
+/* y (O, N, Ho, Wo) = epi(GATHER(x (C, N, H, W))) */
+static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float *x,
+                             const float *res, const float *weights, int64_t N) {
+    const sal_iop *op = &net->ops[opi];
+    const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+    const int64_t C = si[0], H = si[1], W = si[2], O = op->o, Ho = so[1], Wo = so[2];
+    const int64_t S = op->stride, SS = S * S;
+    int64_t hph, wph;
+    phase_geom(S, Ho, Wo, &hph, &wph);
+    const int64_t plane = hph * wph, total = N * plane, HWo = Ho * Wo;
+    const size_t need = gather_scratch(net, op, N);
+    SAL_REQUIRE(need <= net->scratch_n, FN, "gather scratch: %zu floats needed, %zu reserved", need,
+                net->scratch_n);
+    float *P = net->scratch;
+    phase_planes(P, x, C, N, H, W, S, hph, wph, need);
+    /* source offsets of this op's pairs for batch N */
+    int64_t *src = net->src + op->ioff;
+    for (int64_t k = 0; k < op->npair; k++) {
+        const int32_t *r = net->pairs + 4 * (op->ioff + k);
+        const int64_t ey = 1 + r[2], ex = 1 + r[3];
+        src[k] = (r[1] * SS + (ey % S) * S + ex % S) * block_stride(total) + (ey / S) * wph + ex / S;
+    }
+    const int64_t *rp = net->rowptr + net->row_at[opi];
+    const float *w = weights + op->p0, *bias = op->p1 >= 0 ? weights + op->p1 : NULL;
+    const int64_t ntiles = (total + GT - 1) / GT;
+    const int relu = (int)op->relu, res_post = (int)op->res_post;
+    const gather_fn fn = pick_gather();
+#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
+    for (int64_t t = 0; t < ntiles; t++)
+        for (int64_t o = 0; o < O; o++) {
+            float acc[GT];
+            const int64_t q0 = t * GT;
+            fn(acc, P + q0, src + rp[o], w + rp[o], rp[o + 1] - rp[o]);
+            const float b = bias ? bias[o] : 0.0f;
+            int64_t n = q0 / plane, u = q0 % plane / wph, v = q0 % wph, j = 0;
+            while (j < GT && n < N) {
+                int64_t len = wph - v;
+                if (len > GT - j) len = GT - j;
+                if (u < Ho && v < Wo) {
+                    const int64_t m = Wo - v < len ? Wo - v : len;
+                    const int64_t at = o * N * HWo + n * HWo + u * Wo + v;
+                    epi_run(y + at, acc + j, m, b, res ? res + at : NULL, relu, res_post);
+                }
+                j += len, v += len;
+                if (v == wph) {
+                    v = 0;
+                    if (++u == hph) u = 0, n++;
+                }
+            }
+        }
+    return SAL_OK;
+}
+
+/* x (N, C, H, W) NCHW -> dst (C, N, H, W) */
+static void to_channel_major(float *dst, const float *x, int64_t n, int64_t c, int64_t hw) {
+#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
+    for (int64_t ci = 0; ci < c; ci++)
+        for (int64_t ni = 0; ni < n; ni++)
+            memcpy(dst + (ci * n + ni) * hw, x + (ni * c + ci) * hw, (size_t)hw * sizeof(float));
+}
+
+sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_act xg,
+                             const float *weights) {
+    SAL_REQUIRE(net && logits && x, FN, "net, logits and x must not be NULL");
+    SAL_REQUIRE(weights || net->nweights == 0, FN, "weights=NULL: the net has %lld weights",
+                (long long)net->nweights);
+    SAL_TRY(sal_act_check(FN, "x", xg));
+    const int64_t n = xg.n, *s0 = net->shapes;
+    SAL_REQUIRE(xg.layout == SAL_NCHW && xg.c == s0[0] && xg.h == s0[1] && xg.w == s0[2], FN,
+                "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
+                (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
+                (long long)s0[1], (long long)s0[2]);
+    SAL_TRY(reserve(net, n));
+    net->n = 0;
+    to_channel_major(net->act[0], x, n, s0[0], s0[1] * s0[2]);
+    for (int64_t i = 0; i < net->nops; i++) {
+        const sal_iop *op = &net->ops[i];
+        const sal_act xa = buf_act(net, op->in, n);
+        const float *in = net->act[op->in];
+        float *y = net->act[op->out];
+        const float *res = op->res >= 0 ? net->act[op->res] : NULL;
+        const int last = i == net->nops - 1;
+        switch (op->kind) {
+        case SAL_IOP_CONV: {
+            sal_conv_desc d = {xa, op->o, op->k, op->stride, op->pad};
+            SAL_TRY(sal_conv_fwd(y, in, weights + op->p0, &d, net->scratch));
+            epi_planes(y, op->o, buf_numel(net, op->out, n) / op->o,
+                       op->p1 >= 0 ? weights + op->p1 : NULL, res, (int)op->relu, (int)op->res_post);
+            break;
+        }
+        case SAL_IOP_GATHER:
+            SAL_TRY(gather_fwd(net, i, y, in, res, weights, n));
+            break;
+        case SAL_IOP_SHIFT: {
+            const int64_t *so = net->shapes + 3 * op->out;
+            const int64_t Co = so[0], H = xa.h, W = xa.w, Ho = so[1], Wo = so[2], S = op->stride;
+            const int32_t *sh = net->shifts + 3 * op->ioff;
+#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
+            for (int64_t c = 0; c < Co; c++)
+                for (int64_t ni = 0; ni < n; ni++)
+                    sal_shift_plane(y + (c * n + ni) * Ho * Wo, in + (sh[3 * c] * n + ni) * H * W,
+                                    sal_clamp_offset(sh[3 * c + 1], S, H, Ho),
+                                    sal_clamp_offset(sh[3 * c + 2], S, W, Wo), S, H, W, Ho, Wo);
+            break;
+        }
+        case SAL_IOP_ADD:
+            SAL_TRY(sal_add_fwd(y, in, res, xa));
+            if (op->relu) SAL_TRY(sal_relu_fwd(y, y, xa));
+            break;
+        case SAL_IOP_POOL:
+            SAL_TRY(sal_gap_fwd(last ? logits : y, in, xa));
+            break;
+        case SAL_IOP_LINEAR:
+            SAL_TRY(sal_linear_fwd(last ? logits : y, in, weights + op->p0, weights + op->p1, n,
+                                   xa.c, op->o));
+            break;
+        }
+    }
+    net->n = n;
+    return SAL_OK;
+}
+
+int64_t sal_infer_output_width(const sal_infer *net) {
+    return buf_numel(net, net->ops[net->nops - 1].out, 1);
+}
+
+int64_t sal_infer_num_weights(const sal_infer *net) { return net->nweights; }
+int64_t sal_infer_num_ops(const sal_infer *net) { return net->nops; }
+
+sal_status sal_infer_buffer(const sal_infer *net, int64_t b, const float **act, sal_act *geom) {
+    SAL_REQUIRE(net && act && geom, FN, "net, act, geom must not be NULL");
+    SAL_REQUIRE(b >= 0 && b < net->nbuf, FN, "b=%lld: must be in [0, %lld)", (long long)b,
+                (long long)net->nbuf);
+    SAL_REQUIRE(net->n >= 1, FN, "no forward pass yet");
+    *act = net->act[b];
+    *geom = buf_act(net, b, net->n);
+    return SAL_OK;
+}
+
+sal_status sal_infer_count(const sal_infer *net, sal_count_row *rows) {
+    SAL_REQUIRE(net && rows, "sal_infer_count", "net and rows must not be NULL");
+    for (int64_t i = 0; i < net->nops; i++) {
+        const sal_iop *op = &net->ops[i];
+        const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+        sal_count_row *r = &rows[i];
+        memset(r, 0, sizeof *r);
+        r->op = i, r->kind = op->kind;
+        memcpy(r->in, si, sizeof r->in);
+        memcpy(r->out, so, sizeof r->out);
+        const int64_t C = si[0], HWo = so[1] * so[2], bias = op->p1 >= 0 ? op->o : 0;
+        switch (op->kind) {
+        case SAL_IOP_CONV:
+            r->params = (double)(op->o * C * op->k * op->k + bias);
+            r->macs = op->o * C * op->k * op->k * HWo;
+            break;
+        case SAL_IOP_GATHER:
+            r->kept = op->npair;
+            r->params = (double)op->npair * 36.0 / 32.0 + (double)bias;
+            r->macs = op->npair * HWo;
+            break;
+        case SAL_IOP_SHIFT:
+            r->params = (double)(so[0] * op->index_bits) / 32.0;
+            r->kept = op->index_bits ? so[0] : 0;
+            r->shift_moves = so[0] * HWo;
+            break;
+        case SAL_IOP_LINEAR:
+            r->params = (double)(op->o * C + op->o);
+            r->macs = op->o * C;
+            break;
+        default:
+            break;
+        }
+    }
+    return SAL_OK;
+}
+
+/* ---- naive reference --------------------------------------------------------------- */
+sal_status sal_ref_gather_fwd(float *y, const float *x, sal_act xa, int64_t o, int64_t stride,
+                              const int32_t *pairs, const float *w, int64_t npair,
+                              const float *bias) {
+    const char *fn = "sal_ref_gather_fwd";
+    SAL_TRY(sal_act_check(fn, "x", xa));
+    SAL_REQUIRE(y && x && (npair == 0 || (pairs && w)), fn, "y, x, pairs and w must not be NULL");
+    SAL_REQUIRE(o >= 1 && stride >= 1 && npair >= 0, fn, "O=%lld stride=%lld npair=%lld",
+                (long long)o, (long long)stride, (long long)npair);
+    const sal_act ya = {xa.n, o, (xa.h - 1) / stride + 1, (xa.w - 1) / stride + 1, xa.layout};
+    const int64_t xsn = sal_act_sn(xa), xsc = sal_act_sc(xa), ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
+    for (int64_t n = 0; n < ya.n; n++)
+        for (int64_t oc = 0; oc < o; oc++)
+            for (int64_t Y = 0; Y < ya.h; Y++)
+                for (int64_t X = 0; X < ya.w; X++)
+                    y[n * ysn + oc * ysc + Y * ya.w + X] = bias ? bias[oc] : 0.0f;
+    for (int64_t k = 0; k < npair; k++) {
+        const int32_t *r = pairs + 4 * k;
+        SAL_REQUIRE(r[0] >= 0 && r[0] < o && r[1] >= 0 && r[1] < xa.c, fn,
+                    "pair %lld: (o, i) = (%d, %d) out of range", (long long)k, r[0], r[1]);
+        for (int64_t n = 0; n < ya.n; n++)
+            for (int64_t Y = 0; Y < ya.h; Y++)
+                for (int64_t X = 0; X < ya.w; X++) {
+                    const int64_t iy = stride * Y + r[2], ix = stride * X + r[3];
+                    if (iy < 0 || iy >= xa.h || ix < 0 || ix >= xa.w) continue;
+                    y[n * ysn + r[0] * ysc + Y * ya.w + X] +=
+                        w[k] * x[n * xsn + r[1] * xsc + iy * xa.w + ix];
+                }
+    }
+    return SAL_OK;
+}

@@ -1,0 +1,216 @@
+"""Accounting: parameters, MACs and shift traffic per layer (DESIGN.md section 3).
+
+    report = salnp.count(net, input_shape=(3, 32, 32), mode="train")   # or "inference"
+    print(report.table())
+    report.macs, report.params, report.rows, report.totals, report.to_dict()
+
+The numbers come from libsal (``sal_net_count``, ``sal_infer_count``), so benchmarks
+and tables agree.  Units: MACs (one multiply-add = 1) of convolutions and Linear layers
+per image; BN, ReLU, add, pooling and shifts count 0; FLOPs = 2 x MACs, labelled as such.
+Parameters: conv and Linear weights, Linear bias, BN gamma and beta (not the running
+statistics).
+
+mode="train": the training network.  A soft SAL layer counts as the dense 3x3
+convolution it computes; its attention logits are training-only parameters, listed in
+``train_only_params`` and not in ``params``; ASL shifts count as parameters (learned).
+``bwd_macs`` is the backward cost: 2 x forward MACs for every conv/Linear (input
+gradient + weight gradient), 1 x for the stem convolution (the input gradient of the
+network input is never computed).  Training cost per image = macs + bwd_macs.
+
+mode="inference": the network ``salnp.export`` builds from it (same numbers as
+``salnp.export(net).count()``).  Every BN after a conv/SAL layer is folded into the
+layer's weights plus a bias: the BN rows count 0, the layer rows count O bias values (one
+value per BN channel less than the training net, whose BN has gamma and beta).  SAL layers
+are binarised with the net's current beta (p > 0.5) and pruned slices dropped: unshared
+kept slices count 36/32 each (32-bit weight + 4-bit position index) and
+C_in_kept_slices * H_out * W_out MACs in total; shared: C_kept * C_out + C_kept * 4/32
+parameters, C_kept * C_out * H_out * W_out MACs and a shift of C_kept * H_out * W_out
+moved elements.  ASL offsets are rounded to integers (a fixed shift, 0 parameters).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["count", "CountReport"]
+
+# columns of the int64 part returned by _core.net_count / infer_count
+_COLS = ("op", "kind", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "train_only", "kept",
+         "macs", "bwd_macs", "shift_moves")
+
+
+def _num(v):
+    """An int when the value is integral (parameter counts), else the float."""
+    v = float(v)
+    return int(v) if v.is_integer() else v
+
+
+class CountReport:
+    """Per-layer rows and totals of a network's cost, per image.
+
+    rows: list of dicts with keys name, type, in_shape, out_shape, params, macs,
+    shift_moves, bwd_macs, train_only_params, kept.  Totals as attributes (macs, params,
+    flops = 2 * macs, shift_moves, bwd_macs, train_macs = macs + bwd_macs,
+    train_only_params) and in ``totals``."""
+
+    def __init__(self, rows, mode, input_shape, beta=None):
+        self.rows = rows
+        self.mode = mode
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.beta = beta
+        self.macs = int(sum(r["macs"] for r in rows))
+        self.params = _num(sum(r["params"] for r in rows))
+        self.flops = 2 * self.macs
+        self.shift_moves = int(sum(r["shift_moves"] for r in rows))
+        self.bwd_macs = int(sum(r["bwd_macs"] for r in rows))
+        self.train_macs = self.macs + self.bwd_macs if mode == "train" else None
+        self.train_only_params = int(sum(r["train_only_params"] for r in rows))
+        self.totals = dict(params=self.params, macs=self.macs, flops=self.flops,
+                           shift_moves=self.shift_moves, bwd_macs=self.bwd_macs,
+                           train_macs=self.train_macs, train_only_params=self.train_only_params)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict: mode, input_shape, beta, units, totals, rows."""
+        return dict(mode=self.mode, input_shape=list(self.input_shape), beta=self.beta,
+                    units=dict(macs="multiply-adds per image", flops="2 x MACs per image",
+                               params="parameters (binarised SAL weights 36/32 each)",
+                               shift_moves="elements moved by shifts per image"),
+                    totals=dict(self.totals),
+                    rows=[dict(r, in_shape=list(r["in_shape"]), out_shape=list(r["out_shape"]))
+                          for r in self.rows])
+
+    def table(self, skip_zero=False) -> str:
+        """A fixed-width table with units; skip_zero drops rows with no params, MACs or moves."""
+        train = self.mode == "train"
+        head = ["layer", "type", "in (C,H,W)", "out (C,H,W)", "params", "MACs"]
+        head += ["bwd MACs", "train-only"] if train else ["kept"]
+        head += ["shift moves"]
+        lines = []
+        for r in self.rows:
+            if skip_zero and not (r["params"] or r["macs"] or r["shift_moves"] or r["train_only_params"]):
+                continue
+            p = r["params"]
+            cells = [r["name"], r["type"], "x".join(map(str, r["in_shape"])),
+                     "x".join(map(str, r["out_shape"])),
+                     f"{p:,}" if isinstance(p, int) else f"{p:,.3f}", f"{r['macs']:,}"]
+            cells += [f"{r['bwd_macs']:,}", f"{r['train_only_params']:,}"] if train else \
+                [f"{r['kept']:,}" if r["kept"] else ""]
+            cells.append(f"{r['shift_moves']:,}")
+            lines.append(cells)
+        p = self.params
+        tot = ["total", "", "", "", f"{p:,}" if isinstance(p, int) else f"{p:,.3f}", f"{self.macs:,}"]
+        tot += [f"{self.bwd_macs:,}", f"{self.train_only_params:,}"] if train else [""]
+        tot.append(f"{self.shift_moves:,}")
+        width = [max(len(h), *(len(c[i]) for c in lines + [tot])) for i, h in enumerate(head)]
+
+        def fmt(cells):
+            return "  ".join(c.ljust(w) if i < 4 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(cells, width)))
+
+        out = [f"{self.mode} network, input {'x'.join(map(str, self.input_shape))}"
+               + (f", SAL beta {self.beta:g}" if self.beta is not None else "")
+               + "; units: MACs = multiply-adds per image, FLOPs = 2 x MACs",
+               fmt(head), fmt(["-" * w for w in width])]
+        out += [fmt(c) for c in lines]
+        out += [fmt(["-" * w for w in width]), fmt(tot)]
+        out.append(f"forward: {self.macs:,} MACs = {self.flops:,} FLOPs per image; "
+                   f"params {p:,}" if isinstance(p, int) else
+                   f"forward: {self.macs:,} MACs = {self.flops:,} FLOPs per image; params {p:,.3f}")
+        if train:
+            out.append(f"training per image (forward + backward, backward = 2 x conv/linear "
+                       f"MACs, 1 x for the stem): {self.train_macs:,} MACs = "
+                       f"{2 * self.train_macs:,} FLOPs; training-only (SAL logits): "
+                       f"{self.train_only_params:,}")
+        out.append(f"elements moved by shifts: {self.shift_moves:,} per image")
+        return "\n".join(out)
+
+    def __repr__(self):
+        return (f"CountReport(mode={self.mode!r}, input_shape={self.input_shape}, "
+                f"params={self.params}, macs={self.macs:,})")
+
+
+def _rows(ints, params, names, types):
+    rows = []
+    for k, (iv, p) in enumerate(zip(ints, params)):
+        r = dict(zip(_COLS, (int(v) for v in iv)))
+        rows.append(dict(name=names[k], type=types[k], in_shape=(r["in_c"], r["in_h"], r["in_w"]),
+                         out_shape=(r["out_c"], r["out_h"], r["out_w"]), params=_num(p),
+                         macs=r["macs"], shift_moves=r["shift_moves"], bwd_macs=r["bwd_macs"],
+                         train_only_params=r["train_only"], kept=r["kept"]))
+    return rows
+
+
+def _check_shape(input_shape, in_channels, fn="count"):
+    try:
+        shape = tuple(int(v) for v in input_shape)
+        ok = len(shape) == 3 and all(int(v) == v for v in input_shape)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{fn}: input_shape={input_shape!r}: must be (C, H, W) of integers")
+    if shape[0] != in_channels or shape[1] < 1 or shape[2] < 1:
+        raise ValueError(f"{fn}: input_shape={shape}: must be (C={in_channels}, H >= 1, W >= 1) "
+                         f"for this network (in_channels={in_channels})")
+    return shape
+
+
+def count(net, input_shape=(3, 32, 32), mode=None) -> CountReport:
+    """Cost of net per image of input_shape (C, H, W).
+
+    net: a salnp network (salnp.models.ResNet; mode "train" (default) or "inference") or
+    an exported salnp.export.InferenceNet (mode "inference" only)."""
+    from .export import InferenceNet
+    from .models import ResNet
+
+    if isinstance(net, InferenceNet):
+        if mode not in (None, "inference"):
+            raise ValueError(f"count: mode={mode!r}: an exported network counts as 'inference'")
+        return net.count(input_shape)
+    if not isinstance(net, ResNet):
+        raise TypeError(f"count: net must be a salnp network (salnp.models.ResNet or "
+                        f"salnp.export.InferenceNet), got {type(net).__name__}")
+    mode = "train" if mode is None else mode
+    if mode not in ("train", "inference"):
+        raise ValueError(f"count: mode={mode!r}: must be 'train' or 'inference'")
+    shape = _check_shape(input_shape, net.config["in_channels"])
+    eng = net._engine(shape)
+    prog = net._engines[shape][0]
+    beta = float(net.beta)
+    ints, params = _core.net_count(eng, net.arena.params, beta, mode == "inference")
+    names, types = program_names(net, prog)
+    return CountReport(_rows(ints, params, names, types), mode, shape,
+                       beta if any(r["kind"] == 1 for r in prog.ops) else None)
+
+
+# ---------------------------------------------------------------- op names and types
+def program_names(net, prog):
+    """(names, types) of the ops of a training program: the dotted name of the module
+    that emitted each op (found through its parameters' arena offsets)."""
+    from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL,
+                         OP_SHIFT, Shift)
+
+    by_offset = {}
+    for name, (start, _shape) in net.arena.offsets.items():
+        if name.endswith((".weight", ".shift")):
+            by_offset.setdefault(start, name.rsplit(".", 1)[0])
+    shift_names = {id(m._buffers["offsets"]): n for n, m in net.named_modules() if isinstance(m, Shift)}
+    names, types, producer = [], [], {}
+    for i, op in enumerate(prog.ops):
+        kind = op["kind"]
+        if kind in (OP_CONV, OP_SAL, OP_BN, OP_ASHIFT, OP_LINEAR):
+            name = by_offset.get(op["p0"], f"op{i}")
+        elif kind == OP_SHIFT:
+            name = shift_names.get(id(prog.int_offsets[op["ioff"]]), f"op{i}")
+        elif kind == OP_ADD:
+            src = producer.get(op["inp"])
+            name = (names[src].rsplit(".", 1)[0] + ".add") if src is not None and "." in names[src] \
+                else f"op{i}"
+        else:
+            name = "avgpool"
+        names.append(name)
+        types.append({OP_CONV: f"conv{op['k']}x{op['k']}", OP_SAL: "sal_shared" if op["shared"] else "sal",
+                      OP_SHIFT: "shift", OP_ASHIFT: "active_shift", OP_BN: "bn", OP_ADD: "add",
+                      OP_POOL: "avgpool", OP_LINEAR: "linear"}[kind])
+        producer[op["out"]] = i
+    return names, types

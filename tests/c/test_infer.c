@@ -1,0 +1,171 @@
+/* The inference program: GATHER (binarised unshared SAL) against the naive reference with
+ * every epilogue, sizes around the tile, strides 1-3; accounting; bad programs. */
+#include <string.h>
+
+#include "check.h"
+#include "sal/infer.h"
+#include "sal/net.h"
+
+enum { NF = sizeof(sal_iop) / sizeof(int64_t) };
+
+static sal_iop iop(int64_t kind, int64_t in, int64_t out) {
+    sal_iop op;
+    memset(&op, 0, sizeof op);
+    op.kind = kind, op.in = in, op.out = out, op.res = -1, op.p0 = -1, op.p1 = -1, op.ioff = -1;
+    return op;
+}
+
+/* program: b1 = conv1x1_S(x) (the residual), b2 = epi(GATHER(x)), b3 = pool(b2) */
+static void gather_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t S,
+                        double density, int relu, int resmode /* 0 none, 1 pre, 2 post */) {
+    const int64_t Ho = (H - 1) / S + 1, Wo = (W - 1) / S + 1;
+    int32_t *pairs = malloc((size_t)(O * C + 1) * 16);
+    int64_t np = 0;
+    for (int64_t o = 0; o < O; o++)
+        for (int64_t i = 0; i < C; i++)
+            if ((rng_next() >> 11) * (1.0 / 9007199254740992.0) < density) {
+                int32_t *r = pairs + 4 * np++;
+                r[0] = (int32_t)o, r[1] = (int32_t)i;
+                r[2] = (int32_t)rng_int(-1, 1), r[3] = (int32_t)rng_int(-1, 1);
+            }
+    const int64_t nw = O * C + np + O;
+    float *wts = malloc((size_t)nw * 4);
+    fill_uniform(wts, nw);
+    int64_t shapes[4][3] = {{C, H, W}, {O, Ho, Wo}, {O, Ho, Wo}, {O, 1, 1}};
+    sal_iop ops[3] = {iop(SAL_IOP_CONV, 0, 1), iop(SAL_IOP_GATHER, 0, 2), iop(SAL_IOP_POOL, 2, 3)};
+    ops[0].o = O, ops[0].k = 1, ops[0].stride = S, ops[0].p0 = 0;
+    ops[1].o = O, ops[1].stride = S, ops[1].p0 = O * C, ops[1].p1 = O * C + np;
+    ops[1].ioff = 0, ops[1].npair = np, ops[1].relu = relu;
+    ops[1].res = resmode ? 1 : -1, ops[1].res_post = resmode == 2;
+    sal_infer *net = NULL;
+    sal_status s = sal_infer_create(&net, &shapes[0][0], 4, ops, 3, NULL, 0, pairs, np, nw);
+    CHECK(s == SAL_OK, "create: %s", sal_last_error());
+    if (s != SAL_OK) { free(pairs); free(wts); return; }
+    const int64_t nx = N * C * H * W, ny = N * O * Ho * Wo;
+    float *x = malloc((size_t)nx * 4), *ref = malloc((size_t)ny * 4), *logits = malloc((size_t)(N * O) * 4);
+    fill_uniform(x, nx);
+    CHECK(sal_infer_forward(net, logits, x, (sal_act){N, C, H, W, SAL_NCHW}, wts) == SAL_OK,
+          "forward: %s", sal_last_error());
+    /* twice: the second run reuses the buffers (and must not depend on stale data) */
+    CHECK(sal_infer_forward(net, logits, x, (sal_act){N, C, H, W, SAL_NCHW}, wts) == SAL_OK,
+          "forward 2: %s", sal_last_error());
+    sal_act xa = {N, C, H, W, SAL_NCHW};
+    CHECK(sal_ref_gather_fwd(ref, x, xa, O, S, pairs, wts + O * C, np, wts + O * C + np) == SAL_OK,
+          "ref: %s", sal_last_error());
+    const float *res, *got;
+    sal_act g1, g2;
+    CHECK(sal_infer_buffer(net, 1, &res, &g1) == SAL_OK, "buffer 1: %s", sal_last_error());
+    CHECK(sal_infer_buffer(net, 2, &got, &g2) == SAL_OK, "buffer 2: %s", sal_last_error());
+    double worst = 0.0;
+    int64_t bad = -1;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t o = 0; o < O; o++)
+            for (int64_t p = 0; p < Ho * Wo; p++) {
+                const int64_t cm = (o * N + n) * Ho * Wo + p;   /* CNHW */
+                float v = ref[(n * O + o) * Ho * Wo + p];
+                if (resmode == 1) v += res[cm];
+                if (relu) v = v > 0.0f ? v : 0.0f;
+                if (resmode == 2) v += res[cm];
+                const double e = fabs((double)got[cm] - v) / (1e-5 + 1e-5 * fabs((double)v));
+                if (!(e <= worst)) worst = e, bad = cm;
+            }
+    CHECK(worst <= 1.0, "gather N=%lld C=%lld H=%lld W=%lld O=%lld S=%lld np=%lld relu=%d res=%d: "
+          "err %g at %lld", (long long)N, (long long)C, (long long)H, (long long)W, (long long)O,
+          (long long)S, (long long)np, relu, resmode, worst, (long long)bad);
+    sal_count_row rows[3];
+    CHECK(sal_infer_count(net, rows) == SAL_OK, "count: %s", sal_last_error());
+    CHECK(rows[1].kept == np && rows[1].macs == np * Ho * Wo &&
+              rows[1].params == (double)np * 36.0 / 32.0 + (double)O && rows[1].shift_moves == 0,
+          "gather count: kept %lld macs %lld params %g", (long long)rows[1].kept,
+          (long long)rows[1].macs, rows[1].params);
+    CHECK(rows[0].macs == O * C * Ho * Wo && rows[0].params == (double)(O * C),
+          "conv count: macs %lld params %g", (long long)rows[0].macs, rows[0].params);
+    sal_infer_free(net);
+    free(pairs); free(wts); free(x); free(ref); free(logits);
+}
+
+static void bad_programs(void) {
+    int64_t shapes[3][3] = {{2, 5, 5}, {3, 5, 5}, {3, 1, 1}};
+    int32_t pairs[2][4] = {{1, 0, 0, 0}, {0, 1, 1, -1}};   /* not sorted by o */
+    sal_iop ops[2] = {iop(SAL_IOP_GATHER, 0, 1), iop(SAL_IOP_POOL, 1, 2)};
+    ops[0].o = 3, ops[0].stride = 1, ops[0].p0 = 0, ops[0].ioff = 0, ops[0].npair = 2;
+    sal_infer *net = NULL;
+    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2) == SAL_EINVAL
+              && strstr(sal_last_error(), "sorted"), "unsorted pairs: %s", sal_last_error());
+    pairs[0][0] = 0, pairs[1][0] = 1, pairs[1][2] = 2;   /* |dy| = 2 */
+    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2) == SAL_EINVAL,
+          "dy=2 accepted");
+    pairs[1][2] = 1;
+    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 1) == SAL_EINVAL
+              && strstr(sal_last_error(), "arena"), "weights past the arena: %s", sal_last_error());
+    ops[0].npair = 3;
+    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 3) == SAL_EINVAL,
+          "pairs past the table accepted");
+    ops[0].npair = 2, ops[0].stride = 2;   /* output 3x3, buffer says 5x5 */
+    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2) == SAL_EINVAL
+              && strstr(sal_last_error(), "out buffer"), "wrong out shape: %s", sal_last_error());
+    ops[0].stride = 1;
+    CHECK(sal_infer_create(&net, &shapes[0][0], 2, ops, 1, NULL, 0, &pairs[0][0], 2, 2) == SAL_EINVAL
+              && strstr(sal_last_error(), "last op"), "no pool at the end: %s", sal_last_error());
+    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2) == SAL_OK,
+          "valid program refused: %s", sal_last_error());
+    float x[2 * 5 * 5] = {0}, w[2] = {1, 1}, lg[3];
+    CHECK(sal_infer_forward(net, lg, x, (sal_act){1, 2, 6, 5, SAL_NCHW}, w) == SAL_EINVAL,
+          "wrong input size accepted");
+    CHECK(sal_infer_forward(net, lg, x, (sal_act){1, 2, 5, 5, SAL_NCHW}, w) == SAL_OK,
+          "forward: %s", sal_last_error());
+    sal_infer_free(net);
+}
+
+/* the training-program count: conv -> BN+ReLU -> pool -> linear, both modes */
+static void net_count_case(void) {
+    int64_t shapes[5][3] = {{3, 9, 7}, {4, 5, 4}, {4, 5, 4}, {4, 1, 1}, {6, 1, 1}};
+    sal_op ops[4];
+    memset(ops, 0, sizeof ops);
+    ops[0] = (sal_op){.kind = SAL_OP_CONV, .in = 0, .out = 1, .res = -1, .o = 4, .k = 3,
+                      .stride = 2, .pad = 1, .p0 = 0, .ioff = -1};
+    ops[1] = (sal_op){.kind = SAL_OP_BN, .in = 1, .out = 2, .res = -1, .relu = 1, .p0 = 108,
+                      .p1 = 112, .b0 = 0, .b1 = 4, .ioff = -1};
+    ops[2] = (sal_op){.kind = SAL_OP_POOL, .in = 2, .out = 3, .res = -1, .ioff = -1};
+    ops[3] = (sal_op){.kind = SAL_OP_LINEAR, .in = 3, .out = 4, .res = -1, .o = 6, .p0 = 116,
+                      .p1 = 140, .ioff = -1};
+    sal_net *net = NULL;
+    CHECK(sal_net_create(&net, &shapes[0][0], 5, ops, 4, NULL, 0, 146, 8) == SAL_OK, "create: %s",
+          sal_last_error());
+    if (!net) return;
+    sal_count_row r[4];
+    CHECK(sal_net_count(net, NULL, 1.0, SAL_COUNT_TRAIN, r) == SAL_OK, "count: %s", sal_last_error());
+    CHECK(r[0].macs == 4 * 3 * 9 * 20 && r[0].params == 108 && r[0].bwd_macs == r[0].macs,
+          "conv row: macs %lld params %g bwd %lld", (long long)r[0].macs, r[0].params,
+          (long long)r[0].bwd_macs);
+    CHECK(r[1].params == 8 && r[1].macs == 0, "bn row: params %g", r[1].params);
+    CHECK(r[3].params == 30 && r[3].macs == 24 && r[3].bwd_macs == 48, "linear row");
+    CHECK(sal_net_count(net, NULL, 1.0, SAL_COUNT_INFER, r) == SAL_EINVAL, "infer without params");
+    float params[146] = {0};
+    CHECK(sal_net_count(net, params, 1.0, SAL_COUNT_INFER, r) == SAL_OK, "count: %s", sal_last_error());
+    CHECK(r[0].params == 112 && r[1].params == 0 && r[0].bwd_macs == 0,
+          "folded BN: conv %g bn %g", r[0].params, r[1].params);
+    CHECK(sal_net_count(net, NULL, 1.0, (sal_count_mode)7, r) == SAL_EINVAL, "mode 7 accepted");
+    sal_net_free(net);
+}
+
+int main(void) {
+    sal_set_num_threads(2);
+    /* sizes 1, odd, prime; flat extents around the 64-wide tile; strides 1, 2, 3 */
+    const int64_t hw[][2] = {{1, 1}, {2, 3}, {5, 5}, {7, 9}, {8, 8}, {13, 11}, {16, 16}, {31, 32}};
+    for (size_t k = 0; k < sizeof hw / sizeof hw[0]; k++)
+        for (int64_t S = 1; S <= 3; S++) {
+            const int64_t N = rng_int(1, 4), C = rng_int(1, 19), O = rng_int(1, 17);
+            gather_case(N, C, hw[k][0], hw[k][1], O, S, 0.7, (int)(k % 2), (int)(S % 3));
+        }
+    for (int m = 0; m < 3; m++) {
+        gather_case(3, 16, 8, 8, 16, 1, 1.0, 1, m);
+        gather_case(2, 16, 16, 16, 32, 2, 0.9, 1, m);
+        gather_case(1, 5, 6, 6, 4, 1, 0.0, m == 1, m);   /* no pairs: the bias */
+    }
+    sal_set_num_threads(1);
+    gather_case(5, 32, 9, 9, 24, 1, 0.5, 1, 1);
+    bad_programs();
+    net_count_case();
+    return check_done("test_infer");
+}

@@ -1,0 +1,230 @@
+"""salnp.count: the DESIGN section 3 numbers, every layer type against hand formulas,
+thop on the PyTorch twins, binarised SAL counts from the logits, bad input."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import salnp
+from torch_ref import from_salnp
+
+CONFIGS = [
+    dict(layer="cl", width=8),
+    dict(layer="sal", width=8),
+    dict(layer="sal", width=8, shared=True),
+    dict(layer="sl", width=8, expansion=3),
+    dict(layer="asl", width=8, expansion=2),
+]
+ids = lambda c: "-".join(f"{k}{v}" for k, v in c.items())
+
+
+def _modules(net):
+    return dict(net.named_modules())
+
+
+def test_cl_resnet20_design_numbers():
+    net = salnp.models.resnet(20, 16, "cl")
+    r = salnp.count(net, input_shape=(3, 32, 32))
+    assert r.params == 272_474 and isinstance(r.params, int)
+    assert r.macs == 40_813_184
+    assert r.flops == 2 * 40_813_184
+    assert r.shift_moves == 0 and r.train_only_params == 0
+    stem = 3 * 16 * 9 * 32 * 32
+    assert r.bwd_macs == 2 * r.macs - stem          # the stem has no input gradient
+    assert r.train_macs == r.macs + r.bwd_macs
+    # folded inference: one value per BN channel less (gamma disappears into the weights)
+    bn_channels = sum(m.c for m in _modules(net).values()
+                      if isinstance(m, salnp.models.BatchNorm2d))
+    ri = salnp.count(net, mode="inference")
+    assert ri.macs == r.macs and ri.params == 272_474 - bn_channels == 271_690
+    assert ri.bwd_macs == 0 and ri.train_macs is None
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=ids)
+@pytest.mark.parametrize("hw", [(32, 32), (28, 28), (13, 9)])
+def test_train_rows_against_hand_formulas(cfg, hw):
+    net = salnp.models.resnet(20, seed=2, **cfg)
+    mods = _modules(net)
+    r = salnp.count(net, input_shape=(3, *hw))
+    assert len(r.rows) == len(net._engines[(3, *hw)][0].ops)
+    seen = set()
+    for row in r.rows:
+        (c, h, w), (co, ho, wo) = row["in_shape"], row["out_shape"]
+        t, m = row["type"], mods.get(row["name"])
+        seen.add(t)
+        if t.startswith("conv"):
+            k, s, p = m.k, m.stride, m.padding
+            assert (ho, wo) == ((h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1)
+            assert row["params"] == m.cout * m.cin * k * k
+            assert row["macs"] == m.cout * m.cin * k * k * ho * wo
+            assert row["bwd_macs"] == (1 if row["name"] == "conv1" else 2) * row["macs"]
+        elif t in ("sal", "sal_shared"):
+            assert row["params"] == m.cout * m.cin * 9
+            assert row["macs"] == m.cout * m.cin * 9 * ho * wo
+            assert row["train_only_params"] == (1 if m.shared else m.cout) * m.cin * 9
+            assert row["bwd_macs"] == 2 * row["macs"]
+        elif t == "bn":
+            assert row["params"] == 2 * c and row["macs"] == 0
+        elif t == "shift":
+            assert row["params"] == 0 and row["macs"] == 0 and row["shift_moves"] == c * ho * wo
+        elif t == "active_shift":
+            assert row["params"] == 2 * c and row["macs"] == 0 and row["shift_moves"] == c * ho * wo
+        elif t == "linear":
+            assert row["params"] == m.fout * m.fin + m.fout and row["macs"] == m.fout * m.fin
+        else:
+            assert t in ("add", "avgpool")
+            assert row["params"] == row["macs"] == row["shift_moves"] == 0
+    # every trainable value is either a counted parameter or a training-only one
+    assert r.params + r.train_only_params == net.num_parameters()
+    assert {"bn", "linear", "avgpool"} <= seen
+
+
+@pytest.mark.parametrize("cfg", [c for c in CONFIGS if c["layer"] != "sal"], ids=ids)
+def test_against_thop_on_the_torch_twin(cfg):
+    thop = pytest.importorskip("thop")
+    net = salnp.models.resnet(20, seed=3, **cfg)
+    tnet = from_salnp(net).eval()
+    zero = lambda m, x, y: None   # thop counts BN "ops"; DESIGN 3 counts conv/linear only
+    ops, params, layers = thop.profile(tnet, inputs=(torch.zeros(1, 3, 32, 32),),
+                                       custom_ops={torch.nn.BatchNorm2d: zero}, verbose=False,
+                                       ret_layer_info=True)
+    r = salnp.count(net, input_shape=(3, 32, 32))
+    assert r.macs == int(ops)
+    # thop counts the parameters of the modules it has rules for (conv, BN gamma/beta,
+    # linear), not those of our ActiveShift twin: compare without the ASL shifts
+    asl = sum(row["params"] for row in r.rows if row["type"] == "active_shift")
+    assert r.params - asl == int(params)
+
+    def leaf(path):
+        d = layers
+        for i, part in enumerate(path):
+            v = d[part]
+            if i == len(path) - 1:
+                return v
+            d = v[2]
+
+    for row in r.rows:
+        if row["type"].startswith("conv") or row["type"] == "linear":
+            tops, tparams, _ = leaf(row["name"].split("."))
+            assert row["macs"] == int(tops), row["name"]
+            assert row["params"] == int(tparams), row["name"]
+
+
+def test_sal_soft_counts_as_the_dense_conv_thop_sees():
+    thop = pytest.importorskip("thop")
+    sal = salnp.models.resnet(20, 8, "sal", seed=4)
+    cl = salnp.models.resnet(20, 8, "cl", seed=4)
+    rs, rc = salnp.count(sal), salnp.count(cl)
+    assert rs.macs == rc.macs and rs.params == rc.params
+    ops, params = thop.profile(from_salnp(cl).eval(), inputs=(torch.zeros(1, 3, 32, 32),),
+                               custom_ops={torch.nn.BatchNorm2d: lambda m, x, y: None},
+                               verbose=False)
+    assert rs.macs == int(ops)
+    logits = sum(p.size for n, p in sal.named_parameters() if n.endswith("logits"))
+    assert rs.train_only_params == logits > 0
+
+
+def _hand_sal(net, beta):
+    """(kept per layer name, O, C) from the logits, independently of the C count."""
+    out = {}
+    for name, m in net.named_modules():
+        if isinstance(m, salnp.models.SALConv2d):
+            a = m.logits.astype(np.float64)
+            s = a.std(-1, ddof=1, keepdims=True)
+            z = np.where(s > 0, beta * a / np.where(s > 0, s, 1), 0.0)
+            e = np.exp(z - z.max(-1, keepdims=True))
+            p = e / e.sum(-1, keepdims=True)          # std 0: uniform 1/9, pruned
+            kept = int((p.max(-1) > 0.5).sum())
+            out[name] = (kept, m.cout, m.cin)
+    return out
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_sal_inference_counts_from_the_logits(shared, rng):
+    net = salnp.models.resnet(20, 8, "sal", shared=shared, seed=5)
+    net.beta = 6.0          # moderate: some slices have no p > 0.5 and are pruned
+    for name, p in net.named_parameters():    # and some are forced uniform (std 0)
+        if name.endswith("logits"):
+            flat = p.reshape(-1, 9)
+            flat[rng.random(len(flat)) < 0.2] = 0.25
+    hand = _hand_sal(net, net.beta)
+    total_slices = sum((1 if shared else o) * c for _, o, c in hand.values())
+    assert 0 < sum(k for k, _, _ in hand.values()) < total_slices   # some pruned, some kept
+    r = salnp.count(net, mode="inference")
+    assert r.beta == 6.0
+    for row in r.rows:
+        if row["type"] not in ("sal", "sal_shared"):
+            continue
+        kept, o, c = hand[row["name"]]
+        ho, wo = row["out_shape"][1:]
+        assert row["kept"] == kept
+        if shared:
+            assert row["params"] == kept * o + kept * 4 / 32 + o         # + folded BN bias
+            assert row["macs"] == kept * o * ho * wo
+            assert row["shift_moves"] == kept * ho * wo
+        else:
+            assert row["params"] == kept * 36 / 32 + o
+            assert row["macs"] == kept * ho * wo
+            assert row["shift_moves"] == 0
+    # the exported network counts the same totals, op by op of its own program
+    e = salnp.export(net).count()
+    assert (e.params, e.macs, e.shift_moves) == (r.params, r.macs, r.shift_moves)
+    # unpruned binarised SAL costs one 1x1 convolution's MACs
+    full = salnp.models.resnet(20, 8, "sal", shared=shared, seed=5)
+    full.beta = 1e4
+    for row in salnp.count(full, mode="inference").rows:
+        if row["type"].startswith("sal"):
+            (c, _, _), (o, ho, wo) = row["in_shape"], row["out_shape"]
+            assert row["macs"] == c * o * ho * wo
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=ids)
+def test_inference_count_equals_exported_count(cfg):
+    net = salnp.models.resnet(20, seed=6, **cfg)
+    net.beta = 40.0
+    r = salnp.count(net, input_shape=(3, 24, 24), mode="inference")
+    inf = salnp.export(net)
+    e = inf.count((3, 24, 24))
+    assert salnp.count(inf, input_shape=(3, 24, 24)).macs == e.macs
+    assert (e.params, e.macs, e.shift_moves) == (r.params, r.macs, r.shift_moves)
+    assert e.params == pytest.approx(sum(row["params"] for row in e.rows))
+    if cfg["layer"] in ("cl", "sl", "asl"):
+        t = salnp.count(net, input_shape=(3, 24, 24))
+        assert e.macs == t.macs and e.shift_moves == t.shift_moves
+        bn = sum(row["in_shape"][0] for row in t.rows if row["type"] == "bn")
+        asl = sum(row["params"] for row in t.rows if row["type"] == "active_shift")
+        assert e.params == t.params - bn - asl
+
+
+def test_table_and_dict():
+    net = salnp.models.resnet(20, 4, "sal")
+    r = salnp.count(net)
+    text = r.table()
+    assert "MACs = multiply-adds per image" in text and "FLOPs = 2 x MACs" in text
+    assert "layer1.0.conv1" in text and "training per image" in text
+    assert f"{r.macs:,}" in text
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["mode"] == "train" and d["totals"]["macs"] == r.macs
+    assert len(d["rows"]) == len(r.rows) and d["rows"][0]["name"] == r.rows[0]["name"]
+    ri = salnp.count(net, mode="inference")
+    assert "kept" in ri.table() and "inference network" in ri.table()
+    assert len(r.table(skip_zero=True).splitlines()) < len(text.splitlines())
+
+
+def test_bad_input():
+    net = salnp.models.resnet(20, 4, "cl")
+    with pytest.raises(ValueError, match=r"input_shape=\(1, 32, 32\).*C=3"):
+        salnp.count(net, input_shape=(1, 32, 32))
+    with pytest.raises(ValueError, match="input_shape"):
+        salnp.count(net, input_shape=(3, 32))
+    with pytest.raises(ValueError, match="input_shape"):
+        salnp.count(net, input_shape=(3, 0, 32))
+    with pytest.raises(ValueError, match="input_shape"):
+        salnp.count(net, input_shape=(3, 2.5, 32))
+    with pytest.raises(ValueError, match="mode='eval'"):
+        salnp.count(net, mode="eval")
+    with pytest.raises(TypeError, match="salnp network"):
+        salnp.count(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="mode='train'"):
+        salnp.count(salnp.export(net), mode="train")
