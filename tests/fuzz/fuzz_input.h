@@ -66,7 +66,8 @@ static inline float fuzz_float(fuzz_in *in) {
 
 /* heap copy of exactly n bytes, so ASan sees a read one byte past the end */
 static inline uint8_t *fuzz_dup(const uint8_t *p, size_t n) {
-    uint8_t *q = (uint8_t *)malloc(n ? n : 1);
+    uint8_t *q = (uint8_t *)calloc(n ? n : 1, 1);
+    if (!q) abort();  /* a harness, not the library: out of memory ends the fuzz run */
     if (n) memcpy(q, p, n);
     return q;
 }
