@@ -7,7 +7,8 @@ The layer: x (N, C, H, W), w (C, C, 3, 3), unshared logits (C, C, 9), beta = 20,
 padding 1.  Reference (the released code's expression, float32, autograd):
     p = softmax(beta * a / a.std(-1, keepdim=True), -1); y = conv2d(x, p.reshape(w) * w)
     y.backward(grad_y)                       -> grad_x, grad_w, grad_logits
-Ours: salnp.ops.sal_conv2d + salnp.ops.sal_conv2d_backward (which recomputes p and W_eff).
+Ours: salnp.ops.sal_conv2d + salnp.ops.sal_conv2d_backward (which recomputes p and W_eff);
+also timed: salnp's plain conv2d + conv2d_backward of the same shape, the cost underneath.
 Both use the same number of threads.  Results are compared before timing; the timed
 repeats interleave the two implementations (the host sometimes steals a core for a few
 ms) and the table reports medians and the spread (min .. max).
@@ -78,9 +79,14 @@ def main():
     print(f"results agree (y, grad_x, grad_w, grad_logits)")
 
     # ---- interleaved timing ----
+    def ours_conv_step():   # the plain 3x3 convolution underneath: the attention's overhead
+        salnp.ops.conv2d(x, w, padding=1)
+        return salnp.ops.conv2d_backward(x, w, gy, padding=1)
+
     cases = {"salnp fwd": ours_fwd, "torch fwd": torch_fwd,
              "salnp fwd+bwd": ours_step,
-             "torch fwd+bwd": lambda: torch_step(xt, wt, at, beta, gyt)}
+             "torch fwd+bwd": lambda: torch_step(xt, wt, at, beta, gyt),
+             "salnp plain conv2d fwd+bwd": ours_conv_step}
     for f in cases.values():   # warm-up (allocator, BLIS and OpenMP thread pools)
         f()
         f()
