@@ -22,6 +22,8 @@ sal_status sal_conv_check(const sal_conv_desc *d, sal_act *y) {
     SAL_REQUIRE(d->k >= 1, fn, "K=%lld: must be >= 1", (long long)d->k);
     SAL_REQUIRE(d->stride >= 1, fn, "stride=%lld: must be >= 1", (long long)d->stride);
     SAL_REQUIRE(d->pad >= 0, fn, "pad=%lld: must be >= 0", (long long)d->pad);
+    SAL_REQUIRE(d->threads >= 0 && d->threads <= 1024, fn, "threads=%d: must be in [0, 1024]",
+                d->threads);
     /* H + 2P and W + 2P must not overflow: bounded like every other size (2^62), so the
      * index arithmetic of the kernels (oy*S + ky - P, W - 1 + P - kx) fits as well */
     const int64_t lim = (int64_t)1 << 62, hw = d->x.h > d->x.w ? d->x.h : d->x.w;
@@ -57,6 +59,7 @@ static int64_t conv_chunk(const sal_conv_desc *d, const sal_act *y) {
 size_t sal_conv_scratch(const sal_conv_desc *d) {
     sal_act y;
     if (sal_conv_check(d, &y) != SAL_OK || conv_is_pointwise(d)) return 0;
+    if (sal_conv3x3_applies(d)) return sal_conv3x3_scratch(d);
     return (size_t)(conv_chunk(d, &y) * d->x.c * d->k * d->k * y.h * y.w);
 }
 
@@ -149,6 +152,10 @@ sal_status sal_conv_fwd(float *y, const float *x, const float *w, const sal_conv
     }
     SAL_REQUIRE(scratch != NULL, "sal_conv_fwd", "scratch=NULL: needs %zu floats",
                 sal_conv_scratch(d));
+    if (sal_conv3x3_applies(d)) {
+        sal_conv3x3_run(y, 0, x, d->x, O, w, 0, scratch, sal_conv3x3_threads(d));
+        return SAL_OK;
+    }
     const int64_t chunk = conv_chunk(d, &ya);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
         const int64_t B = N - n0 < chunk ? N - n0 : chunk;
@@ -184,6 +191,12 @@ sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, c
     if (!dx && !dw) return SAL_OK;
     SAL_REQUIRE(scratch != NULL, "sal_conv_bwd", "scratch=NULL: needs %zu floats",
                 sal_conv_scratch(d));
+    if (sal_conv3x3_applies(d)) {
+        const int t = sal_conv3x3_threads(d);
+        if (dw) sal_conv3x3_wgrad(dw, dy, x, d->x, O, scratch, t);
+        if (dx) sal_conv3x3_run(dx, 1, dy, ya, C, w, 1, scratch, t);
+        return SAL_OK;
+    }
     const int64_t chunk = conv_chunk(d, &ya);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
         const int64_t B = N - n0 < chunk ? N - n0 : chunk, cols = B * HWo;

@@ -36,6 +36,7 @@ struct sal_infer {
     int64_t *src;          /* per pair: offset into the phase planes (for batch src_n) */
     int64_t src_n;
     int64_t cap, n;
+    int threads;  /* thread count the scratch is sized for */
     float **act;
     float *scratch;
     size_t scratch_n;
@@ -92,7 +93,7 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
     sal_act y;
     switch (op->kind) {
     case SAL_IOP_CONV: {
-        sal_conv_desc d = {buf_act(net, op->in, 1), op->o, op->k, op->stride, op->pad};
+        sal_conv_desc d = {buf_act(net, op->in, 1), op->o, op->k, op->stride, op->pad, 0};
         SAL_TRY(sal_conv_check(&d, &y));
         want[0] = y.c, want[1] = y.h, want[2] = y.w;
         pw = op->o * si[0] * op->k * op->k;
@@ -280,14 +281,17 @@ static void free_act(sal_infer *net) {
 }
 
 static sal_status reserve(sal_infer *net, int64_t n) {
-    if (n <= net->cap) return SAL_OK;
+    if (n <= net->cap && net->threads == sal_threads()) return SAL_OK;
+    if (n < net->cap) n = net->cap;  /* a thread-count change keeps the capacity */
     free_act(net);
+    net->threads = sal_threads();
     size_t scratch = 0;
     for (int64_t i = 0; i < net->nops; i++) {
         const sal_iop *op = &net->ops[i];
         size_t need = 0;
         if (op->kind == SAL_IOP_CONV) {
-            sal_conv_desc d = {buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad};
+            sal_conv_desc d = {buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad,
+                               net->threads};
             need = sal_conv_scratch(&d);
         } else if (op->kind == SAL_IOP_GATHER) {
             need = gather_scratch(net, op, n);
@@ -499,7 +503,7 @@ sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_
         const int last = i == net->nops - 1;
         switch (op->kind) {
         case SAL_IOP_CONV: {
-            sal_conv_desc d = {xa, op->o, op->k, op->stride, op->pad};
+            sal_conv_desc d = {xa, op->o, op->k, op->stride, op->pad, net->threads};
             SAL_TRY(sal_conv_fwd(y, in, weights + op->p0, &d, net->scratch));
             epi_planes(y, op->o, buf_numel(net, op->out, n) / op->o,
                        op->p1 >= 0 ? weights + op->p1 : NULL, res, (int)op->relu, (int)op->res_post);

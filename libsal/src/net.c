@@ -15,6 +15,7 @@ struct sal_net {
     sal_op *ops;
     int32_t *offsets;   /* (noff, 2) */
     int64_t cap;        /* batch size the activations are allocated for */
+    int threads;        /* thread count the scratch is sized for */
     int64_t n;          /* batch size of the last forward (0: none yet) */
     int train, hard;    /* mode of the last forward */
     double beta;
@@ -38,12 +39,12 @@ static int64_t buf_numel(const sal_net *net, int64_t b, int64_t n) {
 }
 
 static sal_conv_desc conv_desc(const sal_net *net, const sal_op *op, int64_t n) {
-    return (sal_conv_desc){buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad};
+    return (sal_conv_desc){buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad, net->threads};
 }
 
 static sal_sal_desc sal_desc(const sal_net *net, const sal_op *op, int64_t n) {
     return (sal_sal_desc){buf_act(net, op->in, n), op->o, op->stride, op->pad, (int)op->shared,
-                          net->hard, net->beta};
+                          net->hard, net->beta, net->threads};
 }
 
 /* Checks one op against the buffers and arenas: every index in range, every output shape
@@ -216,8 +217,10 @@ void sal_net_free(sal_net *net) {
 
 /* Activations (and the scratch) for batch size n; gradients are allocated by backward. */
 static sal_status reserve(sal_net *net, int64_t n) {
-    if (n <= net->cap) return SAL_OK;
+    if (n <= net->cap && net->threads == sal_threads()) return SAL_OK;
+    if (n < net->cap) n = net->cap;  /* a thread-count change keeps the capacity */
     free_buffers(net);
+    net->threads = sal_threads();
     size_t scratch = 0;
     for (int64_t i = 0; i < net->nops; i++) {
         const sal_op *op = &net->ops[i];

@@ -25,7 +25,7 @@
 #define SAL_PAR_MIN 2048      /* slices below which the attention loops stay serial */
 
 static sal_conv_desc sal_conv_of(const sal_sal_desc *d) {
-    return (sal_conv_desc){d->x, d->o, 3, d->stride, d->pad};
+    return (sal_conv_desc){d->x, d->o, 3, d->stride, d->pad, d->threads};
 }
 static int64_t sal_slices(const sal_sal_desc *d) { return d->shared ? d->x.c : d->o * d->x.c; }
 

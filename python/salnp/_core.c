@@ -249,7 +249,8 @@ static int conv_args_parse(conv_args *a, const char *fn, int typenum, PyObject *
     if (require_shape(a->w, 4, want_w, fn, "w", expect)) return -1;
     a->d = (sal_conv_desc){{PyArray_DIM(a->x, 1 - ci), C, PyArray_DIM(a->x, 2), PyArray_DIM(a->x, 3),
                             L},
-                           PyArray_DIM(a->w, 0), K, stride, padding};
+                           PyArray_DIM(a->w, 0), K, stride, padding,
+                           sal_get_num_threads()};  /* scratch is sized for these threads */
     if (sal_conv_check(&a->d, &a->y) != SAL_OK) {
         PyErr_Format(PyExc_ValueError, "%s: %s", fn, sal_last_error());
         return -1;
@@ -1654,7 +1655,8 @@ static int sal_args_parse(PyObject *m, sal_args *a, const char *fn, int typenum,
     if (require_shape(a->a, 3, want_a, fn, "logits", expect)) return -1;
     a->d = (sal_sal_desc){{PyArray_DIM(a->x, 0), C, PyArray_DIM(a->x, 2), PyArray_DIM(a->x, 3),
                            SAL_NCHW},
-                          O, stride, padding, A0 == 1 && O > 1, hard != 0, beta};
+                          O, stride, padding, A0 == 1 && O > 1, hard != 0, beta,
+                          sal_get_num_threads()};  /* scratch is sized for these threads */
     sal_status s = sal_sal_check(&a->d, &a->y);
     if (s != SAL_OK) { raise_status(m, s, fn); return -1; }
     if (ogy) {

@@ -50,6 +50,10 @@ int main(void) {
         one_case(2, 13, 6, 6, 10, 1, 1, 0, (sal_layout)L);
         one_case(1, 2, 5, 3, 3, 5, 1, 2, (sal_layout)L);
         one_case(2, 3, 4, 4, 2, 3, 3, 0, (sal_layout)L);
+        /* the direct 3x3 path: several output blocks, O and W+2 not multiples of 16 */
+        one_case(2, 20, 7, 13, 33, 3, 1, 1, (sal_layout)L);
+        one_case(1, 1, 1, 1, 1, 3, 1, 1, (sal_layout)L);
+        one_case(3, 17, 16, 14, 16, 3, 1, 1, (sal_layout)L);
         for (int t = 0; t < 20; t++) {
             int64_t K = rng_int(0, 1) * 2 + 1, P = K == 3 ? 1 : 0;
             one_case(rng_int(1, 3), rng_int(1, 10), rng_int(1, 12), rng_int(1, 12), rng_int(1, 9),

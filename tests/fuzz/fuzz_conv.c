@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static int initialised = 0;
     if (!initialised) { LLVMFuzzerInitialize(NULL, NULL); initialised = 1; }
     fuzz_in in = {data, size};
-    sal_conv_desc d;
+    sal_conv_desc d = {0};  /* threads = 0: the current thread count */
     d.x.n = fuzz_size(&in, 4);
     d.x.c = fuzz_size(&in, 5);
     d.x.h = fuzz_size(&in, 12);

@@ -13,6 +13,9 @@ typedef struct {
     sal_act x;              /* input  (N, C, H, W) */
     int64_t o, k;           /* O output channels, K kernel size (weights O, C, K, K) */
     int64_t stride, pad;    /* S >= 1, P >= 0 */
+    int threads;            /* threads the call may use and its scratch is sized for;
+                               0: sal_get_num_threads() at the time of each call.  Set it
+                               when scratch is sized once and used later. */
 } sal_conv_desc;
 
 /* fills *y with the output geometry (N, O, Ho, Wo), same layout as x */

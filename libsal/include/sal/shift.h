@@ -54,6 +54,7 @@ typedef struct {
                            1: logits (1, C, 9), broadcast over the outputs */
     int hard;           /* 1: p <- (p > 0.5): one-hot or an all-zero slice */
     double beta;        /* inverse temperature: finite, >= 0 */
+    int threads;        /* as sal_conv_desc.threads (0: the current thread count) */
 } sal_sal_desc;
 
 /* fills *y with the output geometry (N, O, Ho, Wo), same layout as x */

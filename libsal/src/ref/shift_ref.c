@@ -190,7 +190,7 @@
                                        const sal_sal_desc *d) {                               \
         T *weff;                                                                              \
         SAL_TRY(ref_weff##SUFFIX(&weff, NULL, w, a, d));                                      \
-        sal_conv_desc cd = {d->x, d->o, 3, d->stride, d->pad};                                \
+        sal_conv_desc cd = {d->x, d->o, 3, d->stride, d->pad, 0};                                \
         sal_status s = sal_ref_conv_fwd##SUFFIX(y, x, weff, &cd);                             \
         free(weff);                                                                           \
         return s;                                                                             \
@@ -207,7 +207,7 @@
             free(p);                                                                          \
             return sal_fail(SAL_ENOMEM, "sal_ref_sal_bwd", "dW_eff: out of memory");          \
         }                                                                                     \
-        sal_conv_desc cd = {d->x, d->o, 3, d->stride, d->pad};                                \
+        sal_conv_desc cd = {d->x, d->o, 3, d->stride, d->pad, 0};                                \
         sal_status st = sal_ref_conv_bwd##SUFFIX(dx, g, dy, x, weff, &cd);                    \
         for (int64_t i = 0; st == SAL_OK && dw && i < O * C * 9; i++) dw[i] += (T)(p[i] * g[i]); \
         /* dL/da_i = sum_{o,q,k} g_q w_q dp_q/dz_k dz_k/da_i over the outputs sharing a */    \
