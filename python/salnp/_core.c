@@ -2125,49 +2125,98 @@ static PyObject *core_infer_count(PyObject *m, PyObject *cap) {
 #define KW (PyCFunction)(void (*)(void))
 static PyMethodDef core_methods[] = {
     {"blas_info", core_blas_info, METH_NOARGS,
-     "blas_info() -> dict\n--\n\nBLIS version, flavour, sub-configuration and how it was chosen."},
+     "blas_info()\n"
+     "--\n"
+     "\n"
+     "blas_info() -> dict\n"
+     "\n"
+     "BLIS version, flavour, sub-configuration and how it was chosen."},
     {"set_num_threads", core_set_num_threads, METH_O,
      "set_num_threads(n)\n--\n\nThreads used by libsal's loops and by BLIS (n >= 1)."},
     {"get_num_threads", core_get_num_threads, METH_NOARGS,
-     "get_num_threads() -> int\n--\n\nThreads used by libsal."},
+     "get_num_threads()\n"
+     "--\n"
+     "\n"
+     "get_num_threads() -> int\n"
+     "\n"
+     "Threads used by libsal."},
     {"conv2d", KW core_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "conv2d(x, w, stride=1, padding=0, *, layout='NCHW') -> y\n--\n\n"
+     "conv2d(x, w, stride=1, padding=0, *, layout='NCHW')\n"
+     "--\n"
+     "\n"
+     "conv2d(x, w, stride=1, padding=0, *, layout='NCHW') -> y\n"
+     "\n"
      "Cross-correlation as torch.nn.functional.conv2d, no bias.\n"
      "x (N, C, H, W), w (O, C, K, K) -> y (N, O, Ho, Wo), float32.\n"
      "layout='CNHW': x is channel-major (C, N, H, W) and so is y (O, N, Ho, Wo);\n"
      "a 1x1 convolution is then one GEMM over the whole batch."},
     {"conv2d_backward", KW core_conv2d_backward, METH_VARARGS | METH_KEYWORDS,
-     "conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW') -> (grad_x, grad_w)\n--\n\n"
+     "conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW')\n"
+     "--\n"
+     "\n"
+     "conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW') -> (grad_x, grad_w)\n"
+     "\n"
      "Gradients of conv2d with respect to x and w, given grad_y = dL/dy."},
     {"ref_conv2d_f64", KW core_ref_conv2d_f64, METH_VARARGS | METH_KEYWORDS,
-     "ref_conv2d_f64(x, w, stride=1, padding=0) -> y\n--\n\nNaive float64 reference (tests)."},
+     "ref_conv2d_f64(x, w, stride=1, padding=0)\n"
+     "--\n"
+     "\n"
+     "ref_conv2d_f64(x, w, stride=1, padding=0) -> y\n"
+     "\n"
+     "Naive float64 reference (tests)."},
     {"ref_conv2d_backward_f64", KW core_ref_conv2d_backward_f64, METH_VARARGS | METH_KEYWORDS,
-     "ref_conv2d_backward_f64(x, w, grad_y, stride=1, padding=0) -> (grad_x, grad_w)\n--\n\n"
+     "ref_conv2d_backward_f64(x, w, grad_y, stride=1, padding=0)\n"
+     "--\n"
+     "\n"
+     "ref_conv2d_backward_f64(x, w, grad_y, stride=1, padding=0) -> (grad_x, grad_w)\n"
+     "\n"
      "Naive float64 reference (tests)."},
     {"_parse_cifar", KW core_parse_cifar, METH_VARARGS | METH_KEYWORDS,
-     "_parse_cifar(data, num_classes) -> (images, labels)\n--\n\n"
+     "_parse_cifar(data, num_classes)\n"
+     "--\n"
+     "\n"
+     "_parse_cifar(data, num_classes) -> (images, labels)\n"
+     "\n"
      "CIFAR binary records (len(num_classes) label bytes + 3072 pixels) from a bytes-like\n"
      "object: images uint8 (N, 3, 32, 32), labels int32 (N, len(num_classes)).\n"
      "Raises SalError on a malformed buffer (salnp.data adds the file name)."},
     {"_parse_idx", core_parse_idx, METH_O,
-     "_parse_idx(data) -> array\n--\n\n"
+     "_parse_idx(data)\n"
+     "--\n"
+     "\n"
+     "_parse_idx(data) -> array\n"
+     "\n"
      "IDX unsigned-byte data from a bytes-like object, shaped by its header (uint8)."},
     {"_permutation", KW core_permutation, METH_VARARGS | METH_KEYWORDS,
-     "_permutation(n, seed, epoch) -> int64 (n,)\n--\n\n"
+     "_permutation(n, seed, epoch)\n"
+     "--\n"
+     "\n"
+     "_permutation(n, seed, epoch) -> int64 (n,)\n"
+     "\n"
      "A permutation of range(n), a pure function of (n, seed, epoch)."},
     {"_batch_augment", KW core_batch_augment, METH_VARARGS | METH_KEYWORDS,
-     "_batch_augment(index, pad, flip, seed, epoch) -> int32 (B, 3)\n--\n\n"
+     "_batch_augment(index, pad, flip, seed, epoch)\n"
+     "--\n"
+     "\n"
+     "_batch_augment(index, pad, flip, seed, epoch) -> int32 (B, 3)\n"
+     "\n"
      "The (dy, dx, flip) that _make_batch draws for each sample: crop offsets in the\n"
      "zero-padded image, in [0, 2*pad], and the flip bit."},
     {"_make_batch", KW core_make_batch, METH_VARARGS | METH_KEYWORDS,
-     "_make_batch(images, index, mean, std, pad=0, flip=False, seed=0, epoch=0,\n"
-     "            layout='NCHW', out=None) -> out\n--\n\n"
+     "_make_batch(images, index, mean, std, pad=0, flip=False, seed=0, epoch=0, layout='NCHW', out=None)\n"
+     "--\n"
+     "\n"
+     "_make_batch(images, index, mean, std, pad=0, flip=False, seed=0, epoch=0, layout='NCHW', out=None) -> out\n"
+     "\n"
      "float32 batch (B, C, H, W) (or (C, B, H, W) for layout='CNHW') from uint8 images\n"
      "(N, C, H, W) at index: zero-pad by pad, random crop back to H x W, horizontal flip\n"
      "with p = 0.5 when flip, then (v/255 - mean) / std.  Written into out when given."},
     {"batch_norm", KW core_batch_norm, METH_VARARGS | METH_KEYWORDS,
-     "batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, "
-     "momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n--\n\n"
+     "batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5)\n"
+     "--\n"
+     "\n"
+     "batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n"
+     "\n"
      "Batch normalisation over N, H, W per channel, as torch.nn.functional.batch_norm.\n"
      "x (N, C, H, W); gamma, beta (C,) or None (1 and 0); returns y (N, C, H, W) and the\n"
      "(C,) mean and 1/sqrt(var + eps) that normalised x, for batch_norm_backward.\n"
@@ -2176,49 +2225,99 @@ static PyMethodDef core_methods[] = {
      "variance unbiased, so they must be float32, C-contiguous, writeable arrays (no copy).\n"
      "training=False: normalises with running_mean, running_var (required, read only)."},
     {"batch_norm_backward", KW core_batch_norm_backward, METH_VARARGS | METH_KEYWORDS,
-     "batch_norm_backward(x, gamma, grad_y, save_mean, save_invstd, training=True) "
-     "-> (grad_x, grad_gamma, grad_beta)\n--\n\n"
+     "batch_norm_backward(x, gamma, grad_y, save_mean, save_invstd, training=True)\n"
+     "--\n"
+     "\n"
+     "batch_norm_backward(x, gamma, grad_y, save_mean, save_invstd, training=True) -> (grad_x, grad_gamma, grad_beta)\n"
+     "\n"
      "Gradients of batch_norm given grad_y = dL/dy and the save_mean, save_invstd it returned.\n"
      "training selects the batch-statistics formula (True) or the eval one (False) and must\n"
      "match the forward call. gamma None means 1."},
     {"batch_norm_relu", KW core_batch_norm_relu, METH_VARARGS | METH_KEYWORDS,
-     "batch_norm_relu(x, gamma, beta, running_mean=None, running_var=None, residual=None, "
-     "training=True, momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n--\n\n"
+     "batch_norm_relu(x, gamma, beta, running_mean=None, running_var=None, residual=None, training=True, momentum=0.1, eps=1e-5)\n"
+     "--\n"
+     "\n"
+     "batch_norm_relu(x, gamma, beta, running_mean=None, running_var=None, residual=None, training=True, momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n"
+     "\n"
      "Fused relu(batch_norm(x) + residual) in one pass (residual None: relu(batch_norm(x))).\n"
      "Statistics and running-stat update exactly as batch_norm."},
     {"batch_norm_relu_backward", KW core_batch_norm_relu_backward, METH_VARARGS | METH_KEYWORDS,
-     "batch_norm_relu_backward(x, gamma, y, grad_y, save_mean, save_invstd, training=True) "
-     "-> (grad_x, grad_gamma, grad_beta, grad_residual)\n--\n\n"
+     "batch_norm_relu_backward(x, gamma, y, grad_y, save_mean, save_invstd, training=True)\n"
+     "--\n"
+     "\n"
+     "batch_norm_relu_backward(x, gamma, y, grad_y, save_mean, save_invstd, training=True) -> (grad_x, grad_gamma, grad_beta, grad_residual)\n"
+     "\n"
      "Gradients of batch_norm_relu from its output y (the ReLU mask y > 0) and grad_y.\n"
      "grad_residual = grad_y * (y > 0) (ignore it when no residual was added)."},
     {"relu", KW core_relu, METH_VARARGS | METH_KEYWORDS,
-     "relu(x) -> y\n--\n\nmax(x, 0) elementwise, any shape."},
+     "relu(x)\n"
+     "--\n"
+     "\n"
+     "relu(x) -> y\n"
+     "\n"
+     "max(x, 0) elementwise, any shape."},
     {"relu_backward", KW core_relu_backward, METH_VARARGS | METH_KEYWORDS,
-     "relu_backward(y, grad_y) -> grad_x\n--\n\n"
+     "relu_backward(y, grad_y)\n"
+     "--\n"
+     "\n"
+     "relu_backward(y, grad_y) -> grad_x\n"
+     "\n"
      "grad_y * (y > 0); y is the output of relu (its input gives the same mask)."},
     {"add", KW core_add, METH_VARARGS | METH_KEYWORDS,
-     "add(a, b) -> y\n--\n\n"
+     "add(a, b)\n"
+     "--\n"
+     "\n"
+     "add(a, b) -> y\n"
+     "\n"
      "a + b for two arrays of one shape (no broadcasting). Its backward passes grad_y to both."},
     {"global_avg_pool", KW core_global_avg_pool, METH_VARARGS | METH_KEYWORDS,
-     "global_avg_pool(x) -> y\n--\n\nMean over H, W: x (N, C, H, W) -> y (N, C)."},
+     "global_avg_pool(x)\n"
+     "--\n"
+     "\n"
+     "global_avg_pool(x) -> y\n"
+     "\n"
+     "Mean over H, W: x (N, C, H, W) -> y (N, C)."},
     {"global_avg_pool_backward", KW core_global_avg_pool_backward, METH_VARARGS | METH_KEYWORDS,
-     "global_avg_pool_backward(grad_y, input_shape) -> grad_x\n--\n\n"
+     "global_avg_pool_backward(grad_y, input_shape)\n"
+     "--\n"
+     "\n"
+     "global_avg_pool_backward(grad_y, input_shape) -> grad_x\n"
+     "\n"
      "grad_y (N, C) spread evenly over H, W; input_shape = (N, C, H, W)."},
     {"linear", KW core_linear, METH_VARARGS | METH_KEYWORDS,
-     "linear(x, w, b=None) -> y\n--\n\n"
+     "linear(x, w, b=None)\n"
+     "--\n"
+     "\n"
+     "linear(x, w, b=None) -> y\n"
+     "\n"
      "y (N, O) = x (N, I) w (O, I)^T + b (O,), as torch.nn.functional.linear."},
     {"linear_backward", KW core_linear_backward, METH_VARARGS | METH_KEYWORDS,
-     "linear_backward(x, w, grad_y) -> (grad_x, grad_w, grad_b)\n--\n\n"
+     "linear_backward(x, w, grad_y)\n"
+     "--\n"
+     "\n"
+     "linear_backward(x, w, grad_y) -> (grad_x, grad_w, grad_b)\n"
+     "\n"
      "Gradients of linear given grad_y (N, O); grad_b (O,) = grad_y summed over N."},
     {"cross_entropy", KW core_cross_entropy, METH_VARARGS | METH_KEYWORDS,
-     "cross_entropy(logits, labels) -> float\n--\n\n"
+     "cross_entropy(logits, labels)\n"
+     "--\n"
+     "\n"
+     "cross_entropy(logits, labels) -> float\n"
+     "\n"
      "Softmax cross-entropy, mean over the batch: logits (N, K), labels integer (N,) in [0, K)."},
     {"cross_entropy_backward", KW core_cross_entropy_backward, METH_VARARGS | METH_KEYWORDS,
-     "cross_entropy_backward(logits, labels, grad=1.0) -> grad_logits\n--\n\n"
+     "cross_entropy_backward(logits, labels, grad=1.0)\n"
+     "--\n"
+     "\n"
+     "cross_entropy_backward(logits, labels, grad=1.0) -> grad_logits\n"
+     "\n"
      "grad * (softmax(logits) - onehot(labels)) / N, shape (N, K)."},
     {"sgd_step", KW core_sgd_step, METH_VARARGS | METH_KEYWORDS,
-     "sgd_step(params, grads, momentum_buffer, lr, momentum=0.9, weight_decay=0.0, "
-     "nesterov=False, dampening=0.0, first_step=False, segments=None) -> None\n--\n\n"
+     "sgd_step(params, grads, momentum_buffer, lr, momentum=0.9, weight_decay=0.0, nesterov=False, dampening=0.0, first_step=False, segments=None)\n"
+     "--\n"
+     "\n"
+     "sgd_step(params, grads, momentum_buffer, lr, momentum=0.9, weight_decay=0.0, nesterov=False, dampening=0.0, first_step=False, segments=None) -> None\n"
+     "\n"
      "One torch.optim.SGD step, in place on params and momentum_buffer (float32, C-contiguous,\n"
      "writeable arrays of one shape, e.g. flat arenas; the buffer may be None when momentum=0).\n"
      "first_step=True initialises the buffer to the gradient as PyTorch does; with\n"
@@ -2226,93 +2325,181 @@ static PyMethodDef core_methods[] = {
      "segments: None or a sequence of (n, lr_mult, wd_mult) covering params in order (flat\n"
      "index), each run using lr*lr_mult and weight_decay*wd_mult (PyTorch's param groups)."},
     {"ref_batch_norm_f64", KW core_ref_batch_norm_f64, METH_VARARGS | METH_KEYWORDS,
-     "ref_batch_norm_f64(x, gamma, beta, running_mean=None, running_var=None, training=True, "
-     "momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n--\n\n"
+     "ref_batch_norm_f64(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5)\n"
+     "--\n"
+     "\n"
+     "ref_batch_norm_f64(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5) -> (y, save_mean, save_invstd)\n"
+     "\n"
      "Naive float64 reference (tests); running stats must be float64 arrays."},
     {"ref_batch_norm_backward_f64", KW core_ref_batch_norm_backward_f64,
      METH_VARARGS | METH_KEYWORDS,
-     "ref_batch_norm_backward_f64(x, gamma, grad_y, save_mean, save_invstd, training=True) "
-     "-> (grad_x, grad_gamma, grad_beta)\n--\n\nNaive float64 reference (tests)."},
+     "ref_batch_norm_backward_f64(x, gamma, grad_y, save_mean, save_invstd, training=True)\n"
+     "--\n"
+     "\n"
+     "ref_batch_norm_backward_f64(x, gamma, grad_y, save_mean, save_invstd, training=True) -> (grad_x, grad_gamma, grad_beta)\n"
+     "\n"
+     "Naive float64 reference (tests)."},
     {"shift", KW core_shift, METH_VARARGS | METH_KEYWORDS,
-     "shift(x, offsets, stride=1) -> y\n--\n\n"
+     "shift(x, offsets, stride=1)\n"
+     "--\n"
+     "\n"
+     "shift(x, offsets, stride=1) -> y\n"
+     "\n"
      "Integer per-channel shift (SL, Wu et al.): y[n,c,Y,X] = x[n, c, stride*Y + dy_c,\n"
      "stride*X + dx_c], zero outside.  x (N, C, H, W) float32, offsets (C, 2) integer = (dy, dx),\n"
      "any magnitude -> y (N, C, (H-1)//stride+1, (W-1)//stride+1)."},
     {"shift_backward", KW core_shift_backward, METH_VARARGS | METH_KEYWORDS,
-     "shift_backward(grad_y, offsets, input_shape, stride=1) -> grad_x\n--\n\n"
+     "shift_backward(grad_y, offsets, input_shape, stride=1)\n"
+     "--\n"
+     "\n"
+     "shift_backward(grad_y, offsets, input_shape, stride=1) -> grad_x\n"
+     "\n"
      "The adjoint of shift: grad_x (input_shape) from grad_y = dL/dy."},
     {"default_shift_offsets", core_default_shift_offsets, METH_O,
-     "default_shift_offsets(C) -> offsets\n--\n\n"
+     "default_shift_offsets(C)\n"
+     "--\n"
+     "\n"
+     "default_shift_offsets(C) -> offsets\n"
+     "\n"
      "The fixed 3x3 assignment of Wu et al. as int32 (C, 2) = (dy, dx): for c < 9*(C//9),\n"
      "dx = c%3 - 1, dy = (c//3)%3 - 1; the last C%9 channels are not shifted."},
     {"active_shift", KW core_active_shift, METH_VARARGS | METH_KEYWORDS,
-     "active_shift(x, offsets, stride=1) -> y\n--\n\n"
+     "active_shift(x, offsets, stride=1)\n"
+     "--\n"
+     "\n"
+     "active_shift(x, offsets, stride=1) -> y\n"
+     "\n"
      "Active shift (ASL, Jeon & Kim): y[n,c,Y,X] = bilinear sample of x[n,c] at\n"
      "(stride*Y + alpha_c, stride*X + beta_c), zero outside.  offsets (C, 2) float32 =\n"
      "(alpha, beta) = (dy, dx), finite.  Integer offsets give exactly shift(x, offsets)."},
     {"active_shift_backward", KW core_active_shift_backward, METH_VARARGS | METH_KEYWORDS,
-     "active_shift_backward(x, offsets, grad_y, stride=1) -> (grad_x, grad_offsets)\n--\n\n"
+     "active_shift_backward(x, offsets, grad_y, stride=1)\n"
+     "--\n"
+     "\n"
+     "active_shift_backward(x, offsets, grad_y, stride=1) -> (grad_x, grad_offsets)\n"
+     "\n"
      "Gradients of active_shift: grad_x (N, C, H, W) and the raw bilinear derivatives\n"
      "grad_offsets (C, 2) (right derivative at integer offsets; no normalisation)."},
     {"normalize_shift_grad", core_normalize_shift_grad, METH_O,
-     "normalize_shift_grad(grad_offsets) -> array\n--\n\n"
+     "normalize_shift_grad(grad_offsets)\n"
+     "--\n"
+     "\n"
+     "normalize_shift_grad(grad_offsets) -> array\n"
+     "\n"
      "Each channel's (d/dalpha, d/dbeta) scaled to unit length (zero rows stay zero), as the\n"
      "reference ASL training does before its update.  Returns a new float32 (C, 2) array."},
     {"sal_conv2d", KW core_sal_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False) -> y\n--\n\n"
+     "sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False)\n"
+     "--\n"
+     "\n"
+     "sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False) -> y\n"
+     "\n"
      "Shift attention layer: p = softmax(beta * a / std(a)) over the 9 positions of each\n"
      "slice (unbiased std, no mean subtraction; std 0 or beta 0 give 1/9), hard: p > 0.5;\n"
      "y = conv2d(x, p * w, stride, padding 1).  x (N, C, H, W), w (O, C, 3, 3), logits\n"
      "(O, C, 9) unshared or (1, C, 9) shared, beta finite >= 0 -> y (N, O, Ho, Wo)."},
     {"sal_conv2d_backward", KW core_sal_conv2d_backward, METH_VARARGS | METH_KEYWORDS,
      "sal_conv2d_backward(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False)\n"
-     "-> (grad_x, grad_w, grad_logits)\n--\n\n"
+     "--\n"
+     "\n"
+     "sal_conv2d_backward(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False) -> (grad_x, grad_w, grad_logits)\n"
+     "\n"
      "Gradients of sal_conv2d given grad_y = dL/dy.  grad_logits has the shape of logits;\n"
      "it is zero where std(a) = 0, for beta = 0 and in hard mode (a step function)."},
     {"sal_probs", KW core_sal_probs, METH_VARARGS | METH_KEYWORDS,
-     "sal_probs(logits, beta, hard=False) -> p\n--\n\n"
+     "sal_probs(logits, beta, hard=False)\n"
+     "--\n"
+     "\n"
+     "sal_probs(logits, beta, hard=False) -> p\n"
+     "\n"
      "The attention probabilities of sal_conv2d: p = softmax(beta * a / std(a)) over the last\n"
      "axis (size 9), same shape as logits; hard: (p > 0.5) as 0/1."},
     {"ref_active_shift_f64", KW core_ref_active_shift_f64, METH_VARARGS | METH_KEYWORDS,
-     "ref_active_shift_f64(x, offsets, stride=1) -> y\n--\n\nNaive float64 reference (tests)."},
+     "ref_active_shift_f64(x, offsets, stride=1)\n"
+     "--\n"
+     "\n"
+     "ref_active_shift_f64(x, offsets, stride=1) -> y\n"
+     "\n"
+     "Naive float64 reference (tests)."},
     {"ref_active_shift_backward_f64", KW core_ref_active_shift_backward_f64,
      METH_VARARGS | METH_KEYWORDS,
-     "ref_active_shift_backward_f64(x, offsets, grad_y, stride=1) -> (grad_x, grad_offsets)\n--\n\n"
+     "ref_active_shift_backward_f64(x, offsets, grad_y, stride=1)\n"
+     "--\n"
+     "\n"
+     "ref_active_shift_backward_f64(x, offsets, grad_y, stride=1) -> (grad_x, grad_offsets)\n"
+     "\n"
      "Naive float64 reference (tests)."},
     {"ref_sal_conv2d_f64", KW core_ref_sal_conv2d_f64, METH_VARARGS | METH_KEYWORDS,
-     "ref_sal_conv2d_f64(x, w, logits, beta, stride=1, padding=1, hard=False) -> y\n--\n\n"
+     "ref_sal_conv2d_f64(x, w, logits, beta, stride=1, padding=1, hard=False)\n"
+     "--\n"
+     "\n"
+     "ref_sal_conv2d_f64(x, w, logits, beta, stride=1, padding=1, hard=False) -> y\n"
+     "\n"
      "Naive float64 reference (tests)."},
     {"ref_sal_conv2d_backward_f64", KW core_ref_sal_conv2d_backward_f64,
      METH_VARARGS | METH_KEYWORDS,
      "ref_sal_conv2d_backward_f64(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False)\n"
-     "-> (grad_x, grad_w, grad_logits)\n--\n\n"
+     "--\n"
+     "\n"
+     "ref_sal_conv2d_backward_f64(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False) -> (grad_x, grad_w, grad_logits)\n"
+     "\n"
      "Naive float64 reference (tests): full softmax and std Jacobians."},
     {"ref_sal_probs_f64", KW core_ref_sal_probs_f64, METH_VARARGS | METH_KEYWORDS,
-     "ref_sal_probs_f64(logits, beta, hard=False) -> p\n--\n\nNaive float64 reference (tests)."},
+     "ref_sal_probs_f64(logits, beta, hard=False)\n"
+     "--\n"
+     "\n"
+     "ref_sal_probs_f64(logits, beta, hard=False) -> p\n"
+     "\n"
+     "Naive float64 reference (tests)."},
     {"net_create", KW core_net_create, METH_VARARGS | METH_KEYWORDS,
-     "net_create(shapes, ops, offsets, nparams, nbuffers) -> engine\n--\n\n"
+     "net_create(shapes, ops, offsets, nparams, nbuffers)\n"
+     "--\n"
+     "\n"
+     "net_create(shapes, ops, offsets, nparams, nbuffers) -> engine\n"
+     "\n"
      "A network program (see salnp.models): buffer shapes (B, 3), op rows, int32 shift offsets."},
     {"net_forward", KW core_net_forward, METH_VARARGS | METH_KEYWORDS,
-     "net_forward(net, params, buffers, x, train=False, hard=False, beta=1.0) -> logits\n--\n\n"
+     "net_forward(net, params, buffers, x, train=False, hard=False, beta=1.0)\n"
+     "--\n"
+     "\n"
+     "net_forward(net, params, buffers, x, train=False, hard=False, beta=1.0) -> logits\n"
+     "\n"
      "Run the program; params and buffers are the arenas (buffers updated in training)."},
     {"net_backward", KW core_net_backward, METH_VARARGS | METH_KEYWORDS,
      "net_backward(net, params, grads, grad_logits)\n--\n\n"
      "Accumulate dL/dparams into grads for the last forward."},
     {"net_count", KW core_net_count, METH_VARARGS | METH_KEYWORDS,
-     "net_count(net, params, beta=1.0, inference=False) -> (ints, params)\n--\n\n"
+     "net_count(net, params, beta=1.0, inference=False)\n"
+     "--\n"
+     "\n"
+     "net_count(net, params, beta=1.0, inference=False) -> (ints, params)\n"
+     "\n"
      "Accounting of a network program per op (sal/count.h): ints int64 (nops, 13) with\n"
      "columns op, kind, in C, H, W, out C, H, W, train_only, kept, macs, bwd_macs,\n"
      "shift_moves (per image); params float64 (nops,).  inference=True: the network export\n"
      "builds (BN folded, SAL binarised with beta from the logits in params)."},
     {"infer_create", KW core_infer_create, METH_VARARGS | METH_KEYWORDS,
-     "infer_create(shapes, ops, shifts, pairs, nweights) -> engine\n--\n\n"
+     "infer_create(shapes, ops, shifts, pairs, nweights)\n"
+     "--\n"
+     "\n"
+     "infer_create(shapes, ops, shifts, pairs, nweights) -> engine\n"
+     "\n"
      "An inference program (see salnp.export): buffer shapes (B, 3), op rows (sal_iop),\n"
      "int32 shift rows (src, dy, dx), int32 SAL pairs (o, i, dy, dx)."},
     {"infer_forward", KW core_infer_forward, METH_VARARGS | METH_KEYWORDS,
-     "infer_forward(net, weights, x) -> logits\n--\n\n"
+     "infer_forward(net, weights, x)\n"
+     "--\n"
+     "\n"
+     "infer_forward(net, weights, x) -> logits\n"
+     "\n"
      "Run the inference program on x (N, C, H, W) with the weight arena."},
     {"infer_count", core_infer_count, METH_O,
-     "infer_count(net) -> (ints, params)\n--\n\nAccounting of an inference program, as net_count."},
+     "infer_count(net)\n"
+     "--\n"
+     "\n"
+     "infer_count(net) -> (ints, params)\n"
+     "\n"
+     "Accounting of an inference program, as net_count."},
     {NULL, NULL, 0, NULL}};
 
 static int core_exec(PyObject *m) {

@@ -1,0 +1,53 @@
+"""The public surface: names of DESIGN.md section 4, signatures, the type stub."""
+import inspect
+import os
+import re
+
+import numpy as np
+import pytest
+
+import salnp
+
+DESIGN_OPS = ["conv2d", "conv2d_backward", "shift", "shift_backward", "active_shift",
+              "active_shift_backward", "sal_conv2d", "sal_conv2d_backward"]
+
+
+def test_design_names_exist():
+    for name in DESIGN_OPS:
+        assert callable(getattr(salnp.ops, name)), name
+    for name in ["__version__", "show_config", "set_num_threads", "save", "load", "count", "fit",
+                 "export"]:
+        assert hasattr(salnp, name), name
+    assert callable(salnp.models.resnet)
+
+
+def test_every_core_function_has_a_signature_and_a_stub_entry():
+    stub = open(os.path.join(os.path.dirname(salnp.__file__), "_core.pyi")).read()
+    for name in dir(salnp._core):
+        f = getattr(salnp._core, name)
+        if callable(f) and not isinstance(f, type):
+            inspect.signature(f)                     # Jupyter shows it
+            assert re.search(rf"^def {name}\(", stub, re.M), \
+                f"{name} missing from _core.pyi: run scripts/gen_pyi.py"
+            assert f.__doc__ and f.__doc__.startswith(name + "("), name
+
+
+def test_show_config_reports_blis(capsys):
+    salnp.show_config()
+    out = capsys.readouterr().out
+    assert "BLIS 0.9" in out or "BLIS" in out
+    cfg = salnp.config()
+    assert cfg["flavour"] in ("openmp", "pthread", "serial")
+    assert cfg["verified"] is True
+    assert cfg["threads"] == salnp.get_num_threads()
+
+
+def test_set_num_threads_validates():
+    with pytest.raises(ValueError, match="n=0"):
+        salnp.set_num_threads(0)
+    salnp.set_num_threads(1)
+    assert salnp.get_num_threads() == 1
+
+
+def test_version():
+    assert re.match(r"^\d+\.\d+\.\d+", salnp.__version__)
