@@ -119,22 +119,29 @@ int sal_conv3x3_threads(const sal_conv_desc *d) {
 }
 
 /* floats: shared transposed weights, then per thread a padded input and an output grid
- * (or, for the weight gradient, a padded input, a dy grid and a partial dw) */
+ * (or, for the weight gradient, a padded input, a dy grid and a partial dw); SIZE_MAX
+ * when that passes 2^62 (computed in 128 bits, so no size can overflow) */
 static size_t scratch_of(int64_t cin, int64_t o, int64_t h, int64_t w, int64_t t) {
-    geom3x3 g = geom_of(o, h, w, 16);  /* the widest vector bounds the narrower ones */
-    return (size_t)(cin * 9 * g.o16 + t * (cin * g.xps + g.o16 * g.yps + o * cin * 9));
+    typedef unsigned __int128 u128;
+    const u128 wp = (u128)w + 2, yps = ((u128)h * wp + 15) / 16 * 16;
+    const u128 xps = (yps + 2 * wp + 2 + 15) / 16 * 16, o16 = ((u128)o + OB - 1) / OB * OB;
+    const u128 total = (u128)cin * 9 * o16 + (u128)t * ((u128)cin * xps + o16 * yps + (u128)o * cin * 9);
+    return total > ((u128)1 << 62) ? SIZE_MAX : (size_t)total;
 }
 
-bool sal_conv3x3_applies(const sal_conv_desc *d) {
-    return d->k == 3 && d->stride == 1 && d->pad == 1;
-}
-
-size_t sal_conv3x3_scratch(const sal_conv_desc *d) {
+static size_t scratch3x3(const sal_conv_desc *d) {
     const int t = sal_conv3x3_threads(d);
     size_t f = scratch_of(d->x.c, d->o, d->x.h, d->x.w, t);  /* forward, weight grad: C -> O */
     size_t b = scratch_of(d->o, d->x.c, d->x.h, d->x.w, t);  /* input gradient: O -> C */
     return f > b ? f : b;
 }
+
+/* the direct path: 3x3, stride 1, padding 1, and a working set that fits (else im2col) */
+bool sal_conv3x3_applies(const sal_conv_desc *d) {
+    return d->k == 3 && d->stride == 1 && d->pad == 1 && scratch3x3(d) != SIZE_MAX;
+}
+
+size_t sal_conv3x3_scratch(const sal_conv_desc *d) { return scratch3x3(d); }
 
 /* copy the planes of image n of `a` into zero-bordered planes of width W + 2 at row
  * `row0` and column `row0` (1: a padded input; 0: the output grid) */

@@ -2132,7 +2132,12 @@ static PyMethodDef core_methods[] = {
      "\n"
      "BLIS version, flavour, sub-configuration and how it was chosen."},
     {"set_num_threads", core_set_num_threads, METH_O,
-     "set_num_threads(n)\n--\n\nThreads used by libsal's loops and by BLIS (n >= 1)."},
+     "set_num_threads(n)\n"
+     "--\n"
+     "\n"
+     "set_num_threads(n)\n"
+     "\n"
+     "Threads used by libsal's loops and by BLIS (n >= 1)."},
     {"get_num_threads", core_get_num_threads, METH_NOARGS,
      "get_num_threads()\n"
      "--\n"
@@ -2466,7 +2471,11 @@ static PyMethodDef core_methods[] = {
      "\n"
      "Run the program; params and buffers are the arenas (buffers updated in training)."},
     {"net_backward", KW core_net_backward, METH_VARARGS | METH_KEYWORDS,
-     "net_backward(net, params, grads, grad_logits)\n--\n\n"
+     "net_backward(net, params, grads, grad_logits)\n"
+     "--\n"
+     "\n"
+     "net_backward(net, params, grads, grad_logits)\n"
+     "\n"
      "Accumulate dL/dparams into grads for the last forward."},
     {"net_count", KW core_net_count, METH_VARARGS | METH_KEYWORDS,
      "net_count(net, params, beta=1.0, inference=False)\n"
