@@ -225,16 +225,18 @@ class BasicBlock(Module):
         return self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True, res=r)
 
 
-class ShiftBlock(Module):
-    """ShiftResNet block (DESIGN 1.2): 1x1 in->e*out, BN, ReLU, shift, 1x1 e*out->out with
-    the stride, BN, ReLU, then + shortcut."""
+class _ShiftBlockBase(Module):
+    """1x1 in->e*out, BN, ReLU, a shift (the subclass's), 1x1 e*out->out with the stride,
+    BN, and an option-B shortcut; the subclass says how the shortcut joins."""
+
+    shift_module = None
 
     def __init__(self, cin, cout, stride, expansion=1):
         super().__init__()
         mid = int(round(expansion * cout))
         self.conv1 = Conv2d(cin, mid, 1, 1, 0)
         self.bn1 = BatchNorm2d(mid)
-        self.shift = Shift(mid)
+        self.shift = self.shift_module(mid)
         self.conv2 = Conv2d(mid, cout, 1, stride, 0)
         self.bn2 = BatchNorm2d(cout)
         sc = _shortcut(cin, cout, stride)
@@ -242,41 +244,37 @@ class ShiftBlock(Module):
             self.shortcut = sc
         self._sc = sc
 
-    def emit(self, prog, arena, name, x):
-        r = _emit_shortcut(self._sc, prog, arena, name, x)
+    def _emit_body(self, prog, arena, name, x):
         h = self.conv1.emit(prog, arena, f"{name}.conv1", x)
         h = self.bn1.emit(prog, arena, f"{name}.bn1", h, relu=True)
         h = self.shift.emit(prog, arena, f"{name}.shift", h)
-        h = self.conv2.emit(prog, arena, f"{name}.conv2", h)
+        return self.conv2.emit(prog, arena, f"{name}.conv2", h)
+
+
+class ShiftBlock(_ShiftBlockBase):
+    """ShiftResNet block (DESIGN 1.2): 1x1 in->e*out, BN, ReLU, shift, 1x1 e*out->out with
+    the stride, BN, ReLU, then + shortcut."""
+
+    shift_module = Shift
+
+    def emit(self, prog, arena, name, x):
+        r = _emit_shortcut(self._sc, prog, arena, name, x)
+        h = self._emit_body(prog, arena, name, x)
         h = self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True)
         y = prog.buf(*prog.shapes[h])
         prog.op(kind=OP_ADD, inp=h, out=y, res=r)
         return y
 
 
-class ActiveShiftBlock(Module):
+class ActiveShiftBlock(_ShiftBlockBase):
     """ASL block: 1x1 in->e*out, BN, ReLU, active shift, 1x1 e*out->out with the stride, BN,
     + shortcut (option B), ReLU."""
 
-    def __init__(self, cin, cout, stride, expansion=1):
-        super().__init__()
-        mid = int(round(expansion * cout))
-        self.conv1 = Conv2d(cin, mid, 1, 1, 0)
-        self.bn1 = BatchNorm2d(mid)
-        self.shift = ActiveShift(mid)
-        self.conv2 = Conv2d(mid, cout, 1, stride, 0)
-        self.bn2 = BatchNorm2d(cout)
-        sc = _shortcut(cin, cout, stride)
-        if sc is not None:
-            self.shortcut = sc
-        self._sc = sc
+    shift_module = ActiveShift
 
     def emit(self, prog, arena, name, x):
         r = _emit_shortcut(self._sc, prog, arena, name, x)
-        h = self.conv1.emit(prog, arena, f"{name}.conv1", x)
-        h = self.bn1.emit(prog, arena, f"{name}.bn1", h, relu=True)
-        h = self.shift.emit(prog, arena, f"{name}.shift", h)
-        h = self.conv2.emit(prog, arena, f"{name}.conv2", h)
+        h = self._emit_body(prog, arena, name, x)
         return self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True, res=r)
 
 
