@@ -3,21 +3,24 @@
 # corpus replayed), a bounded libFuzzer run (scripts/fuzz.sh), then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t0=$SECONDS
+stage() { echo "== $1 ($((SECONDS - t0)) s so far) =="; }
 bash scripts/setup.sh test
 
-echo "== C tests (ctest, AddressSanitizer + UndefinedBehaviorSanitizer) =="
+stage "C tests (ctest, AddressSanitizer + UndefinedBehaviorSanitizer)"
 cmake -S . -B build/asan -G Ninja -DSAL_SANITIZE=ON -DSAL_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/asan
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build/asan --output-on-failure
 
-echo "== Fuzzing (libFuzzer, bounded: SAL_CI_FUZZ_SECONDS per target, default 20) =="
+stage "Fuzzing (libFuzzer, bounded: SAL_CI_FUZZ_SECONDS per target, default 20)"
 # 4 targets x 20 s + ~30 s build: about 2 minutes.  Longer runs: bash scripts/fuzz.sh 300
 bash scripts/fuzz.sh "${SAL_CI_FUZZ_SECONDS:-20}"
 
-echo "== Python tests (pytest, installed package) =="
+stage "Python tests (pytest, installed package)"
 set +e
-python3 -m pytest -q -p no:cacheprovider tests "$@"
+python3 -m pytest -q -p no:cacheprovider --durations=12 tests "$@"
 rc=$?
 set -e
+echo "== done in $((SECONDS - t0)) s =="
 if [ $rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi
 exit $rc
