@@ -380,7 +380,9 @@ class ResNet(Module):
         """Accumulate parameter gradients (into the grad arena) for the last forward."""
         if getattr(self, "_last", None) is None:
             raise RuntimeError("backward: call forward(x, train=True) first")
-        _core.net_backward(self._last, self.arena.params, self.arena.grads, np.ascontiguousarray(grad_logits, np.float32))
+        # no np.ascontiguousarray here: _core converts and checks (a complex or string
+        # grad_logits must be refused with the argument named, not cast silently)
+        _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
 
     def zero_grad(self):
         self.arena.zero_grad()
