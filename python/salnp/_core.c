@@ -1488,6 +1488,11 @@ static PyObject *core_default_shift_offsets(PyObject *m, PyObject *arg) {
     long long c = 0;
     if (i64_arg(arg, "default_shift_offsets", "C", &c)) return NULL;
     if (check_int_arg(c, 1, "default_shift_offsets", "C")) return NULL;
+    if (c > (long long)(NPY_MAX_INTP / 8)) {
+        PyErr_Format(PyExc_ValueError, "default_shift_offsets: C=%lld: too large (C*2 int32 "
+                     "values overflow the address space)", c);
+        return NULL;
+    }
     npy_intp dims[2] = {(npy_intp)c, 2};
     PyArrayObject *off = new_empty(2, dims, NPY_INT32);
     if (!off) return NULL;
