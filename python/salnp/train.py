@@ -248,13 +248,28 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                        disable=not progress, leave=False) if tqdm else batches
             for x, y in bar:
                 y32 = y.astype(np.int32)
-                logits = net.forward(x, train=True)
-                loss = ops.cross_entropy(logits, y32)
+                try:
+                    logits = net.forward(x, train=True)
+                except ValueError as e:
+                    # libsal refuses non-finite SAL logits (softmax of NaN): a diverged
+                    # step, reported like a NaN loss rather than as a bad argument
+                    if np.all(np.isfinite(net.arena.params)):
+                        raise
+                    logits, loss, cause = None, float("nan"), f" (parameters non-finite: {e})"
+                else:
+                    loss, cause = ops.cross_entropy(logits, y32), ""
                 if not math.isfinite(loss):
+                    if checkpoint is not None and epoch > start_epoch:
+                        where = f"the last good state is the checkpoint of epoch {epoch} ({checkpoint})"
+                    elif resume is not None:
+                        where = f"the last good state is the checkpoint resumed from ({resume})"
+                    elif checkpoint is not None:
+                        where = "no checkpoint was written yet (the first epoch failed)"
+                    else:
+                        where = "no checkpoint was requested (checkpoint=None)"
                     raise FloatingPointError(
-                        f"fit: loss is {loss} at epoch {epoch + 1}, step {opt.steps + 1}; "
-                        f"the last good state is the checkpoint of epoch {epoch}"
-                        + (f" ({checkpoint})" if checkpoint else ""))
+                        f"fit: loss is {loss} at epoch {epoch + 1}, step {opt.steps + 1}{cause}; "
+                        f"{where}")
                 net.zero_grad()
                 net.backward(ops.cross_entropy_backward(logits, y32))
                 opt.step(lr_e)
