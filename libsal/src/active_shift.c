@@ -43,7 +43,10 @@ static ashift_taps ashift_channel(float a, float b, int64_t S, int64_t H, int64_
     t.ty = a - fa;   /* exact: the fractional part of a float is a float */
     t.tx = b - fb;
     /* |fa| may exceed int64: clamp as a double first (beyond the clamp all taps are 0) */
-    const double lim = 4.0 * (double)(H + W + S * (Ho + Wo)) + 8.0;
+    /* in double (S * (Ho + Wo) overflowed int64 for S near 2^63), capped so the cast
+     * below stays in range */
+    const double lim = fmin(4.0 * ((double)H + (double)W + (double)S * (double)(Ho + Wo)) + 8.0,
+                            0x1p62);
     t.fy = sal_clamp_offset((int64_t)fmax(-lim, fmin(lim, (double)fa)), S, H, Ho);
     t.fx = sal_clamp_offset((int64_t)fmax(-lim, fmin(lim, (double)fb)), S, W, Wo);
     t.w[0] = (1.0f - t.ty) * (1.0f - t.tx);

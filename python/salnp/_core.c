@@ -162,6 +162,31 @@ static int i64_arg(PyObject *obj, const char *fn, const char *arg, long long *ou
     return 0;
 }
 
+/* *out = obj as a double (betas, rates, eps); obj NULL keeps *out.  Any real number
+ * (int, float, NumPy scalar); TypeError naming fn and arg otherwise, ValueError for an int
+ * too large for a double (PyArg's "d" raised messages without the argument's name). */
+static int f64_arg(PyObject *obj, const char *fn, const char *arg, double *out) {
+    if (obj == NULL) return 0;
+    if (PyComplex_Check(obj) || PyUnicode_Check(obj) || PyBytes_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a real number, got %.100s", fn, arg,
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    double v = PyFloat_AsDouble(obj);
+    if (v == -1.0 && PyErr_Occurred()) {
+        int overflow = PyErr_ExceptionMatches(PyExc_OverflowError);
+        PyErr_Clear();
+        if (overflow)
+            PyErr_Format(PyExc_ValueError, "%s: %s=%R: too large for a double", fn, arg, obj);
+        else
+            PyErr_Format(PyExc_TypeError, "%s: %s must be a real number, got %.100s", fn, arg,
+                         Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 /* O& converter: layout="NCHW" (default) or "CNHW" (channel-major, arrays are (C, N, H, W)) */
 static int layout_converter(PyObject *obj, void *out) {
     const char *name = PyUnicode_Check(obj) ? PyUnicode_AsUTF8(obj) : NULL;
@@ -202,10 +227,10 @@ static PyObject *core_blas_info(PyObject *m, PyObject *Py_UNUSED(ignored)) {
 }
 
 static PyObject *core_set_num_threads(PyObject *m, PyObject *arg) {
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) return NULL;
+    long long n = 0;
+    if (i64_arg(arg, "set_num_threads", "n", &n)) return NULL;
     if (n < 1 || n > 1024) {
-        PyErr_Format(PyExc_ValueError, "set_num_threads: n=%ld: must be in [1, 1024]", n);
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n=%lld: must be in [1, 1024]", n);
         return NULL;
     }
     sal_set_num_threads((int)n);
@@ -716,13 +741,15 @@ static PyObject *bn_forward_py(PyObject *m, PyObject *args, PyObject *kw, int ty
     static char *kwlist_relu[] = {"x", "gamma", "beta", "running_mean", "running_var", "residual",
                                   "training", "momentum", "eps", NULL};
     PyObject *ox, *og, *ob, *orm = Py_None, *orv = Py_None, *ores = Py_None;
+    PyObject *omomentum = NULL, *oeps = NULL;
     int training = 1;
     double momentum = 0.1, eps = 1e-5;
-    int ok = relu ? PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOOpdd", kwlist_relu, &ox, &og, &ob,
-                                                &orm, &orv, &ores, &training, &momentum, &eps)
-                  : PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOpdd", kwlist_bn, &ox, &og, &ob,
-                                                &orm, &orv, &training, &momentum, &eps);
-    if (!ok) return NULL;
+    int ok = relu ? PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOOpOO", kwlist_relu, &ox, &og, &ob,
+                                                &orm, &orv, &ores, &training, &omomentum, &oeps)
+                  : PyArg_ParseTupleAndKeywords(args, kw, "OOO|OOpOO", kwlist_bn, &ox, &og, &ob,
+                                                &orm, &orv, &training, &omomentum, &oeps);
+    if (!ok || f64_arg(omomentum, fn, "momentum", &momentum) || f64_arg(oeps, fn, "eps", &eps))
+        return NULL;
     PyArrayObject *x = NULL, *g = NULL, *b = NULL, *rm = NULL, *rv = NULL, *res = NULL;
     PyArrayObject *y = NULL, *sm = NULL, *si = NULL;
     PyObject *ret = NULL;
@@ -981,21 +1008,19 @@ done:
     return ret;
 }
 
+static int parse_shape4(PyObject *obj, const char *fn, const char *arg, npy_intp out[4]);
+
 /* global_avg_pool_backward(grad_y, input_shape) -> grad_x (N, C, H, W) */
 static PyObject *core_global_avg_pool_backward(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"grad_y", "input_shape", NULL};
     const char *fn = "global_avg_pool_backward";
-    PyObject *ogy;
-    long long n, c, h, w;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O(LLLL)", kwlist, &ogy, &n, &c, &h, &w))
-        return NULL;
+    PyObject *ogy, *oshape;
+    npy_intp shape4[4];
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &ogy, &oshape)) return NULL;
     PyArrayObject *gy = NULL, *gx = NULL;
     PyObject *ret = NULL;
-    if (check_int_arg(n, 1, fn, "input_shape[0] (N)") ||
-        check_int_arg(c, 1, fn, "input_shape[1] (C)") ||
-        check_int_arg(h, 1, fn, "input_shape[2] (H)") ||
-        check_int_arg(w, 1, fn, "input_shape[3] (W)"))
-        goto done;
+    if (parse_shape4(oshape, fn, "input_shape", shape4)) goto done;
+    const long long n = shape4[0], c = shape4[1], h = shape4[2], w = shape4[3];
     const sal_act a = {n, c, h, w, SAL_NCHW};
     gy = as_f32(ogy, fn, "grad_y", 2, "(N, C)");
     if (!gy) goto done;
@@ -1146,11 +1171,11 @@ static PyObject *xent_py(PyObject *m, PyObject *args, PyObject *kw, int backward
     static char *kw_fwd[] = {"logits", "labels", NULL};
     static char *kw_bwd[] = {"logits", "labels", "grad", NULL};
     const char *fn = backward ? "cross_entropy_backward" : "cross_entropy";
-    PyObject *oz, *ol;
+    PyObject *oz, *ol, *ograd = NULL;
     double grad = 1.0;
-    int ok = backward ? PyArg_ParseTupleAndKeywords(args, kw, "OO|d", kw_bwd, &oz, &ol, &grad)
+    int ok = backward ? PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kw_bwd, &oz, &ol, &ograd)
                       : PyArg_ParseTupleAndKeywords(args, kw, "OO", kw_fwd, &oz, &ol);
-    if (!ok) return NULL;
+    if (!ok || f64_arg(ograd, fn, "grad", &grad)) return NULL;
     PyArrayObject *z = NULL, *lab = NULL, *gz = NULL;
     PyObject *ret = NULL;
     z = as_f32(oz, fn, "logits", 2, "(N, K)");
@@ -1233,12 +1258,13 @@ static PyObject *core_sgd_step(PyObject *m, PyObject *args, PyObject *kw) {
                              "weight_decay", "nesterov", "dampening", "first_step", "segments",
                              NULL};
     const char *fn = "sgd_step";
-    PyObject *op, *og, *ob, *osegs = Py_None;
-    double lr, momentum = 0.9, weight_decay = 0.0, dampening = 0.0;
+    PyObject *op, *og, *ob, *osegs = Py_None, *olr, *omom = NULL, *owd = NULL, *odamp = NULL;
+    double lr = 0.0, momentum = 0.9, weight_decay = 0.0, dampening = 0.0;
     int nesterov = 0, first = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|ddpdpO", kwlist, &op, &og, &ob, &lr,
-                                     &momentum, &weight_decay, &nesterov, &dampening, &first,
-                                     &osegs))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOpOpO", kwlist, &op, &og, &ob, &olr,
+                                     &omom, &owd, &nesterov, &odamp, &first, &osegs) ||
+        f64_arg(olr, fn, "lr", &lr) || f64_arg(omom, fn, "momentum", &momentum) ||
+        f64_arg(owd, fn, "weight_decay", &weight_decay) || f64_arg(odamp, fn, "dampening", &dampening))
         return NULL;
     PyArrayObject *p = NULL, *g = NULL, *buf = NULL;
     sal_sgd_segment *segs = NULL;
@@ -1346,11 +1372,10 @@ static int parse_shape4(PyObject *obj, const char *fn, const char *arg, npy_intp
     }
     for (int i = 0; i < 4; i++) {
         PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        long long v = PyLong_AsLongLong(item);
-        if (v == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s: %s[%d] must be an int, got %.100s", fn, arg, i,
-                         Py_TYPE(item)->tp_name);
+        long long v = 0;
+        char name[64];
+        snprintf(name, sizeof name, "%s[%d]", arg, i);
+        if (i64_arg(item, fn, name, &v)) {
             Py_DECREF(seq);
             return -1;
         }
@@ -1362,6 +1387,16 @@ static int parse_shape4(PyObject *obj, const char *fn, const char *arg, npy_intp
         out[i] = (npy_intp)v;
     }
     Py_DECREF(seq);
+    /* the float32 array of that shape must be addressable: N*C*H*W*4 < 2**63 */
+    long long total = 1;
+    for (int i = 0; i < 4; i++)
+        if (__builtin_mul_overflow(total, (long long)out[i], &total) ||
+            total > (long long)(NPY_MAX_INTP / (npy_intp)sizeof(double))) {
+            PyErr_Format(PyExc_ValueError, "%s: %s=(%lld, %lld, %lld, %lld): N*C*H*W overflows "
+                         "(sizes too large)", fn, arg, (long long)out[0], (long long)out[1],
+                         (long long)out[2], (long long)out[3]);
+            return -1;
+        }
     return 0;
 }
 
@@ -1381,9 +1416,11 @@ static int require_grad_y(PyArrayObject *gy, sal_act y, const char *fn, const ch
 static PyObject *core_shift(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"x", "offsets", "stride", NULL};
     const char *fn = "shift";
-    PyObject *ox, *ooff;
+    PyObject *ox, *ooff, *ostride = NULL;
     long long stride = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|L", kwlist, &ox, &ooff, &stride)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &ox, &ooff, &ostride) ||
+        i64_arg(ostride, fn, "stride", &stride))
+        return NULL;
     PyArrayObject *x = NULL, *off = NULL, *y = NULL;
     PyObject *ret = NULL;
     if (check_int_arg(stride, 1, fn, "stride")) goto done;
@@ -1414,9 +1451,10 @@ done:
 static PyObject *core_shift_backward(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"grad_y", "offsets", "input_shape", "stride", NULL};
     const char *fn = "shift_backward";
-    PyObject *ogy, *ooff, *oshape;
+    PyObject *ogy, *ooff, *oshape, *ostride = NULL;
     long long stride = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|L", kwlist, &ogy, &ooff, &oshape, &stride))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O", kwlist, &ogy, &ooff, &oshape, &ostride) ||
+        i64_arg(ostride, fn, "stride", &stride))
         return NULL;
     PyArrayObject *gy = NULL, *off = NULL, *gx = NULL;
     PyObject *ret = NULL;
@@ -1448,9 +1486,14 @@ done:
 }
 
 static PyObject *core_default_shift_offsets(PyObject *m, PyObject *arg) {
-    long long c = PyLong_AsLongLong(arg);
-    if (c == -1 && PyErr_Occurred()) return NULL;
+    long long c = 0;
+    if (i64_arg(arg, "default_shift_offsets", "C", &c)) return NULL;
     if (check_int_arg(c, 1, "default_shift_offsets", "C")) return NULL;
+    if (c > (long long)(NPY_MAX_INTP / 8)) {
+        PyErr_Format(PyExc_ValueError, "default_shift_offsets: C=%lld: too large (C*2 int32 "
+                     "values overflow the address space)", c);
+        return NULL;
+    }
     npy_intp dims[2] = {(npy_intp)c, 2};
     PyArrayObject *off = new_empty(2, dims, NPY_INT32);
     if (!off) return NULL;
@@ -1512,9 +1555,11 @@ static int ashift_args_parse(PyObject *m, ashift_args *a, const char *fn, int ty
 static PyObject *ashift_forward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                                 const char *fn) {
     static char *kwlist[] = {"x", "offsets", "stride", NULL};
-    PyObject *ox, *ooff;
+    PyObject *ox, *ooff, *ostride = NULL;
     long long stride = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|L", kwlist, &ox, &ooff, &stride)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|O", kwlist, &ox, &ooff, &ostride) ||
+        i64_arg(ostride, fn, "stride", &stride))
+        return NULL;
     ashift_args a;
     PyArrayObject *y = NULL;
     PyObject *ret = NULL;
@@ -1541,9 +1586,10 @@ done:
 static PyObject *ashift_backward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                                  const char *fn) {
     static char *kwlist[] = {"x", "offsets", "grad_y", "stride", NULL};
-    PyObject *ox, *ooff, *ogy;
+    PyObject *ox, *ooff, *ogy, *ostride = NULL;
     long long stride = 1;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|L", kwlist, &ox, &ooff, &ogy, &stride))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|O", kwlist, &ox, &ooff, &ogy, &ostride) ||
+        i64_arg(ostride, fn, "stride", &stride))
         return NULL;
     ashift_args a;
     PyArrayObject *gx = NULL, *goff = NULL;
@@ -1670,12 +1716,14 @@ static int sal_args_parse(PyObject *m, sal_args *a, const char *fn, int typenum,
 static PyObject *sal_forward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                              const char *fn) {
     static char *kwlist[] = {"x", "w", "logits", "beta", "stride", "padding", "hard", NULL};
-    PyObject *ox, *ow, *oa;
-    double beta;
+    PyObject *ox, *ow, *oa, *obeta, *ostride = NULL, *opadding = NULL;
+    double beta = 0.0;
     long long stride = 1, padding = 1;
     int hard = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOd|LLp", kwlist, &ox, &ow, &oa, &beta, &stride,
-                                     &padding, &hard))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOp", kwlist, &ox, &ow, &oa, &obeta, &ostride,
+                                     &opadding, &hard) ||
+        f64_arg(obeta, fn, "beta", &beta) || i64_arg(ostride, fn, "stride", &stride) ||
+        i64_arg(opadding, fn, "padding", &padding))
         return NULL;
     sal_args a;
     PyArrayObject *y = NULL;
@@ -1714,12 +1762,14 @@ static PyObject *sal_backward(PyObject *m, PyObject *args, PyObject *kw, int typ
                               const char *fn) {
     static char *kwlist[] = {"x",      "w",       "logits", "beta", "grad_y",
                              "stride", "padding", "hard",   NULL};
-    PyObject *ox, *ow, *oa, *ogy;
-    double beta;
+    PyObject *ox, *ow, *oa, *obeta, *ogy, *ostride = NULL, *opadding = NULL;
+    double beta = 0.0;
     long long stride = 1, padding = 1;
     int hard = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOdO|LLp", kwlist, &ox, &ow, &oa, &beta, &ogy,
-                                     &stride, &padding, &hard))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OOp", kwlist, &ox, &ow, &oa, &obeta, &ogy,
+                                     &ostride, &opadding, &hard) ||
+        f64_arg(obeta, fn, "beta", &beta) || i64_arg(ostride, fn, "stride", &stride) ||
+        i64_arg(opadding, fn, "padding", &padding))
         return NULL;
     sal_args a;
     PyArrayObject *gx = NULL, *gw = NULL, *ga = NULL;
@@ -1774,10 +1824,12 @@ static PyObject *core_ref_sal_conv2d_backward_f64(PyObject *m, PyObject *args, P
 static PyObject *sal_probs_impl(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                                 const char *fn) {
     static char *kwlist[] = {"logits", "beta", "hard", NULL};
-    PyObject *oa;
-    double beta;
+    PyObject *oa, *obeta;
+    double beta = 0.0;
     int hard = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "Od|p", kwlist, &oa, &beta, &hard)) return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|p", kwlist, &oa, &obeta, &hard) ||
+        f64_arg(obeta, fn, "beta", &beta))
+        return NULL;
     if (check_beta(beta, fn)) return NULL;
     PyArrayObject *a = as_real(oa, typenum, fn, "logits", -1, "(..., 9)"), *p = NULL;
     if (!a) return NULL;
@@ -1894,11 +1946,12 @@ done:
 static PyObject *core_net_forward(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"net", "params", "buffers", "x", "train", "hard", "beta", NULL};
     const char *fn = "forward";
-    PyObject *cap, *oparams, *obufs, *ox;
+    PyObject *cap, *oparams, *obufs, *ox, *obeta = NULL;
     int train = 0, hard = 0;
     double beta = 1.0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|ppd", kwlist, &cap, &oparams, &obufs, &ox,
-                                     &train, &hard, &beta))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|ppO", kwlist, &cap, &oparams, &obufs, &ox,
+                                     &train, &hard, &obeta) ||
+        f64_arg(obeta, fn, "beta", &beta))
         return NULL;
     sal_net *net = net_from_capsule(cap, fn);
     PyArrayObject *params, *bufs, *x = NULL, *y = NULL;
@@ -1990,10 +2043,11 @@ done:
 static PyObject *core_net_count(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"net", "params", "beta", "inference", NULL};
     const char *fn = "count";
-    PyObject *cap, *oparams;
+    PyObject *cap, *oparams, *obeta = NULL;
     double beta = 1.0;
     int inference = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|dp", kwlist, &cap, &oparams, &beta, &inference))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Op", kwlist, &cap, &oparams, &obeta, &inference) ||
+        f64_arg(obeta, fn, "beta", &beta))
         return NULL;
     sal_net *net = net_from_capsule(cap, fn);
     PyArrayObject *params;

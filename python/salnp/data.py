@@ -165,14 +165,18 @@ class Dataset:
             x = images.reshape(images.shape[0], C, -1).astype(np.float64) / 255.0
             mean = x.mean(axis=(0, 2)) if mean is None else mean
             std = x.std(axis=(0, 2)) if std is None else std
-        mean = np.array(mean, dtype=np.float32).reshape(-1)
-        std = np.array(std, dtype=np.float32).reshape(-1)
+        try:
+            mean = np.array(mean, dtype=np.float32).reshape(-1)
+            std = np.array(std, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"Dataset: mean and std must be sequences of numbers, got mean "
+                             f"{mean!r} std {std!r}") from None
         if mean.shape != (C,) or std.shape != (C,) or not np.all(std > 0) \
                 or not np.all(np.isfinite(mean)) or not np.all(np.isfinite(std)):
             raise ValueError(f"Dataset: mean and std must be finite, with C={C} values each and "
                              f"std > 0, got mean {mean.tolist()} std {std.tolist()}")
-        if int(pad) < 0:
-            raise ValueError(f"Dataset: pad={pad}: must be >= 0")
+        if not isinstance(pad, (int, np.integer)) or isinstance(pad, bool) or not 0 <= pad <= 1024:
+            raise ValueError(f"Dataset: pad={pad!r}: must be an integer in [0, 1024] (libsal's limit)")
         self.images = images
         self.labels = labels
         self.classes = tuple(classes)

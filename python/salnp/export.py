@@ -223,7 +223,10 @@ def export(net, beta=None) -> InferenceNet:
     if not isinstance(net, ResNet):
         raise TypeError(f"export: net must be a salnp network (salnp.models.ResNet), "
                         f"got {type(net).__name__}")
-    beta = float(net.beta if beta is None else beta)
+    b = net.beta if beta is None else beta
+    if isinstance(b, (str, bytes, complex, np.complexfloating)) or np.ndim(b) != 0:
+        raise TypeError(f"export: beta={b!r}: must be a real number")
+    beta = float(b)
     if not np.isfinite(beta) or beta < 0:
         raise ValueError(f"export: beta={beta!r}: must be finite and >= 0")
     cin = net.config["in_channels"]

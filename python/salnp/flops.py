@@ -142,6 +142,8 @@ def _rows(ints, params, names, types):
 
 
 def _check_shape(input_shape, in_channels, fn="count"):
+    if input_shape is None:
+        input_shape = (in_channels, 32, 32)
     try:
         shape = tuple(int(v) for v in input_shape)
         ok = len(shape) == 3 and all(int(v) == v for v in input_shape)
@@ -149,8 +151,9 @@ def _check_shape(input_shape, in_channels, fn="count"):
         ok = False
     if not ok:
         raise ValueError(f"{fn}: input_shape={input_shape!r}: must be (C, H, W) of integers")
-    if shape[0] != in_channels or shape[1] < 1 or shape[2] < 1:
-        raise ValueError(f"{fn}: input_shape={shape}: must be (C={in_channels}, H >= 1, W >= 1) "
+    if shape[0] != in_channels or not 1 <= shape[1] <= 2**24 or not 1 <= shape[2] <= 2**24:
+        raise ValueError(f"{fn}: input_shape={shape}: must be (C={in_channels}, H, W) with H, W "
+                         f"in [1, 2**24] "
                          f"for this network (in_channels={in_channels})")
     return shape
 

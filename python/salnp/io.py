@@ -21,9 +21,34 @@ FORMAT = 1
 __all__ = ["save", "load", "save_npz_atomic", "read_npz", "FORMAT"]
 
 
+def _fspath(path, fn):
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{fn}: path must be a str or os.PathLike, got {type(path).__name__}") from None
+
+
+def _check_model_config(path, cfg, arrays):
+    """The config must describe the arrays in the file (so a foreign or edited file cannot
+    make load build a network far larger than the file: width, depth, classes, channels
+    are checked against the stored stem, head and block count)."""
+    try:
+        w = arrays["conv1.weight"].shape
+        lin = arrays["linear.weight"].shape
+        blocks = {k.split(".")[1] for k in arrays if k.startswith("layer1.")}
+        depth = int(cfg["depth"])
+        ok = (w == (int(cfg["width"]), int(cfg["in_channels"]), 3, 3)
+              and lin == (int(cfg["num_classes"]), 4 * int(cfg["width"]))
+              and len(blocks) * 6 + 2 == depth)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{path}: model config {cfg} does not match the arrays in the file")
+
+
 def save_npz_atomic(path, arrays: dict, kind: str, config: dict) -> None:
     """Write arrays + metadata to path atomically (tmp file, fsync, rename, fsync dir)."""
-    path = os.fspath(path)
+    path = _fspath(path, "save")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     payload = {k: np.array(v, order="C") for k, v in arrays.items()}
@@ -55,7 +80,7 @@ def save_npz_atomic(path, arrays: dict, kind: str, config: dict) -> None:
 
 def read_npz(path, kind: str | None = None):
     """(arrays, config, kind) from a salnp .npz; ValueError naming the file otherwise."""
-    path = os.fspath(path)
+    path = _fspath(path, "load")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
@@ -80,6 +105,11 @@ def read_npz(path, kind: str | None = None):
 
 def save(net, path) -> None:
     """Save a network (parameters, buffers, config) to path (.npz)."""
+    from .models import ResNet
+
+    if not isinstance(net, ResNet):
+        raise TypeError(f"save: net must be a salnp network (salnp.models.ResNet), got "
+                        f"{type(net).__name__}")
     save_npz_atomic(path, net.state_dict(), "network", {"model": net.config})
 
 
@@ -93,9 +123,10 @@ def load(path):
     model_cfg = config.get("model")
     if not isinstance(model_cfg, dict):
         raise ValueError(f"{path}: no model config")
+    _check_model_config(path, model_cfg, arrays)
     try:
         net = resnet(**model_cfg)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: model config {model_cfg} not understood ({e})") from None
     state = {k: v for k, v in arrays.items() if not k.startswith("optim.") and not k.startswith("train.")}
     try:

@@ -291,11 +291,16 @@ class ResNet(Module):
             raise ValueError(f"resnet: layer={layer!r}: must be 'cl', 'sal', 'sl' or 'asl'")
         if not isinstance(depth, (int, np.integer)) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"resnet: depth={depth!r}: must be 6n+2 (20, 32, 44, 56, 110)")
+        # upper bounds keep every size product far from int64 overflow; a network near
+        # them does not fit in memory anyway (MemoryError when the arena is allocated)
         for name, v in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)):
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"resnet: {name}={v!r}: must be an integer >= 1")
-        if not (isinstance(expansion, (int, float, np.integer, np.floating)) and expansion > 0):
-            raise ValueError(f"resnet: expansion={expansion!r}: must be > 0")
+            if not isinstance(v, (int, np.integer)) or not 1 <= v <= 2**24:
+                raise ValueError(f"resnet: {name}={v!r}: must be an integer in [1, 2**24]")
+        if not (isinstance(expansion, (int, float, np.integer, np.floating))
+                and 0 < expansion <= 2**10):
+            raise ValueError(f"resnet: expansion={expansion!r}: must be a number in (0, 1024]")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"resnet: seed={seed!r}: must be an integer >= 0")
         if shared and layer != "sal":
             raise ValueError("resnet: shared=True applies to layer='sal' only")
         self.config = dict(depth=int(depth), width=int(width), layer=layer, shared=bool(shared),
@@ -378,7 +383,9 @@ class ResNet(Module):
         """Accumulate parameter gradients (into the grad arena) for the last forward."""
         if getattr(self, "_last", None) is None:
             raise RuntimeError("backward: call forward(x, train=True) first")
-        _core.net_backward(self._last, self.arena.params, self.arena.grads, np.ascontiguousarray(grad_logits, np.float32))
+        # no np.ascontiguousarray here: _core converts and checks (a complex or string
+        # grad_logits must be refused with the argument named, not cast silently)
+        _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
 
     def zero_grad(self):
         self.arena.zero_grad()

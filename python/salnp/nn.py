@@ -127,6 +127,11 @@ class Module:
 
     def load_state_dict(self, state, strict: bool = True):
         """Copy arrays into the arena in place; shapes must match, names too when strict."""
+        from collections.abc import Mapping
+
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: state must be a mapping of names to arrays, got "
+                            f"{type(state).__name__}")
         own = OrderedDict(self.named_parameters())
         own.update(self.named_buffers())
         missing = [k for k in own if k not in state]

@@ -163,6 +163,33 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     checkpoint) and a True result stops training there.  A NaN/inf loss raises FloatingPointError naming the
     step, after saving the last good epoch; Ctrl-C returns the history so far (the
     checkpoint of the last finished epoch stays resumable)."""
+    from .data import Dataset
+    from .models import ResNet
+
+    if not isinstance(net, ResNet):
+        raise TypeError(f"fit: net must be a salnp network (salnp.models.ResNet), got "
+                        f"{type(net).__name__}")
+    if not isinstance(train, Dataset):
+        raise TypeError(f"fit: train must be a salnp.data.Dataset, got {type(train).__name__}")
+    if test is not None and not isinstance(test, Dataset):
+        raise TypeError(f"fit: test must be a salnp.data.Dataset or None, got {type(test).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit: callback must be callable or None, got {type(callback).__name__}")
+    for name, p in (("checkpoint", checkpoint), ("resume", resume)):
+        if p is not None:
+            try:
+                p = os.fspath(p)
+            except TypeError:
+                raise TypeError(f"fit: {name} must be a path or None, got {type(p).__name__}") from None
+            if os.path.isdir(p):
+                raise ValueError(f"fit: {name}={p!r} is a directory, not a file path")
+    if resume is not None and not os.path.exists(resume):
+        raise FileNotFoundError(f"fit: resume={os.fspath(resume)!r}: no such file")
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or isinstance(threads, bool)
+                                or not 1 <= threads <= 1024):
+        raise ValueError(f"fit: threads={threads!r}: must be an integer in [1, 1024] or None")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        raise ValueError(f"fit: seed={seed!r}: must be an integer in [0, 2**64)")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs={epochs!r}: must be an integer >= 1")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -175,7 +202,14 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     if train.num_classes > net.config["num_classes"]:
         raise ValueError(f"fit: train has {train.num_classes} classes, the network "
                          f"{net.config['num_classes']} outputs")
-    b0, b1 = (float(beta[0]), float(beta[1])) if isinstance(beta, (tuple, list)) else (float(beta),) * 2
+    try:
+        bb = tuple(beta) if isinstance(beta, (tuple, list, np.ndarray)) else (beta, beta)
+        if len(bb) != 2 or any(isinstance(v, (str, bytes, complex)) for v in bb):
+            raise TypeError
+        b0, b1 = float(bb[0]), float(bb[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"fit: beta={beta!r}: must be a number or a pair (start, end) of "
+                         f"numbers") from None
     if not (math.isfinite(b0) and math.isfinite(b1) and b0 >= 0 and b1 >= 0):
         raise ValueError(f"fit: beta={beta!r}: must be finite and >= 0")
     if threads is not None:
@@ -214,13 +248,28 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                        disable=not progress, leave=False) if tqdm else batches
             for x, y in bar:
                 y32 = y.astype(np.int32)
-                logits = net.forward(x, train=True)
-                loss = ops.cross_entropy(logits, y32)
+                try:
+                    logits = net.forward(x, train=True)
+                except ValueError as e:
+                    # libsal refuses non-finite SAL logits (softmax of NaN): a diverged
+                    # step, reported like a NaN loss rather than as a bad argument
+                    if np.all(np.isfinite(net.arena.params)):
+                        raise
+                    logits, loss, cause = None, float("nan"), f" (parameters non-finite: {e})"
+                else:
+                    loss, cause = ops.cross_entropy(logits, y32), ""
                 if not math.isfinite(loss):
+                    if checkpoint is not None and epoch > start_epoch:
+                        where = f"the last good state is the checkpoint of epoch {epoch} ({checkpoint})"
+                    elif resume is not None:
+                        where = f"the last good state is the checkpoint resumed from ({resume})"
+                    elif checkpoint is not None:
+                        where = "no checkpoint was written yet (the first epoch failed)"
+                    else:
+                        where = "no checkpoint was requested (checkpoint=None)"
                     raise FloatingPointError(
-                        f"fit: loss is {loss} at epoch {epoch + 1}, step {opt.steps + 1}; "
-                        f"the last good state is the checkpoint of epoch {epoch}"
-                        + (f" ({checkpoint})" if checkpoint else ""))
+                        f"fit: loss is {loss} at epoch {epoch + 1}, step {opt.steps + 1}{cause}; "
+                        f"{where}")
                 net.zero_grad()
                 net.backward(ops.cross_entropy_backward(logits, y32))
                 opt.step(lr_e)

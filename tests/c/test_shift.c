@@ -166,6 +166,12 @@ int main(void) {
             sal_case(2, 3, 7, 5, 4, 1, 0, 0, betas[b], lay);
             sal_case(2, 5, 6, 9, 3, 2, 1, 0, betas[b], lay);
         }
+        /* strides near 2^63 (one output pixel): index arithmetic must not overflow
+         * (found by scripts/asan-pytest.sh: sal_valid_range and the ASL clamp did) */
+        shift_case(2, 5, 4, 3, INT64_MAX, 3, lay);
+        shift_case(1, 3, 5, 5, (int64_t)1 << 62, 7, lay);
+        ashift_case(2, 3, 4, 5, INT64_MAX, 3.0f, lay);
+        ashift_case(1, 2, 6, 3, (int64_t)1 << 62, 2.5f, lay);
         sal_case(1, 1, 1, 1, 1, 1, 0, 0, 20.0, lay);
         sal_case(3, 4, 5, 5, 6, 1, 0, 1, 70.0, lay);
         sal_case(2, 4, 5, 5, 6, 2, 1, 1, 1000.0, lay);

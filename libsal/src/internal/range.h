@@ -10,7 +10,7 @@ static inline void sal_valid_range(int64_t off, int64_t S, int64_t H, int64_t Yo
                                    int64_t *hi) {
     const int64_t a = -off;          /* need S*Y >= a */
     const int64_t b = H - 1 - off;   /* need S*Y <= b */
-    *lo = a <= 0 ? 0 : (a + S - 1) / S;
+    *lo = a <= 0 ? 0 : (a - 1) / S + 1;   /* ceil(a / S); a + S - 1 overflowed for S near 2^63 */
     *hi = b < 0 ? 0 : b / S + 1;
     if (*hi > Yo) *hi = Yo;
     if (*lo > *hi) *lo = *hi;
