@@ -30,6 +30,14 @@ def _one_thread():
     salnp.set_num_threads(1)   # no OpenMP fork/join per tiny call (conftest restores)
 
 
+def _trim():
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
@@ -109,6 +117,7 @@ def _leak_check(fn, args, kwargs, n=N_CALLS, warm=300):
     for _ in range(warm):
         call()
     gc.collect()
+    _trim()   # hand free heap back to the OS, so that a leak needs fresh pages
     refs0 = [sys.getrefcount(a) for a in inputs]
     r0 = rss()
     for _ in range(n):
