@@ -2,8 +2,9 @@
 reference counts of the inputs and the process RSS flat; so do repeated network
 forward/backward, count and export.
 
-RSS is read from /proc/self/statm after a warm-up; the slack (RSS_SLACK_MB, default 3 MiB)
-absorbs allocator noise.  A leak of one output array per call (>= 600 bytes here) would
+RSS is read from /proc/self/statm and the C heap in use from glibc's mallinfo2 (RSS alone
+misses a leak that reuses memory freed by earlier tests), after a warm-up; the larger
+growth must stay under the slack (RSS_SLACK_MB, default 3 MiB) for allocator noise.  A leak of one output array per call (>= 600 bytes here) would
 grow RSS by >= 6 MiB over 10,000 calls.  About 20-30 s in all.
 """
 from __future__ import annotations
@@ -30,12 +31,32 @@ def _one_thread():
     salnp.set_num_threads(1)   # no OpenMP fork/join per tiny call (conftest restores)
 
 
-def _trim():
+class _Mallinfo2(__import__("ctypes").Structure):
+    _fields_ = [(n, __import__("ctypes").c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                 "uordblks", "fordblks", "keepcost")]
+
+
+def _mallinfo():
+    import ctypes
     try:
-        import ctypes
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        f = ctypes.CDLL(None).mallinfo2
     except (OSError, AttributeError):
-        pass
+        return None
+    f.restype = _Mallinfo2
+    return f
+
+
+_MALLINFO = _mallinfo()
+
+
+def heap():
+    """Bytes in use in the C heap (glibc mallinfo2: uordblks + mmapped blocks), or RSS.
+    Unlike RSS it does not hide a leak that reuses memory freed by earlier tests."""
+    if _MALLINFO is None:
+        return rss()
+    m = _MALLINFO()
+    return m.uordblks + m.hblkhd
 
 
 def rss():
@@ -117,15 +138,15 @@ def _leak_check(fn, args, kwargs, n=N_CALLS, warm=300):
     for _ in range(warm):
         call()
     gc.collect()
-    _trim()   # hand free heap back to the OS, so that a leak needs fresh pages
     refs0 = [sys.getrefcount(a) for a in inputs]
-    r0 = rss()
+    r0, h0 = rss(), heap()
     for _ in range(n):
         call()
     gc.collect()
-    r1 = rss()
+    r1, h1 = rss(), heap()
     refs1 = [sys.getrefcount(a) for a in inputs]
-    return refs0, refs1, r1 - r0
+    # the larger of the two growths: RSS (what the OS sees) and the heap in use (precise)
+    return refs0, refs1, max(r1 - r0, h1 - h0)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
@@ -133,8 +154,8 @@ def test_op_refcounts_and_rss_flat(case):
     name, fn, args, kwargs = case
     refs0, refs1, grew = _leak_check(fn, args, kwargs)
     assert refs0 == refs1, f"{name}: input refcounts {refs0} -> {refs1} after {N_CALLS} calls"
-    assert grew <= SLACK, f"{name}: RSS grew {grew / 2**20:.2f} MiB over {N_CALLS} calls"
-    print(f"{name}: {N_CALLS} calls, RSS {grew / 2**10:+.0f} KiB, refcounts flat")
+    assert grew <= SLACK, f"{name}: memory grew {grew / 2**20:.2f} MiB over {N_CALLS} calls"
+    print(f"{name}: {N_CALLS} calls, RSS/heap {grew / 2**10:+.0f} KiB, refcounts flat")
 
 
 def test_network_forward_backward_count_export_flat():
