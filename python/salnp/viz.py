@@ -262,7 +262,8 @@ def shift_histogram(net, ax=None, style="heatmap", normalize=True, hard=True, cm
         ax.set_yticks(y, short, fontsize=6)
         ax.invert_yaxis()
         ax.set_xlabel(unit)
-        ax.legend(fontsize=6, ncol=2, title="(dy, dx)", title_fontsize=6, loc="lower right")
+        ax.legend(fontsize=6, title="(dy, dx)", title_fontsize=6, loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     what = {"sal": f"SAL binarised choices (beta={net.beta:.3g})" if hard
             else f"SAL mean attention (beta={net.beta:.3g})", "sl": "SL fixed assignment"}[kind]
     ax.set_title(f"shift directions per layer: {what}", fontsize=9)
