@@ -267,3 +267,18 @@ def test_fit_prune_arguments():
             salnp.fit(net, train, epochs=3, progress=False, **kw)
     with pytest.raises(ValueError, match="SAL"):
         salnp.fit(salnp.models.resnet(8, 4, "cl"), train, epochs=3, prune_epochs=[1], progress=False)
+
+
+def test_cli_prune_epochs(tmp_path, capsys):
+    if not os.path.isdir(CIFAR):
+        pytest.skip(f"CIFAR-10 subset not found at {CIFAR}")
+    from salnp.__main__ import main
+    assert main(["train", "--data", "cifar10", "--root", CIFAR, "--depth", "8", "--width", "4",
+                 "--epochs", "2", "--subset", "64", "--test-subset", "32", "--beta0", "10",
+                 "--beta1", "10", "--prune-epochs", "1,2", "--prune-keep", "3,1", "--threads", "1",
+                 "--no-progress", "--out", str(tmp_path)]) == 0
+    import json
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert [h["attn_allowed"] for h in hist] == [3.0, 1.0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["test_acc"] == summary["test_acc_hard"]
