@@ -13,7 +13,8 @@
  *   dL/dw_q = p_q g_q,   u_q = w_q g_q (shared: sum over o),
  *   v_q = p_q (u_q - sum_k p_k u_k),
  *   dL/da_i = (beta/s) [v_i - (sum_j v_j a_j) (a_i - abar) / ((n-1) s^2)].
- * s = 0 (p is constant there) and hard mode (a step function) give dL/da = 0.
+ * s = 0 (p is constant there), two allowed positions under a mask (p depends on the
+ * sign of a1 - a2 only) and hard mode (a step function) give dL/da = 0.
  * The attention arithmetic runs in double per slice.
  *
  * Scratch (floats): [conv scratch | p (L,9) | W_eff (O,C,9) | g (O,C,9)], L = O*C or C. */
@@ -205,7 +206,10 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
         double mean;
         int n;
         const double s = slice_std(ar, mr, &mean, &n);
-        if (s == 0.0) continue;                     /* uniform or one position: constant */
+        /* s = 0: uniform or one position, constant.  n = 2: z1 - z2 = +-beta*sqrt(2)
+         * whatever a is (only the sign of a1 - a2 matters), so dL/da = 0 exactly; the
+         * formula would cancel to float32 rounding of p amplified by beta/s instead */
+        if (s == 0.0 || n == 2) continue;
         double u[SAL_KK] = {0}, pu = 0.0, va = 0.0, v[SAL_KK];
         for (int64_t k = 0; k < ostep; k++) {
             /* unshared: slice i = (o, c); shared: slice i = c, summed over o */

@@ -64,7 +64,9 @@ typedef struct {
  * s = sqrt(sum_{q in S} (a_q - mean_S)^2 / (n - 1)), p = softmax over S of beta*a/s,
  * p_q = 0 outside S (so W_eff is 0 there and w, a get no loss gradient there).  n = 1:
  * p = 1 at the one allowed position (s is undefined; the slice is a fixed shift).
- * s = 0 or beta = 0: uniform 1/n over S.  Hard mode thresholds this p.  The std over S
+ * s = 0 or beta = 0: uniform 1/n over S.  n = 2: the normalised logits are always
+ * +-1/sqrt(2) apart, p depends only on which of the two is larger and dL/da = 0 (the
+ * backward sets it so exactly).  Hard mode thresholds this p.  The std over S
  * (not over all 9) keeps a slice with fewer positions a SAL slice of smaller support:
  * the pruned (lowest) logits no longer inflate s and cool the softmax.  An all-ones mask
  * computes bit for bit what mask = NULL computes.  Mask values must be exactly 0 or 1. */
