@@ -217,7 +217,7 @@ def test_stepwise_fit_end_to_end(shared, tmp_path):
     train, test = _cifar(True, 64), _cifar(False, 40)
     net = salnp.models.resnet(8, 4, "sal", shared=shared, seed=3)
     hist = salnp.fit(net, train, test, epochs=4, batch_size=32, lr=0.05, beta=(5.0, 5.0),
-                     prune_epochs=[1, 2, 3, 4], progress=False)
+                     prune_epochs=[1, 2, 3, 4], progress=False, threads=1)
     assert [round(h["attn_allowed"], 6) for h in hist] == [5, 3, 2, 1]
     assert hist[-1]["attn_maxp"] == 1.0 and hist[-1]["attn_onehot"] == 1.0
     assert hist[-1]["test_acc"] == hist[-1]["test_acc_hard"]
