@@ -15,16 +15,33 @@ def relu(x):
     return F.relu(x)
 
 
+def sal_probs(a, beta, mask=None):
+    """SAL attention in torch: softmax(beta a / std(a)) over the last axis; with a 0/1
+    mask, mean, unbiased std and softmax over the allowed positions only, p = 0 elsewhere,
+    and p = 1 at the single position of a slice with one allowed position."""
+    if mask is None or bool((mask != 0).all()):
+        return torch.softmax(beta * a / a.std(-1, keepdim=True), -1)
+    m = mask != 0
+    n = m.sum(-1, keepdim=True).to(a.dtype)
+    mean = (a * m).sum(-1, keepdim=True) / n
+    var = (((a - mean) * m) ** 2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
+    one = n == 1
+    s = torch.where(one, torch.ones_like(var), var).sqrt()
+    z = (beta * a / s).masked_fill(~m, float("-inf"))
+    p = torch.softmax(z, -1)
+    return torch.where(one, m.to(a.dtype), p)
+
+
 class SALConv(tnn.Module):
     def __init__(self, cin, cout, stride, shared, beta_ref):
         super().__init__()
         self.weight = tnn.Parameter(torch.zeros(cout, cin, 3, 3))
         self.logits = tnn.Parameter(torch.zeros(1 if shared else cout, cin, 9))
+        self.register_buffer("mask", torch.ones(1 if shared else cout, cin, 9))
         self.stride, self.beta_ref = stride, beta_ref
 
     def forward(self, x):
-        a = self.logits
-        p = torch.softmax(self.beta_ref[0] * a / a.std(-1, keepdim=True), -1)
+        p = sal_probs(self.logits, self.beta_ref[0], self.mask)
         w = self.weight * p.reshape(p.shape[0], p.shape[1], 3, 3)
         return F.conv2d(x, w, stride=self.stride, padding=1)
 

@@ -11,12 +11,14 @@
 
 static const char *FN = "sal_net_count";
 
-/* kept slices of a binarised SAL layer: rows of a (L, 9) with some p > 0.5 */
-static sal_status sal_kept(const float *a, int64_t l, double beta, int64_t *kept) {
+/* kept slices of a binarised SAL layer: rows of a (L, 9) (mask m: allowed positions,
+ * NULL: all) with some p > 0.5 */
+static sal_status sal_kept(const float *a, const float *m, int64_t l, double beta,
+                           int64_t *kept) {
     float p[9];
     *kept = 0;
     for (int64_t i = 0; i < l; i++) {
-        SAL_TRY(sal_attn_probs(p, a + 9 * i, 1, beta, 1));
+        SAL_TRY(sal_attn_probs_masked(p, a + 9 * i, m ? m + 9 * i : NULL, 1, beta, 1));
         int any = 0;
         for (int q = 0; q < 9; q++) any |= p[q] > 0.5f;
         *kept += any;
@@ -24,8 +26,8 @@ static sal_status sal_kept(const float *a, int64_t l, double beta, int64_t *kept
     return SAL_OK;
 }
 
-sal_status sal_net_count(const sal_net *net, const float *params, double beta,
-                         sal_count_mode mode, sal_count_row *rows) {
+sal_status sal_net_count(const sal_net *net, const float *params, const float *buffers,
+                         double beta, sal_count_mode mode, sal_count_row *rows) {
     SAL_REQUIRE(net && rows, FN, "net and rows must not be NULL");
     SAL_REQUIRE(mode == SAL_COUNT_TRAIN || mode == SAL_COUNT_INFER, FN,
                 "mode=%d: must be SAL_COUNT_TRAIN or SAL_COUNT_INFER", (int)mode);
@@ -62,7 +64,10 @@ sal_status sal_net_count(const sal_net *net, const float *params, double beta,
                 r->macs = op->o * C * 9 * HWo;
                 break;
             }
-            SAL_TRY(sal_kept(params + op->p1, L, beta, &r->kept));
+            SAL_REQUIRE(op->b0 < 0 || buffers != NULL, FN,
+                        "buffers=NULL: op %lld has a SAL mask in the buffer arena", (long long)i);
+            SAL_TRY(sal_kept(params + op->p1, op->b0 >= 0 ? buffers + op->b0 : NULL, L, beta,
+                             &r->kept));
             if (op->shared) {
                 r->params = (double)(r->kept * op->o) + (double)r->kept * 4.0 / 32.0;
                 r->macs = r->kept * op->o * HWo;

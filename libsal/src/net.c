@@ -19,6 +19,7 @@ struct sal_net {
     int64_t n;          /* batch size of the last forward (0: none yet) */
     int train, hard;    /* mode of the last forward */
     double beta;
+    const float *buffers;       /* buffer arena of the last forward (SAL masks for backward) */
     float **act, **grad;        /* per buffer, cap * C * H * W floats */
     float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops */
     int64_t *stat_off;          /* per op offset into stats, -1 if none */
@@ -42,9 +43,11 @@ static sal_conv_desc conv_desc(const sal_net *net, const sal_op *op, int64_t n) 
     return (sal_conv_desc){buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad, net->threads};
 }
 
+/* the SAL mask of op (b0 >= 0: buffers[b0 ..]) in the buffer arena of the last forward */
 static sal_sal_desc sal_desc(const sal_net *net, const sal_op *op, int64_t n) {
     return (sal_sal_desc){buf_act(net, op->in, n), op->o, op->stride, op->pad, (int)op->shared,
-                          net->hard, net->beta, net->threads};
+                          net->hard, net->beta,
+                          op->b0 >= 0 && net->buffers ? net->buffers + op->b0 : NULL, net->threads};
 }
 
 /* Checks one op against the buffers and arenas: every index in range, every output shape
@@ -74,6 +77,10 @@ static sal_status check_op(const sal_net *net, int64_t i, const sal_op *op) {
         want[0] = y.c, want[1] = y.h, want[2] = y.w;
         pw = op->o * si[0] * 9;
         pb = (op->shared ? 1 : op->o) * si[0] * 9;
+        SAL_REQUIRE(op->b0 == -1 || (op->b0 >= 0 && op->b0 + pb <= net->nbuffers), FN,
+                    "op %lld: mask at b0=%lld: must be -1 (none) or %lld floats inside the "
+                    "buffer arena (%lld)", (long long)i, (long long)op->b0, (long long)pb,
+                    (long long)net->nbuffers);
         break;
     }
     case SAL_OP_SHIFT:
@@ -273,7 +280,7 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
     SAL_REQUIRE(buffers || net->nbuffers == 0, FN, "buffers=NULL: the net has BN statistics");
     SAL_TRY(reserve(net, n));
     net->n = 0;  /* no valid forward until this one completes */
-    net->train = train != 0, net->hard = hard != 0, net->beta = beta;
+    net->train = train != 0, net->hard = hard != 0, net->beta = beta, net->buffers = buffers;
     to_channel_major(net->act[0], x, n, s0[0], s0[1] * s0[2]);
     for (int64_t i = 0; i < net->nops; i++) {
         const sal_op *op = &net->ops[i];

@@ -3,6 +3,8 @@
  * For every kernel slice (o, c) (shared: every input channel c) with logits a (9):
  *   s = std(a) (unbiased, no mean subtraction), p = softmax(beta * a / s)
  *   (s = 0 or beta = 0: p = 1/9; the max is subtracted before exp), hard: p <- (p > 0.5);
+ *   with a mask (d->mask, stepwise pruning) all of this runs over the allowed positions
+ *   only and p = 0 elsewhere (sal/shift.h, "Masks");
  *   W_eff[o,c,q] = p[o|0, c, q] * w[o,c,q];  y = conv3x3(x, W_eff, stride S, padding 1).
  * The convolution is sal_conv_fwd / sal_conv_bwd (im2col + GEMM); the attention adds
  * O(O*C*9) work next to the O(N*Ho*Wo*O*C*9) of the convolution.
@@ -11,7 +13,8 @@
  *   dL/dw_q = p_q g_q,   u_q = w_q g_q (shared: sum over o),
  *   v_q = p_q (u_q - sum_k p_k u_k),
  *   dL/da_i = (beta/s) [v_i - (sum_j v_j a_j) (a_i - abar) / ((n-1) s^2)].
- * s = 0 (p is constant there) and hard mode (a step function) give dL/da = 0.
+ * s = 0 (p is constant there), two allowed positions under a mask (p depends on the
+ * sign of a1 - a2 only) and hard mode (a step function) give dL/da = 0.
  * The attention arithmetic runs in double per slice.
  *
  * Scratch (floats): [conv scratch | p (L,9) | W_eff (O,C,9) | g (O,C,9)], L = O*C or C. */
@@ -54,30 +57,66 @@ size_t sal_sal_scratch(const sal_sal_desc *d) {
     return sal_conv_scratch(&cd) + (size_t)(sal_slices(d) + 2 * d->o * d->x.c) * SAL_KK;
 }
 
-/* p (9) from a (9); returns s = std(a) (0 when p was set uniform for s = 0) */
-static double probs_row(float *p, const float *a, double beta, int hard) {
+/* mean and unbiased std of a (9) over the allowed positions (m NULL: all 9); *n gets
+ * their number.  n = 1 gives s = 0.  With every position allowed the arithmetic is the
+ * unmasked one, operation for operation. */
+static double slice_std(const float *a, const float *m, double *mean_out, int *n_out) {
     double mean = 0.0, var = 0.0;
-    for (int q = 0; q < SAL_KK; q++) mean += a[q];
-    mean /= SAL_KK;
-    for (int q = 0; q < SAL_KK; q++) var += (a[q] - mean) * (a[q] - mean);
-    const double s = sqrt(var / (SAL_KK - 1));
+    int n = 0;
+    for (int q = 0; q < SAL_KK; q++)
+        if (!m || m[q] != 0.0f) mean += a[q], n++;
+    mean /= n;
+    for (int q = 0; q < SAL_KK; q++)
+        if (!m || m[q] != 0.0f) var += (a[q] - mean) * (a[q] - mean);
+    *mean_out = mean;
+    *n_out = n;
+    return n > 1 ? sqrt(var / (n - 1)) : 0.0;
+}
+
+/* p (9) from a (9) and the mask row m (NULL: all allowed); returns s = std(a) over the
+ * allowed positions (0 when p was set uniform over them) */
+static double probs_row(float *p, const float *a, const float *m, double beta, int hard) {
+    double mean;
+    int n;
+    const double s = slice_std(a, m, &mean, &n);
     double e[SAL_KK], sum = 0.0;
     if (s == 0.0 || beta == 0.0) {
-        for (int q = 0; q < SAL_KK; q++) e[q] = 1.0;
-        sum = SAL_KK;
+        for (int q = 0; q < SAL_KK; q++) e[q] = (!m || m[q] != 0.0f) ? 1.0 : 0.0;
+        sum = n;
     } else {
-        double z[SAL_KK], m = -INFINITY;
+        double z[SAL_KK], mx = -INFINITY;
         for (int q = 0; q < SAL_KK; q++) {
+            if (m && m[q] == 0.0f) continue;
             z[q] = beta * (a[q] / s);
-            if (z[q] > m) m = z[q];
+            if (z[q] > mx) mx = z[q];
         }
-        for (int q = 0; q < SAL_KK; q++) sum += (e[q] = exp(z[q] - m));
+        for (int q = 0; q < SAL_KK; q++)
+            if (m && m[q] == 0.0f) e[q] = 0.0;
+            else sum += (e[q] = exp(z[q] - mx));
     }
     for (int q = 0; q < SAL_KK; q++) {
         const double pq = e[q] / sum;
         p[q] = hard ? (pq > 0.5 ? 1.0f : 0.0f) : (float)pq;
     }
     return s;
+}
+
+/* every mask value 0 or 1, every row with an allowed position */
+static sal_status mask_check(const char *fn, const float *m, int64_t l) {
+    if (!m) return SAL_OK;
+    for (int64_t i = 0; i < l; i++) {
+        int n = 0;
+        for (int q = 0; q < SAL_KK; q++) {
+            const float v = m[i * SAL_KK + q];
+            if (v != 0.0f && v != 1.0f)
+                return sal_fail(SAL_EINVAL, fn, "mask[%lld, %d]=%g: must be 0 or 1",
+                                (long long)i, q, (double)v);
+            n += v != 0.0f;
+        }
+        SAL_REQUIRE(n >= 1, fn, "mask[%lld]: no allowed position: every slice keeps >= 1",
+                    (long long)i);
+    }
+    return SAL_OK;
 }
 
 static sal_status logits_check(const char *fn, const float *a, int64_t l) {
@@ -89,16 +128,23 @@ static sal_status logits_check(const char *fn, const float *a, int64_t l) {
     return SAL_OK;
 }
 
-/* p (L,9) = softmax(beta * a / std(a)) row by row of a (L,9) */
-sal_status sal_attn_probs(float *p, const float *a, int64_t l, double beta, int hard) {
+/* p (L,9) = softmax(beta * a / std(a)) row by row of a (L,9), restricted to m (L,9) */
+sal_status sal_attn_probs_masked(float *p, const float *a, const float *m, int64_t l,
+                                 double beta, int hard) {
     const char *fn = "sal_attn_probs";
     SAL_REQUIRE(l >= 1, fn, "L=%lld: must be >= 1", (long long)l);
     SAL_REQUIRE(p != NULL, fn, "p=NULL: needs %lld floats", (long long)(l * SAL_KK));
     SAL_TRY(beta_check(fn, beta));
     SAL_TRY(logits_check(fn, a, l));
+    SAL_TRY(mask_check(fn, m, l));
 #pragma omp parallel for num_threads(sal_threads()) schedule(static) if (l >= SAL_PAR_MIN)
-    for (int64_t i = 0; i < l; i++) probs_row(p + i * SAL_KK, a + i * SAL_KK, beta, hard != 0);
+    for (int64_t i = 0; i < l; i++)
+        probs_row(p + i * SAL_KK, a + i * SAL_KK, m ? m + i * SAL_KK : NULL, beta, hard != 0);
     return SAL_OK;
+}
+
+sal_status sal_attn_probs(float *p, const float *a, int64_t l, double beta, int hard) {
+    return sal_attn_probs_masked(p, a, NULL, l, beta, hard);
 }
 
 /* p (L,9) and W_eff (O,C,9) = p * w from w (O,C,3,3) and a (L,9) into the scratch */
@@ -107,8 +153,11 @@ static sal_status sal_weights(float *p, float *weff, const float *w, const float
     const int64_t O = d->o, C = d->x.c, L = sal_slices(d);
     SAL_REQUIRE(w != NULL, fn, "w=NULL: needs O*C*9 floats");
     SAL_TRY(logits_check(fn, a, L));
+    SAL_TRY(mask_check(fn, d->mask, L));
+    const float *m = d->mask;
 #pragma omp parallel for num_threads(sal_threads()) schedule(static) if (L >= SAL_PAR_MIN)
-    for (int64_t i = 0; i < L; i++) probs_row(p + i * SAL_KK, a + i * SAL_KK, d->beta, d->hard);
+    for (int64_t i = 0; i < L; i++)
+        probs_row(p + i * SAL_KK, a + i * SAL_KK, m ? m + i * SAL_KK : NULL, d->beta, d->hard);
 #pragma omp parallel for num_threads(sal_threads()) schedule(static) if (O * C >= SAL_PAR_MIN)
     for (int64_t oc = 0; oc < O * C; oc++) {
         const float *pr = p + (d->shared ? oc % C : oc) * SAL_KK;
@@ -153,12 +202,14 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
 #pragma omp parallel for num_threads(sal_threads()) schedule(static) if (L >= SAL_PAR_MIN)
     for (int64_t i = 0; i < L; i++) {
         const float *ar = a + i * SAL_KK, *pr = p + i * SAL_KK;
-        double mean = 0.0, var = 0.0;
-        for (int q = 0; q < SAL_KK; q++) mean += ar[q];
-        mean /= SAL_KK;
-        for (int q = 0; q < SAL_KK; q++) var += (ar[q] - mean) * (ar[q] - mean);
-        const double s = sqrt(var / (SAL_KK - 1));
-        if (s == 0.0) continue;                     /* uniform by definition: constant */
+        const float *mr = d->mask ? d->mask + i * SAL_KK : NULL;
+        double mean;
+        int n;
+        const double s = slice_std(ar, mr, &mean, &n);
+        /* s = 0: uniform or one position, constant.  n = 2: z1 - z2 = +-beta*sqrt(2)
+         * whatever a is (only the sign of a1 - a2 matters), so dL/da = 0 exactly; the
+         * formula would cancel to float32 rounding of p amplified by beta/s instead */
+        if (s == 0.0 || n == 2) continue;
         double u[SAL_KK] = {0}, pu = 0.0, va = 0.0, v[SAL_KK];
         for (int64_t k = 0; k < ostep; k++) {
             /* unshared: slice i = (o, c); shared: slice i = c, summed over o */
@@ -171,8 +222,10 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
             v[q] = pr[q] * (u[q] - pu);
             va += v[q] * ar[q];
         }
-        const double f = d->beta / s, h = va / ((SAL_KK - 1) * s * s);
-        for (int q = 0; q < SAL_KK; q++) da[i * SAL_KK + q] += (float)(f * (v[q] - h * (ar[q] - mean)));
+        const double f = d->beta / s, h = va / ((n - 1) * s * s);
+        for (int q = 0; q < SAL_KK; q++)
+            if (!mr || mr[q] != 0.0f)               /* pruned positions: p = 0 there */
+                da[i * SAL_KK + q] += (float)(f * (v[q] - h * (ar[q] - mean)));
     }
     return SAL_OK;
 }

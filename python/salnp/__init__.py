@@ -17,9 +17,10 @@ from .train import fit, evaluate
 from . import flops
 from .flops import count
 from . import export   # a callable module: salnp.export(net), salnp.export.load(path)
+from . import prune
 
 __all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load", "fit",
-           "evaluate", "flops", "count", "export",
+           "evaluate", "flops", "count", "export", "prune",
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 

@@ -14,6 +14,14 @@ DATASETS = ("fashion-mnist", "cifar10", "cifar100")
 DEFAULT_ROOTS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 
 
+def _int_list(text):
+    """"2,4,6" -> [2, 4, 6] (argparse type)"""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
+
+
 def _parser():
     ap = argparse.ArgumentParser(prog="python -m salnp", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -38,6 +46,13 @@ def _parser():
     t.add_argument("--beta0", type=float, default=20.0, help="SAL inverse temperature at start")
     t.add_argument("--beta1", type=float, default=70.0, help="... and at the end")
     t.add_argument("--beta-schedule", choices=("geometric", "linear", "cosine"), default="geometric")
+    t.add_argument("--prune-epochs", type=_int_list, default=None,
+                   help="SAL stepwise hard pruning: comma-separated epochs (from 1) before which "
+                        "every slice keeps only its most likely positions, e.g. 2,4,6,8 "
+                        "(use with --beta1 equal to --beta0 for a pure stepwise schedule)")
+    t.add_argument("--prune-keep", type=_int_list, default=None,
+                   help="positions kept after each prune step, e.g. 5,3,2,1 (default: about "
+                        "9^(1 - j/steps), ending at 1)")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=None)
@@ -102,6 +117,7 @@ def cmd_train(args):
                         lr_schedule=args.lr_schedule, beta=(args.beta0, args.beta1),
                         beta_schedule=args.beta_schedule, augment=not args.no_augment,
                         seed=args.seed, checkpoint=ckpt, resume=resume,
+                        prune_epochs=args.prune_epochs, prune_keep=args.prune_keep,
                         progress=not args.no_progress, threads=args.threads)
     wall = time.perf_counter() - t0
     if not history:

@@ -1660,7 +1660,7 @@ static int check_beta(double beta, const char *fn) {
 
 /* SAL: (x, w, logits, beta, [grad_y,] stride, padding, hard) */
 typedef struct {
-    PyArrayObject *x, *w, *a, *gy;
+    PyArrayObject *x, *w, *a, *gy, *mask;
     sal_sal_desc d;
     sal_act y;
 } sal_args;
@@ -1670,11 +1670,34 @@ static void sal_args_free(sal_args *a) {
     Py_XDECREF(a->w);
     Py_XDECREF(a->a);
     Py_XDECREF(a->gy);
+    Py_XDECREF(a->mask);
+}
+
+/* mask=None or a real/bool array of the logits' shape -> float32 0/1 (a copy), or NULL */
+static int mask_arg(PyObject *om, PyArrayObject *logits, const char *fn, PyArrayObject **out) {
+    *out = NULL;
+    if (om == NULL || om == Py_None) return 0;
+    PyArrayObject *mk = (PyArrayObject *)PyArray_FROMANY(om, NPY_FLOAT32, 0, 0,
+                                                         NPY_ARRAY_IN_ARRAY | NPY_ARRAY_FORCECAST);
+    if (!mk) return -1;
+    int nd = PyArray_NDIM(logits);
+    if (PyArray_NDIM(mk) != nd ||
+        memcmp(PyArray_DIMS(mk), PyArray_DIMS(logits), (size_t)nd * sizeof(npy_intp)) != 0) {
+        char got[96], want[96];
+        shape_str(got, sizeof got, mk);
+        shape_str(want, sizeof want, logits);
+        PyErr_Format(PyExc_ValueError, "%s: mask must have the logits' shape %s, got %s", fn,
+                     want, got);
+        Py_DECREF(mk);
+        return -1;
+    }
+    *out = mk;
+    return 0;
 }
 
 static int sal_args_parse(PyObject *m, sal_args *a, const char *fn, int typenum, PyObject *ox,
                           PyObject *ow, PyObject *oa, double beta, PyObject *ogy, long long stride,
-                          long long padding, int hard) {
+                          long long padding, int hard, PyObject *omask) {
     memset(a, 0, sizeof *a);
     if (check_int_arg(stride, 1, fn, "stride")) return -1;
     if (padding != 1) {
@@ -1701,8 +1724,10 @@ static int sal_args_parse(PyObject *m, sal_args *a, const char *fn, int typenum,
     if (require_shape(a->a, 3, want_a, fn, "logits", expect)) return -1;
     a->d = (sal_sal_desc){{PyArray_DIM(a->x, 0), C, PyArray_DIM(a->x, 2), PyArray_DIM(a->x, 3),
                            SAL_NCHW},
-                          O, stride, padding, A0 == 1 && O > 1, hard != 0, beta,
+                          O, stride, padding, A0 == 1 && O > 1, hard != 0, beta, NULL,
                           sal_get_num_threads()};  /* scratch is sized for these threads */
+    if (mask_arg(omask, a->a, fn, &a->mask)) return -1;
+    if (a->mask) a->d.mask = PyArray_DATA(a->mask);
     sal_status s = sal_sal_check(&a->d, &a->y);
     if (s != SAL_OK) { raise_status(m, s, fn); return -1; }
     if (ogy) {
@@ -1715,13 +1740,13 @@ static int sal_args_parse(PyObject *m, sal_args *a, const char *fn, int typenum,
 
 static PyObject *sal_forward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                              const char *fn) {
-    static char *kwlist[] = {"x", "w", "logits", "beta", "stride", "padding", "hard", NULL};
-    PyObject *ox, *ow, *oa, *obeta, *ostride = NULL, *opadding = NULL;
+    static char *kwlist[] = {"x", "w", "logits", "beta", "stride", "padding", "hard", "mask", NULL};
+    PyObject *ox, *ow, *oa, *obeta, *ostride = NULL, *opadding = NULL, *omask = Py_None;
     double beta = 0.0;
     long long stride = 1, padding = 1;
     int hard = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOp", kwlist, &ox, &ow, &oa, &obeta, &ostride,
-                                     &opadding, &hard) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOpO", kwlist, &ox, &ow, &oa, &obeta, &ostride,
+                                     &opadding, &hard, &omask) ||
         f64_arg(obeta, fn, "beta", &beta) || i64_arg(ostride, fn, "stride", &stride) ||
         i64_arg(opadding, fn, "padding", &padding))
         return NULL;
@@ -1729,7 +1754,7 @@ static PyObject *sal_forward(PyObject *m, PyObject *args, PyObject *kw, int type
     PyArrayObject *y = NULL;
     float *scratch = NULL;
     PyObject *ret = NULL;
-    if (sal_args_parse(m, &a, fn, typenum, ox, ow, oa, beta, NULL, stride, padding, hard))
+    if (sal_args_parse(m, &a, fn, typenum, ox, ow, oa, beta, NULL, stride, padding, hard, omask))
         goto done;
     npy_intp dims[4] = {a.y.n, a.y.c, a.y.h, a.y.w};
     y = new_empty(4, dims, typenum);
@@ -1761,13 +1786,13 @@ done:
 static PyObject *sal_backward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                               const char *fn) {
     static char *kwlist[] = {"x",      "w",       "logits", "beta", "grad_y",
-                             "stride", "padding", "hard",   NULL};
-    PyObject *ox, *ow, *oa, *obeta, *ogy, *ostride = NULL, *opadding = NULL;
+                             "stride", "padding", "hard",   "mask", NULL};
+    PyObject *ox, *ow, *oa, *obeta, *ogy, *ostride = NULL, *opadding = NULL, *omask = Py_None;
     double beta = 0.0;
     long long stride = 1, padding = 1;
     int hard = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OOp", kwlist, &ox, &ow, &oa, &obeta, &ogy,
-                                     &ostride, &opadding, &hard) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OOpO", kwlist, &ox, &ow, &oa, &obeta, &ogy,
+                                     &ostride, &opadding, &hard, &omask) ||
         f64_arg(obeta, fn, "beta", &beta) || i64_arg(ostride, fn, "stride", &stride) ||
         i64_arg(opadding, fn, "padding", &padding))
         return NULL;
@@ -1775,7 +1800,7 @@ static PyObject *sal_backward(PyObject *m, PyObject *args, PyObject *kw, int typ
     PyArrayObject *gx = NULL, *gw = NULL, *ga = NULL;
     float *scratch = NULL;
     PyObject *ret = NULL;
-    if (sal_args_parse(m, &a, fn, typenum, ox, ow, oa, beta, ogy, stride, padding, hard))
+    if (sal_args_parse(m, &a, fn, typenum, ox, ow, oa, beta, ogy, stride, padding, hard, omask))
         goto done;
     gx = new_array(4, PyArray_DIMS(a.x), typenum);
     gw = new_array(4, PyArray_DIMS(a.w), typenum);
@@ -1823,16 +1848,20 @@ static PyObject *core_ref_sal_conv2d_backward_f64(PyObject *m, PyObject *args, P
 
 static PyObject *sal_probs_impl(PyObject *m, PyObject *args, PyObject *kw, int typenum,
                                 const char *fn) {
-    static char *kwlist[] = {"logits", "beta", "hard", NULL};
-    PyObject *oa, *obeta;
+    static char *kwlist[] = {"logits", "beta", "hard", "mask", NULL};
+    PyObject *oa, *obeta, *omask = Py_None;
     double beta = 0.0;
     int hard = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|p", kwlist, &oa, &obeta, &hard) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|pO", kwlist, &oa, &obeta, &hard, &omask) ||
         f64_arg(obeta, fn, "beta", &beta))
         return NULL;
     if (check_beta(beta, fn)) return NULL;
-    PyArrayObject *a = as_real(oa, typenum, fn, "logits", -1, "(..., 9)"), *p = NULL;
+    PyArrayObject *a = as_real(oa, typenum, fn, "logits", -1, "(..., 9)"), *p = NULL, *mk = NULL;
     if (!a) return NULL;
+    if (mask_arg(omask, a, fn, &mk)) {
+        Py_DECREF(a);
+        return NULL;
+    }
     PyObject *ret = NULL;
     int nd = PyArray_NDIM(a);
     if (nd < 1 || PyArray_DIM(a, nd - 1) != 9) {
@@ -1847,15 +1876,17 @@ static PyObject *sal_probs_impl(PyObject *m, PyObject *args, PyObject *kw, int t
     int64_t l = (int64_t)(PyArray_SIZE(a) / 9);
     sal_status s;
     Py_BEGIN_ALLOW_THREADS
+    const float *md = mk ? PyArray_DATA(mk) : NULL;
     if (typenum == NPY_FLOAT32)
-        s = sal_attn_probs(PyArray_DATA(p), PyArray_DATA(a), l, beta, hard);
+        s = sal_attn_probs_masked(PyArray_DATA(p), PyArray_DATA(a), md, l, beta, hard);
     else
-        s = sal_ref_attn_probs_f64(PyArray_DATA(p), PyArray_DATA(a), l, beta, hard);
+        s = sal_ref_attn_probs_masked_f64(PyArray_DATA(p), PyArray_DATA(a), md, l, beta, hard);
     Py_END_ALLOW_THREADS
     if (s != SAL_OK) { raise_status(m, s, fn); goto done; }
     ret = (PyObject *)p;
     p = NULL;
 done:
+    Py_XDECREF(mk);
     Py_DECREF(a);
     Py_XDECREF(p);
     return ret;
@@ -2041,18 +2072,20 @@ done:
 }
 
 static PyObject *core_net_count(PyObject *m, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"net", "params", "beta", "inference", NULL};
+    static char *kwlist[] = {"net", "params", "beta", "inference", "buffers", NULL};
     const char *fn = "count";
-    PyObject *cap, *oparams, *obeta = NULL;
+    PyObject *cap, *oparams, *obeta = NULL, *obufs = Py_None;
     double beta = 1.0;
     int inference = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|Op", kwlist, &cap, &oparams, &obeta, &inference) ||
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OpO", kwlist, &cap, &oparams, &obeta, &inference,
+                                     &obufs) ||
         f64_arg(obeta, fn, "beta", &beta))
         return NULL;
     sal_net *net = net_from_capsule(cap, fn);
-    PyArrayObject *params;
+    PyArrayObject *params, *bufs = NULL;
     if (!net || arena_arg(oparams, fn, "params", &params) ||
-        check_arena_sizes(net, params, NULL, fn))
+        (obufs != Py_None && arena_arg(obufs, fn, "buffers", &bufs)) ||
+        check_arena_sizes(net, params, bufs, fn))
         return NULL;
     int64_t nops;
     sal_net_program(net, NULL, NULL, NULL, &nops, NULL, NULL);
@@ -2061,7 +2094,7 @@ static PyObject *core_net_count(PyObject *m, PyObject *args, PyObject *kw) {
     PyObject *ret = NULL;
     sal_status s;
     Py_BEGIN_ALLOW_THREADS
-    s = sal_net_count(net, PyArray_DATA(params), beta,
+    s = sal_net_count(net, PyArray_DATA(params), bufs ? PyArray_DATA(bufs) : NULL, beta,
                       inference ? SAL_COUNT_INFER : SAL_COUNT_TRAIN, rows);
     Py_END_ALLOW_THREADS
     if (s != SAL_OK) raise_status(m, s, fn);
@@ -2448,31 +2481,35 @@ static PyMethodDef core_methods[] = {
      "Each channel's (d/dalpha, d/dbeta) scaled to unit length (zero rows stay zero), as the\n"
      "reference ASL training does before its update.  Returns a new float32 (C, 2) array."},
     {"sal_conv2d", KW core_sal_conv2d, METH_VARARGS | METH_KEYWORDS,
-     "sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False)\n"
+     "sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False, mask=None)\n"
      "--\n"
      "\n"
-     "sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False) -> y\n"
+     "sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False, mask=None) -> y\n"
      "\n"
      "Shift attention layer: p = softmax(beta * a / std(a)) over the 9 positions of each\n"
      "slice (unbiased std, no mean subtraction; std 0 or beta 0 give 1/9), hard: p > 0.5;\n"
      "y = conv2d(x, p * w, stride, padding 1).  x (N, C, H, W), w (O, C, 3, 3), logits\n"
-     "(O, C, 9) unshared or (1, C, 9) shared, beta finite >= 0 -> y (N, O, Ho, Wo)."},
+     "(O, C, 9) unshared or (1, C, 9) shared, beta finite >= 0 -> y (N, O, Ho, Wo).\n"
+     "mask: None, or 0/1 of the logits' shape: the allowed positions of each slice (>= 1);\n"
+     "mean, std and softmax then run over the allowed positions only, p = 0 elsewhere."},
     {"sal_conv2d_backward", KW core_sal_conv2d_backward, METH_VARARGS | METH_KEYWORDS,
-     "sal_conv2d_backward(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False)\n"
+     "sal_conv2d_backward(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False, mask=None)\n"
      "--\n"
      "\n"
-     "sal_conv2d_backward(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False) -> (grad_x, grad_w, grad_logits)\n"
+     "sal_conv2d_backward(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False, mask=None) -> (grad_x, grad_w, grad_logits)\n"
      "\n"
      "Gradients of sal_conv2d given grad_y = dL/dy.  grad_logits has the shape of logits;\n"
-     "it is zero where std(a) = 0, for beta = 0 and in hard mode (a step function)."},
+     "it is zero where std(a) = 0, for beta = 0, in hard mode (a step function) and at\n"
+     "masked positions."},
     {"sal_probs", KW core_sal_probs, METH_VARARGS | METH_KEYWORDS,
-     "sal_probs(logits, beta, hard=False)\n"
+     "sal_probs(logits, beta, hard=False, mask=None)\n"
      "--\n"
      "\n"
-     "sal_probs(logits, beta, hard=False) -> p\n"
+     "sal_probs(logits, beta, hard=False, mask=None) -> p\n"
      "\n"
      "The attention probabilities of sal_conv2d: p = softmax(beta * a / std(a)) over the last\n"
-     "axis (size 9), same shape as logits; hard: (p > 0.5) as 0/1."},
+     "axis (size 9), same shape as logits; hard: (p > 0.5) as 0/1.  mask (0/1, the logits'\n"
+     "shape): softmax over the allowed positions only, p = 0 elsewhere (see sal_conv2d)."},
     {"ref_active_shift_f64", KW core_ref_active_shift_f64, METH_VARARGS | METH_KEYWORDS,
      "ref_active_shift_f64(x, offsets, stride=1)\n"
      "--\n"
@@ -2489,25 +2526,25 @@ static PyMethodDef core_methods[] = {
      "\n"
      "Naive float64 reference (tests)."},
     {"ref_sal_conv2d_f64", KW core_ref_sal_conv2d_f64, METH_VARARGS | METH_KEYWORDS,
-     "ref_sal_conv2d_f64(x, w, logits, beta, stride=1, padding=1, hard=False)\n"
+     "ref_sal_conv2d_f64(x, w, logits, beta, stride=1, padding=1, hard=False, mask=None)\n"
      "--\n"
      "\n"
-     "ref_sal_conv2d_f64(x, w, logits, beta, stride=1, padding=1, hard=False) -> y\n"
+     "ref_sal_conv2d_f64(x, w, logits, beta, stride=1, padding=1, hard=False, mask=None) -> y\n"
      "\n"
      "Naive float64 reference (tests)."},
     {"ref_sal_conv2d_backward_f64", KW core_ref_sal_conv2d_backward_f64,
      METH_VARARGS | METH_KEYWORDS,
-     "ref_sal_conv2d_backward_f64(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False)\n"
+     "ref_sal_conv2d_backward_f64(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False, mask=None)\n"
      "--\n"
      "\n"
-     "ref_sal_conv2d_backward_f64(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False) -> (grad_x, grad_w, grad_logits)\n"
+     "ref_sal_conv2d_backward_f64(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False, mask=None) -> (grad_x, grad_w, grad_logits)\n"
      "\n"
      "Naive float64 reference (tests): full softmax and std Jacobians."},
     {"ref_sal_probs_f64", KW core_ref_sal_probs_f64, METH_VARARGS | METH_KEYWORDS,
-     "ref_sal_probs_f64(logits, beta, hard=False)\n"
+     "ref_sal_probs_f64(logits, beta, hard=False, mask=None)\n"
      "--\n"
      "\n"
-     "ref_sal_probs_f64(logits, beta, hard=False) -> p\n"
+     "ref_sal_probs_f64(logits, beta, hard=False, mask=None) -> p\n"
      "\n"
      "Naive float64 reference (tests)."},
     {"net_create", KW core_net_create, METH_VARARGS | METH_KEYWORDS,
@@ -2530,17 +2567,19 @@ static PyMethodDef core_methods[] = {
      "\n"
      "net_backward(net, params, grads, grad_logits)\n"
      "\n"
-     "Accumulate dL/dparams into grads for the last forward."},
+     "Accumulate dL/dparams into grads for the last forward (SAL masks are read from the\n"
+     "buffers array of that forward: keep it alive)."},
     {"net_count", KW core_net_count, METH_VARARGS | METH_KEYWORDS,
-     "net_count(net, params, beta=1.0, inference=False)\n"
+     "net_count(net, params, beta=1.0, inference=False, buffers=None)\n"
      "--\n"
      "\n"
-     "net_count(net, params, beta=1.0, inference=False) -> (ints, params)\n"
+     "net_count(net, params, beta=1.0, inference=False, buffers=None) -> (ints, params)\n"
      "\n"
      "Accounting of a network program per op (sal/count.h): ints int64 (nops, 13) with\n"
      "columns op, kind, in C, H, W, out C, H, W, train_only, kept, macs, bwd_macs,\n"
      "shift_moves (per image); params float64 (nops,).  inference=True: the network export\n"
-     "builds (BN folded, SAL binarised with beta from the logits in params)."},
+     "builds (BN folded, SAL binarised with beta from the logits in params and the masks\n"
+     "in buffers, needed when a SAL op has one)."},
     {"infer_create", KW core_infer_create, METH_VARARGS | METH_KEYWORDS,
      "infer_create(shapes, ops, shifts, pairs, nweights)\n"
      "--\n"

@@ -286,7 +286,9 @@ def export(net, beta=None) -> InferenceNet:
                 continue
             L = op["o"] if not op["shared"] else 1
             a = net.arena.params[op["p1"]:op["p1"] + L * c_in * 9].reshape(L, c_in, 9)
-            p = _core.sal_probs(a, beta, hard=True)
+            mask = (net.arena.buffers[op["b0"]:op["b0"] + L * c_in * 9].reshape(L, c_in, 9)
+                    if op["b0"] >= 0 else None)      # stepwise pruning: masked never chosen
+            p = _core.sal_probs(a, beta, hard=True, mask=mask)
             kept = p.max(-1) > 0.5
             qstar = p.argmax(-1)
             w9 = w.reshape(op["o"], c_in, 9)

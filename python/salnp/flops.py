@@ -21,7 +21,8 @@ mode="inference": the network ``salnp.export`` builds from it (same numbers as
 ``salnp.export(net).count()``).  Every BN after a conv/SAL layer is folded into the
 layer's weights plus a bias: the BN rows count 0, the layer rows count O bias values (one
 value per BN channel less than the training net, whose BN has gamma and beta).  SAL layers
-are binarised with the net's current beta (p > 0.5) and pruned slices dropped: unshared
+are binarised with the net's current beta (p > 0.5, under the stepwise-pruning masks:
+masked positions are never chosen) and pruned slices dropped: unshared
 kept slices count 36/32 each (32-bit weight + 4-bit position index) and
 C_in_kept_slices * H_out * W_out MACs in total; shared: C_kept * C_out + C_kept * 4/32
 parameters, C_kept * C_out * H_out * W_out MACs and a shift of C_kept * H_out * W_out
@@ -180,7 +181,8 @@ def count(net, input_shape=(3, 32, 32), mode=None) -> CountReport:
     eng = net._engine(shape)
     prog = net._engines[shape][0]
     beta = float(net.beta)
-    ints, params = _core.net_count(eng, net.arena.params, beta, mode == "inference")
+    ints, params = _core.net_count(eng, net.arena.params, beta, mode == "inference",
+                                   buffers=net.arena.buffers)
     names, types = program_names(net, prog)
     return CountReport(_rows(ints, params, names, types), mode, shape,
                        beta if any(r["kind"] == 1 for r in prog.ops) else None)

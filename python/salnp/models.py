@@ -83,20 +83,31 @@ class Conv2d(Module):
 class SALConv2d(Module):
     """Shift Attention Layer: a 3x3 convolution whose kernel slices learn one shift each.
 
-    logits (C_out, C_in, 9) unshared, or (1, C_in, 9) shared; init U[0, 1)."""
+    logits (C_out, C_in, 9) unshared, or (1, C_in, 9) shared; init U[0, 1).
+    mask (a buffer of the logits' shape, float 0/1, all ones at first): the positions
+    each slice may still use.  Stepwise hard pruning (salnp.prune) clears entries; mean,
+    std and softmax then run over the allowed positions only and p = 0 elsewhere
+    (libsal sal/shift.h, "Masks").  All ones computes exactly what no mask computes."""
+
+    _optional_buffers = ("mask",)   # checkpoints from before masks load with all ones
 
     def __init__(self, cin, cout, stride=1, shared=False):
         super().__init__()
         self.cin, self.cout, self.k, self.stride, self.padding, self.shared = cin, cout, 3, stride, 1, shared
         self.add_param("weight", (cout, cin, 3, 3), kaiming_uniform_a_sqrt5(cin * 9))
         self.add_param("logits", (1 if shared else cout, cin, 9), uniform(0.0, 1.0))
+        self.add_buffer("mask", (1 if shared else cout, cin, 9), constant(1.0))
+
+    def probs(self, beta, hard=False):
+        """The attention p (O|1, C, 9) at inverse temperature beta, under the mask."""
+        return _core.sal_probs(self.logits, float(beta), hard=bool(hard), mask=self.mask)
 
     def emit(self, prog, arena, name, x):
         c, h, w = prog.shapes[x]
         y = prog.buf(self.cout, _out_size(h, 3, self.stride, 1), _out_size(w, 3, self.stride, 1))
         prog.op(kind=OP_SAL, inp=x, out=y, o=self.cout, k=3, stride=self.stride, pad=1,
                 p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.logits"][0],
-                shared=int(self.shared))
+                b0=arena.offsets[f"{name}.mask"][0], shared=int(self.shared))
         return y
 
 

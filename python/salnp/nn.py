@@ -134,12 +134,22 @@ class Module:
                             f"{type(state).__name__}")
         own = OrderedDict(self.named_parameters())
         own.update(self.named_buffers())
-        missing = [k for k in own if k not in state]
+        # buffers a module declares optional (newer than some checkpoints) may be absent:
+        # they are reset to their initial value
+        optional = {}
+        for mp, m in self.named_modules():
+            for n in getattr(m, "_optional_buffers", ()):
+                key = f"{mp}.{n}" if mp else n
+                if key not in state and n in m._buffer_specs:
+                    optional[key] = m._buffer_specs[n]
+        missing = [k for k in own if k not in state and k not in optional]
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
         for k, dst in own.items():
             if k not in state:
+                if k in optional:
+                    dst[...] = optional[k].init(np.random.default_rng(0), dst.shape)
                 continue
             src = np.asarray(state[k])
             if src.shape != dst.shape:

@@ -24,10 +24,12 @@ import numpy as np
 from . import _core, ops
 from .io import read_npz, save_npz_atomic
 from .models import ActiveShift, SALConv2d
+from .prune import default_keep, prune_step
 
 log = logging.getLogger("salnp")
 
 __all__ = ["fit", "evaluate", "SGD", "lr_at", "beta_at", "attention_stats"]
+# stepwise hard pruning: salnp.prune (prune_step, default_keep); fit(prune_epochs=...)
 
 
 class SGD:
@@ -95,11 +97,12 @@ def beta_at(step, total_steps, beta0, beta1, schedule="geometric"):
 
 
 def attention_stats(net):
-    """Mean over all SAL slices of max p, and the fraction of slices already one-hot."""
+    """Mean over all SAL slices of max p, and the fraction of slices already one-hot
+    (probabilities under the pruning masks)."""
     maxp, onehot, count = 0.0, 0, 0
     for _, m in net.named_modules():
         if isinstance(m, SALConv2d):
-            p = ops.sal_probs(m.logits, net.beta)
+            p = m.probs(net.beta)
             mx = p.max(-1)
             maxp += float(mx.sum())
             onehot += int((mx > 0.5).sum())
@@ -107,6 +110,42 @@ def attention_stats(net):
     if count == 0:
         return None, None
     return maxp / count, onehot / count
+
+
+def _allowed_mean(net):
+    """Mean allowed positions per SAL slice (9 without pruning), None without SAL."""
+    n, tot = 0, 0.0
+    for _, m in net.named_modules():
+        if isinstance(m, SALConv2d):
+            k = (m.mask.reshape(-1, 9) != 0).sum(1)
+            n += k.size
+            tot += float(k.sum())
+    return tot / n if n else None
+
+
+def _prune_plan(prune_epochs, prune_keep, epochs, is_sal):
+    """{epoch (from 1): positions kept} from fit's prune arguments, validated."""
+    if prune_epochs is None:
+        if prune_keep is not None:
+            raise ValueError("fit: prune_keep needs prune_epochs")
+        return {}
+    if not is_sal:
+        raise ValueError("fit: prune_epochs applies to SAL networks (layer='sal') only")
+    try:
+        ep = [int(e) for e in prune_epochs]
+        ok = all(int(e) == e for e in prune_epochs)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or not ep or any(e < 1 or e > epochs for e in ep) or sorted(set(ep)) != ep:
+        raise ValueError(f"fit: prune_epochs={prune_epochs!r}: must be increasing epoch "
+                         f"numbers in [1, {epochs}]")
+    keep = default_keep(len(ep)) if prune_keep is None else list(prune_keep)
+    if (len(keep) != len(ep) or any(not isinstance(k, (int, np.integer)) or not 1 <= k <= 9
+                                    for k in keep)
+            or any(b >= a for a, b in zip(keep, keep[1:]))):
+        raise ValueError(f"fit: prune_keep={prune_keep!r}: must be {len(ep)} decreasing "
+                         "integers in [1, 9], one per prune epoch")
+    return dict(zip(ep, (int(k) for k in keep)))
 
 
 def evaluate(net, data, batch_size=500, hard=False):
@@ -153,14 +192,21 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
         nesterov=False, lr_schedule="step", milestones=(1 / 3, 2 / 3), lr_gamma=0.1,
         beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
         eval_batch_size=500, checkpoint=None, resume=None, progress=True, threads=None,
-        callback=None):
+        callback=None, prune_epochs=None, prune_keep=None):
     """Train `net` on the Dataset `train`, evaluating on `test` after every epoch.
 
     Returns the history: one dict per epoch (epoch, lr, beta, train_loss, train_acc,
     test_loss, test_acc, test_acc_hard (SAL), attn_maxp, attn_onehot, time_s,
     images_per_s).  checkpoint: a path written atomically after every epoch; resume: a
     checkpoint to continue from; callback(record) runs after every epoch (after the
-    checkpoint) and a True result stops training there.  A NaN/inf loss raises FloatingPointError naming the
+    checkpoint) and a True result stops training there.
+
+    Stepwise hard pruning (SAL; salnp.prune): prune_epochs = epoch numbers (from 1, as in
+    the history) before which every slice keeps only its most likely positions,
+    prune_keep = how many after each step (default salnp.prune.default_keep: e.g. 5, 3,
+    2, 1 for four steps; must decrease and end at 1 to leave one shift per slice).  It
+    composes with any beta schedule; for a pure stepwise ablation hold beta constant,
+    beta=(b, b).  History records get attn_allowed, the mean allowed positions per slice.  A NaN/inf loss raises FloatingPointError naming the
     step, after saving the last good epoch; Ctrl-C returns the history so far (the
     checkpoint of the last finished epoch stays resumable)."""
     from .data import Dataset
@@ -216,6 +262,7 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
         _core.set_num_threads(int(threads))
     is_sal = net.config["layer"] == "sal"
     eval_hard = is_sal if eval_hard is None else bool(eval_hard)
+    prune_plan = _prune_plan(prune_epochs, prune_keep, epochs, is_sal)
     opt = SGD(net, lr, momentum, weight_decay, nesterov)
     steps_per_epoch = train.num_batches(batch_size, drop_last=False)
     total_steps = epochs * steps_per_epoch
@@ -223,6 +270,7 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                    weight_decay=weight_decay, nesterov=nesterov, lr_schedule=str(lr_schedule),
                    milestones=list(milestones), lr_gamma=lr_gamma, beta=[b0, b1],
                    beta_schedule=beta_schedule, augment=augment, seed=seed,
+                   prune_epochs=sorted(prune_plan), prune_keep=[prune_plan[e] for e in sorted(prune_plan)],
                    train=getattr(train, "name", "?"), train_size=len(train),
                    test=getattr(test, "name", None), test_size=len(test) if test is not None else 0,
                    threads=_core.get_num_threads(), versions=_versions())
@@ -240,6 +288,10 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     try:
         for epoch in range(start_epoch, epochs):
             lr_e = lr_at(epoch, epochs, lr, lr_schedule, milestones, lr_gamma)
+            if epoch + 1 in prune_plan:
+                kept = prune_step(net, prune_plan[epoch + 1])
+                log.info("epoch %d: pruned SAL slices to %d position(s): %s", epoch + 1,
+                         prune_plan[epoch + 1], kept)
             t0 = time.perf_counter()
             loss_sum, correct, seen = 0.0, 0, 0
             batches = train.batches(batch_size, shuffle=True, augment=augment, seed=seed,
@@ -288,6 +340,7 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                 rec["test_loss"], rec["test_acc"] = evaluate(net, test, eval_batch_size)
                 rec["test_acc_hard"] = evaluate(net, test, eval_batch_size, True)[1] if eval_hard else None
             rec["attn_maxp"], rec["attn_onehot"] = attention_stats(net)
+            rec["attn_allowed"] = _allowed_mean(net)
             rec["time_s"] = time.perf_counter() - t0
             rec["images_per_s"] = seen / train_time
             history.append(rec)

@@ -134,18 +134,18 @@ static void net_count_case(void) {
           sal_last_error());
     if (!net) return;
     sal_count_row r[4];
-    CHECK(sal_net_count(net, NULL, 1.0, SAL_COUNT_TRAIN, r) == SAL_OK, "count: %s", sal_last_error());
+    CHECK(sal_net_count(net, NULL, NULL, 1.0, SAL_COUNT_TRAIN, r) == SAL_OK, "count: %s", sal_last_error());
     CHECK(r[0].macs == 4 * 3 * 9 * 20 && r[0].params == 108 && r[0].bwd_macs == r[0].macs,
           "conv row: macs %lld params %g bwd %lld", (long long)r[0].macs, r[0].params,
           (long long)r[0].bwd_macs);
     CHECK(r[1].params == 8 && r[1].macs == 0, "bn row: params %g", r[1].params);
     CHECK(r[3].params == 30 && r[3].macs == 24 && r[3].bwd_macs == 48, "linear row");
-    CHECK(sal_net_count(net, NULL, 1.0, SAL_COUNT_INFER, r) == SAL_EINVAL, "infer without params");
+    CHECK(sal_net_count(net, NULL, NULL, 1.0, SAL_COUNT_INFER, r) == SAL_EINVAL, "infer without params");
     float params[146] = {0};
-    CHECK(sal_net_count(net, params, 1.0, SAL_COUNT_INFER, r) == SAL_OK, "count: %s", sal_last_error());
+    CHECK(sal_net_count(net, params, NULL, 1.0, SAL_COUNT_INFER, r) == SAL_OK, "count: %s", sal_last_error());
     CHECK(r[0].params == 112 && r[1].params == 0 && r[0].bwd_macs == 0,
           "folded BN: conv %g bn %g", r[0].params, r[1].params);
-    CHECK(sal_net_count(net, NULL, 1.0, (sal_count_mode)7, r) == SAL_EINVAL, "mode 7 accepted");
+    CHECK(sal_net_count(net, NULL, NULL, 1.0, (sal_count_mode)7, r) == SAL_EINVAL, "mode 7 accepted");
     sal_net_free(net);
 }
 

@@ -71,9 +71,10 @@ static void ashift_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t S, f
     free(x); free(y1); free(y2); free(g); free(dx1); free(dx2); free(off); free(do1); free(do2);
 }
 
+/* masked: a random stepwise-pruning mask, 1..9 allowed positions per slice */
 static void sal_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t S, int shared,
-                     int hard, double beta, sal_layout L) {
-    sal_sal_desc d = {{N, C, H, W, L}, O, S, 1, shared, hard, beta};
+                     int hard, double beta, sal_layout L, int masked) {
+    sal_sal_desc d = {{N, C, H, W, L}, O, S, 1, shared, hard, beta, NULL, 0};
     sal_act y;
     if (sal_sal_check(&d, &y) != SAL_OK) { CHECK(0, "check: %s", sal_last_error()); return; }
     int64_t nx = numel(d.x), ny = numel(y), nw = O * C * 9, na = (shared ? 1 : O) * C * 9;
@@ -84,6 +85,19 @@ static void sal_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int6
     float *da1 = malloc(na * 4), *da2 = malloc(na * 4);
     fill_uniform(x, nx); fill_uniform(w, nw); fill_uniform(a, na); fill_uniform(g, ny);
     for (int q = 0; q < 9; q++) a[q] = 0.25f;   /* std = 0: uniform, no NaN */
+    float *mk = NULL;
+    if (masked) {
+        mk = malloc(na * 4);
+        for (int64_t i = 0; i < na / 9; i++) {
+            const int64_t keep = rng_int(1, 9);
+            for (int q = 0; q < 9; q++) mk[9 * i + q] = 0.0f;
+            for (int64_t k = 0; k < keep;) {
+                const int64_t q = rng_int(0, 8);
+                if (mk[9 * i + q] == 0.0f) mk[9 * i + q] = 1.0f, k++;
+            }
+        }
+        d.mask = mk;
+    }
     fill_uniform(dx1, nx); memcpy(dx2, dx1, nx * 4);
     fill_uniform(dw1, nw); memcpy(dw2, dw1, nw * 4);
     fill_uniform(da1, na); memcpy(da2, da1, na * 4);
@@ -109,7 +123,7 @@ static void sal_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int6
     for (int64_t i = 0; i < ny; i++) if (!isfinite(y1[i])) { CHECK(0, "non-finite y"); break; }
     for (int64_t i = 0; i < na; i++) if (!isfinite(da1[i])) { CHECK(0, "non-finite da"); break; }
     free(x); free(w); free(a); free(g); free(y1); free(y2); free(sc);
-    free(dx1); free(dx2); free(dw1); free(dw2); free(da1); free(da2);
+    free(dx1); free(dx2); free(dw1); free(dw2); free(da1); free(da2); free(mk);
 }
 
 static void bad_inputs(void) {
@@ -120,7 +134,7 @@ static void bad_inputs(void) {
     float x[32], y[32], off[4] = {0, 0, NAN, 1};
     CHECK(sal_ashift_fwd(y, x, off, &sd) == SAL_ENONFINITE, "NaN offset accepted");
     CHECK(strstr(sal_last_error(), "off[1, 0]") != NULL, "message: %s", sal_last_error());
-    sal_sal_desc d = {{1, 2, 4, 4, SAL_NCHW}, 3, 1, 2, 0, 0, 1.0};
+    sal_sal_desc d = {{1, 2, 4, 4, SAL_NCHW}, 3, 1, 2, 0, 0, 1.0, NULL, 0};
     CHECK(sal_sal_check(&d, NULL) == SAL_EINVAL, "pad 2 accepted");
     CHECK(strstr(sal_last_error(), "pad=2") != NULL, "message: %s", sal_last_error());
     d.pad = 1;
@@ -140,6 +154,14 @@ static void bad_inputs(void) {
     for (int q = 0; q < 9; q++) CHECK(p[q] == 1.0f / 9.0f, "beta 0 p[%d]=%g", q, p[q]);
     CHECK(sal_attn_probs(p, a, 1, 1e6, 1) == SAL_OK, "huge beta: %s", sal_last_error());
     for (int q = 0; q < 9; q++) CHECK(p[q] == (q == 8 ? 1.0f : 0.0f), "hard p[%d]=%g", q, p[q]);
+    float m9[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    CHECK(sal_attn_probs_masked(p, a, m9, 1, 1.0, 0) == SAL_EINVAL, "empty mask row accepted");
+    CHECK(strstr(sal_last_error(), "no allowed position") != NULL, "message: %s", sal_last_error());
+    m9[3] = 0.5f;
+    CHECK(sal_attn_probs_masked(p, a, m9, 1, 1.0, 0) == SAL_EINVAL, "mask 0.5 accepted");
+    m9[3] = 1.0f;
+    CHECK(sal_attn_probs_masked(p, a, m9, 1, 1.0, 0) == SAL_OK, "one position: %s", sal_last_error());
+    for (int q = 0; q < 9; q++) CHECK(p[q] == (q == 3 ? 1.0f : 0.0f), "one position p[%d]=%g", q, p[q]);
     int32_t offs[2 * 20];
     CHECK(sal_shift_default_offsets(offs, 20) == SAL_OK, "default offsets");
     CHECK(offs[0] == -1 && offs[1] == -1 && offs[2 * 4] == 0 && offs[2 * 4 + 1] == 0 &&
@@ -163,8 +185,16 @@ int main(void) {
         ashift_case(3, 6, 10, 7, 2, 3.0f, lay);
         const double betas[] = {0.0, 0.15, 1.0, 20.0, 70.0, 1000.0};
         for (int b = 0; b < 6; b++) {
-            sal_case(2, 3, 7, 5, 4, 1, 0, 0, betas[b], lay);
-            sal_case(2, 5, 6, 9, 3, 2, 1, 0, betas[b], lay);
+            sal_case(2, 3, 7, 5, 4, 1, 0, 0, betas[b], lay, 0);
+            sal_case(2, 5, 6, 9, 3, 2, 1, 0, betas[b], lay, 0);
+        }
+        sal_case(1, 1, 1, 1, 1, 1, 0, 0, 20.0, lay, 0);
+        sal_case(3, 4, 5, 5, 6, 1, 0, 1, 70.0, lay, 0);
+        sal_case(2, 4, 5, 5, 6, 2, 1, 1, 1000.0, lay, 0);
+        for (int b = 1; b < 5; b++) {                  /* stepwise-pruning masks */
+            sal_case(2, 3, 7, 5, 4, 1, 0, 0, betas[b], lay, 1);
+            sal_case(2, 5, 6, 9, 3, 2, 1, 0, betas[b], lay, 1);
+            sal_case(2, 4, 5, 5, 6, 1, 0, 1, betas[b], lay, 1);
         }
         /* strides near 2^63 (one output pixel): index arithmetic must not overflow
          * (found by scripts/asan-pytest.sh: sal_valid_range and the ASL clamp did) */
@@ -172,16 +202,13 @@ int main(void) {
         shift_case(1, 3, 5, 5, (int64_t)1 << 62, 7, lay);
         ashift_case(2, 3, 4, 5, INT64_MAX, 3.0f, lay);
         ashift_case(1, 2, 6, 3, (int64_t)1 << 62, 2.5f, lay);
-        sal_case(1, 1, 1, 1, 1, 1, 0, 0, 20.0, lay);
-        sal_case(3, 4, 5, 5, 6, 1, 0, 1, 70.0, lay);
-        sal_case(2, 4, 5, 5, 6, 2, 1, 1, 1000.0, lay);
         for (int t = 0; t < 12; t++) {
             shift_case(rng_int(1, 3), rng_int(1, 12), rng_int(1, 12), rng_int(1, 12), rng_int(1, 3),
                        rng_int(0, 14), lay);
             ashift_case(rng_int(1, 3), rng_int(1, 12), rng_int(1, 12), rng_int(1, 12),
                         rng_int(1, 3), 4.0f, lay);
             sal_case(rng_int(1, 3), rng_int(1, 8), rng_int(1, 9), rng_int(1, 9), rng_int(1, 8),
-                     rng_int(1, 2), (int)rng_int(0, 1), 0, 20.0, lay);
+                     rng_int(1, 2), (int)rng_int(0, 1), 0, 20.0, lay, 0);
         }
     }
     bad_inputs();

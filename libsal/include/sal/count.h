@@ -56,11 +56,14 @@ typedef struct {
 
 struct sal_net;
 /* rows (nops) for the training program of net.  mode SAL_COUNT_TRAIN needs neither
- * params nor beta (params may be NULL); SAL_COUNT_INFER reads the SAL logits from the
- * parameter arena params (nparams floats) and binarises them with beta (finite, >= 0),
- * exactly as the hard forward does. */
-sal_status sal_net_count(const struct sal_net *net, const float *params, double beta,
-                         sal_count_mode mode, sal_count_row *rows);
+ * params, buffers nor beta (they may be NULL); SAL_COUNT_INFER reads the SAL logits from
+ * the parameter arena params (nparams floats) and the SAL masks (ops with b0 >= 0) from
+ * the buffer arena buffers (nbuffers floats; NULL when no SAL op has a mask), and
+ * binarises them with beta (finite, >= 0), exactly as the hard forward does.  A soft SAL
+ * layer with a mask still counts as its dense 3x3 convolution in training mode (that is
+ * what the training kernel computes). */
+sal_status sal_net_count(const struct sal_net *net, const float *params, const float *buffers,
+                         double beta, sal_count_mode mode, sal_count_row *rows);
 
 #ifdef __cplusplus
 }

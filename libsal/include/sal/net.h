@@ -16,7 +16,9 @@ extern "C" {
 
 typedef enum {
     SAL_OP_CONV = 0,   /* out = conv(in, params[p0]: (O,C,K,K)), stride, pad */
-    SAL_OP_SAL = 1,    /* out = SAL(in, w = params[p0], logits = params[p1]), shared */
+    SAL_OP_SAL = 1,    /* out = SAL(in, w = params[p0], logits = params[p1]), shared;
+                          b0 >= 0: mask (O|1, C, 9) of allowed positions = buffers[b0]
+                          (sal/shift.h "Masks"), b0 = -1: no mask */
     SAL_OP_SHIFT = 2,  /* out = shift(in, offsets[ioff .. ioff + C]), stride */
     SAL_OP_ASHIFT = 3, /* out = active_shift(in, params[p0]: (C,2)), stride */
     SAL_OP_BN = 4,     /* out = [relu](bn(in; gamma = params[p0], beta = params[p1],
@@ -44,7 +46,8 @@ void sal_net_free(sal_net *net);
  * update (buffers written); hard: binarised SAL attention; beta: SAL inverse temperature. */
 sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act xg,
                            const float *params, float *buffers, int train, int hard, double beta);
-/* grads (nparams) += dL/dparams for the last forward, given dlogits (N, K) */
+/* grads (nparams) += dL/dparams for the last forward, given dlogits (N, K).  SAL masks
+ * are read from the buffer arena passed to that forward: it must still be alive. */
 sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, const float *params);
 /* width K of the output (N, K); batch size of the last forward (0: none); arena sizes */
 int64_t sal_net_output_width(const sal_net *net);

@@ -132,36 +132,53 @@
         return SAL_OK;                                                                        \
     }
 
-/* p (L,9): s = sqrt(sum (a - mean)^2 / 8); p = softmax(beta a / s) (uniform if s or beta is 0) */
+/* p (L,9): over the allowed positions S of the mask row mk (NULL: all 9, n = |S|),
+ * s = sqrt(sum_S (a - mean_S)^2 / (n - 1)); p = softmax_S(beta a / s), 0 outside S
+ * (uniform over S if s or beta is 0; n = 1: p = 1 at the allowed position) */
+#define REF_ALLOWED(mk, q) (!(mk) || (mk)[q] != 0.0f)
 #define REF_SAL(SUFFIX, T)                                                                    \
-    static double ref_probs_row##SUFFIX(double *p, const T *a, double beta, int hard,         \
-                                        double *mean_out) {                                   \
+    static double ref_probs_row##SUFFIX(double *p, const T *a, const float *mk, double beta,  \
+                                        int hard, double *mean_out, int *n_out) {             \
         double mean = 0.0, var = 0.0, m = -INFINITY, sum = 0.0, z[9];                         \
-        for (int q = 0; q < 9; q++) mean += (double)a[q];                                     \
-        mean /= 9.0; /* exact for 9 equal floats: std 0 stays 0 */                            \
-        for (int q = 0; q < 9; q++) var += ((double)a[q] - mean) * ((double)a[q] - mean) / 8.0; \
+        int n = 0;                                                                            \
+        for (int q = 0; q < 9; q++)                                                           \
+            if (REF_ALLOWED(mk, q)) mean += (double)a[q], n++;                                \
+        mean /= n; /* exact for equal floats: std 0 stays 0 */                                \
+        for (int q = 0; q < 9; q++)                                                           \
+            if (REF_ALLOWED(mk, q) && n > 1)                                                  \
+                var += ((double)a[q] - mean) * ((double)a[q] - mean) / (n - 1);               \
         const double s = sqrt(var);                                                           \
         for (int q = 0; q < 9; q++) {                                                         \
             z[q] = (s == 0.0 || beta == 0.0) ? 0.0 : beta * (double)a[q] / s;                 \
-            m = fmax(m, z[q]);                                                                \
+            if (REF_ALLOWED(mk, q)) m = fmax(m, z[q]);                                        \
         }                                                                                     \
-        for (int q = 0; q < 9; q++) sum += exp(z[q] - m);                                     \
+        for (int q = 0; q < 9; q++)                                                           \
+            if (REF_ALLOWED(mk, q)) sum += exp(z[q] - m);                                     \
         for (int q = 0; q < 9; q++) {                                                         \
-            p[q] = exp(z[q] - m) / sum;                                                       \
+            p[q] = REF_ALLOWED(mk, q) ? exp(z[q] - m) / sum : 0.0;                            \
             if (hard) p[q] = p[q] > 0.5 ? 1.0 : 0.0;                                          \
         }                                                                                     \
         if (mean_out) *mean_out = mean;                                                       \
+        if (n_out) *n_out = n;                                                                \
         return s;                                                                             \
     }                                                                                         \
-    sal_status sal_ref_attn_probs##SUFFIX(T *p, const T *a, int64_t l, double beta, int hard) { \
+    sal_status sal_ref_attn_probs_masked##SUFFIX(T *p, const T *a, const float *mk, int64_t l, \
+                                                 double beta, int hard) {                     \
         SAL_REQUIRE(l >= 1, "sal_ref_attn_probs", "L=%lld: must be >= 1", (long long)l);     \
         SAL_REQUIRE(isfinite(beta) && beta >= 0, "sal_ref_attn_probs", "beta=%g: must be finite and >= 0", beta); \
         for (int64_t i = 0; i < l; i++) {                                                     \
             double pr[9];                                                                     \
-            ref_probs_row##SUFFIX(pr, a + 9 * i, beta, hard, NULL);                           \
+            const float *mr = mk ? mk + 9 * i : NULL;                                         \
+            int n = 0;                                                                        \
+            for (int q = 0; q < 9; q++) n += REF_ALLOWED(mr, q);                              \
+            SAL_REQUIRE(n >= 1, "sal_ref_attn_probs", "mask[%lld]: no allowed position", (long long)i); \
+            ref_probs_row##SUFFIX(pr, a + 9 * i, mr, beta, hard, NULL, NULL);                 \
             for (int q = 0; q < 9; q++) p[9 * i + q] = (T)pr[q];                              \
         }                                                                                     \
         return SAL_OK;                                                                        \
+    }                                                                                         \
+    sal_status sal_ref_attn_probs##SUFFIX(T *p, const T *a, int64_t l, double beta, int hard) { \
+        return sal_ref_attn_probs_masked##SUFFIX(p, a, NULL, l, beta, hard);                  \
     }                                                                                         \
     /* W_eff (O,C,9) = p * w and, when pout is given, p (O,C,9) expanded over outputs */     \
     static sal_status ref_weff##SUFFIX(T **weff, double **pout, const T *w, const T *a,       \
@@ -176,10 +193,22 @@
             *weff = NULL;                                                                     \
             return sal_fail(SAL_ENOMEM, "sal_ref_sal", "W_eff: out of memory");               \
         }                                                                                     \
+        for (int64_t i = 0; d->mask && i < (d->shared ? 1 : O) * C; i++) {                  \
+            int n = 0;                                                                        \
+            for (int q = 0; q < 9; q++) n += REF_ALLOWED(d->mask + 9 * i, q);                 \
+            if (n < 1) {                                                                      \
+                free(*weff);                                                                  \
+                free(p);                                                                      \
+                *weff = NULL;                                                                 \
+                return sal_fail(SAL_EINVAL, "sal_ref_sal", "mask[%lld]: no allowed position", \
+                                (long long)i);                                                \
+            }                                                                                 \
+        }                                                                                     \
         for (int64_t o = 0; o < O; o++)                                                       \
             for (int64_t c = 0; c < C; c++) {                                                 \
                 const int64_t oc = o * C + c, sl = d->shared ? c : oc;                        \
-                ref_probs_row##SUFFIX(p + 9 * oc, a + 9 * sl, d->beta, d->hard, NULL);        \
+                ref_probs_row##SUFFIX(p + 9 * oc, a + 9 * sl, d->mask ? d->mask + 9 * sl : NULL, \
+                                      d->beta, d->hard, NULL, NULL);                          \
                 for (int q = 0; q < 9; q++) (*weff)[9 * oc + q] = (T)(p[9 * oc + q] * w[9 * oc + q]); \
             }                                                                                 \
         if (pout) *pout = p;                                                                  \
@@ -215,16 +244,19 @@
             for (int64_t c = 0; c < C; c++) {                                                 \
                 const int64_t oc = o * C + c, sl = d->shared ? c : oc;                        \
                 const T *ar = a + 9 * sl;                                                     \
+                const float *mr = d->mask ? d->mask + 9 * sl : NULL;                          \
                 double pr[9], mean;                                                           \
-                const double s = ref_probs_row##SUFFIX(pr, ar, d->beta, 0, &mean);            \
+                int n;                                                                        \
+                const double s = ref_probs_row##SUFFIX(pr, ar, mr, d->beta, 0, &mean, &n);    \
                 if (s == 0.0 || d->beta == 0.0) continue;                                     \
                 double dz[9] = {0};                                                           \
                 for (int q = 0; q < 9; q++)                                                   \
                     for (int k = 0; k < 9; k++)                                               \
                         dz[k] += (double)g[9 * oc + q] * w[9 * oc + q] * pr[q] * ((q == k) - pr[k]); \
                 for (int i = 0; i < 9; i++) {                                                 \
+                    if (!REF_ALLOWED(mr, i)) continue; /* p does not depend on a_i */         \
                     double acc = 0.0;                                                         \
-                    const double ds = ((double)ar[i] - mean) / (8.0 * s); /* ds/da_i */        \
+                    const double ds = ((double)ar[i] - mean) / ((n - 1) * s); /* ds/da_i */   \
                     for (int k = 0; k < 9; k++)                                               \
                         acc += dz[k] * d->beta * ((k == i) / s - (double)ar[k] * ds / (s * s)); \
                     da[9 * sl + i] += (T)acc;                                                 \
