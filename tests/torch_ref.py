@@ -47,11 +47,12 @@ class SALConv(tnn.Module):
 
 
 def torch_shift(x, off):
-    """y[n,c,Y,X] = x[n,c,Y+dy,X+dx], zero outside."""
+    """y[n,c,Y,X] = x[n,c,Y+dy,X+dx], zero outside (one slice per distinct offset)."""
     n, c, h, w = x.shape
+    off = np.asarray(off)
     y = torch.zeros_like(x)
-    for ch in range(c):
-        dy, dx = int(off[ch, 0]), int(off[ch, 1])
+    for dy, dx in {(int(a), int(b)) for a, b in off}:
+        ch = torch.from_numpy(np.flatnonzero((off[:, 0] == dy) & (off[:, 1] == dx)))
         ys, ye = max(0, -dy), min(h, h - dy)
         xs, xe = max(0, -dx), min(w, w - dx)
         if ys < ye and xs < xe:
