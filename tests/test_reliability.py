@@ -28,7 +28,8 @@ from salnp.data import Dataset
 
 KILL_TRIALS = int(os.environ.get("SALNP_KILL_TRIALS", "40"))
 FIT_KILL_TRIALS = max(3, KILL_TRIALS // 7)
-ROOT = os.path.join(os.path.dirname(__file__), "..", "python")
+# the children import the very salnp this process runs (installed, or python/ in a dev tree)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(salnp.__file__)))
 
 
 def _tiny_data(n=12, c=3, hw=8, classes=4, seed=0):
