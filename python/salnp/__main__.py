@@ -167,7 +167,7 @@ def cmd_train(args):
             fig, ax = plt.subplots(figsize=(5, 3.5))
             viz.training_curves(history, ax=ax)
             fig_path = os.path.join(args.out, "curves.png")
-        fig.savefig(fig_path, dpi=120)
+        fig.savefig(fig_path, dpi=120, bbox_inches="tight")
     except ImportError:
         print("(matplotlib not installed: no figure; pip install 'salnp[notebooks]')")
     print(f"wrote {args.out}/summary.json, history.json, checkpoint.npz"
