@@ -24,6 +24,16 @@ __all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "lo
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 
+def __getattr__(name):
+    # salnp.torch (PyTorch forms of the networks) is imported on first use only: PyTorch
+    # is optional (pip install "salnp[torch]")
+    if name == "torch":
+        import importlib
+
+        return importlib.import_module(".torch", __name__)
+    raise AttributeError(f"module 'salnp' has no attribute {name!r}")
+
+
 def set_num_threads(n: int) -> None:
     """Set the threads used by libsal's own loops and by each BLIS call."""
     _core.set_num_threads(int(n))
