@@ -483,10 +483,12 @@ _WRAPPERS = ("net", "state_dict", "model", "model_state_dict")
 
 def _as_state(obj):
     """(state dict of numpy arrays, betas found, hint config or None, training or None)."""
-    cfg, training = None, None
+    cfg, training, mbeta = None, None, None
     if isinstance(obj, nn.Module):
         cfg = getattr(obj, "config", None)
         training = obj.training
+        if isinstance(obj, ResNet):
+            mbeta = obj.beta
         obj = obj.state_dict()
     if not isinstance(obj, Mapping):
         raise TypeError(f"from_torch: expected a torch.nn.Module or a state dict (a mapping of "
@@ -511,6 +513,8 @@ def _as_state(obj):
             betas[k] = float(v)
             continue
         state[k] = v
+    if not betas and mbeta is not None:
+        betas["beta"] = mbeta
     return state, betas, cfg, training
 
 
