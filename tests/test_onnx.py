@@ -115,6 +115,16 @@ def test_odd_sizes_fixed_batch_and_a_training_net():
     assert m2.graph == model.graph
 
 
+@pytest.mark.parametrize("opset", [13, 21])
+def test_other_opsets(opset):
+    inf = salnp.export(_net(dict(layer="sal", shared=True), 3, _seed("opset", opset)))
+    for form in ("conv", "slice"):
+        model = inf.to_onnx(None, (3, 16, 16), opset=opset, shift_form=form)
+        assert model.opset_import[0].version == opset
+        x = np.random.default_rng(opset).standard_normal((3, 3, 16, 16), dtype=np.float32)
+        _close(_session(model).run(None, {"input": x})[0], inf.forward(x), f"opset {opset} {form}")
+
+
 def test_every_slice_pruned_layer():
     """A shared SAL layer whose slices are all dropped becomes its bias (a zero conv)."""
     net = _net(dict(layer="sal", shared=True), 3, _seed("pruned"))

@@ -175,8 +175,8 @@ def test_pruned_form(cfg):
             got = t(torch.from_numpy(x)).numpy()
         ref = inf.forward(x)
         assert_close(got, ref, 1e-5 * float(np.abs(ref).max()), 1e-5, f"{cfg} {shape}")
-    # back: the same program and weights
-    inf2 = st.from_torch(t)
+    # back: the same program and weights (also from a deep copy, as torch users make)
+    inf2 = st.from_torch(copy.deepcopy(t))
     for a in ("ops", "shifts", "pairs", "weights"):
         assert np.array_equal(getattr(inf2, a), getattr(inf, a)), a
     # fine-tune in torch: gradients reach the kept weights only; the change comes back

@@ -29,9 +29,12 @@ batch dimension symbolic ("N").  Each op of the InferenceNet program becomes:
       as shifted copies (Pad + one Slice per position + Concat), then one 1x1 Conv;
     "sum": one shifted copy of the input per used position, a 1x1 Conv with that
       position's masked weights on each, Sum.
-  All forms are exact (a dropped or masked weight is a multiplication by zero);
-  bench/bench_onnx.py measures them in onnxruntime, and the defaults are the fastest
-  measured (its header has the figures);
+  All forms are exact (a dropped or masked weight is a multiplication by zero).
+  ``bench/bench_onnx.py --forms`` times them in onnxruntime; the defaults were the
+  fastest there for SAL-ResNet-20 (w=16) at batch 1 and 128 (one run, 2 threads: the
+  unshared SAL as one-hot 3x3 Conv took 13 / 336 ms against 46 / 2836 ms for "slice"
+  and 54 / 2309 ms for "sum"; shared SAL shifts as depthwise Conv 1.1 / 361 ms against
+  2.4 / 899 ms for "slice"; bench/RESULTS.md, section ONNX);
 - add: Add (+ Relu); avgpool: GlobalAveragePool; linear: Flatten + Gemm.
 
 onnx is imported here only (pip install "salnp[onnx]").

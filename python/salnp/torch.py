@@ -361,7 +361,9 @@ class PrunedResNet(nn.Module):
         self._ops = inf.ops.copy()
         self._names = list(inf.names)
         self._channels = list(inf.channels)
-        self._template = inf
+        # a copy without libsal engines (C handles): the module deep-copies and pickles
+        self._template = type(inf)(inf.ops, inf.channels, inf.shifts, inf.pairs, inf.weights,
+                                   inf.names, inf.config, inf.info)
         W = inf.weights
         made = {}
         steps = []
