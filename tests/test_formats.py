@@ -45,7 +45,7 @@ def test_license_and_metadata():
     assert meta["urls"]
     extras = meta["optional-dependencies"]
     assert any(r.startswith("ipywidgets") for r in extras["notebooks"])
-    for name in ("onnx", "onnxruntime", "pandas"):
+    for name in ("onnx", "onnxruntime", "pandas", "ipywidgets"):
         assert any(r.startswith(name) for r in extras["test"]), name
     assert any(r.startswith("onnxruntime") for r in extras["onnx"])
     assert any(r.startswith("torch") for r in extras["torch"])
