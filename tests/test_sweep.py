@@ -400,3 +400,34 @@ def test_dask_sweep_survives_a_killed_worker_and_matches_local(reference, dask_c
     assert logged[:len(finished_before)] == finished_before        # nothing finished was lost
     assert _numbers(res) == _numbers(ref)                           # Dask == local, bit for bit
     client.wait_for_workers(2, timeout=60)                         # the nanny restarted it
+
+
+def test_plots_of_a_sweep_group_by_layer_with_error_bars(tmp_path):
+    plt = pytest.importorskip("matplotlib.pyplot", reason="pip install 'salnp[notebooks]'")
+    from matplotlib.container import ErrorbarContainer
+
+    rows = [dict(layer=layer, width=w, seed=s, test_acc=acc + 0.02 * s,
+                 test_acc_hard=(acc - 0.01 + 0.02 * s) if layer == "sal" else None,
+                 params=100 * w, macs=1000 * w * (1 if layer == "cl" else 0.2),
+                 train_macs=1, wall_s=1.0, dir="-")
+            for layer, acc in (("cl", 0.6), ("sal", 0.5)) for w in (4, 8) for s in (0, 1, 2)]
+    res = salnp.sweep.SweepResult(rows, columns=["layer", "width", "seed"])
+    for fn, key in ((salnp.viz.accuracy_vs_macs, "macs"), (salnp.viz.accuracy_vs_params, "params")):
+        fig, ax = plt.subplots()
+        assert fn(res, ax=ax) is ax
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 4 + 2                        # 4 configs + the SAL soft points
+        filled = bars[0]                                 # cl, width 4: mean and std of 3 seeds
+        x, y = filled.lines[0].get_data()
+        assert x[0] == rows[0][key] and y[0] == pytest.approx(100 * 0.62)
+        seg = filled.lines[2][0].get_segments()[0]       # the y error bar: mean -+ std
+        assert seg[1][1] - seg[0][1] == pytest.approx(2 * 100 * 0.02)
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["CL", "SAL"]
+        assert "mean ± std over 3 seed(s)" in ax.get_title()
+        assert [t.get_text() for t in ax.texts] == ["width=4", "width=8"] * 2
+        plt.close(fig)
+    pd = pytest.importorskip("pandas")
+    fig, ax = plt.subplots()
+    salnp.viz.accuracy_vs_params(pd.DataFrame(rows), ax=ax)     # a DataFrame of the rows
+    assert len([c for c in ax.containers if isinstance(c, ErrorbarContainer)]) == 6
+    plt.close(fig)

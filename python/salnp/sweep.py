@@ -572,7 +572,7 @@ def load(out) -> "SweepResult":
 
 # ---------------------------------------------------------------- the table
 def _stats(vals):
-    v = [float(x) for x in vals if x is not None]
+    v = [float(x) for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
         return None, None
     m = math.fsum(v) / len(v)
