@@ -248,6 +248,12 @@ def reference(tmp_path_factory):
     if not os.path.isdir(FASHION):
         pytest.skip(f"needs Fashion-MNIST at {FASHION}")
     out = tmp_path_factory.mktemp("local")
+    # a forked child would hang in its first OpenMP region after the parent ran a
+    # 2-thread op; the pool starts its workers with spawn
+    salnp.set_num_threads(2)
+    x = np.random.default_rng(0).standard_normal((8, 16, 32, 32)).astype(np.float32)
+    salnp.ops.conv2d(x, np.ones((16, 16, 3, 3), np.float32), padding=1)
+    salnp.set_num_threads(1)
     t0 = time.perf_counter()
     res = salnp.sweep(CONFIGS, out=out, workers=2, threads_per_trial=1, progress=False,
                       timeout=TIMEOUT)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 
 import numpy as np
@@ -221,6 +222,9 @@ def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=Fal
     os.makedirs(out, exist_ok=True)
     handler = logging.FileHandler(os.path.join(out, "train.log"))
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # only this run's messages (a Dask worker may train several runs in threads at once)
+    me = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == me)
     old_level = log.level
     log.addHandler(handler)
     log.setLevel(logging.INFO)
