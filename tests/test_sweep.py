@@ -412,13 +412,15 @@ def test_plots_of_a_sweep_group_by_layer_with_error_bars(tmp_path):
     plt = pytest.importorskip("matplotlib.pyplot", reason="pip install 'salnp[notebooks]'")
     from matplotlib.container import ErrorbarContainer
 
+    from salnp import viz
+
     rows = [dict(layer=layer, width=w, seed=s, test_acc=acc + 0.02 * s,
                  test_acc_hard=(acc - 0.01 + 0.02 * s) if layer == "sal" else None,
                  params=100 * w, macs=1000 * w * (1 if layer == "cl" else 0.2),
                  train_macs=1, wall_s=1.0, dir="-")
             for layer, acc in (("cl", 0.6), ("sal", 0.5)) for w in (4, 8) for s in (0, 1, 2)]
     res = salnp.sweep.SweepResult(rows, columns=["layer", "width", "seed"])
-    for fn, key in ((salnp.viz.accuracy_vs_macs, "macs"), (salnp.viz.accuracy_vs_params, "params")):
+    for fn, key in ((viz.accuracy_vs_macs, "macs"), (viz.accuracy_vs_params, "params")):
         fig, ax = plt.subplots()
         assert fn(res, ax=ax) is ax
         bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
@@ -434,6 +436,22 @@ def test_plots_of_a_sweep_group_by_layer_with_error_bars(tmp_path):
         plt.close(fig)
     pd = pytest.importorskip("pandas")
     fig, ax = plt.subplots()
-    salnp.viz.accuracy_vs_params(pd.DataFrame(rows), ax=ax)     # a DataFrame of the rows
+    viz.accuracy_vs_params(pd.DataFrame(rows), ax=ax)     # a DataFrame of the rows
     assert len([c for c in ax.containers if isinstance(c, ErrorbarContainer)]) == 6
     plt.close(fig)
+
+
+@needs_data
+def test_cli_sweep_on_a_dask_scheduler(reference, dask_client, tmp_path):
+    """python -m salnp sweep GRID.json --scheduler ADDRESS: the same numbers as the pool."""
+    _, ref = reference
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps(CONFIGS[:2]))                   # a list of configs
+    out = tmp_path / "cli-dask"
+    cmd = [sys.executable, "-m", "salnp", "sweep", str(grid), "--out", str(out),
+           "--scheduler", dask_client.scheduler.address, "--timeout", str(TIMEOUT)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=TIMEOUT + 60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 trained, 0 already done, 0 failed" in done.stdout
+    assert "[2/2] done 2, running 0, failed 0" in done.stderr
+    assert _numbers(salnp.sweep.load(out)) == _numbers(ref)[:2]
