@@ -340,8 +340,24 @@ class ResNet(Module):
         self.beta = 1.0  # SAL inverse temperature (fit anneals it)
 
     # the program for one input size, and its C engine (activations allocated once)
+    def _shift_offsets(self):
+        """The fixed SL offsets the programs were built with are copied into libsal: an
+        engine built before a change (load_state_dict, an in-place edit) would keep
+        the old ones.  Returns the current offsets of every Shift, in module order."""
+        return [m._buffers["offsets"] for _, m in self.named_modules() if isinstance(m, Shift)]
+
+    def _check_offsets(self):
+        cur = self._shift_offsets()
+        seen = getattr(self, "_offsets_seen", None)
+        if seen is None or len(seen) != len(cur) or any(
+                not np.array_equal(a, b) for a, b in zip(seen, cur)):
+            self._engines.clear()
+            self._last = None
+            self._offsets_seen = [np.array(a, copy=True) for a in cur]
+
     def _engine(self, in_shape):
         key = tuple(in_shape)
+        self._check_offsets()
         if key not in self._engines:
             prog = Program(in_shape)
             x = self.conv1.emit(prog, self.arena, "conv1", 0)
@@ -380,13 +396,39 @@ class ResNet(Module):
         (batch statistics, running-stat update); hard=True binarises SAL attention."""
         x = self._check_input(x, "forward")
         train = self.training if train is None else bool(train)
+        if not train:
+            eng = self._last = self._engine(x.shape[1:])
+            return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, False,
+                                     bool(hard), float(self.beta))
+        # training mode updates the BN running statistics: a NaN/inf input (or a NaN
+        # batch statistic from non-finite parameters) would poison them for good, so the
+        # input is checked first and the statistics are restored if they went non-finite
+        if not np.all(np.isfinite(x)):
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"forward: x contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "
+                             "in training mode it would poison the BN running statistics")
         eng = self._last = self._engine(x.shape[1:])
-        if train:
-            for _, m in self.named_modules():
-                if isinstance(m, BatchNorm2d):
-                    m._buffers["num_batches_tracked"][...] += 1
-        return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, train, bool(hard),
-                                 float(self.beta))
+        saved = self.arena.buffers.copy()
+        bns = [m for _, m in self.named_modules() if isinstance(m, BatchNorm2d)]
+        for m in bns:
+            m._buffers["num_batches_tracked"][...] += 1
+        try:
+            out = _core.net_forward(eng, self.arena.params, self.arena.buffers, x, True,
+                                    bool(hard), float(self.beta))
+        except BaseException:
+            self.arena.buffers[...] = saved
+            for m in bns:
+                m._buffers["num_batches_tracked"][...] -= 1
+            self._last = None      # backward then refuses: there is no forward to follow
+            raise
+        if not np.isfinite(self.arena.buffers.sum(dtype=np.float64)):
+            self.arena.buffers[...] = saved
+            for m in bns:
+                m._buffers["num_batches_tracked"][...] -= 1
+            self._last = None
+            raise FloatingPointError("forward: the batch statistics are NaN or inf (non-finite "
+                                     "parameters?); the BN running statistics were left unchanged")
+        return out
 
     __call__ = forward
 
