@@ -310,3 +310,78 @@ def test_gil_is_released_during_c_work():
     # with the GIL held in C the main thread would only run between calls (a few ticks
     # per switch interval); released, it spins freely the whole time
     assert ticks > 1000 * reps, (ticks, reps)
+
+
+# ---------------------------------------------------------------- round two (issue 14)
+
+class _NanBatches(Dataset):
+    """A Dataset whose batches `bad` (1-based, every epoch) carry a NaN pixel (uint8 images
+    cannot hold one: a subclass that makes float batches can)."""
+
+    def __init__(self, base, bad):
+        super().__init__(base.images, base.labels, base.classes, "nan-batches", base.mean,
+                         base.std, base.pad, base.flip)
+        self.bad, self._k = set(bad), 0
+
+    def _batches(self, *a, **k):
+        for i, (x, y) in enumerate(super()._batches(*a, **k), 1):
+            if i in self.bad:
+                x = x.copy()
+                x[0, 0, 0, 0] = np.nan
+            yield x, y
+
+
+def test_fit_nan_batch_named_and_bn_clean(tmp_path):
+    net = salnp.models.resnet(8, 2, "cl", num_classes=4)
+    ck = tmp_path / "ck.npz"
+    ref = {k: v.copy() for k, v in net.state_dict().items()}
+    data = _NanBatches(_tiny_data(), bad={2})
+    with pytest.raises(ValueError, match=r"training batch 2 of epoch 1 \(step 2\) contains NaN"):
+        salnp.fit(net, data, epochs=1, batch_size=4, progress=False, checkpoint=ck, seed=3)
+    assert not ck.exists()
+    # BN statistics saw batch 1 only: finite, and not equal to the untouched ones
+    for k, v in net.state_dict().items():
+        assert np.all(np.isfinite(v)), k
+    assert not np.array_equal(net.bn1.running_mean, ref["bn1.running_mean"])
+    # opt-in: skip the bad batch, finish, everything finite, the checkpoint loads
+    net = salnp.models.resnet(8, 2, "cl", num_classes=4)
+    hist = salnp.fit(net, data, epochs=2, batch_size=4, progress=False, checkpoint=ck, seed=3,
+                     skip_nonfinite=True)
+    assert [h["skipped_batches"] for h in hist] == [1, 1]
+    assert all(np.all(np.isfinite(v)) for v in net.state_dict().values())
+    salnp.load(ck)
+    with pytest.raises(TypeError, match="skip_nonfinite"):
+        salnp.fit(net, data, epochs=1, progress=False, skip_nonfinite="yes")
+
+
+def test_fit_divergence_in_last_step_raises_and_keeps_checkpoint(tmp_path, monkeypatch):
+    """The optimiser step that makes a parameter inf is the run's very last: before, fit
+    returned normally and checkpointed a network that outputs NaN."""
+    data = _tiny_data()           # 12 images, batch 6: 2 steps per epoch, 4 in all
+    ck = tmp_path / "ck.npz"
+    orig = salnp.train.SGD.step
+
+    def step(self, lr=None):
+        orig(self, lr)
+        if self.steps == diverge_at:
+            self.net.arena.params[7] = np.inf
+
+    monkeypatch.setattr(salnp.train.SGD, "step", step)
+    diverge_at = 4
+    net = salnp.models.resnet(8, 2, "cl", num_classes=4)
+    with pytest.raises(FloatingPointError, match=r"after the optimiser step at epoch 2, step 4;"
+                                                 r" the last good state is the checkpoint of epoch 1"):
+        salnp.fit(net, data, epochs=2, batch_size=6, progress=False, checkpoint=ck)
+    # the network is back at its state before the bad step, and the checkpoint is epoch 1's
+    assert np.all(np.isfinite(net.arena.params)) and np.all(np.isfinite(net.arena.momentum))
+    with salnp.io.NpzReader(ck) as z:
+        assert z.config["epoch"] == 1
+    # the last step of a one-step run: no checkpoint at all, the network as it started
+    ck2 = tmp_path / "ck2.npz"
+    diverge_at = 1
+    net = salnp.models.resnet(8, 2, "cl", num_classes=4)
+    p0 = net.arena.params.copy()
+    with pytest.raises(FloatingPointError, match="epoch 1, step 1;"):
+        salnp.fit(net, _tiny_data(n=6), epochs=1, batch_size=6, progress=False, checkpoint=ck2)
+    assert not ck2.exists()
+    np.testing.assert_array_equal(net.arena.params, p0)

@@ -24,6 +24,19 @@ __all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "lo
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 
+def __getattr__(name):
+    """salnp.viz on first use (it imports matplotlib, which import salnp does not)."""
+    if name == "viz":
+        import importlib
+
+        return importlib.import_module(".viz", __name__)
+    raise AttributeError(f"module 'salnp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"viz"})
+
+
 def set_num_threads(n: int) -> None:
     """Set the threads used by libsal's own loops and by each BLIS call."""
     _core.set_num_threads(int(n))

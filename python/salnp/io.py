@@ -33,6 +33,7 @@ import os
 import stat
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -153,7 +154,7 @@ def save_npz_atomic(path, arrays: dict, kind: str, config: dict) -> None:
 
 
 # ---------------------------------------------------------------- bounded reading
-_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError,
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, ValueError, OSError, EOFError,
                 KeyError, IndexError, TypeError, AttributeError, OverflowError, RecursionError,
                 NotImplementedError, RuntimeError, UnicodeError, SyntaxError)
 

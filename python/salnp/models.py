@@ -404,6 +404,7 @@ class ResNet(Module):
         # batch statistic from non-finite parameters) would poison them for good, so the
         # input is checked first and the statistics are restored if they went non-finite
         if not np.all(np.isfinite(x)):
+            self._last = None      # backward after a refused forward raises
             bad = np.argwhere(~np.isfinite(x))[0]
             raise ValueError(f"forward: x contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "
                              "in training mode it would poison the BN running statistics")
