@@ -110,7 +110,9 @@ class InferenceNet:
             raise ValueError(f"forward: x must have shape (N, C={c}, H, W) with N, H, W >= 1, "
                              f"got {x.shape}")
         x = np.ascontiguousarray(x, np.float32)
-        return _core.infer_forward(self._engine(x.shape[1:]), self.weights, x)
+        from .nn import net_lock
+        with net_lock(self):    # one forward at a time per network (its buffers)
+            return _core.infer_forward(self._engine(x.shape[1:]), self.weights, x)
 
     __call__ = forward
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .nn import Arena, Module, constant, kaiming_uniform_a_sqrt5, uniform
+from .nn import Arena, Module, constant, kaiming_uniform_a_sqrt5, net_lock, uniform
 
 __all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "BatchNorm2d",
            "Linear", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "default_shift_offsets"]
@@ -396,6 +396,10 @@ class ResNet(Module):
         (batch statistics, running-stat update); hard=True binarises SAL attention."""
         x = self._check_input(x, "forward")
         train = self.training if train is None else bool(train)
+        with net_lock(self):    # one call at a time per network (salnp.nn.net_lock)
+            return self._forward_locked(x, train, hard)
+
+    def _forward_locked(self, x, train, hard):
         if not train:
             eng = self._last = self._engine(x.shape[1:])
             return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, False,
@@ -439,7 +443,10 @@ class ResNet(Module):
             raise RuntimeError("backward: call forward(x, train=True) first")
         # no np.ascontiguousarray here: _core converts and checks (a complex or string
         # grad_logits must be refused with the argument named, not cast silently)
-        _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
+        with net_lock(self):
+            if self._last is None:
+                raise RuntimeError("backward: call forward(x, train=True) first")
+            _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
 
     def zero_grad(self):
         self.arena.zero_grad()

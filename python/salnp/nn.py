@@ -10,6 +10,8 @@ buffer arena the same way.
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 from typing import Callable, Iterator
 
@@ -32,6 +34,28 @@ def uniform(lo: float, hi: float) -> Init:
 
 def constant(v: float) -> Init:
     return lambda rng, shape: np.full(shape, v)
+
+
+_LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def net_lock(obj) -> "threading.RLock":
+    """The lock that serialises forward/backward of one network (kept outside the object,
+    so copies and pickles of networks carry no lock; a copy gets its own).
+
+    Sharing a network between threads: every forward and backward call holds the
+    network's lock for its whole run, so calls from several threads never overlap on one
+    network's buffers (they queue; different networks run in parallel, the GIL is
+    released in C).  backward differentiates the most recent forward of ANY thread:
+    training one network from several threads at once needs the caller's own lock
+    around each forward+backward pair.  Inference (forward with train=False, or an
+    InferenceNet) is safe to share as it is."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(obj)
+        if lock is None:
+            lock = _LOCKS[obj] = threading.RLock()
+        return lock
 
 
 class ParamSpec:
