@@ -473,6 +473,14 @@ FAIL_ALLOC_CHILD = textwrap.dedent("""
         print("backward ran")
     except (RuntimeError, salnp.SalError, ValueError) as e:
         print("backward refused:", type(e).__name__)
+    # libsal itself, below the Python guard: the engine whose forward failed
+    eng = net._engines[(3, 8, 8)][1]
+    try:
+        salnp._core.net_backward(eng, net.arena.params, net.arena.grads,
+                                 np.zeros((4, 4), np.float32))
+        print("C backward ran")
+    except (RuntimeError, salnp.SalError, ValueError) as e:
+        print("C backward refused:", str(e)[:60])
     y = net.forward(small, train=True)                      # and the network still works
     net.backward(np.ones_like(y) / y.size)
     print("recovered", bool(np.all(np.isfinite(net.arena.grads))))
@@ -489,4 +497,5 @@ def test_failed_allocation_leaves_network_consistent():
     out = r.stdout
     assert "big forward refused" in out, out
     assert "backward refused" in out, out
+    assert "C backward refused" in out, out
     assert "recovered True" in out, out

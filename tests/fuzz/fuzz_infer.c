@@ -21,7 +21,7 @@
 #define MAX_OPS 64
 #define MAX_ROWS 4096
 #define MAX_WEIGHTS 65536
-#define MAX_ACT (1 << 21) /* floats of activations the harness lets a forward allocate */
+#define MAX_ACT (1 << 18) /* floats of activations the harness lets a forward allocate */
 
 static int64_t count_of(fuzz_in *in, int64_t small, int64_t cap) {
     int64_t v = fuzz_size(in, small);
@@ -30,6 +30,8 @@ static int64_t count_of(fuzz_in *in, int64_t small, int64_t cap) {
 }
 
 static int64_t field(fuzz_in *in, int64_t small) { return fuzz_size(in, small > 0 ? small : 1); }
+/* v - 1 without overflow (fields that may be -1 are encoded + 1) */
+static int64_t minus1(int64_t v) { return v == INT64_MIN ? v : v - 1; }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fuzz_in in = {data, size};
@@ -43,14 +45,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int32_t *pairs = calloc(4 * (size_t)(npairs > 0 ? npairs : 1), sizeof *pairs);
     float *weights = malloc(sizeof(float) * (size_t)(nweights > 0 ? nweights : 1));
     if (!shapes || !ops || !shifts || !pairs || !weights) abort();
-    for (int64_t i = 0; i < 3 * nbuf; i++) shapes[i] = fuzz_size(&in, 12);
+    for (int64_t i = 0; i < 3 * (nbuf > 0 ? nbuf : 0); i++) shapes[i] = fuzz_size(&in, 12);
     const int64_t B = nbuf > 0 ? nbuf : 1;
-    for (int64_t i = 0; i < nops; i++) {
+    for (int64_t i = 0; i < (nops > 0 ? nops : 0); i++) {
         sal_iop *op = &ops[i];
         op->kind = field(&in, 7);
         op->in = field(&in, B);
         op->out = field(&in, B);
-        op->res = field(&in, B + 1) - 1;
+        op->res = minus1(field(&in, B + 1));
         op->relu = field(&in, 2);
         op->res_post = field(&in, 2);
         op->o = field(&in, 12);
@@ -58,14 +60,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         op->stride = field(&in, 4);
         op->pad = field(&in, 3);
         op->p0 = field(&in, nweights + 1);
-        op->p1 = field(&in, nweights + 2) - 1;
+        op->p1 = minus1(field(&in, nweights + 2));
         op->ioff = field(&in, (nshift > npairs ? nshift : npairs) + 1);
         op->npair = field(&in, npairs + 1);
         op->index_bits = field(&in, 5);
     }
-    for (int64_t i = 0; i < 3 * nshift; i++) shifts[i] = (int32_t)(fuzz_size(&in, 12) - (i % 3 ? 1 : 0));
-    for (int64_t i = 0; i < 4 * npairs; i++) pairs[i] = (int32_t)(fuzz_size(&in, 12) - (i % 4 >= 2 ? 1 : 0));
-    for (int64_t i = 0; i < nweights; i++) weights[i] = (float)((i * 37) % 17 - 8) / 16.0f;
+    for (int64_t i = 0; i < 3 * (nshift > 0 ? nshift : 0); i++) shifts[i] = (int32_t)(i % 3 ? minus1(fuzz_size(&in, 12)) : fuzz_size(&in, 12));
+    for (int64_t i = 0; i < 4 * (npairs > 0 ? npairs : 0); i++) pairs[i] = (int32_t)(i % 4 >= 2 ? minus1(fuzz_size(&in, 12)) : fuzz_size(&in, 12));
+    for (int64_t i = 0; i < (nweights > 0 ? nweights : 0); i++) weights[i] = (float)((i * 37) % 17 - 8) / 16.0f;
 
     sal_infer *net = NULL;
     sal_status s = sal_infer_create(&net, shapes, nbuf, ops, nops, nshift ? shifts : NULL, nshift,
