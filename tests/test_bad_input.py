@@ -1225,6 +1225,10 @@ def _h_fit_resume_fifo(tmp_path):
     with _Alarm(20), pytest.raises(ValueError, match="FIFO"):
         salnp.fit(net, _tiny_data(), epochs=1, progress=False, resume=p)
     _same_state(net, ref)
+    with _Alarm(20), pytest.raises(ValueError, match="checkpoint: .*FIFO"):
+        salnp.fit(net, _tiny_data(), epochs=1, progress=False, checkpoint=p)   # before training
+    _same_state(net, ref)
+    assert _stat.S_ISFIFO(os.lstat(p).st_mode)
 
 
 def _h_load_device(tmp_path):

@@ -282,6 +282,12 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                 raise TypeError(f"fit: {name} must be a path or None, got {type(p).__name__}") from None
             if os.path.isdir(p):
                 raise ValueError(f"fit: {name}={p!r} is a directory, not a file path")
+    if checkpoint is not None:      # a FIFO or device as checkpoint: refused now, not after an epoch
+        from .io import _target_for_save
+        try:
+            _target_for_save(os.fspath(checkpoint))
+        except ValueError as e:
+            raise ValueError(f"fit: checkpoint: {e}") from None
     if resume is not None and not os.path.exists(resume):
         raise FileNotFoundError(f"fit: resume={os.fspath(resume)!r}: no such file")
     if threads is not None and (not isinstance(threads, (int, np.integer)) or isinstance(threads, bool)
