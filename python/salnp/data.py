@@ -56,26 +56,93 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
+MAX_DEFAULT_CLASSES = 1 << 20   # Dataset(classes=None) names 0..max(label): bounded
+
+
+def _check_int(fn, name, v, lo):
+    """v as an int >= lo; TypeError for non-integers (1.9, True, "3"), ValueError below lo."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{fn}: {name}={v!r}: must be an integer")
+    if v < lo:
+        raise ValueError(f"{fn}: {name}={v}: must be >= {lo}")
+    return int(v)
+
+
 class DataFormatError(ValueError, SalError):
     """A data file is truncated, corrupted or not in the expected format (message names it)."""
 
 
 # ---- files ---------------------------------------------------------------------------
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, decompressed when its name ends in .xz or .gz."""
+# The most decompressed bytes one data file may give (the largest file of the supported
+# datasets, CIFAR-100's train.bin, is 154 MB): a small .gz/.xz of zeros ("decompression
+# bomb") or an IDX header announcing more stops here instead of filling memory.  Raise it
+# for larger datasets.
+MAX_FILE_BYTES = 1 << 30
+_CHUNK = 1 << 20
+_IDX_ITEMSIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def _open_data(path: Path):
+    """A binary stream of the file's decompressed contents (.xz, .gz, or plain); the file
+    must be a regular file (a FIFO or device is refused, never read)."""
+    from .io import open_regular
+
+    try:
+        f = open_regular(path, "data")
+    except ValueError as e:
+        raise DataFormatError(str(e)) from None
+    name = path.name
+    if name.endswith(".xz"):
+        return lzma.open(f)
+    if name.endswith(".gz"):
+        return gzip.open(f)
+    return f
+
+
+def _read_upto(f, n: int) -> bytes:
+    """At most n bytes, in chunks (memory grows with the data actually there)."""
+    parts, got = [], 0
+    while got < n:
+        b = f.read(min(_CHUNK, n - got))
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+def _read_bytes(path: Path, limit: int | None = None, idx: bool = False) -> bytes:
+    """The file's contents, decompressed when its name ends in .xz or .gz, never more than
+    limit (default MAX_FILE_BYTES) bytes: DataFormatError beyond.  idx: stop at the size
+    the IDX header announces (plus one byte, so the parser sees trailing data)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     name = path.name
     try:
-        if name.endswith(".xz"):
-            with lzma.open(path) as f:
-                return f.read()
-        if name.endswith(".gz"):
-            with gzip.open(path) as f:
-                return f.read()
+        with _open_data(path) as f:
+            if idx:
+                head = _read_upto(f, 4)
+                if len(head) == 4 and head[:2] == b"\0\0" and 1 <= head[3] <= 16:
+                    head += _read_upto(f, 4 * head[3])
+                    if len(head) == 4 + 4 * head[3]:
+                        count = 1
+                        for k in range(head[3]):
+                            count *= int.from_bytes(head[4 + 4 * k: 8 + 4 * k], "big")
+                        size = count * _IDX_ITEMSIZE.get(head[2], 1)
+                        if size > limit:
+                            raise DataFormatError(
+                                f"{path}: the IDX header announces {size} data bytes, more than "
+                                f"salnp.data.MAX_FILE_BYTES ({limit}); not read")
+                        return head + _read_upto(f, size + 1)
+                return head + _read_upto(f, 64)    # a bad header: the parser says why
+            data = _read_upto(f, limit + 1)
     except (lzma.LZMAError, gzip.BadGzipFile, zlib.error, EOFError) as e:
         kind = "xz" if name.endswith(".xz") else "gzip"
         raise DataFormatError(f"{path}: corrupt or truncated {kind} stream: {e}") from e
-    return path.read_bytes()
+    if len(data) > limit:
+        raise DataFormatError(f"{path}: more than {limit} bytes (decompressed); larger than any "
+                              "file of the supported datasets (salnp.data.MAX_FILE_BYTES)")
+    return data
 
 
 def _find(dirs: Sequence[Path], stem: str) -> Path | None:
@@ -102,7 +169,7 @@ def _parse_cifar(path: Path, num_classes: tuple[int, ...]):
 
 
 def _parse_idx(path: Path, ndim: int) -> np.ndarray:
-    data = _read_bytes(path)
+    data = _read_bytes(path, idx=True)
     try:
         a = _core._parse_idx(data)
     except SalError as e:
@@ -126,7 +193,7 @@ def _read_names(path: Path | None, count: int, default: Sequence[str] | None) ->
     if path is None:
         return tuple(default) if default else tuple(str(i) for i in range(count))
     try:
-        text = _read_bytes(path).decode("utf-8")
+        text = _read_bytes(path, limit=1 << 20).decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: class names are not UTF-8 text: {e}") from None
     names = tuple(line.strip() for line in text.splitlines() if line.strip())
@@ -161,7 +228,12 @@ class Dataset:
         if labels.min() < 0:
             raise ValueError(f"Dataset: labels must be >= 0, got {int(labels.min())}")
         if classes is None:
-            classes = [str(i) for i in range(int(labels.max()) + 1)]
+            top = int(labels.max())
+            if top >= MAX_DEFAULT_CLASSES:
+                raise ValueError(f"Dataset: labels: largest label {top} would make {top + 1} "
+                                 f"classes; without classes= at most {MAX_DEFAULT_CLASSES} are "
+                                 "named (pass classes= for more)")
+            classes = [str(i) for i in range(top + 1)]
         if int(labels.max()) >= len(classes):
             raise ValueError(f"Dataset: label {int(labels.max())} but only {len(classes)} classes")
         C = images.shape[1]
@@ -226,7 +298,7 @@ class Dataset:
         balanced: each class gets n // K images (the first n % K classes one more); a class
         with too few images gives all it has and the rest is filled from the others.
         The normalisation is kept (not recomputed on the subset)."""
-        n = int(n)
+        n = _check_int("subset", "n", n, 1)
         if not 1 <= n <= len(self):
             raise ValueError(f"subset: n={n}: must be in [1, {len(self)}]")
         perm = _core._permutation(len(self), seed, 0)
@@ -271,6 +343,7 @@ class Dataset:
         return _core._permutation(len(self), seed, epoch)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        batch_size = _check_int("num_batches", "batch_size", batch_size, 1)
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
 
     def batches(self, batch_size: int, shuffle: bool = False, augment: bool = False,
@@ -284,11 +357,13 @@ class Dataset:
         reuse: write every full batch into ONE preallocated array (and a last smaller batch
         into a second one): x is then overwritten by the next step, so copy it to keep it.
         Without reuse each x is a new array.  y is always a new array."""
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batches: batch_size={batch_size}: must be >= 1")
+        batch_size = _check_int("batches", "batch_size", batch_size, 1)
         if layout not in ("NCHW", "CNHW"):
             raise ValueError(f"batches: layout={layout!r}: must be 'NCHW' or 'CNHW'")
+        # checked here, at the call; the generator below runs at the first next()
+        return self._batches(batch_size, shuffle, augment, seed, epoch, layout, drop_last, reuse)
+
+    def _batches(self, batch_size, shuffle, augment, seed, epoch, layout, drop_last, reuse):
         N = len(self)
         order = self.permutation(seed, epoch) if shuffle else np.arange(N, dtype=np.int64)
         bufs: dict[int, np.ndarray] = {}

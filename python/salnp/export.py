@@ -33,7 +33,7 @@ import types
 import numpy as np
 
 from . import _core
-from .io import read_npz, save_npz_atomic
+from .io import save_npz_atomic
 
 __all__ = ["export", "load", "to_onnx", "InferenceNet", "IFIELDS"]
 
@@ -117,7 +117,9 @@ class InferenceNet:
             raise ValueError(f"forward: x must have shape (N, C={c}, H, W) with N, H, W >= 1, "
                              f"got {x.shape}")
         x = np.ascontiguousarray(x, np.float32)
-        return _core.infer_forward(self._engine(x.shape[1:]), self.weights, x)
+        from .nn import net_lock
+        with net_lock(self):    # one forward at a time per network (its buffers)
+            return _core.infer_forward(self._engine(x.shape[1:]), self.weights, x)
 
     __call__ = forward
 
@@ -159,24 +161,57 @@ class InferenceNet:
 
 
 def load(path) -> InferenceNet:
-    """An InferenceNet saved by InferenceNet.save; ValueError naming the file otherwise."""
-    arrays, config, _ = read_npz(path, kind="inference")
+    """An InferenceNet saved by InferenceNet.save; ValueError naming the file otherwise.
+
+    The config (format, op fields, names, model) and every array's header (dtype, shape:
+    ops (len(names), len(IFIELDS)) int64, channels (B,) int64, shifts (M, 3) int32,
+    pairs (P, 4) int32, weights (W,) float32) are checked before any array data is read;
+    libsal then validates the whole program (bounds with overflow-checked arithmetic)."""
+    from .io import NpzReader, _fspath
+
+    path = _fspath(path, "load")
+    with NpzReader(path, kind="inference") as z:
+        config = z.config
+        try:
+            if config.get("inference_format") != INFERENCE_FORMAT:
+                raise ValueError(f"inference format {config.get('inference_format')!r}, "
+                                 f"this salnp reads {INFERENCE_FORMAT}")
+            if config.get("fields") != list(IFIELDS):
+                raise ValueError("op fields differ from this salnp's")
+            names = config.get("names")
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise ValueError("names must be a non-empty list of strings")
+            if not isinstance(config.get("model"), dict):
+                raise ValueError("no model config")
+            info = config.get("info")
+            if info is not None and not isinstance(info, dict):
+                raise ValueError("info must be a JSON object")
+            want = dict(ops=(np.int64, (len(names), len(IFIELDS))), channels=(np.int64, None),
+                        shifts=(np.int32, 3), pairs=(np.int32, 4), weights=(np.float32, None))
+            for k, (dt, tail) in want.items():
+                if k not in z.headers:
+                    raise ValueError(f"missing array {k!r}")
+                shp = z.shape(k)
+                if z.dtype(k) != np.dtype(dt):
+                    raise ValueError(f"{k} has dtype {z.dtype(k)}, expected {np.dtype(dt)}")
+                ok = (shp == tail if isinstance(tail, tuple) else
+                      len(shp) == 1 if tail is None else len(shp) == 2 and shp[1] == tail)
+                if not ok:
+                    raise ValueError(f"{k} has shape {shp}")
+            extra = set(z.arrays) - set(want)
+            if extra:
+                raise ValueError(f"unexpected arrays {sorted(extra)[:5]}")
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: not a valid exported network ({e})") from None
+        arrays = {k: z.read(k) for k in want}
     try:
-        if config.get("inference_format") != INFERENCE_FORMAT:
-            raise ValueError(f"inference format {config.get('inference_format')!r}, "
-                             f"this salnp reads {INFERENCE_FORMAT}")
-        if config.get("fields") != list(IFIELDS):
-            raise ValueError("op fields differ from this salnp's")
-        for k in ("ops", "channels", "shifts", "pairs", "weights"):
-            if k not in arrays:
-                raise ValueError(f"missing array {k!r}")
-        if arrays["weights"].dtype != np.float32 or not np.all(np.isfinite(arrays["weights"])):
+        if not np.all(np.isfinite(arrays["weights"])):
             raise ValueError("weights must be finite float32")
         net = InferenceNet(arrays["ops"], arrays["channels"], arrays["shifts"], arrays["pairs"],
-                           arrays["weights"], config["names"], config["model"], config.get("info"))
+                           arrays["weights"], names, config["model"], info)
         net._engine((net.in_channels, 32, 32))   # libsal validates the whole program
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{path}: not a valid exported network ({e})") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError) as e:
+        raise ValueError(f"{path}: not a valid exported network ({type(e).__name__}: {e})") from None
     return net
 
 
@@ -250,6 +285,10 @@ def export(net, beta=None) -> InferenceNet:
     beta = float(b)
     if not np.isfinite(beta) or beta < 0:
         raise ValueError(f"export: beta={beta!r}: must be finite and >= 0")
+    # a NaN weight, a NaN BN statistic or a negative running variance would fold into
+    # NaN (or constant) logits for every input: refuse, naming the entry
+    from .io import check_finite_state
+    check_finite_state(dict(net.named_parameters()) | dict(net.named_buffers()), "export")
     cin = net.config["in_channels"]
     shape = (cin, 32, 32)
     net._engine(shape)
