@@ -21,7 +21,7 @@ __all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "B
 
 # op kinds and the field order of one op row; must match sal/net.h
 OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = range(8)
-FIELDS = ("kind", "inp", "out", "res", "relu", "o", "k", "stride", "pad", "p0", "p1", "p2",
+FIELDS = ("kind", "inp", "out", "res", "relu", "o", "k", "stride", "pad", "p0", "p1",
           "b0", "b1", "shared", "ioff")
 
 

@@ -24,7 +24,6 @@
 #define SAL_INFER_H
 
 #include "sal/core.h"
-#include "sal/count.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -70,9 +69,10 @@ int64_t sal_infer_num_ops(const sal_infer *net);
 /* activations of buffer b after the last forward (CNHW), for inspection and tests */
 sal_status sal_infer_buffer(const sal_infer *net, int64_t b, const float **act, sal_act *geom);
 
-/* rows (nops): accounting of the inference program (SAL_COUNT_INFER conventions of
- * sal/count.h; kind is a sal_iop_kind) */
-sal_status sal_infer_count(const sal_infer *net, sal_count_row *rows);
+/* read-only views of the program as validated and copied by sal_infer_create: shapes
+ * (nbuf, 3), ops (nops); any output pointer may be NULL (its accounting: sal/count.h) */
+void sal_infer_program(const sal_infer *net, const int64_t **shapes, int64_t *nbuf,
+                       const sal_iop **ops, int64_t *nops);
 
 /* naive reference of GATHER for tests: y (N,O,Ho,Wo) in x's layout, no epilogue but
  * the bias (NULL: none); pairs (npair, 4), w (npair) */

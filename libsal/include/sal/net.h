@@ -30,7 +30,7 @@ typedef enum {
 
 /* One op; the field order is the one salnp.models.FIELDS packs. */
 typedef struct {
-    int64_t kind, in, out, res, relu, o, k, stride, pad, p0, p1, p2, b0, b1, shared, ioff;
+    int64_t kind, in, out, res, relu, o, k, stride, pad, p0, p1, b0, b1, shared, ioff;
 } sal_op;
 
 typedef struct sal_net sal_net;
