@@ -9,7 +9,7 @@
 #include "sal/count.h"
 #include "sal/infer.h"
 #include "sal/net.h"
-#include "sal/shift.h"
+#include "sal/attention.h"
 
 static const char *FN = "sal_net_count";
 

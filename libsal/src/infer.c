@@ -39,6 +39,18 @@ struct sal_infer {
 
 static const char *FN = "sal_infer";
 
+static const char *const OP_FIELDS[] = {"kind", "in", "out", "res", "relu", "res_post", "o", "k",
+                                        "stride", "pad", "p0", "p1", "ioff", "npair",
+                                        "index_bits"};
+_Static_assert(sizeof OP_FIELDS / sizeof *OP_FIELDS == sizeof(sal_iop) / sizeof(int64_t),
+               "OP_FIELDS names every field of sal_iop");
+static const char *const OP_KINDS[] = {[SAL_IOP_CONV] = "conv", [SAL_IOP_GATHER] = "gather",
+                                       [SAL_IOP_SHIFT] = "shift", [SAL_IOP_ADD] = "add",
+                                       [SAL_IOP_POOL] = "pool", [SAL_IOP_LINEAR] = "linear"};
+
+const char *const *sal_infer_op_fields(int64_t *n) { return SAL_NAMES(OP_FIELDS, n); }
+const char *const *sal_infer_op_kinds(int64_t *n) { return SAL_NAMES(OP_KINDS, n); }
+
 static sal_act buf_act(const sal_infer *net, int64_t b, int64_t n) {
     return sal_program_act(&net->p, b, n);
 }
@@ -128,17 +140,13 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
         break;
     }
     case SAL_IOP_ADD:
-        SAL_REQUIRE(op->res >= 0, FN, "op %lld: add needs a res buffer", (long long)i);
-        break;
     case SAL_IOP_POOL:
-        want[1] = want[2] = 1;
-        break;
     case SAL_IOP_LINEAR:
-        SAL_REQUIRE(si[1] == 1 && si[2] == 1 && op->o >= 1, FN,
-                    "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
-        want[0] = op->o, want[1] = want[2] = 1;
-        pw = op->o * si[0];
-        pb = op->o;
+        SAL_TRY(sal_program_check_shared(
+            &net->p, i,
+            op->kind == SAL_IOP_ADD ? SAL_PROGRAM_ADD
+                : op->kind == SAL_IOP_POOL ? SAL_PROGRAM_POOL : SAL_PROGRAM_LINEAR,
+            op->in, op->res, op->o, want, &pw, &pb));
         break;
     default:
         return sal_fail(SAL_EINVAL, FN, "op %lld: kind=%lld: unknown op", (long long)i,
@@ -169,8 +177,6 @@ sal_status sal_infer_create(sal_infer **out, const int64_t *shapes, int64_t nbuf
                             int64_t nweights) {
     SAL_REQUIRE(out && shapes && ops, FN, "net, shapes and ops must not be NULL");
     *out = NULL;
-    SAL_REQUIRE(nbuf >= 2 && nops >= 1, FN, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
-                (long long)nbuf, (long long)nops);
     SAL_REQUIRE(nshift >= 0 && (nshift == 0 || shifts), FN, "nshift=%lld: shifts missing",
                 (long long)nshift);
     SAL_REQUIRE(npairs >= 0 && (npairs == 0 || pairs), FN, "npairs=%lld: pairs missing",
@@ -179,7 +185,7 @@ sal_status sal_infer_create(sal_infer **out, const int64_t *shapes, int64_t nbuf
     sal_infer *net = calloc(1, sizeof *net);
     if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
     net->nops = nops, net->nshift = nshift, net->npairs = npairs;
-    sal_status s = sal_program_init(&net->p, FN, "weights", shapes, nbuf, nweights);
+    sal_status s = sal_program_init(&net->p, FN, "weights", shapes, nbuf, nops, nweights);
     net->ops = malloc((size_t)nops * sizeof *net->ops);
     net->shifts = malloc((size_t)(nshift ? nshift : 1) * 3 * sizeof *net->shifts);
     net->pairs = malloc((size_t)(npairs ? npairs : 1) * 4 * sizeof *net->pairs);

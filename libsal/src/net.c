@@ -7,6 +7,8 @@
 #include "sal/conv.h"
 #include "sal/layers.h"
 #include "sal/net.h"
+#include "sal/active_shift.h"
+#include "sal/attention.h"
 #include "sal/shift.h"
 
 struct sal_net {
@@ -24,6 +26,18 @@ struct sal_net {
 };
 
 static const char *FN = "sal_net";
+
+static const char *const OP_FIELDS[] = {"kind", "in", "out", "res", "relu", "o", "k", "stride",
+                                        "pad", "p0", "p1", "b0", "b1", "shared", "ioff"};
+_Static_assert(sizeof OP_FIELDS / sizeof *OP_FIELDS == sizeof(sal_op) / sizeof(int64_t),
+               "OP_FIELDS names every field of sal_op");
+static const char *const OP_KINDS[] = {[SAL_OP_CONV] = "conv", [SAL_OP_SAL] = "sal",
+                                       [SAL_OP_SHIFT] = "shift", [SAL_OP_ASHIFT] = "ashift",
+                                       [SAL_OP_BN] = "bn", [SAL_OP_ADD] = "add",
+                                       [SAL_OP_POOL] = "pool", [SAL_OP_LINEAR] = "linear"};
+
+const char *const *sal_net_op_fields(int64_t *n) { return SAL_NAMES(OP_FIELDS, n); }
+const char *const *sal_net_op_kinds(int64_t *n) { return SAL_NAMES(OP_KINDS, n); }
 
 static sal_act buf_act(const sal_net *net, int64_t b, int64_t n) {
     return sal_program_act(&net->p, b, n);
@@ -91,17 +105,13 @@ static sal_status check_op(const sal_net *net, int64_t i, const sal_op *op) {
                     (long long)i);
         break;
     case SAL_OP_ADD:
-        SAL_REQUIRE(op->res >= 0, FN, "op %lld: add needs a res buffer", (long long)i);
-        break;
     case SAL_OP_POOL:
-        want[1] = want[2] = 1;
-        break;
     case SAL_OP_LINEAR:
-        SAL_REQUIRE(si[1] == 1 && si[2] == 1, FN, "op %lld: linear input must be pooled (C, 1, 1)",
-                    (long long)i);
-        want[0] = op->o, want[1] = want[2] = 1;
-        pw = op->o * si[0];
-        pb = op->o;
+        SAL_TRY(sal_program_check_shared(
+            &net->p, i,
+            op->kind == SAL_OP_ADD ? SAL_PROGRAM_ADD
+                : op->kind == SAL_OP_POOL ? SAL_PROGRAM_POOL : SAL_PROGRAM_LINEAR,
+            op->in, op->res, op->o, want, &pw, &pb));
         break;
     default:
         return sal_fail(SAL_EINVAL, FN, "op %lld: kind=%lld: unknown op", (long long)i,
@@ -114,8 +124,6 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
                           int64_t nops, const int32_t *offsets, int64_t noff, int64_t nparams,
                           int64_t nbuffers) {
     SAL_REQUIRE(out && shapes && ops, FN, "net, shapes and ops must not be NULL");
-    SAL_REQUIRE(nbuf >= 2 && nops >= 1, FN, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
-                (long long)nbuf, (long long)nops);
     SAL_REQUIRE(noff >= 0 && (noff == 0 || offsets), FN, "noff=%lld: offsets missing",
                 (long long)noff);
     SAL_REQUIRE(nparams >= 0 && nbuffers >= 0, FN, "arena sizes must be >= 0");
@@ -123,7 +131,7 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     sal_net *net = calloc(1, sizeof *net);
     if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
     net->nops = nops, net->noff = noff, net->nbuffers = nbuffers;
-    sal_status s = sal_program_init(&net->p, FN, "parameters", shapes, nbuf, nparams);
+    sal_status s = sal_program_init(&net->p, FN, "parameters", shapes, nbuf, nops, nparams);
     net->ops = malloc((size_t)nops * sizeof *net->ops);
     net->offsets = malloc((size_t)(noff ? noff : 1) * 2 * sizeof *net->offsets);
     net->grad = calloc((size_t)nbuf, sizeof *net->grad);

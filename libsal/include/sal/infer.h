@@ -48,6 +48,11 @@ typedef struct {
         index_bits;
 } sal_iop;
 
+/* The op table describes itself (as sal/net.h): sal_iop's field names in order and the
+ * op kinds by value ("conv", "gather", "shift", "add", "pool", "linear"). */
+const char *const *sal_infer_op_fields(int64_t *nfields);
+const char *const *sal_infer_op_kinds(int64_t *nkinds);
+
 typedef struct sal_infer sal_infer;
 
 /* shapes (nbuf, 3): per-sample (C, H, W); ops (nops); shifts (nshift, 3) int32 rows

@@ -5,8 +5,11 @@
 #include <string.h>
 
 sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
-                            const int64_t *shapes, int64_t nbuf, int64_t narena) {
+                            const int64_t *shapes, int64_t nbuf, int64_t nops, int64_t narena) {
     memset(p, 0, sizeof *p);
+    SAL_REQUIRE(shapes, fn, "net, shapes and ops must not be NULL");
+    SAL_REQUIRE(nbuf >= 2 && nops >= 1, fn, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
+                (long long)nbuf, (long long)nops);
     p->fn = fn, p->arena = arena, p->nbuf = nbuf, p->narena = narena;
     SAL_REQUIRE(narena >= 0, fn, "%s: arena size %lld: must be >= 0", arena, (long long)narena);
     p->shapes = malloc((size_t)nbuf * 3 * sizeof *p->shapes);
@@ -52,6 +55,28 @@ sal_status sal_program_check_io(const sal_program *p, int64_t i, int64_t in, int
                 (long long)i, (long long)in, (long long)out, (long long)B);
     SAL_REQUIRE(res >= -1 && res < B && res != out, p->fn,
                 "op %lld: res=%lld: must be -1 or another buffer", (long long)i, (long long)res);
+    return SAL_OK;
+}
+
+sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program_role role,
+                                    int64_t in, int64_t res, int64_t o, int64_t want[3],
+                                    int64_t *pw, int64_t *pb) {
+    const int64_t *si = p->shapes + 3 * in;
+    switch (role) {
+    case SAL_PROGRAM_ADD:
+        SAL_REQUIRE(res >= 0, p->fn, "op %lld: add needs a res buffer", (long long)i);
+        break;
+    case SAL_PROGRAM_POOL:
+        want[1] = want[2] = 1;
+        break;
+    case SAL_PROGRAM_LINEAR:
+        SAL_REQUIRE(si[1] == 1 && si[2] == 1 && o >= 1, p->fn,
+                    "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
+        want[0] = o, want[1] = want[2] = 1;
+        *pw = o * si[0];
+        *pb = o;
+        break;
+    }
     return SAL_OK;
 }
 

@@ -26,9 +26,13 @@ typedef struct {
     size_t scratch_n;
 } sal_program;
 
-/* Copies and validates shapes (nbuf >= 2, every size >= 1, products that fit). */
+/* a static table of names and, in *n, its length (the op tables' self-description) */
+#define SAL_NAMES(table, n) (*(n) = (int64_t)(sizeof(table) / sizeof *(table)), (table))
+
+/* Copies and validates shapes (nbuf >= 2 buffers for nops >= 1 ops, every size >= 1,
+ * products that fit). */
 sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
-                            const int64_t *shapes, int64_t nbuf, int64_t narena);
+                            const int64_t *shapes, int64_t nbuf, int64_t nops, int64_t narena);
 void sal_program_free(sal_program *p);
 
 /* buffer b for batch n: its geometry (CNHW) and element count */
@@ -49,6 +53,14 @@ sal_status sal_program_check_io(const sal_program *p, int64_t i, int64_t in, int
 sal_status sal_program_check_fit(const sal_program *p, int64_t i, int64_t out, int64_t res,
                                  const int64_t want[3], int64_t p0, int64_t pw, int64_t p1,
                                  int64_t pb);
+
+/* Ops of the same meaning in both programs: ADD (out = in + res), POOL (out (N, C) =
+ * global average of in), LINEAR (out (N, O) = in (N, I) W^T + b, in pooled).  Sets the
+ * per-sample output shape want and the arena floats of the weight (pw) and bias (pb). */
+typedef enum { SAL_PROGRAM_ADD, SAL_PROGRAM_POOL, SAL_PROGRAM_LINEAR } sal_program_role;
+sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program_role role,
+                                    int64_t in, int64_t res, int64_t o, int64_t want[3],
+                                    int64_t *pw, int64_t *pb);
 
 /* scratch floats op i needs at batch n (the runtime takes the largest) */
 typedef size_t (*sal_program_scratch_fn)(const void *owner, int64_t i, int64_t n);
