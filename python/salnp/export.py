@@ -37,14 +37,15 @@ from .io import save_npz_atomic
 
 __all__ = ["export", "load", "to_onnx", "InferenceNet", "IFIELDS"]
 
-# op kinds and the field order of one inference op row; must match sal/infer.h
-IOP_CONV, IOP_GATHER, IOP_SHIFT, IOP_ADD, IOP_POOL, IOP_LINEAR = range(6)
-IFIELDS = ("kind", "inp", "out", "res", "relu", "res_post", "o", "k", "stride", "pad", "p0", "p1",
-           "ioff", "npair", "index_bits")
+# op kinds and the field order of one inference op row, as libsal describes them
+# (sal/infer.h); the field "in" is spelled "inp" here
+IFIELDS = tuple("inp" if f == "in" else f for f in _core.INFER_FIELDS)
+IOP_CONV, IOP_GATHER, IOP_SHIFT, IOP_ADD, IOP_POOL, IOP_LINEAR = (
+    _core.INFER_KINDS.index(k) for k in ("conv", "gather", "shift", "add", "pool", "linear"))
 _TYPES = {IOP_CONV: "conv", IOP_GATHER: "sal_gather", IOP_SHIFT: "shift", IOP_ADD: "add",
           IOP_POOL: "avgpool", IOP_LINEAR: "linear"}
 INFERENCE_FORMAT = 1
-BN_EPS = 1e-5
+BN_EPS = _core.BN_EPS   # the eps of every BN in a training program (sal/layers.h)
 
 
 class InferenceNet:
