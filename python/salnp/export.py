@@ -86,9 +86,18 @@ class InferenceNet:
         shapes = [None] * len(self.channels)
         shapes[0] = tuple(int(v) for v in in_shape)
         F = {f: i for i, f in enumerate(IFIELDS)}
-        for row in self.ops:
-            _, h, w = shapes[row[F["inp"]]]
-            k, s, p, kind = row[F["k"]], row[F["stride"]], row[F["pad"]], row[F["kind"]]
+        nb = len(shapes)
+        for i, row in enumerate(self.ops):
+            # plain Python ints (no NumPy overflow or division warnings); libsal checks the
+            # program in full, this only has to be defined for every row
+            inp, out = int(row[F["inp"]]), int(row[F["out"]])
+            k, s, p, kind = (int(row[F[f]]) for f in ("k", "stride", "pad", "kind"))
+            if not (0 <= inp < nb and 0 < out < nb and shapes[inp] is not None):
+                raise ValueError(f"op {i}: buffers in={inp} out={out}: not a produced buffer "
+                                 f"in [0, {nb})")
+            if kind in (IOP_CONV, IOP_GATHER, IOP_SHIFT) and s < 1:
+                raise ValueError(f"op {i}: stride={s}: must be >= 1")
+            _, h, w = shapes[inp]
             if kind == IOP_CONV:
                 h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
             elif kind in (IOP_GATHER, IOP_SHIFT):
@@ -97,7 +106,9 @@ class InferenceNet:
                 h = w = 1
             if h < 1 or w < 1:
                 raise ValueError(f"input (C, H, W) = {tuple(in_shape)} is too small for this network")
-            shapes[row[F["out"]]] = (self.channels[row[F["out"]]], int(h), int(w))
+            shapes[out] = (self.channels[out], int(h), int(w))
+        if any(sh is None for sh in shapes):
+            raise ValueError("a buffer is never produced by any op")
         return shapes
 
     def _engine(self, in_shape):
