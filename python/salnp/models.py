@@ -14,15 +14,16 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .nn import Arena, Module, constant, kaiming_uniform_a_sqrt5, uniform
+from .nn import Arena, Module, constant, kaiming_uniform_a_sqrt5, net_lock, uniform
 
 __all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "BatchNorm2d",
            "Linear", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "default_shift_offsets"]
 
-# op kinds and the field order of one op row; must match sal/net.h
-OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = range(8)
-FIELDS = ("kind", "inp", "out", "res", "relu", "o", "k", "stride", "pad", "p0", "p1", "p2",
-          "b0", "b1", "shared", "ioff")
+# op kinds and the field order of one op row, as libsal describes them (sal/net.h);
+# the field "in" is spelled "inp" here
+FIELDS = tuple("inp" if f == "in" else f for f in _core.NET_FIELDS)
+OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = (
+    _core.NET_KINDS.index(k) for k in ("conv", "sal", "shift", "ashift", "bn", "add", "pool", "linear"))
 
 
 def default_shift_offsets(c: int) -> np.ndarray:
@@ -340,8 +341,24 @@ class ResNet(Module):
         self.beta = 1.0  # SAL inverse temperature (fit anneals it)
 
     # the program for one input size, and its C engine (activations allocated once)
+    def _shift_offsets(self):
+        """The fixed SL offsets the programs were built with are copied into libsal: an
+        engine built before a change (load_state_dict, an in-place edit) would keep
+        the old ones.  Returns the current offsets of every Shift, in module order."""
+        return [m._buffers["offsets"] for _, m in self.named_modules() if isinstance(m, Shift)]
+
+    def _check_offsets(self):
+        cur = self._shift_offsets()
+        seen = getattr(self, "_offsets_seen", None)
+        if seen is None or len(seen) != len(cur) or any(
+                not np.array_equal(a, b) for a, b in zip(seen, cur)):
+            self._engines.clear()
+            self._last = None
+            self._offsets_seen = [np.array(a, copy=True) for a in cur]
+
     def _engine(self, in_shape):
         key = tuple(in_shape)
+        self._check_offsets()
         if key not in self._engines:
             prog = Program(in_shape)
             x = self.conv1.emit(prog, self.arena, "conv1", 0)
@@ -380,13 +397,44 @@ class ResNet(Module):
         (batch statistics, running-stat update); hard=True binarises SAL attention."""
         x = self._check_input(x, "forward")
         train = self.training if train is None else bool(train)
+        with net_lock(self):    # one call at a time per network (salnp.nn.net_lock)
+            return self._forward_locked(x, train, hard)
+
+    def _forward_locked(self, x, train, hard):
+        if not train:
+            eng = self._last = self._engine(x.shape[1:])
+            return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, False,
+                                     bool(hard), float(self.beta))
+        # training mode updates the BN running statistics: a NaN/inf input (or a NaN
+        # batch statistic from non-finite parameters) would poison them for good, so the
+        # input is checked first and the statistics are restored if they went non-finite
+        if not np.all(np.isfinite(x)):
+            self._last = None      # backward after a refused forward raises
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"forward: x contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "
+                             "in training mode it would poison the BN running statistics")
         eng = self._last = self._engine(x.shape[1:])
-        if train:
-            for _, m in self.named_modules():
-                if isinstance(m, BatchNorm2d):
-                    m._buffers["num_batches_tracked"][...] += 1
-        return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, train, bool(hard),
-                                 float(self.beta))
+        saved = self.arena.buffers.copy()
+        bns = [m for _, m in self.named_modules() if isinstance(m, BatchNorm2d)]
+        for m in bns:
+            m._buffers["num_batches_tracked"][...] += 1
+        try:
+            out = _core.net_forward(eng, self.arena.params, self.arena.buffers, x, True,
+                                    bool(hard), float(self.beta))
+        except BaseException:
+            self.arena.buffers[...] = saved
+            for m in bns:
+                m._buffers["num_batches_tracked"][...] -= 1
+            self._last = None      # backward then refuses: there is no forward to follow
+            raise
+        if not np.isfinite(self.arena.buffers.sum(dtype=np.float64)):
+            self.arena.buffers[...] = saved
+            for m in bns:
+                m._buffers["num_batches_tracked"][...] -= 1
+            self._last = None
+            raise FloatingPointError("forward: the batch statistics are NaN or inf (non-finite "
+                                     "parameters?); the BN running statistics were left unchanged")
+        return out
 
     __call__ = forward
 
@@ -396,7 +444,10 @@ class ResNet(Module):
             raise RuntimeError("backward: call forward(x, train=True) first")
         # no np.ascontiguousarray here: _core converts and checks (a complex or string
         # grad_logits must be refused with the argument named, not cast silently)
-        _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
+        with net_lock(self):
+            if self._last is None:
+                raise RuntimeError("backward: call forward(x, train=True) first")
+            _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
 
     def zero_grad(self):
         self.arena.zero_grad()

@@ -10,6 +10,8 @@ buffer arena the same way.
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 from typing import Callable, Iterator
 
@@ -32,6 +34,28 @@ def uniform(lo: float, hi: float) -> Init:
 
 def constant(v: float) -> Init:
     return lambda rng, shape: np.full(shape, v)
+
+
+_LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def net_lock(obj) -> "threading.RLock":
+    """The lock that serialises forward/backward of one network (kept outside the object,
+    so copies and pickles of networks carry no lock; a copy gets its own).
+
+    Sharing a network between threads: every forward and backward call holds the
+    network's lock for its whole run, so calls from several threads never overlap on one
+    network's buffers (they queue; different networks run in parallel, the GIL is
+    released in C).  backward differentiates the most recent forward of ANY thread:
+    training one network from several threads at once needs the caller's own lock
+    around each forward+backward pair.  Inference (forward with train=False, or an
+    InferenceNet) is safe to share as it is."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(obj)
+        if lock is None:
+            lock = _LOCKS[obj] = threading.RLock()
+        return lock
 
 
 class ParamSpec:
@@ -126,7 +150,13 @@ class Module:
         return d
 
     def load_state_dict(self, state, strict: bool = True):
-        """Copy arrays into the arena in place; shapes must match, names too when strict."""
+        """Copy arrays into the arena in place; shapes must match, names too when strict.
+
+        All or nothing: every entry is checked first (name, shape, a real dtype, the
+        value after the cast to the destination's dtype: finite for floats, in range
+        and integral for integer buffers, BN running variances >= 0, SAL masks 0/1 with
+        an allowed position per slice) and only then is anything written.  A failing
+        call leaves the module exactly as it was."""
         from collections.abc import Mapping
 
         if not isinstance(state, Mapping):
@@ -146,19 +176,21 @@ class Module:
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        staged = []
         for k, dst in own.items():
             if k not in state:
                 if k in optional:
-                    dst[...] = optional[k].init(np.random.default_rng(0), dst.shape)
+                    staged.append((dst, np.asarray(optional[k].init(np.random.default_rng(0),
+                                                                    dst.shape), dst.dtype)))
                 continue
             src = np.asarray(state[k])
             if src.shape != dst.shape:
                 raise ValueError(f"load_state_dict: {k} has shape {src.shape}, expected {dst.shape}")
             if src.dtype.kind not in "fiub":
                 raise TypeError(f"load_state_dict: {k} has dtype {src.dtype}, expected a real array")
-            if not np.all(np.isfinite(src)):
-                raise ValueError(f"load_state_dict: {k} contains NaN or inf")
-            dst[...] = src
+            staged.append((dst, _checked_cast(k, src, dst.dtype)))
+        for dst, v in staged:
+            dst[...] = v
         return self
 
     # -- travelling: pickle, copy.deepcopy, multiprocessing, Dask ---------------------
@@ -219,6 +251,35 @@ class Module:
 def _rebuild_module(cls, config):
     """Unpickling and copies: a fresh module tree and arena from the config."""
     return cls(**config)
+
+
+def _checked_cast(k, src, dtype):
+    """src cast to dtype, refusing values the cast would change or that no state holds."""
+    if np.dtype(dtype).kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = src.astype(dtype)
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"load_state_dict: {k} contains NaN or inf"
+                             + (" (after the cast to float32)" if np.all(np.isfinite(src)) else ""))
+        if k.endswith("running_var") and v.size and float(v.min()) < 0:
+            raise ValueError(f"load_state_dict: {k} has a negative value ({float(v.min())}): "
+                             "a running variance must be >= 0")
+        if k.endswith(".mask") or k == "mask":
+            m = v.reshape(-1, v.shape[-1]) if v.ndim else v.reshape(1, 1)
+            if not np.all((m == 0) | (m == 1)) or not np.all(m.any(axis=-1)):
+                raise ValueError(f"load_state_dict: {k}: mask values must be 0 or 1 with at "
+                                 "least one allowed position per slice")
+        return v
+    info = np.iinfo(dtype)
+    if src.dtype.kind == "f":
+        if not np.all(np.isfinite(src)) or not np.all(src == np.round(src)):
+            raise ValueError(f"load_state_dict: {k} must hold integers, got non-integral values")
+    if src.size and (src.min() < info.min or src.max() > info.max):
+        raise ValueError(f"load_state_dict: {k} has values outside [{info.min}, {info.max}] "
+                         f"({np.dtype(dtype)})")
+    if k.endswith("num_batches_tracked") and src.size and src.min() < 0:
+        raise ValueError(f"load_state_dict: {k} must be >= 0")
+    return src.astype(dtype)
 
 
 class Arena:
