@@ -10,6 +10,10 @@ import time
 
 import numpy as np
 
+import salnp
+
+from . import data, viz
+
 DATASETS = ("fashion-mnist", "cifar10", "cifar100")
 DEFAULT_ROOTS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 
@@ -66,8 +70,6 @@ def _parser():
 
 
 def _load_data(args):
-    from . import data
-
     root = args.root or DEFAULT_ROOTS.get(args.data)
     if root is None:
         raise SystemExit(f"--root is required for --data {args.data}")
@@ -86,8 +88,6 @@ def _table(rows):
 
 
 def cmd_train(args):
-    import salnp
-
     if args.recipe == "paper":
         args.epochs, args.lr, args.lr_schedule, args.batch_size = 300, 0.1, "step", 128
         args.weight_decay, args.momentum, args.beta0, args.beta1 = 5e-4, 0.9, 20.0, 70.0
@@ -158,7 +158,6 @@ def cmd_train(args):
     try:
         import matplotlib
         matplotlib.use("Agg")
-        from . import viz
         if args.layer == "sal":
             fig = viz.attention_grid(net)
             fig_path = os.path.join(args.out, "attention.png")

@@ -31,7 +31,10 @@ import types
 import numpy as np
 
 from . import _core
+from .flops import CountReport, check_input_shape, count_rows
 from .io import read_npz, save_npz_atomic
+from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL, OP_SHIFT,
+                     ResNet)
 
 __all__ = ["export", "load", "InferenceNet", "IFIELDS"]
 
@@ -115,14 +118,18 @@ class InferenceNet:
 
     __call__ = forward
 
+    def count_report(self, input_shape=None, mode=None) -> CountReport:
+        """salnp.count(self, input_shape, mode): an exported network counts as 'inference'."""
+        if mode not in (None, "inference"):
+            raise ValueError(f"count: mode={mode!r}: an exported network counts as 'inference'")
+        return self.count(input_shape)
+
     def count(self, input_shape=None):
         """The accounting (salnp.flops, inference mode) per image of input_shape (C, H, W);
         default (C, 32, 32)."""
-        from .flops import CountReport, _check_shape, _rows
-
         if input_shape is None:
             input_shape = (self.in_channels, 32, 32)
-        shape = _check_shape(input_shape, self.in_channels)
+        shape = check_input_shape(input_shape, self.in_channels)
         ints, params = _core.infer_count(self._engine(shape))
         types_ = []
         for row in self.ops:
@@ -132,7 +139,7 @@ class InferenceNet:
             elif row[0] == IOP_SHIFT and row[IFIELDS.index("index_bits")]:
                 t = "sal_shift"
             types_.append(t)
-        return CountReport(_rows(ints, params, self.names, types_), "inference", shape,
+        return CountReport(count_rows(ints, params, self.names, types_), "inference", shape,
                            self.info.get("beta"))
 
     def save(self, path) -> None:
@@ -217,10 +224,6 @@ def export(net, beta=None) -> InferenceNet:
     SAL attention (beta: the SAL inverse temperature, default net.beta).  Its forward
     equals ``net.forward(x, train=False, hard=True)`` up to float rounding, except for
     ASL layers with non-integer offsets (rounded; see ``info["asl_max_rounding"]``)."""
-    from .flops import program_names
-    from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL, OP_SHIFT,
-                         ResNet)
-
     if not isinstance(net, ResNet):
         raise TypeError(f"export: net must be a salnp network (salnp.models.ResNet), "
                         f"got {type(net).__name__}")
@@ -232,9 +235,8 @@ def export(net, beta=None) -> InferenceNet:
         raise ValueError(f"export: beta={beta!r}: must be finite and >= 0")
     cin = net.config["in_channels"]
     shape = (cin, 32, 32)
-    net._engine(shape)
-    prog = net._engines[shape][0]
-    names, _ = program_names(net, prog)
+    prog = net.program(shape)
+    names = prog.names
     P, Bf = net.arena.params.astype(np.float64), net.arena.buffers.astype(np.float64)
     ops = prog.ops
     consumers = {}

@@ -17,6 +17,8 @@ import zipfile
 
 import numpy as np
 
+from .models import ResNet, resnet
+
 FORMAT = 1
 __all__ = ["save", "load", "save_npz_atomic", "read_npz", "FORMAT"]
 
@@ -105,8 +107,6 @@ def read_npz(path, kind: str | None = None):
 
 def save(net, path) -> None:
     """Save a network (parameters, buffers, config) to path (.npz)."""
-    from .models import ResNet
-
     if not isinstance(net, ResNet):
         raise TypeError(f"save: net must be a salnp network (salnp.models.ResNet), got "
                         f"{type(net).__name__}")
@@ -115,8 +115,6 @@ def save(net, path) -> None:
 
 def load(path):
     """Load a network saved by save(); returns a new network with its weights."""
-    from .models import resnet
-
     arrays, config, kind = read_npz(path)
     if kind not in ("network", "training"):
         raise ValueError(f"{path}: holds a {kind!r}, not a network")

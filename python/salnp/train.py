@@ -23,7 +23,8 @@ import numpy as np
 
 from . import _core, ops
 from .io import read_npz, save_npz_atomic
-from .models import ActiveShift, SALConv2d
+from .data import Dataset
+from .models import ActiveShift, ResNet, SALConv2d
 from .prune import default_keep, prune_step
 
 log = logging.getLogger("salnp")
@@ -209,9 +210,6 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     beta=(b, b).  History records get attn_allowed, the mean allowed positions per slice.  A NaN/inf loss raises FloatingPointError naming the
     step, after saving the last good epoch; Ctrl-C returns the history so far (the
     checkpoint of the last finished epoch stays resumable)."""
-    from .data import Dataset
-    from .models import ResNet
-
     if not isinstance(net, ResNet):
         raise TypeError(f"fit: net must be a salnp network (salnp.models.ResNet), got "
                         f"{type(net).__name__}")
