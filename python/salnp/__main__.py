@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .runs import DEFAULT_ROOTS, RUNNER_KEYS, apply_recipe, train_run
+from .sweep import run_cli
+
 DATASETS = ("fashion-mnist", "cifar10", "cifar100")
 
 
@@ -88,8 +91,6 @@ def _parser():
 
 
 def cmd_train(args):
-    from .runs import DEFAULT_ROOTS, RUNNER_KEYS, apply_recipe, train_run
-
     cfg = apply_recipe({k: v for k, v in vars(args).items() if k != "cmd" and k not in RUNNER_KEYS})
     cfg["root"] = args.root or DEFAULT_ROOTS.get(args.data)
     if cfg["root"] is None:
@@ -101,8 +102,6 @@ def cmd_train(args):
 
 
 def cmd_sweep(args):
-    from .sweep import run_cli
-
     return run_cli(args)
 
 

@@ -33,7 +33,11 @@ import types
 import numpy as np
 
 from . import _core
-from .io import save_npz_atomic
+from .flops import CountReport, check_input_shape, count_rows
+from .io import NpzReader, _fspath, check_finite_state, save_npz_atomic
+from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL, OP_SHIFT,
+                     ResNet)
+from .nn import net_lock
 
 __all__ = ["export", "load", "to_onnx", "InferenceNet", "IFIELDS"]
 
@@ -129,20 +133,23 @@ class InferenceNet:
             raise ValueError(f"forward: x must have shape (N, C={c}, H, W) with N, H, W >= 1, "
                              f"got {x.shape}")
         x = np.ascontiguousarray(x, np.float32)
-        from .nn import net_lock
         with net_lock(self):    # one forward at a time per network (its buffers)
             return _core.infer_forward(self._engine(x.shape[1:]), self.weights, x)
 
     __call__ = forward
 
+    def count_report(self, input_shape=None, mode=None) -> CountReport:
+        """salnp.count(self, input_shape, mode): an exported network counts as 'inference'."""
+        if mode not in (None, "inference"):
+            raise ValueError(f"count: mode={mode!r}: an exported network counts as 'inference'")
+        return self.count(input_shape)
+
     def count(self, input_shape=None):
         """The accounting (salnp.flops, inference mode) per image of input_shape (C, H, W);
         default (C, 32, 32)."""
-        from .flops import CountReport, _check_shape, _rows
-
         if input_shape is None:
             input_shape = (self.in_channels, 32, 32)
-        shape = _check_shape(input_shape, self.in_channels)
+        shape = check_input_shape(input_shape, self.in_channels)
         ints, params = _core.infer_count(self._engine(shape))
         types_ = []
         for row in self.ops:
@@ -152,7 +159,7 @@ class InferenceNet:
             elif row[0] == IOP_SHIFT and row[IFIELDS.index("index_bits")]:
                 t = "sal_shift"
             types_.append(t)
-        return CountReport(_rows(ints, params, self.names, types_), "inference", shape,
+        return CountReport(count_rows(ints, params, self.names, types_), "inference", shape,
                            self.info.get("beta"))
 
     def save(self, path) -> None:
@@ -179,8 +186,6 @@ def load(path) -> InferenceNet:
     ops (len(names), len(IFIELDS)) int64, channels (B,) int64, shifts (M, 3) int32,
     pairs (P, 4) int32, weights (W,) float32) are checked before any array data is read;
     libsal then validates the whole program (bounds with overflow-checked arithmetic)."""
-    from .io import NpzReader, _fspath
-
     path = _fspath(path, "load")
     with NpzReader(path, kind="inference") as z:
         config = z.config
@@ -284,10 +289,6 @@ def export(net, beta=None) -> InferenceNet:
     SAL attention (beta: the SAL inverse temperature, default net.beta).  Its forward
     equals ``net.forward(x, train=False, hard=True)`` up to float rounding, except for
     ASL layers with non-integer offsets (rounded; see ``info["asl_max_rounding"]``)."""
-    from .flops import program_names
-    from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL, OP_SHIFT,
-                         ResNet)
-
     if not isinstance(net, ResNet):
         raise TypeError(f"export: net must be a salnp network (salnp.models.ResNet), "
                         f"got {type(net).__name__}")
@@ -299,13 +300,11 @@ def export(net, beta=None) -> InferenceNet:
         raise ValueError(f"export: beta={beta!r}: must be finite and >= 0")
     # a NaN weight, a NaN BN statistic or a negative running variance would fold into
     # NaN (or constant) logits for every input: refuse, naming the entry
-    from .io import check_finite_state
     check_finite_state(dict(net.named_parameters()) | dict(net.named_buffers()), "export")
     cin = net.config["in_channels"]
     shape = (cin, 32, 32)
-    net._engine(shape)
-    prog = net._engines[shape][0]
-    names, _ = program_names(net, prog)
+    prog = net.program(shape)
+    names = prog.names
     P, Bf = net.arena.params.astype(np.float64), net.arena.buffers.astype(np.float64)
     ops = prog.ops
     consumers = {}

@@ -37,6 +37,8 @@ import zlib
 
 import numpy as np
 
+from .models import ResNet, resnet
+
 FORMAT = 1
 __all__ = ["save", "load", "save_npz_atomic", "read_npz", "NpzReader", "FORMAT",
            "open_regular", "check_finite_state"]
@@ -380,8 +382,6 @@ def save(net, path) -> None:
 
     Refuses (ValueError) a network with NaN/inf values or a negative BN running variance:
     load would refuse the file."""
-    from .models import ResNet
-
     if not isinstance(net, ResNet):
         raise TypeError(f"save: net must be a salnp network (salnp.models.ResNet), got "
                         f"{type(net).__name__}")
@@ -402,8 +402,6 @@ def expected_state_shapes(net) -> dict:
 def load(path):
     """Load a network saved by save() (or a training checkpoint of fit); returns a new
     network with its weights and beta."""
-    from .models import resnet
-
     path = _fspath(path, "load")
     with NpzReader(path) as z:
         if z.kind not in ("network", "training"):

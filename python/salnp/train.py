@@ -22,8 +22,10 @@ import time
 import numpy as np
 
 from . import _core, ops
-from .io import save_npz_atomic
-from .models import ActiveShift, SALConv2d
+from .data import Dataset
+from .io import (NpzReader, _fspath, _target_for_save, check_finite_state, expected_state_shapes,
+                 save_npz_atomic)
+from .models import ActiveShift, ResNet, SALConv2d
 from .prune import default_keep, prune_step
 
 log = logging.getLogger("salnp")
@@ -166,8 +168,6 @@ def _versions():
 
 
 def _save_state(path, net, opt, epoch, history, run_cfg):
-    from .io import check_finite_state
-
     arrays = dict(net.state_dict())
     arrays["optim.momentum"] = net.arena.momentum
     check_finite_state(arrays, "fit: checkpoint")   # never a checkpoint of a NaN network
@@ -180,7 +180,6 @@ def _load_state(path, net, opt):
     """Resume state from a checkpoint, all or nothing: the file, the config, every array
     (shapes before any data is read; values after the float32 cast) and the optimiser
     state are validated before the network is touched."""
-    from .io import NpzReader, _fspath, expected_state_shapes
 
     path = _fspath(path, "fit")
     arch = lambda c: {k: v for k, v in (c if isinstance(c, dict) else {}).items() if k != "seed"}
@@ -260,9 +259,6 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     skip_nonfinite=True such batches are skipped with a warning instead, and counted in
     the record's "skipped_batches".  Ctrl-C returns the history so far (the checkpoint
     of the last finished epoch stays resumable)."""
-    from .data import Dataset
-    from .models import ResNet
-
     if not isinstance(net, ResNet):
         raise TypeError(f"fit: net must be a salnp network (salnp.models.ResNet), got "
                         f"{type(net).__name__}")
@@ -283,7 +279,6 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
             if os.path.isdir(p):
                 raise ValueError(f"fit: {name}={p!r} is a directory, not a file path")
     if checkpoint is not None:      # a FIFO or device as checkpoint: refused now, not after an epoch
-        from .io import _target_for_save
         try:
             _target_for_save(os.fspath(checkpoint))
         except ValueError as e:
