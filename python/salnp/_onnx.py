@@ -43,6 +43,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._core import __version__
+from .export import (IFIELDS, IOP_ADD, IOP_CONV, IOP_GATHER, IOP_LINEAR, IOP_POOL, IOP_SHIFT,
+                     InferenceNet, export)
+from .flops import check_input_shape
+from .models import ResNet
+
 __all__ = ["to_onnx", "SHIFT_FORMS", "GATHER_FORMS", "DEFAULT_OPSET"]
 
 SHIFT_FORMS = ("conv", "slice")
@@ -84,8 +90,6 @@ class _Graph:
 
 
 def _check_shape(inf, input_shape):
-    from .flops import _check_shape as check
-
     if input_shape is None:
         input_shape = (inf.in_channels, 32, 32)
     shape = tuple(input_shape)
@@ -96,7 +100,7 @@ def _check_shape(inf, input_shape):
             raise ValueError(f"to_onnx: input_shape={input_shape!r}: the batch (first of four "
                              "values) must be an integer >= 1; give (C, H, W) for a symbolic batch")
         shape = shape[1:]
-    return int(batch) if batch is not None else None, check(shape, inf.in_channels, "to_onnx")
+    return int(batch) if batch is not None else None, check_input_shape(shape, inf.in_channels, "to_onnx")
 
 
 def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form="conv",
@@ -109,10 +113,6 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
     path: a file name, or None to only return the model.
     shift_form, gather_form: see the module docstring (the defaults are the fastest in
     onnxruntime).  The model is checked with onnx.checker.check_model before it is written."""
-    from .export import IFIELDS, InferenceNet, IOP_ADD, IOP_CONV, IOP_GATHER, IOP_LINEAR, \
-        IOP_POOL, IOP_SHIFT, export
-    from .models import ResNet
-
     onnx, helper, numpy_helper = _import_onnx()
     if isinstance(inf, ResNet):
         inf = export(inf)
@@ -328,7 +328,6 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
     y_info = helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT,
                                            [batch if batch else "N", inf.num_classes])
     graph = helper.make_graph(g.nodes, graph_name, [x_info], [y_info], g.inits)
-    from . import __version__
     model = helper.make_model(graph, producer_name="salnp", producer_version=__version__,
                               opset_imports=[helper.make_opsetid("", int(opset))])
     model.ir_version = min(model.ir_version, 9)      # readable by older onnxruntime too

@@ -39,6 +39,7 @@ import numpy as np
 
 from . import _core
 from ._core import SalError
+from .io import open_regular
 
 __all__ = ["Dataset", "DataFormatError", "cifar10", "cifar100", "fashion_mnist", "load",
            "CIFAR_MEAN", "CIFAR_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
@@ -86,8 +87,6 @@ _IDX_ITEMSIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
 def _open_data(path: Path):
     """A binary stream of the file's decompressed contents (.xz, .gz, or plain); the file
     must be a regular file (a FIFO or device is refused, never read)."""
-    from .io import open_regular
-
     try:
         f = open_regular(path, "data")
     except ValueError as e:

@@ -27,6 +27,7 @@ the onnx package: ``pip install "salnp[onnx]"``).  The PyTorch form: salnp.torch
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
@@ -172,7 +173,7 @@ class InferenceNet:
 
     def to_onnx(self, path=None, input_shape=None, **kwargs):
         """salnp.export.to_onnx(self, path, input_shape, **kwargs)."""
-        return to_onnx(self, path, input_shape, **kwargs)
+        return __getattr__("to_onnx")(self, path, input_shape, **kwargs)
 
     def __repr__(self):
         return (f"InferenceNet({len(self.ops)} ops, {self.weights.size:,} weights, "
@@ -232,14 +233,12 @@ def load(path) -> InferenceNet:
     return net
 
 
-def to_onnx(inf, path=None, input_shape=None, **kwargs):
-    """Write inf (an InferenceNet, or a salnp network: exported first) as an ONNX model to
-    path and return the onnx.ModelProto; input_shape (C, H, W) with a symbolic batch, or
-    (N, C, H, W).  Standard ops, opset 17 by default, checked with onnx.checker.
-    Keywords and the graph's form: salnp._onnx.to_onnx."""
-    from ._onnx import to_onnx as _to_onnx
-
-    return _to_onnx(inf, path, input_shape, **kwargs)
+def __getattr__(name):
+    """salnp.export.to_onnx (salnp._onnx.to_onnx) on first use: salnp._onnx builds on this
+    module, and the onnx package it needs is optional (pip install "salnp[onnx]")."""
+    if name == "to_onnx":
+        return importlib.import_module("._onnx", __package__).to_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- the export

@@ -25,6 +25,11 @@ import time
 
 import numpy as np
 
+import salnp
+
+from . import data
+from .cli import _parser
+
 __all__ = ["normalize", "identity", "trial_id", "trial_name", "train_run", "train_options", "RUNNER_KEYS", "LABEL_KEYS",
            "DEFAULT_ROOTS"]
 
@@ -46,8 +51,6 @@ class ConfigError(ValueError):
 
 def _train_parser():
     """The `train` sub-parser of the command line, raising ConfigError instead of exiting."""
-    from .__main__ import _parser
-
     ap = _parser()
     sub = next(a for a in ap._actions if a.dest == "cmd").choices["train"]
 
@@ -176,8 +179,6 @@ _DATA: dict = {}
 
 def load_data(cfg):
     """(train, test) Datasets of a config; the full sets are read once per process."""
-    from . import data
-
     out = []
     for train in (True, False):
         key = (cfg["data"], cfg["root"], train)
@@ -207,7 +208,7 @@ def _table(rows):
     return "\n".join(f"{r[0]:<{w0}}  {r[1]}" for r in rows)
 
 
-def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=False,
+def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=None,
               verbose=False, complete=False, export=True, extra=None):
     """Train, evaluate (soft and hard), count, export and time one run of cfg (a
     normalize()d config) into the folder out: train.log, checkpoint.npz (every epoch),
@@ -215,8 +216,6 @@ def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=Fal
     its presence means the run finished).  resume: a checkpoint (or its folder) to
     continue from.  complete: a run interrupted by Ctrl-C raises KeyboardInterrupt
     instead of writing a summary of the epochs it finished.  Returns the summary dict."""
-    import salnp
-
     if threads is not None:
         salnp.set_num_threads(threads)
     os.makedirs(out, exist_ok=True)
@@ -305,23 +304,12 @@ def _train_run(salnp, cfg, out, resume, progress, figure, verbose, complete, exp
         salnp.export(net).save(os.path.join(out, "inference.npz"))
         files.append("inference.npz")
     _write_json(os.path.join(out, "history.json"), history)
-    if figure:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            from . import viz
-            if layer == "sal":
-                fig = viz.attention_grid(net)
-                name = "attention.png"
-            else:
-                import matplotlib.pyplot as plt
-                fig, ax = plt.subplots(figsize=(5, 3.5))
-                viz.training_curves(history, ax=ax)
-                name = "curves.png"
-            fig.savefig(os.path.join(out, name), dpi=120, bbox_inches="tight")
-            files.append(name)
-        except ImportError:
+    if figure is not None:      # e.g. salnp.viz.run_figure (the command line's figure)
+        name = figure(net, history, out)
+        if name is None:
             say("(matplotlib not installed: no figure; pip install 'salnp[notebooks]')")
+        else:
+            files.append(name)
     summary["total_s"] = time.perf_counter() - t_start
     _write_json(os.path.join(out, "summary.json"), summary)
     say(f"wrote {out}/" + ", ".join(files))

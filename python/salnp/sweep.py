@@ -48,6 +48,8 @@ import time
 import types
 import uuid
 
+import salnp
+
 from .runs import LABEL_KEYS, _write_json, normalize, train_run, trial_id, trial_name
 
 __all__ = ["sweep", "grid", "load", "SweepResult", "run_trial", "METRICS"]
@@ -201,8 +203,6 @@ def run_trial(cfg, tdir, threads=None) -> dict:
     there, resume it from tdir/checkpoint.npz when that is there) and return its metrics
     (METRICS and dir).  threads: the trial's threads, or {Dask worker address: threads}.
     What the sweep's workers execute; importable on Dask workers."""
-    import salnp
-
     tid = trial_id(cfg)
     done = _read_summary(tdir, tid)
     if done is not None:
@@ -225,8 +225,6 @@ def _worker_init(threads):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for k in _THREAD_ENV:
         os.environ[k] = str(threads)
-    import salnp
-
     salnp.set_num_threads(threads)
 
 

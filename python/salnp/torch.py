@@ -41,6 +41,11 @@ try:
 except ImportError as e:     # pragma: no cover - the message is the point
     raise ImportError("salnp.torch needs PyTorch: pip install 'salnp[torch]' (or torch)") from e
 
+from .export import (IFIELDS, IOP_ADD, IOP_CONV, IOP_GATHER, IOP_LINEAR, IOP_POOL, IOP_SHIFT,
+                     InferenceNet)
+from .models import ResNet as NpResNet
+from .models import default_shift_offsets, resnet
+
 __all__ = ["to_torch", "from_torch", "ResNet", "PrunedResNet", "SALConv2d", "Shift",
            "ActiveShift", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "sal_probs", "shift",
            "active_shift"]
@@ -226,7 +231,6 @@ class ShiftBlock(_ShiftBlockBase):
     """ShiftResNet block: 1x1, BN, ReLU, shift, 1x1 (stride), BN, ReLU, + shortcut."""
 
     def __init__(self, cin, cout, stride, expansion=1):
-        from .models import default_shift_offsets
 
         super().__init__(cin, cout, stride, expansion, lambda c: Shift(default_shift_offsets(c)))
 
@@ -351,7 +355,6 @@ class PrunedResNet(nn.Module):
     dropped; modules under the training module names.  forward(x) equals inf.forward(x)."""
 
     def __init__(self, inf):
-        from .export import IFIELDS, IOP_CONV, IOP_GATHER, IOP_LINEAR, IOP_SHIFT
 
         super().__init__()
         F_ = {f: i for i, f in enumerate(IFIELDS)}
@@ -430,7 +433,6 @@ class PrunedResNet(nn.Module):
         parent.add_module(parts[-1], module)
 
     def forward(self, x):
-        from .export import IOP_ADD, IOP_POOL
 
         bufs = {0: x}
         y = x
@@ -462,8 +464,6 @@ def to_torch(net, beta=None):
     """A torch.nn.Module of a salnp network (training form, ``ResNet``: the SAL layers'
     beta = beta or net.beta; train/eval mode copied) or of an exported network
     (salnp.export.InferenceNet: the pruned form, ``PrunedResNet``).  Copies the state."""
-    from .export import InferenceNet
-    from .models import ResNet as NpResNet
 
     if isinstance(net, InferenceNet):
         return PrunedResNet(net).eval()
@@ -563,7 +563,6 @@ def _infer_config(state):
 
 def _pruned_from_torch(mod):
     """The InferenceNet of a PrunedResNet, with the module's current weights."""
-    from .export import IFIELDS, InferenceNet
 
     F_ = {f: i for i, f in enumerate(IFIELDS)}
     tpl = mod._template
@@ -608,7 +607,6 @@ def from_torch(module_or_state_dict, beta=None, **config):
     beta: the SAL inverse temperature (default: the layers' beta buffers, else 1.0).
     Pruned form (salnp.torch.PrunedResNet from to_torch(inf)): a salnp.export.InferenceNet
     with the module's weights.  Errors name every missing, unexpected or mis-shaped key."""
-    from .models import resnet
 
     if isinstance(module_or_state_dict, PrunedResNet):
         return _pruned_from_torch(module_or_state_dict)

@@ -20,6 +20,7 @@ import os
 import numpy as np
 
 from .models import ActiveShift, SALConv2d, Shift
+from .sweep import SweepResult, load
 
 __all__ = ["sal_layers", "chosen_positions", "attention_heatmap", "attention_grid",
            "slice_attention", "training_curves", "shift_counts", "shift_histogram",
@@ -383,8 +384,6 @@ _LAYER_COLOURS = {"cl": "C0", "sl": "C1", "asl": "C2", "sal": "C3"}
 def _as_sweep(runs):
     """A sweep result (salnp.sweep's SweepResult, its folder, or a pandas DataFrame of its
     rows) as a SweepResult; None for anything else (a list of runs)."""
-    from .sweep import SweepResult, load
-
     if isinstance(runs, SweepResult):
         return runs
     if isinstance(runs, (str, os.PathLike)) and os.path.isfile(
@@ -489,3 +488,24 @@ def _run_points(ax, runs, xkey, hard, labels, percent, show_soft, fn):
         if labels:
             ax.annotate(r["name"], (x, k * r["accuracy"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
+
+
+def run_figure(net, history, out):
+    """The figure of one training run (python -m salnp train), written into the folder
+    out: attention.png (SAL: attention_grid) or curves.png (training_curves).  Returns
+    the file name, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if any(isinstance(m, SALConv2d) for _, m in net.named_modules()):
+        fig, name = attention_grid(net), "attention.png"
+    else:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        training_curves(history, ax=ax)
+        name = "curves.png"
+    fig.savefig(os.path.join(out, name), dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return name
