@@ -146,27 +146,64 @@ class Block(tnn.Module):
         return relu(self.bn2(h) + r)
 
 
+class PreActASLBlock(tnn.Module):
+    """Jeon & Kim's ASNet block: BN, ReLU, 1x1, BN, ReLU, ASL (stride), 1x1, + shortcut
+    (identity, or a 1x1 conv with the stride and no BN on the pre-activated input)."""
+
+    def __init__(self, cin, cout, stride, expansion):
+        super().__init__()
+        mid = int(round(expansion * cout))
+        self.stride = stride
+        self.bn1 = tnn.BatchNorm2d(cin)
+        self.conv1 = tnn.Conv2d(cin, mid, 1, 1, 0, bias=False)
+        self.bn2 = tnn.BatchNorm2d(mid)
+        self.shift = ActiveShift(mid)
+        self.conv2 = tnn.Conv2d(mid, cout, 1, 1, 0, bias=False)
+        if stride != 1 or cin != cout:
+            self.shortcut = tnn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        h = relu(self.bn1(x))
+        r = self.shortcut(h) if hasattr(self, "shortcut") else x
+        t = self.shift(relu(self.bn2(self.conv1(h))))
+        if self.stride > 1:    # active shift with a stride: sample at (s*Y + a, s*X + b)
+            t = t[:, :, ::self.stride, ::self.stride]
+        return self.conv2(t) + r
+
+
 class TorchResNet(tnn.Module):
     def __init__(self, depth=20, width=16, layer="cl", shared=False, expansion=1, num_classes=10,
                  in_channels=3, beta=1.0):
         super().__init__()
         self.beta_ref = [beta]
         n = (depth - 2) // 6
+        self.preact = layer == "asl"
         self.conv1 = tnn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(width)
+        if not self.preact:
+            self.bn1 = tnn.BatchNorm2d(width)
         cin = width
         for stage, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)], 1):
             blocks = []
             for b in range(n):
-                blocks.append(Block(cin, cout, stride if b == 0 else 1, layer, shared, expansion,
-                                    self.beta_ref))
+                s = stride if b == 0 else 1
+                if self.preact:
+                    blocks.append(PreActASLBlock(cin, cout, s, expansion))
+                else:
+                    blocks.append(Block(cin, cout, s, "asl" if layer == "asl-post" else layer,
+                                        shared, expansion, self.beta_ref))
                 cin = cout
             setattr(self, f"layer{stage}", tnn.Sequential(*blocks))
+        if self.preact:
+            self.bn_final = tnn.BatchNorm2d(cin)
         self.linear = tnn.Linear(cin, num_classes)
 
     def forward(self, x):
-        x = relu(self.bn1(self.conv1(x)))
+        x = self.conv1(x)
+        if not self.preact:
+            x = relu(self.bn1(x))
         x = self.layer3(self.layer2(self.layer1(x)))
+        if self.preact:
+            x = relu(self.bn_final(x))
         return self.linear(x.mean((2, 3)))
 
 

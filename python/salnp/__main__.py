@@ -10,55 +10,16 @@ import time
 
 import numpy as np
 
-DATASETS = ("fashion-mnist", "cifar10", "cifar100")
+from .recipes import DATASETS, add_train_options, resolve as resolve_train_args  # noqa: F401
+
 DEFAULT_ROOTS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
-
-
-def _int_list(text):
-    """"2,4,6" -> [2, 4, 6] (argparse type)"""
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated integers") from None
 
 
 def _parser():
     ap = argparse.ArgumentParser(prog="python -m salnp", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train a CIFAR ResNet (CL / SL / ASL / SAL)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--data", choices=DATASETS, default="fashion-mnist")
-    t.add_argument("--root", default=None, help="data folder (default for fashion-mnist: "
-                   "the Debian package's /usr/share/datasets/fashion-mnist)")
-    t.add_argument("--depth", type=int, default=20)
-    t.add_argument("--width", type=int, default=16)
-    t.add_argument("--layer", choices=("sal", "cl", "sl", "asl"), default="sal")
-    t.add_argument("--shared", action="store_true", help="SAL: one shift per input channel")
-    t.add_argument("--expansion", type=float, default=1.0, help="SL/ASL block expansion e")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--subset", type=int, default=0, help="train on N class-balanced images (0: all)")
-    t.add_argument("--test-subset", type=int, default=0, help="evaluate on N images (0: all)")
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=0.1)
-    t.add_argument("--lr-schedule", choices=("step", "cosine", "constant"), default="step")
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
-    t.add_argument("--beta0", type=float, default=20.0, help="SAL inverse temperature at start")
-    t.add_argument("--beta1", type=float, default=70.0, help="... and at the end")
-    t.add_argument("--beta-schedule", choices=("geometric", "linear", "cosine"), default="geometric")
-    t.add_argument("--prune-epochs", type=_int_list, default=None,
-                   help="SAL stepwise hard pruning: comma-separated epochs (from 1) before which "
-                        "every slice keeps only its most likely positions, e.g. 2,4,6,8 "
-                        "(use with --beta1 equal to --beta0 for a pure stepwise schedule)")
-    t.add_argument("--prune-keep", type=_int_list, default=None,
-                   help="positions kept after each prune step, e.g. 5,3,2,1 (default: about "
-                        "9^(1 - j/steps), ending at 1)")
-    t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=None)
-    t.add_argument("--recipe", choices=("paper",), default=None,
-                   help="paper: the released CIFAR recipe (300 epochs, lr 0.1/0.01/0.001 at "
-                        "epochs 0/100/200, batch 128, wd 5e-4, beta 20 -> 70, all data)")
+    t = sub.add_parser("train", help="train a CIFAR ResNet (CL / SL / ASL / SAL)")
+    add_train_options(t)
     t.add_argument("--resume", default=None, help="continue from DIR/checkpoint.npz or a path")
     t.add_argument("--out", required=True, help="output folder")
     t.add_argument("--no-progress", action="store_true")
@@ -88,10 +49,7 @@ def _table(rows):
 def cmd_train(args):
     import salnp
 
-    if args.recipe == "paper":
-        args.epochs, args.lr, args.lr_schedule, args.batch_size = 300, 0.1, "step", 128
-        args.weight_decay, args.momentum, args.beta0, args.beta1 = 5e-4, 0.9, 20.0, 70.0
-        args.subset = args.test_subset = 0
+    args = resolve_train_args(args)
     if args.threads is not None:
         salnp.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
@@ -108,12 +66,13 @@ def cmd_train(args):
     if resume and os.path.isdir(resume):
         resume = os.path.join(resume, "checkpoint.npz")
     print(f"salnp {salnp.__version__}: {args.layer.upper()}-ResNet-{args.depth} (width {args.width}"
-          f"{', shared' if args.shared else ''}{f', e={args.expansion:g}' if args.layer in ('sl', 'asl') else ''})"
+          f"{', shared' if args.shared else ''}{f', e={args.expansion:g}' if args.layer in ('sl', 'asl', 'asl-post') else ''})"
           f" on {train.name}: {len(train)} train / {len(test)} test images, {args.epochs} epochs, "
           f"{salnp.get_num_threads()} threads", flush=True)
     t0 = time.perf_counter()
     history = salnp.fit(net, train, test, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                        nesterov=args.nesterov, milestones=args.milestones,
                         lr_schedule=args.lr_schedule, beta=(args.beta0, args.beta1),
                         beta_schedule=args.beta_schedule, augment=not args.no_augment,
                         seed=args.seed, checkpoint=ckpt, resume=resume,
@@ -139,9 +98,12 @@ def cmd_train(args):
     if count is not None:
         tr = count(net, input_shape=in_shape, mode="train")
         inf = count(net, input_shape=in_shape, mode="inference")
+        pap = count(net, input_shape=in_shape, convention="paper")
         summary.update(params_train=tr.params, macs_train=tr.macs, params=inf.params,
-                       macs=inf.macs)
-        rows += [("parameters (inference)", f"{inf.params:,.0f}"),
+                       macs=inf.macs, params_paper=pap.params, macs_paper=pap.macs,
+                       params_convention="exported (BN folded, pruned slices dropped)")
+        rows += [("parameters (inference, exported convention)", f"{inf.params:,.0f}"),
+                 ("parameters (paper convention)", f"{pap.params:,.0f}"),
                  ("MACs / image (inference)", f"{inf.macs:,.0f}  ({inf.macs / 1e6:.2f} M; FLOPs = 2 x MACs)"),
                  ("parameters (training)", f"{tr.params:,.0f}"),
                  ("MACs / image (training forward)", f"{tr.macs:,.0f}")]

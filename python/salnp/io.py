@@ -110,7 +110,8 @@ def save(net, path) -> None:
     if not isinstance(net, ResNet):
         raise TypeError(f"save: net must be a salnp network (salnp.models.ResNet), got "
                         f"{type(net).__name__}")
-    save_npz_atomic(path, net.state_dict(), "network", {"model": net.config})
+    save_npz_atomic(path, net.state_dict(), "network",
+                    {"model": net.config, "beta": float(net.beta)})
 
 
 def load(path):
@@ -133,4 +134,8 @@ def load(path):
         net.load_state_dict(state)
     except (KeyError, ValueError, TypeError) as e:
         raise ValueError(f"{path}: {e}") from None
+    beta = config.get("beta")     # the SAL inverse temperature (networks saved since 0.1.x)
+    if isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta >= 0 \
+            and beta == beta and beta != float("inf"):
+        net.beta = float(beta)
     return net

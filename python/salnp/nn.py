@@ -26,6 +26,18 @@ def kaiming_uniform_a_sqrt5(fan_in: int) -> Init:
     return lambda rng, shape: rng.uniform(-bound, bound, size=shape)
 
 
+def kaiming_normal_fan_in(fan_in: int) -> Init:
+    """Caffe's "msra" filler (He et al.): N(0, 2 / fan_in)."""
+    std = np.sqrt(2.0 / fan_in)
+    return lambda rng, shape: rng.normal(0.0, std, size=shape)
+
+
+def xavier_uniform_fan_in(fan_in: int) -> Init:
+    """Caffe's "xavier" filler (default FAN_IN): U(-sqrt(3 / fan_in), sqrt(3 / fan_in))."""
+    bound = np.sqrt(3.0 / fan_in)
+    return lambda rng, shape: rng.uniform(-bound, bound, size=shape)
+
+
 def uniform(lo: float, hi: float) -> Init:
     return lambda rng, shape: rng.uniform(lo, hi, size=shape)
 
