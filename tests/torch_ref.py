@@ -17,19 +17,15 @@ def relu(x):
 
 def sal_probs(a, beta, mask=None):
     """SAL attention in torch: softmax(beta a / std(a)) over the last axis; with a 0/1
-    mask, mean, unbiased std and softmax over the allowed positions only, p = 0 elsewhere,
-    and p = 1 at the single position of a slice with one allowed position."""
+    mask the std stays that of all 9 logits and the softmax runs over the allowed
+    positions only, p = 0 elsewhere (uniform over them when std or beta is 0)."""
+    s = a.std(-1, keepdim=True)
     if mask is None or bool((mask != 0).all()):
-        return torch.softmax(beta * a / a.std(-1, keepdim=True), -1)
+        return torch.softmax(beta * a / s, -1)
     m = mask != 0
-    n = m.sum(-1, keepdim=True).to(a.dtype)
-    mean = (a * m).sum(-1, keepdim=True) / n
-    var = (((a - mean) * m) ** 2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
-    one = n == 1
-    s = torch.where(one, torch.ones_like(var), var).sqrt()
-    z = (beta * a / s).masked_fill(~m, float("-inf"))
-    p = torch.softmax(z, -1)
-    return torch.where(one, m.to(a.dtype), p)
+    flat = (s == 0) | (beta == 0)
+    z = torch.where(flat, torch.zeros_like(a), beta * a / torch.where(flat, torch.ones_like(s), s))
+    return torch.softmax(z.masked_fill(~m, float("-inf")), -1)
 
 
 class SALConv(tnn.Module):
