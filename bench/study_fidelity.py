@@ -113,7 +113,8 @@ def run_one(args, seed, framework):
         soft, hard = acc(False), acc(True)
     return dict(seed=seed, framework=framework, test_acc=soft, test_acc_hard=hard,
                 train_loss=train_loss, train_s=wall, train=len(train), test=len(test),
-                epochs=args.epochs, width=args.width, shared=args.shared,
+                epochs=args.epochs, width=args.width, shared=args.shared, batch=args.batch,
+                lr=args.lr,
                 versions=dict(salnp=salnp.__version__, torch=torch.__version__,
                               numpy=np.__version__))
 
@@ -162,7 +163,8 @@ def report(out):
         raise SystemExit(f"{out}: no finished pairs")
     r0 = by["salnp"][seeds[0]]
     lines = [f"SAL-ResNet-20 w={r0['width']}{' shared' if r0['shared'] else ''}, CIFAR-10 subset "
-             f"{r0['train']} train / {r0['test']} test images, {r0['epochs']} epochs, "
+             f"{r0['train']} train / {r0['test']} test images, {r0['epochs']} epochs, batch "
+             f"{r0.get('batch', '?')}, lr {r0.get('lr', '?')} (x0.1 at 1/3 and 2/3), "
              f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); salnp {r0['versions']['salnp']}, "
              f"torch {r0['versions']['torch']}, 1 thread per run", ""]
     lines.append("| metric | salnp mean ± std [min, max] | PyTorch mean ± std [min, max] | "
