@@ -125,8 +125,10 @@ def _path(out, seed, fw):
 
 def drive(args):
     os.makedirs(args.out, exist_ok=True)
+    # a run is skipped when its result exists or another driver started it (.started)
     todo = [(s, fw) for s, fw in itertools.product(args.seeds, ("salnp", "torch"))
-            if not os.path.exists(_path(args.out, s, fw))]
+            if not os.path.exists(_path(args.out, s, fw))
+            and not os.path.exists(_path(args.out, s, fw) + ".started")]
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1",
                BLIS_NUM_THREADS="1")
     running = []
@@ -139,6 +141,9 @@ def drive(args):
     while todo or running:
         while todo and len(running) < args.jobs:
             s, fw = todo.pop(0)
+            if os.path.exists(_path(args.out, s, fw)) or os.path.exists(_path(args.out, s, fw) + ".started"):
+                continue
+            open(_path(args.out, s, fw) + ".started", "w").close()
             cmd = ["nice", "-n", str(args.nice)] + base + ["--seeds", str(s), "--framework", fw]
             running.append(((s, fw), subprocess.Popen(cmd, env=env)))
         time.sleep(2)
