@@ -798,7 +798,9 @@ FIT_ROWS = [
     ("beta", -1.0, "ValueError"), ("beta", (1.0,), "ValueError"), ("beta", (1, 2, 3), "ValueError"),
     ("beta", None, "error"), ("beta", "a", "error"), ("beta", (0.0, 1.0), "ValueError"),
     ("lr_schedule", "bogus", "ValueError"), ("beta_schedule", "bogus", "ValueError"),
-    ("milestones", None, "error"),
+    ("milestones", None, "ok"),   # None: the layer family's solver (net.solver)
+    ("milestones", "ab", "ValueError"), ("milestones", (-1,), "ValueError"),
+    ("milestones", (float("nan"),), "ValueError"),
     ("threads", 0, "ValueError"), ("threads", -1, "ValueError"), ("threads", 2**70, "ValueError"),
     ("threads", "x", "error"),
     ("seed", -1, "ValueError"), ("seed", 1.5, "error"), ("seed", None, "error"),

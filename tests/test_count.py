@@ -15,6 +15,7 @@ CONFIGS = [
     dict(layer="sal", width=8, shared=True),
     dict(layer="sl", width=8, expansion=3),
     dict(layer="asl", width=8, expansion=2),
+    dict(layer="asl-post", width=8, expansion=2),
 ]
 ids = lambda c: "-".join(f"{k}{v}" for k, v in c.items())
 
@@ -189,10 +190,13 @@ def test_inference_count_equals_exported_count(cfg):
     assert salnp.count(inf, input_shape=(3, 24, 24)).macs == e.macs
     assert (e.params, e.macs, e.shift_moves) == (r.params, r.macs, r.shift_moves)
     assert e.params == pytest.approx(sum(row["params"] for row in e.rows))
-    if cfg["layer"] in ("cl", "sl", "asl"):
+    if cfg["layer"] in ("cl", "sl", "asl", "asl-post"):
         t = salnp.count(net, input_shape=(3, 24, 24))
         assert e.macs == t.macs and e.shift_moves == t.shift_moves
-        bn = sum(row["in_shape"][0] for row in t.rows if row["type"] == "bn")
+        # a folded BN keeps C of its 2 C values (the bias); a standalone BN (pre-activation,
+        # layer "asl") keeps all 2 C
+        bn = sum(row["in_shape"][0] for row in t.rows if row["type"] == "bn") \
+            - sum(row["params"] for row in e.rows if row["type"] == "bn") // 2
         asl = sum(row["params"] for row in t.rows if row["type"] == "active_shift")
         assert e.params == t.params - bn - asl
 

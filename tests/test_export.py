@@ -12,6 +12,7 @@ CASES = [
     dict(layer="sal", width=8, shared=True),
     dict(layer="sl", width=8, expansion=3),
     dict(layer="asl", width=8, expansion=2),
+    dict(layer="asl-post", width=8, expansion=2),
 ]
 ids = lambda c: "-".join(f"{k}{v}" for k, v in c.items())
 

@@ -17,6 +17,7 @@ CASES = [
     dict(layer="sal", width=4, shared=True),
     dict(layer="sl", width=4, expansion=3),
     dict(layer="asl", width=4, expansion=2),
+    dict(layer="asl-post", width=4, expansion=2),
 ]
 
 
@@ -31,7 +32,7 @@ def test_one_training_step_matches_torch(cfg, rng):
     beta = 3.0
     net = salnp.models.resnet(depth=20, seed=int(rng.integers(1 << 30)), **cfg)
     net.beta = beta
-    if cfg["layer"] == "asl":   # move offsets off the integer grid, away from kinks
+    if cfg["layer"] in ("asl", "asl-post"):   # move offsets off the integer grid, away from kinks
         for name, p in net.named_parameters():
             if name.endswith("shift.shift"):
                 p[...] = rng.uniform(-1.4, 1.4, p.shape).round(1) + 0.05

@@ -19,7 +19,8 @@ NOTEBOOKS = os.path.join(ROOT, "notebooks")
 CIFAR = os.environ.get("SALNP_CIFAR", os.path.join(ROOT, "..", "shared", "data", "cifar10-subset"))
 FASHION = salnp.data.FASHION_MNIST_DEFAULT_ROOT
 NEEDS = {"quickstart": ("Fashion-MNIST", FASHION), "ablation": ("the CIFAR-10 subset", CIFAR),
-         "attention_gallery": ("the CIFAR-10 subset", CIFAR)}
+         "attention_gallery": ("the CIFAR-10 subset", CIFAR),
+         "reproduction": ("the CIFAR-10 subset", CIFAR)}
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS))

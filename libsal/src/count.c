@@ -91,8 +91,11 @@ sal_status sal_net_count(const sal_net *net, const float *params, const float *b
             int64_t prod = -1;  /* the op that wrote this BN's input */
             for (int64_t j = i - 1; j >= 0 && prod < 0; j--)
                 if (ops[j].out == op->in) prod = j;
-            const int folds = prod >= 0 && (ops[prod].kind == SAL_OP_CONV ||
-                                            ops[prod].kind == SAL_OP_SAL);
+            int64_t users = 0;  /* export folds only a BN that is its layer's sole reader */
+            for (int64_t j = 0; j < nops; j++)
+                users += (ops[j].in == op->in) + (ops[j].res == op->in);
+            const int folds = prod >= 0 && users == 1 && (ops[prod].kind == SAL_OP_CONV ||
+                                                          ops[prod].kind == SAL_OP_SAL);
             if (infer && folds)
                 rows[prod].params += (double)C;   /* the folded bias */
             else

@@ -3,8 +3,8 @@
  * For every kernel slice (o, c) (shared: every input channel c) with logits a (9):
  *   s = std(a) (unbiased, no mean subtraction), p = softmax(beta * a / s)
  *   (s = 0 or beta = 0: p = 1/9; the max is subtracted before exp), hard: p <- (p > 0.5);
- *   with a mask (d->mask, stepwise pruning) all of this runs over the allowed positions
- *   only and p = 0 elsewhere (sal/shift.h, "Masks");
+ *   with a mask (d->mask, stepwise pruning) s stays the std of all 9 logits and the
+ *   softmax runs over the allowed positions only, p = 0 elsewhere (sal/shift.h, "Masks");
  *   W_eff[o,c,q] = p[o|0, c, q] * w[o,c,q];  y = conv3x3(x, W_eff, stride S, padding 1).
  * The convolution is sal_conv_fwd / sal_conv_bwd (im2col + GEMM); the attention adds
  * O(O*C*9) work next to the O(N*Ho*Wo*O*C*9) of the convolution.
@@ -13,8 +13,10 @@
  *   dL/dw_q = p_q g_q,   u_q = w_q g_q (shared: sum over o),
  *   v_q = p_q (u_q - sum_k p_k u_k),
  *   dL/da_i = (beta/s) [v_i - (sum_j v_j a_j) (a_i - abar) / ((n-1) s^2)].
- * s = 0 (p is constant there), two allowed positions under a mask (p depends on the
- * sign of a1 - a2 only) and hard mode (a step function) give dL/da = 0.
+ * Under a mask v_q = 0 at pruned positions; the formula holds as it is (n = 9: s is the
+ * std of all 9 logits, so pruned logits still get the second term, through s).
+ * s = 0 (p is constant there), one allowed position and hard mode (a step function)
+ * give dL/da = 0.
  * The attention arithmetic runs in double per slice.
  *
  * Scratch (floats): [conv scratch | p (L,9) | W_eff (O,C,9) | g (O,C,9)], L = O*C or C. */
@@ -58,28 +60,24 @@ size_t sal_sal_scratch(const sal_sal_desc *d) {
     return sal_conv_scratch(&cd) + (size_t)(sal_slices(d) + 2 * d->o * d->x.c) * SAL_KK;
 }
 
-/* mean and unbiased std of a (9) over the allowed positions (m NULL: all 9); *n gets
- * their number.  n = 1 gives s = 0.  With every position allowed the arithmetic is the
- * unmasked one, operation for operation. */
-static double slice_std(const float *a, const float *m, double *mean_out, int *n_out) {
+/* mean and unbiased std of the 9 logits a (a mask does not change them: see "Masks" in
+ * sal/shift.h) */
+static double slice_std(const float *a, double *mean_out) {
     double mean = 0.0, var = 0.0;
-    int n = 0;
-    for (int q = 0; q < SAL_KK; q++)
-        if (!m || m[q] != 0.0f) mean += a[q], n++;
-    mean /= n;
-    for (int q = 0; q < SAL_KK; q++)
-        if (!m || m[q] != 0.0f) var += (a[q] - mean) * (a[q] - mean);
+    for (int q = 0; q < SAL_KK; q++) mean += a[q];
+    mean /= SAL_KK;
+    for (int q = 0; q < SAL_KK; q++) var += (a[q] - mean) * (a[q] - mean);
     *mean_out = mean;
-    *n_out = n;
-    return n > 1 ? sqrt(var / (n - 1)) : 0.0;
+    return sqrt(var / (SAL_KK - 1));
 }
 
-/* p (9) from a (9) and the mask row m (NULL: all allowed); returns s = std(a) over the
- * allowed positions (0 when p was set uniform over them) */
+/* p (9) from a (9) and the mask row m (NULL: all allowed); returns s = std(a) of all 9
+ * (p is uniform over the allowed positions when s or beta is 0) */
 static double probs_row(float *p, const float *a, const float *m, double beta, int hard) {
     double mean;
-    int n;
-    const double s = slice_std(a, m, &mean, &n);
+    int n = 0;
+    const double s = slice_std(a, &mean);
+    for (int q = 0; q < SAL_KK; q++) n += !m || m[q] != 0.0f;
     double e[SAL_KK], sum = 0.0;
     if (s == 0.0 || beta == 0.0) {
         for (int q = 0; q < SAL_KK; q++) e[q] = (!m || m[q] != 0.0f) ? 1.0 : 0.0;
@@ -205,12 +203,11 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
         const float *ar = a + i * SAL_KK, *pr = p + i * SAL_KK;
         const float *mr = d->mask ? d->mask + i * SAL_KK : NULL;
         double mean;
-        int n;
-        const double s = slice_std(ar, mr, &mean, &n);
-        /* s = 0: uniform or one position, constant.  n = 2: z1 - z2 = +-beta*sqrt(2)
-         * whatever a is (only the sign of a1 - a2 matters), so dL/da = 0 exactly; the
-         * formula would cancel to float32 rounding of p amplified by beta/s instead */
-        if (s == 0.0 || n == 2) continue;
+        int n = 0;
+        const double s = slice_std(ar, &mean);
+        for (int q = 0; q < SAL_KK; q++) n += !mr || mr[q] != 0.0f;
+        /* s = 0: uniform, constant; one allowed position: p = 1 there, constant */
+        if (s == 0.0 || n == 1) continue;
         double u[SAL_KK] = {0}, pu = 0.0, va = 0.0, v[SAL_KK];
         for (int64_t k = 0; k < ostep; k++) {
             /* unshared: slice i = (o, c); shared: slice i = c, summed over o */
@@ -223,10 +220,9 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
             v[q] = pr[q] * (u[q] - pu);
             va += v[q] * ar[q];
         }
-        const double f = d->beta / s, h = va / ((n - 1) * s * s);
-        for (int q = 0; q < SAL_KK; q++)
-            if (!mr || mr[q] != 0.0f)               /* pruned positions: p = 0 there */
-                da[i * SAL_KK + q] += (float)(f * (v[q] - h * (ar[q] - mean)));
+        const double f = d->beta / s, h = va / ((SAL_KK - 1) * s * s);
+        for (int q = 0; q < SAL_KK; q++)            /* pruned q: v_q = 0, the s term only */
+            da[i * SAL_KK + q] += (float)(f * (v[q] - h * (ar[q] - mean)));
     }
     return SAL_OK;
 }

@@ -10,9 +10,9 @@ from .sweep import run_cli
 
 def cmd_train(args):
     cfg = apply_recipe({k: v for k, v in vars(args).items() if k != "cmd" and k not in RUNNER_KEYS})
-    cfg["root"] = args.root or DEFAULT_ROOTS.get(args.data)
+    cfg["root"] = args.root or DEFAULT_ROOTS.get(cfg["data"])
     if cfg["root"] is None:
-        raise SystemExit(f"--root is required for --data {args.data}")
+        raise SystemExit(f"--root is required for --data {cfg['data']}")
     train_run(cfg, args.out, resume=args.resume, threads=args.threads,
               progress=not args.no_progress, figure=viz.run_figure, verbose=True,
               extra={"run": {k: getattr(args, k) for k in RUNNER_KEYS}})

@@ -19,7 +19,11 @@ What the export does, op by op of the training program (salnp.models):
 - SL: the shift, then the 1x1 convolution with bias (its trailing residual add is fused
   into that convolution's epilogue, after the ReLU as in the block);
 - ASL: offsets rounded to the nearest integer (``inf.info["asl_max_rounding"]`` is the
-  largest |offset - round(offset)|; 0 keeps the outputs exact), then as SL.
+  largest |offset - round(offset)|; 0 keeps the outputs exact), then as SL;
+- a BN that cannot fold (pre-activation: it reads a sum, or a conv output that the
+  shortcut reads too) becomes a per-channel affine map + ReLU, run as a gather with one
+  (c, c, 0, 0) pair per channel; ``info["affine_ops"]`` lists those ops, and the count
+  gives them BN's convention (2 C parameters, 0 MACs).
 
 ``salnp.export`` is this module, callable: ``salnp.export(net)`` is ``export(net)``, and
 ``salnp.export.to_onnx(inf, path, input_shape)`` writes an ONNX model (salnp._onnx; needs
@@ -139,10 +143,14 @@ class InferenceNet:
 
     __call__ = forward
 
-    def count_report(self, input_shape=None, mode=None) -> CountReport:
-        """salnp.count(self, input_shape, mode): an exported network counts as 'inference'."""
+    def count_report(self, input_shape=None, mode=None, convention=None) -> CountReport:
+        """salnp.count(self, input_shape, mode, convention): an exported network counts as
+        'inference', in the 'exported' convention."""
         if mode not in (None, "inference"):
             raise ValueError(f"count: mode={mode!r}: an exported network counts as 'inference'")
+        if convention not in (None, "exported"):
+            raise ValueError(f"count: convention={convention!r}: an exported network counts in "
+                             "the 'exported' convention (count the training network for 'paper')")
         return self.count(input_shape)
 
     def count(self, input_shape=None):
@@ -160,8 +168,11 @@ class InferenceNet:
             elif row[0] == IOP_SHIFT and row[IFIELDS.index("index_bits")]:
                 t = "sal_shift"
             types_.append(t)
-        return CountReport(count_rows(ints, params, self.names, types_), "inference", shape,
-                           self.info.get("beta"))
+        rows = count_rows(ints, params, self.names, types_)
+        for i in self.info.get("affine_ops", ()):   # a standalone BN run as a gather
+            c = rows[i]["out_shape"][0]
+            rows[i].update(type="bn", params=2 * c, macs=0, kept=0)
+        return CountReport(rows, "inference", shape, self.info.get("beta"), "exported")
 
     def save(self, path) -> None:
         """Write to path (.npz, atomic, no pickle)."""
@@ -315,7 +326,8 @@ def export(net, beta=None) -> InferenceNet:
     b = _Builder(cin)
     bmap = {0: 0}                   # training buffer -> inference buffer
     done = set()                    # BN ops folded into the layer before them
-    info = dict(beta=beta, sal_layers=[], asl_max_rounding=0.0, source=dict(net.config))
+    info = dict(beta=beta, sal_layers=[], asl_max_rounding=0.0, affine_ops=[],
+                source=dict(net.config))
 
     def take(off, n):
         return P[off:off + n]
@@ -351,7 +363,8 @@ def export(net, beta=None) -> InferenceNet:
                 y = b.buf(cout)
                 b.op(names[i], kind=IOP_CONV, inp=bmap[op["inp"]], out=y, res=res_i, relu=relu,
                      o=op["o"], k=op["k"], stride=op["stride"], pad=op["pad"],
-                     p0=b.arr(w * scale[:, None, None, None]), p1=b.arr(bias))
+                     p0=b.arr(w * scale[:, None, None, None]),
+                     p1=b.arr(bias) if j is not None else -1)
                 bmap[out_t] = y
                 continue
             L = op["o"] if not op["shared"] else 1
@@ -374,7 +387,7 @@ def export(net, beta=None) -> InferenceNet:
                 wk = w9[:, ks, q] * scale[:, None]          # (O, C_kept)
                 y = b.buf(cout)
                 b.op(names[i], kind=IOP_CONV, inp=z, out=y, res=res_i, relu=relu, o=op["o"], k=1,
-                     stride=1, pad=0, p0=b.arr(wk), p1=b.arr(bias))
+                     stride=1, pad=0, p0=b.arr(wk), p1=b.arr(bias) if j is not None else -1)
             else:
                 if op["shared"]:          # every slice pruned: the output is the bias
                     kept = np.zeros((op["o"], c_in), bool)
@@ -384,7 +397,8 @@ def export(net, beta=None) -> InferenceNet:
                 b.op(names[i], kind=IOP_GATHER, inp=bmap[op["inp"]], out=y, res=res_i, relu=relu,
                      o=op["o"], stride=op["stride"], k=3, pad=1,
                      ioff=b.add_pairs(np.stack([oo, ii, q // 3 - 1, q % 3 - 1], 1)), npair=len(oo),
-                     p0=b.arr(w9[oo, ii, q] * scale[oo]), p1=b.arr(bias))
+                     p0=b.arr(w9[oo, ii, q] * scale[oo]),
+                     p1=b.arr(bias) if j is not None else -1)
             bmap[out_t] = y
         elif kind in (OP_SHIFT, OP_ASHIFT):
             if kind == OP_SHIFT:
@@ -419,9 +433,19 @@ def export(net, beta=None) -> InferenceNet:
             b.op(names[i], kind=IOP_LINEAR, inp=bmap[op["inp"]], out=y, o=op["o"],
                  p0=b.arr(take(op["p0"], op["o"] * c_in)), p1=b.arr(take(op["p1"], op["o"])))
             bmap[op["out"]] = y
-        elif kind == OP_BN:
-            raise NotImplementedError(f"export: op {i} ({names[i]}): a BN that does not follow "
-                                      "a convolution cannot be folded")
+        elif kind == OP_BN:       # standalone (not after a conv it can fold into)
+            gamma, beta_bn = take(op["p0"], cout), take(op["p1"], cout)
+            rm, rv = Bf[op["b0"]:op["b0"] + cout], Bf[op["b1"]:op["b1"] + cout]
+            scale = gamma / np.sqrt(rv + BN_EPS)
+            ch = np.arange(cout)
+            y = b.buf(cout)
+            info["affine_ops"].append(len(b.rows))
+            b.op(names[i], kind=IOP_GATHER, inp=bmap[op["inp"]], out=y,
+                 res=bmap[op["res"]] if op["res"] >= 0 else -1, relu=op["relu"], o=cout,
+                 stride=1, k=3, pad=1, npair=cout,
+                 ioff=b.add_pairs(np.stack([ch, ch, 0 * ch, 0 * ch], 1)),
+                 p0=b.arr(scale), p1=b.arr(beta_bn - rm * scale))
+            bmap[op["out"]] = y
         else:
             raise NotImplementedError(f"export: op {i}: kind {kind} is not supported")
 

@@ -28,6 +28,18 @@ kept slices count 36/32 each (32-bit weight + 4-bit position index) and
 C_in_kept_slices * H_out * W_out MACs in total; shared: C_kept * C_out + C_kept * 4/32
 parameters, C_kept * C_out * H_out * W_out MACs and a shift of C_kept * H_out * W_out
 moved elements.  ASL offsets are rounded to integers (a fixed shift, 0 parameters).
+
+Conventions (every report says which: ``report.convention``, the table's first line):
+- "training" (mode="train"), "exported" (mode="inference", the default for an exported
+  network): as above;
+- "paper" (``count(net, convention="paper")``): the convention of the SAL paper's tables
+  and of Jeon & Kim's counts (DESIGN section 3), so that figures compare with published
+  ones: BN as gamma and beta (2 C), conv and Linear weights, the Linear bias and shortcut
+  convolutions in full, ASL shifts (2 per channel), and every SAL slice kept whatever the
+  attention: unshared C_in C_out 36/32 (a 32-bit weight + a 4-bit position), shared
+  C_in C_out + C_in 4/32; MACs as the binarised layer (C_in C_out H_out W_out for SAL).
+  It does not depend on beta or training: SAL ResNet-20 w=16 38,618 (shared 34,984),
+  CL ResNet-20 272,474, ShiftResNet-20 e=3 95,642, ASNet-20 [16x1] 35,386.
 """
 from __future__ import annotations
 
@@ -35,7 +47,9 @@ import numpy as np
 
 from . import _core
 
-__all__ = ["count", "CountReport"]
+__all__ = ["count", "CountReport", "CONVENTIONS"]
+
+CONVENTIONS = ("training", "exported", "paper")
 
 # columns of the int64 part returned by _core.net_count / infer_count
 _COLS = ("op", "kind", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "train_only", "kept",
@@ -56,9 +70,10 @@ class CountReport:
     flops = 2 * macs, shift_moves, bwd_macs, train_macs = macs + bwd_macs,
     train_only_params) and in ``totals``."""
 
-    def __init__(self, rows, mode, input_shape, beta=None):
+    def __init__(self, rows, mode, input_shape, beta=None, convention=None):
         self.rows = rows
         self.mode = mode
+        self.convention = convention or ("training" if mode == "train" else "exported")
         self.input_shape = tuple(int(v) for v in input_shape)
         self.beta = beta
         self.macs = int(sum(r["macs"] for r in rows))
@@ -74,7 +89,8 @@ class CountReport:
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict: mode, input_shape, beta, units, totals, rows."""
-        return dict(mode=self.mode, input_shape=list(self.input_shape), beta=self.beta,
+        return dict(mode=self.mode, convention=self.convention,
+                    input_shape=list(self.input_shape), beta=self.beta,
                     units=dict(macs="multiply-adds per image", flops="2 x MACs per image",
                                params="parameters (binarised SAL weights 36/32 each)",
                                shift_moves="elements moved by shifts per image"),
@@ -128,7 +144,8 @@ class CountReport:
             return "  ".join(c.ljust(w) if i < 4 else c.rjust(w)
                              for i, (c, w) in enumerate(zip(cells, width)))
 
-        out = [f"{self.mode} network, input {'x'.join(map(str, self.input_shape))}"
+        out = [f"{self.mode} network ({self.convention} convention), input "
+               f"{'x'.join(map(str, self.input_shape))}"
                + (f", SAL beta {self.beta:g}" if self.beta is not None else "")
                + "; units: MACs = multiply-adds per image, FLOPs = 2 x MACs",
                fmt(head), fmt(["-" * w for w in width])]
@@ -146,7 +163,8 @@ class CountReport:
         return "\n".join(out)
 
     def __repr__(self):
-        return (f"CountReport(mode={self.mode!r}, input_shape={self.input_shape}, "
+        return (f"CountReport(mode={self.mode!r}, convention={self.convention!r}, "
+                f"input_shape={self.input_shape}, "
                 f"params={self.params}, macs={self.macs:,})")
 
 
@@ -178,17 +196,38 @@ def check_input_shape(input_shape, in_channels, fn="count"):
     return shape
 
 
-def count(net, input_shape=(3, 32, 32), mode=None) -> CountReport:
+def count(net, input_shape=(3, 32, 32), mode=None, convention=None) -> CountReport:
     """Cost of net per image of input_shape (C, H, W).
 
     net: a salnp network (salnp.models.ResNet; mode "train" (default) or "inference") or
-    an exported salnp.export.InferenceNet (mode "inference" only).  Each of them makes
+    an exported salnp.export.InferenceNet (mode "inference" only).  convention: None (the
+    mode's own: "training" or "exported"), or "paper" (the published tables' counting, see
+    the module docstring; a ResNet only, mode None or "inference").  Each network makes
     its report (``count_report``) from the rows libsal counts."""
+    if convention is not None and convention not in CONVENTIONS:
+        raise ValueError(f"count: convention={convention!r}: must be None, 'training', "
+                         "'exported' or 'paper'")
     report = getattr(net, "count_report", None)
     if report is None:
         raise TypeError(f"count: net must be a salnp network (salnp.models.ResNet or "
                         f"salnp.export.InferenceNet), got {type(net).__name__}")
-    return report(input_shape, mode)
+    return report(input_shape, mode, convention)
+
+
+def paper_rows(rows, ops):
+    """The paper convention's rows from a training program's rows (module docstring):
+    every SAL slice kept at 36/32 (shared: C_in*C_out + C_in*4/32) and one 1x1 conv's
+    MACs; BN as gamma and beta, everything else in full; nothing training-only."""
+    for r, op in zip(rows, ops):
+        r["bwd_macs"] = r["train_only_params"] = 0
+        if r["type"] in ("sal", "sal_shared"):
+            cin, cout = r["in_shape"][0], r["out_shape"][0]
+            hw = r["out_shape"][1] * r["out_shape"][2]
+            r["params"] = _num(cin * cout + cin * 4 / 32 if op["shared"] else cin * cout * 36 / 32)
+            r["macs"] = cin * cout * hw
+            r["shift_moves"] = cin * hw if op["shared"] else 0
+            r["kept"] = cin if op["shared"] else cin * cout
+    return rows
 
 
 # ---------------------------------------------------------------- op types

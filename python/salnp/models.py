@@ -14,14 +14,35 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .flops import CountReport, check_input_shape, count_rows, program_types
+from .flops import CountReport, check_input_shape, count_rows, paper_rows, program_types
 # the leaf layers and the program they emit live in salnp.nn; re-exported here
 from .nn import (FIELDS, OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL,
                  OP_SHIFT, ActiveShift, Arena, BatchNorm2d, Conv2d, Linear, Module, Program,
-                 SALConv2d, Sequential, Shift, default_shift_offsets, net_lock)
+                 SALConv2d, Sequential, Shift, default_shift_offsets, kaiming_normal_fan_in, net_lock)
 
 __all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "BatchNorm2d",
-           "Linear", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "default_shift_offsets"]
+           "Linear", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "PreActASLBlock",
+           "default_shift_offsets", "LAYERS", "SOLVERS", "BETA0"]
+
+LAYERS = ("cl", "sal", "sl", "asl", "asl-post")
+
+# The paper's initial SAL inverse temperature (CIFAR, DESIGN 1.4): a fresh network starts
+# there, so that counting or exporting an untrained net binarises at the beta training
+# starts from (at beta = 1 the attention is nearly uniform and most slices would drop).
+BETA0 = 20.0
+
+# Solver settings of each layer family's reference training, used by salnp.fit for the
+# options the caller leaves at None.  "asl" is Jeon & Kim's CIFAR solver (their
+# prototxts, jyh2986/Active-Shift models/ASL_Model/CIFAR10): Nesterov momentum 0.9, lr x0.1
+# at iterations 32k and 48k of 64k (half and three quarters of the run); no weight decay
+# on BN scale/shift, the FC bias or the shifts (declared per parameter, see PreActASLBlock).
+SOLVERS = {
+    "cl": dict(nesterov=False, milestones=(1 / 3, 2 / 3)),
+    "sal": dict(nesterov=False, milestones=(1 / 3, 2 / 3)),
+    "sl": dict(nesterov=False, milestones=(1 / 3, 2 / 3)),
+    "asl": dict(nesterov=True, milestones=(1 / 2, 3 / 4)),
+    "asl-post": dict(nesterov=False, milestones=(1 / 3, 2 / 3)),
+}
 
 def _shortcut(cin, cout, stride):
     """Option B: identity, or 1x1 conv with stride + BN when the shape changes."""
@@ -106,8 +127,10 @@ class ShiftBlock(_ShiftBlockBase):
 
 
 class ActiveShiftBlock(_ShiftBlockBase):
-    """ASL block: 1x1 in->e*out, BN, ReLU, active shift, 1x1 e*out->out with the stride, BN,
-    + shortcut (option B), ReLU."""
+    """layer="asl-post": a post-activation ASL block in the ShiftResNet mould (salnp's ASL
+    before it followed Jeon & Kim; kept for comparison): 1x1 in->e*out, BN, ReLU, active
+    shift, 1x1 e*out->out with the stride, BN, + shortcut (option B: 1x1 conv + BN), ReLU.
+    Not the authors' network: see PreActASLBlock."""
 
     shift_module = ActiveShift
 
@@ -117,17 +140,59 @@ class ActiveShiftBlock(_ShiftBlockBase):
         return self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True, res=r)
 
 
+class PreActASLBlock(Module):
+    """layer="asl": Jeon & Kim's CIFAR ASNet block, as in their prototxts
+    (jyh2986/Active-Shift, models/ASL_Model/CIFAR10/[16xE]solver.prototxt):
+
+        x -> BN -> ReLU -> h -> 1x1 in->e*out -> BN -> ReLU -> ASL (stride) -> 1x1 e*out->out
+          -> + shortcut
+
+    pre-activation; no BN after the second 1x1; the stride sits in the active shift; the
+    shortcut is the identity or, when the shape changes, a 1x1 conv with the stride and no
+    BN, applied to the pre-activated h.  Convolutions have no bias and Caffe's "msra" init
+    N(0, 2/fan_in); BN scale/shift get no weight decay; shifts U(-1, 1), lr x 0.01, no
+    decay, gradients normalised per channel (ActiveShift)."""
+
+    def __init__(self, cin, cout, stride, expansion=1):
+        super().__init__()
+        mid = int(round(expansion * cout))
+        self.bn1 = BatchNorm2d(cin, decay=False)
+        self.conv1 = Conv2d(cin, mid, 1, 1, 0, init=kaiming_normal_fan_in)
+        self.bn2 = BatchNorm2d(mid, decay=False)
+        self.shift = ActiveShift(mid, stride)
+        self.conv2 = Conv2d(mid, cout, 1, 1, 0, init=kaiming_normal_fan_in)
+        self.has_shortcut = not (stride == 1 and cin == cout)
+        if self.has_shortcut:
+            self.shortcut = Conv2d(cin, cout, 1, stride, 0, init=kaiming_normal_fan_in)
+
+    def emit(self, prog, arena, name, x):
+        h = self.bn1.emit(prog, arena, f"{name}.bn1", x, relu=True)
+        r = self.shortcut.emit(prog, arena, f"{name}.shortcut", h) if self.has_shortcut else x
+        t = self.conv1.emit(prog, arena, f"{name}.conv1", h)
+        t = self.bn2.emit(prog, arena, f"{name}.bn2", t, relu=True)
+        t = self.shift.emit(prog, arena, f"{name}.shift", t)
+        t = self.conv2.emit(prog, arena, f"{name}.conv2", t)
+        y = prog.buf(*prog.shapes[t])
+        prog.op(f"{name}.add", kind=OP_ADD, inp=t, out=y, res=r)
+        return y
+
+
 # ---------------------------------------------------------------- the network
 class ResNet(Module):
     """CIFAR ResNet (He et al.): stem 3x3 conv + BN + ReLU, three stages of widths
     w, 2w, 4w with n blocks each (stride 2 entering stages 2 and 3), global average
-    pool, Linear.  ``layer`` picks the block: "cl", "sal" (BasicBlock), "sl", "asl"."""
+    pool, Linear.  ``layer`` picks the block: "cl", "sal" (BasicBlock), "sl" (ShiftBlock),
+    "asl" (PreActASLBlock, Jeon & Kim's ASNet: its stem is the 3x3 conv alone and a final
+    BN + ReLU precedes the pool; Caffe init of the Linear layer) or "asl-post"
+    (ActiveShiftBlock).  ``solver`` holds the family's reference solver settings (SOLVERS)
+    that fit uses by default; a fresh network's SAL beta is BETA0 = 20."""
 
     def __init__(self, depth=20, width=16, layer="sal", shared=False, expansion=1,
                  num_classes=10, in_channels=3, seed=0, input_size=None):
         super().__init__()
-        if layer not in ("cl", "sal", "sl", "asl"):
-            raise ValueError(f"resnet: layer={layer!r}: must be 'cl', 'sal', 'sl' or 'asl'")
+        if layer not in LAYERS:
+            raise ValueError(f"resnet: layer={layer!r}: must be 'cl', 'sal', 'sl', 'asl' or "
+                             "'asl-post'")
         if not isinstance(depth, (int, np.integer)) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"resnet: depth={depth!r}: must be 6n+2 (20, 32, 44, 56, 110)")
         # upper bounds keep every size product far from int64 overflow; a network near
@@ -146,8 +211,10 @@ class ResNet(Module):
                            expansion=expansion, num_classes=int(num_classes),
                            in_channels=int(in_channels), seed=int(seed))
         n = (depth - 2) // 6
-        self.conv1 = Conv2d(in_channels, width, 3, 1)
-        self.bn1 = BatchNorm2d(width)
+        preact = layer == "asl"
+        self.conv1 = Conv2d(in_channels, width, 3, 1, init=kaiming_normal_fan_in if preact else None)
+        if not preact:
+            self.bn1 = BatchNorm2d(width)
         cin = width
         for stage, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)], 1):
             blocks = []
@@ -157,15 +224,20 @@ class ResNet(Module):
                     blocks.append(BasicBlock(cin, cout, s, layer, shared))
                 elif layer == "sl":
                     blocks.append(ShiftBlock(cin, cout, s, expansion))
+                elif layer == "asl":
+                    blocks.append(PreActASLBlock(cin, cout, s, expansion))
                 else:
                     blocks.append(ActiveShiftBlock(cin, cout, s, expansion))
                 cin = cout
             self.add_module(f"layer{stage}", Sequential(*blocks))
-        self.linear = Linear(cin, num_classes)
+        if preact:
+            self.bn_final = BatchNorm2d(cin, decay=False)
+        self.linear = Linear(cin, num_classes, caffe=preact)
         self.arena = Arena(self, seed)
         self._engines = {}
         self._last = None
-        self.beta = 1.0  # SAL inverse temperature (fit anneals it)
+        self.beta = BETA0  # SAL inverse temperature (fit anneals it from its beta[0])
+        self.solver = dict(SOLVERS[layer])
 
     def _shift_offsets(self):
         """The fixed SL offsets the programs were built with are copied into libsal: an
@@ -190,11 +262,14 @@ class ResNet(Module):
         if key not in self._engines:
             prog = Program(key)
             x = self.conv1.emit(prog, self.arena, "conv1", 0)
-            x = self.bn1.emit(prog, self.arena, "bn1", x, relu=True)
+            if "bn1" in self._modules:
+                x = self.bn1.emit(prog, self.arena, "bn1", x, relu=True)
             for stage in (1, 2, 3):
                 seq = self._modules[f"layer{stage}"]
                 for i in range(len(seq)):
                     x = seq[i].emit(prog, self.arena, f"layer{stage}.{i}", x)
+            if "bn_final" in self._modules:
+                x = self.bn_final.emit(prog, self.arena, "bn_final", x, relu=True)
             y = prog.buf(prog.shapes[x][0], 1, 1)
             prog.op("avgpool", kind=OP_POOL, inp=x, out=y)
             self.linear.emit(prog, self.arena, "linear", y)
@@ -218,18 +293,30 @@ class ResNet(Module):
                 self.arena.params.size, self.arena.buffers.size))
         return self._engines[key][1]
 
-    def count_report(self, input_shape=(3, 32, 32), mode=None) -> CountReport:
-        """salnp.count(self, input_shape, mode): mode "train" (default) or "inference"."""
-        mode = "train" if mode is None else mode
-        if mode not in ("train", "inference"):
+    def count_report(self, input_shape=(3, 32, 32), mode=None, convention=None) -> CountReport:
+        """salnp.count(self, input_shape, mode, convention): mode "train" (default) or
+        "inference"; convention None (the mode's own), or "paper" (inference network)."""
+        if convention == "paper":
+            if mode not in (None, "inference"):
+                raise ValueError(f"count: mode={mode!r}: convention='paper' counts the inference "
+                                 "network (mode None or 'inference')")
+        elif mode is None:
+            mode = "inference" if convention == "exported" else "train"
+        if mode not in (None, "train", "inference"):
             raise ValueError(f"count: mode={mode!r}: must be 'train' or 'inference'")
+        if convention not in (None, "paper") and convention != (
+                "training" if mode == "train" else "exported"):
+            raise ValueError(f"count: convention={convention!r} does not go with mode={mode!r}")
         shape = check_input_shape(input_shape, self.config["in_channels"])
         eng, prog = self._engine(shape), self.program(shape)
         beta = float(self.beta)
         ints, params = _core.net_count(eng, self.arena.params, beta, mode == "inference",
                                        buffers=self.arena.buffers)
-        return CountReport(count_rows(ints, params, prog.names, program_types(prog)), mode,
-                           shape, beta if any(r["kind"] == OP_SAL for r in prog.ops) else None)
+        rows = count_rows(ints, params, prog.names, program_types(prog))
+        if convention == "paper":
+            return CountReport(paper_rows(rows, prog.ops), "inference", shape, None, "paper")
+        return CountReport(rows, mode, shape,
+                           beta if any(r["kind"] == OP_SAL for r in prog.ops) else None)
 
     def _check_input(self, x, fn):
         x = np.asarray(x)
@@ -304,5 +391,6 @@ class ResNet(Module):
 
 def resnet(depth=20, width=16, layer="sal", shared=False, expansion=1, num_classes=10,
            in_channels=3, seed=0) -> ResNet:
-    """A CIFAR ResNet-`depth` of width `width` with CL / SL / ASL / SAL layers."""
+    """A CIFAR ResNet-`depth` of width `width` with CL / SL / ASL / SAL layers
+    (layer: "cl", "sal", "sl", "asl" = Jeon & Kim's pre-activation ASNet, "asl-post")."""
     return ResNet(depth, width, layer, shared, expansion, num_classes, in_channels, seed)

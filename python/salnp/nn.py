@@ -34,6 +34,18 @@ def kaiming_uniform_a_sqrt5(fan_in: int) -> Init:
     return lambda rng, shape: rng.uniform(-bound, bound, size=shape)
 
 
+def kaiming_normal_fan_in(fan_in: int) -> Init:
+    """Caffe's "msra" filler (He et al.): N(0, 2 / fan_in)."""
+    std = np.sqrt(2.0 / fan_in)
+    return lambda rng, shape: rng.normal(0.0, std, size=shape)
+
+
+def xavier_uniform_fan_in(fan_in: int) -> Init:
+    """Caffe's "xavier" filler (default FAN_IN): U(-sqrt(3 / fan_in), sqrt(3 / fan_in))."""
+    bound = np.sqrt(3.0 / fan_in)
+    return lambda rng, shape: rng.uniform(-bound, bound, size=shape)
+
+
 def uniform(lo: float, hi: float) -> Init:
     return lambda rng, shape: rng.uniform(lo, hi, size=shape)
 
@@ -403,11 +415,12 @@ def _out_size(h, k, s, p):
 class Conv2d(Module):
     """k x k convolution, no bias (BN follows)."""
 
-    def __init__(self, cin, cout, k=3, stride=1, padding=None):
+    def __init__(self, cin, cout, k=3, stride=1, padding=None, init=None):
         super().__init__()
         self.cin, self.cout, self.k, self.stride = cin, cout, k, stride
         self.padding = k // 2 if padding is None else padding
-        self.add_param("weight", (cout, cin, k, k), kaiming_uniform_a_sqrt5(cin * k * k))
+        init = kaiming_uniform_a_sqrt5 if init is None else init
+        self.add_param("weight", (cout, cin, k, k), init(cin * k * k))
 
     def emit(self, prog, arena, name, x):
         c, h, w = prog.shapes[x]
@@ -488,11 +501,11 @@ class ActiveShift(Module):
 class BatchNorm2d(Module):
     """BatchNorm (momentum 0.1, eps 1e-5 as PyTorch); the program fuses (+ residual)(ReLU)."""
 
-    def __init__(self, c):
+    def __init__(self, c, decay=True):
         super().__init__()
         self.c = c
-        self.add_param("weight", (c,), constant(1.0))
-        self.add_param("bias", (c,), constant(0.0))
+        self.add_param("weight", (c,), constant(1.0), decay=decay)
+        self.add_param("bias", (c,), constant(0.0), decay=decay)
         self.add_buffer("running_mean", (c,), constant(0.0))
         self.add_buffer("running_var", (c,), constant(1.0))
         self.add_buffer("num_batches_tracked", (), constant(0), dtype=np.int64)
@@ -507,11 +520,18 @@ class BatchNorm2d(Module):
 
 
 class Linear(Module):
-    def __init__(self, fin, fout):
+    """y = x W^T + b.  Default init PyTorch's; caffe=True: Jeon & Kim's ("xavier" weights,
+    zero bias without weight decay)."""
+
+    def __init__(self, fin, fout, caffe=False):
         super().__init__()
         self.fin, self.fout = fin, fout
-        self.add_param("weight", (fout, fin), kaiming_uniform_a_sqrt5(fin))
-        self.add_param("bias", (fout,), kaiming_uniform_a_sqrt5(fin))
+        if caffe:
+            self.add_param("weight", (fout, fin), xavier_uniform_fan_in(fin))
+            self.add_param("bias", (fout,), constant(0.0), decay=False)
+        else:
+            self.add_param("weight", (fout, fin), kaiming_uniform_a_sqrt5(fin))
+            self.add_param("bias", (fout,), kaiming_uniform_a_sqrt5(fin))
 
     def emit(self, prog, arena, name, x):
         y = prog.buf(self.fout, 1, 1)

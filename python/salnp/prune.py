@@ -1,15 +1,27 @@
 """Stepwise hard pruning of SAL attention: an alternative to beta annealing for ablations.
 
+This schedule is salnp's extension, not the paper's method: Boukli Hacene et al. prune
+only by annealing beta (the attention sharpens until one position per slice passes
+p > 0.5).  Use it to ask whether hard, scheduled pruning does as well.
+
     salnp.fit(net, train, test, epochs=8, beta=(20, 20), prune_epochs=[2, 4, 6, 8])
     # before epochs 2, 4, 6 and 8: every slice keeps its 5, 3, 2, 1 most likely positions
 
 Every SAL layer carries a mask (a buffer of the logits' shape, float 0/1, all ones at
 first) of the positions each kernel slice may still use.  A prune step keeps, in every
 slice, the ``keep`` allowed positions of highest attention probability (ties: the lower
-position index) and clears the rest.  Masked positions get p = 0; mean, std and softmax
-run over the allowed positions only (libsal ``sal/shift.h``, "Masks"), so after the step
-to keep = 1 every slice is a fixed shift: p = 1 at its one position, the soft and the
-hard (binarised) forward are the same computation and export keeps every slice.
+position index) and clears the rest.  Masked positions get p = 0; the softmax runs over
+the allowed positions only, of beta * a / s with s still the std of all nine logits
+(libsal ``sal/shift.h``, "Masks"), so after the step to keep = 1 every slice is a fixed
+shift: p = 1 at its one position, the soft and the hard (binarised) forward are the same
+computation and export keeps every slice.
+
+The 2-position stage.  With mean and std taken over the allowed positions only (the
+rule before), two positions are always +-1/sqrt(2) apart after normalisation: p was a
+constant of the sign of a1 - a2 and the logits got no gradient, so the stage trained
+the weights only.  With s over all nine (the rule now) a prune step changes which
+positions compete but not the temperature, and the stage keeps learning which of its two
+positions to keep.  The ablation (bench/STUDIES.md, "Stepwise pruning") compares both.
 
 Masks live in the buffer arena: they are saved with the network and in checkpoints,
 and a resumed run continues with them.

@@ -29,6 +29,7 @@ import salnp
 
 from . import data
 from .cli import _parser
+from .recipes import resolve
 
 __all__ = ["normalize", "identity", "trial_id", "trial_name", "train_run", "train_options", "RUNNER_KEYS", "LABEL_KEYS",
            "DEFAULT_ROOTS"]
@@ -40,6 +41,7 @@ RUNNER_KEYS = ("out", "resume", "threads", "no_progress")
 # keys a sweep config may carry as labels for tables and plots (not training options)
 LABEL_KEYS = ("name",)
 _FLAGS = ("shared", "no_augment")             # store_true options
+_TRISTATE = ("nesterov",)                     # BooleanOptionalAction, default None
 _LISTS = ("prune_epochs", "prune_keep", "milestones")
 
 log = logging.getLogger("salnp")
@@ -64,17 +66,14 @@ def _train_parser():
 def train_options() -> dict:
     """{option: default} of `python -m salnp train` (dashes as underscores), runner keys
     excluded."""
-    d = vars(_train_parser().parse_args(["--out", "-"]))
+    d = resolve(vars(_train_parser().parse_args(["--out", "-"])))
     return {k: v for k, v in d.items() if k not in RUNNER_KEYS}
 
 
 def apply_recipe(cfg: dict) -> dict:
-    """--recipe paper: the released CIFAR recipe overrides these options (as the command)."""
-    if cfg.get("recipe") == "paper":
-        cfg.update(epochs=300, lr=0.1, lr_schedule="step", batch_size=128, weight_decay=5e-4,
-                   momentum=0.9, beta0=20.0, beta1=70.0, subset=0, test_subset=0,
-                   milestones=None)   # fit's default 1/3, 2/3: epochs 100 and 200
-    return cfg
+    """cfg with its unset options filled from its recipe, then the defaults (explicit
+    options win; salnp.recipes.resolve)."""
+    return resolve(cfg)
 
 
 def normalize(config, fn="sweep") -> dict:
@@ -102,7 +101,12 @@ def normalize(config, fn="sweep") -> dict:
             raise ValueError(f"{fn}: config key {key!r}: not an option of `python -m salnp "
                              f"train`; options: {sorted(set(known) - set(RUNNER_KEYS))}")
         opt = known[k].option_strings[-1]
-        if k in _FLAGS:
+        if k in _TRISTATE:            # --x / --no-x, None: the layer family's choice
+            if value is not None and not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{fn}: {key}={value!r}: must be True, False or None")
+            if value is not None:
+                argv.append(f"--{'' if value else 'no-'}{k.replace('_', '-')}")
+        elif k in _FLAGS:
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{fn}: {key}={value!r}: must be True or False")
             if value:
@@ -131,6 +135,7 @@ def normalize(config, fn="sweep") -> dict:
         raise ValueError(f"{fn}: config {config}: {e}") from None
     for k in RUNNER_KEYS:
         cfg.pop(k, None)
+    cfg = apply_recipe(cfg)
     if cfg["root"] is None:
         cfg["root"] = DEFAULT_ROOTS.get(cfg["data"])
         if cfg["root"] is None:
@@ -142,7 +147,6 @@ def normalize(config, fn="sweep") -> dict:
     for k in ("subset", "test_subset", "seed"):
         if cfg[k] < 0:
             raise ValueError(f"{fn}: {k}={cfg[k]}: must be >= 0")
-    apply_recipe(cfg)
     cfg.update(labels)
     return cfg
 
@@ -249,7 +253,7 @@ def _train_run(salnp, cfg, out, resume, progress, figure, verbose, complete, exp
     if resume and os.path.isdir(resume):
         resume = os.path.join(resume, "checkpoint.npz")
     layer = cfg["layer"]
-    e = f", e={cfg['expansion']:g}" if layer in ("sl", "asl") else ""
+    e = f", e={cfg['expansion']:g}" if layer in ("sl", "asl", "asl-post") else ""
     say(f"salnp {salnp.__version__}: {layer.upper()}-ResNet-{cfg['depth']} (width {cfg['width']}"
         f"{', shared' if cfg['shared'] else ''}{e})"
         f" on {train.name}: {len(train)} train / {len(test)} test images, {cfg['epochs']} epochs, "
@@ -257,6 +261,8 @@ def _train_run(salnp, cfg, out, resume, progress, figure, verbose, complete, exp
     kw = {}
     if cfg.get("milestones"):
         kw["milestones"] = tuple(cfg["milestones"])
+    if cfg.get("nesterov") is not None:
+        kw["nesterov"] = bool(cfg["nesterov"])
     t0 = time.perf_counter()
     history = salnp.fit(net, train, test, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                         lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
@@ -290,9 +296,13 @@ def _train_run(salnp, cfg, out, resume, progress, figure, verbose, complete, exp
         rows.append(("test accuracy, binarised", f"{100 * last['test_acc_hard']:.2f} %"))
     tr = salnp.count(net, input_shape=in_shape, mode="train")
     inf = salnp.count(net, input_shape=in_shape, mode="inference")
+    pap = salnp.count(net, input_shape=in_shape, convention="paper")
     summary.update(params_train=tr.params, macs_train=tr.macs, train_macs=tr.train_macs,
-                   params=inf.params, macs=inf.macs)
-    rows += [("parameters (inference)", f"{inf.params:,.0f}"),
+                   params=inf.params, macs=inf.macs, params_paper=pap.params,
+                   macs_paper=pap.macs,
+                   params_convention="exported (BN folded, pruned slices dropped)")
+    rows += [("parameters (inference, exported convention)", f"{inf.params:,.0f}"),
+             ("parameters (paper convention)", f"{pap.params:,.0f}"),
              ("MACs / image (inference)", f"{inf.macs:,.0f}  ({inf.macs / 1e6:.2f} M; FLOPs = 2 x MACs)"),
              ("parameters (training)", f"{tr.params:,.0f}"),
              ("MACs / image (training forward)", f"{tr.macs:,.0f}"),

@@ -47,8 +47,8 @@ from .models import ResNet as NpResNet
 from .models import default_shift_offsets, resnet
 
 __all__ = ["to_torch", "from_torch", "ResNet", "PrunedResNet", "SALConv2d", "Shift",
-           "ActiveShift", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "sal_probs", "shift",
-           "active_shift"]
+           "ActiveShift", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "PreActASLBlock",
+           "sal_probs", "shift", "active_shift"]
 
 # tests may set this to a callable that sees every ReLU input (tests/torch_ref.py records
 # how close a pre-activation came to the kink at 0)
@@ -64,25 +64,22 @@ def relu(x):
 # ---------------------------------------------------------------- functional pieces
 def sal_probs(a, beta, mask=None, hard=False):
     """SAL attention: softmax(beta a / std(a)) over the last axis (std unbiased, no mean
-    subtraction in the numerator).  With a 0/1 mask: mean, std and softmax over the allowed
-    positions only, p = 0 elsewhere, p = 1 at the only position of a one-position slice.
+    subtraction in the numerator).  With a 0/1 mask: the std of all 9 logits, the softmax over
+    the allowed positions only, p = 0 elsewhere.
     hard: (p > 0.5) as 0/1 (salnp's binarised mode).  A slice with std 0 is uniform."""
     if mask is None or bool((mask != 0).all()):
         s = a.std(-1, keepdim=True)
         z = beta * a / torch.where(s > 0, s, torch.ones_like(s))
         p = torch.where(s > 0, torch.softmax(z, -1), torch.full_like(a, 1.0 / a.shape[-1]))
     else:
+        # stepwise pruning (salnp's extension): s stays the std of all 9 logits, the
+        # softmax runs over the allowed positions only, p = 0 elsewhere; uniform over
+        # them when s or beta is 0 (libsal's sal/attention.h "Masks")
         m = mask != 0
-        n = m.sum(-1, keepdim=True).to(a.dtype)
-        mean = (a * m).sum(-1, keepdim=True) / n.clamp(min=1)
-        var = (((a - mean) * m) ** 2).sum(-1, keepdim=True) / (n - 1).clamp(min=1)
-        one = n == 1
-        ok = (var > 0) & ~one
-        s = torch.where(ok, var, torch.ones_like(var)).sqrt()
-        z = (beta * a / s).masked_fill(~m, float("-inf"))
-        z = torch.where(ok, z, torch.zeros_like(z).masked_fill(~m, float("-inf")))
-        p = torch.nan_to_num(torch.softmax(z, -1), nan=0.0)   # a slice with no position
-        p = torch.where(one, m.to(a.dtype), p)
+        s = a.std(-1, keepdim=True)
+        flat = (s == 0) | (beta == 0)
+        z = torch.where(flat, torch.zeros_like(a), beta * a / torch.where(flat, torch.ones_like(s), s))
+        p = torch.softmax(z.masked_fill(~m, float("-inf")), -1)
     if hard:
         p = (p > 0.5).to(a.dtype)
     return p
@@ -250,6 +247,31 @@ class ActiveShiftBlock(_ShiftBlockBase):
         return relu(self._body(x) + r)
 
 
+class PreActASLBlock(nn.Module):
+    """Jeon & Kim's ASNet block (layer "asl"): BN, ReLU, 1x1, BN, ReLU, ASL (stride), 1x1,
+    + shortcut (identity, or a 1x1 conv with the stride and no BN on the pre-activated input)."""
+
+    def __init__(self, cin, cout, stride, expansion=1):
+        super().__init__()
+        mid = int(round(expansion * cout))
+        self.stride = stride
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv1 = nn.Conv2d(cin, mid, 1, 1, 0, bias=False)
+        self.bn2 = nn.BatchNorm2d(mid)
+        self.shift = ActiveShift(mid)
+        self.conv2 = nn.Conv2d(mid, cout, 1, 1, 0, bias=False)
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        h = relu(self.bn1(x))
+        r = self.shortcut(h) if hasattr(self, "shortcut") else x
+        t = self.shift(relu(self.bn2(self.conv1(h))))
+        if self.stride > 1:    # active shift with a stride: sample at (s*Y + a, s*X + b)
+            t = t[:, :, ::self.stride, ::self.stride]
+        return self.conv2(t) + r
+
+
 class ResNet(nn.Module):
     """The CIFAR ResNet of salnp.models.resnet in PyTorch, same module names; ``config``
     is salnp's config dict."""
@@ -261,8 +283,10 @@ class ResNet(nn.Module):
                            expansion=expansion, num_classes=num_classes,
                            in_channels=in_channels, seed=seed)
         n = (depth - 2) // 6
+        self.preact = layer == "asl"     # Jeon & Kim's ASNet: bare stem, final BN + ReLU
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        if not self.preact:
+            self.bn1 = nn.BatchNorm2d(width)
         cin = width
         for stage, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)], 1):
             blocks = []
@@ -272,10 +296,14 @@ class ResNet(nn.Module):
                     blocks.append(BasicBlock(cin, cout, s, layer, shared))
                 elif layer == "sl":
                     blocks.append(ShiftBlock(cin, cout, s, expansion))
+                elif layer == "asl":
+                    blocks.append(PreActASLBlock(cin, cout, s, expansion))
                 else:
                     blocks.append(ActiveShiftBlock(cin, cout, s, expansion))
                 cin = cout
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+        if self.preact:
+            self.bn_final = nn.BatchNorm2d(cin)
         self.linear = nn.Linear(cin, num_classes)
         self.set_beta(beta)
 
@@ -302,8 +330,12 @@ class ResNet(nn.Module):
         return self
 
     def forward(self, x):
-        x = relu(self.bn1(self.conv1(x)))
+        x = self.conv1(x)
+        if not self.preact:
+            x = relu(self.bn1(x))
         x = self.layer3(self.layer2(self.layer1(x)))
+        if self.preact:
+            x = relu(self.bn_final(x))
         return self.linear(x.mean((2, 3)))
 
 
@@ -379,11 +411,13 @@ class PrunedResNet(nn.Module):
             s = int(row[F_["stride"]])
             mod_name = None
             if kind == IOP_CONV:
-                m = nn.Conv2d(cin, o, k, s, int(row[F_["pad"]]), bias=True)
+                # no bias when p1 < 0 (a conv whose output no BN folded into: ASNet)
+                m = nn.Conv2d(cin, o, k, s, int(row[F_["pad"]]), bias=bool(row[F_["p1"]] >= 0))
                 with torch.no_grad():
                     m.weight.copy_(torch.from_numpy(W[row[F_["p0"]]:row[F_["p0"]] + o * cin * k * k]
                                                     .reshape(o, cin, k, k)))
-                    m.bias.copy_(torch.from_numpy(W[row[F_["p1"]]:row[F_["p1"]] + o]))
+                    if m.bias is not None:
+                        m.bias.copy_(torch.from_numpy(W[row[F_["p1"]]:row[F_["p1"]] + o]))
                 mod_name = name
             elif kind == IOP_GATHER:
                 n = int(row[F_["npair"]])
@@ -545,8 +579,8 @@ def _infer_config(state):
         layer = "sal"
     elif "layer1.0.shift.offsets" in state:
         layer = "sl"
-    elif "layer1.0.shift.shift" in state:
-        layer = "asl"
+    elif "layer1.0.shift.shift" in state:   # pre-activation ASNet: a final BN, no stem BN
+        layer = "asl" if "bn_final.weight" in state else "asl-post"
     else:
         layer = "cl"
     cfg = dict(depth=6 * n[1] + 2, width=width, layer=layer, num_classes=num_classes,
@@ -554,7 +588,7 @@ def _infer_config(state):
     if layer == "sal":
         lg = need("layer1.0.conv1.logits")
         cfg["shared"] = bool(lg.shape[0] == 1 and need("layer1.0.conv1.weight").shape[0] > 1)
-    if layer in ("sl", "asl"):
+    if layer in ("sl", "asl", "asl-post"):
         mid = int(need("layer1.0.conv1.weight").shape[0])
         e = mid / width
         cfg["expansion"] = int(e) if float(e).is_integer() else e
@@ -593,7 +627,8 @@ def _pruned_from_torch(mod):
             if got.shape != (n, 4) or not np.array_equal(got, pairs[row[F_["ioff"]]:row[F_["ioff"]] + n]):
                 raise ValueError(f"from_torch: {path}.pairs differ from the exported program's")
         put(int(row[F_["p0"]]), m.weight, "weight")
-        put(int(row[F_["p1"]]), m.bias, "bias")
+        if m.bias is not None:
+            put(int(row[F_["p1"]]), m.bias, "bias")
     return InferenceNet(tpl.ops, tpl.channels, shifts, pairs, weights, tpl.names, tpl.config,
                         tpl.info)
 

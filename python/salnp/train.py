@@ -230,7 +230,7 @@ def _load_state(path, net, opt):
 
 
 def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
-        nesterov=False, lr_schedule="step", milestones=(1 / 3, 2 / 3), lr_gamma=0.1,
+        nesterov=None, lr_schedule="step", milestones=None, lr_gamma=0.1,
         beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
         eval_batch_size=500, checkpoint=None, resume=None, progress=True, threads=None,
         callback=None, prune_epochs=None, prune_keep=None, skip_nonfinite=False):
@@ -241,6 +241,13 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     images_per_s).  checkpoint: a path written atomically after every epoch; resume: a
     checkpoint to continue from; callback(record) runs after every epoch (after the
     checkpoint) and a True result stops training there.
+
+    nesterov, milestones: None takes the layer family's reference solver (``net.solver``,
+    salnp.models.SOLVERS): ASL (Jeon & Kim) Nesterov with lr x0.1 at 1/2 and 3/4 of the
+    run; CL, SL, SAL plain momentum with steps at 1/3 and 2/3 (the SAL recipe's epochs
+    100 and 200 of 300).  Milestones are fractions of the run, or epoch numbers when >= 1.
+    Per-parameter weight-decay and learning-rate multipliers come from the modules (no
+    decay on ASL's BN, FC bias and shifts; shift lr x 0.01).
 
     Stepwise hard pruning (SAL; salnp.prune): prune_epochs = epoch numbers (from 1, as in
     the history) before which every slice keeps only its most likely positions,
@@ -312,6 +319,19 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                          f"numbers") from None
     if not (math.isfinite(b0) and math.isfinite(b1) and b0 >= 0 and b1 >= 0):
         raise ValueError(f"fit: beta={beta!r}: must be finite and >= 0")
+    solver = getattr(net, "solver", None) or {}
+    if nesterov is None:
+        nesterov = bool(solver.get("nesterov", False))
+    if milestones is None:
+        milestones = tuple(solver.get("milestones", (1 / 3, 2 / 3)))
+    try:
+        milestones = tuple(float(m) for m in milestones)
+        ok = all(math.isfinite(m) and m > 0 for m in milestones)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"fit: milestones={milestones!r}: must be positive numbers (fractions "
+                         "of the run, or epoch numbers when >= 1)")
     if threads is not None:
         _core.set_num_threads(int(threads))
     is_sal = net.config["layer"] == "sal"

@@ -339,7 +339,7 @@ def _run_name(s):
     if not c:
         return "run"
     name = f"{str(c.get('layer', '?')).upper()}-{c.get('depth', '?')} w{c.get('width', '?')}"
-    if c.get("layer") in ("sl", "asl") and c.get("expansion") not in (None, 1):
+    if c.get("layer") in ("sl", "asl", "asl-post") and c.get("expansion") not in (None, 1):
         name += f" e{c['expansion']:g}"
     if c.get("shared"):
         name += " shared"

@@ -27,16 +27,16 @@ typedef struct {
     int threads;        /* as sal_conv_desc.threads (0: the current thread count) */
 } sal_sal_desc;
 
-/* Masks (stepwise hard pruning).  A slice with allowed set S (n = |S| >= 1) is a SAL
- * slice restricted to S: mean and unbiased std over the logits in S only,
- * s = sqrt(sum_{q in S} (a_q - mean_S)^2 / (n - 1)), p = softmax over S of beta*a/s,
- * p_q = 0 outside S (so W_eff is 0 there and w, a get no loss gradient there).  n = 1:
- * p = 1 at the one allowed position (s is undefined; the slice is a fixed shift).
- * s = 0 or beta = 0: uniform 1/n over S.  n = 2: the normalised logits are always
- * +-1/sqrt(2) apart, p depends only on which of the two is larger and dL/da = 0 (the
- * backward sets it so exactly).  Hard mode thresholds this p.  The std over S
- * (not over all 9) keeps a slice with fewer positions a SAL slice of smaller support:
- * the pruned (lowest) logits no longer inflate s and cool the softmax.  An all-ones mask
+/* Masks (stepwise hard pruning, salnp's extension: the paper anneals beta only).  A
+ * slice with allowed set S (n = |S| >= 1): s = the unbiased std of ALL 9 logits (as
+ * without a mask), p = softmax over S of beta*a/s, p_q = 0 outside S (so W_eff is 0
+ * there and w gets no gradient there).  n = 1: p = 1 at the one allowed position (a fixed
+ * shift).  s = 0 or beta = 0: uniform 1/n over S.  Hard mode thresholds this p.
+ * Keeping s over all 9 makes a prune step change only which positions compete, not the
+ * temperature, and leaves the 2-position stage learning (p depends on (a1 - a2)/s); the
+ * earlier rule (mean and std over S) froze it: with n = 2 the normalised logits are always
+ * +-1/sqrt(2) apart, so p was constant and dL/da = 0.  Pruned logits get a gradient
+ * through s only.  An all-ones mask
  * computes bit for bit what mask = NULL computes.  Mask values must be exactly 0 or 1. */
 
 /* fills *y with the output geometry (N, O, Ho, Wo), same layout as x */

@@ -22,7 +22,8 @@
  *   every BN that follows a conv/SAL is folded into that layer's weights (gamma/sqrt(var+eps)
  *   scales each output row) plus a bias (beta - mean*scale): the BN row counts 0 params
  *   and the layer row counts O bias values instead (so the folded net has one value per
- *   BN channel fewer than the training net).  A BN with no conv before it keeps 2*C.
+ *   BN channel fewer than the training net).  A BN with no conv before it, or whose
+ *   conv output is read by another op too (pre-activation blocks), keeps 2*C.
  *   Binarised SAL (p > 0.5 with the given beta; slices with no p > 0.5 are pruned):
  *     unshared: kept slices K -> K * 36/32 params (32-bit weight + 4-bit position),
  *               K * Ho * Wo MACs, no shift traffic (offsets fused into the addressing);

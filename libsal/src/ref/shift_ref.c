@@ -135,21 +135,19 @@
         return SAL_OK;                                                                        \
     }
 
-/* p (L,9): over the allowed positions S of the mask row mk (NULL: all 9, n = |S|),
- * s = sqrt(sum_S (a - mean_S)^2 / (n - 1)); p = softmax_S(beta a / s), 0 outside S
- * (uniform over S if s or beta is 0; n = 1: p = 1 at the allowed position) */
+/* p (L,9): s = std of all 9 logits (unbiased), p = softmax over the allowed positions S
+ * of the mask row mk (NULL: all 9) of beta a / s, 0 outside S (uniform over S if s or
+ * beta is 0; |S| = 1: p = 1 at the allowed position) */
 #define REF_ALLOWED(mk, q) (!(mk) || (mk)[q] != 0.0f)
 #define REF_SAL(SUFFIX, T)                                                                    \
     static double ref_probs_row##SUFFIX(double *p, const T *a, const float *mk, double beta,  \
                                         int hard, double *mean_out, int *n_out) {             \
         double mean = 0.0, var = 0.0, m = -INFINITY, sum = 0.0, z[9];                         \
         int n = 0;                                                                            \
-        for (int q = 0; q < 9; q++)                                                           \
-            if (REF_ALLOWED(mk, q)) mean += (double)a[q], n++;                                \
+        for (int q = 0; q < 9; q++) mean += (double)a[q], n++;                                \
         mean /= n; /* exact for equal floats: std 0 stays 0 */                                \
         for (int q = 0; q < 9; q++)                                                           \
-            if (REF_ALLOWED(mk, q) && n > 1)                                                  \
-                var += ((double)a[q] - mean) * ((double)a[q] - mean) / (n - 1);               \
+            var += ((double)a[q] - mean) * ((double)a[q] - mean) / (n - 1);                   \
         const double s = sqrt(var);                                                           \
         for (int q = 0; q < 9; q++) {                                                         \
             z[q] = (s == 0.0 || beta == 0.0) ? 0.0 : beta * (double)a[q] / s;                 \
@@ -256,8 +254,7 @@
                 for (int q = 0; q < 9; q++)                                                   \
                     for (int k = 0; k < 9; k++)                                               \
                         dz[k] += (double)g[9 * oc + q] * w[9 * oc + q] * pr[q] * ((q == k) - pr[k]); \
-                for (int i = 0; i < 9; i++) {                                                 \
-                    if (!REF_ALLOWED(mr, i)) continue; /* p does not depend on a_i */         \
+                for (int i = 0; i < 9; i++) { /* pruned a_i: through s only */                \
                     double acc = 0.0;                                                         \
                     const double ds = ((double)ar[i] - mean) / ((n - 1) * s); /* ds/da_i */   \
                     for (int k = 0; k < 9; k++)                                               \
