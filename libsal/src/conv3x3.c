@@ -14,8 +14,7 @@
 
 #include <omp.h>
 
-#include "internal/internal.h"
-#include "sal/conv.h"
+#include "internal/conv_internal.h"
 
 #define OB 16 /* output channels per register block */
 

@@ -26,16 +26,17 @@ __all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "lo
 
 
 def __getattr__(name):
-    """salnp.viz on first use (it imports matplotlib, which import salnp does not)."""
-    if name == "viz":
+    """salnp.viz (imports matplotlib) and salnp.torch (imports PyTorch, optional:
+    pip install "salnp[torch]") on first use; import salnp itself imports neither."""
+    if name in ("viz", "torch"):
         import importlib
 
-        return importlib.import_module(".viz", __name__)
+        return importlib.import_module("." + name, __name__)
     raise AttributeError(f"module 'salnp' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | {"viz"})
+    return sorted(set(globals()) | {"viz", "torch"})
 
 
 def set_num_threads(n: int) -> None:

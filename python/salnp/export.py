@@ -21,7 +21,9 @@ What the export does, op by op of the training program (salnp.models):
 - ASL: offsets rounded to the nearest integer (``inf.info["asl_max_rounding"]`` is the
   largest |offset - round(offset)|; 0 keeps the outputs exact), then as SL.
 
-``salnp.export`` is this module, callable: ``salnp.export(net)`` is ``export(net)``.
+``salnp.export`` is this module, callable: ``salnp.export(net)`` is ``export(net)``, and
+``salnp.export.to_onnx(inf, path, input_shape)`` writes an ONNX model (salnp._onnx; needs
+the onnx package: ``pip install "salnp[onnx]"``).  The PyTorch form: salnp.torch.to_torch.
 """
 from __future__ import annotations
 
@@ -33,16 +35,17 @@ import numpy as np
 from . import _core
 from .io import save_npz_atomic
 
-__all__ = ["export", "load", "InferenceNet", "IFIELDS"]
+__all__ = ["export", "load", "to_onnx", "InferenceNet", "IFIELDS"]
 
-# op kinds and the field order of one inference op row; must match sal/infer.h
-IOP_CONV, IOP_GATHER, IOP_SHIFT, IOP_ADD, IOP_POOL, IOP_LINEAR = range(6)
-IFIELDS = ("kind", "inp", "out", "res", "relu", "res_post", "o", "k", "stride", "pad", "p0", "p1",
-           "ioff", "npair", "index_bits")
+# op kinds and the field order of one inference op row, as libsal describes them
+# (sal/infer.h); the field "in" is spelled "inp" here
+IFIELDS = tuple("inp" if f == "in" else f for f in _core.INFER_FIELDS)
+IOP_CONV, IOP_GATHER, IOP_SHIFT, IOP_ADD, IOP_POOL, IOP_LINEAR = (
+    _core.INFER_KINDS.index(k) for k in ("conv", "gather", "shift", "add", "pool", "linear"))
 _TYPES = {IOP_CONV: "conv", IOP_GATHER: "sal_gather", IOP_SHIFT: "shift", IOP_ADD: "add",
           IOP_POOL: "avgpool", IOP_LINEAR: "linear"}
 INFERENCE_FORMAT = 1
-BN_EPS = 1e-5
+BN_EPS = _core.BN_EPS   # the eps of every BN in a training program (sal/layers.h)
 
 
 class InferenceNet:
@@ -160,6 +163,10 @@ class InferenceNet:
                         dict(inference_format=INFERENCE_FORMAT, fields=list(IFIELDS),
                              names=self.names, model=self.config, info=self.info))
 
+    def to_onnx(self, path=None, input_shape=None, **kwargs):
+        """salnp.export.to_onnx(self, path, input_shape, **kwargs)."""
+        return to_onnx(self, path, input_shape, **kwargs)
+
     def __repr__(self):
         return (f"InferenceNet({len(self.ops)} ops, {self.weights.size:,} weights, "
                 f"{len(self.pairs):,} SAL pairs, model={self.config})")
@@ -218,6 +225,16 @@ def load(path) -> InferenceNet:
     except (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError) as e:
         raise ValueError(f"{path}: not a valid exported network ({type(e).__name__}: {e})") from None
     return net
+
+
+def to_onnx(inf, path=None, input_shape=None, **kwargs):
+    """Write inf (an InferenceNet, or a salnp network: exported first) as an ONNX model to
+    path and return the onnx.ModelProto; input_shape (C, H, W) with a symbolic batch, or
+    (N, C, H, W).  Standard ops, opset 17 by default, checked with onnx.checker.
+    Keywords and the graph's form: salnp._onnx.to_onnx."""
+    from ._onnx import to_onnx as _to_onnx
+
+    return _to_onnx(inf, path, input_shape, **kwargs)
 
 
 # ---------------------------------------------------------------- the export

@@ -3,6 +3,7 @@
     report = salnp.count(net, input_shape=(3, 32, 32), mode="train")   # or "inference"
     print(report.table())
     report.macs, report.params, report.rows, report.totals, report.to_dict()
+    report.to_dataframe()            # pandas, when installed
 
 The numbers come from libsal (``sal_net_count``, ``sal_infer_count``), so benchmarks
 and tables agree.  Units: MACs (one multiply-add = 1) of convolutions and Linear layers
@@ -80,6 +81,24 @@ class CountReport:
                     totals=dict(self.totals),
                     rows=[dict(r, in_shape=list(r["in_shape"]), out_shape=list(r["out_shape"]))
                           for r in self.rows])
+
+    def to_dataframe(self):
+        """The rows as a pandas DataFrame (one row per op: name, type, in/out shapes as
+        tuples, params, macs, shift_moves, bwd_macs, train_only_params, kept), indexed by
+        position; ``df.attrs`` holds mode, input_shape, beta, units and totals.
+        Needs pandas (pip install "salnp[pandas]")."""
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("CountReport.to_dataframe needs pandas: pip install "
+                              "'salnp[pandas]' (or pandas)") from e
+        cols = ["name", "type", "in_shape", "out_shape", "params", "macs", "shift_moves",
+                "bwd_macs", "train_only_params", "kept"]
+        df = pd.DataFrame([{c: r[c] for c in cols} for r in self.rows], columns=cols)
+        d = self.to_dict()
+        df.attrs.update(mode=self.mode, input_shape=self.input_shape, beta=self.beta,
+                        units=d["units"], totals=d["totals"])
+        return df
 
     def table(self, skip_zero=False) -> str:
         """A fixed-width table with units; skip_zero drops rows with no params, MACs or moves."""

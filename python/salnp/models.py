@@ -19,10 +19,11 @@ from .nn import Arena, Module, constant, kaiming_uniform_a_sqrt5, net_lock, unif
 __all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "BatchNorm2d",
            "Linear", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "default_shift_offsets"]
 
-# op kinds and the field order of one op row; must match sal/net.h
-OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = range(8)
-FIELDS = ("kind", "inp", "out", "res", "relu", "o", "k", "stride", "pad", "p0", "p1", "p2",
-          "b0", "b1", "shared", "ioff")
+# op kinds and the field order of one op row, as libsal describes them (sal/net.h);
+# the field "in" is spelled "inp" here
+FIELDS = tuple("inp" if f == "in" else f for f in _core.NET_FIELDS)
+OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = (
+    _core.NET_KINDS.index(k) for k in ("conv", "sal", "shift", "ashift", "bn", "add", "pool", "linear"))
 
 
 def default_shift_offsets(c: int) -> np.ndarray:

@@ -7,8 +7,9 @@ test_subset, batch_size, lr, lr_schedule, milestones, momentum, weight_decay, be
 beta1, beta_schedule, prune_epochs, prune_keep, no_augment, seed, recipe).  ``normalize``
 validates it with the command's own parser (the same types, choices and messages) and
 fills in the defaults, so ``{"layer": "sal"}`` and ``{"layer": "sal", "width": 16}`` are
-the same run; ``trial_id`` is a SHA-256 of the normalised config's canonical JSON (stable
-across processes and machines, unlike Python's ``hash()``).
+the same run; ``trial_id`` is a SHA-256 of the canonical JSON of the options that differ
+from the defaults (stable across processes and machines, unlike Python's ``hash()``, and
+across versions that add options).
 
     cfg = salnp.runs.normalize({"layer": "cl", "width": 8, "epochs": 2, "subset": 1000})
     summary = salnp.runs.train_run(cfg, "runs/cl-w8")     # summary.json, history.json, ...
@@ -19,11 +20,12 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 
 import numpy as np
 
-__all__ = ["normalize", "trial_id", "trial_name", "train_run", "RUNNER_KEYS", "LABEL_KEYS",
+__all__ = ["normalize", "identity", "trial_id", "trial_name", "train_run", "train_options", "RUNNER_KEYS", "LABEL_KEYS",
            "DEFAULT_ROOTS"]
 
 DEFAULT_ROOTS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}   # the Debian package
@@ -142,13 +144,23 @@ def normalize(config, fn="sweep") -> dict:
     return cfg
 
 
-def _identity(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in LABEL_KEYS and k not in RUNNER_KEYS}
+_DEFAULTS: dict = {}
+
+
+def identity(cfg: dict) -> dict:
+    """The options that make a run what it is: those of the normalised cfg that differ
+    from the command's defaults, plus root (labels and runner keys excluded).  An option
+    added to the command later, with a default, leaves existing trial ids unchanged."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(train_options())
+    missing = object()
+    return {k: v for k, v in cfg.items() if k not in LABEL_KEYS and k not in RUNNER_KEYS
+            and (k == "root" or _DEFAULTS.get(k, missing) != v)}
 
 
 def trial_id(cfg: dict) -> str:
-    """SHA-256 (hex) of the normalised config's canonical JSON, labels excluded."""
-    text = json.dumps(_identity(cfg), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """SHA-256 (hex) of the canonical JSON (sorted keys, no spaces) of identity(cfg)."""
+    text = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -210,6 +222,9 @@ def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=Fal
     os.makedirs(out, exist_ok=True)
     handler = logging.FileHandler(os.path.join(out, "train.log"))
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # only this run's messages (a Dask worker may train several runs in threads at once)
+    me = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == me)
     old_level = log.level
     log.addHandler(handler)
     log.setLevel(logging.INFO)
