@@ -119,6 +119,11 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
         SAL_REQUIRE(gather_scratch(net, op, 1) != SIZE_MAX, FN,
                     "op %lld: phase planes of C=%lld, stride %lld: size does not fit", (long long)i,
                     (long long)si[0], (long long)op->stride);
+        /* p0 is the base of the pair weights even with no pairs: inside the arena */
+        SAL_REQUIRE(sal_span_ok(op->p0, op->npair, net->p.narena), FN,
+                    "op %lld: p0=%lld: %lld pair weights do not fit the weights (%lld)",
+                    (long long)i, (long long)op->p0, (long long)op->npair,
+                    (long long)net->p.narena);
         SAL_REQUIRE(sal_span_ok(op->ioff, op->npair, net->npairs), FN,
                     "op %lld: ioff=%lld npair=%lld: outside the pair table (%lld rows)",
                     (long long)i, (long long)op->ioff, (long long)op->npair, (long long)net->npairs);
