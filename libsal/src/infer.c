@@ -121,7 +121,7 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
                     (long long)si[0], (long long)op->stride);
         /* p0 is the base of the pair weights even with no pairs: inside the arena */
         SAL_REQUIRE(sal_span_ok(op->p0, op->npair, net->p.narena), FN,
-                    "op %lld: p0=%lld: %lld pair weights do not fit the weights (%lld)",
+                    "op %lld: p0=%lld: %lld pair weights do not fit the arena (%lld)",
                     (long long)i, (long long)op->p0, (long long)op->npair,
                     (long long)net->p.narena);
         SAL_REQUIRE(sal_span_ok(op->ioff, op->npair, net->npairs), FN,
