@@ -118,7 +118,10 @@ def _write(path, members, cfg, method):
                     np.lib.format.write_array_header_1_0(b, hdr)
                 except Exception:
                     b = io.BytesIO(b"\x93NUMPY\x01\x00" + b"\x10\x00" + b"{'descr':}     \n")
-                z.writestr(name, b.getvalue() + data)
+                try:
+                    z.writestr(name, b.getvalue() + data)
+                except (ValueError, IndexError, OSError):
+                    pass    # a name zipfile cannot write (e.g. "a/" with data): dropped
 
 
 # ---------------------------------------------------------------- mutations
@@ -176,7 +179,7 @@ def _apply(members, cfg, mut):
     elif kind == "dup":
         members.append([m[0], dict(m[1]), m[2][::-1]])
     elif kind == "rename":
-        m[0] = (arg or "x") + ".npy" if len(arg) % 2 else arg
+        m[0] = (arg or "x") + ".npy" if len(arg) % 2 else (arg or "x")
     elif kind == "add":
         members.append([(arg or "evil") + ".npy", dict(descr="<f4", fortran_order=False,
                                                        shape=(3,)), bytes(12)])

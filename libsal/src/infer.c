@@ -74,12 +74,18 @@ static int64_t block_stride(int64_t m) {
     return (b / 16) % 2 ? b : b + 16;
 }
 
-/* floats of phase planes (with slack) a GATHER op needs for batch n */
+/* floats of phase planes (with slack) a GATHER op needs for batch n: C * S*S planes of
+ * block_stride(N * Hph * Wph) floats, every product checked (a stride near 2**62 from a
+ * file made S*S wrap); SIZE_MAX when it does not fit */
 static size_t gather_scratch(const sal_infer *net, const sal_iop *op, int64_t n) {
     const int64_t *si = net->p.shapes + 3 * op->in, *so = net->p.shapes + 3 * op->out;
-    int64_t hph, wph;
+    int64_t hph, wph, planes, m, tot;
     phase_geom(op->stride, so[1], so[2], &hph, &wph);
-    return (size_t)(si[0] * op->stride * op->stride * block_stride(n * hph * wph) + GT + 2 * wph + 2);
+    if (!sal_mul_ok(si[0], op->stride, &planes) || !sal_mul_ok(planes, op->stride, &planes) ||
+        !sal_mul_ok(n, hph, &m) || !sal_mul_ok(m, wph, &m) || m > ((int64_t)1 << 61) ||
+        !sal_mul_ok(planes, block_stride(m), &tot) || tot > ((int64_t)1 << 61))
+        return SIZE_MAX;
+    return (size_t)tot + GT + 2 * (size_t)wph + 2;
 }
 
 static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t *nrow) {
@@ -101,11 +107,26 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
         break;
     }
     case SAL_IOP_GATHER: {
-        SAL_REQUIRE(op->o >= 1 && op->stride >= 1, FN, "op %lld: O=%lld stride=%lld: must be >= 1",
-                    (long long)i, (long long)op->o, (long long)op->stride);
-        SAL_REQUIRE(op->npair >= 0 && op->ioff >= 0 && op->ioff + op->npair <= net->npairs, FN,
-                    "op %lld: pairs [%lld, %lld): outside the pair table (%lld)", (long long)i,
-                    (long long)op->ioff, (long long)(op->ioff + op->npair), (long long)net->npairs);
+        SAL_REQUIRE(op->o >= 1 && op->o == so[0] && op->stride >= 1, FN,
+                    "op %lld: O=%lld stride=%lld: need O = the out buffer's C (%lld), stride >= 1",
+                    (long long)i, (long long)op->o, (long long)op->stride, (long long)so[0]);
+        /* the S*S phase planes grow with S: a stride beyond the padded input (which
+         * changes nothing: one output row and column) is refused */
+        SAL_REQUIRE(op->stride <= (si[1] > si[2] ? si[1] : si[2]) + 2, FN,
+                    "op %lld: stride=%lld: must be <= max(H, W) + 2 = %lld (the padded input)",
+                    (long long)i, (long long)op->stride,
+                    (long long)((si[1] > si[2] ? si[1] : si[2]) + 2));
+        SAL_REQUIRE(gather_scratch(net, op, 1) != SIZE_MAX, FN,
+                    "op %lld: phase planes of C=%lld, stride %lld: size does not fit", (long long)i,
+                    (long long)si[0], (long long)op->stride);
+        /* p0 is the base of the pair weights even with no pairs: inside the arena */
+        SAL_REQUIRE(sal_span_ok(op->p0, op->npair, net->p.narena), FN,
+                    "op %lld: p0=%lld: %lld pair weights do not fit the arena (%lld)",
+                    (long long)i, (long long)op->p0, (long long)op->npair,
+                    (long long)net->p.narena);
+        SAL_REQUIRE(sal_span_ok(op->ioff, op->npair, net->npairs), FN,
+                    "op %lld: ioff=%lld npair=%lld: outside the pair table (%lld rows)",
+                    (long long)i, (long long)op->ioff, (long long)op->npair, (long long)net->npairs);
         want[0] = op->o, want[1] = (si[1] - 1) / op->stride + 1, want[2] = (si[2] - 1) / op->stride + 1;
         pw = op->npair;
         pb = op->p1 >= 0 ? op->o : 0;
@@ -119,16 +140,18 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
                         r[2], r[3], (long long)op->o, (long long)si[0]);
             prev = r[0];
         }
-        *nrow += op->o + 1;
+        SAL_REQUIRE(!__builtin_add_overflow(*nrow, op->o + 1, nrow) && *nrow <= ((int64_t)1 << 40),
+                    FN, "op %lld: O=%lld: too many output rows in all", (long long)i, (long long)op->o);
         break;
     }
     case SAL_IOP_SHIFT: {
         SAL_REQUIRE(op->stride >= 1, FN, "op %lld: stride=%lld: must be >= 1", (long long)i,
                     (long long)op->stride);
-        SAL_REQUIRE(op->index_bits >= 0, FN, "op %lld: index_bits=%lld: must be >= 0",
-                    (long long)i, (long long)op->index_bits);
+        SAL_REQUIRE(op->index_bits >= 0 && op->index_bits <= 32, FN,
+                    "op %lld: index_bits=%lld: must be in [0, 32]", (long long)i,
+                    (long long)op->index_bits);
         want[0] = so[0], want[1] = (si[1] - 1) / op->stride + 1, want[2] = (si[2] - 1) / op->stride + 1;
-        SAL_REQUIRE(op->ioff >= 0 && op->ioff + so[0] <= net->nshift, FN,
+        SAL_REQUIRE(sal_span_ok(op->ioff, so[0], net->nshift), FN,
                     "op %lld: ioff=%lld: needs %lld shift rows of %lld", (long long)i,
                     (long long)op->ioff, (long long)so[0], (long long)net->nshift);
         for (int64_t c = 0; c < so[0]; c++) {
@@ -156,6 +179,10 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
         SAL_REQUIRE(op->kind == SAL_IOP_CONV || op->kind == SAL_IOP_GATHER || op->kind == SAL_IOP_ADD,
                     FN, "op %lld: only conv, gather and add take a residual", (long long)i);
     }
+    if (op->kind == SAL_IOP_CONV || op->kind == SAL_IOP_GATHER) {   /* sal_infer_count's MACs */
+        int64_t macs;
+        SAL_TRY(sal_checked_prod(FN, "MACs per image", &macs, 3, pw, so[1], so[2]));
+    }
     return sal_program_check_fit(&net->p, i, op->out, op->res, want, op->p0, pw, op->p1, pb);
 }
 
@@ -182,6 +209,11 @@ sal_status sal_infer_create(sal_infer **out, const int64_t *shapes, int64_t nbuf
     SAL_REQUIRE(npairs >= 0 && (npairs == 0 || pairs), FN, "npairs=%lld: pairs missing",
                 (long long)npairs);
     SAL_REQUIRE(nweights >= 0, FN, "nweights=%lld: must be >= 0", (long long)nweights);
+    /* every count times a row size stays far from overflow */
+    SAL_REQUIRE(nops >= 1 && nops <= ((int64_t)1 << 40) && nshift <= ((int64_t)1 << 40) &&
+                    npairs <= ((int64_t)1 << 40), FN,
+                "nops=%lld nshift=%lld npairs=%lld: need 1 <= nops and counts <= 2**40",
+                (long long)nops, (long long)nshift, (long long)npairs);
     sal_infer *net = calloc(1, sizeof *net);
     if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
     net->nops = nops, net->nshift = nshift, net->npairs = npairs;
@@ -399,8 +431,20 @@ static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float 
     return SAL_OK;
 }
 
+static sal_status forward_locked(sal_infer *net, float *logits, const float *x, sal_act xg,
+                                 const float *weights);
+
 sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_act xg,
                              const float *weights) {
+    SAL_REQUIRE(net, FN, "net must not be NULL");
+    SAL_TRY(sal_program_enter(&net->p, "forward"));
+    const sal_status s = forward_locked(net, logits, x, xg, weights);
+    sal_program_leave(&net->p);
+    return s;
+}
+
+static sal_status forward_locked(sal_infer *net, float *logits, const float *x, sal_act xg,
+                                 const float *weights) {
     SAL_REQUIRE(net && logits && x, FN, "net, logits and x must not be NULL");
     SAL_REQUIRE(weights || net->p.narena == 0, FN, "weights=NULL: the net has %lld weights",
                 (long long)net->p.narena);

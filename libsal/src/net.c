@@ -197,8 +197,33 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
     return 0;
 }
 
+static sal_status forward_locked(sal_net *net, float *logits, const float *x, sal_act xg,
+                                 const float *params, float *buffers, int train, int hard,
+                                 double beta);
+static sal_status backward_locked(sal_net *net, float *grads, const float *dlogits,
+                                  const float *params);
+
+/* one call at a time per network (sal/net.h, "Threads") */
 sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act xg,
                            const float *params, float *buffers, int train, int hard, double beta) {
+    SAL_REQUIRE(net, FN, "net must not be NULL");
+    SAL_TRY(sal_program_enter(&net->p, "forward"));
+    const sal_status s = forward_locked(net, logits, x, xg, params, buffers, train, hard, beta);
+    sal_program_leave(&net->p);
+    return s;
+}
+
+sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, const float *params) {
+    SAL_REQUIRE(net, FN, "net must not be NULL");
+    SAL_TRY(sal_program_enter(&net->p, "backward"));
+    const sal_status s = backward_locked(net, grads, dlogits, params);
+    sal_program_leave(&net->p);
+    return s;
+}
+
+static sal_status forward_locked(sal_net *net, float *logits, const float *x, sal_act xg,
+                                 const float *params, float *buffers, int train, int hard,
+                                 double beta) {
     SAL_REQUIRE(net && logits && x && params, FN, "net, logits, x and params must not be NULL");
     SAL_REQUIRE(buffers || net->nbuffers == 0, FN, "buffers=NULL: the net has BN statistics");
     net->train = train != 0, net->hard = hard != 0, net->beta = beta, net->buffers = buffers;
@@ -267,7 +292,8 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
     return SAL_OK;
 }
 
-sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, const float *params) {
+static sal_status backward_locked(sal_net *net, float *grads, const float *dlogits,
+                                  const float *params) {
     SAL_REQUIRE(net && grads && dlogits && params, FN, "net, grads, dlogits, params must not be NULL");
     SAL_REQUIRE(net->p.n >= 1, FN, "backward: no forward pass to differentiate");
     const int64_t n = net->p.n;

@@ -64,6 +64,10 @@ sal_status sal_infer_create(sal_infer **net, const int64_t *shapes, int64_t nbuf
                             int64_t nweights);
 void sal_infer_free(sal_infer *net);
 
+/* Threads: one forward at a time per network; a forward that starts while another runs on
+ * the same network is refused (SAL_EINVAL), never run on shared buffers.  A forward that
+ * fails (bad input, out of memory) keeps the previous buffers consistent.  Every offset
+ * and count of the program is checked at create with overflow-free arithmetic. */
 /* logits (N, K) from x (N, C, H, W) NCHW, (C, H, W) the program's input shape;
  * weights: the arena (nweights floats) */
 sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_act xg,

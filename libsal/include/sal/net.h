@@ -48,6 +48,14 @@ sal_status sal_net_create(sal_net **net, const int64_t *shapes, int64_t nbuf, co
                           int64_t nbuffers);
 void sal_net_free(sal_net *net);
 
+/* Threads: a network is used by one call at a time.  sal_net_forward and sal_net_backward
+ * refuse (SAL_EINVAL, "another forward or backward is running") a call that starts
+ * while another is running on the same network, instead of sharing its buffers; they
+ * never corrupt memory.  Callers that share a network serialise the calls (salnp holds
+ * a per-network lock, salnp.nn.net_lock); different networks run in parallel.  A failed
+ * forward (bad input, out of memory) leaves no forward to differentiate: the next
+ * backward fails with a message, and the buffers of earlier batches stay consistent. */
+
 /* logits (N, K) from x (N, C, H, W) NCHW; (C, H, W) must be the program's input shape.  train: batch statistics and running-stat
  * update (buffers written); hard: binarised SAL attention; beta: SAL inverse temperature. */
 sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act xg,

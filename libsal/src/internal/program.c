@@ -10,6 +10,8 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
     SAL_REQUIRE(shapes, fn, "net, shapes and ops must not be NULL");
     SAL_REQUIRE(nbuf >= 2 && nops >= 1, fn, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
                 (long long)nbuf, (long long)nops);
+    SAL_REQUIRE(nbuf <= ((int64_t)1 << 40) && nops <= ((int64_t)1 << 40), fn,
+                "nbuf=%lld nops=%lld: must be <= 2**40", (long long)nbuf, (long long)nops);
     p->fn = fn, p->arena = arena, p->nbuf = nbuf, p->narena = narena;
     SAL_REQUIRE(narena >= 0, fn, "%s: arena size %lld: must be >= 0", arena, (long long)narena);
     p->shapes = malloc((size_t)nbuf * 3 * sizeof *p->shapes);
@@ -73,7 +75,7 @@ sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program
         SAL_REQUIRE(si[1] == 1 && si[2] == 1 && o >= 1, p->fn,
                     "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
         want[0] = o, want[1] = want[2] = 1;
-        *pw = o * si[0];
+        SAL_TRY(sal_checked_prod(p->fn, "linear weights O*I", pw, 2, o, si[0]));
         *pb = o;
         break;
     }
@@ -96,43 +98,64 @@ sal_status sal_program_check_fit(const sal_program *p, int64_t i, int64_t out, i
                 "op %lld: out buffer %lld has shape (%lld, %lld, %lld), the op makes (%lld, %lld, %lld)",
                 (long long)i, (long long)out, (long long)so[0], (long long)so[1],
                 (long long)so[2], (long long)want[0], (long long)want[1], (long long)want[2]);
-    SAL_REQUIRE(pw == 0 || (p0 >= 0 && p0 + pw <= P), fn,
+    SAL_REQUIRE(pw == 0 || sal_span_ok(p0, pw, P), fn,
                 "op %lld: p0=%lld: %lld %s do not fit the arena (%lld)", (long long)i,
                 (long long)p0, (long long)pw, p->arena, (long long)P);
-    SAL_REQUIRE(pb == 0 || (p1 >= 0 && p1 + pb <= P), fn,
+    SAL_REQUIRE(pb == 0 || sal_span_ok(p1, pb, P), fn,
                 "op %lld: p1=%lld: %lld %s do not fit the arena (%lld)", (long long)i,
                 (long long)p1, (long long)pb, p->arena, (long long)P);
     return SAL_OK;
 }
 
-/* Activations and scratch for batch size n. */
+sal_status sal_program_enter(sal_program *p, const char *what) {
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&p->busy, &idle, 1))
+        return sal_fail(SAL_EINVAL, p->fn, "%s: another forward or backward is running on this "
+                        "network: one call at a time per network", what);
+    return SAL_OK;
+}
+
+/* Activations and scratch for batch size n, all or nothing: the new blocks are allocated
+ * first and replace the old ones only when every allocation succeeded, so a failure
+ * leaves the previous capacity and buffers as they were. */
 static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_scratch_fn need,
                           const void *owner) {
     if (n <= p->cap && p->threads == sal_threads()) return SAL_OK;
     if (n < p->cap) n = p->cap;  /* a thread-count change keeps the capacity */
-    free_act(p);
-    p->threads = sal_threads();
+    const int threads = sal_threads(), old_threads = p->threads;
+    p->threads = threads;        /* the scratch functions size for it */
     size_t scratch = 0;
     for (int64_t i = 0; i < nops; i++) {
         size_t s = need(owner, i, n);
         if (s > scratch) scratch = s;
     }
-    for (int64_t b = 0; b < p->nbuf; b++) {
+    p->threads = old_threads;
+    if (scratch > (((size_t)1 << 62) / sizeof(float)))
+        return sal_fail(SAL_EOVERFLOW, p->fn, "scratch for batch %lld: size does not fit",
+                        (long long)n);
+    float **act = calloc((size_t)p->nbuf, sizeof *act), *scr = NULL;
+    sal_status s = act ? SAL_OK : sal_fail(SAL_ENOMEM, p->fn, "out of memory");
+    for (int64_t b = 0; b < p->nbuf && s == SAL_OK; b++) {
         int64_t numel;
-        SAL_TRY(sal_checked_prod(p->fn, "activation", &numel, 2, n, sal_program_numel(p, b, 1)));
-        p->act[b] = malloc((size_t)numel * sizeof(float));
-        if (!p->act[b]) {
-            free_act(p);
-            return sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
-                            (long long)n);
-        }
+        s = sal_checked_prod(p->fn, "activation", &numel, 2, n, sal_program_numel(p, b, 1));
+        if (s == SAL_OK && !(act[b] = malloc((size_t)numel * sizeof(float))))
+            s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
+                         (long long)n);
     }
-    p->scratch = malloc((scratch ? scratch : 1) * sizeof(float));
-    if (!p->scratch) {
-        free_act(p);
-        return sal_fail(SAL_ENOMEM, p->fn, "scratch: out of memory");
+    if (s == SAL_OK && !(scr = malloc((scratch ? scratch : 1) * sizeof(float))))
+        s = sal_fail(SAL_ENOMEM, p->fn, "scratch of %zu floats: out of memory", scratch);
+    if (s != SAL_OK) {
+        if (act)
+            for (int64_t b = 0; b < p->nbuf; b++) free(act[b]);
+        free(act);
+        return s;    /* p untouched */
     }
+    free_act(p);
+    for (int64_t b = 0; b < p->nbuf; b++) p->act[b] = act[b];
+    free(act);
+    p->scratch = scr;
     p->scratch_n = scratch;
+    p->threads = threads;
     p->cap = n;
     return SAL_OK;
 }
@@ -153,8 +176,8 @@ sal_status sal_program_start(sal_program *p, const float *x, sal_act xg, int64_t
                 "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
                 (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
                 (long long)s0[1], (long long)s0[2]);
+    p->n = 0;  /* no valid forward until this one completes (nor after a failed reserve) */
     SAL_TRY(reserve(p, xg.n, nops, scratch, owner));
-    p->n = 0;  /* no valid forward until this one completes */
     to_channel_major(p->act[0], x, xg.n, s0[0], s0[1] * s0[2]);
     return SAL_OK;
 }

@@ -10,6 +10,9 @@
 #ifndef SAL_PROGRAM_H
 #define SAL_PROGRAM_H
 
+#include <stdatomic.h>
+#include <stdbool.h>
+
 #include "internal/internal.h"
 
 typedef struct {
@@ -24,7 +27,20 @@ typedef struct {
     float **act;         /* per buffer, cap * C * H * W floats */
     float *scratch;
     size_t scratch_n;
+    atomic_int busy;     /* a forward/backward is running (sal_program_enter) */
 } sal_program;
+
+/* [off, off + len) inside [0, total), decided without forming off + len: every offset and
+ * count a program reads from a file goes through this (no wrap-around near 2**63) */
+static inline bool sal_span_ok(int64_t off, int64_t len, int64_t total) {
+    return off >= 0 && len >= 0 && total >= 0 && off <= total && len <= total - off;
+}
+
+/* One call at a time per program (sal/net.h, sal/infer.h: "Threads"): enter fails with
+ * SAL_EINVAL and a message when another forward/backward is running on it; a call that
+ * entered leaves with sal_program_leave on every path. */
+sal_status sal_program_enter(sal_program *p, const char *what);
+static inline void sal_program_leave(sal_program *p) { atomic_store(&p->busy, 0); }
 
 /* a static table of names and, in *n, its length (the op tables' self-description) */
 #define SAL_NAMES(table, n) (*(n) = (int64_t)(sizeof(table) / sizeof *(table)), (table))
@@ -62,13 +78,16 @@ sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program
                                     int64_t in, int64_t res, int64_t o, int64_t want[3],
                                     int64_t *pw, int64_t *pb);
 
-/* scratch floats op i needs at batch n (the runtime takes the largest) */
+/* scratch floats op i needs at batch n (the runtime takes the largest); SIZE_MAX when the
+ * size does not fit (the runtime then refuses the batch) */
 typedef size_t (*sal_program_scratch_fn)(const void *owner, int64_t i, int64_t n);
 
 /* Starts a forward: x (N, C, H, W) NCHW must match buffer 0; activations and scratch for
  * batch N (reallocated, with their contents lost, when N exceeds the capacity or the
- * thread count changed); x copied channel-major into buffer 0; p->n = 0 until the caller
- * sets it when the pass completes. */
+ * thread count changed); x copied channel-major into buffer 0; p->n = 0 (set first, so a
+ * failure here also leaves no forward to differentiate) until the caller sets it when
+ * the pass completes.  The reallocation is all or nothing: the new buffers replace the
+ * old ones only once every allocation succeeded. */
 sal_status sal_program_start(sal_program *p, const float *x, sal_act xg, int64_t nops,
                              sal_program_scratch_fn scratch, const void *owner);
 
