@@ -25,6 +25,7 @@ from . import _core, ops
 from .io import read_npz, save_npz_atomic
 from .models import ActiveShift, SALConv2d
 from .prune import default_keep, prune_step
+from ._threads import restores_threads, set_num_threads
 
 log = logging.getLogger("salnp")
 
@@ -188,6 +189,7 @@ def _load_state(path, net, opt):
     return int(cfg["epoch"]), list(cfg["history"]), cfg.get("run", {})
 
 
+@restores_threads
 def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
         nesterov=False, lr_schedule="step", milestones=(1 / 3, 2 / 3), lr_gamma=0.1,
         beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
@@ -259,7 +261,7 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     if not (math.isfinite(b0) and math.isfinite(b1) and b0 >= 0 and b1 >= 0):
         raise ValueError(f"fit: beta={beta!r}: must be finite and >= 0")
     if threads is not None:
-        _core.set_num_threads(int(threads))
+        set_num_threads(int(threads))   # fit restores the previous count when it returns
     is_sal = net.config["layer"] == "sal"
     eval_hard = is_sal if eval_hard is None else bool(eval_hard)
     prune_plan = _prune_plan(prune_epochs, prune_keep, epochs, is_sal)
