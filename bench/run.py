@@ -37,7 +37,12 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(ROOT, "python"))
+try:                      # the installed salnp, or the one on PYTHONPATH
+    import salnp as _salnp
+except ImportError:       # else the development tree (bash scripts/dev-build.sh)
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import salnp as _salnp
+SALNP_PATH = os.path.dirname(os.path.dirname(os.path.abspath(_salnp.__file__)))
 
 ALLOCATORS = {
     "none": None,
@@ -46,11 +51,11 @@ ALLOCATORS = {
 }
 
 TRAIN_MODELS = [  # (key, label, layer, kwargs)
-    ("cl", "CL ResNet-20", "cl", {}),
-    ("sal", "SAL-ResNet-20 unshared", "sal", {}),
-    ("sal_shared", "SAL-ResNet-20 shared", "sal", {"shared": True}),
-    ("sl", "ShiftResNet-20 e=6", "sl", {"expansion": 6}),
-    ("asl", "ASL-ResNet-20 e=6", "asl", {"expansion": 6}),
+    ("cl", "CL", "cl", {}),
+    ("sal", "SAL unshared", "sal", {}),
+    ("sal_shared", "SAL shared", "sal", {"shared": True}),
+    ("sl", "SL (ShiftResNet) e=6", "sl", {"expansion": 6}),
+    ("asl", "ASL e=6", "asl", {"expansion": 6}),
 ]
 INFER_MODELS = [
     ("sal", "SAL unshared", "sal", {}),
@@ -379,7 +384,7 @@ def spawn(args, worker, extra=(), preload=None, wait=True):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker,
            "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + list(extra)
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([SALNP_PATH, env.get("PYTHONPATH", "")])  # the same salnp
     if preload:
         env["LD_PRELOAD"] = preload
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
@@ -432,7 +437,8 @@ def report(args, data, mach, sz):
                  "PyTorch layout.  GFLOP/s counts 2 x MACs (salnp.count: training = forward + "
                  "backward MACs; inference = the exported network's MACs) at the median rate.")
     lines.append("")
-    lines.append(f"### Training step, batch {sz['batch']}, images/s")
+    lines.append(f"### Training step, ResNet-{sz['depth']} w={sz['width']}, batch {sz['batch']}, "
+                 f"{sz['hw']}x{sz['hw']}, images/s")
     lines.append("")
     lines.append("| model | salnp | PyTorch NCHW | PyTorch channels_last | torch.compile | salnp / best PyTorch | salnp GFLOP/s (% peak) |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -450,7 +456,8 @@ def report(args, data, mach, sz):
                      f"{fmt_rate(res[comp[0]]) if comp else '–'} | **{s['median'] / b['median']:.2f}x** | "
                      f"{gf:.1f} ({100 * gf / peak:.1f} %) |")
     lines.append("")
-    lines.append("### Exported inference, images/s")
+    lines.append(f"### Exported inference, ResNet-{sz['depth']} w={sz['width']}, {sz['hw']}x{sz['hw']}, "
+                 f"images/s")
     lines.append("")
     lines.append("| network | batch | salnp export | PyTorch NCHW | PyTorch channels_last | salnp / best PyTorch | salnp GFLOP/s (% peak) |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -463,8 +470,9 @@ def report(args, data, mach, sz):
                      f"{fmt_rate(res['torch channels_last'])} | **{s['median'] / b['median']:.2f}x** | "
                      f"{gf:.1f} ({100 * gf / peak:.1f} %) |")
     lines.append("")
-    lines.append("### Peak RSS growth of a training step (MiB; fresh process each, VmHWM reset "
-                 "after setup and one warm step, then 3 steps)")
+    lines.append("### Peak RSS growth of training steps (MiB; a fresh process each: network, "
+                 "batch and optimiser built, VmHWM reset, then the first 3 steps; growth = peak "
+                 "- RSS before them, so salnp's buffers allocated once are counted)")
     lines.append("")
     lines.append("| model | salnp | PyTorch NCHW | PyTorch channels_last | salnp / best PyTorch |")
     lines.append("|---|---|---|---|---|")
@@ -473,8 +481,9 @@ def report(args, data, mach, sz):
         lines.append(f"| {m} | {d['salnp']:.0f} | {d['torch']:.0f} | {d['torch_cl']:.0f} | "
                      f"{d['salnp'] / tb:.2f}x |")
     lines.append("")
-    lines.append("### Two processes at once (each 2 threads, both on the 2 cores), training "
-                 "images/s per process")
+    lines.append(f"### Two processes at once (each {args.threads} threads, both on the "
+                 f"{mach['cpus']} CPUs), SAL training images/s per process over {sz['steps']} "
+                 f"steps started together")
     lines.append("")
     lines.append("| framework, model | alone | each of two at once | kept |")
     lines.append("|---|---|---|---|")
@@ -573,7 +582,7 @@ def main():
                                     "--start-at", str(start)], preload=pre, wait=False)
               for _ in range(2)]
         pair = [collect(p, "steps")["steps"]["images_per_s"] for p in ps]
-        data["pair"][f"{label}, SAL-ResNet-20 unshared"] = {"solo": solo, "pair": pair}
+        data["pair"][f"{label}, SAL unshared"] = {"solo": solo, "pair": pair}
     data["load_after"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
     text = report(args, data, mach, sz)
     print(text)
