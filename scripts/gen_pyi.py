@@ -1,5 +1,5 @@
 """Writes python/salnp/_core.pyi from the extension's text signatures and docstrings
-(run after adding a function to _core.c):  PYTHONPATH=python python scripts/gen_pyi.py"""
+(run after adding a function to python/salnp/_core_src/):  PYTHONPATH=python python scripts/gen_pyi.py"""
 import inspect
 import os
 

@@ -1,5 +1,6 @@
 """Shared test helpers: tolerances as |got - ref| <= atol + rtol*|ref|, worst index reported."""
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ def assert_close(got, ref, atol=1e-4, rtol=1e-4, what="value"):
 @pytest.fixture
 def rng(request):
     """A seeded generator; the seed is printed (and shown on failure) so runs can be repeated."""
-    seed = int(os.environ.get("SALNP_TEST_SEED", "0")) or (abs(hash(request.node.nodeid)) % 2**31)
+    # crc32 of the test id: the same seed in every process (Python's hash() of a str is salted)
+    seed = int(os.environ.get("SALNP_TEST_SEED", "0")) or (zlib.crc32(request.node.nodeid.encode()) % 2**31)
     print(f"seed={seed} (set SALNP_TEST_SEED={seed} to repeat)")
     return np.random.default_rng(seed)
 

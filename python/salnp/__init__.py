@@ -18,9 +18,10 @@ from . import flops
 from .flops import count
 from . import export   # a callable module: salnp.export(net), salnp.export.load(path)
 from . import prune
+from . import sweep    # a callable module: salnp.sweep(configs, ...), salnp.sweep.grid(...)
 
 __all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load", "fit",
-           "evaluate", "flops", "count", "export", "prune",
+           "evaluate", "flops", "count", "export", "prune", "sweep",
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 

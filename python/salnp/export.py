@@ -65,6 +65,11 @@ class InferenceNet:
             raise ValueError(f"InferenceNet: {len(self.names)} names for {len(self.ops)} ops")
         self._engines = {}
 
+    def __reduce__(self):
+        """Pickle / copy as the program and weights; the C engine is rebuilt lazily."""
+        return (InferenceNet, (self.ops, self.channels, self.shifts, self.pairs, self.weights,
+                               self.names, self.config, self.info))
+
     @property
     def in_channels(self) -> int:
         return self.channels[0]

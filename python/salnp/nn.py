@@ -161,6 +161,65 @@ class Module:
             dst[...] = src
         return self
 
+    # -- travelling: pickle, copy.deepcopy, multiprocessing, Dask ---------------------
+    def __reduce_ex__(self, protocol):
+        """A network travels as its config plus its state.
+
+        Unpickling (or ``copy.deepcopy``, ``copy.copy``) calls ``type(net)(**net.config)``,
+        which builds the module tree and a fresh arena of its own, then copies the state
+        in: the arena's flat arrays (parameters, gradients, momentum, float buffers), the
+        buffers outside it (integer shift offsets, BN batch counters), every module's
+        train/eval flag and the root's public plain attributes (``beta``).  Parameter views
+        therefore always point into the copy's own arena, and no C engine travels: the
+        next forward rebuilds it.  Only the module that owns the arena (a network such as
+        salnp.models.ResNet, with ``config`` = its constructor's keyword arguments) can
+        travel; a sub-module is a set of views into its network's arena."""
+        d = self.__dict__
+        arena, config = d.get("arena"), d.get("config")
+        if not isinstance(arena, Arena) or not isinstance(config, dict):
+            raise TypeError(f"cannot pickle or copy a {type(self).__name__} on its own: its "
+                            "parameters are views into its network's arena; pickle or copy the "
+                            "network (the module with .config and .arena)")
+        in_arena = set(arena.offsets)
+        state = {
+            "arena": {k: getattr(arena, k) for k in Arena.STATE},
+            "buffers": {n: b for n, b in self.named_buffers() if n not in in_arena},
+            "training": [m.training for _, m in self.named_modules()],
+            "attrs": {k: v for k, v in d.items()
+                      if not k.startswith("_") and k not in ("arena", "config", "training")
+                      and not isinstance(v, Module)},
+        }
+        return _rebuild_module, (type(self), dict(config)), state
+
+    def __setstate__(self, state):
+        arena = self.arena
+        for k in Arena.STATE:
+            src = np.asarray(state["arena"][k])
+            dst = getattr(arena, k)
+            if src.shape != dst.shape:
+                raise ValueError(f"{type(self).__name__}: saved arena {k} has shape "
+                                 f"{src.shape}, the rebuilt network {dst.shape}")
+            dst[...] = src
+        own = dict(self.named_buffers())
+        for n, src in state["buffers"].items():
+            if n not in own or np.shape(src) != own[n].shape:
+                raise ValueError(f"{type(self).__name__}: saved buffer {n!r} does not fit "
+                                 "the rebuilt network")
+            own[n][...] = src
+        mods = [m for _, m in self.named_modules()]
+        if len(mods) != len(state["training"]):
+            raise ValueError(f"{type(self).__name__}: saved state has "
+                             f"{len(state['training'])} modules, the rebuilt network {len(mods)}")
+        for m, t in zip(mods, state["training"]):
+            m.training = bool(t)
+        for k, v in state["attrs"].items():
+            setattr(self, k, v)
+
+
+def _rebuild_module(cls, config):
+    """Unpickling and copies: a fresh module tree and arena from the config."""
+    return cls(**config)
+
 
 class Arena:
     """Packs the declared parameters of a module tree into flat float32 arrays.
@@ -169,6 +228,10 @@ class Arena:
     per-element weight-decay switch and learning-rate multiplier for the optimiser.
     ``offsets[name] = (start, shape)`` for every parameter and buffer (C gets offsets).
     """
+
+    # the flat arrays that carry a network's state when it travels (Module.__reduce_ex__);
+    # decay, lr_scale and offsets follow from the module declarations
+    STATE = ("params", "grads", "momentum", "buffers")
 
     def __init__(self, root: Module, seed: int = 0):
         specs = []

@@ -17,6 +17,10 @@ extern "C" {
 #endif
 
 /* ---- batch normalisation --------------------------------------------------- */
+/* PyTorch's defaults, used by the network programs (sal/net.h) and the binding */
+#define SAL_BN_MOMENTUM 0.1
+#define SAL_BN_EPS 1e-5
+
 typedef struct {
     sal_act x;        /* input (N, C, H, W); the output has the same geometry and layout */
     int training;     /* 1: batch statistics (and running-stat update); 0: running statistics */

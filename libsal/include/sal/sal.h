@@ -7,5 +7,6 @@
 #include "sal/data.h"
 #include "sal/infer.h"
 #include "sal/layers.h"
+#include "sal/net.h"
 #include "sal/shift.h"
 #endif

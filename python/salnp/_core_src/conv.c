@@ -1,0 +1,141 @@
+/* salnp._core: convolution (sal/conv.h), float32 kernels and float64 reference twins. */
+#include "binding.h"
+
+#include <string.h>
+
+/* (x, w, [grad_y,] stride, padding, layout) as arrays of typenum and a descriptor */
+typedef struct {
+    PyArrayObject *x, *w, *gy;
+    sal_conv_desc d;
+    sal_act y;
+} conv_args;
+
+static void conv_args_free(conv_args *a) {
+    Py_XDECREF(a->x); Py_XDECREF(a->w); Py_XDECREF(a->gy);
+}
+
+/* Parses the call for conv2d (backward: with grad_y) and its reference twins. */
+static int conv_args_parse(conv_args *a, PyObject *args, PyObject *kw, int typenum,
+                           const char *fn, int backward) {
+    static char *kw_fwd[] = {"x", "w", "stride", "padding", "layout", NULL};
+    static char *kw_bwd[] = {"x", "w", "grad_y", "stride", "padding", "layout", NULL};
+    PyObject *ox, *ow, *ogy = NULL, *ostride = NULL, *opadding = NULL;
+    long long stride = 1, padding = 0;
+    layout_arg L = {fn, SAL_NCHW};
+    memset(a, 0, sizeof *a);
+    int ok = backward ? PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO$O&", kw_bwd, &ox, &ow, &ogy,
+                                                    &ostride, &opadding, layout_converter, &L)
+                      : PyArg_ParseTupleAndKeywords(args, kw, "OO|OO$O&", kw_fwd, &ox, &ow,
+                                                    &ostride, &opadding, layout_converter, &L);
+    if (!ok || i64_arg(ostride, fn, "stride", &stride) ||
+        i64_arg(opadding, fn, "padding", &padding) || check_int_arg(stride, 1, fn, "stride") ||
+        check_int_arg(padding, 0, fn, "padding"))
+        return -1;
+    const int nchw = L.layout == SAL_NCHW;
+    a->x = as_real(ox, typenum, fn, "x", 4, nchw ? "(N, C, H, W)" : "(C, N, H, W)");
+    if (!a->x) return -1;
+    a->w = as_real(ow, typenum, fn, "w", 4, "(O, C, K, K)");
+    if (!a->w) return -1;
+    npy_intp C = PyArray_DIM(a->x, nchw), K = PyArray_DIM(a->w, 2);
+    char expect[96];
+    snprintf(expect, sizeof expect, "(O, C=%lld, K, K) with a square kernel", (long long)C);
+    npy_intp want_w[4] = {-1, C, K, K};
+    if (require_shape(a->w, 4, want_w, fn, "w", expect)) return -1;
+    a->d = (sal_conv_desc){{PyArray_DIM(a->x, !nchw), C, PyArray_DIM(a->x, 2),
+                            PyArray_DIM(a->x, 3), L.layout},
+                           PyArray_DIM(a->w, 0), K, stride, padding,
+                           sal_get_num_threads()};  /* scratch is sized for these threads */
+    if (refused(sal_conv_check(&a->d, &a->y), fn)) return -1;
+    if (backward) {
+        a->gy = as_real(ogy, typenum, fn, "grad_y", 4, "like y");
+        if (!a->gy ||
+            require_grad_y(a->gy, a->y, fn, nchw ? "(N, O, Ho, Wo)" : "(O, N, Ho, Wo)"))
+            return -1;
+    }
+    return 0;
+}
+
+/* float32 scratch for the fast kernel; none (a 1-float block) for the reference */
+static float *conv_scratch(const conv_args *a, int typenum) {
+    return scratch_alloc(typenum == NPY_FLOAT32 ? sal_conv_scratch(&a->d) : 0);
+}
+
+static PyObject *conv_forward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
+                              const char *fn) {
+    conv_args a;
+    PyArrayObject *y = NULL;
+    float *scratch = NULL;
+    PyObject *ret = NULL;
+    if (conv_args_parse(&a, args, kw, typenum, fn, 0)) goto done;
+    npy_intp dims[4];
+    act_dims(a.y, dims);
+    y = new_empty(4, dims, typenum);
+    if (!y || !(scratch = conv_scratch(&a, typenum))) goto done;
+    sal_status s;
+    CALL_TYPED(s, typenum,
+               sal_conv_fwd(PyArray_DATA(y), PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d, scratch),
+               sal_ref_conv_fwd_f64(PyArray_DATA(y), PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d));
+    ret = take_result(m, s, fn, &y);
+done:
+    PyMem_RawFree(scratch);
+    Py_XDECREF(y);
+    conv_args_free(&a);
+    return ret;
+}
+
+static PyObject *conv_backward(PyObject *m, PyObject *args, PyObject *kw, int typenum,
+                               const char *fn) {
+    conv_args a;
+    PyArrayObject *gx = NULL, *gw = NULL;
+    float *scratch = NULL;
+    PyObject *ret = NULL;
+    if (conv_args_parse(&a, args, kw, typenum, fn, 1)) goto done;
+    gx = new_array(4, PyArray_DIMS(a.x), typenum);
+    gw = new_array(4, PyArray_DIMS(a.w), typenum);
+    if (!gx || !gw || !(scratch = conv_scratch(&a, typenum))) goto done;
+    sal_status s;
+    CALL_TYPED(s, typenum,
+               sal_conv_bwd(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(a.gy),
+                            PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d, scratch),
+               sal_ref_conv_bwd_f64(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(a.gy),
+                                    PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d));
+    if (failed(m, s, fn)) goto done;
+    ret = Py_BuildValue("(NN)", gx, gw);
+    gx = gw = NULL;
+done:
+    PyMem_RawFree(scratch);
+    Py_XDECREF(gx); Py_XDECREF(gw);
+    conv_args_free(&a);
+    return ret;
+}
+
+WRAP(conv2d, conv_forward, NPY_FLOAT32)
+PyDoc_STRVAR(conv2d_doc,
+    DOC("conv2d(x, w, stride=1, padding=0, *, layout='NCHW')", " -> y",
+        "Cross-correlation as torch.nn.functional.conv2d, no bias.\n"
+        "x (N, C, H, W), w (O, C, K, K) -> y (N, O, Ho, Wo), float32.\n"
+        "layout='CNHW': x is channel-major (C, N, H, W) and so is y (O, N, Ho, Wo);\n"
+        "a 1x1 convolution is then one GEMM over the whole batch."));
+
+WRAP(conv2d_backward, conv_backward, NPY_FLOAT32)
+PyDoc_STRVAR(conv2d_backward_doc,
+    DOC("conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW')", " -> (grad_x, grad_w)",
+        "Gradients of conv2d with respect to x and w, given grad_y = dL/dy."));
+
+WRAP(ref_conv2d_f64, conv_forward, NPY_FLOAT64)
+PyDoc_STRVAR(ref_conv2d_f64_doc,
+    DOC("ref_conv2d_f64(x, w, stride=1, padding=0)", " -> y",
+        "Naive float64 reference (tests)."));
+
+WRAP(ref_conv2d_backward_f64, conv_backward, NPY_FLOAT64)
+PyDoc_STRVAR(ref_conv2d_backward_f64_doc,
+    DOC("ref_conv2d_backward_f64(x, w, grad_y, stride=1, padding=0)", " -> (grad_x, grad_w)",
+        "Naive float64 reference (tests)."));
+
+PyMethodDef core_conv_methods[] = {
+    KW_METHOD("conv2d", core_conv2d, conv2d_doc),
+    KW_METHOD("conv2d_backward", core_conv2d_backward, conv2d_backward_doc),
+    KW_METHOD("ref_conv2d_f64", core_ref_conv2d_f64, ref_conv2d_f64_doc),
+    KW_METHOD("ref_conv2d_backward_f64", core_ref_conv2d_backward_f64,
+              ref_conv2d_backward_f64_doc),
+    {NULL, NULL, 0, NULL}};

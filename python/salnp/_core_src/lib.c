@@ -1,0 +1,43 @@
+/* salnp._core: the library's state (sal/core.h): BLIS information and threads. */
+#include "binding.h"
+
+static PyObject *core_blas_info(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    sal_blas_info bi;
+    sal_status s = sal_blas_query(&bi);
+    if (s != SAL_OK) return raise_status(m, s, "blas_info");
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:O,s:O,s:i}", "blis_version", bi.blis_version,
+                         "flavour", bi.flavour, "arch", bi.arch, "arch_source", bi.arch_source,
+                         "cpu_features", bi.cpu_features, "verified",
+                         bi.verified ? Py_True : Py_False, "generic",
+                         bi.generic ? Py_True : Py_False, "threads", sal_get_num_threads());
+}
+PyDoc_STRVAR(blas_info_doc,
+    DOC("blas_info()", " -> dict",
+        "BLIS version, flavour, sub-configuration and how it was chosen."));
+
+static PyObject *core_set_num_threads(PyObject *m, PyObject *arg) {
+    long long n = 0;
+    if (i64_arg(arg, "set_num_threads", "n", &n)) return NULL;
+    if (n < 1 || n > 1024) {
+        PyErr_Format(PyExc_ValueError, "set_num_threads: n=%lld: must be in [1, 1024]", n);
+        return NULL;
+    }
+    sal_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+PyDoc_STRVAR(set_num_threads_doc,
+    DOC("set_num_threads(n)", "",
+        "Threads used by libsal's loops and by BLIS (n >= 1)."));
+
+static PyObject *core_get_num_threads(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    return PyLong_FromLong(sal_get_num_threads());
+}
+PyDoc_STRVAR(get_num_threads_doc,
+    DOC("get_num_threads()", " -> int",
+        "Threads used by libsal."));
+
+PyMethodDef core_lib_methods[] = {
+    {"blas_info", core_blas_info, METH_NOARGS, blas_info_doc},
+    {"set_num_threads", core_set_num_threads, METH_O, set_num_threads_doc},
+    {"get_num_threads", core_get_num_threads, METH_NOARGS, get_num_threads_doc},
+    {NULL, NULL, 0, NULL}};

@@ -1,0 +1,333 @@
+/* salnp._core: network programs: training (sal/net.h), inference (sal/infer.h) and their
+ * accounting (sal/count.h).  An engine is a capsule owning the C object. */
+#include "binding.h"
+
+#include <string.h>
+
+#define NET_CAPSULE "salnp._core.net"
+#define INFER_CAPSULE "salnp._core.infer"
+
+static void net_capsule_free(PyObject *cap) {
+    sal_net_free((sal_net *)PyCapsule_GetPointer(cap, NET_CAPSULE));
+}
+
+static void infer_capsule_free(PyObject *cap) {
+    sal_infer_free((sal_infer *)PyCapsule_GetPointer(cap, INFER_CAPSULE));
+}
+
+/* the engine inside cap, made by maker; TypeError otherwise */
+static void *engine_of(PyObject *cap, const char *name, const char *maker, const char *fn) {
+    if (!PyCapsule_IsValid(cap, name)) {
+        PyErr_Format(PyExc_TypeError, "%s: net must be an engine made by %s", fn, maker);
+        return NULL;
+    }
+    return PyCapsule_GetPointer(cap, name);
+}
+
+/* n program tables: int64/int32 2-D arrays (NPY_ARRAY_IN_ARRAY) whose column counts must
+ * be cols[k]; what describes them all for the error ("shapes (B, 3), ops (n, 11) ..."). */
+static int program_tables(PyArrayObject **out, PyObject **in, const int *types, const int *cols,
+                          int n, const char *fn, const char *what) {
+    int ok = 1;
+    for (int k = 0; k < n; k++) {
+        out[k] = (PyArrayObject *)PyArray_FROMANY(in[k], types[k], 2, 2, NPY_ARRAY_IN_ARRAY);
+        if (!out[k]) return -1;
+        ok = ok && PyArray_DIM(out[k], 1) == cols[k];
+    }
+    if (ok) return 0;
+    PyErr_Format(PyExc_ValueError, "%s: %s expected", fn, what);
+    return -1;
+}
+
+/* y (N, width) from x (N, C, H, W) float32: the shared part of both forwards */
+static PyArrayObject *logits_for(PyArrayObject *x, int64_t width, sal_act *xg) {
+    *xg = act_nchw(x);
+    npy_intp dims[2] = {PyArray_DIM(x, 0), (npy_intp)width};
+    return new_empty(2, dims, NPY_FLOAT32);
+}
+
+/* ---- training programs ------------------------------------------------------------- */
+
+static int check_arena_sizes(const sal_net *net, PyArrayObject *params, PyArrayObject *bufs,
+                             const char *fn) {
+    int64_t np_, nb;
+    sal_net_arena_sizes(net, &np_, &nb);
+    if (PyArray_SIZE(params) != np_ || (bufs && PyArray_SIZE(bufs) != nb)) {
+        PyErr_Format(PyExc_ValueError, "%s: the arenas have %lld parameters and %lld buffer values, "
+                     "the engine was built for %lld and %lld", fn, (long long)PyArray_SIZE(params),
+                     bufs ? (long long)PyArray_SIZE(bufs) : -1LL, (long long)np_, (long long)nb);
+        return -1;
+    }
+    return 0;
+}
+
+/* What the second arena of a call is: the buffers (required or optional) or the grads. */
+enum { BUFFERS, BUFFERS_OPTIONAL, GRADS };
+
+/* The engine in cap and its arenas, checked against it: *params and *second are new
+ * references to float32 arrays used in place (never copies); *second stays NULL for
+ * BUFFERS_OPTIONAL when osecond is None. */
+static sal_net *net_arenas(PyObject *cap, PyObject *oparams, PyObject *osecond, int role,
+                           PyArrayObject **params, PyArrayObject **second, const char *fn) {
+    *params = *second = NULL;
+    sal_net *net = engine_of(cap, NET_CAPSULE, "net_create", fn);
+    if (!net || !(*params = as_inplace(oparams, NPY_FLOAT32, fn, "params", -1, "")))
+        return NULL;
+    if (!(role == BUFFERS_OPTIONAL && osecond == Py_None) &&
+        !(*second = as_inplace(osecond, NPY_FLOAT32, fn, role == GRADS ? "grads" : "buffers", -1,
+                               "")))
+        return NULL;
+    if (role == GRADS ? check_arena_sizes(net, *params, NULL, fn) ||
+                            check_arena_sizes(net, *second, NULL, fn)
+                      : check_arena_sizes(net, *params, *second, fn))
+        return NULL;
+    return net;
+}
+
+static PyObject *core_net_create(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"shapes", "ops", "offsets", "nparams", "nbuffers", NULL};
+    const char *fn = "net_create";
+    PyObject *in[3];
+    long long nparams, nbuffers;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL", kwlist, &in[0], &in[1], &in[2], &nparams,
+                                     &nbuffers))
+        return NULL;
+    PyObject *ret = NULL;
+    PyArrayObject *t[3] = {NULL, NULL, NULL};
+    const int nf = (int)(sizeof(sal_op) / sizeof(int64_t));
+    const int types[3] = {NPY_INT64, NPY_INT64, NPY_INT32}, cols[3] = {3, nf, 2};
+    char what[96];
+    snprintf(what, sizeof what, "shapes (B, 3), ops (n, %d) and offsets (M, 2)", nf);
+    if (program_tables(t, in, types, cols, 3, fn, what)) goto done;
+    sal_net *net = NULL;
+    if (failed(m, sal_net_create(&net, PyArray_DATA(t[0]), PyArray_DIM(t[0], 0),
+                                 PyArray_DATA(t[1]), PyArray_DIM(t[1], 0), PyArray_DATA(t[2]),
+                                 PyArray_DIM(t[2], 0), nparams, nbuffers), fn))
+        goto done;
+    ret = PyCapsule_New(net, NET_CAPSULE, net_capsule_free);
+    if (!ret) sal_net_free(net);
+done:
+    for (int k = 0; k < 3; k++) Py_XDECREF(t[k]);
+    return ret;
+}
+PyDoc_STRVAR(net_create_doc,
+    DOC("net_create(shapes, ops, offsets, nparams, nbuffers)", " -> engine",
+        "A network program (see salnp.models): buffer shapes (B, 3), op rows, int32 shift offsets."));
+
+static PyObject *core_net_forward(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "params", "buffers", "x", "train", "hard", "beta", NULL};
+    const char *fn = "forward";
+    PyObject *cap, *oparams, *obufs, *ox, *obeta = NULL;
+    int train = 0, hard = 0;
+    double beta = 1.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|ppO", kwlist, &cap, &oparams, &obufs, &ox,
+                                     &train, &hard, &obeta) ||
+        f64_arg(obeta, fn, "beta", &beta))
+        return NULL;
+    PyArrayObject *params, *bufs, *x = NULL, *y = NULL;
+    PyObject *ret = NULL;
+    sal_net *net = net_arenas(cap, oparams, obufs, BUFFERS, &params, &bufs, fn);
+    if (!net) goto done;
+    x = as_f32(ox, fn, "x", 4, "(N, C, H, W)");
+    if (!x) goto done;
+    sal_act xg;
+    y = logits_for(x, sal_net_output_width(net), &xg);
+    if (!y) goto done;
+    sal_status s;
+    CALL_NOGIL(s, sal_net_forward(net, PyArray_DATA(y), PyArray_DATA(x), xg, PyArray_DATA(params),
+                                  PyArray_DATA(bufs), train, hard, beta));
+    ret = take_result(m, s, fn, &y);
+done:
+    Py_XDECREF(params); Py_XDECREF(bufs); Py_XDECREF(x); Py_XDECREF(y);
+    return ret;
+}
+PyDoc_STRVAR(net_forward_doc,
+    DOC("net_forward(net, params, buffers, x, train=False, hard=False, beta=1.0)", " -> logits",
+        "Run the program; params and buffers are the arenas (buffers updated in training)."));
+
+static PyObject *core_net_backward(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "params", "grads", "grad_logits", NULL};
+    const char *fn = "backward";
+    PyObject *cap, *oparams, *ograds, *ogy;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO", kwlist, &cap, &oparams, &ograds, &ogy))
+        return NULL;
+    PyArrayObject *params, *grads, *gy = NULL;
+    PyObject *ret = NULL;
+    sal_net *net = net_arenas(cap, oparams, ograds, GRADS, &params, &grads, fn);
+    if (!net) goto done;
+    gy = as_f32(ogy, fn, "grad_logits", 2, "(N, K)");
+    if (!gy) goto done;
+    npy_intp want[2] = {sal_net_last_batch(net), sal_net_output_width(net)};
+    char expect[64];
+    snprintf(expect, sizeof expect, "(N, K) = (%lld, %lld) of the last forward", (long long)want[0],
+             (long long)want[1]);
+    if (require_shape(gy, 2, want, fn, "grad_logits", expect)) goto done;
+    sal_status s;
+    CALL_NOGIL(s, sal_net_backward(net, PyArray_DATA(grads), PyArray_DATA(gy),
+                                   PyArray_DATA(params)));
+    if (failed(m, s, fn)) goto done;
+    ret = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(params); Py_XDECREF(grads); Py_XDECREF(gy);
+    return ret;
+}
+PyDoc_STRVAR(net_backward_doc,
+    DOC("net_backward(net, params, grads, grad_logits)", "",
+        "Accumulate dL/dparams into grads for the last forward (SAL masks are read from the\n"
+        "buffers array of that forward: keep it alive)."));
+
+/* ---- accounting ---------------------------------------------------------------------- */
+
+/* Columns of the int64 part of a count: op, kind, in (C, H, W), out (C, H, W), train_only,
+ * kept, macs, bwd_macs, shift_moves; params come as a separate float64 vector. */
+#define COUNT_NCOL 13
+
+/* (ints (nops, 13) int64, params (nops,) float64) from rows, or NULL with an error set */
+static PyObject *count_result(const sal_count_row *rows, int64_t nops) {
+    npy_intp di[2] = {(npy_intp)nops, COUNT_NCOL}, dp[1] = {(npy_intp)nops};
+    PyArrayObject *ints = new_empty(2, di, NPY_INT64), *par = new_empty(1, dp, NPY_FLOAT64);
+    PyObject *ret = NULL;
+    if (ints && par) {
+        int64_t *iv = PyArray_DATA(ints);
+        double *pv = PyArray_DATA(par);
+        for (int64_t i = 0; i < nops; i++) {
+            const sal_count_row *r = &rows[i];
+            int64_t row[COUNT_NCOL] = {r->op, r->kind, r->in[0], r->in[1], r->in[2], r->out[0],
+                                       r->out[1], r->out[2], r->train_only, r->kept, r->macs,
+                                       r->bwd_macs, r->shift_moves};
+            memcpy(iv + i * COUNT_NCOL, row, sizeof row);
+            pv[i] = r->params;
+        }
+        ret = PyTuple_Pack(2, (PyObject *)ints, (PyObject *)par);
+    }
+    Py_XDECREF(ints); Py_XDECREF(par);
+    return ret;
+}
+
+static PyObject *core_net_count(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "params", "beta", "inference", "buffers", NULL};
+    const char *fn = "count";
+    PyObject *cap, *oparams, *obeta = NULL, *obufs = Py_None;
+    double beta = 1.0;
+    int inference = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OpO", kwlist, &cap, &oparams, &obeta, &inference,
+                                     &obufs) ||
+        f64_arg(obeta, fn, "beta", &beta))
+        return NULL;
+    PyArrayObject *params, *bufs;
+    PyObject *ret = NULL;
+    sal_count_row *rows = NULL;
+    sal_net *net = net_arenas(cap, oparams, obufs, BUFFERS_OPTIONAL, &params, &bufs, fn);
+    if (!net) goto done;
+    int64_t nops;
+    sal_net_program(net, NULL, NULL, NULL, &nops, NULL, NULL);
+    rows = PyMem_RawMalloc((size_t)nops * sizeof *rows);
+    if (!rows) { PyErr_NoMemory(); goto done; }
+    sal_status s;
+    CALL_NOGIL(s, sal_net_count(net, PyArray_DATA(params), data_or_null(bufs), beta,
+                                inference ? SAL_COUNT_INFER : SAL_COUNT_TRAIN, rows));
+    if (!failed(m, s, fn)) ret = count_result(rows, nops);
+done:
+    PyMem_RawFree(rows);
+    Py_XDECREF(params); Py_XDECREF(bufs);
+    return ret;
+}
+PyDoc_STRVAR(net_count_doc,
+    DOC("net_count(net, params, beta=1.0, inference=False, buffers=None)", " -> (ints, params)",
+        "Accounting of a network program per op (sal/count.h): ints int64 (nops, 13) with\n"
+        "columns op, kind, in C, H, W, out C, H, W, train_only, kept, macs, bwd_macs,\n"
+        "shift_moves (per image); params float64 (nops,).  inference=True: the network export\n"
+        "builds (BN folded, SAL binarised with beta from the logits in params and the masks\n"
+        "in buffers, needed when a SAL op has one)."));
+
+/* ---- inference programs ---------------------------------------------------------------- */
+
+static PyObject *core_infer_create(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"shapes", "ops", "shifts", "pairs", "nweights", NULL};
+    const char *fn = "infer_create";
+    PyObject *in[4];
+    long long nweights;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOL", kwlist, &in[0], &in[1], &in[2], &in[3],
+                                     &nweights))
+        return NULL;
+    PyObject *ret = NULL;
+    PyArrayObject *t[4] = {NULL, NULL, NULL, NULL};
+    const int nf = (int)(sizeof(sal_iop) / sizeof(int64_t));
+    const int types[4] = {NPY_INT64, NPY_INT64, NPY_INT32, NPY_INT32}, cols[4] = {3, nf, 3, 4};
+    char what[128];
+    snprintf(what, sizeof what, "shapes (B, 3), ops (n, %d), shifts (M, 3) and pairs (P, 4)", nf);
+    if (program_tables(t, in, types, cols, 4, fn, what)) goto done;
+    sal_infer *net = NULL;
+    if (failed(m, sal_infer_create(&net, PyArray_DATA(t[0]), PyArray_DIM(t[0], 0),
+                                   PyArray_DATA(t[1]), PyArray_DIM(t[1], 0), PyArray_DATA(t[2]),
+                                   PyArray_DIM(t[2], 0), PyArray_DATA(t[3]), PyArray_DIM(t[3], 0),
+                                   nweights), fn))
+        goto done;
+    ret = PyCapsule_New(net, INFER_CAPSULE, infer_capsule_free);
+    if (!ret) sal_infer_free(net);
+done:
+    for (int k = 0; k < 4; k++) Py_XDECREF(t[k]);
+    return ret;
+}
+PyDoc_STRVAR(infer_create_doc,
+    DOC("infer_create(shapes, ops, shifts, pairs, nweights)", " -> engine",
+        "An inference program (see salnp.export): buffer shapes (B, 3), op rows (sal_iop),\n"
+        "int32 shift rows (src, dy, dx), int32 SAL pairs (o, i, dy, dx)."));
+
+static PyObject *core_infer_forward(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "weights", "x", NULL};
+    const char *fn = "forward";
+    PyObject *cap, *ow, *ox;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &cap, &ow, &ox)) return NULL;
+    sal_infer *net = engine_of(cap, INFER_CAPSULE, "infer_create", fn);
+    PyArrayObject *w = NULL, *x = NULL, *y = NULL;
+    PyObject *ret = NULL;
+    if (!net) return NULL;
+    w = as_f32(ow, fn, "weights", 1, "(nweights,)");
+    if (!w) goto done;
+    if (PyArray_SIZE(w) != sal_infer_num_weights(net)) {
+        PyErr_Format(PyExc_ValueError, "%s: weights has %lld values, the engine was built for %lld",
+                     fn, (long long)PyArray_SIZE(w), (long long)sal_infer_num_weights(net));
+        goto done;
+    }
+    x = as_f32(ox, fn, "x", 4, "(N, C, H, W)");
+    if (!x) goto done;
+    sal_act xg;
+    y = logits_for(x, sal_infer_output_width(net), &xg);
+    if (!y) goto done;
+    sal_status s;
+    CALL_NOGIL(s, sal_infer_forward(net, PyArray_DATA(y), PyArray_DATA(x), xg, PyArray_DATA(w)));
+    ret = take_result(m, s, fn, &y);
+done:
+    Py_XDECREF(w); Py_XDECREF(x); Py_XDECREF(y);
+    return ret;
+}
+PyDoc_STRVAR(infer_forward_doc,
+    DOC("infer_forward(net, weights, x)", " -> logits",
+        "Run the inference program on x (N, C, H, W) with the weight arena."));
+
+static PyObject *core_infer_count(PyObject *m, PyObject *cap) {
+    const char *fn = "count";
+    sal_infer *net = engine_of(cap, INFER_CAPSULE, "infer_create", fn);
+    if (!net) return NULL;
+    const int64_t nops = sal_infer_num_ops(net);
+    sal_count_row *rows = PyMem_RawMalloc((size_t)nops * sizeof *rows);
+    if (!rows) return PyErr_NoMemory();
+    PyObject *ret = NULL;
+    if (!failed(m, sal_infer_count(net, rows), fn)) ret = count_result(rows, nops);
+    PyMem_RawFree(rows);
+    return ret;
+}
+PyDoc_STRVAR(infer_count_doc,
+    DOC("infer_count(net)", " -> (ints, params)",
+        "Accounting of an inference program, as net_count."));
+
+PyMethodDef core_net_methods[] = {
+    KW_METHOD("net_create", core_net_create, net_create_doc),
+    KW_METHOD("net_forward", core_net_forward, net_forward_doc),
+    KW_METHOD("net_backward", core_net_backward, net_backward_doc),
+    KW_METHOD("net_count", core_net_count, net_count_doc),
+    KW_METHOD("infer_create", core_infer_create, infer_create_doc),
+    KW_METHOD("infer_forward", core_infer_forward, infer_forward_doc),
+    {"infer_count", core_infer_count, METH_O, infer_count_doc},
+    {NULL, NULL, 0, NULL}};

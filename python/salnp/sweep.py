@@ -1,0 +1,746 @@
+"""Ablation sweeps: train a grid of configs on local processes or a Dask cluster.
+
+    configs = salnp.sweep.grid({"layer": ["cl", "sl", "sal"], "width": [8, 16]},
+                               seeds=[0, 1, 2], epochs=3, subset=2000, data="cifar10",
+                               root="data/cifar10")
+    result = salnp.sweep(configs, out="runs/ablation")           # local, one process per core
+    result = salnp.sweep(configs, client=dask_client, out=...)   # the same on a Dask cluster
+    result.summary().to_dataframe()      # mean and std over seeds, grouped by everything else
+    result.to_csv("ablation.csv")
+
+Each config is a plain dict of ``python -m salnp train`` options (see salnp.runs); a
+``name`` key is carried to the table as a label.  Every trial is trained, evaluated
+(soft and binarised attention), counted (parameters, inference MACs, training MACs) and
+timed by the same function as the command line (salnp.runs.train_run), in its own
+folder ``OUT/trials/<layer>-d<depth>-w<width>-s<seed>-<id>/``: config.json, train.log,
+checkpoint.npz (after every epoch), history.json, inference.npz (the exported network)
+and summary.json, written last.  The trial id is a SHA-256 of the normalised config.
+
+Crash safety: results are appended to ``OUT/results.jsonl`` as trials finish; a rerun
+with the same ``out`` skips every trial that has its summary.json and resumes an
+interrupted one from its checkpoint (bit for bit at one thread per trial).  Locally, a
+worker process that dies (killed, out of memory) loses only its running trial's current
+epoch: the pool is restarted and the trial resumes (``retries`` times).  On Dask the
+scheduler reschedules the tasks of a dead worker and ``retries`` reruns a trial that
+raised; OUT must then be a folder every worker can see (a shared file system) for the
+resume to find the checkpoint.
+
+Threads: locally ``workers x threads_per_trial <= cores`` always holds (ValueError
+otherwise); every worker is started with OMP_NUM_THREADS etc. set to its budget before
+salnp is imported, by the ``spawn`` method (a forked child would hang in OpenMP), and
+calls ``salnp.set_num_threads``.  On Dask each trial uses ``threads_per_trial`` threads,
+by default the worker machine's cores divided by the worker's thread count.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import csv
+import io
+import itertools
+import json
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import types
+import uuid
+
+from .runs import LABEL_KEYS, _write_json, normalize, train_run, trial_id, trial_name
+
+__all__ = ["sweep", "grid", "load", "SweepResult", "run_trial", "METRICS"]
+
+# what every result row carries besides the config's keys
+METRICS = ("test_acc", "test_acc_hard", "params", "macs", "train_macs", "wall_s")
+_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+# ---------------------------------------------------------------- configs
+def grid(axes=None, seeds=(0,), **fixed) -> list:
+    """The product of the options in ``axes`` (option -> list of values) times ``seeds``,
+    each merged over the ``fixed`` options; seeds vary fastest.
+
+    An axis value that is a dict sets several options together (for matched pairs):
+    ``grid({"model": [dict(layer="cl", width=6), dict(layer="sal", width=16)]})``.
+    seeds: a list of seeds or an int n (seeds 0..n-1).
+
+        grid({"layer": ["cl", "sal"], "width": [8, 16]}, seeds=3, epochs=2)   # 12 configs
+    """
+    axes = {} if axes is None else axes
+    if not isinstance(axes, dict):
+        raise TypeError(f"grid: axes must be a dict of option -> list of values, got "
+                        f"{type(axes).__name__}")
+    for k, vals in axes.items():
+        if isinstance(vals, (str, bytes, dict)) or not hasattr(vals, "__iter__"):
+            raise ValueError(f"grid: axes[{k!r}]={vals!r}: must be a list of values (a fixed "
+                             "option goes in the keyword arguments)")
+        if not list(vals):
+            raise ValueError(f"grid: axes[{k!r}] is empty")
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, list, tuple, range)):
+        raise TypeError(f"grid: seeds={seeds!r}: must be an int n or a list of seeds")
+    seeds = list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"grid: seeds={seeds!r}: must be a non-empty list of integers >= 0")
+    if "seed" in fixed or "seed" in axes:
+        raise ValueError("grid: give seeds with seeds=, not as an option")
+    out = []
+    for combo in itertools.product(*[list(v) for v in axes.values()]):
+        cfg = dict(fixed)
+        for k, v in zip(axes, combo):
+            if isinstance(v, dict):
+                cfg.update(v)
+            else:
+                cfg[k] = v
+        for s in seeds:
+            out.append(dict(cfg, seed=s))
+    return out
+
+
+class _Trial:
+    __slots__ = ("cfg", "id", "name", "dir")
+
+    def __init__(self, cfg, out):
+        self.cfg = cfg
+        self.id = trial_id(cfg)
+        self.name = trial_name(cfg)
+        self.dir = os.path.join(out, "trials", self.name)
+
+
+def _columns(configs):
+    """The config keys a row carries: every key given in some config (dashes as
+    underscores), in order of appearance, plus layer and seed."""
+    cols = []
+    for c in configs:
+        for k in c:
+            k = k.replace("-", "_")
+            if k not in cols:
+                cols.append(k)
+    for k in ("layer", "seed"):
+        if k not in cols:
+            cols.append(k)
+    if "name" in cols:
+        cols.remove("name")
+        cols.insert(0, "name")
+    return cols
+
+
+def _plan(configs, out, fn="sweep"):
+    if isinstance(configs, dict):
+        raise TypeError(f"{fn}: configs must be a list of config dicts (salnp.sweep.grid "
+                        "builds one), got a dict")
+    try:
+        configs = list(configs)
+    except TypeError:
+        raise TypeError(f"{fn}: configs must be a list of config dicts, got "
+                        f"{type(configs).__name__}") from None
+    if not configs:
+        raise ValueError(f"{fn}: configs is empty")
+    trials, seen = [], {}
+    for i, c in enumerate(configs):
+        t = _Trial(normalize(c, fn), out)
+        if t.id in seen:
+            continue      # the same run twice: trained once, one row
+        seen[t.id] = i
+        trials.append(t)
+    return trials, _columns(configs)
+
+
+# ---------------------------------------------------------------- one trial (in a worker)
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def _dask_threads():
+    """Cores of this machine / the Dask worker's threads (1 outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        n = int(get_worker().state.nthreads)
+    except Exception:
+        return 1
+    return max(1, _cores() // max(n, 1))
+
+
+def _metrics(summary, tdir):
+    row = {k: summary.get(k) for k in METRICS if k != "wall_s"}
+    row["wall_s"] = summary.get("train_eval_s")
+    row["dir"] = tdir
+    return row
+
+
+def _read_summary(tdir, tid):
+    path = os.path.join(tdir, "summary.json")
+    try:
+        with open(path) as f:
+            s = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return s if s.get("trial_id") == tid else None
+
+
+def run_trial(cfg, tdir, threads=None) -> dict:
+    """Run one normalised config into the folder tdir (skip it when its summary.json is
+    there, resume it from tdir/checkpoint.npz when that is there) and return its metrics
+    (METRICS and dir).  What the sweep's workers execute; importable on Dask workers."""
+    import salnp
+
+    tid = trial_id(cfg)
+    done = _read_summary(tdir, tid)
+    if done is not None:
+        return dict(_metrics(done, tdir), skipped=True, resumed=False)
+    os.makedirs(tdir, exist_ok=True)
+    threads = int(threads) if threads else _dask_threads()
+    salnp.set_num_threads(threads)
+    with open(os.path.join(tdir, "attempts.log"), "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} threads {threads}\n")
+    _write_json(os.path.join(tdir, "config.json"), dict(cfg, trial_id=tid))
+    ckpt = os.path.join(tdir, "checkpoint.npz")
+    resume = ckpt if os.path.exists(ckpt) else None
+    s = train_run(cfg, tdir, resume=resume, threads=threads, progress=False, complete=True,
+                  extra={"trial_id": tid, "trial": os.path.basename(tdir), "resumed": bool(resume)})
+    return dict(_metrics(s, tdir), skipped=False, resumed=bool(resume))
+
+
+def _worker_init(threads):
+    """Local pool worker: Ctrl-C is the parent's to handle; the thread budget."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for k in _THREAD_ENV:
+        os.environ[k] = str(threads)
+    import salnp
+
+    salnp.set_num_threads(threads)
+
+
+def _attempts(t):
+    try:
+        with open(os.path.join(t.dir, "attempts.log")) as f:
+            return sum(1 for _ in f)
+    except OSError:
+        return 0
+
+
+# ---------------------------------------------------------------- progress
+class _Progress:
+    def __init__(self, total, done, mode, slots, stream=None):
+        self.total, self.done, self.failed, self.mode = total, done, 0, mode
+        self.slots, self.stream = slots, stream or sys.stderr
+        self.bar = None
+        if mode is True:
+            try:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=total, initial=done, desc="sweep", unit="trial")
+            except ImportError:  # pragma: no cover
+                self.mode = "lines"
+        self.show()
+
+    @property
+    def running(self):
+        return min(self.slots, self.total - self.done - self.failed)
+
+    def show(self, last=""):
+        if self.bar is not None:
+            self.bar.set_postfix(running=self.running, failed=self.failed, refresh=True)
+        elif self.mode == "lines":
+            print(f"[{self.done + self.failed:>{len(str(self.total))}}/{self.total}] done "
+                  f"{self.done}, running {self.running}, failed {self.failed}"
+                  + (f"  {last}" if last else ""), file=self.stream, flush=True)
+
+    def finished(self, name, row):
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        acc = row.get("test_acc_hard") if row.get("test_acc_hard") is not None else row.get("test_acc")
+        self.show(f"{name}: accuracy {acc:.4f}, {row.get('wall_s') or 0:.1f} s"
+                  + (" (resumed)" if row.get("resumed") else ""))
+
+    def fail(self, name, err):
+        self.failed += 1
+        self.show(f"{name}: FAILED ({err})")
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---------------------------------------------------------------- the sweep
+@contextlib.contextmanager
+def _thread_env(threads):
+    old = {k: os.environ.get(k) for k in _THREAD_ENV}
+    os.environ.update({k: str(threads) for k in _THREAD_ENV})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _kill_pool(ex):
+    ex.shutdown(wait=False, cancel_futures=True)
+    procs = list((getattr(ex, "_processes", None) or {}).values())
+    for p in procs:
+        try:
+            p.kill()
+        except Exception:  # pragma: no cover
+            pass
+    for p in procs:
+        p.join(5)
+
+
+def _check_count(name, v, cores):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= cores:
+        raise ValueError(f"sweep: {name}={v!r}: must be an integer in [1, {cores}] (the cores "
+                         "this process may use)")
+    return v
+
+
+def _budget(workers, threads, n, cores):
+    workers = _check_count("workers", workers, cores)
+    threads = _check_count("threads_per_trial", threads, cores)
+    if workers is None and threads is None:
+        workers = max(1, min(cores, n))
+    if workers is None:
+        workers = max(1, min(n, cores // threads))
+    if threads is None:
+        threads = max(1, cores // workers)
+    if workers * threads > cores:
+        raise ValueError(f"sweep: workers={workers} x threads_per_trial={threads} = "
+                         f"{workers * threads} threads: must be <= {cores} cores")
+    return workers, threads
+
+
+def _run_local(todo, workers, threads, retries, deadline, done, fail):
+    ctx = multiprocessing.get_context("spawn")
+    lost = {t.id: 0 for t in todo}
+    seen = {t.id: _attempts(t) for t in todo}
+    pending = list(todo)
+    barren = 0     # pools in a row that broke before any trial started or finished
+    with _thread_env(threads):
+        while pending:
+            if barren >= 2:
+                raise RuntimeError(
+                    "sweep: the worker processes die before running a trial. In a script, "
+                    "call salnp.sweep under `if __name__ == \"__main__\":` (workers are "
+                    "started with `spawn` and import the main module); otherwise see the "
+                    "workers' messages above")
+            barren += 1
+            ex = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+                                        initializer=_worker_init, initargs=(threads,))
+            clean = False
+            try:
+                futs = {ex.submit(run_trial, t.cfg, t.dir, threads): t for t in pending}
+                pending = []
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                for f in cf.as_completed(futs, timeout=left):
+                    t = futs[f]
+                    try:
+                        row = f.result()
+                    except cf.process.BrokenProcessPool:
+                        # a worker died: every unfinished trial comes back; one that had
+                        # started counts an attempt and resumes from its checkpoint
+                        n = _attempts(t)
+                        if n > seen[t.id]:
+                            lost[t.id] += 1
+                            seen[t.id] = n
+                            barren = 0
+                        if lost[t.id] > retries:
+                            fail(t, f"its worker process died {lost[t.id]} times (killed, or "
+                                    "out of memory?)")
+                        else:
+                            pending.append(t)
+                    except Exception as e:
+                        lost[t.id] += 1
+                        if lost[t.id] > retries:
+                            fail(t, f"{type(e).__name__}: {e}")
+                        else:
+                            pending.append(t)
+                    else:
+                        barren = 0
+                        done(t, row)
+                clean = True
+            except cf.TimeoutError:
+                raise TimeoutError(f"sweep: timeout: {len(futs) - sum(f.done() for f in futs)} "
+                                   "trials unfinished (a rerun resumes them)") from None
+            finally:
+                if clean:
+                    ex.shutdown(wait=True)
+                else:
+                    _kill_pool(ex)
+
+
+def _run_dask(client, todo, threads, retries, deadline, done, fail):
+    from distributed import as_completed
+
+    tag = uuid.uuid4().hex[:8]
+    futs = {}
+    for t in todo:
+        f = client.submit(run_trial, t.cfg, t.dir, threads, key=f"salnp-trial-{t.name}-{tag}",
+                          pure=False, retries=retries)
+        futs[f] = t
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+        for f in as_completed(list(futs), with_results=False, raise_errors=False, timeout=left):
+            t = futs[f]
+            if f.status == "finished":
+                done(t, f.result())
+            else:
+                try:
+                    e = f.exception()
+                except Exception as e2:  # cancelled
+                    e = e2
+                fail(t, f"{type(e).__name__}: {e}")
+    except BaseException as e:
+        client.cancel(list(futs))
+        if isinstance(e, TimeoutError) or type(e).__name__ == "TimeoutError":
+            raise TimeoutError(f"sweep: timeout: trials unfinished on the cluster (a rerun "
+                               "resumes them)") from None
+        raise
+
+
+def _append_jsonl(path, rows):
+    if not rows:
+        return
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=float, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _logged_ids(path):
+    ids = set()
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    ids.add(json.loads(line).get("trial_id"))
+                except ValueError:
+                    pass   # a line cut by a crash
+    except OSError:
+        pass
+    return ids
+
+
+def _row(t, columns, metrics):
+    row = {c: t.cfg.get(c) for c in columns}
+    row.update({k: metrics.get(k) for k in METRICS})
+    row["dir"] = metrics.get("dir", t.dir)
+    return row
+
+
+def sweep(configs, client=None, out=None, workers=None, threads_per_trial=None, retries=1,
+          timeout=None, progress=True) -> "SweepResult":
+    """Train every config (a list of dicts of ``python -m salnp train`` options, e.g. from
+    grid()) and return the table: a SweepResult, one row per distinct config in the given
+    order, with the configs' keys plus test_acc, test_acc_hard, params, macs (inference,
+    per image), train_macs (training forward + backward, per image), wall_s (training
+    and evaluation seconds) and dir (the trial folder).
+
+    client: None runs a local pool of ``workers`` processes (spawn) with
+    ``threads_per_trial`` threads each (workers x threads <= cores; defaults: one worker
+    per core, at most one per trial); a ``dask.distributed.Client`` runs the trials as
+    Dask tasks.  out: the sweep folder (required); a rerun skips finished trials and
+    resumes interrupted ones.  retries: how often a trial that raised or whose worker
+    died runs again.  timeout: seconds for the whole sweep (TimeoutError; a rerun
+    resumes).  progress: True (a tqdm bar), "lines" (one line per finished trial on
+    stderr, as the command line) or False.  Failed trials are left out of the table and
+    listed in ``result.failed`` (with a warning); see the module docstring for details."""
+    if out is None:
+        raise ValueError("sweep: out= is required (the folder for the trials and results)")
+    out = os.path.abspath(os.fspath(out))
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ValueError(f"sweep: timeout={timeout!r}: must be a number of seconds > 0 or None")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"sweep: retries={retries!r}: must be an integer >= 0")
+    if progress not in (True, False, "lines"):
+        raise ValueError(f"sweep: progress={progress!r}: must be True, False or 'lines'")
+    trials, columns = _plan(configs, out)
+    if client is not None and not callable(getattr(client, "submit", None)):
+        raise TypeError(f"sweep: client must be None (local processes) or a "
+                        f"dask.distributed.Client, got {type(client).__name__}")
+    os.makedirs(os.path.join(out, "trials"), exist_ok=True)
+    _write_json(os.path.join(out, "sweep.json"),
+                {"columns": columns, "trials": [dict(t.cfg, trial_id=t.id, dir=t.dir)
+                                                for t in trials]})
+    log_path = os.path.join(out, "results.jsonl")
+    logged = _logged_ids(log_path)
+    rows, skipped = {}, []
+    for t in trials:
+        s = _read_summary(t.dir, t.id)
+        if s is not None:
+            rows[t.id] = _row(t, columns, _metrics(s, t.dir))
+            skipped.append(t.id)
+    _append_jsonl(log_path, [dict(rows[i], trial_id=i) for i in skipped if i not in logged])
+    todo = [t for t in trials if t.id not in rows]
+
+    if client is None:
+        workers, threads = _budget(workers, threads_per_trial, max(len(todo), 1), _cores())
+        slots = workers
+    else:
+        threads = threads_per_trial
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ValueError(f"sweep: threads_per_trial={threads!r}: must be an integer >= 1")
+        try:
+            slots = max(1, sum(client.nthreads().values()))
+        except Exception:
+            slots = len(todo)
+    prog = _Progress(len(trials), len(skipped), progress, slots)
+    result = SweepResult(columns=columns, out=out)
+    result.skipped = [t.dir for t in trials if t.id in rows]
+
+    def done(t, metrics):
+        row = _row(t, columns, metrics)
+        rows[t.id] = row
+        _append_jsonl(log_path, [dict(row, trial_id=t.id)])
+        if not metrics.get("skipped"):
+            result.ran.append(t.dir)
+        prog.finished(t.name, dict(row, resumed=metrics.get("resumed")))
+
+    def fail(t, err):
+        result.failed.append(dict(t.cfg, dir=t.dir, error=str(err)))
+        try:
+            with open(os.path.join(t.dir, "error.txt"), "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {err}\n")
+        except OSError:
+            pass
+        prog.fail(t.name, err)
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        if todo:
+            if client is None:
+                _run_local(todo, workers, threads, retries, deadline, done, fail)
+            else:
+                _run_dask(client, todo, threads, retries, deadline, done, fail)
+    finally:
+        prog.close()
+    result.extend(rows[t.id] for t in trials if t.id in rows)
+    result.to_csv(os.path.join(out, "results.csv"))
+    if result.failed:
+        import warnings
+
+        warnings.warn(f"sweep: {len(result.failed)} of {len(trials)} trials failed (see "
+                      f"result.failed and their error.txt); a rerun retries them",
+                      RuntimeWarning, stacklevel=2)
+    return result
+
+
+def load(out) -> "SweepResult":
+    """The table of the sweep in folder out (its last call's configs), from the trials'
+    summary.json files; unfinished trials are left out."""
+    out = os.path.abspath(os.fspath(out))
+    try:
+        with open(os.path.join(out, "sweep.json")) as f:
+            spec = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"load: {out} holds no sweep (no sweep.json)") from None
+    result = SweepResult(columns=spec["columns"], out=out)
+    for cfg in spec["trials"]:
+        tid, tdir = cfg.pop("trial_id"), cfg.pop("dir")
+        s = _read_summary(tdir, tid)
+        if s is not None:
+            row = {c: cfg.get(c) for c in spec["columns"]}
+            m = _metrics(s, tdir)
+            row.update({k: m.get(k) for k in METRICS})
+            row["dir"] = tdir
+            result.append(row)
+    return result
+
+
+# ---------------------------------------------------------------- the table
+def _stats(vals):
+    v = [float(x) for x in vals if x is not None]
+    if not v:
+        return None, None
+    m = math.fsum(v) / len(v)
+    if len(v) < 2:
+        return m, None
+    return m, math.sqrt(math.fsum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+
+def _hashable(v):
+    return tuple(v) if isinstance(v, list) else v
+
+
+class SweepResult(list):
+    """The rows of a sweep (a list of dicts), with ``columns`` (the config keys of the
+    rows), ``out`` (the sweep folder), ``ran`` / ``skipped`` (trial folders trained by
+    this call / already finished before it) and ``failed`` (configs with their error)."""
+
+    def __init__(self, rows=(), columns=None, out=None, metrics=METRICS):
+        super().__init__(rows)
+        if columns is None:
+            columns = []
+            for r in self:
+                columns += [k for k in r if k not in columns and k not in metrics
+                            and k != "dir" and not k.endswith(("_mean", "_std"))
+                            and k not in ("n", "seeds")]
+        self.columns = list(columns)
+        self.metrics = tuple(metrics)
+        self.out = out
+        self.ran, self.skipped, self.failed = [], [], []
+
+    def to_csv(self, path=None):
+        """Write the rows as CSV (lists as JSON text); path None returns the text."""
+        keys = []
+        for r in self:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+        w.writeheader()
+        for r in self:
+            w.writerow({k: json.dumps(v) if isinstance(v, (list, tuple, dict)) else
+                        ("" if v is None else v) for k, v in r.items()})
+        if path is None:
+            return buf.getvalue()
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", newline="") as f:
+            f.write(buf.getvalue())
+        os.replace(tmp, path)
+        return path
+
+    def to_dataframe(self):
+        """A pandas DataFrame of the rows (pandas is an optional extra: salnp[sweep])."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("to_dataframe needs pandas: pip install 'salnp[sweep]'") from e
+        return pd.DataFrame(list(self))
+
+    def summary(self, metrics=None) -> "SweepResult":
+        """Mean and standard deviation (n - 1; None for a single seed) of each metric over
+        the seeds, one row per group of rows equal in every config key but the seed:
+        the group's keys, n, seeds, and <metric>_mean, <metric>_std."""
+        metrics = tuple(self.metrics if metrics is None else metrics)
+        keys = [c for c in self.columns if c != "seed"]
+        groups = {}
+        for r in self:
+            groups.setdefault(tuple(_hashable(r.get(k)) for k in keys), []).append(r)
+        rows = []
+        for members in groups.values():
+            row = {k: members[0].get(k) for k in keys}
+            row["n"] = len(members)
+            row["seeds"] = [m.get("seed") for m in members]
+            for m in metrics:
+                row[f"{m}_mean"], row[f"{m}_std"] = _stats(m_.get(m) for m_ in members)
+            rows.append(row)
+        res = SweepResult(rows, columns=keys, out=self.out, metrics=metrics)
+        res._grouped = True
+        return res
+
+    def table(self) -> str:
+        """The rows as fixed-width text: the config keys that differ between rows (and
+        layer), then the metrics (accuracies in %, MACs in millions)."""
+        if not self:
+            return "(no finished trials)"
+        grouped = getattr(self, "_grouped", False)
+        show = [c for c in self.columns
+                if c in ("name", "layer") or len({json.dumps(r.get(c), default=str) for r in self}) > 1]
+        if grouped:
+            show.append("n")
+        fmt = {"test_acc": lambda v: f"{100 * v:.2f}", "test_acc_hard": lambda v: f"{100 * v:.2f}",
+               "params": lambda v: f"{v:,.0f}", "macs": lambda v: f"{v / 1e6:.2f}",
+               "train_macs": lambda v: f"{v / 1e6:.2f}", "wall_s": lambda v: f"{v:.1f}"}
+        head_names = {"test_acc": "acc %", "test_acc_hard": "acc hard %", "params": "params",
+                      "macs": "MMACs", "train_macs": "train MMACs", "wall_s": "wall s"}
+
+        def cell(r, m):
+            f = fmt.get(m, lambda v: f"{v:.4g}")
+            if grouped:
+                mean, std = r.get(f"{m}_mean"), r.get(f"{m}_std")
+                if mean is None:
+                    return "-"
+                return f(mean) + ("" if std is None else f" ± {f(std)}")
+            v = r.get(m)
+            return "-" if v is None else f(v)
+
+        head = show + [head_names.get(m, m) for m in self.metrics]
+        body = [[str(r.get(c)) if not isinstance(r.get(c), list) else
+                 ",".join(map(str, r.get(c))) for c in show] + [cell(r, m) for m in self.metrics]
+                for r in self]
+        width = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+        lines = ["  ".join(h.rjust(w) for h, w in zip(head, width)),
+                 "  ".join("-" * w for w in width)]
+        lines += ["  ".join(v.rjust(w) for v, w in zip(b, width)) for b in body]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"SweepResult({len(self)} rows, columns={self.columns})"
+
+
+# ---------------------------------------------------------------- the command line
+def read_grid(path) -> list:
+    """The configs of a grid JSON file: a list of configs, or an object with "axes",
+    "seeds" and "fixed" (the arguments of grid())."""
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(spec, list):
+        return spec
+    if isinstance(spec, dict):
+        extra = set(spec) - {"axes", "seeds", "fixed"}
+        if extra:
+            raise ValueError(f"{path}: unknown keys {sorted(extra)}: a grid file holds a list of "
+                             'configs or {"axes": {...}, "seeds": [...], "fixed": {...}}')
+        return grid(spec.get("axes"), spec.get("seeds", [0]), **spec.get("fixed", {}))
+    raise ValueError(f"{path}: must hold a list of configs or a grid object")
+
+
+def run_cli(args) -> int:
+    configs = read_grid(args.grid)
+    client = None
+    if args.scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise SystemExit("--scheduler needs dask.distributed: pip install 'salnp[sweep]'")
+        client = Client(args.scheduler, timeout=60)
+        print(f"sweep: Dask scheduler {args.scheduler}: {len(client.nthreads())} workers",
+              file=sys.stderr)
+    try:
+        n = len(configs)
+        print(f"sweep: {n} configs -> {os.path.abspath(args.out)}", file=sys.stderr)
+        res = sweep(configs, client=client, out=args.out, workers=args.workers,
+                    threads_per_trial=args.threads_per_trial, retries=args.retries,
+                    timeout=args.timeout, progress="lines")
+    finally:
+        if client is not None:
+            client.close()
+    print(res.table())
+    summ = res.summary()
+    if any(r["n"] > 1 for r in summ):
+        print("\nmean ± std over seeds:")
+        print(summ.table())
+    print(f"\n{len(res.ran)} trained, {len(res.skipped)} already done, {len(res.failed)} "
+          f"failed; table: {os.path.join(res.out, 'results.csv')}")
+    if args.csv:
+        res.to_csv(args.csv)
+    for f in res.failed:
+        print(f"FAILED {f['dir']}: {f['error']}", file=sys.stderr)
+    return 1 if res.failed else 0
+
+
+class _CallableModule(types.ModuleType):
+    """salnp.sweep is this module and callable: salnp.sweep(configs, ...) == sweep(...)."""
+
+    def __call__(self, configs, client=None, out=None, workers=None, threads_per_trial=None,
+                 retries=1, timeout=None, progress=True) -> SweepResult:
+        return sweep(configs, client, out, workers, threads_per_trial, retries, timeout, progress)
+
+
+sys.modules[__name__].__class__ = _CallableModule
