@@ -111,7 +111,7 @@ def sizes(quick):
     if quick:
         # width 8, not 4: torch 2.13 corrupts its heap training a width-4 net in channels_last
         return dict(depth=8, width=8, batch=8, hw=16, repeats=1, warmup=0, steps=2)
-    return dict(depth=20, width=16, batch=128, hw=32, repeats=7, warmup=2, steps=12)
+    return dict(depth=20, width=16, batch=128, hw=32, repeats=5, warmup=2, steps=8)
 
 
 def make_net(layer, kw, sz, seed=0):
@@ -416,7 +416,7 @@ def report(args, data, mach, sz):
     cfg = salnp.config()
     peak = mach["peak_gflops"]
     lines = []
-    cmd = "PYTHONPATH=python python bench/run.py" + (" --quick" if args.quick else "")
+    cmd = "PYTHONPATH=python python bench/run.py " + " ".join(sys.argv[1:])
     lines.append(f"Command: `{cmd}`  ")
     lines.append(f"Date: {data['date']} UTC; load average before / after: "
                  f"{data['load_before']} / {data['load_after']}  ")
@@ -518,7 +518,11 @@ def main():
     ap.add_argument("--models", default="", help="subset of model keys, comma-separated")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--no-write", dest="write", action="store_false")
+    ap.add_argument("--json", default=None, help="also write the raw results here")
     ap.add_argument("--allocator", default="auto", choices=["auto", *ALLOCATORS])
+    ap.add_argument("--repeats", type=int, default=0, help="interleaved repeats (default 5)")
+    ap.add_argument("--steps-timed", type=int, default=0,
+                    help="steps timed per process in the two-process test (default 8)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--fw", default="salnp", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="sal", help=argparse.SUPPRESS)
@@ -526,6 +530,10 @@ def main():
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     sz = sizes(args.quick)
+    if args.repeats:
+        sz["repeats"] = args.repeats
+    if args.steps_timed:
+        sz["steps"] = args.steps_timed
     if args.threads is None:
         args.threads = 1 if args.quick else 2
     if args.quick:
@@ -561,6 +569,9 @@ def main():
     pre = ALLOCATORS[alloc]
     print(f"allocator: {alloc}", file=sys.stderr)
     extra = (["--models", args.models] if args.models else []) + ([] if args.compile else ["--no-compile"])
+    over = ((["--repeats", str(args.repeats)] if args.repeats else [])
+            + (["--steps-timed", str(args.steps_timed)] if args.steps_timed else []))
+    extra += over
     # 2. training and inference, interleaved within one process each
     data["train"] = spawn(args, "train", extra, preload=pre)["train"]
     data["infer"] = spawn(args, "infer", extra, preload=pre)["infer"]
@@ -569,17 +580,17 @@ def main():
     for key in ("cl", "sal"):
         d = {}
         for fw in ("salnp", "torch", "torch_cl"):
-            d[fw] = spawn(args, "rss", ["--fw", fw, "--model", key], preload=pre)["rss"]["growth_MiB"]
+            d[fw] = spawn(args, "rss", ["--fw", fw, "--model", key] + over, preload=pre)["rss"]["growth_MiB"]
         data["rss"][dict((k, l) for k, l, _, _ in TRAIN_MODELS)[key]] = d
     # 4. two processes at once
     data["pair"] = {}
     steps = str(sz["steps"])
     for fw, label in (("salnp", "salnp"), ("torch_cl", "PyTorch channels_last")):
-        solo = spawn(args, "steps", ["--fw", fw, "--model", "sal", "--steps", steps],
+        solo = spawn(args, "steps", ["--fw", fw, "--model", "sal", "--steps", steps] + over,
                      preload=pre)["steps"]["images_per_s"]
         start = time.time() + (20 if not args.quick else 5)   # both start timing together
         ps = [spawn(args, "steps", ["--fw", fw, "--model", "sal", "--steps", steps,
-                                    "--start-at", str(start)], preload=pre, wait=False)
+                                    "--start-at", str(start)] + over, preload=pre, wait=False)
               for _ in range(2)]
         pair = [collect(p, "steps")["steps"]["images_per_s"] for p in ps]
         data["pair"][f"{label}, SAL unshared"] = {"solo": solo, "pair": pair}
@@ -589,8 +600,9 @@ def main():
     if args.quick:
         print("(--quick: tiny sizes, nothing written, no timing claims)")
         return
-    with open(os.path.join(HERE, "results.json"), "w") as f:
-        json.dump({"machine": mach, **data}, f, indent=1)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": mach, **data}, f, indent=1)
     if args.write:
         print(f"written to {write_results(text)}")
 
