@@ -30,7 +30,7 @@ if [ $# -eq 0 ]; then
   # checks (ASan's quarantine grows RSS by design) nor the long training runs
   set -- tests/test_bad_input.py tests/test_conv.py tests/test_shift.py tests/test_sal.py \
          tests/test_layers.py tests/test_export.py tests/test_count.py tests/test_data.py \
-         tests/test_fuzz_ops.py tests/test_reliability.py -m "not slow" -k "not kill9"
+         tests/test_fuzz_ops.py tests/test_fuzz_npz.py tests/test_reliability.py -m "not slow" -k "not kill9"
 fi
 echo "== pytest under ASan+UBSan ($pkg) =="
 set +e

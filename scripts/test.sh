@@ -13,7 +13,7 @@ cmake --build build/asan
 ASAN_OPTIONS=detect_leaks=1 ctest --test-dir build/asan --output-on-failure
 
 stage "Fuzzing (libFuzzer, bounded: SAL_CI_FUZZ_SECONDS per target, default 20)"
-# 4 targets x 20 s + ~30 s build: about 2 minutes.  Longer runs: bash scripts/fuzz.sh 300
+# 5 targets x 20 s + ~30 s build: about 2 minutes.  Longer runs: bash scripts/fuzz.sh 300
 bash scripts/fuzz.sh "${SAL_CI_FUZZ_SECONDS:-20}"
 
 stage "Python tests (pytest, installed package)"

@@ -1114,6 +1114,612 @@ def test_batch_matrix(row):
     _check_error(got, exp, (arg,))
 
 
+# ---------------------------------------------------------------- hostile files, shared state (issue 14)
+#
+# One row per failure class of the second reliability round; each row builds its hostile
+# input, makes the call, and checks the exact outcome AND that nothing else changed (a
+# FIFO never blocks, a device node is never replaced, a refused load leaves the network
+# as it was, a bomb is refused before its data is decompressed).
+
+import json as _json
+import signal as _signal
+import stat as _stat
+import tracemalloc as _tracemalloc
+import zipfile as _zipfile
+import zlib as _zlib
+
+
+class _Alarm:
+    """Fail instead of hanging: SIGALRM after secs (a blocking open/read is interrupted)."""
+
+    def __init__(self, secs=10):
+        self.secs = secs
+
+    def __enter__(self):
+        def boom(*_):
+            raise TimeoutError(f"blocked for {self.secs} s")
+        self.old = _signal.signal(_signal.SIGALRM, boom)
+        _signal.alarm(self.secs)
+
+    def __exit__(self, *exc):
+        _signal.alarm(0)
+        _signal.signal(_signal.SIGALRM, self.old)
+
+
+def _state_of(net):
+    return {k: v.copy() for k, v in net.state_dict().items()}
+
+
+def _same_state(net, ref):
+    got = net.state_dict()
+    assert got.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+def _small(layer="cl", **kw):
+    return salnp.models.resnet(8, 2, layer, num_classes=4, **kw)
+
+
+def _members(path):
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _write_zip(path, members, method=_zipfile.ZIP_STORED):
+    """members: list of (name, npy bytes) (duplicates allowed, as a hostile writer does)."""
+    import io as _io
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")           # zipfile warns on duplicate names
+        with _zipfile.ZipFile(path, "w", method) as z:
+            for name, data in members:
+                z.writestr(name, data)
+
+
+def _npy(a):
+    import io as _io
+    b = _io.BytesIO()
+    np.save(b, a, allow_pickle=False)
+    return b.getvalue()
+
+
+def _npy_header_only(shape, dtype="<f4"):
+    """An .npy header announcing shape, with no data."""
+    import io as _io
+    b = _io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, {"descr": dtype, "fortran_order": False,
+                                             "shape": tuple(shape)})
+    return b.getvalue()
+
+
+def _file_members(path):
+    with _zipfile.ZipFile(path) as z:
+        return [(i.filename, z.read(i)) for i in z.infolist()]
+
+
+def _expect_load_error(path, *words, fn=None):
+    fn = fn or salnp.load
+    with _Alarm(20):
+        with pytest.raises(ValueError) as e:
+            fn(path)
+    msg = str(e.value)
+    assert str(path) in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    return msg
+
+
+def _h_load_fifo(tmp_path):
+    p = tmp_path / "fifo.npz"
+    os.mkfifo(p)
+    for fn in (salnp.load, salnp.export.load):
+        _expect_load_error(p, "FIFO", fn=fn)
+
+
+def _h_fit_resume_fifo(tmp_path):
+    p = tmp_path / "fifo.npz"
+    os.mkfifo(p)
+    net = _small()
+    ref = _state_of(net)
+    with _Alarm(20), pytest.raises(ValueError, match="FIFO"):
+        salnp.fit(net, _tiny_data(), epochs=1, progress=False, resume=p)
+    _same_state(net, ref)
+    with _Alarm(20), pytest.raises(ValueError, match="checkpoint: .*FIFO"):
+        salnp.fit(net, _tiny_data(), epochs=1, progress=False, checkpoint=p)   # before training
+    _same_state(net, ref)
+    assert _stat.S_ISFIFO(os.lstat(p).st_mode)
+
+
+def _h_load_device(tmp_path):
+    _expect_load_error(os.devnull, "character device")
+
+
+def _h_load_dir_export(tmp_path):
+    _expect_load_error(tmp_path, "directory", fn=salnp.export.load)
+
+
+def _h_save_fifo_refused(tmp_path):
+    p = tmp_path / "fifo.npz"
+    os.mkfifo(p)
+    with _Alarm(20), pytest.raises(ValueError, match="FIFO"):
+        salnp.save(_small(), p)
+    assert _stat.S_ISFIFO(os.lstat(p).st_mode)
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")] == []
+
+
+def _h_save_device_refused(tmp_path):
+    p = tmp_path / "null"
+    try:
+        os.mknod(p, 0o666 | _stat.S_IFCHR, os.makedev(1, 3))   # a /dev/null of our own
+    except PermissionError:
+        p = os.devnull                                          # not root: the real one
+    before = os.lstat(p)
+    with pytest.raises(ValueError, match="character device"):
+        salnp.save(_small(), p)
+    after = os.lstat(p)
+    assert _stat.S_ISCHR(after.st_mode) and after.st_ino == before.st_ino
+    net = _small()
+    inf = salnp.export(net.eval())
+    with pytest.raises(ValueError, match="character device"):
+        inf.save(p)
+    assert _stat.S_ISCHR(os.lstat(p).st_mode)
+
+
+def _h_save_symlink_writes_through(tmp_path):
+    real = tmp_path / "real.npz"
+    link = tmp_path / "link.npz"
+    salnp.save(_small(seed=1), real)
+    os.chmod(real, 0o640)
+    os.symlink(real.name, link)
+    net = _small(seed=2)
+    salnp.save(net, link)
+    assert os.path.islink(link) and os.readlink(link) == real.name
+    assert _stat.S_IMODE(os.stat(real).st_mode) == 0o640      # mode kept
+    np.testing.assert_array_equal(salnp.load(real).arena.params, net.arena.params)
+    dangling = tmp_path / "dangling.npz"
+    os.symlink("target-to-be.npz", dangling)
+    salnp.save(net, dangling)
+    assert os.path.islink(dangling) and (tmp_path / "target-to-be.npz").is_file()
+    fifo_link = tmp_path / "fifolink.npz"
+    os.mkfifo(tmp_path / "f")
+    os.symlink("f", fifo_link)
+    with _Alarm(20), pytest.raises(ValueError, match="FIFO"):
+        salnp.save(net, fifo_link)
+    assert os.path.islink(fifo_link)
+
+
+def _h_beta_saved(tmp_path):
+    net = _small("sal")
+    net.beta = 37.5
+    p = tmp_path / "b.npz"
+    salnp.save(net, p)
+    got = salnp.load(p)
+    assert got.beta == 37.5
+    x = _f((2, 3, 8, 8), seed=40)
+    np.testing.assert_array_equal(got.forward(x, train=False), net.forward(x, train=False))
+    # a file from before beta was stored: loads with the documented default 1.0
+    d = _members(p)
+    c = _json.loads(str(d["__config__"]))
+    del c["beta"]
+    d["__config__"] = np.array(_json.dumps(c))
+    old = tmp_path / "old.npz"
+    np.savez(old, **d)
+    assert salnp.load(old).beta == 1.0
+    for bad in (-1.0, "x", None, True, float("nan")):
+        c["beta"] = bad
+        d["__config__"] = np.array(_json.dumps(c))
+        np.savez(old, **d)
+        _expect_load_error(old, "beta")
+
+
+def _h_duplicate_member(tmp_path):
+    good = _good_file(tmp_path)
+    m = _file_members(good)
+    bias = [x for x in m if x[0] == "linear.bias.npy"][0]
+    p = tmp_path / "dup.npz"
+    _write_zip(p, m + [(bias[0], _npy(np.full(4, 7.0, np.float32)))])
+    _expect_load_error(p, "duplicate member 'linear.bias.npy'")
+
+
+def _h_foreign_member(tmp_path):
+    p = tmp_path / "extra.npz"
+    _write_zip(p, _file_members(_good_file(tmp_path)) + [("notes.txt", b"hi")])
+    _expect_load_error(p, "notes.txt")
+
+
+def _h_unsupported_compression(tmp_path):
+    p = tmp_path / "bz.npz"
+    _write_zip(p, _file_members(_good_file(tmp_path)), _zipfile.ZIP_BZIP2)
+    _expect_load_error(p, "compression method")
+
+
+def _h_corrupt_deflate(tmp_path):
+    good = _good_file(tmp_path)
+    p = tmp_path / "deflate.npz"
+    _write_zip(p, _file_members(good), _zipfile.ZIP_DEFLATED)
+    raw = bytearray(p.read_bytes())
+    with _zipfile.ZipFile(p) as z:
+        info = z.getinfo("conv1.weight.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for i in range(start + 2, start + min(info.compress_size, 40)):
+        raw[i] ^= 0x5A
+    p.write_bytes(bytes(raw))
+    _expect_load_error(p, "conv1.weight")
+
+
+def _h_npz_bomb_member(tmp_path):
+    """A member whose header announces 2**26 floats (256 MB of zeros, deflated to ~250 kB):
+    refused from its header (shape != the config's), before its data is decompressed."""
+    good = _good_file(tmp_path)
+    p = tmp_path / "bomb.npz"
+    m = [x for x in _file_members(good) if x[0] != "linear.bias.npy"]
+    with _zipfile.ZipFile(p, "w", _zipfile.ZIP_DEFLATED) as z:
+        for name, data in m:
+            z.writestr(name, data)
+        with z.open("linear.bias.npy", "w", force_zip64=True) as f:
+            f.write(_npy_header_only((2**26,)))
+            chunk = bytes(1 << 22)
+            for _ in range(64):
+                f.write(chunk)
+    assert p.stat().st_size < 2 << 20
+    _tracemalloc.start()
+    try:
+        _expect_load_error(p, "linear.bias has shape (67108864,), expected (4,)")
+        peak = _tracemalloc.get_traced_memory()[1]
+    finally:
+        _tracemalloc.stop()
+    assert peak < 32 << 20, f"peak {peak / 2**20:.0f} MiB while refusing the bomb"
+
+
+def _h_lying_member_size(tmp_path):
+    """A stored member whose header announces more data than the member holds, and a
+    header whose size disagrees with the zip directory: refused before reading."""
+    good = _good_file(tmp_path)
+    m = [x for x in _file_members(good) if x[0] != "linear.bias.npy"]
+    p = tmp_path / "lie.npz"
+    _write_zip(p, m + [("linear.bias.npy", _npy_header_only((4,)) + b"\0" * 8)])
+    _expect_load_error(p, "linear.bias")
+
+
+def _h_config_bomb_expansion(tmp_path):
+    """An SL file whose config asks for expansion 1000 (a network of gigabytes) with the
+    small arrays of expansion 1: refused before any network is built."""
+    p = tmp_path / "sl.npz"
+    salnp.save(_small("sl"), p)
+    d = _members(p)
+    c = _json.loads(str(d["__config__"]))
+    c["model"]["expansion"] = 1000
+    d["__config__"] = np.array(_json.dumps(c))
+    np.savez(p, **d)
+    _tracemalloc.start()
+    try:
+        _expect_load_error(p, "does not match the arrays")
+        peak = _tracemalloc.get_traced_memory()[1]
+    finally:
+        _tracemalloc.stop()
+    assert peak < 32 << 20
+
+
+def _h_config_deep_nesting(tmp_path):
+    d = _members(_good_file(tmp_path))
+    d["__config__"] = np.array('{"model": ' + "[" * 200000 + "]" * 200000 + "}")
+    p = tmp_path / "deep.npz"
+    np.savez(p, **d)
+    _expect_load_error(p, "config")
+
+
+def _h_metadata_wrong_types(tmp_path):
+    good = _good_file(tmp_path)
+    edits = {"__kind__": np.array([1, 2]), "__format__": np.array("1"),
+             "__config__": np.array(3.5)}
+    for k, v in edits.items():
+        d = _members(good)
+        d[k] = v
+        p = tmp_path / f"meta{k}.npz"
+        np.savez(p, **d)
+        _expect_load_error(p, k if k != "__format__" else "format")
+    d = _members(good)
+    d["__config__"] = np.array("[1, 2]")
+    np.savez(p, **d)
+    _expect_load_error(p, "config")
+
+
+def _h_config_model_garbage(tmp_path):
+    good = _good_file(tmp_path)
+    for model in ({"width": "x"}, {"depth": 2**80, "width": 2, "in_channels": 3,
+                                   "num_classes": 4}, {"depth": None}, {}):
+        d = _members(good)
+        d["__config__"] = np.array(_json.dumps({"model": model}))
+        p = tmp_path / "garbage.npz"
+        np.savez(p, **d)
+        _expect_load_error(p)
+
+
+def _h_object_and_structured_members(tmp_path):
+    good = _good_file(tmp_path)
+    m = [x for x in _file_members(good) if x[0] != "linear.bias.npy"]
+    for dt in ("|O", [("a", "<f4")], "<c8"):
+        p = tmp_path / "obj.npz"
+        import io as _io
+        b = _io.BytesIO()
+        np.lib.format.write_array_header_1_0(b, {"descr": dt if isinstance(dt, str) else dt,
+                                                 "fortran_order": False, "shape": (4,)})
+        _write_zip(p, m + [("linear.bias.npy", b.getvalue() + b"\0" * 64)])
+        _expect_load_error(p, "linear.bias")
+
+
+def _h_export_load_hostile(tmp_path):
+    inf = salnp.export(_small("sl").eval())
+    shift_op = int(np.flatnonzero(inf.ops[:, 0] == salnp.export.IOP_SHIFT)[0])
+    good = tmp_path / "inf.npz"
+    inf.save(good)
+    d0 = _members(good)
+    cfg0 = _json.loads(str(d0["__config__"]))
+    cases = {
+        "names_not_list": lambda d, c: c.__setitem__("names", "abc"),
+        "names_short": lambda d, c: c.__setitem__("names", c["names"][:-1]),
+        "model_missing": lambda d, c: c.pop("model"),
+        "info_list": lambda d, c: c.__setitem__("info", [1]),
+        "ops_float": lambda d, c: d.__setitem__("ops", d["ops"].astype(np.float64)),
+        "weights_f64": lambda d, c: d.__setitem__("weights", d["weights"].astype(np.float64)),
+        "weights_nan": lambda d, c: d["weights"].__setitem__(0, np.nan),
+        "pairs_3col": lambda d, c: d.__setitem__("pairs", np.zeros((2, 3), np.int32)),
+        "extra_array": lambda d, c: d.__setitem__("evil", np.zeros(3)),
+        "ops_missing": lambda d, c: d.pop("ops"),
+        "ioff_huge": lambda d, c: d["ops"].__setitem__((shift_op, IFIELDS_IOFF), 2**63 - 1),
+        "p0_overflow": lambda d, c: d["ops"].__setitem__((0, IFIELDS_P0), 2**63 - 5),
+        "inp_negative": lambda d, c: d["ops"].__setitem__((0, 1), -3),
+        "channels_huge": lambda d, c: d["channels"].__setitem__(1, 2**40),
+    }
+    for name, edit in cases.items():
+        d = {k: v.copy() for k, v in d0.items()}
+        c = _json.loads(_json.dumps(cfg0))
+        edit(d, c)
+        d["__config__"] = np.array(_json.dumps(c))
+        p = tmp_path / f"{name}.npz"
+        np.savez(p, **d)
+        try:
+            _expect_load_error(p, fn=salnp.export.load)
+        except BaseException as e:
+            raise AssertionError(f"export.load case {name}: {e}") from e
+
+
+IFIELDS_IOFF = salnp.export.IFIELDS.index("ioff")
+IFIELDS_P0 = salnp.export.IFIELDS.index("p0")
+
+
+def _h_load_state_dict_all_or_nothing(tmp_path):
+    for layer in ("cl", "sal", "sl"):
+        net = _small(layer)
+        ref = _state_of(net)
+        keys = list(ref)
+        last = keys[-1]
+        bn_var = [k for k in keys if k.endswith("running_var")][-1]
+        good = {k: v + 1 if v.dtype.kind == "f" and not k.endswith(("mask", "running_var"))
+                else v for k, v in ref.items()}
+        bads = {
+            "shape": {**good, last: np.zeros(ref[last].size + 1)},
+            "nan_late": {**good, keys[-2]: np.full(ref[keys[-2]].shape, np.nan)},
+            "f64_overflow": {**good, keys[-2]: np.full(ref[keys[-2]].shape, 1e300)},
+            "negative_var": {**good, bn_var: -np.ones(ref[bn_var].shape)},
+            "complex": {**good, last: ref[last].astype(np.complex64)},
+            "nbt_negative": {**good, **{k: np.array(-1) for k in keys
+                                        if k.endswith("num_batches_tracked")}},
+        }
+        if layer == "sal":
+            mk = [k for k in keys if k.endswith("mask")][-1]
+            bads["mask_2"] = {**good, mk: np.full(ref[mk].shape, 2.0)}
+            bads["mask_row_empty"] = {**good, mk: np.zeros(ref[mk].shape)}
+        if layer == "sl":
+            ok = [k for k in keys if k.endswith("offsets")][-1]
+            bads["offsets_fraction"] = {**good, ok: ref[ok] + 0.5}
+            bads["offsets_int64_huge"] = {**good, ok: ref[ok].astype(np.int64) + 2**40}
+        for name, st in bads.items():
+            with pytest.raises((ValueError, TypeError)) as e:
+                net.load_state_dict(st)
+            assert "load_state_dict" in str(e.value), (layer, name, e.value)
+            _same_state(net, ref)
+        net.load_state_dict(good)        # and a good one is taken whole
+        assert np.array_equal(net.arena.params, np.concatenate(
+            [good[k].reshape(-1) for k, _ in net.named_parameters()]))
+
+
+def _h_fit_resume_bad_untouched(tmp_path):
+    ck = tmp_path / "ck.npz"
+    data = _tiny_data()
+    salnp.fit(_small(), data, epochs=1, progress=False, checkpoint=ck)
+    d0 = _members(ck)
+    edits = {
+        "late_nan": lambda d: d.__setitem__("linear.bias", np.full(4, np.nan, np.float32)),
+        "momentum_nan": lambda d: d["optim.momentum"].__setitem__(-1, np.inf),
+        "momentum_short": lambda d: d.__setitem__("optim.momentum", d["optim.momentum"][:-1]),
+        "negative_var": lambda d: d["layer3.0.bn2.running_var"].__setitem__(0, -1.0),
+        "epoch_string": lambda d: d.__setitem__("__config__", np.array(
+            str(d["__config__"]).replace('"epoch": 1', '"epoch": "1"'))),
+        "extra_array": lambda d: d.__setitem__("evil", np.zeros(2)),
+    }
+    for name, edit in edits.items():
+        d = {k: v.copy() for k, v in d0.items()}
+        edit(d)
+        bad = tmp_path / f"{name}.npz"
+        np.savez(bad, **d)
+        net = _small(seed=5)
+        ref = _state_of(net)
+        mom = net.arena.momentum.copy()
+        with pytest.raises(ValueError) as e:
+            salnp.fit(net, data, epochs=2, progress=False, resume=bad)
+        assert str(bad) in str(e.value), (name, e.value)
+        _same_state(net, ref)
+        np.testing.assert_array_equal(net.arena.momentum, mom)
+
+
+def _h_sl_offsets_after_forward(tmp_path):
+    net = _small("sl")
+    x = _f((2, 3, 8, 8), seed=41)
+    y0 = net.forward(x, train=False)
+    st = net.state_dict()
+    rng = np.random.default_rng(7)
+    for k in st:
+        if k.endswith("offsets"):
+            st[k] = rng.integers(-1, 2, st[k].shape).astype(np.int32)
+    net.load_state_dict(st)
+    fresh = _small("sl")
+    fresh.load_state_dict(st)
+    y1 = net.forward(x, train=False)
+    assert not np.array_equal(y0, y1)
+    np.testing.assert_array_equal(y1, fresh.forward(x, train=False))
+    # an in-place edit of the offsets takes effect as well
+    m = net.layer1[0].shift
+    m.offsets[...] = 0
+    fresh.layer1[0].shift.offsets[...] = 0
+    np.testing.assert_array_equal(net.forward(x, train=False), fresh.forward(x, train=False))
+
+
+def _h_export_nonfinite_refused(tmp_path):
+    for layer in ("cl", "sal", "sl"):
+        for what in ("weight_nan", "mean_inf", "var_negative"):
+            net = _small(layer)
+            if what == "weight_nan":
+                net.conv1.weight[0, 0, 0, 0] = np.nan
+                key = "conv1.weight"
+            elif what == "mean_inf":
+                net.layer2[0].bn1.running_mean[0] = np.inf
+                key = "layer2.0.bn1.running_mean"
+            else:
+                net.bn1.running_var[1] = -0.5
+                key = "bn1.running_var"
+            with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+                salnp.export(net.eval())
+            with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+                salnp.save(net, tmp_path / "nan.npz")
+            assert not (tmp_path / "nan.npz").exists()
+
+
+def _h_forward_nan_keeps_bn(tmp_path):
+    for layer in ("cl", "sal", "sl", "asl"):
+        net = _small(layer)
+        x = _f((2, 3, 8, 8), seed=42)
+        net.forward(x, train=True)
+        ref = _state_of(net)
+        bad = x.copy()
+        bad[1, 2, 3, 4] = np.nan
+        with pytest.raises(ValueError, match=r"x contains NaN or inf \(first at index \(1, 2, 3, 4\)\)"):
+            net.forward(bad, train=True)
+        _same_state(net, ref)
+        with pytest.raises(RuntimeError):
+            net.backward(np.zeros((2, 4), np.float32))       # no forward to follow
+        net.forward(bad, train=False)                           # eval: NaN out, no state
+        _same_state(net, ref)
+        # parameters that make the batch statistics NaN: refused, statistics restored
+        net.conv1.weight[...] = np.inf
+        ref = _state_of(net)
+        with pytest.raises((FloatingPointError, ValueError)):
+            net.forward(x, train=True)
+        _same_state(net, ref)
+
+
+def _h_dataset_huge_label(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 1, 2, 2), dtype=np.uint8)
+    with _Alarm(10), pytest.raises(ValueError, match="labels"):
+        Dataset(imgs, np.array([0, 1, 2**62]))
+    assert Dataset(imgs, np.array([0, 1, 2**20 - 1])).num_classes == 2**20   # the bound
+    assert Dataset(imgs, np.array([0, 1, 2]), classes=["a", "b", "c"]).num_classes == 3
+
+
+def _h_lenient_numbers(tmp_path):
+    ds = _tiny_data()
+    for call, exc in ((lambda: ds.subset(1.9), TypeError), (lambda: ds.subset(True), TypeError),
+                      (lambda: ds.subset("3"), TypeError), (lambda: ds.batches(1.9), TypeError),
+                      (lambda: ds.batches(np.float64(4.0)), TypeError),
+                      (lambda: ds.batches(0), ValueError), (lambda: ds.num_batches(0), ValueError),
+                      (lambda: ds.num_batches(2.5), TypeError),
+                      (lambda: ds.num_batches(-1, drop_last=True), ValueError)):
+        with pytest.raises(exc, match="n=|batch_size="):
+            call()          # raised at the call, not at the first next()
+    assert ds.num_batches(np.int64(5)) == 3 and len(ds.subset(np.int32(4))) == 4
+
+
+def _h_viz_lazy(tmp_path):
+    code = ("import sys, salnp\n"
+            "assert 'matplotlib' not in sys.modules, 'import salnp imported matplotlib'\n"
+            "import matplotlib; matplotlib.use('Agg')\n"
+            "assert callable(salnp.viz.attention_heatmap)\n"
+            "assert 'viz' in dir(salnp)\n")
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(salnp.__file__)))
+    r = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {root!r})\n" + code],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def _gz(path, data_chunks, kind="gz"):
+    import gzip
+    import lzma
+    opener = gzip.open if kind == "gz" else lzma.open
+    with opener(path, "wb") as f:
+        for c in data_chunks:
+            f.write(c)
+
+
+def _h_data_bombs(tmp_path, monkeypatch=None):
+    d = salnp.data
+    old = d.MAX_FILE_BYTES
+    d.MAX_FILE_BYTES = 8 << 20       # a small cap keeps the test fast; the logic is the same
+    try:
+        # .gz / .xz of zeros far beyond the cap: stops at the cap + 1 byte
+        for kind in ("gz", "xz"):
+            sub = tmp_path / kind
+            sub.mkdir()
+            _gz(sub / f"test.bin.{kind}", (bytes(1 << 22) for _ in range(16)), kind)
+            _tracemalloc.start()
+            try:
+                with pytest.raises(d.DataFormatError, match="more than 8388608 bytes"):
+                    d.cifar10(sub, train=False)
+                peak = _tracemalloc.get_traced_memory()[1]
+            finally:
+                _tracemalloc.stop()
+            assert peak < 40 << 20, f"{kind}: peak {peak / 2**20:.0f} MiB"
+        # an IDX header announcing 2**40 bytes: refused from the header
+        sub = tmp_path / "idx"
+        sub.mkdir()
+        hdr = b"\0\0\x08\x03" + (2**16).to_bytes(4, "big") * 2 + (2**8).to_bytes(4, "big")
+        _gz(sub / "train-images-idx3-ubyte.gz", [hdr, bytes(1000)])
+        _gz(sub / "train-labels-idx1-ubyte.gz", [b"\0\0\x08\x01" + (4).to_bytes(4, "big"),
+                                                 bytes(4)])
+        with pytest.raises(d.DataFormatError, match="announces 1099511627776 data bytes"):
+            d.fashion_mnist(sub)
+        # an IDX announcing 4x28x28 bytes followed by 64 MB of zeros: stops after 1 byte more
+        hdr = b"\0\0\x08\x03" + (4).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        _gz(sub / "train-images-idx3-ubyte.gz", [hdr] + [bytes(1 << 22) for _ in range(16)])
+        _tracemalloc.start()
+        try:
+            with pytest.raises(d.DataFormatError, match="trailing"):
+                d.fashion_mnist(sub)
+            peak = _tracemalloc.get_traced_memory()[1]
+        finally:
+            _tracemalloc.stop()
+        assert peak < 16 << 20
+        # a FIFO where a data file should be: never opened for reading
+        sub = tmp_path / "fifo"
+        sub.mkdir()
+        os.mkfifo(sub / "test.bin")
+        with _Alarm(20), pytest.raises((FileNotFoundError, ValueError)):
+            d.cifar10(sub, train=False)
+    finally:
+        d.MAX_FILE_BYTES = old
+
+
+HOSTILE = {k[3:]: v for k, v in sorted(globals().items()) if k.startswith("_h_")}
+HOSTILE_ROWS = list(HOSTILE)
+
+
+@pytest.mark.parametrize("name", HOSTILE_ROWS)
+def test_hostile_matrix(name, tmp_path):
+    HOSTILE[name](tmp_path)
+
+
 # ---------------------------------------------------------------- the count
 
 def matrix_size():
@@ -1121,7 +1727,7 @@ def matrix_size():
     return (len(OPS_ROWS) + len(RESNET_ROWS) + len(FORWARD_ROWS) + len(BACKWARD_ROWS)
             + len(STATE_ROWS) + len(FIT_ROWS) + per_count_target * len(COUNT_ROWS)
             + len(EXPORT_ROWS) + len(IO_ROWS) + len(DATASET_ROWS) + len(READER_ROWS)
-            + len(BATCH_ROWS))
+            + len(BATCH_ROWS) + len(HOSTILE_ROWS))
 
 
 def test_matrix_size():

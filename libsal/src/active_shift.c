@@ -17,7 +17,7 @@
 
 #include "internal/internal.h"
 #include "internal/range.h"
-#include "sal/shift.h"
+#include "sal/active_shift.h"
 
 typedef struct {
     int64_t fy, fx;     /* clamped integer parts */

@@ -9,8 +9,7 @@
  *                          = x[n0 + b, c, oy*S + ky - P, ox*S + kx - P]   (0 outside) */
 #include <string.h>
 
-#include "internal/internal.h"
-#include "sal/conv.h"
+#include "internal/conv_internal.h"
 
 #define SAL_CONV_SCRATCH_CAP ((int64_t)1 << 22)  /* floats of im2col per chunk (16 MiB) */
 

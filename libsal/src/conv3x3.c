@@ -12,8 +12,7 @@
  * convolution of dy with the kernel flipped in space and transposed in channels. */
 #include <string.h>
 
-#include "internal/internal.h"
-#include "sal/conv.h"
+#include "internal/conv_internal.h"
 
 #define OB 16 /* output channels per register block */
 

@@ -1,4 +1,5 @@
-/* Accounting of a training program: parameters, MACs, backward MACs and shift traffic
+/* Accounting of the network programs (training: sal/net.h, inference: sal/infer.h).
+ * A training program: parameters, MACs, backward MACs and shift traffic
  * per op, for the training network or for the inference network export would build
  * from it.  Conventions: sal/count.h (and DESIGN.md section 3). */
 #include <math.h>
@@ -6,8 +7,9 @@
 
 #include "internal/internal.h"
 #include "sal/count.h"
+#include "sal/infer.h"
 #include "sal/net.h"
-#include "sal/shift.h"
+#include "sal/attention.h"
 
 static const char *FN = "sal_net_count";
 
@@ -107,6 +109,49 @@ sal_status sal_net_count(const sal_net *net, const float *params, const float *b
         if (!infer && (op->kind == SAL_OP_CONV || op->kind == SAL_OP_SAL ||
                        op->kind == SAL_OP_LINEAR))
             r->bwd_macs = bwd_factor * r->macs;
+    }
+    return SAL_OK;
+}
+
+/* ---- the inference program (sal/infer.h) ------------------------------------------ */
+
+sal_status sal_infer_count(const sal_infer *net, sal_count_row *rows) {
+    SAL_REQUIRE(net && rows, "sal_infer_count", "net and rows must not be NULL");
+    const int64_t *shapes;
+    const sal_iop *ops;
+    int64_t nops;
+    sal_infer_program(net, &shapes, NULL, &ops, &nops);
+    for (int64_t i = 0; i < nops; i++) {
+        const sal_iop *op = &ops[i];
+        const int64_t *si = shapes + 3 * op->in, *so = shapes + 3 * op->out;
+        sal_count_row *r = &rows[i];
+        memset(r, 0, sizeof *r);
+        r->op = i, r->kind = op->kind;
+        memcpy(r->in, si, sizeof r->in);
+        memcpy(r->out, so, sizeof r->out);
+        const int64_t C = si[0], HWo = so[1] * so[2], bias = op->p1 >= 0 ? op->o : 0;
+        switch (op->kind) {
+        case SAL_IOP_CONV:
+            r->params = (double)(op->o * C * op->k * op->k + bias);
+            r->macs = op->o * C * op->k * op->k * HWo;
+            break;
+        case SAL_IOP_GATHER:
+            r->kept = op->npair;
+            r->params = (double)op->npair * 36.0 / 32.0 + (double)bias;
+            r->macs = op->npair * HWo;
+            break;
+        case SAL_IOP_SHIFT:
+            r->params = (double)(so[0] * op->index_bits) / 32.0;
+            r->kept = op->index_bits ? so[0] : 0;
+            r->shift_moves = so[0] * HWo;
+            break;
+        case SAL_IOP_LINEAR:
+            r->params = (double)(op->o * C + op->o);
+            r->macs = op->o * C;
+            break;
+        default:
+            break;
+        }
     }
     return SAL_OK;
 }

@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal/internal.h"
+#include "internal/program.h"
 #include "internal/range.h"
 #include "sal/conv.h"
 #include "sal/infer.h"
@@ -26,8 +26,8 @@
 #define GT 128  /* outputs per GATHER tile: 8 vectors of 16 floats */
 
 struct sal_infer {
-    int64_t nbuf, nops, nshift, npairs, nweights;
-    int64_t *shapes;       /* (nbuf, 3) */
+    sal_program p;         /* shapes, activations (act), scratch, batch sizes; arena = weights */
+    int64_t nops, nshift, npairs;
     sal_iop *ops;
     int32_t *shifts;       /* (nshift, 3) */
     int32_t *pairs;        /* (npairs, 4) */
@@ -35,23 +35,28 @@ struct sal_infer {
     int64_t *row_at;       /* per op: start in rowptr, -1 if none */
     int64_t *src;          /* per pair: offset into the phase planes (for batch src_n) */
     int64_t src_n;
-    int64_t cap, n;
-    int threads;  /* thread count the scratch is sized for */
-    float **act;
-    float *scratch;
-    size_t scratch_n;
 };
 
 static const char *FN = "sal_infer";
 
+static const char *const OP_FIELDS[] = {"kind", "in", "out", "res", "relu", "res_post", "o", "k",
+                                        "stride", "pad", "p0", "p1", "ioff", "npair",
+                                        "index_bits"};
+_Static_assert(sizeof OP_FIELDS / sizeof *OP_FIELDS == sizeof(sal_iop) / sizeof(int64_t),
+               "OP_FIELDS names every field of sal_iop");
+static const char *const OP_KINDS[] = {[SAL_IOP_CONV] = "conv", [SAL_IOP_GATHER] = "gather",
+                                       [SAL_IOP_SHIFT] = "shift", [SAL_IOP_ADD] = "add",
+                                       [SAL_IOP_POOL] = "pool", [SAL_IOP_LINEAR] = "linear"};
+
+const char *const *sal_infer_op_fields(int64_t *n) { return SAL_NAMES(OP_FIELDS, n); }
+const char *const *sal_infer_op_kinds(int64_t *n) { return SAL_NAMES(OP_KINDS, n); }
+
 static sal_act buf_act(const sal_infer *net, int64_t b, int64_t n) {
-    const int64_t *s = net->shapes + 3 * b;
-    return (sal_act){n, s[0], s[1], s[2], SAL_CNHW};
+    return sal_program_act(&net->p, b, n);
 }
 
 static int64_t buf_numel(const sal_infer *net, int64_t b, int64_t n) {
-    const int64_t *s = net->shapes + 3 * b;
-    return n * s[0] * s[1] * s[2];
+    return sal_program_numel(&net->p, b, n);
 }
 
 /* phase-plane geometry of a GATHER op for stride S and output (Ho, Wo) */
@@ -71,24 +76,19 @@ static int64_t block_stride(int64_t m) {
 
 /* floats of phase planes (with slack) a GATHER op needs for batch n */
 static size_t gather_scratch(const sal_infer *net, const sal_iop *op, int64_t n) {
-    const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+    const int64_t *si = net->p.shapes + 3 * op->in, *so = net->p.shapes + 3 * op->out;
     int64_t hph, wph;
     phase_geom(op->stride, so[1], so[2], &hph, &wph);
     return (size_t)(si[0] * op->stride * op->stride * block_stride(n * hph * wph) + GT + 2 * wph + 2);
 }
 
 static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t *nrow) {
-    const int64_t B = net->nbuf, P = net->nweights;
-    SAL_REQUIRE(op->in >= 0 && op->in < B && op->out > 0 && op->out < B && op->in != op->out,
-                FN, "op %lld: in=%lld out=%lld: must be distinct buffers in [0, %lld)",
-                (long long)i, (long long)op->in, (long long)op->out, (long long)B);
-    SAL_REQUIRE(op->res >= -1 && op->res < B && op->res != op->out, FN,
-                "op %lld: res=%lld: must be -1 or another buffer", (long long)i, (long long)op->res);
+    SAL_TRY(sal_program_check_io(&net->p, i, op->in, op->out, op->res));
     SAL_REQUIRE(op->relu == 0 || op->relu == 1, FN, "op %lld: relu=%lld: must be 0 or 1",
                 (long long)i, (long long)op->relu);
     SAL_REQUIRE(op->res_post == 0 || op->res_post == 1, FN,
                 "op %lld: res_post=%lld: must be 0 or 1", (long long)i, (long long)op->res_post);
-    const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+    const int64_t *si = net->p.shapes + 3 * op->in, *so = net->p.shapes + 3 * op->out;
     int64_t want[3] = {si[0], si[1], si[2]}, pw = 0, pb = 0;
     sal_act y;
     switch (op->kind) {
@@ -140,17 +140,13 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
         break;
     }
     case SAL_IOP_ADD:
-        SAL_REQUIRE(op->res >= 0, FN, "op %lld: add needs a res buffer", (long long)i);
-        break;
     case SAL_IOP_POOL:
-        want[1] = want[2] = 1;
-        break;
     case SAL_IOP_LINEAR:
-        SAL_REQUIRE(si[1] == 1 && si[2] == 1 && op->o >= 1, FN,
-                    "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
-        want[0] = op->o, want[1] = want[2] = 1;
-        pw = op->o * si[0];
-        pb = op->o;
+        SAL_TRY(sal_program_check_shared(
+            &net->p, i,
+            op->kind == SAL_IOP_ADD ? SAL_PROGRAM_ADD
+                : op->kind == SAL_IOP_POOL ? SAL_PROGRAM_POOL : SAL_PROGRAM_LINEAR,
+            op->in, op->res, op->o, want, &pw, &pb));
         break;
     default:
         return sal_fail(SAL_EINVAL, FN, "op %lld: kind=%lld: unknown op", (long long)i,
@@ -159,32 +155,13 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
     if (op->res >= 0) {
         SAL_REQUIRE(op->kind == SAL_IOP_CONV || op->kind == SAL_IOP_GATHER || op->kind == SAL_IOP_ADD,
                     FN, "op %lld: only conv, gather and add take a residual", (long long)i);
-        const int64_t *sr = net->shapes + 3 * op->res;
-        SAL_REQUIRE(sr[0] == want[0] && sr[1] == want[1] && sr[2] == want[2], FN,
-                    "op %lld: res buffer %lld has shape (%lld, %lld, %lld), not the output's",
-                    (long long)i, (long long)op->res, (long long)sr[0], (long long)sr[1],
-                    (long long)sr[2]);
     }
-    SAL_REQUIRE(so[0] == want[0] && so[1] == want[1] && so[2] == want[2], FN,
-                "op %lld: out buffer %lld has shape (%lld, %lld, %lld), the op makes (%lld, %lld, %lld)",
-                (long long)i, (long long)op->out, (long long)so[0], (long long)so[1],
-                (long long)so[2], (long long)want[0], (long long)want[1], (long long)want[2]);
-    SAL_REQUIRE(pw == 0 || (op->p0 >= 0 && op->p0 + pw <= P), FN,
-                "op %lld: p0=%lld: %lld weights do not fit the arena (%lld)", (long long)i,
-                (long long)op->p0, (long long)pw, (long long)P);
-    SAL_REQUIRE(pb == 0 || (op->p1 >= 0 && op->p1 + pb <= P), FN,
-                "op %lld: p1=%lld: %lld weights do not fit the arena (%lld)", (long long)i,
-                (long long)op->p1, (long long)pb, (long long)P);
-    return SAL_OK;
+    return sal_program_check_fit(&net->p, i, op->out, op->res, want, op->p0, pw, op->p1, pb);
 }
 
 void sal_infer_free(sal_infer *net) {
     if (!net) return;
-    if (net->act)
-        for (int64_t b = 0; b < net->nbuf; b++) free(net->act[b]);
-    free(net->act);
-    free(net->scratch);
-    free(net->shapes);
+    sal_program_free(&net->p);
     free(net->ops);
     free(net->shifts);
     free(net->pairs);
@@ -200,8 +177,6 @@ sal_status sal_infer_create(sal_infer **out, const int64_t *shapes, int64_t nbuf
                             int64_t nweights) {
     SAL_REQUIRE(out && shapes && ops, FN, "net, shapes and ops must not be NULL");
     *out = NULL;
-    SAL_REQUIRE(nbuf >= 2 && nops >= 1, FN, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
-                (long long)nbuf, (long long)nops);
     SAL_REQUIRE(nshift >= 0 && (nshift == 0 || shifts), FN, "nshift=%lld: shifts missing",
                 (long long)nshift);
     SAL_REQUIRE(npairs >= 0 && (npairs == 0 || pairs), FN, "npairs=%lld: pairs missing",
@@ -209,34 +184,22 @@ sal_status sal_infer_create(sal_infer **out, const int64_t *shapes, int64_t nbuf
     SAL_REQUIRE(nweights >= 0, FN, "nweights=%lld: must be >= 0", (long long)nweights);
     sal_infer *net = calloc(1, sizeof *net);
     if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
-    net->nbuf = nbuf, net->nops = nops, net->nshift = nshift, net->npairs = npairs;
-    net->nweights = nweights;
-    net->shapes = malloc((size_t)nbuf * 3 * sizeof *net->shapes);
+    net->nops = nops, net->nshift = nshift, net->npairs = npairs;
+    sal_status s = sal_program_init(&net->p, FN, "weights", shapes, nbuf, nops, nweights);
     net->ops = malloc((size_t)nops * sizeof *net->ops);
     net->shifts = malloc((size_t)(nshift ? nshift : 1) * 3 * sizeof *net->shifts);
     net->pairs = malloc((size_t)(npairs ? npairs : 1) * 4 * sizeof *net->pairs);
     net->src = malloc((size_t)(npairs ? npairs : 1) * sizeof *net->src);
     net->row_at = malloc((size_t)nops * sizeof *net->row_at);
-    net->act = calloc((size_t)nbuf, sizeof *net->act);
-    if (!net->shapes || !net->ops || !net->shifts || !net->pairs || !net->src || !net->row_at ||
-        !net->act) {
+    if (s == SAL_OK && (!net->ops || !net->shifts || !net->pairs || !net->src || !net->row_at))
+        s = sal_fail(SAL_ENOMEM, FN, "out of memory");
+    if (s != SAL_OK) {
         sal_infer_free(net);
-        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+        return s;
     }
-    memcpy(net->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
     memcpy(net->ops, ops, (size_t)nops * sizeof *ops);
     if (nshift) memcpy(net->shifts, shifts, (size_t)nshift * 3 * sizeof *shifts);
     if (npairs) memcpy(net->pairs, pairs, (size_t)npairs * 4 * sizeof *pairs);
-    sal_status s = SAL_OK;
-    for (int64_t b = 0; b < nbuf && s == SAL_OK; b++) {
-        int64_t tot;
-        const int64_t *sb = shapes + 3 * b;
-        if (sb[0] < 1 || sb[1] < 1 || sb[2] < 1)
-            s = sal_fail(SAL_EINVAL, FN, "buffer %lld: shape (%lld, %lld, %lld): sizes must be >= 1",
-                         (long long)b, (long long)sb[0], (long long)sb[1], (long long)sb[2]);
-        else
-            s = sal_checked_prod(FN, "buffer size", &tot, 3, sb[0], sb[1], sb[2]);
-    }
     int64_t nrow = 0;
     for (int64_t i = 0; i < nops && s == SAL_OK; i++) {
         net->row_at[i] = ops[i].kind == SAL_IOP_GATHER ? nrow : -1;
@@ -269,52 +232,16 @@ sal_status sal_infer_create(sal_infer **out, const int64_t *shapes, int64_t nbuf
     return SAL_OK;
 }
 
-static void free_act(sal_infer *net) {
-    for (int64_t b = 0; b < net->nbuf; b++) {
-        free(net->act[b]);
-        net->act[b] = NULL;
+/* scratch floats of op i at batch n (sal_program_scratch_fn) */
+static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
+    const sal_infer *net = owner;
+    const sal_iop *op = &net->ops[i];
+    if (op->kind == SAL_IOP_CONV) {
+        sal_conv_desc d = {buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad,
+                           net->p.threads};
+        return sal_conv_scratch(&d);
     }
-    free(net->scratch);
-    net->scratch = NULL;
-    net->scratch_n = 0;
-    net->cap = 0;
-}
-
-static sal_status reserve(sal_infer *net, int64_t n) {
-    if (n <= net->cap && net->threads == sal_threads()) return SAL_OK;
-    if (n < net->cap) n = net->cap;  /* a thread-count change keeps the capacity */
-    free_act(net);
-    net->threads = sal_threads();
-    size_t scratch = 0;
-    for (int64_t i = 0; i < net->nops; i++) {
-        const sal_iop *op = &net->ops[i];
-        size_t need = 0;
-        if (op->kind == SAL_IOP_CONV) {
-            sal_conv_desc d = {buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad,
-                               net->threads};
-            need = sal_conv_scratch(&d);
-        } else if (op->kind == SAL_IOP_GATHER) {
-            need = gather_scratch(net, op, n);
-        }
-        if (need > scratch) scratch = need;
-    }
-    for (int64_t b = 0; b < net->nbuf; b++) {
-        int64_t numel;
-        SAL_TRY(sal_checked_prod(FN, "activation", &numel, 2, n, buf_numel(net, b, 1)));
-        net->act[b] = malloc((size_t)numel * sizeof(float));
-        if (!net->act[b]) {
-            free_act(net);
-            return sal_fail(SAL_ENOMEM, FN, "activations for batch %lld: out of memory", (long long)n);
-        }
-    }
-    net->scratch = malloc((scratch ? scratch : 1) * sizeof(float));
-    if (!net->scratch) {
-        free_act(net);
-        return sal_fail(SAL_ENOMEM, FN, "scratch: out of memory");
-    }
-    net->scratch_n = scratch;
-    net->cap = n;
-    return SAL_OK;
+    return op->kind == SAL_IOP_GATHER ? gather_scratch(net, op, n) : 0;
 }
 
 /* ---- epilogue -------------------------------------------------------------------- */
@@ -423,16 +350,16 @@ static void phase_planes(float *P, const float *x, int64_t C, int64_t N, int64_t
 static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float *x,
                              const float *res, const float *weights, int64_t N) {
     const sal_iop *op = &net->ops[opi];
-    const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+    const int64_t *si = net->p.shapes + 3 * op->in, *so = net->p.shapes + 3 * op->out;
     const int64_t C = si[0], H = si[1], W = si[2], O = op->o, Ho = so[1], Wo = so[2];
     const int64_t S = op->stride, SS = S * S;
     int64_t hph, wph;
     phase_geom(S, Ho, Wo, &hph, &wph);
     const int64_t plane = hph * wph, total = N * plane, HWo = Ho * Wo;
     const size_t need = gather_scratch(net, op, N);
-    SAL_REQUIRE(need <= net->scratch_n, FN, "gather scratch: %zu floats needed, %zu reserved", need,
-                net->scratch_n);
-    float *P = net->scratch;
+    SAL_REQUIRE(need <= net->p.scratch_n, FN, "gather scratch: %zu floats needed, %zu reserved", need,
+                net->p.scratch_n);
+    float *P = net->p.scratch;
     phase_planes(P, x, C, N, H, W, S, hph, wph, need);
     /* source offsets of this op's pairs for batch N */
     int64_t *src = net->src + op->ioff;
@@ -472,39 +399,25 @@ static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float 
     return SAL_OK;
 }
 
-/* x (N, C, H, W) NCHW -> dst (C, N, H, W) */
-static void to_channel_major(float *dst, const float *x, int64_t n, int64_t c, int64_t hw) {
-#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
-    for (int64_t ci = 0; ci < c; ci++)
-        for (int64_t ni = 0; ni < n; ni++)
-            memcpy(dst + (ci * n + ni) * hw, x + (ni * c + ci) * hw, (size_t)hw * sizeof(float));
-}
-
 sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_act xg,
                              const float *weights) {
     SAL_REQUIRE(net && logits && x, FN, "net, logits and x must not be NULL");
-    SAL_REQUIRE(weights || net->nweights == 0, FN, "weights=NULL: the net has %lld weights",
-                (long long)net->nweights);
-    SAL_TRY(sal_act_check(FN, "x", xg));
-    const int64_t n = xg.n, *s0 = net->shapes;
-    SAL_REQUIRE(xg.layout == SAL_NCHW && xg.c == s0[0] && xg.h == s0[1] && xg.w == s0[2], FN,
-                "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
-                (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
-                (long long)s0[1], (long long)s0[2]);
-    SAL_TRY(reserve(net, n));
-    net->n = 0;
-    to_channel_major(net->act[0], x, n, s0[0], s0[1] * s0[2]);
+    SAL_REQUIRE(weights || net->p.narena == 0, FN, "weights=NULL: the net has %lld weights",
+                (long long)net->p.narena);
+    SAL_TRY(sal_program_start(&net->p, x, xg, net->nops, op_scratch, net));
+    const int64_t n = xg.n;
+    float **act = net->p.act;
     for (int64_t i = 0; i < net->nops; i++) {
         const sal_iop *op = &net->ops[i];
         const sal_act xa = buf_act(net, op->in, n);
-        const float *in = net->act[op->in];
-        float *y = net->act[op->out];
-        const float *res = op->res >= 0 ? net->act[op->res] : NULL;
+        const float *in = act[op->in];
+        float *y = act[op->out];
+        const float *res = op->res >= 0 ? act[op->res] : NULL;
         const int last = i == net->nops - 1;
         switch (op->kind) {
         case SAL_IOP_CONV: {
-            sal_conv_desc d = {xa, op->o, op->k, op->stride, op->pad, net->threads};
-            SAL_TRY(sal_conv_fwd(y, in, weights + op->p0, &d, net->scratch));
+            sal_conv_desc d = {xa, op->o, op->k, op->stride, op->pad, net->p.threads};
+            SAL_TRY(sal_conv_fwd(y, in, weights + op->p0, &d, net->p.scratch));
             epi_planes(y, op->o, buf_numel(net, op->out, n) / op->o,
                        op->p1 >= 0 ? weights + op->p1 : NULL, res, (int)op->relu, (int)op->res_post);
             break;
@@ -513,7 +426,7 @@ sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_
             SAL_TRY(gather_fwd(net, i, y, in, res, weights, n));
             break;
         case SAL_IOP_SHIFT: {
-            const int64_t *so = net->shapes + 3 * op->out;
+            const int64_t *so = net->p.shapes + 3 * op->out;
             const int64_t Co = so[0], H = xa.h, W = xa.w, Ho = so[1], Wo = so[2], S = op->stride;
             const int32_t *sh = net->shifts + 3 * op->ioff;
 #pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
@@ -537,7 +450,7 @@ sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_
             break;
         }
     }
-    net->n = n;
+    net->p.n = n;
     return SAL_OK;
 }
 
@@ -545,54 +458,20 @@ int64_t sal_infer_output_width(const sal_infer *net) {
     return buf_numel(net, net->ops[net->nops - 1].out, 1);
 }
 
-int64_t sal_infer_num_weights(const sal_infer *net) { return net->nweights; }
+int64_t sal_infer_num_weights(const sal_infer *net) { return net->p.narena; }
 int64_t sal_infer_num_ops(const sal_infer *net) { return net->nops; }
 
 sal_status sal_infer_buffer(const sal_infer *net, int64_t b, const float **act, sal_act *geom) {
-    SAL_REQUIRE(net && act && geom, FN, "net, act, geom must not be NULL");
-    SAL_REQUIRE(b >= 0 && b < net->nbuf, FN, "b=%lld: must be in [0, %lld)", (long long)b,
-                (long long)net->nbuf);
-    SAL_REQUIRE(net->n >= 1, FN, "no forward pass yet");
-    *act = net->act[b];
-    *geom = buf_act(net, b, net->n);
-    return SAL_OK;
+    SAL_REQUIRE(net, FN, "net, act, geom must not be NULL");
+    return sal_program_buffer(&net->p, b, act, geom);
 }
 
-sal_status sal_infer_count(const sal_infer *net, sal_count_row *rows) {
-    SAL_REQUIRE(net && rows, "sal_infer_count", "net and rows must not be NULL");
-    for (int64_t i = 0; i < net->nops; i++) {
-        const sal_iop *op = &net->ops[i];
-        const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
-        sal_count_row *r = &rows[i];
-        memset(r, 0, sizeof *r);
-        r->op = i, r->kind = op->kind;
-        memcpy(r->in, si, sizeof r->in);
-        memcpy(r->out, so, sizeof r->out);
-        const int64_t C = si[0], HWo = so[1] * so[2], bias = op->p1 >= 0 ? op->o : 0;
-        switch (op->kind) {
-        case SAL_IOP_CONV:
-            r->params = (double)(op->o * C * op->k * op->k + bias);
-            r->macs = op->o * C * op->k * op->k * HWo;
-            break;
-        case SAL_IOP_GATHER:
-            r->kept = op->npair;
-            r->params = (double)op->npair * 36.0 / 32.0 + (double)bias;
-            r->macs = op->npair * HWo;
-            break;
-        case SAL_IOP_SHIFT:
-            r->params = (double)(so[0] * op->index_bits) / 32.0;
-            r->kept = op->index_bits ? so[0] : 0;
-            r->shift_moves = so[0] * HWo;
-            break;
-        case SAL_IOP_LINEAR:
-            r->params = (double)(op->o * C + op->o);
-            r->macs = op->o * C;
-            break;
-        default:
-            break;
-        }
-    }
-    return SAL_OK;
+void sal_infer_program(const sal_infer *net, const int64_t **shapes, int64_t *nbuf,
+                       const sal_iop **ops, int64_t *nops) {
+    if (shapes) *shapes = net->p.shapes;
+    if (nbuf) *nbuf = net->p.nbuf;
+    if (ops) *ops = net->ops;
+    if (nops) *nops = net->nops;
 }
 
 /* ---- naive reference --------------------------------------------------------------- */

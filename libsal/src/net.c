@@ -3,63 +3,62 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal/internal.h"
+#include "internal/program.h"
 #include "sal/conv.h"
 #include "sal/layers.h"
 #include "sal/net.h"
+#include "sal/active_shift.h"
+#include "sal/attention.h"
 #include "sal/shift.h"
 
 struct sal_net {
-    int64_t nbuf, nops, noff, nparams, nbuffers;
-    int64_t *shapes;    /* (nbuf, 3) per-sample C, H, W */
+    sal_program p;      /* shapes, activations (act), scratch, batch sizes; arena = params */
+    int64_t nops, noff, nbuffers;
     sal_op *ops;
     int32_t *offsets;   /* (noff, 2) */
-    int64_t cap;        /* batch size the activations are allocated for */
-    int threads;        /* thread count the scratch is sized for */
-    int64_t n;          /* batch size of the last forward (0: none yet) */
     int train, hard;    /* mode of the last forward */
     double beta;
     const float *buffers;       /* buffer arena of the last forward (SAL masks for backward) */
-    float **act, **grad;        /* per buffer, cap * C * H * W floats */
+    float **grad;               /* per buffer, p.cap * C * H * W floats, made by backward */
+    int64_t grad_cap;           /* batch size the gradients are allocated for */
     float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops */
     int64_t *stat_off;          /* per op offset into stats, -1 if none */
-    float *scratch;
-    size_t scratch_n;
 };
 
 static const char *FN = "sal_net";
 
-static sal_act buf_act(const sal_net *net, int64_t b, int64_t n) {
-    const int64_t *s = net->shapes + 3 * b;
-    return (sal_act){n, s[0], s[1], s[2], SAL_CNHW};
-}
+static const char *const OP_FIELDS[] = {"kind", "in", "out", "res", "relu", "o", "k", "stride",
+                                        "pad", "p0", "p1", "b0", "b1", "shared", "ioff"};
+_Static_assert(sizeof OP_FIELDS / sizeof *OP_FIELDS == sizeof(sal_op) / sizeof(int64_t),
+               "OP_FIELDS names every field of sal_op");
+static const char *const OP_KINDS[] = {[SAL_OP_CONV] = "conv", [SAL_OP_SAL] = "sal",
+                                       [SAL_OP_SHIFT] = "shift", [SAL_OP_ASHIFT] = "ashift",
+                                       [SAL_OP_BN] = "bn", [SAL_OP_ADD] = "add",
+                                       [SAL_OP_POOL] = "pool", [SAL_OP_LINEAR] = "linear"};
 
-static int64_t buf_numel(const sal_net *net, int64_t b, int64_t n) {
-    const int64_t *s = net->shapes + 3 * b;
-    return n * s[0] * s[1] * s[2];
+const char *const *sal_net_op_fields(int64_t *n) { return SAL_NAMES(OP_FIELDS, n); }
+const char *const *sal_net_op_kinds(int64_t *n) { return SAL_NAMES(OP_KINDS, n); }
+
+static sal_act buf_act(const sal_net *net, int64_t b, int64_t n) {
+    return sal_program_act(&net->p, b, n);
 }
 
 static sal_conv_desc conv_desc(const sal_net *net, const sal_op *op, int64_t n) {
-    return (sal_conv_desc){buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad, net->threads};
+    return (sal_conv_desc){buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad, net->p.threads};
 }
 
 /* the SAL mask of op (b0 >= 0: buffers[b0 ..]) in the buffer arena of the last forward */
 static sal_sal_desc sal_desc(const sal_net *net, const sal_op *op, int64_t n) {
     return (sal_sal_desc){buf_act(net, op->in, n), op->o, op->stride, op->pad, (int)op->shared,
                           net->hard, net->beta,
-                          op->b0 >= 0 && net->buffers ? net->buffers + op->b0 : NULL, net->threads};
+                          op->b0 >= 0 && net->buffers ? net->buffers + op->b0 : NULL, net->p.threads};
 }
 
 /* Checks one op against the buffers and arenas: every index in range, every output shape
  * the one its kernel produces.  Sizes with n = 1. */
 static sal_status check_op(const sal_net *net, int64_t i, const sal_op *op) {
-    const int64_t B = net->nbuf, P = net->nparams;
-    SAL_REQUIRE(op->in >= 0 && op->in < B && op->out > 0 && op->out < B && op->in != op->out,
-                FN, "op %lld: in=%lld out=%lld: must be distinct buffers in [0, %lld)",
-                (long long)i, (long long)op->in, (long long)op->out, (long long)B);
-    SAL_REQUIRE(op->res >= -1 && op->res < B && op->res != op->out, FN,
-                "op %lld: res=%lld: must be -1 or another buffer", (long long)i, (long long)op->res);
-    const int64_t *si = net->shapes + 3 * op->in, *so = net->shapes + 3 * op->out;
+    SAL_TRY(sal_program_check_io(&net->p, i, op->in, op->out, op->res));
+    const int64_t *si = net->p.shapes + 3 * op->in;
     int64_t want[3] = {si[0], si[1], si[2]}, pw = 0, pb = 0;
     sal_act y;
     switch (op->kind) {
@@ -106,79 +105,45 @@ static sal_status check_op(const sal_net *net, int64_t i, const sal_op *op) {
                     (long long)i);
         break;
     case SAL_OP_ADD:
-        SAL_REQUIRE(op->res >= 0, FN, "op %lld: add needs a res buffer", (long long)i);
-        break;
     case SAL_OP_POOL:
-        want[1] = want[2] = 1;
-        break;
     case SAL_OP_LINEAR:
-        SAL_REQUIRE(si[1] == 1 && si[2] == 1, FN, "op %lld: linear input must be pooled (C, 1, 1)",
-                    (long long)i);
-        want[0] = op->o, want[1] = want[2] = 1;
-        pw = op->o * si[0];
-        pb = op->o;
+        SAL_TRY(sal_program_check_shared(
+            &net->p, i,
+            op->kind == SAL_OP_ADD ? SAL_PROGRAM_ADD
+                : op->kind == SAL_OP_POOL ? SAL_PROGRAM_POOL : SAL_PROGRAM_LINEAR,
+            op->in, op->res, op->o, want, &pw, &pb));
         break;
     default:
         return sal_fail(SAL_EINVAL, FN, "op %lld: kind=%lld: unknown op", (long long)i,
                         (long long)op->kind);
     }
-    if (op->res >= 0) {
-        const int64_t *sr = net->shapes + 3 * op->res;
-        SAL_REQUIRE(sr[0] == want[0] && sr[1] == want[1] && sr[2] == want[2], FN,
-                    "op %lld: res buffer %lld has shape (%lld, %lld, %lld), not the output's",
-                    (long long)i, (long long)op->res, (long long)sr[0], (long long)sr[1],
-                    (long long)sr[2]);
-    }
-    SAL_REQUIRE(so[0] == want[0] && so[1] == want[1] && so[2] == want[2], FN,
-                "op %lld: out buffer %lld has shape (%lld, %lld, %lld), the op makes (%lld, %lld, %lld)",
-                (long long)i, (long long)op->out, (long long)so[0], (long long)so[1],
-                (long long)so[2], (long long)want[0], (long long)want[1], (long long)want[2]);
-    SAL_REQUIRE(pw == 0 || (op->p0 >= 0 && op->p0 + pw <= P), FN,
-                "op %lld: p0=%lld: %lld parameters do not fit the arena (%lld)", (long long)i,
-                (long long)op->p0, (long long)pw, (long long)P);
-    SAL_REQUIRE(pb == 0 || (op->p1 >= 0 && op->p1 + pb <= P), FN,
-                "op %lld: p1=%lld: %lld parameters do not fit the arena (%lld)", (long long)i,
-                (long long)op->p1, (long long)pb, (long long)P);
-    return SAL_OK;
+    return sal_program_check_fit(&net->p, i, op->out, op->res, want, op->p0, pw, op->p1, pb);
 }
 
 sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, const sal_op *ops,
                           int64_t nops, const int32_t *offsets, int64_t noff, int64_t nparams,
                           int64_t nbuffers) {
     SAL_REQUIRE(out && shapes && ops, FN, "net, shapes and ops must not be NULL");
-    SAL_REQUIRE(nbuf >= 2 && nops >= 1, FN, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
-                (long long)nbuf, (long long)nops);
     SAL_REQUIRE(noff >= 0 && (noff == 0 || offsets), FN, "noff=%lld: offsets missing",
                 (long long)noff);
     SAL_REQUIRE(nparams >= 0 && nbuffers >= 0, FN, "arena sizes must be >= 0");
     *out = NULL;
     sal_net *net = calloc(1, sizeof *net);
     if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
-    net->nbuf = nbuf, net->nops = nops, net->noff = noff;
-    net->nparams = nparams, net->nbuffers = nbuffers;
-    net->shapes = malloc((size_t)nbuf * 3 * sizeof *net->shapes);
+    net->nops = nops, net->noff = noff, net->nbuffers = nbuffers;
+    sal_status s = sal_program_init(&net->p, FN, "parameters", shapes, nbuf, nops, nparams);
     net->ops = malloc((size_t)nops * sizeof *net->ops);
     net->offsets = malloc((size_t)(noff ? noff : 1) * 2 * sizeof *net->offsets);
-    net->act = calloc((size_t)nbuf, sizeof *net->act);
     net->grad = calloc((size_t)nbuf, sizeof *net->grad);
     net->stat_off = malloc((size_t)nops * sizeof *net->stat_off);
-    if (!net->shapes || !net->ops || !net->offsets || !net->act || !net->grad || !net->stat_off) {
+    if (s == SAL_OK && (!net->ops || !net->offsets || !net->grad || !net->stat_off))
+        s = sal_fail(SAL_ENOMEM, FN, "out of memory");
+    if (s != SAL_OK) {
         sal_net_free(net);
-        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+        return s;
     }
-    memcpy(net->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
     memcpy(net->ops, ops, (size_t)nops * sizeof *ops);
     if (noff) memcpy(net->offsets, offsets, (size_t)noff * 2 * sizeof *offsets);
-    sal_status s = SAL_OK;
-    for (int64_t b = 0; b < nbuf && s == SAL_OK; b++) {
-        int64_t tot;
-        const int64_t *sb = shapes + 3 * b;
-        if (sb[0] < 1 || sb[1] < 1 || sb[2] < 1)
-            s = sal_fail(SAL_EINVAL, FN, "buffer %lld: shape (%lld, %lld, %lld): sizes must be >= 1",
-                         (long long)b, (long long)sb[0], (long long)sb[1], (long long)sb[2]);
-        else
-            s = sal_checked_prod(FN, "buffer size", &tot, 3, sb[0], sb[1], sb[2]);
-    }
     int64_t nstats = 0;
     for (int64_t i = 0; i < nops && s == SAL_OK; i++) {
         s = check_op(net, i, &ops[i]);
@@ -197,107 +162,66 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     return SAL_OK;
 }
 
-static void free_buffers(sal_net *net) {
-    for (int64_t b = 0; b < net->nbuf; b++) {
-        free(net->act[b]);
+static void free_grads(sal_net *net) {
+    for (int64_t b = 0; b < net->p.nbuf; b++) {
         free(net->grad[b]);
-        net->act[b] = net->grad[b] = NULL;
+        net->grad[b] = NULL;
     }
-    free(net->scratch);
-    net->scratch = NULL;
-    net->scratch_n = 0;
-    net->cap = 0;
+    net->grad_cap = 0;
 }
 
 void sal_net_free(sal_net *net) {
     if (!net) return;
-    if (net->act && net->grad) free_buffers(net);
-    free(net->shapes);
+    if (net->grad) free_grads(net);
+    sal_program_free(&net->p);
     free(net->ops);
     free(net->offsets);
-    free(net->act);
     free(net->grad);
     free(net->stats);
     free(net->stat_off);
     free(net);
 }
 
-/* Activations (and the scratch) for batch size n; gradients are allocated by backward. */
-static sal_status reserve(sal_net *net, int64_t n) {
-    if (n <= net->cap && net->threads == sal_threads()) return SAL_OK;
-    if (n < net->cap) n = net->cap;  /* a thread-count change keeps the capacity */
-    free_buffers(net);
-    net->threads = sal_threads();
-    size_t scratch = 0;
-    for (int64_t i = 0; i < net->nops; i++) {
-        const sal_op *op = &net->ops[i];
-        size_t need = 0;
-        if (op->kind == SAL_OP_CONV) {
-            sal_conv_desc d = conv_desc(net, op, n);
-            need = sal_conv_scratch(&d);
-        } else if (op->kind == SAL_OP_SAL) {
-            sal_sal_desc d = sal_desc(net, op, n);
-            need = sal_sal_scratch(&d);
-        }
-        if (need > scratch) scratch = need;
+/* scratch floats of op i at batch n (sal_program_scratch_fn) */
+static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
+    const sal_net *net = owner;
+    const sal_op *op = &net->ops[i];
+    if (op->kind == SAL_OP_CONV) {
+        sal_conv_desc d = conv_desc(net, op, n);
+        return sal_conv_scratch(&d);
     }
-    for (int64_t b = 0; b < net->nbuf; b++) {
-        int64_t numel;
-        SAL_TRY(sal_checked_prod(FN, "activation", &numel, 2, n, buf_numel(net, b, 1)));
-        net->act[b] = malloc((size_t)numel * sizeof(float));
-        if (!net->act[b]) {
-            free_buffers(net);
-            return sal_fail(SAL_ENOMEM, FN, "activations for batch %lld: out of memory", (long long)n);
-        }
+    if (op->kind == SAL_OP_SAL) {
+        sal_sal_desc d = sal_desc(net, op, n);
+        return sal_sal_scratch(&d);
     }
-    net->scratch = malloc((scratch ? scratch : 1) * sizeof(float));
-    if (!net->scratch) {
-        free_buffers(net);
-        return sal_fail(SAL_ENOMEM, FN, "scratch: out of memory");
-    }
-    net->scratch_n = scratch;
-    net->cap = n;
-    return SAL_OK;
-}
-
-/* x (N, C, H, W) NCHW -> dst (C, N, H, W) */
-static void to_channel_major(float *dst, const float *x, int64_t n, int64_t c, int64_t hw) {
-#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
-    for (int64_t ci = 0; ci < c; ci++)
-        for (int64_t ni = 0; ni < n; ni++)
-            memcpy(dst + (ci * n + ni) * hw, x + (ni * c + ci) * hw, (size_t)hw * sizeof(float));
+    return 0;
 }
 
 sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act xg,
                            const float *params, float *buffers, int train, int hard, double beta) {
     SAL_REQUIRE(net && logits && x && params, FN, "net, logits, x and params must not be NULL");
-    SAL_TRY(sal_act_check(FN, "x", xg));
-    const int64_t n = xg.n, *s0 = net->shapes;
-    SAL_REQUIRE(xg.layout == SAL_NCHW && xg.c == s0[0] && xg.h == s0[1] && xg.w == s0[2], FN,
-                "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
-                (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
-                (long long)s0[1], (long long)s0[2]);
     SAL_REQUIRE(buffers || net->nbuffers == 0, FN, "buffers=NULL: the net has BN statistics");
-    SAL_TRY(reserve(net, n));
-    net->n = 0;  /* no valid forward until this one completes */
     net->train = train != 0, net->hard = hard != 0, net->beta = beta, net->buffers = buffers;
-    to_channel_major(net->act[0], x, n, s0[0], s0[1] * s0[2]);
+    SAL_TRY(sal_program_start(&net->p, x, xg, net->nops, op_scratch, net));
+    if (net->grad_cap != net->p.cap) free_grads(net);  /* backward makes them for p.cap */
+    const int64_t n = xg.n;
+    float **act = net->p.act, *scratch = net->p.scratch;
     for (int64_t i = 0; i < net->nops; i++) {
         const sal_op *op = &net->ops[i];
         const sal_act xa = buf_act(net, op->in, n);
-        const float *in = net->act[op->in];
-        float *y = net->act[op->out];
-        const float *res = op->res >= 0 ? net->act[op->res] : NULL;
+        const float *in = act[op->in];
+        float *y = act[op->out];
+        const float *res = op->res >= 0 ? act[op->res] : NULL;
         if (op->kind == SAL_OP_LINEAR && i == net->nops - 1) y = logits;
         switch (op->kind) {
         case SAL_OP_CONV: {
             sal_conv_desc d = conv_desc(net, op, n);
-            SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, net->scratch));
+            SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, scratch));
             break;
         }
         case SAL_OP_SAL: {
             sal_sal_desc d = sal_desc(net, op, n);
-            SAL_TRY(sal_sal_fwd(y, in, params + op->p0, params + op->p1, &d, net->scratch));
+            SAL_TRY(sal_sal_fwd(y, in, params + op->p0, params + op->p1, &d, scratch));
             break;
         }
         case SAL_OP_SHIFT: {
@@ -311,7 +235,7 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
             break;
         }
         case SAL_OP_BN: {
-            sal_bn_desc d = {xa, net->train, 0.1, 1e-5};
+            sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
             float *sm = net->stats + net->stat_off[i], *si = sm + xa.c;
             float *rm = buffers + op->b0, *rv = buffers + op->b1;
             if (op->relu)
@@ -334,47 +258,49 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
     }
     const sal_op *last = &net->ops[net->nops - 1];
     if (last->kind != SAL_OP_LINEAR) {  /* copy the last buffer out, (N, F) row-major */
-        int64_t f = buf_numel(net, last->out, 1);
-        SAL_REQUIRE(net->shapes[3 * last->out + 1] * net->shapes[3 * last->out + 2] == 1, FN,
+        int64_t f = sal_program_numel(&net->p, last->out, 1);
+        SAL_REQUIRE(net->p.shapes[3 * last->out + 1] * net->p.shapes[3 * last->out + 2] == 1, FN,
                     "the last op must produce (N, F) (a pool or a linear)");
-        memcpy(logits, net->act[last->out], (size_t)(n * f) * sizeof(float));
+        memcpy(logits, act[last->out], (size_t)(n * f) * sizeof(float));
     }
-    net->n = n;
+    net->p.n = n;
     return SAL_OK;
 }
 
 sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, const float *params) {
     SAL_REQUIRE(net && grads && dlogits && params, FN, "net, grads, dlogits, params must not be NULL");
-    SAL_REQUIRE(net->n >= 1, FN, "backward: no forward pass to differentiate");
-    const int64_t n = net->n;
-    for (int64_t b = 1; b < net->nbuf; b++) {
+    SAL_REQUIRE(net->p.n >= 1, FN, "backward: no forward pass to differentiate");
+    const int64_t n = net->p.n;
+    float **act = net->p.act, *scratch = net->p.scratch;
+    net->grad_cap = net->p.cap;
+    for (int64_t b = 1; b < net->p.nbuf; b++) {
         if (!net->grad[b]) {
-            net->grad[b] = malloc((size_t)buf_numel(net, b, net->cap) * sizeof(float));
+            net->grad[b] = malloc((size_t)sal_program_numel(&net->p, b, net->p.cap) * sizeof(float));
             if (!net->grad[b]) return sal_fail(SAL_ENOMEM, FN, "gradients: out of memory");
         }
-        memset(net->grad[b], 0, (size_t)buf_numel(net, b, n) * sizeof(float));
+        memset(net->grad[b], 0, (size_t)sal_program_numel(&net->p, b, n) * sizeof(float));
     }
     const sal_op *last = &net->ops[net->nops - 1];
     /* the output's gradient: dlogits; a final linear reads it directly */
     const int64_t lastbuf = last->out;
-    memcpy(net->grad[lastbuf], dlogits, (size_t)buf_numel(net, lastbuf, n) * sizeof(float));
+    memcpy(net->grad[lastbuf], dlogits, (size_t)sal_program_numel(&net->p, lastbuf, n) * sizeof(float));
     for (int64_t i = net->nops - 1; i >= 0; i--) {
         const sal_op *op = &net->ops[i];
         const sal_act xa = buf_act(net, op->in, n);
-        const float *in = net->act[op->in];
+        const float *in = act[op->in];
         const float *dy = net->grad[op->out];
         float *dx = op->in == 0 ? NULL : net->grad[op->in];  /* no gradient for the input */
         float *dres = op->res >= 0 ? net->grad[op->res] : NULL;
         switch (op->kind) {
         case SAL_OP_CONV: {
             sal_conv_desc d = conv_desc(net, op, n);
-            SAL_TRY(sal_conv_bwd(dx, grads + op->p0, dy, in, params + op->p0, &d, net->scratch));
+            SAL_TRY(sal_conv_bwd(dx, grads + op->p0, dy, in, params + op->p0, &d, scratch));
             break;
         }
         case SAL_OP_SAL: {
             sal_sal_desc d = sal_desc(net, op, n);
             SAL_TRY(sal_sal_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0,
-                                params + op->p1, &d, net->scratch));
+                                params + op->p1, &d, scratch));
             break;
         }
         case SAL_OP_SHIFT: {
@@ -388,11 +314,11 @@ sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, co
             break;
         }
         case SAL_OP_BN: {
-            sal_bn_desc d = {xa, net->train, 0.1, 1e-5};
+            sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
             const float *sm = net->stats + net->stat_off[i], *si = sm + xa.c;
             if (op->relu)
                 SAL_TRY(sal_bn_relu_bwd(dx, grads + op->p0, grads + op->p1, dres, dy,
-                                        net->act[op->out], in, params + op->p0, sm, si, &d));
+                                        act[op->out], in, params + op->p0, sm, si, &d));
             else
                 SAL_TRY(sal_bn_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0,
                                    sm, si, &d));
@@ -414,30 +340,25 @@ sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, co
 }
 
 sal_status sal_net_buffer(const sal_net *net, int64_t b, const float **act, sal_act *geom) {
-    SAL_REQUIRE(net && act && geom, FN, "net, act, geom must not be NULL");
-    SAL_REQUIRE(b >= 0 && b < net->nbuf, FN, "b=%lld: must be in [0, %lld)", (long long)b,
-                (long long)net->nbuf);
-    SAL_REQUIRE(net->n >= 1, FN, "no forward pass yet");
-    *act = net->act[b];
-    *geom = buf_act(net, b, net->n);
-    return SAL_OK;
+    SAL_REQUIRE(net, FN, "net, act, geom must not be NULL");
+    return sal_program_buffer(&net->p, b, act, geom);
 }
 
 int64_t sal_net_output_width(const sal_net *net) {
-    return buf_numel(net, net->ops[net->nops - 1].out, 1);
+    return sal_program_numel(&net->p, net->ops[net->nops - 1].out, 1);
 }
 
-int64_t sal_net_last_batch(const sal_net *net) { return net->n; }
+int64_t sal_net_last_batch(const sal_net *net) { return net->p.n; }
 
 void sal_net_arena_sizes(const sal_net *net, int64_t *nparams, int64_t *nbuffers) {
-    *nparams = net->nparams;
+    *nparams = net->p.narena;
     *nbuffers = net->nbuffers;
 }
 
 void sal_net_program(const sal_net *net, const int64_t **shapes, int64_t *nbuf,
                      const sal_op **ops, int64_t *nops, const int32_t **offsets, int64_t *noff) {
-    if (shapes) *shapes = net->shapes;
-    if (nbuf) *nbuf = net->nbuf;
+    if (shapes) *shapes = net->p.shapes;
+    if (nbuf) *nbuf = net->p.nbuf;
     if (ops) *ops = net->ops;
     if (nops) *nops = net->nops;
     if (offsets) *offsets = net->offsets;

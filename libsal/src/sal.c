@@ -22,7 +22,8 @@
 #include <string.h>
 
 #include "internal/internal.h"
-#include "sal/shift.h"
+#include "sal/attention.h"
+#include "sal/conv.h"
 
 #define SAL_KK 9              /* 3x3 kernel positions */
 #define SAL_PAR_MIN 2048      /* slices below which the attention loops stay serial */

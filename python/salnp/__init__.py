@@ -25,6 +25,20 @@ __all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "lo
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 
+def __getattr__(name):
+    """salnp.viz (imports matplotlib) and salnp.torch (imports PyTorch, optional:
+    pip install "salnp[torch]") on first use; import salnp itself imports neither."""
+    if name in ("viz", "torch"):
+        import importlib
+
+        return importlib.import_module("." + name, __name__)
+    raise AttributeError(f"module 'salnp' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"viz", "torch"})
+
+
 from ._threads import set_num_threads, get_num_threads  # noqa: E402
 
 

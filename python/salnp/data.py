@@ -14,13 +14,23 @@ Randomness is counter-based: the shuffle of an epoch is a pure function of
 (seed, epoch, index of the image in its dataset), so batches do not depend on the thread
 count, the batch size or the order in which batches are made.
 
-The CIFAR python-pickle format ("cifar-10-batches-py") is not read: unpickling a
-downloaded file can execute code.  Use the binary version ("cifar-10-batches-bin").
+CIFAR comes in two layouts and both are read: the binary version
+("cifar-10-batches-bin", "cifar-100-binary") and the python version that torchvision
+downloads ("cifar-10-batches-py", "cifar-100-python": pickled dicts).  A pickle can
+execute code when it is loaded, so the python version goes through a restricted
+unpickler (``safe_unpickle``) that builds only plain containers, strings, numbers and
+uint8 NumPy arrays: any other class a file names is refused before anything runs.
+``check_md5=True`` compares the python version's files with the checksums published
+with the data set (``CIFAR_PY_MD5``).
 """
 from __future__ import annotations
 
+import codecs
 import gzip
+import hashlib
+import io
 import lzma
+import pickle
 import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -29,10 +39,11 @@ import numpy as np
 
 from . import _core
 from ._core import SalError
+from .io import open_regular
 
 __all__ = ["Dataset", "DataFormatError", "cifar10", "cifar100", "fashion_mnist", "load",
            "CIFAR_MEAN", "CIFAR_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD",
-           "FASHION_MNIST_DEFAULT_ROOT"]
+           "FASHION_MNIST_DEFAULT_ROOT", "CIFAR_PY_MD5", "safe_unpickle"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
@@ -46,26 +57,91 @@ FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
+MAX_DEFAULT_CLASSES = 1 << 20   # Dataset(classes=None) names 0..max(label): bounded
+
+
+def _check_int(fn, name, v, lo):
+    """v as an int >= lo; TypeError for non-integers (1.9, True, "3"), ValueError below lo."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{fn}: {name}={v!r}: must be an integer")
+    if v < lo:
+        raise ValueError(f"{fn}: {name}={v}: must be >= {lo}")
+    return int(v)
+
+
 class DataFormatError(ValueError, SalError):
     """A data file is truncated, corrupted or not in the expected format (message names it)."""
 
 
 # ---- files ---------------------------------------------------------------------------
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's contents, decompressed when its name ends in .xz or .gz."""
+# The most decompressed bytes one data file may give (the largest file of the supported
+# datasets, CIFAR-100's train.bin, is 154 MB): a small .gz/.xz of zeros ("decompression
+# bomb") or an IDX header announcing more stops here instead of filling memory.  Raise it
+# for larger datasets.
+MAX_FILE_BYTES = 1 << 30
+_CHUNK = 1 << 20
+_IDX_ITEMSIZE = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}
+
+
+def _open_data(path: Path):
+    """A binary stream of the file's decompressed contents (.xz, .gz, or plain); the file
+    must be a regular file (a FIFO or device is refused, never read)."""
+    try:
+        f = open_regular(path, "data")
+    except ValueError as e:
+        raise DataFormatError(str(e)) from None
+    name = path.name
+    if name.endswith(".xz"):
+        return lzma.open(f)
+    if name.endswith(".gz"):
+        return gzip.open(f)
+    return f
+
+
+def _read_upto(f, n: int) -> bytes:
+    """At most n bytes, in chunks (memory grows with the data actually there)."""
+    parts, got = [], 0
+    while got < n:
+        b = f.read(min(_CHUNK, n - got))
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+def _read_bytes(path: Path, limit: int | None = None, idx: bool = False) -> bytes:
+    """The file's contents, decompressed when its name ends in .xz or .gz, never more than
+    limit (default MAX_FILE_BYTES) bytes: DataFormatError beyond.  idx: stop at the size
+    the IDX header announces (plus one byte, so the parser sees trailing data)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
     name = path.name
     try:
-        if name.endswith(".xz"):
-            with lzma.open(path) as f:
-                return f.read()
-        if name.endswith(".gz"):
-            with gzip.open(path) as f:
-                return f.read()
+        with _open_data(path) as f:
+            if idx:
+                head = _read_upto(f, 4)
+                if len(head) == 4 and head[:2] == b"\0\0" and 1 <= head[3] <= 16:
+                    head += _read_upto(f, 4 * head[3])
+                    if len(head) == 4 + 4 * head[3]:
+                        count = 1
+                        for k in range(head[3]):
+                            count *= int.from_bytes(head[4 + 4 * k: 8 + 4 * k], "big")
+                        size = count * _IDX_ITEMSIZE.get(head[2], 1)
+                        if size > limit:
+                            raise DataFormatError(
+                                f"{path}: the IDX header announces {size} data bytes, more than "
+                                f"salnp.data.MAX_FILE_BYTES ({limit}); not read")
+                        return head + _read_upto(f, size + 1)
+                return head + _read_upto(f, 64)    # a bad header: the parser says why
+            data = _read_upto(f, limit + 1)
     except (lzma.LZMAError, gzip.BadGzipFile, zlib.error, EOFError) as e:
         kind = "xz" if name.endswith(".xz") else "gzip"
         raise DataFormatError(f"{path}: corrupt or truncated {kind} stream: {e}") from e
-    return path.read_bytes()
+    if len(data) > limit:
+        raise DataFormatError(f"{path}: more than {limit} bytes (decompressed); larger than any "
+                              "file of the supported datasets (salnp.data.MAX_FILE_BYTES)")
+    return data
 
 
 def _find(dirs: Sequence[Path], stem: str) -> Path | None:
@@ -80,13 +156,7 @@ def _find(dirs: Sequence[Path], stem: str) -> Path | None:
 
 def _not_found(dirs: Sequence[Path], stems: Sequence[str], what: str) -> FileNotFoundError:
     tried = ", ".join(str(d / s) + "[.xz|.gz]" for d in dirs for s in stems)
-    hint = ""
-    for d in dirs:
-        if (d / "data_batch_1").is_file() or (d / "cifar-10-batches-py").is_dir() \
-                or (d / "train").is_file():
-            hint = (" (found what looks like the CIFAR python-pickle version: salnp reads only "
-                    "the binary version, because unpickling a file can execute code)")
-    return FileNotFoundError(f"{what}: no file found; tried {tried}{hint}")
+    return FileNotFoundError(f"{what}: no file found; tried {tried}")
 
 
 def _parse_cifar(path: Path, num_classes: tuple[int, ...]):
@@ -98,7 +168,7 @@ def _parse_cifar(path: Path, num_classes: tuple[int, ...]):
 
 
 def _parse_idx(path: Path, ndim: int) -> np.ndarray:
-    data = _read_bytes(path)
+    data = _read_bytes(path, idx=True)
     try:
         a = _core._parse_idx(data)
     except SalError as e:
@@ -122,7 +192,7 @@ def _read_names(path: Path | None, count: int, default: Sequence[str] | None) ->
     if path is None:
         return tuple(default) if default else tuple(str(i) for i in range(count))
     try:
-        text = _read_bytes(path).decode("utf-8")
+        text = _read_bytes(path, limit=1 << 20).decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataFormatError(f"{path}: class names are not UTF-8 text: {e}") from None
     names = tuple(line.strip() for line in text.splitlines() if line.strip())
@@ -157,7 +227,12 @@ class Dataset:
         if labels.min() < 0:
             raise ValueError(f"Dataset: labels must be >= 0, got {int(labels.min())}")
         if classes is None:
-            classes = [str(i) for i in range(int(labels.max()) + 1)]
+            top = int(labels.max())
+            if top >= MAX_DEFAULT_CLASSES:
+                raise ValueError(f"Dataset: labels: largest label {top} would make {top + 1} "
+                                 f"classes; without classes= at most {MAX_DEFAULT_CLASSES} are "
+                                 "named (pass classes= for more)")
+            classes = [str(i) for i in range(top + 1)]
         if int(labels.max()) >= len(classes):
             raise ValueError(f"Dataset: label {int(labels.max())} but only {len(classes)} classes")
         C = images.shape[1]
@@ -222,7 +297,7 @@ class Dataset:
         balanced: each class gets n // K images (the first n % K classes one more); a class
         with too few images gives all it has and the rest is filled from the others.
         The normalisation is kept (not recomputed on the subset)."""
-        n = int(n)
+        n = _check_int("subset", "n", n, 1)
         if not 1 <= n <= len(self):
             raise ValueError(f"subset: n={n}: must be in [1, {len(self)}]")
         perm = _core._permutation(len(self), seed, 0)
@@ -267,6 +342,7 @@ class Dataset:
         return _core._permutation(len(self), seed, epoch)
 
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        batch_size = _check_int("num_batches", "batch_size", batch_size, 1)
         return len(self) // batch_size if drop_last else -(-len(self) // batch_size)
 
     def batches(self, batch_size: int, shuffle: bool = False, augment: bool = False,
@@ -280,11 +356,13 @@ class Dataset:
         reuse: write every full batch into ONE preallocated array (and a last smaller batch
         into a second one): x is then overwritten by the next step, so copy it to keep it.
         Without reuse each x is a new array.  y is always a new array."""
-        batch_size = int(batch_size)
-        if batch_size < 1:
-            raise ValueError(f"batches: batch_size={batch_size}: must be >= 1")
+        batch_size = _check_int("batches", "batch_size", batch_size, 1)
         if layout not in ("NCHW", "CNHW"):
             raise ValueError(f"batches: layout={layout!r}: must be 'NCHW' or 'CNHW'")
+        # checked here, at the call; the generator below runs at the first next()
+        return self._batches(batch_size, shuffle, augment, seed, epoch, layout, drop_last, reuse)
+
+    def _batches(self, batch_size, shuffle, augment, seed, epoch, layout, drop_last, reuse):
         N = len(self)
         order = self.permutation(seed, epoch) if shuffle else np.arange(N, dtype=np.int64)
         bufs: dict[int, np.ndarray] = {}
@@ -304,13 +382,195 @@ class Dataset:
             yield x, self.labels[idx]
 
 
+# ---- the python (pickle) version of CIFAR -------------------------------------------
+
+# md5 of each file of the python version, as published with the data set (and listed by
+# torchvision.datasets.CIFAR10 / CIFAR100)
+CIFAR_PY_MD5 = {
+    "cifar-10-batches-py": {
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
+    },
+    "cifar-100-python": {
+        "train": "16019d7e3df5f24257cddd939b257f8d",
+        "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+        "meta": "7973b15100ade9c7d40fb424638fde48",
+    },
+}
+
+
+class _Refused(DataFormatError):
+    pass
+
+
+class _NdarrayType:
+    """What a pickle gets for numpy.ndarray: a name for _reconstruct, never callable."""
+
+    def __call__(self, *args, **kwargs):
+        raise _Refused("refusing to call numpy.ndarray from a pickle")
+
+
+_NDARRAY = _NdarrayType()
+_MAX_ARRAY_BYTES = 1 << 31
+
+
+def _np_reconstruct(subtype, shape, dtype):
+    if subtype is not _NDARRAY:
+        raise _Refused(f"array subtype {subtype!r}: only numpy.ndarray")
+    d = _np_dtype(dtype)
+    try:
+        shape = tuple(int(v) for v in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    except (TypeError, ValueError):
+        raise _Refused(f"array shape {shape!r}: must be integers") from None
+    if any(v < 0 for v in shape) or int(np.prod(shape, dtype=object)) * d.itemsize > _MAX_ARRAY_BYTES:
+        raise _Refused(f"array shape {shape}: negative or over {_MAX_ARRAY_BYTES} bytes")
+    return np.ndarray.__new__(np.ndarray, shape, d)
+
+
+def _np_dtype(spec, align=False, copy=False):
+    d = np.dtype(spec) if not isinstance(spec, np.dtype) else spec
+    if d.kind not in "biufcSU" or d.hasobject or d.fields is not None or d.subdtype is not None:
+        raise _Refused(f"dtype {d!r}: only plain numeric dtypes")
+    return np.dtype(d) if not (align or copy) else np.dtype(d, align=bool(align), copy=bool(copy))
+
+
+def _np_frombuffer(buf, dtype, shape, order):
+    a = np.frombuffer(bytes(buf), dtype=_np_dtype(dtype))
+    return a.reshape(shape, order="F" if order == "F" else "C").copy()
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1")
+    if not isinstance(text, str) or encoding.lower().replace("-", "") not in ("latin1",):
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r}): only latin1 strings")
+    return codecs.encode(text, "latin1")
+
+
+# (module, name) -> the only callables a CIFAR pickle may name (numpy arrays and the
+# bytes of protocol 2): everything else is refused before it is looked up
+_PICKLE_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _np_dtype,
+    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
+    ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds dicts, lists, tuples, strings, bytes, numbers and plain numeric NumPy
+    arrays; refuses every other global (and persistent ids) before resolving it."""
+
+    def find_class(self, module, name):
+        f = _PICKLE_ALLOWED.get((module, name))
+        if f is None:
+            raise _Refused(f"refusing to unpickle {module}.{name}: a CIFAR python-version file "
+                           "holds only dicts, lists, strings and numpy arrays (this file is "
+                           "something else; nothing in it was executed)")
+        return f
+
+    def persistent_load(self, pid):
+        raise _Refused("refusing a pickle with persistent ids (not a CIFAR file)")
+
+
+def safe_unpickle(data: bytes, what="data"):
+    """Unpickle data (bytes) with the restricted unpickler (see the module docstring);
+    DataFormatError naming `what` for anything else, a truncated or corrupted pickle."""
+    try:
+        return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except _Refused as e:
+        raise DataFormatError(f"{what}: {e}") from None
+    except RecursionError:
+        raise DataFormatError(f"{what}: pickle nested too deeply") from None
+    except MemoryError:
+        raise
+    except Exception as e:   # any malformed stream: UnpicklingError, EOFError, ValueError...
+        raise DataFormatError(f"{what}: not a valid pickle ({type(e).__name__}: {e})") from None
+
+
+def _str_keys(obj, path):
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        if isinstance(k, bytes):
+            k = k.decode("latin1")
+        out[k] = v
+    return out
+
+
+def _read_pickle(path: Path, check_md5: bool, md5s: dict):
+    data = _read_bytes(path)
+    if check_md5:
+        stem = path.name.split(".xz")[0].split(".gz")[0] if path.name.endswith((".xz", ".gz")) \
+            else path.name
+        want = md5s.get(stem)
+        if want is None:
+            raise DataFormatError(f"{path}: no published md5 for a file named {stem!r}")
+        got = hashlib.md5(data).hexdigest()
+        if got != want:
+            raise DataFormatError(f"{path}: md5 {got} differs from the published {want} "
+                                  "(corrupted, truncated or a different file)")
+    return _str_keys(safe_unpickle(data, str(path)), path)
+
+
+def _pickle_labels(path: Path, d: dict, key: str, n: int, num_classes: int) -> np.ndarray:
+    if key not in d:
+        raise DataFormatError(f"{path}: no {key!r} entry (keys {sorted(map(str, d))})")
+    v = d[key]
+    try:
+        lab = np.asarray(v)
+    except Exception:
+        lab = None
+    if lab is None or lab.dtype.kind not in "iu" or lab.shape != (n,):
+        raise DataFormatError(f"{path}: {key!r} must be {n} integers, got "
+                              f"{type(v).__name__} {getattr(lab, 'shape', '')}")
+    lab = lab.astype(np.int64)
+    bad = np.flatnonzero((lab < 0) | (lab >= num_classes))
+    if bad.size:
+        i = int(bad[0])
+        raise DataFormatError(f"{path}: {key}[{i}] = {int(lab[i])}: must be in [0, {num_classes})"
+                              f" ({bad.size} bad label(s))")
+    return lab
+
+
+def _pickle_images(path: Path, d: dict) -> np.ndarray:
+    a = d.get("data")
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 2 or a.shape[1] != 3072 \
+            or a.shape[0] < 1:
+        desc = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise DataFormatError(f"{path}: 'data' must be a uint8 array (N >= 1, 3072), got {desc}")
+    return np.ascontiguousarray(a).reshape(-1, 3, 32, 32)
+
+
+def _pickle_names(path: Path | None, key: str, count: int, default, check_md5, md5s):
+    if path is None:
+        return tuple(default) if default else tuple(str(i) for i in range(count))
+    d = _read_pickle(path, check_md5, md5s)
+    names = d.get(key)
+    if not isinstance(names, list) or len(names) != count or \
+            not all(isinstance(x, (str, bytes)) for x in names):
+        raise DataFormatError(f"{path}: {key!r} must be a list of {count} names")
+    return tuple(x.decode("latin1") if isinstance(x, bytes) else x for x in names)
+
+
 # ---- loaders -------------------------------------------------------------------------
 
-def cifar10(root, train: bool = True) -> Dataset:
-    """CIFAR-10, binary version, from root or root/cifar-10-batches-bin.
+def cifar10(root, train: bool = True, check_md5: bool = False) -> Dataset:
+    """CIFAR-10 from root, root/cifar-10-batches-bin or root/cifar-10-batches-py.
 
-    Train: data_batch_1..5.bin (the official layout) or one train.bin; test: test_batch.bin
-    or test.bin; each may be .xz or .gz compressed.  Class names from batches.meta.txt."""
+    Binary version: data_batch_1..5.bin (the official layout) or one train.bin; test:
+    test_batch.bin or test.bin; each may be .xz or .gz compressed; class names from
+    batches.meta.txt.  Python version (torchvision's download): data_batch_1..5 and
+    test_batch, pickles read by the restricted unpickler, class names from batches.meta.
+    check_md5: verify the python version's files against the published md5 (CIFAR_PY_MD5)."""
     root = Path(root)
     dirs = [root, root / "cifar-10-batches-bin"]
     split = "train" if train else "test"
@@ -323,15 +583,14 @@ def cifar10(root, train: bool = True) -> Dataset:
                 raise FileNotFoundError(f"cifar10: {first.parent}/data_batch_{k}.bin[.xz|.gz] "
                                         f"missing (data_batch_1 is there)")
         else:
-            one = _find(dirs, "train.bin")
-            if one is None:
-                raise _not_found(dirs, ["data_batch_1.bin", "train.bin"], "cifar10 train")
-            files = [one]
+            files = [_find(dirs, "train.bin")]
     else:
-        one = _find(dirs, "test_batch.bin") or _find(dirs, "test.bin")
-        if one is None:
-            raise _not_found(dirs, ["test_batch.bin", "test.bin"], "cifar10 test")
-        files = [one]
+        files = [_find(dirs, "test_batch.bin") or _find(dirs, "test.bin")]
+    if files[0] is None:
+        return _cifar10_python(root, train, check_md5, dirs)
+    if check_md5:
+        raise ValueError(f"cifar10: check_md5=True: the published checksums are those of the "
+                         f"python version; {files[0]} is the binary version")
     parts = [_parse_cifar(f, (10,)) for f in files]
     images = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1][:, 0] for p in parts])
@@ -340,21 +599,69 @@ def cifar10(root, train: bool = True) -> Dataset:
                    flip=True)
 
 
-def cifar100(root, train: bool = True, labels: str = "fine") -> Dataset:
-    """CIFAR-100, binary version (train.bin / test.bin, optionally .xz / .gz), from root or
-    root/cifar-100-binary.  labels: "fine" (100 classes) or "coarse" (20 superclasses).
-    Class names from fine_label_names.txt / coarse_label_names.txt when present.
+def _cifar10_python(root: Path, train: bool, check_md5: bool, bin_dirs) -> Dataset:
+    dirs = [root, root / "cifar-10-batches-py"]
+    split = "train" if train else "test"
+    md5s = CIFAR_PY_MD5["cifar-10-batches-py"]
+    stems = [f"data_batch_{k}" for k in range(1, 6)] if train else ["test_batch"]
+    first = _find(dirs, stems[0])
+    if first is None:
+        tried = (["data_batch_1.bin", "train.bin"] if train else ["test_batch.bin", "test.bin"])
+        e = _not_found(bin_dirs, tried, f"cifar10 {split}")
+        raise FileNotFoundError(f"{e}; and no {stems[0]} (python version) in "
+                                f"{', '.join(map(str, dirs))}")
+    files = [first] + [_find([first.parent], s) for s in stems[1:]]
+    if None in files:
+        k = files.index(None)
+        raise FileNotFoundError(f"cifar10: {first.parent}/{stems[k]} missing ({stems[0]} is "
+                                f"there: the python-pickle layout needs all of {stems})")
+    images, labels = [], []
+    for f in files:
+        d = _read_pickle(f, check_md5, md5s)
+        im = _pickle_images(f, d)
+        images.append(im)
+        labels.append(_pickle_labels(f, d, "labels", len(im), 10))
+    classes = _pickle_names(_find([first.parent], "batches.meta"), "label_names", 10,
+                            CIFAR10_CLASSES, check_md5, md5s)
+    return Dataset(np.concatenate(images) if len(images) > 1 else images[0],
+                   np.concatenate(labels), classes, f"cifar10-{split}", CIFAR_MEAN, CIFAR_STD,
+                   pad=4, flip=True)
+
+
+def cifar100(root, train: bool = True, labels: str = "fine", check_md5: bool = False) -> Dataset:
+    """CIFAR-100 from root, root/cifar-100-binary or root/cifar-100-python.
+    Binary version: train.bin / test.bin (optionally .xz / .gz), class names from
+    fine_label_names.txt / coarse_label_names.txt when present.  Python version
+    (torchvision's download): the pickles train / test (restricted unpickler), names from
+    meta.  labels: "fine" (100 classes) or "coarse" (20 superclasses).  check_md5: verify
+    the python version's files against the published md5 (CIFAR_PY_MD5).
     Normalisation: the CIFAR values of DESIGN.md §5 (pass your own to Dataset to change)."""
     if labels not in ("fine", "coarse"):
         raise ValueError(f"cifar100: labels={labels!r}: must be 'fine' or 'coarse'")
     root = Path(root)
     dirs = [root, root / "cifar-100-binary"]
     split = "train" if train else "test"
+    k, count = (1, 100) if labels == "fine" else (0, 20)
     path = _find(dirs, f"{split}.bin")
     if path is None:
-        raise _not_found(dirs, [f"{split}.bin"], f"cifar100 {split}")
+        pdirs = [root, root / "cifar-100-python"]
+        ppath = _find(pdirs, split)
+        if ppath is None:
+            e = _not_found(dirs, [f"{split}.bin"], f"cifar100 {split}")
+            raise FileNotFoundError(f"{e}; and no {split} (python version) in "
+                                    f"{', '.join(map(str, pdirs))}")
+        md5s = CIFAR_PY_MD5["cifar-100-python"]
+        d = _read_pickle(ppath, check_md5, md5s)
+        images = _pickle_images(ppath, d)
+        lab = _pickle_labels(ppath, d, f"{labels}_labels", len(images), count)
+        classes = _pickle_names(_find([ppath.parent], "meta"), f"{labels}_label_names", count,
+                                None, check_md5, md5s)
+        return Dataset(images, lab, classes, f"cifar100-{split}-{labels}", CIFAR_MEAN,
+                       CIFAR_STD, pad=4, flip=True)
+    if check_md5:
+        raise ValueError(f"cifar100: check_md5=True: the published checksums are those of the "
+                         f"python version; {path} is the binary version")
     images, lab = _parse_cifar(path, (20, 100))
-    k, count = (1, 100) if labels == "fine" else (0, 20)
     classes = _read_names(_find([path.parent], f"{labels}_label_names.txt"), count, None)
     return Dataset(images, lab[:, k], classes, f"cifar100-{split}-{labels}", CIFAR_MEAN,
                    CIFAR_STD, pad=4, flip=True)

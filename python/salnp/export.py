@@ -21,28 +21,36 @@ What the export does, op by op of the training program (salnp.models):
 - ASL: offsets rounded to the nearest integer (``inf.info["asl_max_rounding"]`` is the
   largest |offset - round(offset)|; 0 keeps the outputs exact), then as SL.
 
-``salnp.export`` is this module, callable: ``salnp.export(net)`` is ``export(net)``.
+``salnp.export`` is this module, callable: ``salnp.export(net)`` is ``export(net)``, and
+``salnp.export.to_onnx(inf, path, input_shape)`` writes an ONNX model (salnp._onnx; needs
+the onnx package: ``pip install "salnp[onnx]"``).  The PyTorch form: salnp.torch.to_torch.
 """
 from __future__ import annotations
 
+import importlib
 import sys
 import types
 
 import numpy as np
 
 from . import _core
-from .io import read_npz, save_npz_atomic
+from .flops import CountReport, check_input_shape, count_rows
+from .io import NpzReader, _fspath, check_finite_state, save_npz_atomic
+from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL, OP_SHIFT,
+                     ResNet)
+from .nn import net_lock
 
-__all__ = ["export", "load", "InferenceNet", "IFIELDS"]
+__all__ = ["export", "load", "to_onnx", "InferenceNet", "IFIELDS"]
 
-# op kinds and the field order of one inference op row; must match sal/infer.h
-IOP_CONV, IOP_GATHER, IOP_SHIFT, IOP_ADD, IOP_POOL, IOP_LINEAR = range(6)
-IFIELDS = ("kind", "inp", "out", "res", "relu", "res_post", "o", "k", "stride", "pad", "p0", "p1",
-           "ioff", "npair", "index_bits")
+# op kinds and the field order of one inference op row, as libsal describes them
+# (sal/infer.h); the field "in" is spelled "inp" here
+IFIELDS = tuple("inp" if f == "in" else f for f in _core.INFER_FIELDS)
+IOP_CONV, IOP_GATHER, IOP_SHIFT, IOP_ADD, IOP_POOL, IOP_LINEAR = (
+    _core.INFER_KINDS.index(k) for k in ("conv", "gather", "shift", "add", "pool", "linear"))
 _TYPES = {IOP_CONV: "conv", IOP_GATHER: "sal_gather", IOP_SHIFT: "shift", IOP_ADD: "add",
           IOP_POOL: "avgpool", IOP_LINEAR: "linear"}
 INFERENCE_FORMAT = 1
-BN_EPS = 1e-5
+BN_EPS = _core.BN_EPS   # the eps of every BN in a training program (sal/layers.h)
 
 
 class InferenceNet:
@@ -83,9 +91,18 @@ class InferenceNet:
         shapes = [None] * len(self.channels)
         shapes[0] = tuple(int(v) for v in in_shape)
         F = {f: i for i, f in enumerate(IFIELDS)}
-        for row in self.ops:
-            _, h, w = shapes[row[F["inp"]]]
-            k, s, p, kind = row[F["k"]], row[F["stride"]], row[F["pad"]], row[F["kind"]]
+        nb = len(shapes)
+        for i, row in enumerate(self.ops):
+            # plain Python ints (no NumPy overflow or division warnings); libsal checks the
+            # program in full, this only has to be defined for every row
+            inp, out = int(row[F["inp"]]), int(row[F["out"]])
+            k, s, p, kind = (int(row[F[f]]) for f in ("k", "stride", "pad", "kind"))
+            if not (0 <= inp < nb and 0 < out < nb and shapes[inp] is not None):
+                raise ValueError(f"op {i}: buffers in={inp} out={out}: not a produced buffer "
+                                 f"in [0, {nb})")
+            if kind in (IOP_CONV, IOP_GATHER, IOP_SHIFT) and s < 1:
+                raise ValueError(f"op {i}: stride={s}: must be >= 1")
+            _, h, w = shapes[inp]
             if kind == IOP_CONV:
                 h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
             elif kind in (IOP_GATHER, IOP_SHIFT):
@@ -94,7 +111,9 @@ class InferenceNet:
                 h = w = 1
             if h < 1 or w < 1:
                 raise ValueError(f"input (C, H, W) = {tuple(in_shape)} is too small for this network")
-            shapes[row[F["out"]]] = (self.channels[row[F["out"]]], int(h), int(w))
+            shapes[out] = (self.channels[out], int(h), int(w))
+        if any(sh is None for sh in shapes):
+            raise ValueError("a buffer is never produced by any op")
         return shapes
 
     def _engine(self, in_shape):
@@ -115,18 +134,23 @@ class InferenceNet:
             raise ValueError(f"forward: x must have shape (N, C={c}, H, W) with N, H, W >= 1, "
                              f"got {x.shape}")
         x = np.ascontiguousarray(x, np.float32)
-        return _core.infer_forward(self._engine(x.shape[1:]), self.weights, x)
+        with net_lock(self):    # one forward at a time per network (its buffers)
+            return _core.infer_forward(self._engine(x.shape[1:]), self.weights, x)
 
     __call__ = forward
+
+    def count_report(self, input_shape=None, mode=None) -> CountReport:
+        """salnp.count(self, input_shape, mode): an exported network counts as 'inference'."""
+        if mode not in (None, "inference"):
+            raise ValueError(f"count: mode={mode!r}: an exported network counts as 'inference'")
+        return self.count(input_shape)
 
     def count(self, input_shape=None):
         """The accounting (salnp.flops, inference mode) per image of input_shape (C, H, W);
         default (C, 32, 32)."""
-        from .flops import CountReport, _check_shape, _rows
-
         if input_shape is None:
             input_shape = (self.in_channels, 32, 32)
-        shape = _check_shape(input_shape, self.in_channels)
+        shape = check_input_shape(input_shape, self.in_channels)
         ints, params = _core.infer_count(self._engine(shape))
         types_ = []
         for row in self.ops:
@@ -136,7 +160,7 @@ class InferenceNet:
             elif row[0] == IOP_SHIFT and row[IFIELDS.index("index_bits")]:
                 t = "sal_shift"
             types_.append(t)
-        return CountReport(_rows(ints, params, self.names, types_), "inference", shape,
+        return CountReport(count_rows(ints, params, self.names, types_), "inference", shape,
                            self.info.get("beta"))
 
     def save(self, path) -> None:
@@ -147,31 +171,74 @@ class InferenceNet:
                         dict(inference_format=INFERENCE_FORMAT, fields=list(IFIELDS),
                              names=self.names, model=self.config, info=self.info))
 
+    def to_onnx(self, path=None, input_shape=None, **kwargs):
+        """salnp.export.to_onnx(self, path, input_shape, **kwargs)."""
+        return __getattr__("to_onnx")(self, path, input_shape, **kwargs)
+
     def __repr__(self):
         return (f"InferenceNet({len(self.ops)} ops, {self.weights.size:,} weights, "
                 f"{len(self.pairs):,} SAL pairs, model={self.config})")
 
 
 def load(path) -> InferenceNet:
-    """An InferenceNet saved by InferenceNet.save; ValueError naming the file otherwise."""
-    arrays, config, _ = read_npz(path, kind="inference")
+    """An InferenceNet saved by InferenceNet.save; ValueError naming the file otherwise.
+
+    The config (format, op fields, names, model) and every array's header (dtype, shape:
+    ops (len(names), len(IFIELDS)) int64, channels (B,) int64, shifts (M, 3) int32,
+    pairs (P, 4) int32, weights (W,) float32) are checked before any array data is read;
+    libsal then validates the whole program (bounds with overflow-checked arithmetic)."""
+    path = _fspath(path, "load")
+    with NpzReader(path, kind="inference") as z:
+        config = z.config
+        try:
+            if config.get("inference_format") != INFERENCE_FORMAT:
+                raise ValueError(f"inference format {config.get('inference_format')!r}, "
+                                 f"this salnp reads {INFERENCE_FORMAT}")
+            if config.get("fields") != list(IFIELDS):
+                raise ValueError("op fields differ from this salnp's")
+            names = config.get("names")
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+                raise ValueError("names must be a non-empty list of strings")
+            if not isinstance(config.get("model"), dict):
+                raise ValueError("no model config")
+            info = config.get("info")
+            if info is not None and not isinstance(info, dict):
+                raise ValueError("info must be a JSON object")
+            want = dict(ops=(np.int64, (len(names), len(IFIELDS))), channels=(np.int64, None),
+                        shifts=(np.int32, 3), pairs=(np.int32, 4), weights=(np.float32, None))
+            for k, (dt, tail) in want.items():
+                if k not in z.headers:
+                    raise ValueError(f"missing array {k!r}")
+                shp = z.shape(k)
+                if z.dtype(k) != np.dtype(dt):
+                    raise ValueError(f"{k} has dtype {z.dtype(k)}, expected {np.dtype(dt)}")
+                ok = (shp == tail if isinstance(tail, tuple) else
+                      len(shp) == 1 if tail is None else len(shp) == 2 and shp[1] == tail)
+                if not ok:
+                    raise ValueError(f"{k} has shape {shp}")
+            extra = set(z.arrays) - set(want)
+            if extra:
+                raise ValueError(f"unexpected arrays {sorted(extra)[:5]}")
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{path}: not a valid exported network ({e})") from None
+        arrays = {k: z.read(k) for k in want}
     try:
-        if config.get("inference_format") != INFERENCE_FORMAT:
-            raise ValueError(f"inference format {config.get('inference_format')!r}, "
-                             f"this salnp reads {INFERENCE_FORMAT}")
-        if config.get("fields") != list(IFIELDS):
-            raise ValueError("op fields differ from this salnp's")
-        for k in ("ops", "channels", "shifts", "pairs", "weights"):
-            if k not in arrays:
-                raise ValueError(f"missing array {k!r}")
-        if arrays["weights"].dtype != np.float32 or not np.all(np.isfinite(arrays["weights"])):
+        if not np.all(np.isfinite(arrays["weights"])):
             raise ValueError("weights must be finite float32")
         net = InferenceNet(arrays["ops"], arrays["channels"], arrays["shifts"], arrays["pairs"],
-                           arrays["weights"], config["names"], config["model"], config.get("info"))
+                           arrays["weights"], names, config["model"], info)
         net._engine((net.in_channels, 32, 32))   # libsal validates the whole program
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{path}: not a valid exported network ({e})") from None
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError) as e:
+        raise ValueError(f"{path}: not a valid exported network ({type(e).__name__}: {e})") from None
     return net
+
+
+def __getattr__(name):
+    """salnp.export.to_onnx (salnp._onnx.to_onnx) on first use: salnp._onnx builds on this
+    module, and the onnx package it needs is optional (pip install "salnp[onnx]")."""
+    if name == "to_onnx":
+        return importlib.import_module("._onnx", __package__).to_onnx
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------- the export
@@ -221,10 +288,6 @@ def export(net, beta=None) -> InferenceNet:
     SAL attention (beta: the SAL inverse temperature, default net.beta).  Its forward
     equals ``net.forward(x, train=False, hard=True)`` up to float rounding, except for
     ASL layers with non-integer offsets (rounded; see ``info["asl_max_rounding"]``)."""
-    from .flops import program_names
-    from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL, OP_SHIFT,
-                         ResNet)
-
     if not isinstance(net, ResNet):
         raise TypeError(f"export: net must be a salnp network (salnp.models.ResNet), "
                         f"got {type(net).__name__}")
@@ -234,11 +297,13 @@ def export(net, beta=None) -> InferenceNet:
     beta = float(b)
     if not np.isfinite(beta) or beta < 0:
         raise ValueError(f"export: beta={beta!r}: must be finite and >= 0")
+    # a NaN weight, a NaN BN statistic or a negative running variance would fold into
+    # NaN (or constant) logits for every input: refuse, naming the entry
+    check_finite_state(dict(net.named_parameters()) | dict(net.named_buffers()), "export")
     cin = net.config["in_channels"]
     shape = (cin, 32, 32)
-    net._engine(shape)
-    prog = net._engines[shape][0]
-    names, _ = program_names(net, prog)
+    prog = net.program(shape)
+    names = prog.names
     P, Bf = net.arena.params.astype(np.float64), net.arena.buffers.astype(np.float64)
     ops = prog.ops
     consumers = {}

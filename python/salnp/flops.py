@@ -3,6 +3,7 @@
     report = salnp.count(net, input_shape=(3, 32, 32), mode="train")   # or "inference"
     print(report.table())
     report.macs, report.params, report.rows, report.totals, report.to_dict()
+    report.to_dataframe()            # pandas, when installed
 
 The numbers come from libsal (``sal_net_count``, ``sal_infer_count``), so benchmarks
 and tables agree.  Units: MACs (one multiply-add = 1) of convolutions and Linear layers
@@ -81,6 +82,24 @@ class CountReport:
                     rows=[dict(r, in_shape=list(r["in_shape"]), out_shape=list(r["out_shape"]))
                           for r in self.rows])
 
+    def to_dataframe(self):
+        """The rows as a pandas DataFrame (one row per op: name, type, in/out shapes as
+        tuples, params, macs, shift_moves, bwd_macs, train_only_params, kept), indexed by
+        position; ``df.attrs`` holds mode, input_shape, beta, units and totals.
+        Needs pandas (pip install "salnp[pandas]")."""
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise ImportError("CountReport.to_dataframe needs pandas: pip install "
+                              "'salnp[pandas]' (or pandas)") from e
+        cols = ["name", "type", "in_shape", "out_shape", "params", "macs", "shift_moves",
+                "bwd_macs", "train_only_params", "kept"]
+        df = pd.DataFrame([{c: r[c] for c in cols} for r in self.rows], columns=cols)
+        d = self.to_dict()
+        df.attrs.update(mode=self.mode, input_shape=self.input_shape, beta=self.beta,
+                        units=d["units"], totals=d["totals"])
+        return df
+
     def table(self, skip_zero=False) -> str:
         """A fixed-width table with units; skip_zero drops rows with no params, MACs or moves."""
         train = self.mode == "train"
@@ -131,7 +150,7 @@ class CountReport:
                 f"params={self.params}, macs={self.macs:,})")
 
 
-def _rows(ints, params, names, types):
+def count_rows(ints, params, names, types):
     rows = []
     for k, (iv, p) in enumerate(zip(ints, params)):
         r = dict(zip(_COLS, (int(v) for v in iv)))
@@ -142,7 +161,7 @@ def _rows(ints, params, names, types):
     return rows
 
 
-def _check_shape(input_shape, in_channels, fn="count"):
+def check_input_shape(input_shape, in_channels, fn="count"):
     if input_shape is None:
         input_shape = (in_channels, 32, 32)
     try:
@@ -163,59 +182,30 @@ def count(net, input_shape=(3, 32, 32), mode=None) -> CountReport:
     """Cost of net per image of input_shape (C, H, W).
 
     net: a salnp network (salnp.models.ResNet; mode "train" (default) or "inference") or
-    an exported salnp.export.InferenceNet (mode "inference" only)."""
-    from .export import InferenceNet
-    from .models import ResNet
-
-    if isinstance(net, InferenceNet):
-        if mode not in (None, "inference"):
-            raise ValueError(f"count: mode={mode!r}: an exported network counts as 'inference'")
-        return net.count(input_shape)
-    if not isinstance(net, ResNet):
+    an exported salnp.export.InferenceNet (mode "inference" only).  Each of them makes
+    its report (``count_report``) from the rows libsal counts."""
+    report = getattr(net, "count_report", None)
+    if report is None:
         raise TypeError(f"count: net must be a salnp network (salnp.models.ResNet or "
                         f"salnp.export.InferenceNet), got {type(net).__name__}")
-    mode = "train" if mode is None else mode
-    if mode not in ("train", "inference"):
-        raise ValueError(f"count: mode={mode!r}: must be 'train' or 'inference'")
-    shape = _check_shape(input_shape, net.config["in_channels"])
-    eng = net._engine(shape)
-    prog = net._engines[shape][0]
-    beta = float(net.beta)
-    ints, params = _core.net_count(eng, net.arena.params, beta, mode == "inference",
-                                   buffers=net.arena.buffers)
-    names, types = program_names(net, prog)
-    return CountReport(_rows(ints, params, names, types), mode, shape,
-                       beta if any(r["kind"] == 1 for r in prog.ops) else None)
+    return report(input_shape, mode)
 
 
-# ---------------------------------------------------------------- op names and types
-def program_names(net, prog):
-    """(names, types) of the ops of a training program: the dotted name of the module
-    that emitted each op (found through its parameters' arena offsets)."""
-    from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL,
-                         OP_SHIFT, Shift)
+# ---------------------------------------------------------------- op types
+_NET_TYPES = {"sal": "sal", "shift": "shift", "ashift": "active_shift", "bn": "bn",
+              "add": "add", "pool": "avgpool", "linear": "linear"}
 
-    by_offset = {}
-    for name, (start, _shape) in net.arena.offsets.items():
-        if name.endswith((".weight", ".shift")):
-            by_offset.setdefault(start, name.rsplit(".", 1)[0])
-    shift_names = {id(m._buffers["offsets"]): n for n, m in net.named_modules() if isinstance(m, Shift)}
-    names, types, producer = [], [], {}
-    for i, op in enumerate(prog.ops):
-        kind = op["kind"]
-        if kind in (OP_CONV, OP_SAL, OP_BN, OP_ASHIFT, OP_LINEAR):
-            name = by_offset.get(op["p0"], f"op{i}")
-        elif kind == OP_SHIFT:
-            name = shift_names.get(id(prog.int_offsets[op["ioff"]]), f"op{i}")
-        elif kind == OP_ADD:
-            src = producer.get(op["inp"])
-            name = (names[src].rsplit(".", 1)[0] + ".add") if src is not None and "." in names[src] \
-                else f"op{i}"
+
+def program_types(prog) -> list[str]:
+    """The layer type of every op of a training program (salnp.models.Program), for the
+    rows of a report: conv3x3, conv1x1, sal, sal_shared, shift, active_shift, bn, ..."""
+    types = []
+    for op in prog.ops:
+        kind = _core.NET_KINDS[op["kind"]]
+        if kind == "conv":
+            types.append(f"conv{op['k']}x{op['k']}")
+        elif kind == "sal" and op["shared"]:
+            types.append("sal_shared")
         else:
-            name = "avgpool"
-        names.append(name)
-        types.append({OP_CONV: f"conv{op['k']}x{op['k']}", OP_SAL: "sal_shared" if op["shared"] else "sal",
-                      OP_SHIFT: "shift", OP_ASHIFT: "active_shift", OP_BN: "bn", OP_ADD: "add",
-                      OP_POOL: "avgpool", OP_LINEAR: "linear"}[kind])
-        producer[op["out"]] = i
-    return names, types
+            types.append(_NET_TYPES[kind])
+    return types

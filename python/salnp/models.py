@@ -14,186 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .nn import Arena, Module, constant, kaiming_uniform_a_sqrt5, uniform
+from .flops import CountReport, check_input_shape, count_rows, program_types
+# the leaf layers and the program they emit live in salnp.nn; re-exported here
+from .nn import (FIELDS, OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL,
+                 OP_SHIFT, ActiveShift, Arena, BatchNorm2d, Conv2d, Linear, Module, Program,
+                 SALConv2d, Sequential, Shift, default_shift_offsets, net_lock)
 
 __all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "BatchNorm2d",
            "Linear", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "default_shift_offsets"]
-
-# op kinds and the field order of one op row; must match sal/net.h
-OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = range(8)
-FIELDS = ("kind", "inp", "out", "res", "relu", "o", "k", "stride", "pad", "p0", "p1", "p2",
-          "b0", "b1", "shared", "ioff")
-
-
-def default_shift_offsets(c: int) -> np.ndarray:
-    """Wu et al.'s fixed 3x3 assignment (DESIGN 1.2): int32 (C, 2) rows (dy, dx)."""
-    off = np.zeros((c, 2), np.int32)
-    n9 = 9 * (c // 9)
-    idx = np.arange(n9)
-    off[:n9, 0] = (idx // 3) % 3 - 1
-    off[:n9, 1] = idx % 3 - 1
-    return off
-
-
-class Program:
-    """Activation buffers (per-sample shapes) and op rows, built by Module.emit()."""
-
-    def __init__(self, in_shape):
-        self.shapes = [tuple(in_shape)]
-        self.ops: list[dict] = []
-        self.int_offsets: list[np.ndarray] = []
-
-    def buf(self, c, h, w) -> int:
-        self.shapes.append((int(c), int(h), int(w)))
-        return len(self.shapes) - 1
-
-    def op(self, **f) -> None:
-        row = dict.fromkeys(FIELDS, 0)
-        row.update(res=-1, ioff=-1)
-        row.update(f)
-        self.ops.append(row)
-
-    def table(self) -> np.ndarray:
-        return np.array([[r[k] for k in FIELDS] for r in self.ops], dtype=np.int64)
-
-
-def _out_size(h, k, s, p):
-    return (h + 2 * p - k) // s + 1
-
-
-# ---------------------------------------------------------------- leaf layers
-class Conv2d(Module):
-    """k x k convolution, no bias (BN follows)."""
-
-    def __init__(self, cin, cout, k=3, stride=1, padding=None):
-        super().__init__()
-        self.cin, self.cout, self.k, self.stride = cin, cout, k, stride
-        self.padding = k // 2 if padding is None else padding
-        self.add_param("weight", (cout, cin, k, k), kaiming_uniform_a_sqrt5(cin * k * k))
-
-    def emit(self, prog, arena, name, x):
-        c, h, w = prog.shapes[x]
-        y = prog.buf(self.cout, _out_size(h, self.k, self.stride, self.padding),
-                     _out_size(w, self.k, self.stride, self.padding))
-        prog.op(kind=OP_CONV, inp=x, out=y, o=self.cout, k=self.k, stride=self.stride,
-                pad=self.padding, p0=arena.offsets[f"{name}.weight"][0])
-        return y
-
-
-class SALConv2d(Module):
-    """Shift Attention Layer: a 3x3 convolution whose kernel slices learn one shift each.
-
-    logits (C_out, C_in, 9) unshared, or (1, C_in, 9) shared; init U[0, 1).
-    mask (a buffer of the logits' shape, float 0/1, all ones at first): the positions
-    each slice may still use.  Stepwise hard pruning (salnp.prune) clears entries; mean,
-    std and softmax then run over the allowed positions only and p = 0 elsewhere
-    (libsal sal/shift.h, "Masks").  All ones computes exactly what no mask computes."""
-
-    _optional_buffers = ("mask",)   # checkpoints from before masks load with all ones
-
-    def __init__(self, cin, cout, stride=1, shared=False):
-        super().__init__()
-        self.cin, self.cout, self.k, self.stride, self.padding, self.shared = cin, cout, 3, stride, 1, shared
-        self.add_param("weight", (cout, cin, 3, 3), kaiming_uniform_a_sqrt5(cin * 9))
-        self.add_param("logits", (1 if shared else cout, cin, 9), uniform(0.0, 1.0))
-        self.add_buffer("mask", (1 if shared else cout, cin, 9), constant(1.0))
-
-    def probs(self, beta, hard=False):
-        """The attention p (O|1, C, 9) at inverse temperature beta, under the mask."""
-        return _core.sal_probs(self.logits, float(beta), hard=bool(hard), mask=self.mask)
-
-    def emit(self, prog, arena, name, x):
-        c, h, w = prog.shapes[x]
-        y = prog.buf(self.cout, _out_size(h, 3, self.stride, 1), _out_size(w, 3, self.stride, 1))
-        prog.op(kind=OP_SAL, inp=x, out=y, o=self.cout, k=3, stride=self.stride, pad=1,
-                p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.logits"][0],
-                b0=arena.offsets[f"{name}.mask"][0], shared=int(self.shared))
-        return y
-
-
-class Shift(Module):
-    """Fixed per-channel integer shift (SL, Wu et al.); 0 parameters, 0 MACs."""
-
-    def __init__(self, c, stride=1, offsets=None):
-        super().__init__()
-        self.c, self.stride = c, stride
-        off = default_shift_offsets(c) if offsets is None else np.asarray(offsets, np.int32)
-        self.add_buffer("offsets", (c, 2), lambda rng, shape: off, dtype=np.int32)
-
-    def emit(self, prog, arena, name, x):
-        c, h, w = prog.shapes[x]
-        y = prog.buf(c, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
-        prog.int_offsets.append(self._buffers["offsets"])
-        prog.op(kind=OP_SHIFT, inp=x, out=y, stride=self.stride, ioff=len(prog.int_offsets) - 1)
-        return y
-
-
-class ActiveShift(Module):
-    """Active shift (ASL, Jeon & Kim): learned real (dy, dx) per channel, bilinear.
-
-    Offsets init U(-1, 1), no weight decay, learning-rate multiplier 0.01; their gradient
-    is normalised to unit length per channel before the update (reference training)."""
-
-    def __init__(self, c, stride=1, lr_scale=0.01):
-        super().__init__()
-        self.c, self.stride = c, stride
-        self.add_param("shift", (c, 2), uniform(-1.0, 1.0), decay=False, lr_scale=lr_scale)
-
-    def emit(self, prog, arena, name, x):
-        c, h, w = prog.shapes[x]
-        y = prog.buf(c, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
-        prog.op(kind=OP_ASHIFT, inp=x, out=y, stride=self.stride,
-                p0=arena.offsets[f"{name}.shift"][0])
-        return y
-
-
-class BatchNorm2d(Module):
-    """BatchNorm (momentum 0.1, eps 1e-5 as PyTorch); the program fuses (+ residual)(ReLU)."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.c = c
-        self.add_param("weight", (c,), constant(1.0))
-        self.add_param("bias", (c,), constant(0.0))
-        self.add_buffer("running_mean", (c,), constant(0.0))
-        self.add_buffer("running_var", (c,), constant(1.0))
-        self.add_buffer("num_batches_tracked", (), constant(0), dtype=np.int64)
-
-    def emit(self, prog, arena, name, x, relu=False, res=-1):
-        y = prog.buf(*prog.shapes[x])
-        prog.op(kind=OP_BN, inp=x, out=y, res=res, relu=int(relu),
-                p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.bias"][0],
-                b0=arena.offsets[f"{name}.running_mean"][0],
-                b1=arena.offsets[f"{name}.running_var"][0])
-        return y
-
-
-class Linear(Module):
-    def __init__(self, fin, fout):
-        super().__init__()
-        self.fin, self.fout = fin, fout
-        self.add_param("weight", (fout, fin), kaiming_uniform_a_sqrt5(fin))
-        self.add_param("bias", (fout,), kaiming_uniform_a_sqrt5(fin))
-
-    def emit(self, prog, arena, name, x):
-        y = prog.buf(self.fout, 1, 1)
-        prog.op(kind=OP_LINEAR, inp=x, out=y, o=self.fout, p0=arena.offsets[f"{name}.weight"][0],
-                p1=arena.offsets[f"{name}.bias"][0])
-        return y
-
-
-class Sequential(Module):
-    def __init__(self, *mods):
-        super().__init__()
-        for i, m in enumerate(mods):
-            self.add_module(str(i), m)
-
-    def __getitem__(self, i):
-        return self._modules[str(i)]
-
-    def __len__(self):
-        return len(self._modules)
-
 
 def _shortcut(cin, cout, stride):
     """Option B: identity, or 1x1 conv with stride + BN when the shape changes."""
@@ -273,7 +101,7 @@ class ShiftBlock(_ShiftBlockBase):
         h = self._emit_body(prog, arena, name, x)
         h = self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True)
         y = prog.buf(*prog.shapes[h])
-        prog.op(kind=OP_ADD, inp=h, out=y, res=r)
+        prog.op(f"{name}.add", kind=OP_ADD, inp=h, out=y, res=r)
         return y
 
 
@@ -339,11 +167,28 @@ class ResNet(Module):
         self._last = None
         self.beta = 1.0  # SAL inverse temperature (fit anneals it)
 
-    # the program for one input size, and its C engine (activations allocated once)
-    def _engine(self, in_shape):
-        key = tuple(in_shape)
+    def _shift_offsets(self):
+        """The fixed SL offsets the programs were built with are copied into libsal: an
+        engine built before a change (load_state_dict, an in-place edit) would keep
+        the old ones.  Returns the current offsets of every Shift, in module order."""
+        return [m._buffers["offsets"] for _, m in self.named_modules() if isinstance(m, Shift)]
+
+    def _check_offsets(self):
+        cur = self._shift_offsets()
+        seen = getattr(self, "_offsets_seen", None)
+        if seen is None or len(seen) != len(cur) or any(
+                not np.array_equal(a, b) for a, b in zip(seen, cur)):
+            self._engines.clear()
+            self._last = None
+            self._offsets_seen = [np.array(a, copy=True) for a in cur]
+
+    def program(self, input_shape) -> Program:
+        """The program (buffers, op rows, the module name of every op) this network runs
+        for inputs of per-sample shape input_shape = (C, H, W)."""
+        self._check_offsets()
+        key = tuple(int(v) for v in input_shape)
         if key not in self._engines:
-            prog = Program(in_shape)
+            prog = Program(key)
             x = self.conv1.emit(prog, self.arena, "conv1", 0)
             x = self.bn1.emit(prog, self.arena, "bn1", x, relu=True)
             for stage in (1, 2, 3):
@@ -351,8 +196,16 @@ class ResNet(Module):
                 for i in range(len(seq)):
                     x = seq[i].emit(prog, self.arena, f"layer{stage}.{i}", x)
             y = prog.buf(prog.shapes[x][0], 1, 1)
-            prog.op(kind=OP_POOL, inp=x, out=y)
+            prog.op("avgpool", kind=OP_POOL, inp=x, out=y)
             self.linear.emit(prog, self.arena, "linear", y)
+            self._engines[key] = (prog, None)
+        return self._engines[key][0]
+
+    # the C engine of the program for one input size (activations allocated once)
+    def _engine(self, in_shape):
+        prog = self.program(in_shape)
+        key = tuple(int(v) for v in in_shape)
+        if self._engines[key][1] is None:
             offs = (np.concatenate(prog.int_offsets) if prog.int_offsets
                     else np.zeros((0, 2), np.int32))
             starts = np.cumsum([0] + [len(o) for o in prog.int_offsets])[:-1]
@@ -364,6 +217,19 @@ class ResNet(Module):
                 np.array(prog.shapes, np.int64), table, np.ascontiguousarray(offs, np.int32),
                 self.arena.params.size, self.arena.buffers.size))
         return self._engines[key][1]
+
+    def count_report(self, input_shape=(3, 32, 32), mode=None) -> CountReport:
+        """salnp.count(self, input_shape, mode): mode "train" (default) or "inference"."""
+        mode = "train" if mode is None else mode
+        if mode not in ("train", "inference"):
+            raise ValueError(f"count: mode={mode!r}: must be 'train' or 'inference'")
+        shape = check_input_shape(input_shape, self.config["in_channels"])
+        eng, prog = self._engine(shape), self.program(shape)
+        beta = float(self.beta)
+        ints, params = _core.net_count(eng, self.arena.params, beta, mode == "inference",
+                                       buffers=self.arena.buffers)
+        return CountReport(count_rows(ints, params, prog.names, program_types(prog)), mode,
+                           shape, beta if any(r["kind"] == OP_SAL for r in prog.ops) else None)
 
     def _check_input(self, x, fn):
         x = np.asarray(x)
@@ -380,13 +246,44 @@ class ResNet(Module):
         (batch statistics, running-stat update); hard=True binarises SAL attention."""
         x = self._check_input(x, "forward")
         train = self.training if train is None else bool(train)
+        with net_lock(self):    # one call at a time per network (salnp.nn.net_lock)
+            return self._forward_locked(x, train, hard)
+
+    def _forward_locked(self, x, train, hard):
+        if not train:
+            eng = self._last = self._engine(x.shape[1:])
+            return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, False,
+                                     bool(hard), float(self.beta))
+        # training mode updates the BN running statistics: a NaN/inf input (or a NaN
+        # batch statistic from non-finite parameters) would poison them for good, so the
+        # input is checked first and the statistics are restored if they went non-finite
+        if not np.all(np.isfinite(x)):
+            self._last = None      # backward after a refused forward raises
+            bad = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(f"forward: x contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "
+                             "in training mode it would poison the BN running statistics")
         eng = self._last = self._engine(x.shape[1:])
-        if train:
-            for _, m in self.named_modules():
-                if isinstance(m, BatchNorm2d):
-                    m._buffers["num_batches_tracked"][...] += 1
-        return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, train, bool(hard),
-                                 float(self.beta))
+        saved = self.arena.buffers.copy()
+        bns = [m for _, m in self.named_modules() if isinstance(m, BatchNorm2d)]
+        for m in bns:
+            m._buffers["num_batches_tracked"][...] += 1
+        try:
+            out = _core.net_forward(eng, self.arena.params, self.arena.buffers, x, True,
+                                    bool(hard), float(self.beta))
+        except BaseException:
+            self.arena.buffers[...] = saved
+            for m in bns:
+                m._buffers["num_batches_tracked"][...] -= 1
+            self._last = None      # backward then refuses: there is no forward to follow
+            raise
+        if not np.isfinite(self.arena.buffers.sum(dtype=np.float64)):
+            self.arena.buffers[...] = saved
+            for m in bns:
+                m._buffers["num_batches_tracked"][...] -= 1
+            self._last = None
+            raise FloatingPointError("forward: the batch statistics are NaN or inf (non-finite "
+                                     "parameters?); the BN running statistics were left unchanged")
+        return out
 
     __call__ = forward
 
@@ -396,7 +293,10 @@ class ResNet(Module):
             raise RuntimeError("backward: call forward(x, train=True) first")
         # no np.ascontiguousarray here: _core converts and checks (a complex or string
         # grad_logits must be refused with the argument named, not cast silently)
-        _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
+        with net_lock(self):
+            if self._last is None:
+                raise RuntimeError("backward: call forward(x, train=True) first")
+            _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
 
     def zero_grad(self):
         self.arena.zero_grad()

@@ -1,4 +1,6 @@
-"""Modules in the manner of a small PyTorch, whose parameters live in one arena.
+"""Modules in the manner of a small PyTorch, whose parameters live in one arena, and the
+leaf layers (Conv2d, SALConv2d, Shift, ActiveShift, BatchNorm2d, Linear, Sequential) with
+the Program they emit for libsal (blocks and ResNets: salnp.models).
 
 Every leaf module declares its parameters (name, shape, initialiser) and buffers.
 When a network is built, all parameters are packed into ONE float32 arena, their
@@ -10,12 +12,18 @@ buffer arena the same way.
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import OrderedDict
 from typing import Callable, Iterator
 
 import numpy as np
 
-__all__ = ["Module", "ParamSpec", "Arena"]
+from . import _core
+from .ops import default_shift_offsets   # the one definition: libsal's (sal/shift.h)
+
+__all__ = ["Module", "ParamSpec", "Arena", "Program", "Conv2d", "SALConv2d", "Shift", "ActiveShift",
+           "BatchNorm2d", "Linear", "Sequential", "default_shift_offsets"]
 
 Init = Callable[[np.random.Generator, tuple], np.ndarray]
 
@@ -32,6 +40,28 @@ def uniform(lo: float, hi: float) -> Init:
 
 def constant(v: float) -> Init:
     return lambda rng, shape: np.full(shape, v)
+
+
+_LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def net_lock(obj) -> "threading.RLock":
+    """The lock that serialises forward/backward of one network (kept outside the object,
+    so copies and pickles of networks carry no lock; a copy gets its own).
+
+    Sharing a network between threads: every forward and backward call holds the
+    network's lock for its whole run, so calls from several threads never overlap on one
+    network's buffers (they queue; different networks run in parallel, the GIL is
+    released in C).  backward differentiates the most recent forward of ANY thread:
+    training one network from several threads at once needs the caller's own lock
+    around each forward+backward pair.  Inference (forward with train=False, or an
+    InferenceNet) is safe to share as it is."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(obj)
+        if lock is None:
+            lock = _LOCKS[obj] = threading.RLock()
+        return lock
 
 
 class ParamSpec:
@@ -64,7 +94,22 @@ class Module:
         self._buffer_specs[name] = ParamSpec(name, shape, init, dtype)
 
     def __setattr__(self, name, value):
-        if isinstance(value, Module) and "_modules" in self.__dict__ and not name.startswith("_"):
+        d = self.__dict__
+        for table, what in (("_params", "parameter"), ("_buffers", "buffer")):
+            if table in d and name in d[table]:
+                # the array is a view of the network's arena: training reads the arena, so
+                # an assignment copies into the view (replacing it would be ignored)
+                view = d[table][name]
+                value = np.asarray(value)
+                if value.shape != view.shape or not np.can_cast(value.dtype, view.dtype,
+                                                               "same_kind"):
+                    raise ValueError(
+                        f"{type(self).__name__}.{name} = array: the {what} is a view of the "
+                        f"network's arena, {view.dtype} {view.shape}; the value must have that "
+                        f"shape and a compatible dtype, got {value.dtype} {value.shape}")
+                view[...] = value
+                return
+        if isinstance(value, Module) and "_modules" in d and not name.startswith("_"):
             self._modules[name] = value
         object.__setattr__(self, name, value)
 
@@ -126,7 +171,13 @@ class Module:
         return d
 
     def load_state_dict(self, state, strict: bool = True):
-        """Copy arrays into the arena in place; shapes must match, names too when strict."""
+        """Copy arrays into the arena in place; shapes must match, names too when strict.
+
+        All or nothing: every entry is checked first (name, shape, a real dtype, the
+        value after the cast to the destination's dtype: finite for floats, in range
+        and integral for integer buffers, BN running variances >= 0, SAL masks 0/1 with
+        an allowed position per slice) and only then is anything written.  A failing
+        call leaves the module exactly as it was."""
         from collections.abc import Mapping
 
         if not isinstance(state, Mapping):
@@ -146,19 +197,21 @@ class Module:
         unexpected = [k for k in state if k not in own]
         if strict and (missing or unexpected):
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
+        staged = []
         for k, dst in own.items():
             if k not in state:
                 if k in optional:
-                    dst[...] = optional[k].init(np.random.default_rng(0), dst.shape)
+                    staged.append((dst, np.asarray(optional[k].init(np.random.default_rng(0),
+                                                                    dst.shape), dst.dtype)))
                 continue
             src = np.asarray(state[k])
             if src.shape != dst.shape:
                 raise ValueError(f"load_state_dict: {k} has shape {src.shape}, expected {dst.shape}")
             if src.dtype.kind not in "fiub":
                 raise TypeError(f"load_state_dict: {k} has dtype {src.dtype}, expected a real array")
-            if not np.all(np.isfinite(src)):
-                raise ValueError(f"load_state_dict: {k} contains NaN or inf")
-            dst[...] = src
+            staged.append((dst, _checked_cast(k, src, dst.dtype)))
+        for dst, v in staged:
+            dst[...] = v
         return self
 
     # -- travelling: pickle, copy.deepcopy, multiprocessing, Dask ---------------------
@@ -221,6 +274,35 @@ def _rebuild_module(cls, config):
     return cls(**config)
 
 
+def _checked_cast(k, src, dtype):
+    """src cast to dtype, refusing values the cast would change or that no state holds."""
+    if np.dtype(dtype).kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = src.astype(dtype)
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"load_state_dict: {k} contains NaN or inf"
+                             + (" (after the cast to float32)" if np.all(np.isfinite(src)) else ""))
+        if k.endswith("running_var") and v.size and float(v.min()) < 0:
+            raise ValueError(f"load_state_dict: {k} has a negative value ({float(v.min())}): "
+                             "a running variance must be >= 0")
+        if k.endswith(".mask") or k == "mask":
+            m = v.reshape(-1, v.shape[-1]) if v.ndim else v.reshape(1, 1)
+            if not np.all((m == 0) | (m == 1)) or not np.all(m.any(axis=-1)):
+                raise ValueError(f"load_state_dict: {k}: mask values must be 0 or 1 with at "
+                                 "least one allowed position per slice")
+        return v
+    info = np.iinfo(dtype)
+    if src.dtype.kind == "f":
+        if not np.all(np.isfinite(src)) or not np.all(src == np.round(src)):
+            raise ValueError(f"load_state_dict: {k} must hold integers, got non-integral values")
+    if src.size and (src.min() < info.min or src.max() > info.max):
+        raise ValueError(f"load_state_dict: {k} has values outside [{info.min}, {info.max}] "
+                         f"({np.dtype(dtype)})")
+    if k.endswith("num_batches_tracked") and src.size and src.min() < 0:
+        raise ValueError(f"load_state_dict: {k} must be >= 0")
+    return src.astype(dtype)
+
+
 class Arena:
     """Packs the declared parameters of a module tree into flat float32 arrays.
 
@@ -276,3 +358,176 @@ class Arena:
 
     def zero_grad(self):
         self.grads[...] = 0.0
+
+
+# ---------------------------------------------------------------- the program
+# op kinds and the field order of one op row, as libsal describes them (sal/net.h);
+# the field "in" is spelled "inp" here
+FIELDS = tuple("inp" if f == "in" else f for f in _core.NET_FIELDS)
+OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = (
+    _core.NET_KINDS.index(k) for k in ("conv", "sal", "shift", "ashift", "bn", "add", "pool", "linear"))
+
+
+class Program:
+    """Activation buffers (per-sample shapes) and op rows, built by Module.emit().
+
+    ops[i] is a dict of the fields of one C op row (FIELDS); names[i] is the dotted name
+    of the module that emitted it (recorded when the program is built)."""
+
+    def __init__(self, in_shape):
+        self.shapes = [tuple(in_shape)]
+        self.ops: list[dict] = []
+        self.names: list[str] = []
+        self.int_offsets: list[np.ndarray] = []
+
+    def buf(self, c, h, w) -> int:
+        self.shapes.append((int(c), int(h), int(w)))
+        return len(self.shapes) - 1
+
+    def op(self, name, **f) -> None:
+        row = dict.fromkeys(FIELDS, 0)
+        row.update(res=-1, ioff=-1)
+        row.update(f)
+        self.ops.append(row)
+        self.names.append(name)
+
+    def table(self) -> np.ndarray:
+        return np.array([[r[k] for k in FIELDS] for r in self.ops], dtype=np.int64)
+
+
+def _out_size(h, k, s, p):
+    return (h + 2 * p - k) // s + 1
+
+
+# ---------------------------------------------------------------- leaf layers
+class Conv2d(Module):
+    """k x k convolution, no bias (BN follows)."""
+
+    def __init__(self, cin, cout, k=3, stride=1, padding=None):
+        super().__init__()
+        self.cin, self.cout, self.k, self.stride = cin, cout, k, stride
+        self.padding = k // 2 if padding is None else padding
+        self.add_param("weight", (cout, cin, k, k), kaiming_uniform_a_sqrt5(cin * k * k))
+
+    def emit(self, prog, arena, name, x):
+        c, h, w = prog.shapes[x]
+        y = prog.buf(self.cout, _out_size(h, self.k, self.stride, self.padding),
+                     _out_size(w, self.k, self.stride, self.padding))
+        prog.op(name, kind=OP_CONV, inp=x, out=y, o=self.cout, k=self.k, stride=self.stride,
+                pad=self.padding, p0=arena.offsets[f"{name}.weight"][0])
+        return y
+
+
+class SALConv2d(Module):
+    """Shift Attention Layer: a 3x3 convolution whose kernel slices learn one shift each.
+
+    logits (C_out, C_in, 9) unshared, or (1, C_in, 9) shared; init U[0, 1).
+    mask (a buffer of the logits' shape, float 0/1, all ones at first): the positions
+    each slice may still use.  Stepwise hard pruning (salnp.prune) clears entries; mean,
+    std and softmax then run over the allowed positions only and p = 0 elsewhere
+    (libsal sal/shift.h, "Masks").  All ones computes exactly what no mask computes."""
+
+    _optional_buffers = ("mask",)   # checkpoints from before masks load with all ones
+
+    def __init__(self, cin, cout, stride=1, shared=False):
+        super().__init__()
+        self.cin, self.cout, self.k, self.stride, self.padding, self.shared = cin, cout, 3, stride, 1, shared
+        self.add_param("weight", (cout, cin, 3, 3), kaiming_uniform_a_sqrt5(cin * 9))
+        self.add_param("logits", (1 if shared else cout, cin, 9), uniform(0.0, 1.0))
+        self.add_buffer("mask", (1 if shared else cout, cin, 9), constant(1.0))
+
+    def probs(self, beta, hard=False):
+        """The attention p (O|1, C, 9) at inverse temperature beta, under the mask."""
+        return _core.sal_probs(self.logits, float(beta), hard=bool(hard), mask=self.mask)
+
+    def emit(self, prog, arena, name, x):
+        c, h, w = prog.shapes[x]
+        y = prog.buf(self.cout, _out_size(h, 3, self.stride, 1), _out_size(w, 3, self.stride, 1))
+        prog.op(name, kind=OP_SAL, inp=x, out=y, o=self.cout, k=3, stride=self.stride, pad=1,
+                p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.logits"][0],
+                b0=arena.offsets[f"{name}.mask"][0], shared=int(self.shared))
+        return y
+
+
+class Shift(Module):
+    """Fixed per-channel integer shift (SL, Wu et al.); 0 parameters, 0 MACs."""
+
+    def __init__(self, c, stride=1, offsets=None):
+        super().__init__()
+        self.c, self.stride = c, stride
+        off = default_shift_offsets(c) if offsets is None else np.asarray(offsets, np.int32)
+        self.add_buffer("offsets", (c, 2), lambda rng, shape: off, dtype=np.int32)
+
+    def emit(self, prog, arena, name, x):
+        c, h, w = prog.shapes[x]
+        y = prog.buf(c, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
+        prog.int_offsets.append(self._buffers["offsets"])
+        prog.op(name, kind=OP_SHIFT, inp=x, out=y, stride=self.stride, ioff=len(prog.int_offsets) - 1)
+        return y
+
+
+class ActiveShift(Module):
+    """Active shift (ASL, Jeon & Kim): learned real (dy, dx) per channel, bilinear.
+
+    Offsets init U(-1, 1), no weight decay, learning-rate multiplier 0.01; their gradient
+    is normalised to unit length per channel before the update (reference training)."""
+
+    def __init__(self, c, stride=1, lr_scale=0.01):
+        super().__init__()
+        self.c, self.stride = c, stride
+        self.add_param("shift", (c, 2), uniform(-1.0, 1.0), decay=False, lr_scale=lr_scale)
+
+    def emit(self, prog, arena, name, x):
+        c, h, w = prog.shapes[x]
+        y = prog.buf(c, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
+        prog.op(name, kind=OP_ASHIFT, inp=x, out=y, stride=self.stride,
+                p0=arena.offsets[f"{name}.shift"][0])
+        return y
+
+
+class BatchNorm2d(Module):
+    """BatchNorm (momentum 0.1, eps 1e-5 as PyTorch); the program fuses (+ residual)(ReLU)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = c
+        self.add_param("weight", (c,), constant(1.0))
+        self.add_param("bias", (c,), constant(0.0))
+        self.add_buffer("running_mean", (c,), constant(0.0))
+        self.add_buffer("running_var", (c,), constant(1.0))
+        self.add_buffer("num_batches_tracked", (), constant(0), dtype=np.int64)
+
+    def emit(self, prog, arena, name, x, relu=False, res=-1):
+        y = prog.buf(*prog.shapes[x])
+        prog.op(name, kind=OP_BN, inp=x, out=y, res=res, relu=int(relu),
+                p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.bias"][0],
+                b0=arena.offsets[f"{name}.running_mean"][0],
+                b1=arena.offsets[f"{name}.running_var"][0])
+        return y
+
+
+class Linear(Module):
+    def __init__(self, fin, fout):
+        super().__init__()
+        self.fin, self.fout = fin, fout
+        self.add_param("weight", (fout, fin), kaiming_uniform_a_sqrt5(fin))
+        self.add_param("bias", (fout,), kaiming_uniform_a_sqrt5(fin))
+
+    def emit(self, prog, arena, name, x):
+        y = prog.buf(self.fout, 1, 1)
+        prog.op(name, kind=OP_LINEAR, inp=x, out=y, o=self.fout, p0=arena.offsets[f"{name}.weight"][0],
+                p1=arena.offsets[f"{name}.bias"][0])
+        return y
+
+
+class Sequential(Module):
+    def __init__(self, *mods):
+        super().__init__()
+        for i, m in enumerate(mods):
+            self.add_module(str(i), m)
+
+    def __getitem__(self, i):
+        return self._modules[str(i)]
+
+    def __len__(self):
+        return len(self._modules)

@@ -7,8 +7,9 @@ test_subset, batch_size, lr, lr_schedule, milestones, momentum, weight_decay, be
 beta1, beta_schedule, prune_epochs, prune_keep, no_augment, seed, recipe).  ``normalize``
 validates it with the command's own parser (the same types, choices and messages) and
 fills in the defaults, so ``{"layer": "sal"}`` and ``{"layer": "sal", "width": 16}`` are
-the same run; ``trial_id`` is a SHA-256 of the normalised config's canonical JSON (stable
-across processes and machines, unlike Python's ``hash()``).
+the same run; ``trial_id`` is a SHA-256 of the canonical JSON of the options that differ
+from the defaults (stable across processes and machines, unlike Python's ``hash()``, and
+across versions that add options).
 
     cfg = salnp.runs.normalize({"layer": "cl", "width": 8, "epochs": 2, "subset": 1000})
     summary = salnp.runs.train_run(cfg, "runs/cl-w8")     # summary.json, history.json, ...
@@ -19,11 +20,17 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 
 import numpy as np
 
-__all__ = ["normalize", "trial_id", "trial_name", "train_run", "RUNNER_KEYS", "LABEL_KEYS",
+import salnp
+
+from . import data
+from .cli import _parser
+
+__all__ = ["normalize", "identity", "trial_id", "trial_name", "train_run", "train_options", "RUNNER_KEYS", "LABEL_KEYS",
            "DEFAULT_ROOTS"]
 
 DEFAULT_ROOTS = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}   # the Debian package
@@ -44,8 +51,6 @@ class ConfigError(ValueError):
 
 def _train_parser():
     """The `train` sub-parser of the command line, raising ConfigError instead of exiting."""
-    from .__main__ import _parser
-
     ap = _parser()
     sub = next(a for a in ap._actions if a.dest == "cmd").choices["train"]
 
@@ -142,13 +147,23 @@ def normalize(config, fn="sweep") -> dict:
     return cfg
 
 
-def _identity(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in LABEL_KEYS and k not in RUNNER_KEYS}
+_DEFAULTS: dict = {}
+
+
+def identity(cfg: dict) -> dict:
+    """The options that make a run what it is: those of the normalised cfg that differ
+    from the command's defaults, plus root (labels and runner keys excluded).  An option
+    added to the command later, with a default, leaves existing trial ids unchanged."""
+    if not _DEFAULTS:
+        _DEFAULTS.update(train_options())
+    missing = object()
+    return {k: v for k, v in cfg.items() if k not in LABEL_KEYS and k not in RUNNER_KEYS
+            and (k == "root" or _DEFAULTS.get(k, missing) != v)}
 
 
 def trial_id(cfg: dict) -> str:
-    """SHA-256 (hex) of the normalised config's canonical JSON, labels excluded."""
-    text = json.dumps(_identity(cfg), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """SHA-256 (hex) of the canonical JSON (sorted keys, no spaces) of identity(cfg)."""
+    text = json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -164,8 +179,6 @@ _DATA: dict = {}
 
 def load_data(cfg):
     """(train, test) Datasets of a config; the full sets are read once per process."""
-    from . import data
-
     out = []
     for train in (True, False):
         key = (cfg["data"], cfg["root"], train)
@@ -195,7 +208,7 @@ def _table(rows):
     return "\n".join(f"{r[0]:<{w0}}  {r[1]}" for r in rows)
 
 
-def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=False,
+def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=None,
               verbose=False, complete=False, export=True, extra=None):
     """Train, evaluate (soft and hard), count, export and time one run of cfg (a
     normalize()d config) into the folder out: train.log, checkpoint.npz (every epoch),
@@ -203,13 +216,14 @@ def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=Fal
     its presence means the run finished).  resume: a checkpoint (or its folder) to
     continue from.  complete: a run interrupted by Ctrl-C raises KeyboardInterrupt
     instead of writing a summary of the epochs it finished.  Returns the summary dict."""
-    import salnp
-
     if threads is not None:
         salnp.set_num_threads(threads)
     os.makedirs(out, exist_ok=True)
     handler = logging.FileHandler(os.path.join(out, "train.log"))
     handler.setFormatter(logging.Formatter("%(message)s"))
+    # only this run's messages (a Dask worker may train several runs in threads at once)
+    me = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == me)
     old_level = log.level
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -290,23 +304,12 @@ def _train_run(salnp, cfg, out, resume, progress, figure, verbose, complete, exp
         salnp.export(net).save(os.path.join(out, "inference.npz"))
         files.append("inference.npz")
     _write_json(os.path.join(out, "history.json"), history)
-    if figure:
-        try:
-            import matplotlib
-            matplotlib.use("Agg")
-            from . import viz
-            if layer == "sal":
-                fig = viz.attention_grid(net)
-                name = "attention.png"
-            else:
-                import matplotlib.pyplot as plt
-                fig, ax = plt.subplots(figsize=(5, 3.5))
-                viz.training_curves(history, ax=ax)
-                name = "curves.png"
-            fig.savefig(os.path.join(out, name), dpi=120, bbox_inches="tight")
-            files.append(name)
-        except ImportError:
+    if figure is not None:      # e.g. salnp.viz.run_figure (the command line's figure)
+        name = figure(net, history, out)
+        if name is None:
             say("(matplotlib not installed: no figure; pip install 'salnp[notebooks]')")
+        else:
+            files.append(name)
     summary["total_s"] = time.perf_counter() - t_start
     _write_json(os.path.join(out, "summary.json"), summary)
     say(f"wrote {out}/" + ", ".join(files))

@@ -29,7 +29,7 @@ Threads: locally ``workers x threads_per_trial <= cores`` always holds (ValueErr
 otherwise); every worker is started with OMP_NUM_THREADS etc. set to its budget before
 salnp is imported, by the ``spawn`` method (a forked child would hang in OpenMP), and
 calls ``salnp.set_num_threads``.  On Dask each trial uses ``threads_per_trial`` threads,
-by default the worker machine's cores divided by the worker's thread count.
+by default the cores of the worker's machine divided by the threads of all Dask workers there.
 """
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ import sys
 import time
 import types
 import uuid
+
+import salnp
 
 from .runs import LABEL_KEYS, _write_json, normalize, train_run, trial_id, trial_name
 
@@ -156,15 +158,27 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _dask_threads():
-    """Cores of this machine / the Dask worker's threads (1 outside a worker)."""
+def _dask_budget(client):
+    """{worker address: threads per trial}: a host's cores divided by the threads of all
+    the Dask workers on that host (each worker thread runs one trial at a time)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    cores = client.run(_cores)
+    per_host = {}
+    for addr, w in workers.items():
+        per_host[w.get("host")] = per_host.get(w.get("host"), 0) + int(w.get("nthreads", 1))
+    return {addr: max(1, int(cores.get(addr, 1)) // max(1, per_host[w.get("host")]))
+            for addr, w in workers.items()}
+
+
+def _dask_threads(budget):
+    """This Dask worker's entry of the budget (1 when unknown, e.g. a worker that joined
+    after the sweep started)."""
     try:
         from distributed import get_worker
 
-        n = int(get_worker().state.nthreads)
+        return int(budget.get(get_worker().address, 1))
     except Exception:
         return 1
-    return max(1, _cores() // max(n, 1))
 
 
 def _metrics(summary, tdir):
@@ -187,15 +201,14 @@ def _read_summary(tdir, tid):
 def run_trial(cfg, tdir, threads=None) -> dict:
     """Run one normalised config into the folder tdir (skip it when its summary.json is
     there, resume it from tdir/checkpoint.npz when that is there) and return its metrics
-    (METRICS and dir).  What the sweep's workers execute; importable on Dask workers."""
-    import salnp
-
+    (METRICS and dir).  threads: the trial's threads, or {Dask worker address: threads}.
+    What the sweep's workers execute; importable on Dask workers."""
     tid = trial_id(cfg)
     done = _read_summary(tdir, tid)
     if done is not None:
         return dict(_metrics(done, tdir), skipped=True, resumed=False)
     os.makedirs(tdir, exist_ok=True)
-    threads = int(threads) if threads else _dask_threads()
+    threads = _dask_threads(threads) if isinstance(threads, dict) else int(threads or 1)
     salnp.set_num_threads(threads)
     with open(os.path.join(tdir, "attempts.log"), "a") as f:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} threads {threads}\n")
@@ -212,8 +225,6 @@ def _worker_init(threads):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for k in _THREAD_ENV:
         os.environ[k] = str(threads)
-    import salnp
-
     salnp.set_num_threads(threads)
 
 
@@ -394,12 +405,11 @@ def _run_dask(client, todo, threads, retries, deadline, done, fail):
             t = futs[f]
             if f.status == "finished":
                 done(t, f.result())
-            else:
-                try:
-                    e = f.exception()
-                except Exception as e2:  # cancelled
-                    e = e2
+            elif f.status == "error":
+                e = f.exception()
                 fail(t, f"{type(e).__name__}: {e}")
+            else:
+                fail(t, f"Dask task {f.status} (the client or the cluster closed?)")
     except BaseException as e:
         client.cancel(list(futs))
         if isinstance(e, TimeoutError) or type(e).__name__ == "TimeoutError":
@@ -492,10 +502,9 @@ def sweep(configs, client=None, out=None, workers=None, threads_per_trial=None, 
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise ValueError(f"sweep: threads_per_trial={threads!r}: must be an integer >= 1")
-        try:
-            slots = max(1, sum(client.nthreads().values()))
-        except Exception:
-            slots = len(todo)
+        slots = max(1, sum(client.nthreads().values()))
+        if threads is None and todo:
+            threads = _dask_budget(client)
     prog = _Progress(len(trials), len(skipped), progress, slots)
     result = SweepResult(columns=columns, out=out)
     result.skipped = [t.dir for t in trials if t.id in rows]
@@ -561,7 +570,7 @@ def load(out) -> "SweepResult":
 
 # ---------------------------------------------------------------- the table
 def _stats(vals):
-    v = [float(x) for x in vals if x is not None]
+    v = [float(x) for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
         return None, None
     m = math.fsum(v) / len(v)

@@ -22,8 +22,10 @@ import time
 import numpy as np
 
 from . import _core, ops
-from .io import read_npz, save_npz_atomic
-from .models import ActiveShift, SALConv2d
+from .data import Dataset
+from .io import (NpzReader, _fspath, _target_for_save, check_finite_state, expected_state_shapes,
+                 save_npz_atomic)
+from .models import ActiveShift, ResNet, SALConv2d
 from .prune import default_keep, prune_step
 from ._threads import restores_threads, set_num_threads
 
@@ -169,24 +171,63 @@ def _versions():
 def _save_state(path, net, opt, epoch, history, run_cfg):
     arrays = dict(net.state_dict())
     arrays["optim.momentum"] = net.arena.momentum
+    check_finite_state(arrays, "fit: checkpoint")   # never a checkpoint of a NaN network
     cfg = {"model": net.config, "run": run_cfg, "epoch": epoch, "optim_steps": opt.steps,
            "beta": net.beta, "history": history}
     save_npz_atomic(path, arrays, "training", cfg)
 
 
 def _load_state(path, net, opt):
-    arrays, cfg, _ = read_npz(path, kind="training")
-    arch = lambda c: {k: v for k, v in (c or {}).items() if k != "seed"}
-    if arch(cfg.get("model")) != arch(net.config):
-        raise ValueError(f"{path}: checkpoint of model {cfg.get('model')}, not {net.config}")
-    mom = arrays.pop("optim.momentum", None)
-    if mom is None or mom.shape != net.arena.momentum.shape:
-        raise ValueError(f"{path}: no optimiser state of the right size")
-    net.load_state_dict({k: v for k, v in arrays.items()})
-    net.arena.momentum[...] = mom
-    opt.steps = int(cfg["optim_steps"])
-    net.beta = float(cfg["beta"])
-    return int(cfg["epoch"]), list(cfg["history"]), cfg.get("run", {})
+    """Resume state from a checkpoint, all or nothing: the file, the config, every array
+    (shapes before any data is read; values after the float32 cast) and the optimiser
+    state are validated before the network is touched."""
+
+    path = _fspath(path, "fit")
+    arch = lambda c: {k: v for k, v in (c if isinstance(c, dict) else {}).items() if k != "seed"}
+    with NpzReader(path, kind="training") as z:
+        cfg = z.config
+        if arch(cfg.get("model")) != arch(net.config):
+            raise ValueError(f"{path}: checkpoint of model {cfg.get('model')}, not {net.config}")
+        want = expected_state_shapes(net)
+        want["optim.momentum"] = net.arena.momentum.shape
+        missing = [k for k in want if k not in z.headers]
+        extra = [k for k in z.arrays if k not in want]
+        if "optim.momentum" in missing:
+            raise ValueError(f"{path}: no optimiser state of the right size")
+        if extra:
+            raise ValueError(f"{path}: unexpected arrays {extra[:5]}")
+        for k in z.arrays:
+            if z.shape(k) != tuple(want[k]):
+                raise ValueError(f"{path}: {k} has shape {z.shape(k)}, expected {tuple(want[k])}"
+                                 + (" (no optimiser state of the right size)"
+                                    if k == "optim.momentum" else ""))
+        try:
+            epoch, steps = cfg["epoch"], cfg["optim_steps"]
+            beta, history = cfg["beta"], cfg["history"]
+            run = cfg.get("run", {})
+            ok = (all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
+                      for v in (epoch, steps))
+                  and isinstance(beta, (int, float)) and not isinstance(beta, bool)
+                  and math.isfinite(beta) and beta >= 0
+                  and isinstance(history, list) and isinstance(run, dict))
+        except KeyError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}: corrupted training state (epoch, optim_steps, beta, "
+                             "history, run)")
+        arrays = {k: z.read(k, want[k]) for k in z.arrays}
+    mom = arrays.pop("optim.momentum")
+    mom32 = mom.astype(np.float32)
+    if mom.dtype.kind not in "fiu" or not np.all(np.isfinite(mom32)):
+        raise ValueError(f"{path}: optim.momentum contains NaN or inf (or is not real)")
+    try:
+        net.load_state_dict(arrays)          # transactional: validates before writing
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    net.arena.momentum[...] = mom32
+    opt.steps = int(steps)
+    net.beta = float(beta)
+    return int(epoch), list(history), run
 
 
 @restores_threads
@@ -194,7 +235,7 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
         nesterov=False, lr_schedule="step", milestones=(1 / 3, 2 / 3), lr_gamma=0.1,
         beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
         eval_batch_size=500, checkpoint=None, resume=None, progress=True, threads=None,
-        callback=None, prune_epochs=None, prune_keep=None):
+        callback=None, prune_epochs=None, prune_keep=None, skip_nonfinite=False):
     """Train `net` on the Dataset `train`, evaluating on `test` after every epoch.
 
     Returns the history: one dict per epoch (epoch, lr, beta, train_loss, train_acc,
@@ -208,12 +249,18 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     prune_keep = how many after each step (default salnp.prune.default_keep: e.g. 5, 3,
     2, 1 for four steps; must decrease and end at 1 to leave one shift per slice).  It
     composes with any beta schedule; for a pure stepwise ablation hold beta constant,
-    beta=(b, b).  History records get attn_allowed, the mean allowed positions per slice.  A NaN/inf loss raises FloatingPointError naming the
-    step, after saving the last good epoch; Ctrl-C returns the history so far (the
-    checkpoint of the last finished epoch stays resumable)."""
-    from .data import Dataset
-    from .models import ResNet
+    beta=(b, b).  History records get attn_allowed, the mean allowed positions per slice.
 
+    Failures.  A NaN/inf loss, or parameters / optimiser state that are NaN/inf after an
+    optimiser step (checked after EVERY step, the last one included), raise
+    FloatingPointError naming the epoch and step; the network is put back to its state
+    before that step and no checkpoint of a non-finite network is ever written (the last
+    checkpoint stays the last good epoch).  A training batch with NaN/inf inputs raises
+    ValueError naming the batch (1-based, within its epoch) and the step, before it
+    reaches the network (BN running statistics are never updated from it); with
+    skip_nonfinite=True such batches are skipped with a warning instead, and counted in
+    the record's "skipped_batches".  Ctrl-C returns the history so far (the checkpoint
+    of the last finished epoch stays resumable)."""
     if not isinstance(net, ResNet):
         raise TypeError(f"fit: net must be a salnp network (salnp.models.ResNet), got "
                         f"{type(net).__name__}")
@@ -223,6 +270,8 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
         raise TypeError(f"fit: test must be a salnp.data.Dataset or None, got {type(test).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"fit: callback must be callable or None, got {type(callback).__name__}")
+    if not isinstance(skip_nonfinite, (bool, np.bool_)):
+        raise TypeError(f"fit: skip_nonfinite={skip_nonfinite!r}: must be True or False")
     for name, p in (("checkpoint", checkpoint), ("resume", resume)):
         if p is not None:
             try:
@@ -231,6 +280,11 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                 raise TypeError(f"fit: {name} must be a path or None, got {type(p).__name__}") from None
             if os.path.isdir(p):
                 raise ValueError(f"fit: {name}={p!r} is a directory, not a file path")
+    if checkpoint is not None:      # a FIFO or device as checkpoint: refused now, not after an epoch
+        try:
+            _target_for_save(os.fspath(checkpoint))
+        except ValueError as e:
+            raise ValueError(f"fit: checkpoint: {e}") from None
     if resume is not None and not os.path.exists(resume):
         raise FileNotFoundError(f"fit: resume={os.fspath(resume)!r}: no such file")
     if threads is not None and (not isinstance(threads, (int, np.integer)) or isinstance(threads, bool)
@@ -295,38 +349,61 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                 log.info("epoch %d: pruned SAL slices to %d position(s): %s", epoch + 1,
                          prune_plan[epoch + 1], kept)
             t0 = time.perf_counter()
-            loss_sum, correct, seen = 0.0, 0, 0
+            loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
             batches = train.batches(batch_size, shuffle=True, augment=augment, seed=seed,
                                     epoch=epoch, reuse=True)
             bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
                        disable=not progress, leave=False) if tqdm else batches
-            for x, y in bar:
+
+            def where():
+                if checkpoint is not None and epoch > start_epoch:
+                    return f"the last good state is the checkpoint of epoch {epoch} ({checkpoint})"
+                if resume is not None:
+                    return f"the last good state is the checkpoint resumed from ({resume})"
+                if checkpoint is not None:
+                    return "no checkpoint was written yet (the first epoch failed)"
+                return "no checkpoint was requested (checkpoint=None)"
+
+            for batch_i, (x, y) in enumerate(bar, 1):
+                if not np.isfinite(np.sum(x, dtype=np.float64)):
+                    msg = (f"fit: training batch {batch_i} of epoch {epoch + 1} (step "
+                           f"{opt.steps + 1}) contains NaN or inf inputs")
+                    if skip_nonfinite:
+                        log.warning("%s: skipped (skip_nonfinite=True)", msg)
+                        skipped += 1
+                        continue
+                    raise ValueError(f"{msg}; the network was not updated from it "
+                                     "(fit(skip_nonfinite=True) skips such batches)")
                 y32 = y.astype(np.int32)
                 try:
                     logits = net.forward(x, train=True)
-                except ValueError as e:
-                    # libsal refuses non-finite SAL logits (softmax of NaN): a diverged
-                    # step, reported like a NaN loss rather than as a bad argument
-                    if np.all(np.isfinite(net.arena.params)):
+                except (ValueError, FloatingPointError) as e:
+                    # libsal refuses non-finite SAL logits (softmax of NaN); forward refuses
+                    # non-finite batch statistics: a diverged state, reported with the step
+                    if isinstance(e, ValueError) and np.all(np.isfinite(net.arena.params)):
                         raise
-                    logits, loss, cause = None, float("nan"), f" (parameters non-finite: {e})"
+                    logits, loss, cause = None, float("nan"), f"; {e}"
                 else:
                     loss, cause = ops.cross_entropy(logits, y32), ""
                 if not math.isfinite(loss):
-                    if checkpoint is not None and epoch > start_epoch:
-                        where = f"the last good state is the checkpoint of epoch {epoch} ({checkpoint})"
-                    elif resume is not None:
-                        where = f"the last good state is the checkpoint resumed from ({resume})"
-                    elif checkpoint is not None:
-                        where = "no checkpoint was written yet (the first epoch failed)"
-                    else:
-                        where = "no checkpoint was requested (checkpoint=None)"
                     raise FloatingPointError(
-                        f"fit: loss is {loss} at epoch {epoch + 1}, step {opt.steps + 1}{cause}; "
-                        f"{where}")
+                        f"fit: loss is {loss} at epoch {epoch + 1}, step {opt.steps + 1}; "
+                        f"{where()} (training batch {batch_i} of the epoch{cause})")
                 net.zero_grad()
                 net.backward(ops.cross_entropy_backward(logits, y32))
+                a = net.arena
+                before = (a.params.copy(), a.momentum.copy())
                 opt.step(lr_e)
+                if not (np.isfinite(a.params.sum(dtype=np.float64))
+                        and np.isfinite(a.momentum.sum(dtype=np.float64))):
+                    a.params[...], a.momentum[...] = before
+                    opt.steps -= 1
+                    raise FloatingPointError(
+                        f"fit: parameters are NaN or inf after the optimiser step at epoch "
+                        f"{epoch + 1}, step {opt.steps + 1}; {where()} (training batch "
+                        f"{batch_i} of the epoch; the network was put back to its state "
+                        f"before that step; gradients "
+                        f"finite: {bool(np.isfinite(a.grads.sum(dtype=np.float64)))})")
                 if is_sal:
                     net.beta = beta_at(opt.steps, total_steps, b0, b1, beta_schedule)
                 loss_sum += loss * len(y)
@@ -335,6 +412,9 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                 if tqdm and progress:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if seen == 0:
+                raise ValueError(f"fit: every training batch of epoch {epoch + 1} was skipped "
+                                 "(NaN or inf inputs)")
             train_time = time.perf_counter() - t0
             rec = {"epoch": epoch + 1, "lr": lr_e, "beta": net.beta if is_sal else None,
                    "train_loss": loss_sum / seen, "train_acc": correct / seen}
@@ -345,6 +425,8 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
             rec["attn_allowed"] = _allowed_mean(net)
             rec["time_s"] = time.perf_counter() - t0
             rec["images_per_s"] = seen / train_time
+            if skip_nonfinite:
+                rec["skipped_batches"] = skipped
             history.append(rec)
             log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "epoch"})
             if checkpoint is not None:

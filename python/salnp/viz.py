@@ -6,7 +6,8 @@ it (or the figure for multi-panel plots) and never calls ``plt.show()``.
     salnp.viz.slice_attention(net, "layer1.0.conv1", out_channels=8)   # the 3x3 p per slice
     salnp.viz.shift_histogram(net)                # layer x 9 shift counts (SAL, SL); ASL: scatter
     salnp.viz.attention_curves(history)           # beta and mean max-p per epoch (fit history)
-    salnp.viz.accuracy_vs_macs(runs)              # runs: dicts or summary.json paths
+    salnp.viz.accuracy_vs_macs(runs)              # runs: dicts or summary.json paths, or a
+    salnp.viz.accuracy_vs_params(result)          #   sweep result (error bars over seeds)
 
 Positions q = 0..8 of a 3x3 kernel are the shifts (dy, dx) = (q // 3 - 1, q % 3 - 1).
 Attention probabilities are taken at the network's beta under its pruning masks.
@@ -19,10 +20,12 @@ import os
 import numpy as np
 
 from .models import ActiveShift, SALConv2d, Shift
+from .sweep import SweepResult, load
 
 __all__ = ["sal_layers", "chosen_positions", "attention_heatmap", "attention_grid",
            "slice_attention", "training_curves", "shift_counts", "shift_histogram",
-           "asl_shifts", "attention_curves", "load_runs", "accuracy_vs_macs"]
+           "asl_shifts", "attention_curves", "load_runs", "accuracy_vs_macs",
+           "accuracy_vs_params"]
 
 _TICKS = ["-1", "0", "+1"]
 POSITION_LABELS = [f"({q // 3 - 1:+d},{q % 3 - 1:+d})" for q in range(9)]   # (dy, dx)
@@ -375,33 +378,134 @@ def load_runs(runs, hard=True):
     return out
 
 
+_LAYER_COLOURS = {"cl": "C0", "sl": "C1", "asl": "C2", "sal": "C3"}
+
+
+def _as_sweep(runs):
+    """A sweep result (salnp.sweep's SweepResult, its folder, or a pandas DataFrame of its
+    rows) as a SweepResult; None for anything else (a list of runs)."""
+    if isinstance(runs, SweepResult):
+        return runs
+    if isinstance(runs, (str, os.PathLike)) and os.path.isfile(
+            os.path.join(os.fspath(runs), "sweep.json")):
+        return load(runs)
+    cols = getattr(runs, "columns", None)
+    if hasattr(runs, "to_dict") and cols is not None and {"layer", "seed"} <= set(cols):
+        return SweepResult(runs.to_dict("records"))
+    return None
+
+
+def _sweep_points(ax, res, xkey, hard, labels, percent, show_soft, fn):
+    """One point per group of seeds (mean, error bars = std over seeds), coloured by layer."""
+    k = 100.0 if percent else 1.0
+    summ = res.summary(metrics=("test_acc", "test_acc_hard", xkey))
+    if not summ:
+        raise ValueError(f"{fn}: the sweep has no finished trials")
+    vary = [c for c in summ.columns if c != "layer"
+            and len({str(r.get(c)) for r in summ}) > 1]
+    seen = set()
+    for r in summ:
+        layer = str(r.get("layer", "?"))
+        col = _LAYER_COLOURS.get(layer, "C7")
+        x, xe = r[f"{xkey}_mean"], r[f"{xkey}_std"] or 0.0
+        soft, soft_e = r["test_acc_mean"], r["test_acc_std"] or 0.0
+        use_hard = hard and r["test_acc_hard_mean"] is not None
+        y, ye = (r["test_acc_hard_mean"], r["test_acc_hard_std"] or 0.0) if use_hard else (soft, soft_e)
+        if x is None or y is None:
+            continue
+        ax.errorbar([x], [k * y], yerr=[k * ye], xerr=[xe] if xe else None, fmt="o", color=col,
+                    ms=6, capsize=3, zorder=3, label=None if layer in seen else layer.upper())
+        seen.add(layer)
+        if show_soft and use_hard and soft is not None:
+            ax.errorbar([x], [k * soft], yerr=[k * soft_e], fmt="o", mfc="none", color=col,
+                        ms=6, capsize=2, zorder=3, alpha=0.8)
+            ax.plot([x, x], [k * soft, k * y], color=col, lw=0.8)
+        if labels:
+            text = r.get("name") or " ".join(f"{c}={r.get(c)}" for c in vary if c != "name")
+            if text:
+                ax.annotate(text, (x, k * y), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
+    ax.legend(fontsize=7, title="layer", title_fontsize=7)
+    n = sorted({r["n"] for r in summ})
+    return f"mean ± std over {n[0] if len(n) == 1 else f'{n[0]}-{n[-1]}'} seed(s)"
+
+
 def accuracy_vs_macs(runs, ax=None, hard=True, logx=True, labels=True, percent=True,
                      show_soft=True):
-    """Accuracy versus inference MACs per image for a set of runs (load_runs): one labelled
-    point per run on a log-x axis; show_soft also draws the soft-attention accuracy of runs
-    that have both, joined to the binarised one by a thin line.  Returns ax."""
+    """Accuracy versus inference MACs per image, on a log-x axis.
+
+    runs: a sweep result (salnp.sweep's return value, its folder, or its DataFrame): one
+    point per config, the mean over its seeds with error bars of one standard deviation,
+    coloured by layer type; or a list of runs (load_runs): one labelled point per run.
+    show_soft also draws the soft-attention accuracy of runs that have both (open
+    markers), joined to the binarised one by a thin line.  Returns ax."""
+    return _accuracy_vs(runs, "macs", "MACs per image (inference)", "accuracy vs MACs",
+                        "accuracy_vs_macs", ax, hard, logx, labels, percent, show_soft)
+
+
+def accuracy_vs_params(runs, ax=None, hard=True, logx=True, labels=True, percent=True,
+                       show_soft=True):
+    """Accuracy versus inference parameters (binarised SAL weights count 36/32), as
+    accuracy_vs_macs: a sweep result (error bars over seeds, colour = layer) or a list
+    of runs with ``params``.  Returns ax."""
+    return _accuracy_vs(runs, "params", "parameters (inference)", "accuracy vs parameters",
+                        "accuracy_vs_params", ax, hard, logx, labels, percent, show_soft)
+
+
+def _accuracy_vs(runs, xkey, xlabel, title, fn, ax, hard, logx, labels, percent, show_soft):
     ax = _axes(ax)
+    res = _as_sweep(runs)
+    note = " (filled: binarised, open: soft)" if show_soft and hard else ""
+    if res is not None:
+        seeds = _sweep_points(ax, res, xkey, hard, labels, percent, show_soft, fn)
+        note = f"; {seeds}" + note
+    else:
+        _run_points(ax, runs, xkey, hard, labels, percent, show_soft, fn)
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy" + (" (%)" if percent else ""))
+    ax.set_title(title + note, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    return ax
+
+
+def _run_points(ax, runs, xkey, hard, labels, percent, show_soft, fn):
     rs = load_runs(runs, hard)
     if not rs:
-        raise ValueError("accuracy_vs_macs: no runs")
+        raise ValueError(f"{fn}: no runs")
+    if any(r[xkey] is None for r in rs):
+        raise ValueError(f"{fn}: every run needs {xkey!r}")
     k = 100.0 if percent else 1.0
     for i, r in enumerate(rs):
         col = f"C{i % 10}"
-        ax.scatter([r["macs"]], [k * r["accuracy"]], color=col, s=36, zorder=3,
-                   label=r["name"])
+        x = float(r[xkey])
+        ax.scatter([x], [k * r["accuracy"]], color=col, s=36, zorder=3, label=r["name"])
         soft = r["accuracy_soft"]
         if show_soft and hard and r["accuracy_hard"] is not None and soft is not None:
-            ax.scatter([r["macs"]], [k * soft], facecolors="none", edgecolors=col, s=36,
-                       zorder=3)
-            ax.plot([r["macs"]] * 2, [k * soft, k * r["accuracy"]], color=col, lw=0.8)
+            ax.scatter([x], [k * soft], facecolors="none", edgecolors=col, s=36, zorder=3)
+            ax.plot([x] * 2, [k * soft, k * r["accuracy"]], color=col, lw=0.8)
         if labels:
-            ax.annotate(r["name"], (r["macs"], k * r["accuracy"]), textcoords="offset points",
+            ax.annotate(r["name"], (x, k * r["accuracy"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel("MACs per image (inference)")
-    ax.set_ylabel("test accuracy" + (" (%)" if percent else ""))
-    note = " (filled: binarised, open: soft)" if show_soft and hard else ""
-    ax.set_title("accuracy vs MACs" + note, fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    return ax
+
+
+def run_figure(net, history, out):
+    """The figure of one training run (python -m salnp train), written into the folder
+    out: attention.png (SAL: attention_grid) or curves.png (training_curves).  Returns
+    the file name, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if any(isinstance(m, SALConv2d) for _, m in net.named_modules()):
+        fig, name = attention_grid(net), "attention.png"
+    else:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        training_curves(history, ax=ax)
+        name = "curves.png"
+    fig.savefig(os.path.join(out, name), dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return name

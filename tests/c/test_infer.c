@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "sal/count.h"
 #include "sal/infer.h"
 #include "sal/net.h"
 

@@ -101,3 +101,60 @@ write("conv", "1x1_pointwise_cnhw", conv(3, 2, 4, 4, 2, 1, 1, 0, layout=1))
 write("conv", "5x5_stride2_cnhw", conv(3, 2, 9, 7, 3, 5, 2, 2, layout=1))
 write("conv", "kernel_too_big", conv(1, 1, 3, 3, 1, 6, 1, 1))
 write("conv", "stride_huge", conv(1, 1, 4, 4, 1, 3, 2**63 - 1, 1))
+
+
+# ---- infer: [options] + nbuf, nops, nshift, npairs, nweights, shapes, op rows, shift rows,
+# pair rows, every value a raw fuzz_size encoding.  Seeds are real exported programs
+# (salnp.export of tiny CL / SL / SAL / shared-SAL networks, 8x8 inputs) when salnp is
+# importable, plus hand-made edge programs.
+def infer(opt, shapes, ops, shifts, pairs, nweights):
+    # the harness decodes res, p1 and the shift/pair offsets as (value - 1): encode + 1
+    ops = [[v + 1 if j in (3, 11) else v for j, v in enumerate(r)] for r in ops]
+    shifts = [[r[0], r[1] + 1, r[2] + 1] for r in shifts]
+    pairs = [[r[0], r[1], r[2] + 1, r[3] + 1] for r in pairs]
+    vals = [len(shapes), len(ops), len(shifts), len(pairs), nweights]
+    vals += [v for s in shapes for v in s] + [v for r in ops for v in r]
+    vals += [v for r in shifts for v in r] + [v for r in pairs for v in r]
+    return bytes([opt]) + b"".join(raw(int(v)) for v in vals)
+
+
+try:
+    import salnp
+
+    for name, layer, shared in (("cl", "cl", False), ("sl", "sl", False), ("sal", "sal", False),
+                                ("sal_shared", "sal", True)):
+        net = salnp.models.resnet(8, 2, layer, shared=shared, num_classes=3, seed=1).eval()
+        if layer == "sal":
+            net.beta = 50.0
+        inf = salnp.export(net)
+        shapes = inf._shapes((3, 8, 8))
+        write("infer", f"export_{name}", infer(0x0E, shapes, inf.ops.tolist(), inf.shifts.tolist(),
+                                               inf.pairs.tolist(), inf.weights.size))
+except ImportError:     # salnp not built: the hand-made seeds below still cover every op
+    pass
+
+# conv 3x3 -> pool -> linear, 1 channel 4x4
+CONV = [0, 0, 1, -1, 1, 0, 2, 3, 1, 1, 0, 18, -1, 0, 0]
+POOL = [4, 1, 2, -1, 0, 0, 0, 0, 0, 0, -1, -1, -1, 0, 0]
+LIN = [5, 2, 3, -1, 0, 0, 3, 0, 0, 0, 20, 26, -1, 0, 0]
+write("infer", "conv_pool_linear", infer(0x0F, [(1, 4, 4), (2, 4, 4), (2, 1, 1), (3, 1, 1)],
+                                         [CONV, POOL, LIN], [], [], 29))
+# shift (stride 2) -> gather -> pool
+SH = [2, 0, 1, -1, 0, 0, 0, 0, 2, 0, -1, -1, 0, 0, 4]
+GA = [1, 1, 2, -1, 1, 0, 2, 3, 1, 1, 0, 3, 0, 3, 0]
+write("infer", "shift_gather_pool", infer(0x05, [(2, 5, 5), (2, 3, 3), (2, 3, 3), (2, 1, 1)],
+                                          [SH, GA, [4, 2, 3] + POOL[3:]],
+                                          [(1, -1, 1), (0, 1, 0)],
+                                          [(0, 0, -1, 1), (0, 1, 0, 0), (1, 1, 1, -1)], 5))
+# the overflow shapes the checked loader must refuse: p0 near INT64_MAX, ioff + npair
+# wrapping, a huge stride in a gather (scratch size S*S), a buffer of 2**62 elements
+write("infer", "p0_overflow", infer(0x00, [(1, 4, 4), (2, 4, 4), (2, 1, 1)],
+                                    [CONV[:10] + [2**63 - 5] + CONV[11:], POOL], [], [], 29))
+write("infer", "pairs_wrap", infer(0x00, [(2, 3, 3), (2, 3, 3), (2, 1, 1)],
+                                   [GA[:1] + [0, 1] + GA[3:12] + [2**63 - 2, 4, 0],
+                                    [4, 1, 2] + POOL[3:]], [], [(0, 0, 0, 0)] * 3, 5))
+write("infer", "gather_stride_huge", infer(0x00, [(2, 3, 3), (2, 1, 1), (2, 1, 1)],
+                                           [GA[:1] + [0, 1] + GA[3:8] + [2**62] + GA[9:],
+                                            [4, 1, 2] + POOL[3:]], [], [(0, 0, 0, 0)] * 3, 5))
+write("infer", "buffer_2p62", infer(0x00, [(1, 4, 4), (2**31, 2**31, 1), (2, 1, 1)],
+                                    [CONV, POOL], [], [], 29))

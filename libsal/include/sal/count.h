@@ -55,6 +55,7 @@ typedef struct {
 } sal_count_row;
 
 struct sal_net;
+struct sal_infer;
 /* rows (nops) for the training program of net.  mode SAL_COUNT_TRAIN needs neither
  * params, buffers nor beta (they may be NULL); SAL_COUNT_INFER reads the SAL logits from
  * the parameter arena params (nparams floats) and the SAL masks (ops with b0 >= 0) from
@@ -64,6 +65,10 @@ struct sal_net;
  * what the training kernel computes). */
 sal_status sal_net_count(const struct sal_net *net, const float *params, const float *buffers,
                          double beta, sal_count_mode mode, sal_count_row *rows);
+
+/* rows (nops) for an inference program (SAL_COUNT_INFER conventions above; kind is a
+ * sal_iop_kind of sal/infer.h) */
+sal_status sal_infer_count(const struct sal_infer *net, sal_count_row *rows);
 
 #ifdef __cplusplus
 }

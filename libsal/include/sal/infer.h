@@ -24,7 +24,6 @@
 #define SAL_INFER_H
 
 #include "sal/core.h"
-#include "sal/count.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -49,6 +48,11 @@ typedef struct {
         index_bits;
 } sal_iop;
 
+/* The op table describes itself (as sal/net.h): sal_iop's field names in order and the
+ * op kinds by value ("conv", "gather", "shift", "add", "pool", "linear"). */
+const char *const *sal_infer_op_fields(int64_t *nfields);
+const char *const *sal_infer_op_kinds(int64_t *nkinds);
+
 typedef struct sal_infer sal_infer;
 
 /* shapes (nbuf, 3): per-sample (C, H, W); ops (nops); shifts (nshift, 3) int32 rows
@@ -70,9 +74,10 @@ int64_t sal_infer_num_ops(const sal_infer *net);
 /* activations of buffer b after the last forward (CNHW), for inspection and tests */
 sal_status sal_infer_buffer(const sal_infer *net, int64_t b, const float **act, sal_act *geom);
 
-/* rows (nops): accounting of the inference program (SAL_COUNT_INFER conventions of
- * sal/count.h; kind is a sal_iop_kind) */
-sal_status sal_infer_count(const sal_infer *net, sal_count_row *rows);
+/* read-only views of the program as validated and copied by sal_infer_create: shapes
+ * (nbuf, 3), ops (nops); any output pointer may be NULL (its accounting: sal/count.h) */
+void sal_infer_program(const sal_infer *net, const int64_t **shapes, int64_t *nbuf,
+                       const sal_iop **ops, int64_t *nops);
 
 /* naive reference of GATHER for tests: y (N,O,Ho,Wo) in x's layout, no epilogue but
  * the bias (NULL: none); pairs (npair, 4), w (npair) */

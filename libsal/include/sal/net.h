@@ -30,8 +30,14 @@ typedef enum {
 
 /* One op; the field order is the one salnp.models.FIELDS packs. */
 typedef struct {
-    int64_t kind, in, out, res, relu, o, k, stride, pad, p0, p1, p2, b0, b1, shared, ioff;
+    int64_t kind, in, out, res, relu, o, k, stride, pad, p0, p1, b0, b1, shared, ioff;
 } sal_op;
+
+/* The op table describes itself: the names of sal_op's fields in order (nfields =
+ * sizeof(sal_op) / sizeof(int64_t)) and of the op kinds by value ("conv", "sal", "shift",
+ * "ashift", "bn", "add", "pool", "linear"), so that a caller packs rows by name. */
+const char *const *sal_net_op_fields(int64_t *nfields);
+const char *const *sal_net_op_kinds(int64_t *nkinds);
 
 typedef struct sal_net sal_net;
 

@@ -2,6 +2,8 @@
 #ifndef SAL_SAL_H
 #define SAL_SAL_H
 #include "sal/core.h"
+#include "sal/active_shift.h"
+#include "sal/attention.h"
 #include "sal/conv.h"
 #include "sal/count.h"
 #include "sal/data.h"

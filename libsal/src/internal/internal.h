@@ -62,14 +62,4 @@ sal_status sal_sgemm(int64_t m, int64_t n, int64_t k, float alpha,
                      const float *b, int64_t rsb, int64_t csb, float beta,
                      float *c, int64_t rsc, int64_t csc, int nt);
 
-/* Direct 3x3 / stride 1 / padding 1 convolution (conv3x3.c), used by conv.c. */
-#include "sal/conv.h"
-bool sal_conv3x3_applies(const sal_conv_desc *d);
-size_t sal_conv3x3_scratch(const sal_conv_desc *d);
-int sal_conv3x3_threads(const sal_conv_desc *d);
-void sal_conv3x3_run(float *out, int accumulate, const float *in, sal_act ina, int64_t o,
-                     const float *w, int grad, float *scratch, int t);
-void sal_conv3x3_wgrad(float *dw, const float *dy, const float *x, sal_act xa, int64_t o,
-                       float *scratch, int t);
-
 #endif

@@ -8,6 +8,9 @@
 #include <stdlib.h>
 
 #include "internal/internal.h"
+#include "sal/active_shift.h"
+#include "sal/attention.h"
+#include "sal/conv.h"
 #include "sal/shift.h"
 
 /* x[n,c] at integer (iy, ix), 0 outside */

@@ -9,6 +9,41 @@
 
 core_state *core_get_state(PyObject *module) { return (core_state *)PyModule_GetState(module); }
 
+/* m.name = a tuple of the n strings */
+static int add_names(PyObject *m, const char *name, const char *const *v, int64_t n) {
+    PyObject *t = PyTuple_New((Py_ssize_t)n);
+    if (!t) return -1;
+    for (int64_t i = 0; i < n; i++) {
+        PyObject *u = PyUnicode_FromString(v[i]);
+        if (!u) { Py_DECREF(t); return -1; }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, u);
+    }
+    int r = PyModule_AddObjectRef(m, name, t);
+    Py_DECREF(t);
+    return r;
+}
+
+/* The program tables' self-description (sal/net.h, sal/infer.h) and the constants the
+ * Python side must agree with: NET_FIELDS, NET_KINDS, INFER_FIELDS, INFER_KINDS,
+ * BN_EPS, BN_MOMENTUM. */
+static int add_program_tables(PyObject *m) {
+    int64_t n;
+    const char *const *v;
+    if ((v = sal_net_op_fields(&n), add_names(m, "NET_FIELDS", v, n)) < 0 ||
+        (v = sal_net_op_kinds(&n), add_names(m, "NET_KINDS", v, n)) < 0 ||
+        (v = sal_infer_op_fields(&n), add_names(m, "INFER_FIELDS", v, n)) < 0 ||
+        (v = sal_infer_op_kinds(&n), add_names(m, "INFER_KINDS", v, n)) < 0)
+        return -1;
+    PyObject *eps = PyFloat_FromDouble(SAL_BN_EPS), *mom = PyFloat_FromDouble(SAL_BN_MOMENTUM);
+    int r = eps && mom && PyModule_AddObjectRef(m, "BN_EPS", eps) == 0 &&
+                    PyModule_AddObjectRef(m, "BN_MOMENTUM", mom) == 0
+                ? 0
+                : -1;
+    Py_XDECREF(eps);
+    Py_XDECREF(mom);
+    return r;
+}
+
 static int core_exec(PyObject *m) {
     if (PyArray_ImportNumPyAPI() < 0) return -1;
     core_state *st = core_get_state(m);
@@ -18,6 +53,7 @@ static int core_exec(PyObject *m) {
     if (!st->error) return -1;
     if (PyModule_AddObjectRef(m, "SalError", st->error) < 0) return -1;
     if (PyModule_AddStringConstant(m, "__version__", SAL_VERSION_STR) < 0) return -1;
+    if (add_program_tables(m) < 0) return -1;
     PyMethodDef *tables[] = {core_lib_methods,    core_conv_methods, core_layers_methods,
                              core_shift_methods,  core_data_methods, core_net_methods};
     for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)

@@ -1,0 +1,18 @@
+/* Private interface of the convolution family (libsal/src/conv.c, conv3x3.c): the direct
+ * 3x3 kernel that conv.c dispatches to.  Public API: sal/conv.h. */
+#ifndef SAL_CONV_INTERNAL_H
+#define SAL_CONV_INTERNAL_H
+
+#include "internal/internal.h"
+#include "sal/conv.h"
+
+/* Direct 3x3 / stride 1 / padding 1 convolution (conv3x3.c), used by conv.c. */
+bool sal_conv3x3_applies(const sal_conv_desc *d);
+size_t sal_conv3x3_scratch(const sal_conv_desc *d);
+int sal_conv3x3_threads(const sal_conv_desc *d);
+void sal_conv3x3_run(float *out, int accumulate, const float *in, sal_act ina, int64_t o,
+                     const float *w, int grad, float *scratch, int t);
+void sal_conv3x3_wgrad(float *dw, const float *dy, const float *x, sal_act xa, int64_t o,
+                       float *scratch, int t);
+
+#endif

@@ -1,0 +1,170 @@
+/* The runtime shared by the training and the inference program (see program.h). */
+#include "internal/program.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
+                            const int64_t *shapes, int64_t nbuf, int64_t nops, int64_t narena) {
+    memset(p, 0, sizeof *p);
+    SAL_REQUIRE(shapes, fn, "net, shapes and ops must not be NULL");
+    SAL_REQUIRE(nbuf >= 2 && nops >= 1, fn, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op",
+                (long long)nbuf, (long long)nops);
+    p->fn = fn, p->arena = arena, p->nbuf = nbuf, p->narena = narena;
+    SAL_REQUIRE(narena >= 0, fn, "%s: arena size %lld: must be >= 0", arena, (long long)narena);
+    p->shapes = malloc((size_t)nbuf * 3 * sizeof *p->shapes);
+    p->act = calloc((size_t)nbuf, sizeof *p->act);
+    if (!p->shapes || !p->act) return sal_fail(SAL_ENOMEM, fn, "out of memory");
+    memcpy(p->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
+    for (int64_t b = 0; b < nbuf; b++) {
+        int64_t tot;
+        const int64_t *sb = shapes + 3 * b;
+        SAL_REQUIRE(sb[0] >= 1 && sb[1] >= 1 && sb[2] >= 1, fn,
+                    "buffer %lld: shape (%lld, %lld, %lld): sizes must be >= 1", (long long)b,
+                    (long long)sb[0], (long long)sb[1], (long long)sb[2]);
+        SAL_TRY(sal_checked_prod(fn, "buffer size", &tot, 3, sb[0], sb[1], sb[2]));
+    }
+    return SAL_OK;
+}
+
+static void free_act(sal_program *p) {
+    if (p->act)
+        for (int64_t b = 0; b < p->nbuf; b++) {
+            free(p->act[b]);
+            p->act[b] = NULL;
+        }
+    free(p->scratch);
+    p->scratch = NULL;
+    p->scratch_n = 0;
+    p->cap = 0;
+}
+
+void sal_program_free(sal_program *p) {
+    free_act(p);
+    free(p->act);
+    free(p->shapes);
+    p->act = NULL;
+    p->shapes = NULL;
+}
+
+sal_status sal_program_check_io(const sal_program *p, int64_t i, int64_t in, int64_t out,
+                                int64_t res) {
+    const int64_t B = p->nbuf;
+    SAL_REQUIRE(in >= 0 && in < B && out > 0 && out < B && in != out, p->fn,
+                "op %lld: in=%lld out=%lld: must be distinct buffers in [0, %lld)",
+                (long long)i, (long long)in, (long long)out, (long long)B);
+    SAL_REQUIRE(res >= -1 && res < B && res != out, p->fn,
+                "op %lld: res=%lld: must be -1 or another buffer", (long long)i, (long long)res);
+    return SAL_OK;
+}
+
+sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program_role role,
+                                    int64_t in, int64_t res, int64_t o, int64_t want[3],
+                                    int64_t *pw, int64_t *pb) {
+    const int64_t *si = p->shapes + 3 * in;
+    switch (role) {
+    case SAL_PROGRAM_ADD:
+        SAL_REQUIRE(res >= 0, p->fn, "op %lld: add needs a res buffer", (long long)i);
+        break;
+    case SAL_PROGRAM_POOL:
+        want[1] = want[2] = 1;
+        break;
+    case SAL_PROGRAM_LINEAR:
+        SAL_REQUIRE(si[1] == 1 && si[2] == 1 && o >= 1, p->fn,
+                    "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
+        want[0] = o, want[1] = want[2] = 1;
+        *pw = o * si[0];
+        *pb = o;
+        break;
+    }
+    return SAL_OK;
+}
+
+sal_status sal_program_check_fit(const sal_program *p, int64_t i, int64_t out, int64_t res,
+                                 const int64_t want[3], int64_t p0, int64_t pw, int64_t p1,
+                                 int64_t pb) {
+    const char *fn = p->fn;
+    if (res >= 0) {
+        const int64_t *sr = p->shapes + 3 * res;
+        SAL_REQUIRE(sr[0] == want[0] && sr[1] == want[1] && sr[2] == want[2], fn,
+                    "op %lld: res buffer %lld has shape (%lld, %lld, %lld), not the output's",
+                    (long long)i, (long long)res, (long long)sr[0], (long long)sr[1],
+                    (long long)sr[2]);
+    }
+    const int64_t *so = p->shapes + 3 * out, P = p->narena;
+    SAL_REQUIRE(so[0] == want[0] && so[1] == want[1] && so[2] == want[2], fn,
+                "op %lld: out buffer %lld has shape (%lld, %lld, %lld), the op makes (%lld, %lld, %lld)",
+                (long long)i, (long long)out, (long long)so[0], (long long)so[1],
+                (long long)so[2], (long long)want[0], (long long)want[1], (long long)want[2]);
+    SAL_REQUIRE(pw == 0 || (p0 >= 0 && p0 + pw <= P), fn,
+                "op %lld: p0=%lld: %lld %s do not fit the arena (%lld)", (long long)i,
+                (long long)p0, (long long)pw, p->arena, (long long)P);
+    SAL_REQUIRE(pb == 0 || (p1 >= 0 && p1 + pb <= P), fn,
+                "op %lld: p1=%lld: %lld %s do not fit the arena (%lld)", (long long)i,
+                (long long)p1, (long long)pb, p->arena, (long long)P);
+    return SAL_OK;
+}
+
+/* Activations and scratch for batch size n. */
+static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_scratch_fn need,
+                          const void *owner) {
+    if (n <= p->cap && p->threads == sal_threads()) return SAL_OK;
+    if (n < p->cap) n = p->cap;  /* a thread-count change keeps the capacity */
+    free_act(p);
+    p->threads = sal_threads();
+    size_t scratch = 0;
+    for (int64_t i = 0; i < nops; i++) {
+        size_t s = need(owner, i, n);
+        if (s > scratch) scratch = s;
+    }
+    for (int64_t b = 0; b < p->nbuf; b++) {
+        int64_t numel;
+        SAL_TRY(sal_checked_prod(p->fn, "activation", &numel, 2, n, sal_program_numel(p, b, 1)));
+        p->act[b] = malloc((size_t)numel * sizeof(float));
+        if (!p->act[b]) {
+            free_act(p);
+            return sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
+                            (long long)n);
+        }
+    }
+    p->scratch = malloc((scratch ? scratch : 1) * sizeof(float));
+    if (!p->scratch) {
+        free_act(p);
+        return sal_fail(SAL_ENOMEM, p->fn, "scratch: out of memory");
+    }
+    p->scratch_n = scratch;
+    p->cap = n;
+    return SAL_OK;
+}
+
+/* x (N, C, H, W) NCHW -> dst (C, N, H, W) */
+static void to_channel_major(float *dst, const float *x, int64_t n, int64_t c, int64_t hw) {
+#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
+    for (int64_t ci = 0; ci < c; ci++)
+        for (int64_t ni = 0; ni < n; ni++)
+            memcpy(dst + (ci * n + ni) * hw, x + (ni * c + ci) * hw, (size_t)hw * sizeof(float));
+}
+
+sal_status sal_program_start(sal_program *p, const float *x, sal_act xg, int64_t nops,
+                             sal_program_scratch_fn scratch, const void *owner) {
+    SAL_TRY(sal_act_check(p->fn, "x", xg));
+    const int64_t *s0 = p->shapes;
+    SAL_REQUIRE(xg.layout == SAL_NCHW && xg.c == s0[0] && xg.h == s0[1] && xg.w == s0[2], p->fn,
+                "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
+                (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
+                (long long)s0[1], (long long)s0[2]);
+    SAL_TRY(reserve(p, xg.n, nops, scratch, owner));
+    p->n = 0;  /* no valid forward until this one completes */
+    to_channel_major(p->act[0], x, xg.n, s0[0], s0[1] * s0[2]);
+    return SAL_OK;
+}
+
+sal_status sal_program_buffer(const sal_program *p, int64_t b, const float **act, sal_act *geom) {
+    SAL_REQUIRE(act && geom, p->fn, "net, act, geom must not be NULL");
+    SAL_REQUIRE(b >= 0 && b < p->nbuf, p->fn, "b=%lld: must be in [0, %lld)", (long long)b,
+                (long long)p->nbuf);
+    SAL_REQUIRE(p->n >= 1, p->fn, "no forward pass yet");
+    *act = p->act[b];
+    *geom = sal_program_act(p, b, p->n);
+    return SAL_OK;
+}

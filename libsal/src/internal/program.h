@@ -1,0 +1,78 @@
+/* The runtime both network programs share: the training program (net.c, sal/net.h) and
+ * the inference program (infer.c, sal/infer.h).
+ *
+ * A program is a list of ops over activation buffers.  Buffer b holds, per sample, a
+ * (C, H, W) = shapes[3b .. 3b+3) activation, channel-major (CNHW) for the whole batch;
+ * buffer 0 is the input.  The runtime owns the shapes (validated and copied), checks
+ * the buffer and arena references every op makes, allocates the activations and one
+ * scratch block once per batch size (again when the thread count changes), and moves
+ * the caller's NCHW input into buffer 0.  net.c and infer.c keep only their op sets. */
+#ifndef SAL_PROGRAM_H
+#define SAL_PROGRAM_H
+
+#include "internal/internal.h"
+
+typedef struct {
+    const char *fn;      /* the runtime's name in messages: "sal_net" or "sal_infer" */
+    const char *arena;   /* what its float arena holds: "parameters" or "weights" */
+    int64_t nbuf;
+    int64_t *shapes;     /* (nbuf, 3) per-sample C, H, W */
+    int64_t narena;      /* floats in the arena that ops index with p0, p1 */
+    int64_t cap;         /* batch size the activations are allocated for (0: none) */
+    int64_t n;           /* batch size of the last complete forward (0: none) */
+    int threads;         /* thread count the scratch is sized for */
+    float **act;         /* per buffer, cap * C * H * W floats */
+    float *scratch;
+    size_t scratch_n;
+} sal_program;
+
+/* a static table of names and, in *n, its length (the op tables' self-description) */
+#define SAL_NAMES(table, n) (*(n) = (int64_t)(sizeof(table) / sizeof *(table)), (table))
+
+/* Copies and validates shapes (nbuf >= 2 buffers for nops >= 1 ops, every size >= 1,
+ * products that fit). */
+sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
+                            const int64_t *shapes, int64_t nbuf, int64_t nops, int64_t narena);
+void sal_program_free(sal_program *p);
+
+/* buffer b for batch n: its geometry (CNHW) and element count */
+static inline sal_act sal_program_act(const sal_program *p, int64_t b, int64_t n) {
+    const int64_t *s = p->shapes + 3 * b;
+    return (sal_act){n, s[0], s[1], s[2], SAL_CNHW};
+}
+static inline int64_t sal_program_numel(const sal_program *p, int64_t b, int64_t n) {
+    const int64_t *s = p->shapes + 3 * b;
+    return n * s[0] * s[1] * s[2];
+}
+
+/* Op i reads in (and res, -1: none) and writes out: distinct buffers, out not the input. */
+sal_status sal_program_check_io(const sal_program *p, int64_t i, int64_t in, int64_t out,
+                                int64_t res);
+/* Op i makes out (and adds res) of per-sample shape want, and reads pw arena floats at p0
+ * and pb at p1 (0: none): the shapes match and the ranges fit the arena. */
+sal_status sal_program_check_fit(const sal_program *p, int64_t i, int64_t out, int64_t res,
+                                 const int64_t want[3], int64_t p0, int64_t pw, int64_t p1,
+                                 int64_t pb);
+
+/* Ops of the same meaning in both programs: ADD (out = in + res), POOL (out (N, C) =
+ * global average of in), LINEAR (out (N, O) = in (N, I) W^T + b, in pooled).  Sets the
+ * per-sample output shape want and the arena floats of the weight (pw) and bias (pb). */
+typedef enum { SAL_PROGRAM_ADD, SAL_PROGRAM_POOL, SAL_PROGRAM_LINEAR } sal_program_role;
+sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program_role role,
+                                    int64_t in, int64_t res, int64_t o, int64_t want[3],
+                                    int64_t *pw, int64_t *pb);
+
+/* scratch floats op i needs at batch n (the runtime takes the largest) */
+typedef size_t (*sal_program_scratch_fn)(const void *owner, int64_t i, int64_t n);
+
+/* Starts a forward: x (N, C, H, W) NCHW must match buffer 0; activations and scratch for
+ * batch N (reallocated, with their contents lost, when N exceeds the capacity or the
+ * thread count changed); x copied channel-major into buffer 0; p->n = 0 until the caller
+ * sets it when the pass completes. */
+sal_status sal_program_start(sal_program *p, const float *x, sal_act xg, int64_t nops,
+                             sal_program_scratch_fn scratch, const void *owner);
+
+/* activations of buffer b after the last forward */
+sal_status sal_program_buffer(const sal_program *p, int64_t b, const float **act, sal_act *geom);
+
+#endif

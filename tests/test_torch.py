@@ -1,0 +1,222 @@
+"""salnp.torch: salnp -> torch -> salnp keeps the state bit for bit (module and state-dict
+paths, the authors' checkpoint naming); the torch training form's forward and gradients
+agree with salnp's; the pruned form of an exported network equals inf.forward and comes
+back with fine-tuned weights; mismatched checkpoints are refused with the keys named."""
+import copy
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+import salnp
+from conftest import assert_close
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+import salnp.torch as st  # noqa: E402
+
+CASES = [
+    dict(layer="cl"),
+    dict(layer="sal"),
+    dict(layer="sal", shared=True),
+    dict(layer="sl", expansion=3),
+    dict(layer="asl", expansion=2),
+]
+ids = lambda c: "-".join(f"{k}{v}" for k, v in c.items())
+
+
+def _rng(*parts):
+    return np.random.default_rng(zlib.crc32(repr(parts).encode()))
+
+
+def _net(cfg, rng, width=4, integer_asl=False):
+    net = salnp.models.resnet(8, width, seed=int(rng.integers(1 << 30)), **cfg)
+    for name, p in net.named_parameters():
+        if name.endswith("shift.shift"):
+            p[...] = rng.integers(-2, 3, p.shape) if integer_asl else \
+                rng.uniform(-1.4, 1.4, p.shape).round(1) + 0.05
+        elif ".bn" in name or name.startswith("bn") or ".shortcut.1." in name:
+            p[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else \
+                rng.uniform(-0.3, 0.3, p.shape)
+    for _ in range(2):
+        net.forward(rng.standard_normal((4, 3, 12, 12), dtype=np.float32), train=True)
+    net.beta = 7.5
+    return net
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and np.array_equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("cfg", CASES, ids=ids)
+def test_round_trip_is_bit_identical(cfg):
+    rng = _rng("round", ids(cfg))
+    net = _net(cfg, rng)
+    t = st.to_torch(net)
+    assert isinstance(t, torch.nn.Module) and type(t) is st.ResNet
+    # same names: parameters are parameters, buffers are buffers (+ one beta per SAL layer)
+    assert [k for k, _ in t.named_parameters()] == [k for k, _ in net.named_parameters()]
+    extra = {k for k in t.state_dict()} - set(net.state_dict())
+    assert all(k.endswith(".beta") for k in extra) and (len(extra) > 0) == (cfg["layer"] == "sal")
+    back = st.from_torch(t)
+    _same_state(net, back)
+    assert back.config == net.config and back.beta == net.beta and back.training == net.training
+    # from a plain state dict: the config comes from the shapes
+    back2 = st.from_torch(t.state_dict(), seed=net.config["seed"])
+    _same_state(net, back2)
+    assert back2.config == net.config
+    assert back2.beta == (net.beta if cfg["layer"] == "sal" else 1.0)   # no SAL: no beta kept
+    # the network still runs the same
+    x = rng.standard_normal((2, 3, 12, 12), dtype=np.float32)
+    assert np.array_equal(back.forward(x, train=False), net.forward(x, train=False))
+
+
+def test_authors_checkpoint_layout():
+    """The released code's names: attentionWeights, no mask, DataParallel's module. prefix,
+    the state under "net" of a checkpoint dict with the accuracy and epoch."""
+    rng = _rng("authors")
+    net = _net(dict(layer="sal"), rng)
+    sd = {}
+    for k, v in st.to_torch(net).state_dict().items():
+        if k.endswith(".mask"):
+            continue
+        sd["module." + k.replace(".logits", ".attentionWeights")] = v
+    ckpt = {"net": sd, "acc": 91.2, "epoch": 299}
+    back = st.from_torch(ckpt, seed=net.config["seed"])
+    _same_state(net, back)
+    assert back.beta == 7.5
+
+
+def _pick_batch(tnet, rng, n=3, shape=(3, 12, 12)):
+    """A batch whose every ReLU input stays >= 1e-5 from the kink (float64 reference)."""
+    margin = [np.inf]
+    st.relu_hook = lambda v: margin.__setitem__(0, min(margin[0], float(v.detach().abs().min())))
+    try:
+        for _ in range(20):
+            x = rng.standard_normal((n, *shape), dtype=np.float32)
+            margin[0] = np.inf
+            with torch.no_grad():
+                copy.deepcopy(tnet).train()(torch.tensor(x, dtype=torch.float64))
+            if margin[0] > 1e-5:
+                break
+    finally:
+        st.relu_hook = None
+    return x
+
+
+@pytest.mark.parametrize("cfg", CASES, ids=ids)
+def test_forward_and_gradients_agree(cfg):
+    rng = _rng("grad", ids(cfg))
+    net = _net(cfg, rng)
+    tnet = st.to_torch(net).double()
+    x = _pick_batch(tnet, rng)
+    y = rng.integers(0, 10, len(x)).astype(np.int32)
+    logits = net.forward(x, train=True)
+    net.zero_grad()
+    net.backward(salnp.ops.cross_entropy_backward(logits, y))
+    grads = {k: g.copy() for k, g in net.named_grads()}
+    tl = tnet(torch.tensor(x, dtype=torch.float64))
+    F.cross_entropy(tl, torch.tensor(y, dtype=torch.long)).backward()
+    assert_close(logits, tl.detach().numpy(), 2e-4, 2e-4, f"{cfg} logits")
+    for k, p in tnet.named_parameters():
+        scale = float(p.grad.abs().max()) + 1e-12
+        assert_close(grads[k], p.grad.numpy(), 2e-3 * scale + 1e-6, 2e-3, f"{cfg} grad {k}")
+    # eval mode, and binarised attention
+    tnet.eval()
+    xe = rng.standard_normal((2, 3, 12, 12), dtype=np.float32)
+    with torch.no_grad():
+        ref = tnet(torch.tensor(xe, dtype=torch.float64)).numpy()
+        assert_close(net.forward(xe, train=False), ref, 2e-4, 2e-4, "eval logits")
+        if cfg["layer"] == "sal":
+            tnet.set_beta(40.0)
+            net.beta = 40.0
+            ref = tnet.set_hard(True)(torch.tensor(xe, dtype=torch.float64)).numpy()
+            assert_close(net.forward(xe, train=False, hard=True), ref, 2e-4, 2e-4, "hard")
+
+
+def test_beta_buffer_and_annealing():
+    net = _net(dict(layer="sal"), _rng("beta"))
+    t = st.to_torch(net, beta=20.0)
+    assert t.beta == 20.0 and all(float(m.beta) == 20.0 for m in t.sal_layers())
+    assert "layer1.0.conv1.beta" in dict(t.named_buffers())
+    t.set_beta(33.0)
+    assert st.from_torch(t).beta == 33.0
+    assert st.from_torch(t, beta=5.0).beta == 5.0
+    sd = t.state_dict()
+    sd["layer1.0.conv2.beta"] = torch.tensor(1.0)
+    with pytest.raises(ValueError, match="different beta"):
+        st.from_torch(sd)
+
+
+@pytest.mark.parametrize("cfg", CASES, ids=ids)
+def test_pruned_form(cfg):
+    rng = _rng("pruned", ids(cfg))
+    net = _net(cfg, rng, width=6, integer_asl=True)
+    net.beta = 25.0
+    inf = salnp.export(net)
+    t = st.to_torch(inf)
+    assert type(t) is st.PrunedResNet and not t.training
+    names = set(t.state_dict())
+    assert not any(".bn" in k or k.startswith("bn") for k in names)       # BN folded
+    if cfg["layer"] == "sal" and not cfg.get("shared"):
+        w = t.state_dict()["layer1.0.conv1.weight"]
+        assert w.ndim == 1 and w.numel() == len(t.state_dict()["layer1.0.conv1.pairs"])
+    if cfg.get("shared"):
+        assert "layer1.0.conv1.shift.shifts" in names
+    for shape in ((3, 32, 32), (3, 19, 23)):
+        x = rng.standard_normal((5, *shape), dtype=np.float32)
+        with torch.no_grad():
+            got = t(torch.from_numpy(x)).numpy()
+        ref = inf.forward(x)
+        assert_close(got, ref, 1e-5 * float(np.abs(ref).max()), 1e-5, f"{cfg} {shape}")
+    # back: the same program and weights (also from a deep copy, as torch users make)
+    inf2 = st.from_torch(copy.deepcopy(t))
+    for a in ("ops", "shifts", "pairs", "weights"):
+        assert np.array_equal(getattr(inf2, a), getattr(inf, a)), a
+    # fine-tune in torch: gradients reach the kept weights only; the change comes back
+    t.train()
+    out = t(torch.from_numpy(x))
+    F.cross_entropy(out, torch.zeros(len(x), dtype=torch.long)).backward()
+    opt = torch.optim.SGD(t.parameters(), lr=0.05)
+    opt.step()
+    t.eval()
+    inf3 = st.from_torch(t)
+    assert not np.array_equal(inf3.weights, inf.weights)
+    with torch.no_grad():
+        ref = t(torch.from_numpy(x)).numpy()
+    assert_close(inf3.forward(x), ref, 1e-5 * float(np.abs(ref).max()), 1e-5, "fine-tuned")
+
+
+def test_clear_errors():
+    net = _net(dict(layer="sal"), _rng("errors"))
+    sd = st.to_torch(net).state_dict()
+    with pytest.raises(TypeError, match="salnp network"):
+        st.to_torch("net")
+    with pytest.raises(TypeError, match="state dict"):
+        st.from_torch([1, 2])
+    bad = dict(sd)
+    del bad["layer2.0.bn1.running_var"]
+    bad["layer2.0.extra.weight"] = torch.zeros(3)
+    with pytest.raises(ValueError, match=r"missing keys \['layer2.0.bn1.running_var'\].*"
+                                         r"unexpected keys \['layer2.0.extra.weight'\]"):
+        st.from_torch(bad)
+    bad = dict(sd)
+    bad["layer1.0.conv2.logits"] = torch.zeros(4, 4, 8)
+    with pytest.raises(ValueError, match=r"layer1.0.conv2.logits: \(4, 4, 8\), expected \(4, 4, 9\)"):
+        st.from_torch(bad)
+    with pytest.raises(KeyError, match="linear.weight"):
+        st.from_torch({"conv1.weight": torch.zeros(4, 3, 3, 3)})
+    with pytest.raises(ValueError, match="does not make a salnp network"):
+        st.from_torch(sd, depth=7)
+
+
+def test_salnp_does_not_import_torch():
+    code = "import sys, salnp; salnp.count; assert 'torch' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr
