@@ -9,7 +9,8 @@ extra="${1:-}"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-apt_pkgs=(libblis-dev dataset-fashion-mnist xz-utils build-essential cmake ninja-build pkg-config)
+# libblis4-serial: libsal links the serial BLIS flavour (it runs its own threads)
+apt_pkgs=(libblis-dev libblis4-serial dataset-fashion-mnist xz-utils build-essential cmake ninja-build pkg-config)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -80,39 +80,35 @@ static void ashift_plane(float *y, const float *x, const ashift_taps *t, int64_t
     }
 }
 
-/* y (N,C,Ho,Wo) = active_shift(x (N,C,H,W)) with off (C,2) float = (alpha, beta) = (dy, dx) */
-sal_status sal_ashift_fwd(float *y, const float *x, const float *off, const sal_shift_desc *d) {
-    sal_act ya;
-    SAL_TRY(ashift_check("sal_ashift_fwd", off, d, &ya));
-    SAL_REQUIRE(y && x, "sal_ashift_fwd", "y and x must not be NULL");
-    const int64_t N = d->x.n, C = d->x.c, H = d->x.h, W = d->x.w, S = d->stride;
-    const int64_t Ho = ya.h, Wo = ya.w;
-    const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
-    const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t p = 0; p < N * C; p++) {
+typedef struct {
+    float *y;            /* forward: y; backward: dx */
+    const float *x;      /* forward: x; backward: dy */
+    const float *off;
+    float *doff;
+    int64_t C, H, W, S, Ho, Wo, xsn, xsc, ysn, ysc;
+    const float *x2;     /* backward: x (for doff) */
+    int64_t N;
+} ashift_task;
+
+static void ashift_fwd_planes(void *q, int64_t p0, int64_t p1, int tid) {
+    const ashift_task *tk = q;
+    const int64_t C = tk->C, H = tk->H, W = tk->W, S = tk->S, Ho = tk->Ho, Wo = tk->Wo;
+    const float *off = tk->off;
+    for (int64_t p = p0; p < p1; p++) {
         const int64_t n = p / C, c = p % C;
         const ashift_taps t = ashift_channel(off[2 * c], off[2 * c + 1], S, H, W, Ho, Wo);
-        ashift_plane(y + n * ysn + c * ysc, x + n * xsn + c * xsc, &t, S, H, W, Ho, Wo);
+        ashift_plane(tk->y + n * tk->ysn + c * tk->ysc, tk->x + n * tk->xsn + c * tk->xsc, &t, S, H,
+                     W, Ho, Wo);
     }
-    return SAL_OK;
 }
 
-/* dx (N,C,H,W) += dL/dx, doff (C,2) += dL/doff, from dy (N,C,Ho,Wo); either may be NULL.
- * One thread owns a channel (all its planes and its two offset gradients): no races. */
-sal_status sal_ashift_bwd(float *dx, float *doff, const float *dy, const float *x,
-                          const float *off, const sal_shift_desc *d) {
-    sal_act ya;
-    SAL_TRY(ashift_check("sal_ashift_bwd", off, d, &ya));
-    SAL_REQUIRE(dy != NULL, "sal_ashift_bwd", "dy=NULL: must not be NULL");
-    SAL_REQUIRE(x != NULL || doff == NULL, "sal_ashift_bwd", "x=NULL: needed for doff");
-    if (!dx && !doff) return SAL_OK;
-    const int64_t N = d->x.n, C = d->x.c, H = d->x.h, W = d->x.w, S = d->stride;
-    const int64_t Ho = ya.h, Wo = ya.w;
-    const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
-    const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t c = 0; c < C; c++) {
+static void ashift_bwd_channels(void *q, int64_t c0, int64_t c1, int tid) {
+    const ashift_task *tk = q;
+    const int64_t N = tk->N, H = tk->H, W = tk->W, S = tk->S, Ho = tk->Ho, Wo = tk->Wo;
+    float *dx = tk->y, *doff = tk->doff;
+    const float *dy = tk->x, *x = tk->x2, *off = tk->off;
+    const int64_t xsn = tk->xsn, xsc = tk->xsc, ysn = tk->ysn, ysc = tk->ysc;
+    for (int64_t c = c0; c < c1; c++) {
         const ashift_taps t = ashift_channel(off[2 * c], off[2 * c + 1], S, H, W, Ho, Wo);
         double T[4] = {0.0, 0.0, 0.0, 0.0};
         for (int k = 0; k < 4; k++) {
@@ -146,6 +142,37 @@ sal_status sal_ashift_bwd(float *dx, float *doff, const float *dy, const float *
             doff[2 * c + 1] += (float)((1.0 - ty) * (T[1] - T[0]) + ty * (T[3] - T[2]));
         }
     }
+}
+
+/* y (N,C,Ho,Wo) = active_shift(x (N,C,H,W)) with off (C,2) float = (alpha, beta) = (dy, dx) */
+sal_status sal_ashift_fwd(float *y, const float *x, const float *off, const sal_shift_desc *d) {
+    sal_act ya;
+    SAL_TRY(ashift_check("sal_ashift_fwd", off, d, &ya));
+    SAL_REQUIRE(y && x, "sal_ashift_fwd", "y and x must not be NULL");
+    const int64_t N = d->x.n, C = d->x.c, H = d->x.h, W = d->x.w, S = d->stride;
+    const int64_t Ho = ya.h, Wo = ya.w;
+    const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
+    const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
+    ashift_task tk = {y, x, off, NULL, C, H, W, S, Ho, Wo, xsn, xsc, ysn, ysc, NULL, N};
+    sal_parallel_for(N * C, sal_threads(), ashift_fwd_planes, &tk);
+    return SAL_OK;
+}
+
+/* dx (N,C,H,W) += dL/dx, doff (C,2) += dL/doff, from dy (N,C,Ho,Wo); either may be NULL.
+ * One thread owns a channel (all its planes and its two offset gradients): no races. */
+sal_status sal_ashift_bwd(float *dx, float *doff, const float *dy, const float *x,
+                          const float *off, const sal_shift_desc *d) {
+    sal_act ya;
+    SAL_TRY(ashift_check("sal_ashift_bwd", off, d, &ya));
+    SAL_REQUIRE(dy != NULL, "sal_ashift_bwd", "dy=NULL: must not be NULL");
+    SAL_REQUIRE(x != NULL || doff == NULL, "sal_ashift_bwd", "x=NULL: needed for doff");
+    if (!dx && !doff) return SAL_OK;
+    const int64_t N = d->x.n, C = d->x.c, H = d->x.h, W = d->x.w, S = d->stride;
+    const int64_t Ho = ya.h, Wo = ya.w;
+    const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
+    const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
+    ashift_task tk = {dx, dy, off, doff, C, H, W, S, Ho, Wo, xsn, xsc, ysn, ysc, x, N};
+    sal_parallel_for(C, sal_threads(), ashift_bwd_channels, &tk);
     return SAL_OK;
 }
 

@@ -110,20 +110,25 @@ static inline void run_grad_sums(const float *dy, const float *y, const float *x
     *s2 += r2;
 }
 
-/* the forward of sal_bn_fwd (relu 0, residual NULL) and sal_bn_relu_fwd (relu 1) */
-static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *save_invstd,
-                             float *running_mean, float *running_var, const float *x,
-                             const float *gamma, const float *beta, const float *residual,
-                             int relu, const sal_bn_desc *d) {
+typedef struct {
+    float *y, *save_mean, *save_invstd, *running_mean, *running_var;
+    const float *x, *gamma, *beta, *residual;
+    sal_act a;
     int64_t M;
-    SAL_TRY(sal_bn_check_fn(fn, d, &M));
-    SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
-    const sal_act a = d->x;
-    const int64_t N = a.n, C = a.c, HW = a.h * a.w, sn = sal_act_sn(a), sc = sal_act_sc(a);
-    const int training = d->training;
-    const double mom = d->momentum, eps = d->eps;
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t c = 0; c < C; c++) {
+    int relu, training;
+    double mom, eps;
+} bn_fwd_task;
+
+static void bn_fwd_channels(void *p, int64_t c0, int64_t c1, int tid) {
+    const bn_fwd_task *t = p;
+    float *y = t->y, *save_mean = t->save_mean, *save_invstd = t->save_invstd;
+    float *running_mean = t->running_mean, *running_var = t->running_var;
+    const float *x = t->x, *gamma = t->gamma, *beta = t->beta, *residual = t->residual;
+    const sal_act a = t->a;
+    const int64_t N = a.n, HW = a.h * a.w, sn = sal_act_sn(a), sc = sal_act_sc(a), M = t->M;
+    const int training = t->training, relu = t->relu;
+    const double mom = t->mom, eps = t->eps;
+    for (int64_t c = c0; c < c1; c++) {
         double mean, invstd;
         float k = 0.0f;  /* the shift: x - k is exact for x near k (float32 near a large mean) */
         if (training) {
@@ -174,26 +179,39 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
             }
         }
     }
+}
+
+/* the forward of sal_bn_fwd (relu 0, residual NULL) and sal_bn_relu_fwd (relu 1) */
+static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *save_invstd,
+                             float *running_mean, float *running_var, const float *x,
+                             const float *gamma, const float *beta, const float *residual,
+                             int relu, const sal_bn_desc *d) {
+    int64_t M;
+    SAL_TRY(sal_bn_check_fn(fn, d, &M));
+    SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
+    bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta,
+                     residual, d->x, M, relu, d->training, d->momentum, d->eps};
+    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
     return SAL_OK;
 }
 
-/* the backward of sal_bn_bwd (y NULL) and sal_bn_relu_bwd (y: the fused output, mask y > 0) */
-static sal_status bn_backward(const char *fn, float *dx, float *dgamma, float *dbeta,
-                              float *dresidual, const float *dy, const float *y, const float *x,
-                              const float *gamma, const float *save_mean,
-                              const float *save_invstd, const sal_bn_desc *d) {
+typedef struct {
+    float *dx, *dgamma, *dbeta, *dresidual;
+    const float *dy, *y, *x, *gamma, *save_mean, *save_invstd;
+    sal_act a;
     int64_t M;
-    SAL_TRY(sal_bn_check_fn(fn, d, &M));
-    SAL_REQUIRE_PTR(dy, fn, "dy", "N*C*H*W floats");
-    SAL_REQUIRE_PTR(x, fn, "x", "N*C*H*W floats");
-    SAL_REQUIRE_PTR(save_mean, fn, "save_mean", "C floats from the forward");
-    SAL_REQUIRE_PTR(save_invstd, fn, "save_invstd", "C floats from the forward");
-    const sal_act a = d->x;
-    const int64_t N = a.n, C = a.c, HW = a.h * a.w, sn = sal_act_sn(a), sc = sal_act_sc(a);
-    const int training = d->training;
-    const int need_sums = training ? dx != NULL || dgamma || dbeta : dgamma || dbeta;
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t c = 0; c < C; c++) {
+    int training, need_sums;
+} bn_bwd_task;
+
+static void bn_bwd_channels(void *p, int64_t c0, int64_t c1, int tid) {
+    const bn_bwd_task *t = p;
+    float *dx = t->dx, *dgamma = t->dgamma, *dbeta = t->dbeta, *dresidual = t->dresidual;
+    const float *dy = t->dy, *y = t->y, *x = t->x, *gamma = t->gamma;
+    const float *save_mean = t->save_mean, *save_invstd = t->save_invstd;
+    const sal_act a = t->a;
+    const int64_t N = a.n, HW = a.h * a.w, sn = sal_act_sn(a), sc = sal_act_sc(a), M = t->M;
+    const int training = t->training, need_sums = t->need_sums;
+    for (int64_t c = c0; c < c1; c++) {
         const float mean = save_mean[c];
         const double invstd = save_invstd[c], g = gamma ? gamma[c] : 1.0;
         double s1 = 0.0, s2 = 0.0;  /* sum dz, sum dz (x - mean) */
@@ -231,6 +249,24 @@ static sal_status bn_backward(const char *fn, float *dx, float *dgamma, float *d
             }
         }
     }
+}
+
+/* the backward of sal_bn_bwd (y NULL) and sal_bn_relu_bwd (y: the fused output, mask y > 0) */
+static sal_status bn_backward(const char *fn, float *dx, float *dgamma, float *dbeta,
+                              float *dresidual, const float *dy, const float *y, const float *x,
+                              const float *gamma, const float *save_mean,
+                              const float *save_invstd, const sal_bn_desc *d) {
+    int64_t M;
+    SAL_TRY(sal_bn_check_fn(fn, d, &M));
+    SAL_REQUIRE_PTR(dy, fn, "dy", "N*C*H*W floats");
+    SAL_REQUIRE_PTR(x, fn, "x", "N*C*H*W floats");
+    SAL_REQUIRE_PTR(save_mean, fn, "save_mean", "C floats from the forward");
+    SAL_REQUIRE_PTR(save_invstd, fn, "save_invstd", "C floats from the forward");
+    const int training = d->training;
+    const int need_sums = training ? dx != NULL || dgamma || dbeta : dgamma || dbeta;
+    bn_bwd_task t = {dx, dgamma, dbeta, dresidual, dy, y, x, gamma, save_mean, save_invstd,
+                     d->x, M, training, need_sums};
+    sal_parallel_for(d->x.c, sal_threads(), bn_bwd_channels, &t);
     return SAL_OK;
 }
 

@@ -73,14 +73,26 @@ static inline void conv_valid_range(int64_t kx, int64_t S, int64_t P, int64_t W,
     if (*lo > *hi) *lo = *hi;
 }
 
-/* col (C*K*K, B*Ho*Wo) from images n0 .. n0+B-1 of x */
-static void im2col(float *col, const float *x, const sal_conv_desc *d, const sal_act *y,
-                   int64_t n0, int64_t B) {
+typedef struct {
+    float *col;          /* im2col: written; col2im: dx, added to */
+    const float *src;    /* im2col: x; col2im: dcol */
+    const sal_conv_desc *d;
+    const sal_act *y;
+    int64_t n0, B;
+} cols_task;
+
+/* rows [r0, r1) of col (C*K*K, B*Ho*Wo) from images n0 .. n0+B-1 of x */
+static void im2col_rows(void *p, int64_t r0, int64_t r1, int tid) {
+    const cols_task *t = p;
+    const sal_conv_desc *d = t->d;
+    float *col = t->col;
+    const float *x = t->src;
+    const int64_t n0 = t->n0, B = t->B;
     const int64_t C = d->x.c, H = d->x.h, W = d->x.w, K = d->k, S = d->stride, P = d->pad;
-    const int64_t Ho = y->h, Wo = y->w, cols = B * Ho * Wo;
+    const int64_t Ho = t->y->h, Wo = t->y->w, cols = B * Ho * Wo;
     const int64_t sn = sal_act_sn(d->x), sc = sal_act_sc(d->x);
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t r = 0; r < C * K * K; r++) {
+    (void)C;
+    for (int64_t r = r0; r < r1; r++) {
         const int64_t c = r / (K * K), ky = r / K % K, kx = r % K;
         int64_t lo, hi;
         conv_valid_range(kx, S, P, W, Wo, &lo, &hi);
@@ -105,14 +117,24 @@ static void im2col(float *col, const float *x, const sal_conv_desc *d, const sal
     }
 }
 
-/* dx (images n0 .. n0+B-1) += col2im(dcol); one thread owns a channel, so no races */
-static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, const sal_act *y,
-                       int64_t n0, int64_t B) {
-    const int64_t C = d->x.c, H = d->x.h, W = d->x.w, K = d->k, S = d->stride, P = d->pad;
-    const int64_t Ho = y->h, Wo = y->w, cols = B * Ho * Wo;
+/* col (C*K*K, B*Ho*Wo) from images n0 .. n0+B-1 of x */
+static void im2col(float *col, const float *x, const sal_conv_desc *d, const sal_act *y,
+                   int64_t n0, int64_t B) {
+    cols_task t = {col, x, d, y, n0, B};
+    sal_parallel_for(d->x.c * d->k * d->k, sal_threads(), im2col_rows, &t);
+}
+
+/* channels [c0, c1) of dx += col2im(dcol) */
+static void col2im_channels(void *p, int64_t c0, int64_t c1, int tid) {
+    const cols_task *t = p;
+    const sal_conv_desc *d = t->d;
+    float *dx = t->col;
+    const float *dcol = t->src;
+    const int64_t n0 = t->n0, B = t->B;
+    const int64_t H = d->x.h, W = d->x.w, K = d->k, S = d->stride, P = d->pad;
+    const int64_t Ho = t->y->h, Wo = t->y->w, cols = B * Ho * Wo;
     const int64_t sn = sal_act_sn(d->x), sc = sal_act_sc(d->x);
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t c = 0; c < C; c++) {
+    for (int64_t c = c0; c < c1; c++) {
         for (int64_t kk = 0; kk < K * K; kk++) {
             const int64_t ky = kk / K, kx = kk % K, r = c * K * K + kk;
             int64_t lo, hi;
@@ -130,6 +152,13 @@ static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, con
             }
         }
     }
+}
+
+/* dx (images n0 .. n0+B-1) += col2im(dcol); one thread owns a channel, so no races */
+static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, const sal_act *y,
+                       int64_t n0, int64_t B) {
+    cols_task t = {dx, dcol, d, y, n0, B};
+    sal_parallel_for(d->x.c, sal_threads(), col2im_channels, &t);
 }
 
 /* y (N,O,Ho,Wo) = conv(x (N,C,H,W), w (O,C,K,K)); scratch: sal_conv_scratch(d) floats */

@@ -95,8 +95,7 @@ sal_status sal_cifar_parse(const uint8_t *buf, size_t nbytes, int label_bytes,
             labels[i * L + k] = r[k];
         }
     }
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0; i < n; i++)  /* serial: a memory-bound copy */
         memcpy(images + (size_t)i * SAL_CIFAR_PIXELS, buf + (size_t)i * rec + L, SAL_CIFAR_PIXELS);
     return SAL_OK;
 }
@@ -253,31 +252,26 @@ sal_status sal_batch_augment(int32_t *aug, const int64_t *index, int64_t b,
     return SAL_OK;
 }
 
-sal_status sal_make_batch(float *out, const uint8_t *images, int64_t n_images,
-                          const int64_t *index, int64_t b, const sal_batch_desc *d) {
-    const char *fn = "sal_make_batch";
-    SAL_TRY(batch_check(fn, d, b));
-    SAL_REQUIRE(n_images >= 1, fn, "n_images=%lld: must be >= 1", (long long)n_images);
-    SAL_REQUIRE(out != NULL && images != NULL && index != NULL, fn,
-                "out, images and index must not be NULL");
-    int64_t tmp;
-    SAL_TRY(sal_checked_prod(fn, "images (N, C, H, W)", &tmp, 4, n_images, d->c, d->h, d->w));
-    for (int64_t i = 0; i < b; i++)
-        SAL_REQUIRE(index[i] >= 0 && index[i] < n_images, fn,
-                    "index[%lld]=%lld: must be in [0, n_images=%lld)", (long long)i,
-                    (long long)index[i], (long long)n_images);
-    const int64_t C = d->c, H = d->h, W = d->w, P = d->pad;
-    /* lut[c][v] = (v/255 - mean[c]) / std[c]; the zero padding is lut[c][0] */
-    float *lut = malloc((size_t)C * 256 * sizeof *lut);
-    if (!lut) return sal_fail(SAL_ENOMEM, fn, "lookup table of C*256=%lld floats",
-                              (long long)(C * 256));
-    for (int64_t c = 0; c < C; c++)
-        for (int v = 0; v < 256; v++)
-            lut[c * 256 + v] = ((float)v / 255.0f - d->mean[c]) / d->std[c];
-    const sal_act oa = {b, C, H, W, d->layout};
-    const int64_t osn = sal_act_sn(oa), osc = sal_act_sc(oa), isn = C * H * W, isc = H * W;
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t i = 0; i < b; i++) {
+typedef struct {
+    float *out;
+    const uint8_t *images;
+    const int64_t *index;
+    const float *lut;
+    const sal_batch_desc *d;
+    int64_t C, H, W, P, osn, osc, isn, isc;
+} batch_task;
+
+/* batch images [i0, i1) */
+static void batch_images(void *q, int64_t i0, int64_t i1, int tid) {
+    const batch_task *bt = q;
+    float *out = bt->out;
+    const uint8_t *images = bt->images;
+    const int64_t *index = bt->index;
+    const float *lut = bt->lut;
+    const sal_batch_desc *d = bt->d;
+    const int64_t C = bt->C, H = bt->H, W = bt->W, P = bt->P;
+    const int64_t osn = bt->osn, osc = bt->osc, isn = bt->isn, isc = bt->isc;
+    for (int64_t i = i0; i < i1; i++) {
         int32_t a[3];
         augment_draw(d, index[i], a);
         const int64_t dy = a[0] - P, dx = a[1] - P;
@@ -312,6 +306,33 @@ sal_status sal_make_batch(float *out, const uint8_t *images, int64_t n_images,
             }
         }
     }
+}
+
+sal_status sal_make_batch(float *out, const uint8_t *images, int64_t n_images,
+                          const int64_t *index, int64_t b, const sal_batch_desc *d) {
+    const char *fn = "sal_make_batch";
+    SAL_TRY(batch_check(fn, d, b));
+    SAL_REQUIRE(n_images >= 1, fn, "n_images=%lld: must be >= 1", (long long)n_images);
+    SAL_REQUIRE(out != NULL && images != NULL && index != NULL, fn,
+                "out, images and index must not be NULL");
+    int64_t tmp;
+    SAL_TRY(sal_checked_prod(fn, "images (N, C, H, W)", &tmp, 4, n_images, d->c, d->h, d->w));
+    for (int64_t i = 0; i < b; i++)
+        SAL_REQUIRE(index[i] >= 0 && index[i] < n_images, fn,
+                    "index[%lld]=%lld: must be in [0, n_images=%lld)", (long long)i,
+                    (long long)index[i], (long long)n_images);
+    const int64_t C = d->c, H = d->h, W = d->w, P = d->pad;
+    /* lut[c][v] = (v/255 - mean[c]) / std[c]; the zero padding is lut[c][0] */
+    float *lut = malloc((size_t)C * 256 * sizeof *lut);
+    if (!lut) return sal_fail(SAL_ENOMEM, fn, "lookup table of C*256=%lld floats",
+                              (long long)(C * 256));
+    for (int64_t c = 0; c < C; c++)
+        for (int v = 0; v < 256; v++)
+            lut[c * 256 + v] = ((float)v / 255.0f - d->mean[c]) / d->std[c];
+    const sal_act oa = {b, C, H, W, d->layout};
+    const int64_t osn = sal_act_sn(oa), osc = sal_act_sc(oa), isn = C * H * W, isc = H * W;
+    batch_task bt = {out, images, index, lut, d, C, H, W, P, osn, osc, isn, isc};
+    sal_parallel_for(b, sal_threads(), batch_images, &bt);
     free(lut);
     return SAL_OK;
 }

@@ -42,7 +42,7 @@ sal_status sal_xent_fwd(float *loss, int64_t *ncorrect, const float *logits,
     SAL_TRY(sal_xent_check_fn(fn, logits, labels, n, k));
     double total = 0.0;
     int64_t correct = 0;
-#pragma omp parallel for num_threads(sal_threads()) schedule(static) reduction(+ : total, correct)
+    /* serial: N*K is small next to a wake-up of the pool */
     for (int64_t r = 0; r < n; r++) {
         const float *z = logits + r * k;
         total += row_logsumexp(z, k) - z[labels[r]];
@@ -61,7 +61,6 @@ sal_status sal_xent_bwd(float *dlogits, const float *logits, const int32_t *labe
     SAL_REQUIRE(isfinite(scale), fn, "scale=%g: must be finite", (double)scale);
     if (!dlogits) return SAL_OK;
     const double f = (double)scale / (double)n;
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
     for (int64_t r = 0; r < n; r++) {
         const float *z = logits + r * k;
         float *g = dlogits + r * k;

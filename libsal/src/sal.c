@@ -127,6 +127,32 @@ static sal_status logits_check(const char *fn, const float *a, int64_t l) {
     return SAL_OK;
 }
 
+typedef struct {
+    float *p, *weff;
+    const float *a, *m, *w;
+    double beta;
+    int hard, shared;
+    int64_t C;
+} probs_task;
+
+static void probs_rows(void *q, int64_t i0, int64_t i1, int tid) {
+    const probs_task *t = q;
+    for (int64_t i = i0; i < i1; i++)
+        probs_row(t->p + i * SAL_KK, t->a + i * SAL_KK, t->m ? t->m + i * SAL_KK : NULL, t->beta,
+                  t->hard);
+}
+
+static void weff_rows(void *q, int64_t i0, int64_t i1, int tid) {
+    const probs_task *t = q;
+    for (int64_t oc = i0; oc < i1; oc++) {
+        const float *pr = t->p + (t->shared ? oc % t->C : oc) * SAL_KK;
+        for (int q2 = 0; q2 < SAL_KK; q2++) t->weff[oc * SAL_KK + q2] = pr[q2] * t->w[oc * SAL_KK + q2];
+    }
+}
+
+/* threads for a loop over n slices: serial below SAL_PAR_MIN */
+static int slice_threads(int64_t n) { return n >= SAL_PAR_MIN ? sal_threads() : 1; }
+
 /* p (L,9) = softmax(beta * a / std(a)) row by row of a (L,9), restricted to m (L,9) */
 sal_status sal_attn_probs_masked(float *p, const float *a, const float *m, int64_t l,
                                  double beta, int hard) {
@@ -136,9 +162,8 @@ sal_status sal_attn_probs_masked(float *p, const float *a, const float *m, int64
     SAL_TRY(beta_check(fn, beta));
     SAL_TRY(logits_check(fn, a, l));
     SAL_TRY(mask_check(fn, m, l));
-#pragma omp parallel for num_threads(sal_threads()) schedule(static) if (l >= SAL_PAR_MIN)
-    for (int64_t i = 0; i < l; i++)
-        probs_row(p + i * SAL_KK, a + i * SAL_KK, m ? m + i * SAL_KK : NULL, beta, hard != 0);
+    probs_task t = {p, NULL, a, m, NULL, beta, hard != 0, 0, 0};
+    sal_parallel_for(l, slice_threads(l), probs_rows, &t);
     return SAL_OK;
 }
 
@@ -154,14 +179,9 @@ static sal_status sal_weights(float *p, float *weff, const float *w, const float
     SAL_TRY(logits_check(fn, a, L));
     SAL_TRY(mask_check(fn, d->mask, L));
     const float *m = d->mask;
-#pragma omp parallel for num_threads(sal_threads()) schedule(static) if (L >= SAL_PAR_MIN)
-    for (int64_t i = 0; i < L; i++)
-        probs_row(p + i * SAL_KK, a + i * SAL_KK, m ? m + i * SAL_KK : NULL, d->beta, d->hard);
-#pragma omp parallel for num_threads(sal_threads()) schedule(static) if (O * C >= SAL_PAR_MIN)
-    for (int64_t oc = 0; oc < O * C; oc++) {
-        const float *pr = p + (d->shared ? oc % C : oc) * SAL_KK;
-        for (int q = 0; q < SAL_KK; q++) weff[oc * SAL_KK + q] = pr[q] * w[oc * SAL_KK + q];
-    }
+    probs_task t = {p, weff, a, m, w, d->beta, d->hard, d->shared, C};
+    sal_parallel_for(L, slice_threads(L), probs_rows, &t);
+    sal_parallel_for(O * C, slice_threads(O * C), weff_rows, &t);
     return SAL_OK;
 }
 
@@ -177,29 +197,21 @@ sal_status sal_sal_fwd(float *y, const float *x, const float *w, const float *a,
     return sal_conv_fwd(y, x, weff, &cd, scratch);
 }
 
-/* dx (N,C,H,W) += dL/dx, dw (O,C,3,3) += dL/dw, da (O|1,C,9) += dL/da from dy (N,O,Ho,Wo) */
-sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const float *x,
-                       const float *w, const float *a, const sal_sal_desc *d, float *scratch) {
-    const char *fn = "sal_sal_bwd";
-    SAL_TRY(sal_sal_check(d, NULL));
-    SAL_REQUIRE(scratch != NULL, fn, "scratch=NULL: needs %zu floats", sal_sal_scratch(d));
-    if (d->hard) da = NULL;                         /* zero derivative */
-    if (!dx && !dw && !da) return SAL_OK;
-    sal_conv_desc cd = sal_conv_of(d);
-    const int64_t O = d->o, C = d->x.c, L = sal_slices(d);
-    float *p = scratch + sal_conv_scratch(&cd), *weff = p + L * SAL_KK, *g = weff + O * C * SAL_KK;
-    SAL_TRY(sal_weights(p, weff, w, a, d, fn));
-    if (dw || da) memset(g, 0, (size_t)(O * C * SAL_KK) * sizeof *g);
-    SAL_TRY(sal_conv_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, &cd, scratch));
-    if (dw)
-        for (int64_t oc = 0; oc < O * C; oc++) {
-            const float *pr = p + (d->shared ? oc % C : oc) * SAL_KK;
-            for (int q = 0; q < SAL_KK; q++) dw[oc * SAL_KK + q] += pr[q] * g[oc * SAL_KK + q];
-        }
-    if (!da || d->beta == 0.0) return SAL_OK;      /* beta = 0: p does not depend on a */
-    const int64_t ostep = d->shared ? O : 1;       /* outputs summed into one slice */
-#pragma omp parallel for num_threads(sal_threads()) schedule(static) if (L >= SAL_PAR_MIN)
-    for (int64_t i = 0; i < L; i++) {
+typedef struct {
+    float *da;
+    const float *a, *p, *w, *g;
+    const sal_sal_desc *d;
+    int64_t C, ostep;
+} dlogit_task;
+
+/* dL/da for slices [i0, i1) */
+static void dlogit_rows(void *q, int64_t i0, int64_t i1, int tid) {
+    const dlogit_task *t = q;
+    float *da = t->da;
+    const float *a = t->a, *p = t->p, *w = t->w, *g = t->g;
+    const sal_sal_desc *d = t->d;
+    const int64_t C = t->C, ostep = t->ostep;
+    for (int64_t i = i0; i < i1; i++) {
         const float *ar = a + i * SAL_KK, *pr = p + i * SAL_KK;
         const float *mr = d->mask ? d->mask + i * SAL_KK : NULL;
         double mean;
@@ -224,5 +236,30 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
         for (int q = 0; q < SAL_KK; q++)            /* pruned q: v_q = 0, the s term only */
             da[i * SAL_KK + q] += (float)(f * (v[q] - h * (ar[q] - mean)));
     }
+}
+
+/* dx (N,C,H,W) += dL/dx, dw (O,C,3,3) += dL/dw, da (O|1,C,9) += dL/da from dy (N,O,Ho,Wo) */
+sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const float *x,
+                       const float *w, const float *a, const sal_sal_desc *d, float *scratch) {
+    const char *fn = "sal_sal_bwd";
+    SAL_TRY(sal_sal_check(d, NULL));
+    SAL_REQUIRE(scratch != NULL, fn, "scratch=NULL: needs %zu floats", sal_sal_scratch(d));
+    if (d->hard) da = NULL;                         /* zero derivative */
+    if (!dx && !dw && !da) return SAL_OK;
+    sal_conv_desc cd = sal_conv_of(d);
+    const int64_t O = d->o, C = d->x.c, L = sal_slices(d);
+    float *p = scratch + sal_conv_scratch(&cd), *weff = p + L * SAL_KK, *g = weff + O * C * SAL_KK;
+    SAL_TRY(sal_weights(p, weff, w, a, d, fn));
+    if (dw || da) memset(g, 0, (size_t)(O * C * SAL_KK) * sizeof *g);
+    SAL_TRY(sal_conv_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, &cd, scratch));
+    if (dw)
+        for (int64_t oc = 0; oc < O * C; oc++) {
+            const float *pr = p + (d->shared ? oc % C : oc) * SAL_KK;
+            for (int q = 0; q < SAL_KK; q++) dw[oc * SAL_KK + q] += pr[q] * g[oc * SAL_KK + q];
+        }
+    if (!da || d->beta == 0.0) return SAL_OK;      /* beta = 0: p does not depend on a */
+    const int64_t ostep = d->shared ? O : 1;       /* outputs summed into one slice */
+    dlogit_task t = {da, a, p, w, g, d, C, ostep};
+    sal_parallel_for(L, slice_threads(L), dlogit_rows, &t);
     return SAL_OK;
 }

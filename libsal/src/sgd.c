@@ -49,12 +49,21 @@ sal_status sal_sgd_check_fn(const char *fn, const float *p, const float *buf, co
     return SAL_OK;
 }
 
-/* p (n) -= lr * update(g (n), buf (n)) for one run [lo, hi) with lr, wd */
-static void sgd_run(float *p, float *buf, const float *g, int64_t lo, int64_t hi, float lr,
-                    float wd, float mom, float damp, int nesterov, int first) {
-    const float keep = 1.0f - damp;
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t i = lo; i < hi; i++) {
+typedef struct {
+    float *p, *buf;
+    const float *g;
+    int64_t lo;
+    float lr, wd, mom, damp;
+    int nesterov, first;
+} sgd_task;
+
+static void sgd_block(void *q, int64_t i0, int64_t i1, int tid) {
+    const sgd_task *t = q;
+    float *p = t->p, *buf = t->buf;
+    const float *g = t->g;
+    const float lr = t->lr, wd = t->wd, mom = t->mom, keep = 1.0f - t->damp;
+    const int nesterov = t->nesterov, first = t->first;
+    for (int64_t i = t->lo + i0; i < t->lo + i1; i++) {
         float d = g[i];
         if (wd != 0.0f) d += wd * p[i];
         if (mom != 0.0f) {
@@ -64,6 +73,14 @@ static void sgd_run(float *p, float *buf, const float *g, int64_t lo, int64_t hi
         }
         p[i] -= lr * d;
     }
+}
+
+/* p (n) -= lr * update(g (n), buf (n)) for one run [lo, hi) with lr, wd */
+static void sgd_run(float *p, float *buf, const float *g, int64_t lo, int64_t hi, float lr,
+                    float wd, float mom, float damp, int nesterov, int first) {
+    sgd_task t = {p, buf, g, lo, lr, wd, mom, damp, nesterov, first};
+    const int64_t n = hi - lo, nt = n / 32768 < sal_threads() ? n / 32768 : sal_threads();
+    sal_parallel_for(n, nt < 1 ? 1 : (int)nt, sgd_block, &t);
 }
 
 /* p, buf (n) updated from g (n): one torch.optim.SGD step, per-segment multipliers */

@@ -52,6 +52,46 @@ void sal_shift_plane(float *y, const float *x, int64_t oy, int64_t ox, int64_t S
     memset(y + yhi * Wo, 0, (size_t)((Ho - yhi) * Wo) * sizeof *y);
 }
 
+typedef struct {
+    float *y;
+    const float *x;
+    const int32_t *off;
+    int64_t C, H, W, S, Ho, Wo, xsn, xsc, ysn, ysc;
+} shift_task;
+
+static void shift_fwd_planes(void *q, int64_t p0, int64_t p1, int tid) {
+    const shift_task *t = q;
+    const int64_t C = t->C, H = t->H, W = t->W, S = t->S, Ho = t->Ho, Wo = t->Wo;
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t n = p / C, c = p % C;
+        sal_shift_plane(t->y + n * t->ysn + c * t->ysc, t->x + n * t->xsn + c * t->xsc,
+                        sal_clamp_offset(t->off[2 * c], S, H, Ho),
+                        sal_clamp_offset(t->off[2 * c + 1], S, W, Wo), S, H, W, Ho, Wo);
+    }
+}
+
+/* t->y is dx, t->x is dy */
+static void shift_bwd_planes(void *q, int64_t p0, int64_t p1, int tid) {
+    const shift_task *t = q;
+    const int64_t C = t->C, H = t->H, W = t->W, S = t->S, Ho = t->Ho, Wo = t->Wo;
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t n = p / C, c = p % C;
+        const int64_t oy = sal_clamp_offset(t->off[2 * c], S, H, Ho);
+        const int64_t ox = sal_clamp_offset(t->off[2 * c + 1], S, W, Wo);
+        int64_t ylo, yhi, xlo, xhi;
+        sal_valid_range(oy, S, H, Ho, &ylo, &yhi);
+        sal_valid_range(ox, S, W, Wo, &xlo, &xhi);
+        float *dxp = t->y + n * t->xsn + c * t->xsc;
+        const float *g = t->x + n * t->ysn + c * t->ysc;
+        for (int64_t Y = ylo; Y < yhi; Y++) {
+            float *dst = dxp + (S * Y + oy) * W;
+            const float *src = g + Y * Wo;
+            if (S == 1) for (int64_t X = xlo; X < xhi; X++) dst[X + ox] += src[X];
+            else for (int64_t X = xlo; X < xhi; X++) dst[S * X + ox] += src[X];
+        }
+    }
+}
+
 /* y (N,C,Ho,Wo) = shift(x (N,C,H,W)) with off (C,2) int32 = (dy, dx) */
 sal_status sal_shift_fwd(float *y, const float *x, const int32_t *off, const sal_shift_desc *d) {
     sal_act ya;
@@ -61,13 +101,8 @@ sal_status sal_shift_fwd(float *y, const float *x, const int32_t *off, const sal
     const int64_t Ho = ya.h, Wo = ya.w;
     const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
     const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t p = 0; p < N * C; p++) {
-        const int64_t n = p / C, c = p % C;
-        sal_shift_plane(y + n * ysn + c * ysc, x + n * xsn + c * xsc,
-                        sal_clamp_offset(off[2 * c], S, H, Ho),
-                        sal_clamp_offset(off[2 * c + 1], S, W, Wo), S, H, W, Ho, Wo);
-    }
+    shift_task t = {y, x, off, C, H, W, S, Ho, Wo, xsn, xsc, ysn, ysc};
+    sal_parallel_for(N * C, sal_threads(), shift_fwd_planes, &t);
     return SAL_OK;
 }
 
@@ -81,22 +116,7 @@ sal_status sal_shift_bwd(float *dx, const float *dy, const int32_t *off, const s
     const int64_t Ho = ya.h, Wo = ya.w;
     const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
     const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t p = 0; p < N * C; p++) {
-        const int64_t n = p / C, c = p % C;
-        const int64_t oy = sal_clamp_offset(off[2 * c], S, H, Ho);
-        const int64_t ox = sal_clamp_offset(off[2 * c + 1], S, W, Wo);
-        int64_t ylo, yhi, xlo, xhi;
-        sal_valid_range(oy, S, H, Ho, &ylo, &yhi);
-        sal_valid_range(ox, S, W, Wo, &xlo, &xhi);
-        float *dxp = dx + n * xsn + c * xsc;
-        const float *g = dy + n * ysn + c * ysc;
-        for (int64_t Y = ylo; Y < yhi; Y++) {
-            float *dst = dxp + (S * Y + oy) * W;
-            const float *src = g + Y * Wo;
-            if (S == 1) for (int64_t X = xlo; X < xhi; X++) dst[X + ox] += src[X];
-            else for (int64_t X = xlo; X < xhi; X++) dst[S * X + ox] += src[X];
-        }
-    }
+    shift_task t = {dx, dy, off, C, H, W, S, Ho, Wo, xsn, xsc, ysn, ysc};
+    sal_parallel_for(N * C, sal_threads(), shift_bwd_planes, &t);
     return SAL_OK;
 }

@@ -39,14 +39,7 @@ def __dir__():
     return sorted(set(globals()) | {"viz", "torch"})
 
 
-def set_num_threads(n: int) -> None:
-    """Set the threads used by libsal's own loops and by each BLIS call."""
-    _core.set_num_threads(int(n))
-
-
-def get_num_threads() -> int:
-    """Threads used by libsal (default: OMP_NUM_THREADS or the number of cores)."""
-    return _core.get_num_threads()
+from ._threads import set_num_threads, get_num_threads  # noqa: E402
 
 
 def config() -> dict:
@@ -70,4 +63,5 @@ def show_config() -> None:
     print(f"BLIS {c['blis_version']}  flavour: {c['flavour']}")
     print(f"  sub-configuration: {c['arch']} ({status}){warn}")
     print(f"  chosen by: {c['arch_source']}")
-    print(f"threads: {c['threads']} (libsal loops and each BLIS call; salnp.set_num_threads)")
+    print(f"threads: {c['threads']} (libsal's pthread pool: loops and GEMMs, BLIS called with "
+          f"1 thread; salnp.set_num_threads)")

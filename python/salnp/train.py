@@ -27,6 +27,7 @@ from .io import (NpzReader, _fspath, _target_for_save, check_finite_state, expec
                  save_npz_atomic)
 from .models import ActiveShift, ResNet, SALConv2d
 from .prune import default_keep, prune_step
+from ._threads import restores_threads, set_num_threads
 
 log = logging.getLogger("salnp")
 
@@ -229,6 +230,7 @@ def _load_state(path, net, opt):
     return int(epoch), list(history), run
 
 
+@restores_threads
 def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
         nesterov=None, lr_schedule="step", milestones=None, lr_gamma=0.1,
         beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
@@ -333,7 +335,7 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
         raise ValueError(f"fit: milestones={milestones!r}: must be positive numbers (fractions "
                          "of the run, or epoch numbers when >= 1)")
     if threads is not None:
-        _core.set_num_threads(int(threads))
+        set_num_threads(int(threads))   # fit restores the previous count when it returns
     is_sal = net.config["layer"] == "sal"
     eval_hard = is_sal if eval_hard is None else bool(eval_hard)
     prune_plan = _prune_plan(prune_epochs, prune_keep, epochs, is_sal)

@@ -41,7 +41,7 @@ typedef enum { SAL_NCHW = 0, SAL_CNHW = 1 } sal_layout;
 const char *sal_last_error(void);          /* thread-local, valid until next error */
 const char *sal_status_name(sal_status s);
 sal_status sal_init(void);                 /* idempotent; picks and verifies BLIS */
-void sal_set_num_threads(int n);           /* n >= 1; threads of our loops and of BLIS */
+void sal_set_num_threads(int n);           /* threads of our loops and GEMMs; n < 1: default */
 int sal_get_num_threads(void);
 
 typedef struct {

@@ -109,17 +109,119 @@ sal_status sal_blas_query(sal_blas_info *info) {
     return SAL_OK;
 }
 
+/* one serial BLIS call */
+static void gemm1(int64_t m, int64_t n, int64_t k, float alpha, const float *a, int64_t rsa,
+                  int64_t csa, const float *b, int64_t rsb, int64_t csb, float beta, float *c,
+                  int64_t rsc, int64_t csc) {
+    rntm_t rntm;
+    bli_rntm_init(&rntm);
+    bli_rntm_set_num_threads(1, &rntm);
+    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE,
+                 (dim_t)m, (dim_t)n, (dim_t)k, &alpha, (float *)a, (inc_t)rsa, (inc_t)csa,
+                 (float *)b, (inc_t)rsb, (inc_t)csb, &beta, c, (inc_t)rsc, (inc_t)csc, NULL, &rntm);
+}
+
+/* A GEMM split over the pool: by columns of C, by rows of C, or (C small, k large: a
+ * weight gradient) by k into per-thread partial products that are added in thread order
+ * afterwards, so the result depends on the thread count only through that order. */
+typedef struct {
+    int64_t m, n, k;
+    float alpha, beta;
+    const float *a, *b;
+    float *c, *part;
+    int64_t rsa, csa, rsb, csb, rsc, csc;
+    int64_t gran;  /* block granularity of the split dimension */
+    int how;       /* 0 columns, 1 rows, 2 k */
+} gemm_task;
+
+static void split_block(int64_t len, int64_t gran, int tid, int nt, int64_t *lo, int64_t *hi) {
+    const int64_t units = (len + gran - 1) / gran;
+    int64_t ulo, uhi;
+    sal_block(units, tid, nt, &ulo, &uhi);
+    *lo = ulo * gran < len ? ulo * gran : len;
+    *hi = uhi * gran < len ? uhi * gran : len;
+}
+
+static void gemm_part(void *p, int tid, int nt) {
+    const gemm_task *t = p;
+    int64_t lo, hi;
+    if (t->how == 0) {
+        split_block(t->n, t->gran, tid, nt, &lo, &hi);
+        if (hi > lo)
+            gemm1(t->m, hi - lo, t->k, t->alpha, t->a, t->rsa, t->csa, t->b + lo * t->csb, t->rsb,
+                  t->csb, t->beta, t->c + lo * t->csc, t->rsc, t->csc);
+    } else if (t->how == 1) {
+        split_block(t->m, t->gran, tid, nt, &lo, &hi);
+        if (hi > lo)
+            gemm1(hi - lo, t->n, t->k, t->alpha, t->a + lo * t->rsa, t->rsa, t->csa, t->b, t->rsb,
+                  t->csb, t->beta, t->c + lo * t->rsc, t->rsc, t->csc);
+    } else {
+        split_block(t->k, t->gran, tid, nt, &lo, &hi);
+        float *c = tid == 0 ? t->c : t->part + (int64_t)(tid - 1) * t->m * t->n;
+        const int64_t rsc = tid == 0 ? t->rsc : t->n, csc = tid == 0 ? t->csc : 1;
+        const float beta = tid == 0 ? t->beta : 0.0f;
+        if (hi > lo)
+            gemm1(t->m, t->n, hi - lo, t->alpha, t->a + lo * t->csa, t->rsa, t->csa,
+                  t->b + lo * t->rsb, t->rsb, t->csb, beta, c, rsc, csc);
+        else if (tid != 0)
+            memset(c, 0, (size_t)(t->m * t->n) * sizeof *c);
+        else if (beta != 1.0f)
+            for (int64_t i = 0; i < t->m; i++)
+                for (int64_t j = 0; j < t->n; j++) {
+                    float *e = &c[i * rsc + j * csc];
+                    *e = beta == 0.0f ? 0.0f : beta * *e;
+                }
+    }
+}
+
+#define GEMM_PAR_MIN ((int64_t)1 << 18)  /* MACs per thread below which one thread does it */
+
 sal_status sal_sgemm(int64_t m, int64_t n, int64_t k, float alpha,
                      const float *a, int64_t rsa, int64_t csa,
                      const float *b, int64_t rsb, int64_t csb, float beta,
                      float *c, int64_t rsc, int64_t csc, int nt) {
     SAL_TRY(sal_init());
     if (m == 0 || n == 0) return SAL_OK;
-    rntm_t rntm;
-    bli_rntm_init(&rntm);
-    bli_rntm_set_num_threads(nt < 1 ? 1 : nt, &rntm);
-    bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE,
-                 (dim_t)m, (dim_t)n, (dim_t)k, &alpha, (float *)a, (inc_t)rsa, (inc_t)csa,
-                 (float *)b, (inc_t)rsb, (inc_t)csb, &beta, c, (inc_t)rsc, (inc_t)csc, NULL, &rntm);
+    const double macs = (double)m * (double)n * (double)(k > 0 ? k : 1);
+    if (nt > 1 && macs < (double)GEMM_PAR_MIN * nt) {
+        nt = (int)(macs / (double)GEMM_PAR_MIN);
+    }
+    if (nt <= 1 || k == 0) {
+        gemm1(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+        return SAL_OK;
+    }
+    gemm_task t = {m, n, k, alpha, beta, a, b, c, NULL, rsa, csa, rsb, csb, rsc, csc, 1, 0};
+    const int64_t mn = m > n ? m : n;
+    if (k >= 256 * nt && k >= 8 * mn && m * n <= ((int64_t)1 << 18)) {
+        /* a weight gradient: C is small, k is the batch: split k */
+        t.how = 2;
+        t.gran = 64;
+        t.part = malloc((size_t)(nt - 1) * (size_t)(m * n) * sizeof(float));
+        if (!t.part) {
+            gemm1(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+            return SAL_OK;
+        }
+    } else if (n >= 64 * nt && n >= m) {
+        t.how = 0;
+        t.gran = 64;
+    } else if (m >= 16 * nt) {
+        t.how = 1;
+        t.gran = 16;
+    } else if (n >= 16 * nt) {
+        t.how = 0;
+        t.gran = 16;
+    } else {
+        gemm1(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+        return SAL_OK;
+    }
+    sal_parallel(nt, gemm_part, &t);
+    if (t.how == 2) {
+        for (int i = 1; i < nt; i++) {
+            const float *p = t.part + (int64_t)(i - 1) * m * n;
+            for (int64_t r = 0; r < m; r++)
+                for (int64_t j = 0; j < n; j++) c[r * rsc + j * csc] += p[r * n + j];
+        }
+        free(t.part);
+    }
     return SAL_OK;
 }

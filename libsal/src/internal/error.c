@@ -1,11 +1,10 @@
-/* Errors, checked sizes and the thread count. */
+/* Errors and checked sizes (the thread count: internal/pool.c). */
 #include <stdarg.h>
 #include <stdio.h>
 
 #include "internal/internal.h"
 
 static _Thread_local char sal_err_buf[512];
-static int sal_nthreads = 0; /* 0: not set, use the default */
 
 const char *sal_last_error(void) { return sal_err_buf; }
 
@@ -57,18 +56,4 @@ sal_status sal_act_check(const char *func, const char *name, sal_act a) {
                 "%s: layout=%d: must be SAL_NCHW or SAL_CNHW", name, (int)a.layout);
     int64_t tot;
     return sal_checked_prod(func, name, &tot, 4, a.n, a.c, a.h, a.w);
-}
-
-void sal_set_num_threads(int n) { sal_nthreads = n < 1 ? 1 : n; }
-
-int sal_get_num_threads(void) { return sal_threads(); }
-
-int sal_threads(void) {
-    if (sal_nthreads > 0) return sal_nthreads;
-#ifdef _OPENMP
-    extern int omp_get_max_threads(void);
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
 }

@@ -31,8 +31,28 @@ sal_status sal_checked_prod(const char *func, const char *what, int64_t *out, in
 sal_status sal_act_check(const char *func, const char *name, sal_act a);
 static inline int64_t sal_act_numel(sal_act a) { return a.n * a.c * a.h * a.w; }
 
-/* Threads: number our own loops and BLIS use. */
+/* Threads (internal/pool.c): a persistent pthread pool, fork-safe, workers sleep when idle.
+ * sal_threads(): the count our loops and GEMMs use (sal_set_num_threads, else
+ * SAL_NUM_THREADS, OMP_NUM_THREADS, else the CPUs this process may run on). */
+#define SAL_MAX_THREADS 256
 int sal_threads(void);
+int sal_default_threads(void);
+int sal_cpu_count(void);
+int sal_max_threads(void);     /* 4 x CPUs, at most SAL_MAX_THREADS */
+int sal_pool_workers(void);    /* workers started so far in this process */
+int sal_pool_forks(void);      /* times a forked child reset the pool */
+
+/* fn(ctx, tid, nt) for tid = 0 .. nt-1, in parallel on the pool (the caller runs tid 0);
+ * returns when all have returned.  Tasks must not wait for one another.  Nested calls,
+ * and calls while another thread owns the pool, run the nt tasks serially. */
+typedef void (*sal_task_fn)(void *ctx, int tid, int nt);
+void sal_parallel(int nt, sal_task_fn fn, void *ctx);
+
+/* fn(ctx, lo, hi, tid) over static contiguous blocks of [0, n) on min(nt, n) threads */
+typedef void (*sal_range_fn)(void *ctx, int64_t lo, int64_t hi, int tid);
+void sal_parallel_for(int64_t n, int nt, sal_range_fn fn, void *ctx);
+/* block [lo, hi) of [0, n) for thread tid of nt (the split sal_parallel_for uses) */
+void sal_block(int64_t n, int tid, int nt, int64_t *lo, int64_t *hi);
 
 /* C (m, n) = alpha * A (m, k) * B (k, n) + beta * C, with general strides: element
  * (i, p) of A is a[i*rsa + p*csa] (a transpose is a swap of the two strides).

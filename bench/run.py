@@ -1,0 +1,611 @@
+"""salnp against PyTorch at its best on this machine: one command.
+
+    PYTHONPATH=python python bench/run.py            # full run, writes bench/RESULTS.md
+    PYTHONPATH=python python bench/run.py --quick    # tiny sizes, proves it runs (CI); no claims
+
+What is measured (2 threads each unless --threads, warm, medians of interleaved repeats
+with their range, every rival's result checked against salnp before it is timed):
+- training step, batch 128, 32x32 CIFAR-sized inputs, ResNet-20 w=16: CL, SAL unshared,
+  SAL shared, SL e=6, ASL e=6.  salnp: forward, cross-entropy, zero_grad, backward, SGD
+  (what salnp.fit does per step).  PyTorch (bench/torch_fast.py: no instrumentation,
+  in-place ReLU, SL shift as channel-grouped slabs or a one-hot depthwise conv, whichever
+  is faster): zero_grad(set_to_none), forward, cross_entropy, backward, SGD (fused when
+  available), in NCHW and channels_last; the faster counts.  torch.compile: an extra row
+  for CL and SAL where it compiles;
+- inference, batch 128 and batch 1: salnp.export of SAL unshared / shared, CL, SL against
+  PyTorch eval mode under inference_mode with every BN folded into its conv (SAL: a dense
+  3x3 conv of the binarised weights), NCHW and channels_last, the faster counted;
+- peak RSS growth of a training step (fresh process per framework, VmHWM reset after
+  setup);
+- two processes at once, each with 2 threads on the 2 cores, against one alone;
+- the allocator: PyTorch's CPU guide recommends jemalloc or tcmalloc; each is tried on a
+  PyTorch training step in a child process and the fastest (or none) is preloaded for the
+  whole run (both libraries share the process, so both run with it).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+try:                      # the installed salnp, or the one on PYTHONPATH
+    import salnp as _salnp
+except ImportError:       # else the development tree (bash scripts/dev-build.sh)
+    sys.path.insert(0, os.path.join(ROOT, "python"))
+    import salnp as _salnp
+SALNP_PATH = os.path.dirname(os.path.dirname(os.path.abspath(_salnp.__file__)))
+
+ALLOCATORS = {
+    "none": None,
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+}
+
+TRAIN_MODELS = [  # (key, label, layer, kwargs)
+    ("cl", "CL", "cl", {}),
+    ("sal", "SAL unshared", "sal", {}),
+    ("sal_shared", "SAL shared", "sal", {"shared": True}),
+    ("sl", "SL (ShiftResNet) e=6", "sl", {"expansion": 6}),
+    ("asl", "ASL e=6", "asl", {"expansion": 6}),
+]
+INFER_MODELS = [
+    ("sal", "SAL unshared", "sal", {}),
+    ("sal_shared", "SAL shared", "sal", {"shared": True}),
+    ("cl", "CL", "cl", {}),
+    ("sl", "SL e=6", "sl", {"expansion": 6}),
+]
+
+
+# ---------------------------------------------------------------- machine facts
+def machine():
+    info = {"cpus": len(os.sched_getaffinity(0)), "model": platform.machine()}
+    try:
+        txt = open("/proc/cpuinfo").read()
+        for line in txt.splitlines():
+            if line.startswith("model name") and "cpu" not in info:
+                info["cpu"] = line.split(":", 1)[1].strip()
+            if line.startswith("cpu MHz") and "mhz" not in info:
+                info["mhz"] = float(line.split(":", 1)[1])
+            if line.startswith("flags") and "flags" not in info:
+                info["flags"] = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    flags = info.pop("flags", [])
+    info["isa"] = "avx512f" if "avx512f" in flags else ("avx2+fma" if "avx2" in flags else "sse")
+    # FP32 FLOPs per cycle per core: 2 FMA pipes x lanes x 2
+    per_cycle = {"avx512f": 64, "avx2+fma": 32, "sse": 16}[info["isa"]]
+    info["peak_gflops"] = info["cpus"] * info.get("mhz", 0) / 1e3 * per_cycle
+    return info
+
+
+# ---------------------------------------------------------------- helpers
+def stats(times, n_images):
+    rates = sorted(n_images / t for t in times)
+    return {"median": statistics.median(rates), "lo": rates[0], "hi": rates[-1],
+            "ms": 1e3 * statistics.median(times)}
+
+
+def interleave(fns, repeats, warmup):
+    for f in fns:
+        for _ in range(warmup):
+            f()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, f in enumerate(fns):
+            t = time.perf_counter()
+            f()
+            times[i].append(time.perf_counter() - t)
+    return times
+
+
+def sizes(quick):
+    if quick:
+        # width 8, not 4: torch 2.13 corrupts its heap training a width-4 net in channels_last
+        return dict(depth=8, width=8, batch=8, hw=16, repeats=1, warmup=0, steps=2)
+    return dict(depth=20, width=16, batch=128, hw=32, repeats=5, warmup=2, steps=8)
+
+
+def make_net(layer, kw, sz, seed=0):
+    import salnp
+    net = salnp.models.resnet(sz["depth"], sz["width"], layer, seed=seed, **kw)
+    net.beta = 20.0
+    return net
+
+
+def salnp_step(net, opt, x, y):
+    from salnp import ops
+    logits = net.forward(x, train=True)
+    ops.cross_entropy(logits, y)
+    net.zero_grad()
+    net.backward(ops.cross_entropy_backward(logits, y))
+    opt.step(0.05)
+
+
+def torch_trainer(model, channels_last, x, y):
+    import torch
+    import torch.nn.functional as F
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+    else:
+        xt = torch.from_numpy(x)
+    yt = torch.from_numpy(y.astype("int64"))
+    # foreach, not fused=True: torch 2.13's fused CPU SGD corrupted the heap here with
+    # channels_last conv weights ("double free or corruption" in the next backward)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4,
+                          foreach=True)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+    return step, model, xt
+
+
+# ---------------------------------------------------------------- workers
+def worker_train(args, sz, out):
+    import numpy as np
+    import torch
+    import salnp
+    from salnp.train import SGD
+    import torch_fast
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((sz["batch"], 3, sz["hw"], sz["hw"])).astype(np.float32)
+    y = (np.arange(sz["batch"]) % 10).astype(np.int32)
+    rows = []
+    for key, label, layer, kw in TRAIN_MODELS:
+        if args.models and key not in args.models.split(","):
+            continue
+        net = make_net(layer, kw, sz)
+        cnt = salnp.count(net, input_shape=(3, sz["hw"], sz["hw"]), mode="train")
+        # results first: the first training-mode forward of every rival equals salnp's
+        ref = np.array(net.forward(x, train=True))
+        names, fns = [], []
+        hows = ["slab", "onehot"] if layer == "sl" else ["slab"]
+        for how in hows:
+            for cl in (False, True):
+                t = torch_fast.build(net, 20.0, how).train()
+                step, t, xt = torch_trainer(t, cl, x, y)
+                with torch.no_grad():
+                    got = t(xt).numpy()
+                err = float(np.abs(got - ref).max())
+                assert err <= 1e-3 * max(1.0, float(np.abs(ref).max())), (key, how, cl, err)
+                names.append(f"torch {'channels_last' if cl else 'NCHW'}"
+                             + (f" ({how} shift)" if layer == "sl" else ""))
+                fns.append(step)
+        if args.compile and key in ("cl", "sal"):
+            try:
+                t = torch_fast.build(net, 20.0).train()
+                step, t, xt = torch_trainer(t, True, x, y)
+                cm = torch.compile(t)
+                tc = time.perf_counter()
+                step_c, _, _ = torch_trainer(cm, True, x, y)
+                step_c()
+                step_c()
+                names.append(f"torch.compile channels_last (compiled in {time.perf_counter() - tc:.0f} s)")
+                fns.append(step_c)
+            except Exception as e:  # noqa: BLE001 - a row that does not work here
+                print(f"torch.compile failed for {key}: {type(e).__name__}: {e}", file=sys.stderr)
+        opt = SGD(net, lr=0.05)
+        names.insert(0, "salnp")
+        fns.insert(0, lambda net=net, opt=opt: salnp_step(net, opt, x, y))
+        times = interleave(fns, sz["repeats"], sz["warmup"])
+        res = {n: stats(t, sz["batch"]) for n, t in zip(names, times)}
+        rows.append({"key": key, "label": label, "train_flops": 2 * cnt.train_macs,
+                     "results": res})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    out["train"] = rows
+
+
+def binarised_torch(net, fold=True):
+    """PyTorch eval twin of an exported network: SAL as dense convs of the binarised
+    weights, every BN folded into its conv."""
+    import torch
+    import torch.nn as tnn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    import salnp
+    import torch_fast
+    t = torch_fast.build(net, net.beta).eval()
+    with torch.no_grad():
+        for mod in list(t.modules()):
+            for name, child in list(mod.named_children()):
+                if isinstance(child, torch_fast.SALConv):
+                    p = salnp.ops.sal_probs(child.logits.numpy(), net.beta, hard=True)
+                    w = child.weight * torch.tensor(p.reshape(p.shape[0], p.shape[1], 3, 3))
+                    conv = tnn.Conv2d(w.shape[1], w.shape[0], 3, child.stride, 1, bias=False)
+                    conv.weight.copy_(w)
+                    setattr(mod, name, conv)
+        t.eval()
+        if fold:
+            for mod in list(t.modules()):
+                if hasattr(mod, "shortcut"):
+                    mod.shortcut[0] = fuse_conv_bn_eval(mod.shortcut[0], mod.shortcut[1])
+                    mod.shortcut[1] = tnn.Identity()
+                for c, b in (("conv1", "bn1"), ("conv2", "bn2")):
+                    if isinstance(getattr(mod, c, None), tnn.Conv2d) and \
+                            isinstance(getattr(mod, b, None), tnn.BatchNorm2d):
+                        setattr(mod, c, fuse_conv_bn_eval(getattr(mod, c), getattr(mod, b)))
+                        setattr(mod, b, tnn.Identity())
+    return t.eval()
+
+
+def worker_infer(args, sz, out):
+    import numpy as np
+    import torch
+    import salnp
+    rng = np.random.default_rng(1)
+    rows = []
+    for key, label, layer, kw in INFER_MODELS:
+        if args.models and key not in args.models.split(","):
+            continue
+        net = make_net(layer, kw, sz)
+        for name, p in net.named_parameters():   # BN: not the identity, so folding matters
+            if ".bn" in name or name.startswith("bn") or ".shortcut.1." in name:
+                p[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else \
+                    rng.uniform(-0.3, 0.3, p.shape)
+        for _ in range(3):
+            net.forward(rng.standard_normal((32, 3, sz["hw"], sz["hw"]), dtype=np.float32),
+                        train=True)
+        net.beta = 70.0
+        inf = salnp.export(net)
+        cnt = inf.count()
+        t = binarised_torch(net)
+        t_cl = binarised_torch(net).to(memory_format=torch.channels_last)
+        for batch in (sz["batch"], 1):
+            x = rng.standard_normal((batch, 3, sz["hw"], sz["hw"])).astype(np.float32)
+            xt = torch.from_numpy(x)
+            xcl = xt.contiguous(memory_format=torch.channels_last)
+            ref = np.array(net.forward(x, train=False, hard=True))
+            scale = float(np.abs(ref).max())
+            with torch.inference_mode():
+                for m, xx in ((t, xt), (t_cl, xcl)):
+                    err = float(np.abs(m(xx).numpy() - ref).max())
+                    assert err <= 1e-4 * scale + 1e-5, (key, batch, err)
+            err = float(np.abs(inf.forward(x) - ref).max())
+            assert err <= 1e-4 * scale + 1e-5, (key, batch, "salnp export", err)
+
+            def tf(m, xx):
+                def f():
+                    with torch.inference_mode():
+                        m(xx)
+                return f
+            names = ["salnp export", "torch NCHW", "torch channels_last"]
+            fns = [lambda x=x: inf.forward(x), tf(t, xt), tf(t_cl, xcl)]
+            reps = sz["repeats"] * (10 if batch == 1 else 2)
+            times = interleave(fns, reps, sz["warmup"] * 3)
+            res = {n: stats(tt, batch) for n, tt in zip(names, times)}
+            rows.append({"key": key, "label": label, "batch": batch, "flops": 2 * cnt.macs,
+                         "results": res})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    out["infer"] = rows
+
+
+def vm(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0   # MiB
+    return float("nan")
+
+
+def worker_rss(args, sz, out):
+    """Peak RSS growth of training steps in this fresh process: setup, one warm step,
+    reset the high-water mark, then steps; growth = VmHWM - RSS before them."""
+    import numpy as np
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((sz["batch"], 3, sz["hw"], sz["hw"])).astype(np.float32)
+    y = (np.arange(sz["batch"]) % 10).astype(np.int32)
+    layer, kw = dict((k, (l, kw)) for k, _, l, kw in TRAIN_MODELS)[args.model]
+    net = make_net(layer, kw, sz)
+    base0 = vm("VmRSS")
+    if args.fw == "salnp":
+        from salnp.train import SGD
+        opt = SGD(net, lr=0.05)
+
+        def step():
+            salnp_step(net, opt, x, y)
+    else:
+        import torch
+        import torch_fast
+        torch.set_num_threads(args.threads)
+        t = torch_fast.build(net, 20.0).train()
+        step, _, _ = torch_trainer(t, args.fw == "torch_cl", x, y)
+    import gc
+    gc.collect()
+    before = vm("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")                      # VmHWM := current RSS
+    for _ in range(3):
+        step()
+    out["rss"] = {"fw": args.fw, "model": args.model, "before_MiB": before,
+                  "hwm_MiB": vm("VmHWM"), "growth_MiB": vm("VmHWM") - before,
+                  "first_step_included": False, "setup_MiB": before - base0}
+
+
+def worker_steps(args, sz, out):
+    """Images/s of `steps` training steps (after warm-up) in this process."""
+    import numpy as np
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((sz["batch"], 3, sz["hw"], sz["hw"])).astype(np.float32)
+    y = (np.arange(sz["batch"]) % 10).astype(np.int32)
+    layer, kw = dict((k, (l, kw)) for k, _, l, kw in TRAIN_MODELS)[args.model]
+    net = make_net(layer, kw, sz)
+    if args.fw == "salnp":
+        from salnp.train import SGD
+        opt = SGD(net, lr=0.05)
+
+        def step():
+            salnp_step(net, opt, x, y)
+    else:
+        import torch
+        import torch_fast
+        torch.set_num_threads(args.threads)
+        t = torch_fast.build(net, 20.0).train()
+        step, _, _ = torch_trainer(t, args.fw == "torch_cl", x, y)
+    for _ in range(2):
+        step()
+    if args.start_at:
+        while time.time() < args.start_at:
+            time.sleep(0.005)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    dt = time.perf_counter() - t0
+    out["steps"] = {"fw": args.fw, "model": args.model, "images_per_s": args.steps * sz["batch"] / dt,
+                    "seconds": dt}
+
+
+def worker_probe(args, sz, out):
+    """PyTorch CL training step under this process's allocator: images/s median."""
+    import numpy as np
+    import torch
+    import torch_fast
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((sz["batch"], 3, sz["hw"], sz["hw"])).astype(np.float32)
+    y = (np.arange(sz["batch"]) % 10).astype(np.int32)
+    net = make_net("cl", {}, sz)
+    step, _, _ = torch_trainer(torch_fast.build(net).train(), True, x, y)
+    times = interleave([step], sz["repeats"] + 2, sz["warmup"])[0]
+    out["probe"] = stats(times, sz["batch"])
+
+
+# ---------------------------------------------------------------- orchestration
+def spawn(args, worker, extra=(), preload=None, wait=True):
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", worker,
+           "--threads", str(args.threads)] + (["--quick"] if args.quick else []) + list(extra)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([SALNP_PATH, env.get("PYTHONPATH", "")])  # the same salnp
+    if preload:
+        env["LD_PRELOAD"] = preload
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+    if not wait:
+        return p
+    return collect(p, worker)
+
+
+def collect(p, worker):
+    stdout, _ = p.communicate(timeout=7200)
+    if p.returncode != 0:
+        raise RuntimeError(f"worker {worker} failed with status {p.returncode}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def fmt_rate(r):
+    return f"{r['median']:,.0f} ({r['lo']:,.0f}–{r['hi']:,.0f})"
+
+
+def best_torch(res):
+    k = max((n for n in res if n.startswith("torch") and "compile" not in n),
+            key=lambda n: res[n]["median"])
+    return k, res[k]
+
+
+def report(args, data, mach, sz):
+    import salnp
+    import torch
+    cfg = salnp.config()
+    peak = mach["peak_gflops"]
+    lines = []
+    cmd = "PYTHONPATH=python python bench/run.py " + " ".join(sys.argv[1:])
+    lines.append(f"Command: `{cmd}`  ")
+    lines.append(f"Date: {data['date']} UTC; load average before / after: "
+                 f"{data['load_before']} / {data['load_after']}  ")
+    lines.append(f"Machine: {mach.get('cpu', '?')}, {mach['cpus']} CPUs usable, {mach['isa']}, "
+                 f"{mach.get('mhz', 0):.0f} MHz reported; FP32 peak {peak:.0f} GFLOP/s "
+                 f"({mach['cpus']} cores x {mach.get('mhz', 0) / 1e3:.2f} GHz x "
+                 f"{int(peak / max(1, mach['cpus']) / max(1e-9, mach.get('mhz', 1) / 1e3))} "
+                 f"FLOP/cycle); the Zen 5 AVX-512 host of DESIGN.md §8 had 437  ")
+    lines.append(f"salnp {cfg['salnp']}: BLIS {cfg['blis_version']} {cfg['flavour']} flavour, "
+                 f"sub-configuration {cfg['arch']} ({cfg['arch_source']}); libsal pthread pool, "
+                 f"{args.threads} threads. torch {torch.__version__}, {args.threads} threads "
+                 f"(torch.set_num_threads). numpy {cfg['numpy']}, python {cfg['python']}  ")
+    lines.append(f"Allocator preloaded for the run: **{data['allocator']}** "
+                 f"(PyTorch CL channels_last step, images/s: "
+                 + ", ".join(f"{k} {v['median']:,.0f}" for k, v in data["probe"].items()) + ")")
+    lines.append("")
+    lines.append("Medians of interleaved repeats with (min–max); ratio = salnp / the faster "
+                 "PyTorch layout.  GFLOP/s counts 2 x MACs (salnp.count: training = forward + "
+                 "backward MACs; inference = the exported network's MACs) at the median rate.")
+    lines.append("")
+    lines.append(f"### Training step, ResNet-{sz['depth']} w={sz['width']}, batch {sz['batch']}, "
+                 f"{sz['hw']}x{sz['hw']}, images/s")
+    lines.append("")
+    lines.append("| model | salnp | PyTorch NCHW | PyTorch channels_last | torch.compile | salnp / best PyTorch | salnp GFLOP/s (% peak) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in data["train"]:
+        res = r["results"]
+        s = res["salnp"]
+        bk, b = best_torch(res)
+        nchw = [n for n in res if n.startswith("torch NCHW")]
+        cl = [n for n in res if n.startswith("torch channels_last")]
+        comp = [n for n in res if "compile" in n]
+        pick = lambda ns: max(ns, key=lambda n: res[n]["median"]) if ns else None
+        cell = lambda n: (fmt_rate(res[n]) + (f" [{n.split('(')[1][:-1]}]" if "shift)" in n else "")) if n else "–"
+        gf = r["train_flops"] * s["median"] / 1e9
+        lines.append(f"| {r['label']} | {fmt_rate(s)} | {cell(pick(nchw))} | {cell(pick(cl))} | "
+                     f"{fmt_rate(res[comp[0]]) if comp else '–'} | **{s['median'] / b['median']:.2f}x** | "
+                     f"{gf:.1f} ({100 * gf / peak:.1f} %) |")
+    lines.append("")
+    lines.append(f"### Exported inference, ResNet-{sz['depth']} w={sz['width']}, {sz['hw']}x{sz['hw']}, "
+                 f"images/s")
+    lines.append("")
+    lines.append("| network | batch | salnp export | PyTorch NCHW | PyTorch channels_last | salnp / best PyTorch | salnp GFLOP/s (% peak) |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for r in data["infer"]:
+        res = r["results"]
+        s = res["salnp export"]
+        bk, b = best_torch(res)
+        gf = r["flops"] * s["median"] / 1e9
+        lines.append(f"| {r['label']} | {r['batch']} | {fmt_rate(s)} | {fmt_rate(res['torch NCHW'])} | "
+                     f"{fmt_rate(res['torch channels_last'])} | **{s['median'] / b['median']:.2f}x** | "
+                     f"{gf:.1f} ({100 * gf / peak:.1f} %) |")
+    lines.append("")
+    lines.append("### Peak RSS growth of training steps (MiB; a fresh process each: network, "
+                 "batch and optimiser built, VmHWM reset, then the first 3 steps; growth = peak "
+                 "- RSS before them, so salnp's buffers allocated once are counted)")
+    lines.append("")
+    lines.append("| model | salnp | PyTorch NCHW | PyTorch channels_last | salnp / best PyTorch |")
+    lines.append("|---|---|---|---|---|")
+    for m, d in data["rss"].items():
+        tb = min(d["torch"], d["torch_cl"])
+        lines.append(f"| {m} | {d['salnp']:.0f} | {d['torch']:.0f} | {d['torch_cl']:.0f} | "
+                     f"{d['salnp'] / tb:.2f}x |")
+    lines.append("")
+    lines.append(f"### Two processes at once (each {args.threads} threads, both on the "
+                 f"{mach['cpus']} CPUs), SAL training images/s per process over {sz['steps']} "
+                 f"steps started together")
+    lines.append("")
+    lines.append("| framework, model | alone | each of two at once | kept |")
+    lines.append("|---|---|---|---|")
+    for k, d in data["pair"].items():
+        each = " / ".join(f"{v:,.0f}" for v in d["pair"])
+        kept = min(d["pair"]) / d["solo"]
+        lines.append(f"| {k} | {d['solo']:,.0f} | {each} | {100 * kept:.0f} % |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(text):
+    path = os.path.join(HERE, "RESULTS.md")
+    old = open(path).read() if os.path.exists(path) else "# Recorded results\n"
+    head = "## Speed: salnp against PyTorch at its best (bench/run.py)\n"
+    section = head + "\n" + text
+    start = old.find(head)
+    if start >= 0:
+        end = old.find("\n## ", start + 1)
+        new = old[:start] + section + (old[end + 1:] if end >= 0 else "")
+    else:                                   # first section after the title
+        nl = old.find("\n## ")
+        new = (old[:nl + 1] + "\n" + section + "\n" + old[nl + 1:]) if nl >= 0 else old + "\n" + section
+    with open(path, "w") as f:
+        f.write(new)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: proves the command runs")
+    ap.add_argument("--threads", type=int, default=None, help="default 2 (--quick: 1)")
+    ap.add_argument("--models", default="", help="subset of model keys, comma-separated")
+    ap.add_argument("--no-compile", dest="compile", action="store_false")
+    ap.add_argument("--no-write", dest="write", action="store_false")
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument("--allocator", default="auto", choices=["auto", *ALLOCATORS])
+    ap.add_argument("--repeats", type=int, default=0, help="interleaved repeats (default 5)")
+    ap.add_argument("--steps-timed", type=int, default=0,
+                    help="steps timed per process in the two-process test (default 8)")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--fw", default="salnp", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="sal", help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    sz = sizes(args.quick)
+    if args.repeats:
+        sz["repeats"] = args.repeats
+    if args.steps_timed:
+        sz["steps"] = args.steps_timed
+    if args.threads is None:
+        args.threads = 1 if args.quick else 2
+    if args.quick:
+        args.compile = False
+    if args.worker:
+        import salnp
+        salnp.set_num_threads(args.threads)
+        try:
+            import torch
+            torch.set_num_threads(args.threads)
+        except ImportError:
+            pass
+        out = {}
+        {"train": worker_train, "infer": worker_infer, "rss": worker_rss,
+         "steps": worker_steps, "probe": worker_probe}[args.worker](args, sz, out)
+        print(json.dumps(out), flush=True)
+        return
+
+    mach = machine()
+    data = {"date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"),
+            "load_before": " ".join(f"{v:.1f}" for v in os.getloadavg())}
+    # 1. the allocator PyTorch does best with here
+    data["probe"] = {}
+    choices = [a for a in ALLOCATORS if ALLOCATORS[a] is None or os.path.exists(ALLOCATORS[a])]
+    if args.allocator == "auto" and not args.quick:
+        for a in choices:
+            data["probe"][a] = spawn(args, "probe", preload=ALLOCATORS[a])["probe"]
+        alloc = max(data["probe"], key=lambda a: data["probe"][a]["median"])
+    else:
+        alloc = "none" if args.allocator == "auto" else args.allocator
+        data["probe"][alloc] = {"median": float("nan")}
+    data["allocator"] = alloc
+    pre = ALLOCATORS[alloc]
+    print(f"allocator: {alloc}", file=sys.stderr)
+    extra = (["--models", args.models] if args.models else []) + ([] if args.compile else ["--no-compile"])
+    over = ((["--repeats", str(args.repeats)] if args.repeats else [])
+            + (["--steps-timed", str(args.steps_timed)] if args.steps_timed else []))
+    extra += over
+    # 2. training and inference, interleaved within one process each
+    data["train"] = spawn(args, "train", extra, preload=pre)["train"]
+    data["infer"] = spawn(args, "infer", extra, preload=pre)["infer"]
+    # 3. peak RSS growth
+    data["rss"] = {}
+    for key in ("cl", "sal"):
+        d = {}
+        for fw in ("salnp", "torch", "torch_cl"):
+            d[fw] = spawn(args, "rss", ["--fw", fw, "--model", key] + over, preload=pre)["rss"]["growth_MiB"]
+        data["rss"][dict((k, l) for k, l, _, _ in TRAIN_MODELS)[key]] = d
+    # 4. two processes at once
+    data["pair"] = {}
+    steps = str(sz["steps"])
+    for fw, label in (("salnp", "salnp"), ("torch_cl", "PyTorch channels_last")):
+        solo = spawn(args, "steps", ["--fw", fw, "--model", "sal", "--steps", steps] + over,
+                     preload=pre)["steps"]["images_per_s"]
+        start = time.time() + (20 if not args.quick else 5)   # both start timing together
+        ps = [spawn(args, "steps", ["--fw", fw, "--model", "sal", "--steps", steps,
+                                    "--start-at", str(start)] + over, preload=pre, wait=False)
+              for _ in range(2)]
+        pair = [collect(p, "steps")["steps"]["images_per_s"] for p in ps]
+        data["pair"][f"{label}, SAL unshared"] = {"solo": solo, "pair": pair}
+    data["load_after"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    text = report(args, data, mach, sz)
+    print(text)
+    if args.quick:
+        print("(--quick: tiny sizes, nothing written, no timing claims)")
+        return
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": mach, **data}, f, indent=1)
+    if args.write:
+        print(f"written to {write_results(text)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+/* libsal's threads: one small persistent pool of POSIX threads, no OpenMP.
+ *
+ * Why not OpenMP: GNU libgomp keeps its team threads across fork(), so a child forked
+ * after a multi-threaded region waits forever in its first region; and its idle threads
+ * spin (GOMP_SPINCOUNT) before they sleep, which steals a core from the other processes
+ * of a shared machine.  Here:
+ *   - idle workers sleep on a condition variable: never a busy wait;
+ *   - pthread_atfork resets the pool in a forked child, which then starts new workers
+ *     on its first parallel call (the parent's workers do not exist there);
+ *   - one caller at a time owns the workers: a second thread that calls a parallel op
+ *     meanwhile (or a task that calls one from inside the pool) runs its tasks itself,
+ *     one after the other: correct, never a deadlock;
+ *   - tasks never wait for one another (no barriers): an op that needs two phases makes
+ *     two calls, so a preempted thread delays only the call it belongs to.
+ * BLIS is only ever called with one thread (internal/blas.c splits a large GEMM over
+ * these workers), so no other thread runtime runs inside or beside ours. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal/internal.h"
+
+#define POOL_MAX SAL_MAX_THREADS
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;   /* guards the fields below */
+static pthread_cond_t work_cv = PTHREAD_COND_INITIALIZER;     /* workers wait for a task */
+static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;     /* the caller waits for them */
+static pthread_mutex_t owner_mu = PTHREAD_MUTEX_INITIALIZER;  /* one caller owns the pool */
+static int n_workers;             /* started workers (thread ids 1 .. n_workers) */
+static unsigned long generation;  /* bumped for every task */
+static int pending;               /* workers still running the current task */
+static sal_task_fn task_fn;
+static void *task_ctx;
+static int task_nt;
+static int forks;                 /* child resets (for show_config/tests) */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static _Thread_local int in_task;  /* set while this thread runs a task */
+
+typedef struct {
+    int id;
+    unsigned long seen;
+} worker_arg;
+
+static void *worker_main(void *p) {
+    worker_arg *wa = p;
+    const int id = wa->id;
+    unsigned long seen = wa->seen;
+    free(wa);
+    in_task = 1;  /* everything a worker runs is inside a task */
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        while (generation == seen) pthread_cond_wait(&work_cv, &pool_mu);
+        seen = generation;
+        if (id >= task_nt) continue;  /* not needed for this task */
+        sal_task_fn fn = task_fn;
+        void *ctx = task_ctx;
+        const int nt = task_nt;
+        pthread_mutex_unlock(&pool_mu);
+        fn(ctx, id, nt);
+        pthread_mutex_lock(&pool_mu);
+        if (--pending == 0) pthread_cond_signal(&done_cv);
+    }
+    return NULL;
+}
+
+/* fork: the parent holds pool_mu across fork(), so the child's copy of the pool is in a
+ * consistent state; the child then forgets the workers (they do not exist there) and
+ * starts new ones on demand.  The child's mutexes are made anew: a caller thread of the
+ * parent that owned the pool does not exist in the child either. */
+static void atfork_prepare(void) { pthread_mutex_lock(&pool_mu); }
+static void atfork_parent(void) { pthread_mutex_unlock(&pool_mu); }
+static void atfork_child(void) {
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_mutex_init(&owner_mu, NULL);
+    pthread_cond_init(&work_cv, NULL);
+    pthread_cond_init(&done_cv, NULL);
+    n_workers = 0;
+    pending = 0;
+    generation = 0;
+    task_fn = NULL;
+    task_ctx = NULL;
+    task_nt = 0;
+    in_task = 0;
+    forks++;
+}
+static void register_atfork(void) {
+    pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+}
+
+/* start workers until there are `want`; fewer when the system refuses threads */
+static void grow(int want) {
+    while (n_workers < want) {
+        worker_arg *wa = malloc(sizeof *wa);
+        if (!wa) return;
+        wa->id = n_workers + 1;
+        wa->seen = generation;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        pthread_t th;
+        int rc = pthread_create(&th, &at, worker_main, wa);
+        pthread_attr_destroy(&at);
+        if (rc != 0) { free(wa); return; }
+        n_workers++;
+    }
+}
+
+static void run_serial(int nt, sal_task_fn fn, void *ctx) {
+    const int was = in_task;
+    in_task = 1;
+    for (int i = 0; i < nt; i++) fn(ctx, i, nt);
+    in_task = was;
+}
+
+void sal_parallel(int nt, sal_task_fn fn, void *ctx) {
+    if (nt > POOL_MAX) nt = POOL_MAX;
+    if (nt <= 1 || in_task || pthread_mutex_trylock(&owner_mu) != 0) {
+        run_serial(nt < 1 ? 1 : nt, fn, ctx);
+        return;
+    }
+    pthread_once(&atfork_once, register_atfork);
+    pthread_mutex_lock(&pool_mu);
+    grow(nt - 1);
+    const int run = n_workers + 1 < nt ? n_workers + 1 : nt;  /* threads that take part */
+    task_fn = fn;
+    task_ctx = ctx;
+    task_nt = run;
+    pending = run - 1;
+    generation++;
+    if (run > 1) pthread_cond_broadcast(&work_cv);
+    pthread_mutex_unlock(&pool_mu);
+    in_task = 1;
+    fn(ctx, 0, nt);
+    /* ids run .. nt-1 had no worker (thread creation failed): the caller takes them */
+    for (int i = run; i < nt; i++) fn(ctx, i, nt);
+    in_task = 0;
+    pthread_mutex_lock(&pool_mu);
+    while (pending > 0) pthread_cond_wait(&done_cv, &pool_mu);
+    pthread_mutex_unlock(&pool_mu);
+    pthread_mutex_unlock(&owner_mu);
+}
+
+/* ---- parallel for: static contiguous blocks, like OpenMP's schedule(static) ---- */
+typedef struct {
+    int64_t n;
+    sal_range_fn fn;
+    void *ctx;
+} range_task;
+
+void sal_block(int64_t n, int tid, int nt, int64_t *lo, int64_t *hi) {
+    const int64_t q = n / nt, r = n % nt;
+    *lo = tid * q + (tid < r ? tid : r);
+    *hi = *lo + q + (tid < r);
+}
+
+static void range_run(void *p, int tid, int nt) {
+    const range_task *t = p;
+    int64_t lo, hi;
+    sal_block(t->n, tid, nt, &lo, &hi);
+    if (lo < hi) t->fn(t->ctx, lo, hi, tid);
+}
+
+void sal_parallel_for(int64_t n, int nt, sal_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (nt > n) nt = (int)n;
+    if (nt <= 1) {
+        fn(ctx, 0, n, 0);
+        return;
+    }
+    range_task t = {n, fn, ctx};
+    sal_parallel(nt, range_run, &t);
+}
+
+/* ---- the thread count ---- */
+static int user_threads;  /* 0: the default */
+
+static int env_threads(const char *name) {
+    const char *s = getenv(name);
+    if (!s || !*s) return 0;
+    char *end;
+    long v = strtol(s, &end, 10);
+    while (*end == ' ') end++;
+    if (*end != '\0' && *end != ',') return 0;  /* OMP_NUM_THREADS may be a list */
+    return v >= 1 && v <= POOL_MAX ? (int)v : 0;
+}
+
+int sal_cpu_count(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int c = CPU_COUNT(&set);
+        if (c >= 1) return c;
+    }
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    return c >= 1 ? (int)(c > POOL_MAX ? POOL_MAX : c) : 1;
+}
+
+/* read once per process (a forked child keeps its parent's answer) */
+static int default_threads;
+static pthread_once_t default_once = PTHREAD_ONCE_INIT;
+static void default_init(void) {
+    int v = env_threads("SAL_NUM_THREADS");
+    if (!v) v = env_threads("OMP_NUM_THREADS");
+    if (!v) v = sal_cpu_count();
+    default_threads = v;
+}
+int sal_default_threads(void) {
+    pthread_once(&default_once, default_init);
+    return default_threads;
+}
+
+int sal_max_threads(void) {
+    int c = 4 * sal_cpu_count();
+    return c < POOL_MAX ? c : POOL_MAX;
+}
+
+void sal_set_num_threads(int n) {
+    if (n > POOL_MAX) n = POOL_MAX;
+    __atomic_store_n(&user_threads, n < 1 ? 0 : n, __ATOMIC_RELAXED);
+}
+
+int sal_get_num_threads(void) { return sal_threads(); }
+
+int sal_threads(void) {
+    int n = __atomic_load_n(&user_threads, __ATOMIC_RELAXED);
+    return n > 0 ? n : sal_default_threads();
+}
+
+int sal_pool_workers(void) {
+    pthread_mutex_lock(&pool_mu);
+    int n = n_workers;
+    pthread_mutex_unlock(&pool_mu);
+    return n;
+}
+
+int sal_pool_forks(void) { return forks; }
