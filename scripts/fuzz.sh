@@ -18,8 +18,8 @@ runs="${2:-50000000}"
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-# clang + the compiler-rt runtimes (libFuzzer, ASan, UBSan) and libomp (blis.h includes
-# omp.h) on Debian bookworm
+# clang + the compiler-rt runtimes (libFuzzer, ASan, UBSan) on Debian bookworm; libomp only
+# for its omp.h header (the openmp flavour's blis.h includes it): libsal links no OpenMP
 pkgs=(clang libclang-rt-14-dev libomp-14-dev libblis-dev cmake ninja-build)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

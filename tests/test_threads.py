@@ -188,9 +188,6 @@ def test_threadpoolctl_reports_and_limits():
     assert salnp.get_num_threads() == 2
 
 
-@pytest.mark.xfail(reason="libsal/src/infer.c still runs on OpenMP (libgomp hangs in a forked "
-                          "child); it moves to the pool after the [seams-runtime] restructuring",
-                   strict=False)
 def test_fork_after_exported_inference_does_not_hang():
     salnp.set_num_threads(2)
     net = salnp.models.resnet(8, 8, "sal", seed=0)

@@ -292,13 +292,27 @@ static inline void epi_run(float *y, const float *acc, int64_t m, float b, const
     }
 }
 
+typedef struct {
+    float *y;
+    int64_t M;
+    const float *bias, *res;
+    int relu, res_post;
+} epi_task;
+
+static void epi_planes_run(void *p, int64_t lo, int64_t hi, int tid) {
+    const epi_task *t = p;
+    float *y = t->y;
+    const int64_t M = t->M;
+    for (int64_t o = lo; o < hi; o++)
+        epi_run(y + o * M, y + o * M, M, t->bias ? t->bias[o] : 0.0f,
+                t->res ? t->res + o * M : NULL, t->relu, t->res_post);
+}
+
 /* in place over y (O, M) (channel-major), bias (O) or NULL, res (O, M) or NULL */
 static void epi_planes(float *y, int64_t O, int64_t M, const float *bias, const float *res,
                        int relu, int res_post) {
-#pragma omp parallel for num_threads(sal_threads()) schedule(static)
-    for (int64_t o = 0; o < O; o++)
-        epi_run(y + o * M, y + o * M, M, bias ? bias[o] : 0.0f, res ? res + o * M : NULL, relu,
-                res_post);
+    epi_task t = {y, M, bias, res, relu, res_post};
+    sal_parallel_for(O, sal_threads(), epi_planes_run, &t);
 }
 
 /* ---- GATHER kernel ----------------------------------------------------------------- */
@@ -347,35 +361,96 @@ static gather_fn pick_gather(void) {
     return gather_tile_generic;
 }
 
+typedef struct {
+    float *P;
+    const float *x;
+    int64_t N, H, W, S, hph, wph;
+} phase_task;
+
+/* idx in [0, C*S*S * (N+1)): plane ip = idx / (N+1), image n = idx % (N+1) (n == N: the
+ * padding after the block) */
+static void phase_planes_run(void *p, int64_t lo, int64_t hi, int tid) {
+    const phase_task *t = p;
+    float *P = t->P;
+    const float *x = t->x;
+    const int64_t N = t->N, H = t->H, W = t->W, S = t->S, hph = t->hph, wph = t->wph;
+    const int64_t plane = hph * wph, SS = S * S, block = block_stride(N * plane);
+    for (int64_t idx = lo; idx < hi; idx++) {
+        const int64_t ip = idx / (N + 1), n = idx % (N + 1);
+        if (n == N) {  /* the padding after the block (read only for dropped positions) */
+            memset(P + ip * block + N * plane, 0, (size_t)(block - N * plane) * sizeof *P);
+            continue;
+        }
+        const int64_t i = ip / SS, a = ip % SS / S, b = ip % S;
+        const float *xp = x + (i * N + n) * H * W;
+        float *dst = P + ip * block + n * plane;
+        /* columns v whose source S*v + b - 1 lies in [0, W) */
+        int64_t vlo, vhi;
+        sal_valid_range(b - 1, S, W, wph, &vlo, &vhi);
+        for (int64_t u = 0; u < hph; u++, dst += wph) {
+            const int64_t r = S * u + a - 1;
+            if (r < 0 || r >= H || vlo >= vhi) { memset(dst, 0, (size_t)wph * sizeof *dst); continue; }
+            const float *srow = xp + r * W + b - 1;
+            for (int64_t v = 0; v < vlo; v++) dst[v] = 0.0f;
+            if (S == 1) memcpy(dst + vlo, srow + vlo, (size_t)(vhi - vlo) * sizeof *dst);
+            else for (int64_t v = vlo; v < vhi; v++) dst[v] = srow[S * v];
+            for (int64_t v = vhi; v < wph; v++) dst[v] = 0.0f;
+        }
+    }
+}
+
 /* P (C, S*S, N, Hph, Wph) from x (C, N, H, W), zero padding 1; the slack after it zeroed */
 static void phase_planes(float *P, const float *x, int64_t C, int64_t N, int64_t H, int64_t W,
                          int64_t S, int64_t hph, int64_t wph, size_t total) {
     const int64_t plane = hph * wph, SS = S * S, block = block_stride(N * plane);
-#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
-    for (int64_t ip = 0; ip < C * SS; ip++)
-        for (int64_t n = 0; n <= N; n++) {
-            if (n == N) {  /* the padding after the block (read only for dropped positions) */
-                memset(P + ip * block + N * plane, 0, (size_t)(block - N * plane) * sizeof *P);
-                continue;
-            }
-            const int64_t i = ip / SS, a = ip % SS / S, b = ip % S;
-            const float *xp = x + (i * N + n) * H * W;
-            float *dst = P + ip * block + n * plane;
-            /* columns v whose source S*v + b - 1 lies in [0, W) */
-            int64_t vlo, vhi;
-            sal_valid_range(b - 1, S, W, wph, &vlo, &vhi);
-            for (int64_t u = 0; u < hph; u++, dst += wph) {
-                const int64_t r = S * u + a - 1;
-                if (r < 0 || r >= H || vlo >= vhi) { memset(dst, 0, (size_t)wph * sizeof *dst); continue; }
-                const float *srow = xp + r * W + b - 1;
-                for (int64_t v = 0; v < vlo; v++) dst[v] = 0.0f;
-                if (S == 1) memcpy(dst + vlo, srow + vlo, (size_t)(vhi - vlo) * sizeof *dst);
-                else for (int64_t v = vlo; v < vhi; v++) dst[v] = srow[S * v];
-                for (int64_t v = vhi; v < wph; v++) dst[v] = 0.0f;
-            }
-        }
+    phase_task t = {P, x, N, H, W, S, hph, wph};
+    sal_parallel_for(C * SS * (N + 1), sal_threads(), phase_planes_run, &t);
     const size_t used = (size_t)(C * SS * block);
     memset(P + used, 0, (total - used) * sizeof *P);
+}
+
+typedef struct {
+    float *y;
+    const float *P, *res;
+    const int64_t *src, *rp;
+    const float *w, *bias;
+    gather_fn fn;
+    int64_t N, O, Ho, Wo, hph, wph;
+    int relu, res_post;
+} gather_task;
+
+/* idx in [0, ntiles * O): tile t = idx / O, output channel o = idx % O */
+static void gather_tiles_run(void *p, int64_t lo, int64_t hi, int tid) {
+    const gather_task *g = p;
+    float *y = g->y;
+    const float *P = g->P, *res = g->res, *w = g->w, *bias = g->bias;
+    const int64_t *src = g->src, *rp = g->rp;
+    const gather_fn fn = g->fn;
+    const int64_t N = g->N, O = g->O, Ho = g->Ho, Wo = g->Wo, hph = g->hph, wph = g->wph;
+    const int64_t plane = hph * wph, HWo = Ho * Wo;
+    const int relu = g->relu, res_post = g->res_post;
+    for (int64_t idx = lo; idx < hi; idx++) {
+        const int64_t t = idx / O, o = idx % O;
+        float acc[GT];
+        const int64_t q0 = t * GT;
+        fn(acc, P + q0, src + rp[o], w + rp[o], rp[o + 1] - rp[o]);
+        const float b = bias ? bias[o] : 0.0f;
+        int64_t n = q0 / plane, u = q0 % plane / wph, v = q0 % wph, j = 0;
+        while (j < GT && n < N) {
+            int64_t len = wph - v;
+            if (len > GT - j) len = GT - j;
+            if (u < Ho && v < Wo) {
+                const int64_t m = Wo - v < len ? Wo - v : len;
+                const int64_t at = o * N * HWo + n * HWo + u * Wo + v;
+                epi_run(y + at, acc + j, m, b, res ? res + at : NULL, relu, res_post);
+            }
+            j += len, v += len;
+            if (v == wph) {
+                v = 0;
+                if (++u == hph) u = 0, n++;
+            }
+        }
+    }
 }
 
 /* y (O, N, Ho, Wo) = epi(GATHER(x (C, N, H, W))) */
@@ -387,7 +462,7 @@ static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float 
     const int64_t S = op->stride, SS = S * S;
     int64_t hph, wph;
     phase_geom(S, Ho, Wo, &hph, &wph);
-    const int64_t plane = hph * wph, total = N * plane, HWo = Ho * Wo;
+    const int64_t plane = hph * wph, total = N * plane;
     const size_t need = gather_scratch(net, op, N);
     SAL_REQUIRE(need <= net->p.scratch_n, FN, "gather scratch: %zu floats needed, %zu reserved", need,
                 net->p.scratch_n);
@@ -405,30 +480,31 @@ static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float 
     const int64_t ntiles = (total + GT - 1) / GT;
     const int relu = (int)op->relu, res_post = (int)op->res_post;
     const gather_fn fn = pick_gather();
-#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
-    for (int64_t t = 0; t < ntiles; t++)
-        for (int64_t o = 0; o < O; o++) {
-            float acc[GT];
-            const int64_t q0 = t * GT;
-            fn(acc, P + q0, src + rp[o], w + rp[o], rp[o + 1] - rp[o]);
-            const float b = bias ? bias[o] : 0.0f;
-            int64_t n = q0 / plane, u = q0 % plane / wph, v = q0 % wph, j = 0;
-            while (j < GT && n < N) {
-                int64_t len = wph - v;
-                if (len > GT - j) len = GT - j;
-                if (u < Ho && v < Wo) {
-                    const int64_t m = Wo - v < len ? Wo - v : len;
-                    const int64_t at = o * N * HWo + n * HWo + u * Wo + v;
-                    epi_run(y + at, acc + j, m, b, res ? res + at : NULL, relu, res_post);
-                }
-                j += len, v += len;
-                if (v == wph) {
-                    v = 0;
-                    if (++u == hph) u = 0, n++;
-                }
-            }
-        }
+    gather_task gt = {y, P, res, src, rp, w, bias, fn, N, O, Ho, Wo, hph, wph, relu, res_post};
+    sal_parallel_for(ntiles * O, sal_threads(), gather_tiles_run, &gt);
     return SAL_OK;
+}
+
+typedef struct {
+    float *y;
+    const float *in;
+    const int32_t *sh;
+    int64_t n, H, W, Ho, Wo, S;
+} shift_task;
+
+/* SHIFT op: idx in [0, Co * n): output channel c = idx / n, image ni = idx % n */
+static void shift_planes_run(void *p, int64_t lo, int64_t hi, int tid) {
+    const shift_task *t = p;
+    float *y = t->y;
+    const float *in = t->in;
+    const int32_t *sh = t->sh;
+    const int64_t n = t->n, H = t->H, W = t->W, Ho = t->Ho, Wo = t->Wo, S = t->S;
+    for (int64_t idx = lo; idx < hi; idx++) {
+        const int64_t c = idx / n, ni = idx % n;
+        sal_shift_plane(y + (c * n + ni) * Ho * Wo, in + (sh[3 * c] * n + ni) * H * W,
+                        sal_clamp_offset(sh[3 * c + 1], S, H, Ho),
+                        sal_clamp_offset(sh[3 * c + 2], S, W, Wo), S, H, W, Ho, Wo);
+    }
 }
 
 static sal_status forward_locked(sal_infer *net, float *logits, const float *x, sal_act xg,
@@ -472,13 +548,8 @@ static sal_status forward_locked(sal_infer *net, float *logits, const float *x, 
         case SAL_IOP_SHIFT: {
             const int64_t *so = net->p.shapes + 3 * op->out;
             const int64_t Co = so[0], H = xa.h, W = xa.w, Ho = so[1], Wo = so[2], S = op->stride;
-            const int32_t *sh = net->shifts + 3 * op->ioff;
-#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
-            for (int64_t c = 0; c < Co; c++)
-                for (int64_t ni = 0; ni < n; ni++)
-                    sal_shift_plane(y + (c * n + ni) * Ho * Wo, in + (sh[3 * c] * n + ni) * H * W,
-                                    sal_clamp_offset(sh[3 * c + 1], S, H, Ho),
-                                    sal_clamp_offset(sh[3 * c + 2], S, W, Wo), S, H, W, Ho, Wo);
+            shift_task st = {y, in, net->shifts + 3 * op->ioff, n, H, W, Ho, Wo, S};
+            sal_parallel_for(Co * n, sal_threads(), shift_planes_run, &st);
             break;
         }
         case SAL_IOP_ADD:

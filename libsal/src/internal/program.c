@@ -160,12 +160,26 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
     return SAL_OK;
 }
 
+typedef struct {
+    float *dst;
+    const float *x;
+    int64_t n, c, hw;
+} cm_task;
+
+/* idx in [0, c * n): channel ci = idx / n, image ni = idx % n */
+static void to_channel_major_run(void *p, int64_t lo, int64_t hi, int tid) {
+    const cm_task *t = p;
+    const int64_t n = t->n, c = t->c, hw = t->hw;
+    for (int64_t idx = lo; idx < hi; idx++) {
+        const int64_t ci = idx / n, ni = idx % n;
+        memcpy(t->dst + (ci * n + ni) * hw, t->x + (ni * c + ci) * hw, (size_t)hw * sizeof(float));
+    }
+}
+
 /* x (N, C, H, W) NCHW -> dst (C, N, H, W) */
 static void to_channel_major(float *dst, const float *x, int64_t n, int64_t c, int64_t hw) {
-#pragma omp parallel for num_threads(sal_threads()) collapse(2) schedule(static)
-    for (int64_t ci = 0; ci < c; ci++)
-        for (int64_t ni = 0; ni < n; ni++)
-            memcpy(dst + (ci * n + ni) * hw, x + (ni * c + ci) * hw, (size_t)hw * sizeof(float));
+    cm_task t = {dst, x, n, c, hw};
+    sal_parallel_for(c * n, sal_threads(), to_channel_major_run, &t);
 }
 
 sal_status sal_program_start(sal_program *p, const float *x, sal_act xg, int64_t nops,
