@@ -27,9 +27,10 @@ resume to find the checkpoint.
 
 Threads: locally ``workers x threads_per_trial <= cores`` always holds (ValueError
 otherwise); every worker is started with OMP_NUM_THREADS etc. set to its budget before
-salnp is imported, by the ``spawn`` method (a forked child would hang in OpenMP), and
-calls ``salnp.set_num_threads``.  On Dask each trial uses ``threads_per_trial`` threads,
-by default the cores of the worker's machine divided by the threads of all Dask workers there.
+salnp is imported, by the ``spawn`` method (a clean interpreter: libsal itself survives
+fork, but other libraries a trial may load, e.g. PyTorch's OpenMP, do not), and
+calls ``salnp.set_num_threads``.  On Dask each trial uses ``threads_per_trial`` threads, by
+default the cores of the worker's machine divided by the threads of all Dask workers there.
 """
 from __future__ import annotations
 
