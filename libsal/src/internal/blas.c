@@ -116,6 +116,11 @@ static void gemm1(int64_t m, int64_t n, int64_t k, float alpha, const float *a, 
     rntm_t rntm;
     bli_rntm_init(&rntm);
     bli_rntm_set_num_threads(1, &rntm);
+    /* No small-matrix ("sup") path: on AVX2 hosts (zen3/haswell sub-configurations) BLIS
+     * 0.9.0's sup kernels read out of bounds for some strided small problems -- fuzz_conv
+     * hit a SEGV inside BLIS on the im2col weight-gradient GEMM within a minute, and none in
+     * 378k executions with sup off.  The packed path reads only the given matrices. */
+    bli_rntm_disable_l3_sup(&rntm);
     bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE,
                  (dim_t)m, (dim_t)n, (dim_t)k, &alpha, (float *)a, (inc_t)rsa, (inc_t)csa,
                  (float *)b, (inc_t)rsb, (inc_t)csb, &beta, c, (inc_t)rsc, (inc_t)csc, NULL, &rntm);
