@@ -299,28 +299,35 @@ def vm(field):
     return float("nan")
 
 
-def worker_rss(args, sz, out):
-    """Peak RSS growth of training steps in this fresh process: setup, one warm step,
-    reset the high-water mark, then steps; growth = VmHWM - RSS before them."""
+def worker_step(args, sz, seed):
+    """(step, RSS in MiB after building the network) for one training step of args.model
+    in framework args.fw (salnp, torch NCHW or torch_cl = channels_last) on a fixed batch."""
     import numpy as np
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((sz["batch"], 3, sz["hw"], sz["hw"])).astype(np.float32)
     y = (np.arange(sz["batch"]) % 10).astype(np.int32)
     layer, kw = dict((k, (l, kw)) for k, _, l, kw in TRAIN_MODELS)[args.model]
     net = make_net(layer, kw, sz)
-    base0 = vm("VmRSS")
+    rss = vm("VmRSS")
     if args.fw == "salnp":
         from salnp.train import SGD
         opt = SGD(net, lr=0.05)
 
         def step():
             salnp_step(net, opt, x, y)
-    else:
-        import torch
-        import torch_fast
-        torch.set_num_threads(args.threads)
-        t = torch_fast.build(net, 20.0).train()
-        step, _, _ = torch_trainer(t, args.fw == "torch_cl", x, y)
+        return step, rss
+    import torch
+    import torch_fast
+    torch.set_num_threads(args.threads)
+    t = torch_fast.build(net, 20.0).train()
+    step, _, _ = torch_trainer(t, args.fw == "torch_cl", x, y)
+    return step, rss
+
+
+def worker_rss(args, sz, out):
+    """Peak RSS growth of training steps in this fresh process: setup, reset the
+    high-water mark, then 3 steps; growth = VmHWM - RSS before them."""
+    step, base0 = worker_step(args, sz, seed=2)
     import gc
     gc.collect()
     before = vm("VmRSS")
@@ -335,24 +342,7 @@ def worker_rss(args, sz, out):
 
 def worker_steps(args, sz, out):
     """Images/s of `steps` training steps (after warm-up) in this process."""
-    import numpy as np
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((sz["batch"], 3, sz["hw"], sz["hw"])).astype(np.float32)
-    y = (np.arange(sz["batch"]) % 10).astype(np.int32)
-    layer, kw = dict((k, (l, kw)) for k, _, l, kw in TRAIN_MODELS)[args.model]
-    net = make_net(layer, kw, sz)
-    if args.fw == "salnp":
-        from salnp.train import SGD
-        opt = SGD(net, lr=0.05)
-
-        def step():
-            salnp_step(net, opt, x, y)
-    else:
-        import torch
-        import torch_fast
-        torch.set_num_threads(args.threads)
-        t = torch_fast.build(net, 20.0).train()
-        step, _, _ = torch_trainer(t, args.fw == "torch_cl", x, y)
+    step, _ = worker_step(args, sz, seed=3)
     for _ in range(2):
         step()
     if args.start_at:
