@@ -23,7 +23,7 @@
 #include "sal/infer.h"
 #include "sal/layers.h"
 
-#define GT 128  /* outputs per GATHER tile: 8 vectors of 16 floats */
+#define GT 128  /* the largest GATHER tile (outputs per kernel call; see pick_gather) */
 
 struct sal_infer {
     sal_program p;         /* shapes, activations (act), scratch, batch sizes; arena = weights */
@@ -278,7 +278,7 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
 
 /* ---- epilogue -------------------------------------------------------------------- */
 /* y (m) = epi(acc (m)): + b, + res before or after the ReLU */
-static inline void epi_run(float *y, const float *acc, int64_t m, float b, const float *res,
+static inline __attribute__((always_inline)) void epi_run(float *y, const float *acc, int64_t m, float b, const float *res,
                            int relu, int res_post) {
     if (!res) {
         if (relu) for (int64_t j = 0; j < m; j++) { float v = acc[j] + b; y[j] = v > 0.0f ? v : 0.0f; }
@@ -313,52 +313,6 @@ static void epi_planes(float *y, int64_t O, int64_t M, const float *bias, const 
                        int relu, int res_post) {
     epi_task t = {y, M, bias, res, relu, res_post};
     sal_parallel_for(O, sal_threads(), epi_planes_run, &t);
-}
-
-/* ---- GATHER kernel ----------------------------------------------------------------- */
-typedef float v16 __attribute__((vector_size(64)));
-
-/* acc (GT) = sum over k < np of w[k] * base[src[k] .. src[k] + GT): GT/16 independent
- * accumulator vectors (8 cover the FMA latency of two units) */
-#define GV (GT / 16)
-static inline __attribute__((always_inline)) void gather_tile_body(float *acc, const float *base,
-                                                                    const int64_t *src,
-                                                                    const float *w, int64_t np) {
-    v16 a[GV];
-    for (int j = 0; j < GV; j++) a[j] = (v16){0};
-    for (int64_t k = 0; k < np; k++) {
-        const float *s = base + src[k];
-        const v16 wv = (v16){0} + w[k];
-        for (int j = 0; j < GV; j++) {
-            v16 xj;
-            memcpy(&xj, s + 16 * j, sizeof xj);
-            a[j] += wv * xj;
-        }
-    }
-    memcpy(acc, a, sizeof a);
-}
-
-__attribute__((target("avx512f"))) static void gather_tile_avx512(float *acc, const float *base,
-                                                                   const int64_t *src,
-                                                                   const float *w, int64_t np) {
-    gather_tile_body(acc, base, src, w, np);
-}
-__attribute__((target("avx2,fma"))) static void gather_tile_avx2(float *acc, const float *base,
-                                                                 const int64_t *src,
-                                                                 const float *w, int64_t np) {
-    gather_tile_body(acc, base, src, w, np);
-}
-static void gather_tile_generic(float *acc, const float *base, const int64_t *src, const float *w,
-                                int64_t np) {
-    gather_tile_body(acc, base, src, w, np);
-}
-
-typedef void (*gather_fn)(float *, const float *, const int64_t *, const float *, int64_t);
-static gather_fn pick_gather(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return gather_tile_avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return gather_tile_avx2;
-    return gather_tile_generic;
 }
 
 typedef struct {
@@ -409,48 +363,92 @@ static void phase_planes(float *P, const float *x, int64_t C, int64_t N, int64_t
     memset(P + used, 0, (total - used) * sizeof *P);
 }
 
+/* ---- GATHER kernel ----------------------------------------------------------------- */
 typedef struct {
     float *y;
     const float *P, *res;
     const int64_t *src, *rp;
     const float *w, *bias;
-    gather_fn fn;
     int64_t N, O, Ho, Wo, hph, wph;
     int relu, res_post;
 } gather_task;
 
-/* idx in [0, ntiles * O): tile t = idx / O, output channel o = idx % O */
-static void gather_tiles_run(void *p, int64_t lo, int64_t hi, int tid) {
-    const gather_task *g = p;
-    float *y = g->y;
-    const float *P = g->P, *res = g->res, *w = g->w, *bias = g->bias;
-    const int64_t *src = g->src, *rp = g->rp;
-    const gather_fn fn = g->fn;
-    const int64_t N = g->N, O = g->O, Ho = g->Ho, Wo = g->Wo, hph = g->hph, wph = g->wph;
-    const int64_t plane = hph * wph, HWo = Ho * Wo;
-    const int relu = g->relu, res_post = g->res_post;
-    for (int64_t idx = lo; idx < hi; idx++) {
-        const int64_t t = idx / O, o = idx % O;
-        float acc[GT];
-        const int64_t q0 = t * GT;
-        fn(acc, P + q0, src + rp[o], w + rp[o], rp[o + 1] - rp[o]);
-        const float b = bias ? bias[o] : 0.0f;
-        int64_t n = q0 / plane, u = q0 % plane / wph, v = q0 % wph, j = 0;
-        while (j < GT && n < N) {
-            int64_t len = wph - v;
-            if (len > GT - j) len = GT - j;
-            if (u < Ho && v < Wo) {
-                const int64_t m = Wo - v < len ? Wo - v : len;
-                const int64_t at = o * N * HWo + n * HWo + u * Wo + v;
-                epi_run(y + at, acc + j, m, b, res ? res + at : NULL, relu, res_post);
-            }
-            j += len, v += len;
-            if (v == wph) {
-                v = 0;
-                if (++u == hph) u = 0, n++;
-            }
-        }
+/* y[o, tile t] = epi(sum over the pairs k of output channel o of w[k] * P[q0 + src[k] ..
+ * + NV*V)), q0 = t * NV*V, for idx in [lo, hi) (tile t = idx / O, o = idx % O): NV
+ * independent accumulator vectors of V floats, each FMA taking its x straight from memory,
+ * so NV + 1 vector registers suffice; then the tile's valid positions (u < Ho, v < Wo) go
+ * through the epilogue into y.  One instance per ISA, with the widest tile its register
+ * file holds: AVX-512 8 x 16 (8 accumulators cover two FMA units' latency), AVX2 12 x 8 of
+ * its 16 registers, SSE2 8 x 4; the epilogue is inlined, so it is vectorised for the ISA. */
+#define GATHER_KERNEL(NAME, V, NV, TARGET)                                                     \
+    __attribute__((target(TARGET))) static void NAME(const gather_task *g, int64_t lo,        \
+                                                     int64_t hi) {                            \
+        typedef float vec __attribute__((vector_size(4 * (V))));                               \
+        enum { T = (V) * (NV) };                                                               \
+        const int64_t N = g->N, O = g->O, Ho = g->Ho, Wo = g->Wo, hph = g->hph, wph = g->wph;  \
+        const int64_t plane = hph * wph, HWo = Ho * Wo;                                        \
+        for (int64_t idx = lo; idx < hi; idx++) {                                              \
+            const int64_t t = idx / O, o = idx % O, q0 = t * T;                                \
+            const float *base = g->P + q0, *w = g->w + g->rp[o];                               \
+            const int64_t *src = g->src + g->rp[o], np = g->rp[o + 1] - g->rp[o];              \
+            vec a[NV];                                                                         \
+            _Pragma("GCC unroll 16") for (int j = 0; j < (NV); j++) a[j] = (vec){0};          \
+            for (int64_t k = 0; k < np; k++) {                                                 \
+                const float *s = base + src[k];                                                \
+                const vec wv = (vec){0} + w[k];                                                \
+                _Pragma("GCC unroll 16") for (int j = 0; j < (NV); j++) {                      \
+                    vec xj;                                                                    \
+                    memcpy(&xj, s + (V) * j, sizeof xj);                                       \
+                    a[j] += wv * xj;                                                           \
+                }                                                                              \
+            }                                                                                  \
+            float acc[T];                                                                      \
+            memcpy(acc, a, sizeof acc);                                                        \
+            const float b = g->bias ? g->bias[o] : 0.0f;                                       \
+            int64_t n = q0 / plane, u = q0 % plane / wph, v = q0 % wph, j = 0;                 \
+            while (j < T && n < N) {                                                           \
+                int64_t len = wph - v;                                                         \
+                if (len > T - j) len = T - j;                                                  \
+                if (u < Ho && v < Wo) {                                                        \
+                    const int64_t m = Wo - v < len ? Wo - v : len;                             \
+                    const int64_t at = o * N * HWo + n * HWo + u * Wo + v;                     \
+                    epi_run(g->y + at, acc + j, m, b, g->res ? g->res + at : NULL, g->relu,    \
+                            g->res_post);                                                      \
+                }                                                                              \
+                j += len, v += len;                                                            \
+                if (v == wph) {                                                                \
+                    v = 0;                                                                     \
+                    if (++u == hph) u = 0, n++;                                                \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
     }
+
+GATHER_KERNEL(gather_avx512, 16, 8, "avx512f")
+GATHER_KERNEL(gather_avx2, 8, 12, "avx2,fma")
+GATHER_KERNEL(gather_base, 4, 8, "sse2")
+
+typedef struct {
+    void (*run)(const gather_task *, int64_t, int64_t);
+    int64_t tile; /* outputs per tile, <= GT */
+} gather_kernel;
+
+static gather_kernel pick_gather(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return (gather_kernel){gather_avx512, 128};
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return (gather_kernel){gather_avx2, 96};
+    return (gather_kernel){gather_base, 32};
+}
+
+typedef struct {
+    const gather_task *g;
+    gather_kernel k;
+} gather_job;
+
+static void gather_tiles_run(void *p, int64_t lo, int64_t hi, int tid) {
+    const gather_job *j = p;
+    j->k.run(j->g, lo, hi);
 }
 
 /* y (O, N, Ho, Wo) = epi(GATHER(x (C, N, H, W))) */
@@ -477,11 +475,12 @@ static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float 
     }
     const int64_t *rp = net->rowptr + net->row_at[opi];
     const float *w = weights + op->p0, *bias = op->p1 >= 0 ? weights + op->p1 : NULL;
-    const int64_t ntiles = (total + GT - 1) / GT;
+    const gather_kernel k = pick_gather();
+    const int64_t ntiles = (total + k.tile - 1) / k.tile;
     const int relu = (int)op->relu, res_post = (int)op->res_post;
-    const gather_fn fn = pick_gather();
-    gather_task gt = {y, P, res, src, rp, w, bias, fn, N, O, Ho, Wo, hph, wph, relu, res_post};
-    sal_parallel_for(ntiles * O, sal_threads(), gather_tiles_run, &gt);
+    const gather_task gt = {y, P, res, src, rp, w, bias, N, O, Ho, Wo, hph, wph, relu, res_post};
+    gather_job job = {&gt, k};
+    sal_parallel_for(ntiles * O, sal_threads(), gather_tiles_run, &job);
     return SAL_OK;
 }
 
