@@ -337,7 +337,7 @@ def worker_rss(args, sz, out):
         step()
     out["rss"] = {"fw": args.fw, "model": args.model, "before_MiB": before,
                   "hwm_MiB": vm("VmHWM"), "growth_MiB": vm("VmHWM") - before,
-                  "first_step_included": False, "setup_MiB": before - base0}
+                  "steps": 3, "first_step_included": True, "setup_MiB": before - base0}
 
 
 def worker_steps(args, sz, out):

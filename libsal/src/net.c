@@ -19,8 +19,16 @@ struct sal_net {
     int train, hard;    /* mode of the last forward */
     double beta;
     const float *buffers;       /* buffer arena of the last forward (SAL masks for backward) */
-    float **grad;               /* per buffer, p.cap * C * H * W floats, made by backward */
-    int64_t grad_cap;           /* batch size the gradients are allocated for */
+    /* Activation gradients share slots: buffer b's gradient lives from the backward of its
+     * last reader (op gborn[b], where it is zeroed; nops: before the first op) to that of
+     * its writer, and a slot holds one live gradient at a time (plan_grads). */
+    int64_t *gslot;             /* per buffer: its gradient's slot, -1: none (the input) */
+    int64_t *gborn;             /* per buffer: the op before whose backward it is zeroed */
+    int64_t nslot;
+    int64_t *slot_len;          /* per slot: floats per sample */
+    float **slot;               /* per slot, p.cap * slot_len floats, made by backward */
+    float **grad;               /* per buffer: its slot during a backward */
+    int64_t grad_cap;           /* batch size the slots are allocated for */
     float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops */
     int64_t *stat_off;          /* per op offset into stats, -1 if none */
 };
@@ -56,6 +64,8 @@ static sal_sal_desc sal_desc(const sal_net *net, const sal_op *op, int64_t n) {
 
 /* Checks one op against the buffers and arenas: every index in range, every output shape
  * the one its kernel produces.  Sizes with n = 1. */
+static sal_status plan_grads(sal_net *net);
+
 static sal_status check_op(const sal_net *net, int64_t i, const sal_op *op) {
     SAL_TRY(sal_program_check_io(&net->p, i, op->in, op->out, op->res));
     const int64_t *si = net->p.shapes + 3 * op->in;
@@ -135,8 +145,13 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     net->ops = malloc((size_t)nops * sizeof *net->ops);
     net->offsets = malloc((size_t)(noff ? noff : 1) * 2 * sizeof *net->offsets);
     net->grad = calloc((size_t)nbuf, sizeof *net->grad);
+    net->gslot = malloc((size_t)nbuf * sizeof *net->gslot);
+    net->gborn = malloc((size_t)nbuf * sizeof *net->gborn);
+    net->slot_len = calloc((size_t)nbuf, sizeof *net->slot_len);
+    net->slot = calloc((size_t)nbuf, sizeof *net->slot);
     net->stat_off = malloc((size_t)nops * sizeof *net->stat_off);
-    if (s == SAL_OK && (!net->ops || !net->offsets || !net->grad || !net->stat_off))
+    if (s == SAL_OK && (!net->ops || !net->offsets || !net->grad || !net->gslot || !net->gborn ||
+                        !net->slot_len || !net->slot || !net->stat_off))
         s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     if (s != SAL_OK) {
         sal_net_free(net);
@@ -154,6 +169,7 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
         net->stats = malloc((size_t)(nstats ? nstats : 1) * sizeof *net->stats);
         if (!net->stats) s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     }
+    if (s == SAL_OK) s = plan_grads(net);
     if (s != SAL_OK) {
         sal_net_free(net);
         return s;
@@ -162,21 +178,73 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     return SAL_OK;
 }
 
+/* Assigns every activation gradient a slot by replaying backward: before op i's backward
+ * the gradients of its inputs are born (those whose last reader is op i), after it the
+ * gradient of its output dies; a birth takes a free slot (the smallest that is large enough,
+ * else the largest, which grows) or a new one.  A buffer no op reads (the logits) is born
+ * before the first op.  If some buffer is written by two ops, every gradient keeps a slot
+ * of its own. */
+static sal_status plan_grads(sal_net *net) {
+    const int64_t nbuf = net->p.nbuf, nops = net->nops;
+    int64_t *writer = malloc((size_t)nbuf * sizeof *writer), *owner = malloc((size_t)nbuf * sizeof *owner);
+    if (!writer || !owner) {
+        free(writer), free(owner);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    int ssa = 1;
+    for (int64_t b = 0; b < nbuf; b++) writer[b] = -1, net->gborn[b] = nops, net->gslot[b] = -1;
+    for (int64_t i = 0; i < nops; i++) {
+        const sal_op *op = &net->ops[i];
+        if (writer[op->out] >= 0) ssa = 0;
+        writer[op->out] = i;
+        net->gborn[op->in] = i;
+        if (op->res >= 0) net->gborn[op->res] = i;
+    }
+    net->nslot = 0;
+    for (int64_t s = 0; s < nbuf; s++) owner[s] = -1;    /* slot -> live buffer, -1: free */
+    for (int64_t i = nops; i >= 0; i--) {
+        for (int64_t b = 1; b < nbuf; b++) {              /* births before op i */
+            if (net->gborn[b] != i) continue;
+            const int64_t len = net->p.shapes[3 * b] * net->p.shapes[3 * b + 1] * net->p.shapes[3 * b + 2];
+            int64_t fit = -1, big = -1;                   /* smallest >= len, largest */
+            for (int64_t s = 0; s < net->nslot && ssa; s++) {
+                if (owner[s] >= 0) continue;
+                const int64_t l = net->slot_len[s];
+                if (l >= len && (fit < 0 || l < net->slot_len[fit])) fit = s;
+                if (big < 0 || l > net->slot_len[big]) big = s;
+            }
+            int64_t best = fit >= 0 ? fit : big;
+            if (best < 0) best = net->nslot++;
+            if (net->slot_len[best] < len) net->slot_len[best] = len;
+            owner[best] = b, net->gslot[b] = best;
+        }
+        if (i < nops && ssa)                              /* death after op i */
+            for (int64_t s = 0; s < net->nslot; s++)
+                if (owner[s] == net->ops[i].out) owner[s] = -1;
+    }
+    free(writer), free(owner);
+    return SAL_OK;
+}
+
 static void free_grads(sal_net *net) {
-    for (int64_t b = 0; b < net->p.nbuf; b++) {
-        free(net->grad[b]);
-        net->grad[b] = NULL;
+    for (int64_t s = 0; s < net->nslot; s++) {
+        free(net->slot[s]);
+        net->slot[s] = NULL;
     }
     net->grad_cap = 0;
 }
 
 void sal_net_free(sal_net *net) {
     if (!net) return;
-    if (net->grad) free_grads(net);
+    if (net->slot) free_grads(net);
     sal_program_free(&net->p);
     free(net->ops);
     free(net->offsets);
     free(net->grad);
+    free(net->gslot);
+    free(net->gborn);
+    free(net->slot_len);
+    free(net->slot);
     free(net->stats);
     free(net->stat_off);
     free(net);
@@ -292,6 +360,13 @@ static sal_status forward_locked(sal_net *net, float *logits, const float *x, sa
     return SAL_OK;
 }
 
+/* the gradients born before op i's backward (i = nops: before the first) start at zero */
+static void zero_born(sal_net *net, int64_t i, int64_t n) {
+    for (int64_t b = 1; b < net->p.nbuf; b++)
+        if (net->gborn[b] == i && net->grad[b])
+            memset(net->grad[b], 0, (size_t)sal_program_numel(&net->p, b, n) * sizeof(float));
+}
+
 static sal_status backward_locked(sal_net *net, float *grads, const float *dlogits,
                                   const float *params) {
     SAL_REQUIRE(net && grads && dlogits && params, FN, "net, grads, dlogits, params must not be NULL");
@@ -299,19 +374,21 @@ static sal_status backward_locked(sal_net *net, float *grads, const float *dlogi
     const int64_t n = net->p.n;
     float **act = net->p.act, *scratch = net->p.scratch;
     net->grad_cap = net->p.cap;
-    for (int64_t b = 1; b < net->p.nbuf; b++) {
-        if (!net->grad[b]) {
-            net->grad[b] = malloc((size_t)sal_program_numel(&net->p, b, net->p.cap) * sizeof(float));
-            if (!net->grad[b]) return sal_fail(SAL_ENOMEM, FN, "gradients: out of memory");
+    for (int64_t s = 0; s < net->nslot; s++)
+        if (!net->slot[s]) {
+            net->slot[s] = malloc((size_t)(net->p.cap * net->slot_len[s]) * sizeof(float));
+            if (!net->slot[s]) return sal_fail(SAL_ENOMEM, FN, "gradients: out of memory");
         }
-        memset(net->grad[b], 0, (size_t)sal_program_numel(&net->p, b, n) * sizeof(float));
-    }
+    for (int64_t b = 0; b < net->p.nbuf; b++)
+        net->grad[b] = net->gslot[b] >= 0 ? net->slot[net->gslot[b]] : NULL;
+    zero_born(net, net->nops, n);
     const sal_op *last = &net->ops[net->nops - 1];
     /* the output's gradient: dlogits; a final linear reads it directly */
     const int64_t lastbuf = last->out;
     memcpy(net->grad[lastbuf], dlogits, (size_t)sal_program_numel(&net->p, lastbuf, n) * sizeof(float));
     for (int64_t i = net->nops - 1; i >= 0; i--) {
         const sal_op *op = &net->ops[i];
+        zero_born(net, i, n);
         const sal_act xa = buf_act(net, op->in, n);
         const float *in = act[op->in];
         const float *dy = net->grad[op->out];
