@@ -152,7 +152,7 @@ static void net_count_case(void) {
 
 int main(void) {
     sal_set_num_threads(2);
-    /* sizes 1, odd, prime; flat extents around the 64-wide tile; strides 1, 2, 3 */
+    /* sizes 1, odd, prime; flat extents around the tile widths (32, 96, 128); strides 1, 2, 3 */
     const int64_t hw[][2] = {{1, 1}, {2, 3}, {5, 5}, {7, 9}, {8, 8}, {13, 11}, {16, 16}, {31, 32}};
     for (size_t k = 0; k < sizeof hw / sizeof hw[0]; k++)
         for (int64_t S = 1; S <= 3; S++) {
@@ -164,8 +164,12 @@ int main(void) {
         gather_case(2, 16, 16, 16, 32, 2, 0.9, 1, m);
         gather_case(1, 5, 6, 6, 4, 1, 0.0, m == 1, m);   /* no pairs: the bias */
     }
+    /* many tiles per thread: several tile blocks each, the last one partial */
+    gather_case(4, 3, 32, 32, 5, 1, 0.7, 1, 1);
+    gather_case(6, 2, 31, 33, 3, 2, 0.7, 0, 2);
     sal_set_num_threads(1);
     gather_case(5, 32, 9, 9, 24, 1, 0.5, 1, 1);
+    gather_case(7, 1, 29, 30, 2, 3, 0.7, 1, 0);
     bad_programs();
     net_count_case();
     return check_done("test_infer");
