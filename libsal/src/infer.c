@@ -35,7 +35,12 @@ struct sal_infer {
     int64_t *row_at;       /* per op: start in rowptr, -1 if none */
     int64_t *src;          /* per pair: offset into the phase planes (for batch src_n) */
     int64_t src_n;
+    int64_t macs;          /* per image, conv and GATHER ops (saturates at 2^62) */
 };
+
+/* a forward of fewer MACs than this runs on the calling thread alone: waking the pool's
+ * workers costs some 10-20 us per op, more than a batch-1 ResNet-20 op takes */
+#define SERIAL_MACS ((int64_t)1 << 25)
 
 static const char *FN = "sal_infer";
 
@@ -182,6 +187,7 @@ static sal_status check_op(sal_infer *net, int64_t i, const sal_iop *op, int64_t
     if (op->kind == SAL_IOP_CONV || op->kind == SAL_IOP_GATHER) {   /* sal_infer_count's MACs */
         int64_t macs;
         SAL_TRY(sal_checked_prod(FN, "MACs per image", &macs, 3, pw, so[1], so[2]));
+        net->macs = macs > ((int64_t)1 << 62) - net->macs ? (int64_t)1 << 62 : net->macs + macs;
     }
     return sal_program_check_fit(&net->p, i, op->out, op->res, want, op->p0, pw, op->p1, pb);
 }
@@ -542,6 +548,8 @@ sal_status sal_infer_forward(sal_infer *net, float *logits, const float *x, sal_
     return s;
 }
 
+static sal_status run_ops(sal_infer *net, float *logits, const float *weights, int64_t n);
+
 static sal_status forward_locked(sal_infer *net, float *logits, const float *x, sal_act xg,
                                  const float *weights) {
     SAL_REQUIRE(net && logits && x, FN, "net, logits and x must not be NULL");
@@ -549,6 +557,14 @@ static sal_status forward_locked(sal_infer *net, float *logits, const float *x, 
                 (long long)net->p.narena);
     SAL_TRY(sal_program_start(&net->p, x, xg, net->nops, op_scratch, net));
     const int64_t n = xg.n;
+    const int serial = net->macs < SERIAL_MACS / n ? sal_serial_begin() : -1;
+    const sal_status s = run_ops(net, logits, weights, n);
+    if (serial >= 0) sal_serial_end(serial);
+    if (s == SAL_OK) net->p.n = n;
+    return s;
+}
+
+static sal_status run_ops(sal_infer *net, float *logits, const float *weights, int64_t n) {
     float **act = net->p.act;
     for (int64_t i = 0; i < net->nops; i++) {
         const sal_iop *op = &net->ops[i];
@@ -588,7 +604,6 @@ static sal_status forward_locked(sal_infer *net, float *logits, const float *x, 
             break;
         }
     }
-    net->p.n = n;
     return SAL_OK;
 }
 

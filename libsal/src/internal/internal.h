@@ -35,6 +35,11 @@ static inline int64_t sal_act_numel(sal_act a) { return a.n * a.c * a.h * a.w; }
  * sal_threads(): the count our loops and GEMMs use (sal_set_num_threads, else
  * SAL_NUM_THREADS, OMP_NUM_THREADS, else the CPUs this process may run on). */
 #define SAL_MAX_THREADS 256
+/* The calling thread's parallel regions run serially (on it alone) from sal_serial_begin
+ * until sal_serial_end(the value begin returned); for work too small to pay for waking the
+ * workers.  Nests. */
+int sal_serial_begin(void);
+void sal_serial_end(int was);
 int sal_threads(void);
 int sal_default_threads(void);
 int sal_cpu_count(void);

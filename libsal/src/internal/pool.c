@@ -145,6 +145,13 @@ void sal_parallel(int nt, sal_task_fn fn, void *ctx) {
     pthread_mutex_unlock(&owner_mu);
 }
 
+int sal_serial_begin(void) {
+    const int was = in_task;
+    in_task = 1;
+    return was;
+}
+void sal_serial_end(int was) { in_task = was; }
+
 /* ---- parallel for: static contiguous blocks, like OpenMP's schedule(static) ---- */
 typedef struct {
     int64_t n;
