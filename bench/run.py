@@ -55,9 +55,7 @@ TRAIN_MODELS = [  # (key, label, layer, kwargs)
     ("sal", "SAL unshared", "sal", {}),
     ("sal_shared", "SAL shared", "sal", {"shared": True}),
     ("sl", "SL (ShiftResNet) e=6", "sl", {"expansion": 6}),
-    # the post-activation ASL block: bench/torch_fast.py builds that twin (layer "asl" is
-    # now Jeon & Kim's pre-activation ASNet, whose fast twin is not written yet)
-    ("asl", "ASL e=6 (post-act.)", "asl-post", {"expansion": 6}),
+    ("asl", "ASL e=6 (Jeon & Kim's ASNet)", "asl", {"expansion": 6}),
 ]
 INFER_MODELS = [
     ("sal", "SAL unshared", "sal", {}),

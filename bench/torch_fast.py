@@ -10,7 +10,8 @@ the results can be checked against salnp before timing.  What differs from the t
   slicing into a preallocated tensor with the channels *grouped by offset* ("slab"): the
   expansion's channels are permuted once (conv1 rows, BN, conv2 columns: the same
   function), so a layer's shift is 9 slab copies instead of one sliver per channel;
-- ASL: bilinear interpolation as a depthwise 3x3 convolution whose kernel is built from the
+- ASL (Jeon & Kim's pre-activation ASNet, layer "asl", and salnp's post-activation
+  "asl-post"): bilinear interpolation as a depthwise 3x3 convolution whose kernel is built from the
   offsets (exact and differentiable for |offset| <= 1, which holds at initialisation and
   for the small offsets ASL learns with its lr x 0.01; larger offsets would need
   grid_sample, which is slower);
@@ -93,11 +94,13 @@ class Shift(tnn.Module):
 
 
 class ActiveShift(tnn.Module):
-    """Bilinear shift by (a_c, b_c) as a depthwise 3x3 conv (|a|, |b| <= 1)."""
+    """Bilinear shift by (a_c, b_c) as a depthwise 3x3 conv (|a|, |b| <= 1); with a stride
+    the conv's stride samples at (s*Y + a, s*X + b), as Jeon & Kim's strided ASL does."""
 
-    def __init__(self, c):
+    def __init__(self, c, stride=1):
         super().__init__()
         self.shift = tnn.Parameter(torch.zeros(c, 2))
+        self.stride = stride
         self.register_buffer("taps", torch.tensor([-1.0, 0.0, 1.0]), persistent=False)
 
     def forward(self, x):
@@ -107,7 +110,7 @@ class ActiveShift(tnn.Module):
         k = (wy.unsqueeze(2) * wx.unsqueeze(1)).unsqueeze(1)     # (C, 1, 3, 3)
         if x.is_contiguous(memory_format=torch.channels_last):
             k = k.contiguous(memory_format=torch.channels_last)
-        return F.conv2d(x, k, padding=1, groups=x.shape[1])
+        return F.conv2d(x, k, stride=self.stride, padding=1, groups=x.shape[1])
 
 
 def _sc(cin, cout, stride):
@@ -155,27 +158,62 @@ class Block(tnn.Module):
         return F.relu(self.bn2(h) + r, inplace=True)
 
 
+class PreActASLBlock(tnn.Module):
+    """Jeon & Kim's ASNet block (salnp layer "asl"): BN, ReLU, 1x1, BN, ReLU, ASL (stride),
+    1x1, + shortcut (identity, or a bare 1x1 conv with the stride on the pre-activated
+    input)."""
+
+    def __init__(self, cin, cout, stride, expansion):
+        super().__init__()
+        mid = int(round(expansion * cout))
+        self.bn1 = tnn.BatchNorm2d(cin)
+        self.conv1 = tnn.Conv2d(cin, mid, 1, 1, 0, bias=False)
+        self.bn2 = tnn.BatchNorm2d(mid)
+        self.shift = ActiveShift(mid, stride)
+        self.conv2 = tnn.Conv2d(mid, cout, 1, 1, 0, bias=False)
+        if stride != 1 or cin != cout:
+            self.shortcut = tnn.Conv2d(cin, cout, 1, stride, 0, bias=False)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(x))
+        r = self.shortcut(h) if hasattr(self, "shortcut") else x
+        t = self.shift(F.relu(self.bn2(self.conv1(h)), inplace=True))
+        return self.conv2(t) + r
+
+
 class FastResNet(tnn.Module):
     def __init__(self, depth=20, width=16, layer="cl", shared=False, expansion=1, num_classes=10,
                  in_channels=3, beta=1.0, shift_how="slab"):
         super().__init__()
         self.beta_ref = [beta]
+        self.preact = layer == "asl"    # Jeon & Kim's ASNet: bare stem, final BN + ReLU
         n = (depth - 2) // 6
         self.conv1 = tnn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(width)
+        if not self.preact:
+            self.bn1 = tnn.BatchNorm2d(width)
         cin = width
         for stage, (cout, stride) in enumerate([(width, 1), (2 * width, 2), (4 * width, 2)], 1):
             blocks = []
             for b in range(n):
-                blocks.append(Block(cin, cout, stride if b == 0 else 1, layer, shared, expansion,
-                                    self.beta_ref, shift_how))
+                s = stride if b == 0 else 1
+                if self.preact:
+                    blocks.append(PreActASLBlock(cin, cout, s, expansion))
+                else:
+                    blocks.append(Block(cin, cout, s, layer, shared, expansion, self.beta_ref,
+                                        shift_how))
                 cin = cout
             setattr(self, f"layer{stage}", tnn.Sequential(*blocks))
+        if self.preact:
+            self.bn_final = tnn.BatchNorm2d(cin)
         self.linear = tnn.Linear(cin, num_classes)
 
     def forward(self, x):
-        x = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        x = self.conv1(x)
+        if not self.preact:
+            x = F.relu(self.bn1(x), inplace=True)
         x = self.layer3(self.layer2(self.layer1(x)))
+        if self.preact:
+            x = F.relu(self.bn_final(x), inplace=True)
         return self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
