@@ -183,7 +183,7 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
  * gradient of its output dies; a birth takes a free slot (the smallest that is large enough,
  * else the largest, which grows) or a new one.  A buffer no op reads (the logits) is born
  * before the first op.  If some buffer is written by two ops, every gradient keeps a slot
- * of its own. */
+ * of its own and is zeroed before the first op. */
 static sal_status plan_grads(sal_net *net) {
     const int64_t nbuf = net->p.nbuf, nops = net->nops;
     int64_t *writer = malloc((size_t)nbuf * sizeof *writer), *owner = malloc((size_t)nbuf * sizeof *owner);
@@ -200,6 +200,12 @@ static sal_status plan_grads(sal_net *net) {
         net->gborn[op->in] = i;
         if (op->res >= 0) net->gborn[op->res] = i;
     }
+    /* a buffer read before its writer (no valid program does that) is born at the writer,
+     * so that its writer never reads a gradient no one zeroed; a buffer written twice
+     * turns the sharing off (every gradient zeroed before the first op, as without it) */
+    for (int64_t b = 0; b < nbuf; b++)
+        if (!ssa) net->gborn[b] = nops;
+        else if (writer[b] > net->gborn[b]) net->gborn[b] = writer[b];
     net->nslot = 0;
     for (int64_t s = 0; s < nbuf; s++) owner[s] = -1;    /* slot -> live buffer, -1: free */
     for (int64_t i = nops; i >= 0; i--) {

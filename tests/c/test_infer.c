@@ -150,6 +150,61 @@ static void net_count_case(void) {
     sal_net_free(net);
 }
 
+/* Backward shares gradient slots by liveness (net.c plan_grads).  Two programs of 1x1
+ * convs on x (N=2, C=1, 2x2) with known gradients, dlogits = (1, -2) per sample:
+ * (a) a residual chain: 1 = w0 x, 2 = w1 *1, 3 = 2 + 1 (res), 4 = pool 3, 5 = linear 4
+ *     (weight (2, 1) = (a, b)): dL/d3 = (a - 2b)/4 everywhere, so dw1 = g sum(1),
+ *     dw0 = g (w1 + 1) sum(x);
+ * (b) a buffer read before its writer: 1 = pool 2 (2 not yet written), 2 = w x: buffer 2's
+ *     gradient must start at zero, so dw = 0 (a slot no one zeroed would give garbage under
+ *     ASan's malloc fill). */
+static void net_grad_slots_case(void) {
+    const float x[8] = {1, 2, 3, 4, -1, 0.5f, 2, -3}, dlogits[4] = {1, -2, 1, -2};
+    sal_act xg = {2, 1, 2, 2, SAL_NCHW};
+    {
+        int64_t shapes[6][3] = {{1, 2, 2}, {1, 2, 2}, {1, 2, 2}, {1, 2, 2}, {1, 1, 1}, {2, 1, 1}};
+        sal_op ops[5];
+        memset(ops, 0, sizeof ops);
+        ops[0] = (sal_op){.kind = SAL_OP_CONV, .in = 0, .out = 1, .res = -1, .o = 1, .k = 1, .stride = 1, .p0 = 0, .ioff = -1};
+        ops[1] = (sal_op){.kind = SAL_OP_CONV, .in = 1, .out = 2, .res = -1, .o = 1, .k = 1, .stride = 1, .p0 = 1, .ioff = -1};
+        ops[2] = (sal_op){.kind = SAL_OP_ADD, .in = 2, .out = 3, .res = 1, .ioff = -1};
+        ops[3] = (sal_op){.kind = SAL_OP_POOL, .in = 3, .out = 4, .res = -1, .ioff = -1};
+        ops[4] = (sal_op){.kind = SAL_OP_LINEAR, .in = 4, .out = 5, .res = -1, .o = 2, .p0 = 2, .p1 = 4, .ioff = -1};
+        sal_net *net = NULL;
+        CHECK(sal_net_create(&net, &shapes[0][0], 6, ops, 5, NULL, 0, 6, 0) == SAL_OK, "create (a): %s",
+              sal_last_error());
+        if (!net) return;
+        const float params[6] = {0.5f, -1.5f, 0.25f, 0.75f, 0, 0};
+        float logits[4], grads[6] = {0};
+        for (int rep = 0; rep < 2; rep++) {   /* twice: the slots are reused */
+            memset(grads, 0, sizeof grads);
+            CHECK(sal_net_forward(net, logits, x, xg, params, NULL, 1, 0, 0.0) == SAL_OK, "fwd (a)");
+            CHECK(sal_net_backward(net, grads, dlogits, params) == SAL_OK, "bwd (a): %s", sal_last_error());
+            const double g = (0.25 - 2 * 0.75) / 4, sx = 1 + 2 + 3 + 4 - 1 + 0.5 + 2 - 3;
+            const double dw1 = g * 0.5 * sx, dw0 = g * (-1.5 + 1) * sx;
+            CHECK(fabs(grads[1] - dw1) < 1e-5 && fabs(grads[0] - dw0) < 1e-5,
+                  "residual chain: dw0 %g (want %g), dw1 %g (want %g)", grads[0], dw0, grads[1], dw1);
+        }
+        sal_net_free(net);
+    }
+    {
+        int64_t shapes[4][3] = {{1, 2, 2}, {1, 1, 1}, {1, 2, 2}, {2, 1, 1}};
+        sal_op ops[3];
+        memset(ops, 0, sizeof ops);
+        ops[0] = (sal_op){.kind = SAL_OP_POOL, .in = 2, .out = 1, .res = -1, .ioff = -1};
+        ops[1] = (sal_op){.kind = SAL_OP_CONV, .in = 0, .out = 2, .res = -1, .o = 1, .k = 1, .stride = 1, .p0 = 0, .ioff = -1};
+        ops[2] = (sal_op){.kind = SAL_OP_LINEAR, .in = 1, .out = 3, .res = -1, .o = 2, .p0 = 1, .p1 = 3, .ioff = -1};
+        sal_net *net = NULL;
+        if (sal_net_create(&net, &shapes[0][0], 4, ops, 3, NULL, 0, 5, 0) != SAL_OK) return;  /* refused: fine */
+        const float params[5] = {0.5f, 1, 1, 0, 0};
+        float logits[4], grads[5] = {0};
+        if (sal_net_forward(net, logits, x, xg, params, NULL, 1, 0, 0.0) == SAL_OK &&
+            sal_net_backward(net, grads, dlogits, params) == SAL_OK)
+            CHECK(grads[0] == 0.0f, "read before write: dw %g, want 0", grads[0]);
+        sal_net_free(net);
+    }
+}
+
 int main(void) {
     sal_set_num_threads(2);
     /* sizes 1, odd, prime; flat extents around the tile widths (32, 96, 128); strides 1, 2, 3 */
@@ -172,5 +227,6 @@ int main(void) {
     gather_case(7, 1, 29, 30, 2, 3, 0.7, 1, 0);
     bad_programs();
     net_count_case();
+    net_grad_slots_case();
     return check_done("test_infer");
 }
