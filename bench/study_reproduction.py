@@ -16,10 +16,10 @@ geometric per step.  A seed sets the initial weights, the data order and the tra
 and test subsets (as ``python -m salnp train --subset N --seed S`` does), so the seed
 pairs runs across families.
 
-Each trial is one config dict of ``python -m salnp train`` options.  With ``salnp.sweep``
-(the sweeps issue) present the trials can run through it; otherwise through the local
-runner below (the default; ``--sweep`` opts in): one process per trial at one thread, ``--jobs`` at a time, nice 10, each
-trial's JSON in OUT (a rerun skips finished trials).
+Each trial is one config dict of ``python -m salnp train`` options, trained by
+``salnp.sweep`` (``--jobs`` spawned worker processes at one thread each; the trial folders
+and results.jsonl live in OUT/sweep, and a rerun skips finished trials).  The rows of the
+last run are kept in OUT/rows.json for ``--report``.
 """
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
-import time
+
+import salnp
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CIFAR = os.path.join(HERE, "..", "..", "shared", "data", "cifar10-subset")
@@ -76,90 +76,29 @@ def configs(args):
     return out
 
 
-def trial_name(c):
-    return c["label"].replace(" ", "_").replace("=", "") + f"-seed{c['seed']}"
-
-
-def run_trial(c):
-    """Train, evaluate (soft and binarised), count (both conventions) and time one config."""
-    import numpy as np
-
-    import salnp
-
-    salnp.set_num_threads(1)
-    train = salnp.data.load("cifar10", c["root"], train=True)
-    test = salnp.data.load("cifar10", c["root"], train=False)
-    if c["subset"]:
-        train = train.subset(c["subset"], seed=c["seed"])
-    if c["test_subset"]:
-        test = test.subset(c["test_subset"], seed=c["seed"])
-    net = salnp.models.resnet(depth=c["depth"], width=c["width"], layer=c["layer"],
-                              shared=c["shared"], expansion=c["expansion"], seed=c["seed"])
-    t0 = time.perf_counter()
-    hist = salnp.fit(net, train, test, epochs=c["epochs"], batch_size=c["batch_size"],
-                     lr=c["lr"], weight_decay=c["weight_decay"], beta=(c["beta0"], c["beta1"]),
-                     seed=c["seed"], progress=False, threads=1)
-    wall = time.perf_counter() - t0
-    inf = salnp.count(net, mode="inference")
-    pap = salnp.count(net, convention="paper")
-    tr = salnp.count(net)
-    last = hist[-1]
-    return dict(c, test_acc=last["test_acc"], test_acc_hard=last.get("test_acc_hard"),
-                train_acc=last["train_acc"], params=inf.params, macs=inf.macs,
-                params_paper=pap.params, macs_paper=pap.macs, train_macs=tr.train_macs,
-                wall_s=wall, solver=dict(net.solver), history=hist,
-                versions=dict(salnp=salnp.__version__, numpy=np.__version__))
-
-
-def run_local(cfgs, out, jobs, nice):
-    """Fallback runner: one process per trial, one thread each, `jobs` at a time."""
-    os.makedirs(out, exist_ok=True)
-    todo = [c for c in cfgs if not os.path.exists(os.path.join(out, trial_name(c) + ".json"))]
-    env = dict(os.environ, OMP_NUM_THREADS="1", BLIS_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    running = []
-    while todo or running:
-        while todo and len(running) < jobs:
-            c = todo.pop(0)
-            cmd = ["nice", "-n", str(nice), sys.executable, os.path.abspath(__file__), "--worker",
-                   json.dumps(c), "--out", out]
-            running.append((c, subprocess.Popen(cmd, env=env)))
-        time.sleep(2)
-        for item in list(running):
-            c, p = item
-            if p.poll() is not None:
-                running.remove(item)
-                print(f"{trial_name(c)}: exit {p.returncode}", flush=True)
-
-
 def run_sweep(cfgs, out, jobs):
-    """Through salnp.sweep (the sweeps issue's API) when it exists; None otherwise."""
-    import salnp
-
-    sweep = getattr(salnp, "sweep", None)
-    if not callable(sweep):
-        return None
-    plain = [{k: v for k, v in c.items() if k != "label"} for c in cfgs]
-    res = sweep(plain, out=os.path.join(out, "sweep"), workers=jobs, threads_per_trial=1)
-    rows = res.to_dicts() if hasattr(res, "to_dicts") else list(res)
-    import salnp as _s
-    for c, r in zip(cfgs, rows):        # sweep keeps the order of its configs
-        net = _s.models.resnet(20, c["width"], c["layer"], shared=c["shared"],
-                               expansion=c["expansion"])
-        pap = _s.count(net, convention="paper")
-        r = dict(c, **{k: v for k, v in r.items() if k not in c}, params_paper=pap.params,
-                 macs_paper=pap.macs)
-        with open(os.path.join(out, trial_name(c) + ".json"), "w") as fh:
-            json.dump(r, fh, indent=1, default=str)
-    return rows
-
-
-def load_results(out):
+    """Train the trials through salnp.sweep (``jobs`` spawned worker processes, one thread
+    each; a rerun skips finished trials) and return one row per finished trial: its
+    options, the model's label, the sweep's metrics (test_acc, test_acc_hard, params,
+    macs, train_macs, wall_s) and the paper-convention count of the architecture."""
+    plain = [dict({k: v for k, v in c.items() if k != "label"}, name=c["label"]) for c in cfgs]
+    res = salnp.sweep(plain, out=os.path.join(out, "sweep"), workers=jobs, threads_per_trial=1,
+                      progress="lines")
+    for c, err in res.failed:
+        print(f"failed: {c}: {err}", file=sys.stderr)
+    keys = [k for k in cfgs[0] if k != "label"]
     rows = []
-    for f in sorted(os.listdir(out)):
-        if f.endswith(".json") and "-seed" in f:
-            with open(os.path.join(out, f)) as fh:
-                rows.append(json.load(fh))
+    for r in res:
+        net = salnp.models.resnet(20, r["width"], r["layer"], shared=r["shared"],
+                                  expansion=r["expansion"])
+        pap = salnp.count(net, convention="paper")
+        rows.append(dict({k: r[k] for k in keys}, label=r["name"],
+                         **{k: r[k] for k in METRICS}, params_paper=pap.params,
+                         macs_paper=pap.macs))
     return rows
+
+
+METRICS = ("test_acc", "test_acc_hard", "params", "macs", "train_macs", "wall_s")
 
 
 def summarise(rows):
@@ -264,10 +203,9 @@ def plot(table, path):
     return ax
 
 
-def report(out, write=None):
-    rows = load_results(out)
+def report(rows, write=None):
     if not rows:
-        raise SystemExit(f"{out}: no finished trials")
+        raise SystemExit("no finished trials")
     table = summarise(rows)
     md = markdown(table, rows)
     cmp_ = compare(table)
@@ -282,9 +220,8 @@ def report(out, write=None):
         os.makedirs(write, exist_ok=True)
         with open(os.path.join(write, "reproduction.md"), "w") as fh:
             fh.write(text + "\n")
-        slim = [{k: v for k, v in r.items() if k != "history"} for r in rows]
         with open(os.path.join(write, "reproduction.json"), "w") as fh:
-            json.dump(dict(table=table, compare=cmp_, trials=slim), fh, indent=1, default=str)
+            json.dump(dict(table=table, compare=cmp_, trials=rows), fh, indent=1, default=str)
         plot(table, os.path.join(write, "reproduction.png"))
     return table, cmp_
 
@@ -305,30 +242,20 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--models", type=lambda s: [v.strip() for v in s.split(";")], default=None,
                     help="only these labels, ';'-separated (e.g. 'SL e=1;SAL w=15')")
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--nice", type=int, default=10)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--report", action="store_true", help="only the report")
-    ap.add_argument("--sweep", action="store_true",
-                    help="run the trials through salnp.sweep (when it exists)")
+    ap.add_argument("--jobs", type=int, default=2, help="sweep worker processes (1 thread each)")
+    ap.add_argument("--out", required=True, help="the sweep folder (resumable)")
+    ap.add_argument("--report", action="store_true",
+                    help="only the report, from the rows the last run wrote to OUT/rows.json")
     ap.add_argument("--write", default=None, help="folder for reproduction.md/.json/.png")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        c = json.loads(args.worker)
-        res = run_trial(c)
-        path = os.path.join(args.out, trial_name(c) + ".json")
-        with open(path + ".tmp", "w") as fh:
-            json.dump(res, fh, indent=1, default=float)
-        os.replace(path + ".tmp", path)
-        return
+    rows_path = os.path.join(args.out, "rows.json")
     if not args.report:
-        cfgs = configs(args)
-        os.makedirs(args.out, exist_ok=True)
-        res = run_sweep(cfgs, args.out, args.jobs) if args.sweep else None
-        if res is None:
-            run_local(cfgs, args.out, args.jobs, args.nice)
-    report(args.out, args.write)
+        rows = run_sweep(configs(args), args.out, args.jobs)
+        with open(rows_path, "w") as fh:
+            json.dump(rows, fh, indent=1)
+    with open(rows_path) as fh:
+        rows = json.load(fh)
+    report(rows, args.write)
 
 
 if __name__ == "__main__":
