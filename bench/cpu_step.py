@@ -21,6 +21,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--models", default="cl,sal,sal_shared,sl,asl")
+    ap.add_argument("--salnp-only", action="store_true",
+                    help="no PyTorch steps: for a profile (perf record -g python bench/cpu_step.py "
+                         "--models sal --salnp-only)")
     args = ap.parse_args()
     import numpy as np
     import torch
@@ -44,7 +47,7 @@ def main():
         net = run.make_net(layer, kw, sz)
         opt = SGD(net, lr=0.05)
         fns = [lambda: run.salnp_step(net, opt, x, y)]
-        for cl in (False, True):
+        for cl in (False, True)[:0 if args.salnp_only else 2]:
             step, _, _ = run.torch_trainer(torch_fast.build(net, 20.0).train(), cl, x, y)
             fns.append(step)
         for f in fns:
@@ -56,6 +59,9 @@ def main():
                 f()
                 cpu[i].append(time.process_time() - t)
         m = [statistics.median(c) for c in cpu]
+        if args.salnp_only:
+            print(f"| {label} | {m[0]:.2f} s | | | |", flush=True)
+            continue
         print(f"| {label} | {m[0]:.2f} s | {m[1]:.2f} s | {m[2]:.2f} s | "
               f"**{min(m[1], m[2]) / m[0]:.2f}x** |", flush=True)
 
