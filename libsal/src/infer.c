@@ -381,7 +381,8 @@ typedef struct {
 
 /* y[o, tile t] = epi(sum over the pairs k of output channel o of w[k] * P[q0 + src[k] ..
  * + NV*V)), q0 = t * NV*V, for the tiles t in [lo, hi) and every o, in blocks of g->gb tiles:
- * a block's valid runs (u < Ho, v < Wo; at most T/2 + 2 per tile, as Wph >= 2) are found
+ * a block's valid runs (u < Ho, v < Wo; at most T per tile: Wph is 1 for stride >= 3 and
+ * Wo = 1) are found
  * once, then each output channel sweeps the block, so its y and residual are streamed in
  * order while the block's phase planes stay in cache (gather_fwd sizes the blocks).  A tile accumulates in NV independent
  * vectors of V floats, each FMA taking its x straight from memory (NV + 1 vector
@@ -394,7 +395,7 @@ typedef struct {
     __attribute__((target(TARGET))) static void NAME(const gather_task *g, int64_t lo,        \
                                                      int64_t hi) {                            \
         typedef float vec __attribute__((vector_size(4 * (V))));                               \
-        enum { T = (V) * (NV), R = GB * (T / 2 + 2) };                                         \
+        enum { T = (V) * (NV), R = GB * T };   /* a run holds >= 1 position */              \
         const int64_t N = g->N, O = g->O, Ho = g->Ho, Wo = g->Wo, hph = g->hph, wph = g->wph;  \
         const int64_t plane = hph * wph, HWo = Ho * Wo, NHWo = N * HWo;                        \
         int32_t rj[R], rm[R], r0[GB + 1]; /* runs: offset in the tile, length; tile's first */ \
@@ -410,7 +411,7 @@ typedef struct {
                 while (j < T && n < N) {                                                       \
                     int64_t len = wph - v;                                                     \
                     if (len > T - j) len = T - j;                                              \
-                    if (u < Ho && v < Wo && nr < R) {                                          \
+                    if (u < Ho && v < Wo) {                                                    \
                         rj[nr] = (int32_t)j, rm[nr] = (int32_t)(Wo - v < len ? Wo - v : len);  \
                         rat[nr++] = n * HWo + u * Wo + v;                                      \
                     }                                                                          \

@@ -225,6 +225,9 @@ int main(void) {
     sal_set_num_threads(1);
     gather_case(5, 32, 9, 9, 24, 1, 0.5, 1, 1);
     gather_case(7, 1, 29, 30, 2, 3, 0.7, 1, 0);
+    /* stride 3 on 3 x 3 inputs: one output per image and phase-plane rows of width 1, so
+     * every position of a tile is a run of its own (a block holds 16 x 96 runs) */
+    gather_case(900, 1, 3, 3, 2, 3, 1.0, 1, 1);
     bad_programs();
     net_count_case();
     net_grad_slots_case();
