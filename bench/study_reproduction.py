@@ -154,8 +154,14 @@ def markdown(table, rows):
 
 
 def compare(table):
-    """SAL against SL and ASL per budget: differences of means against the spread."""
+    """SAL against SL and ASL per budget: the difference of mean soft accuracies, its
+    standard error over seeds, z = diff / se, Welch's t-test and the paired t-test over
+    the seeds both ran (a seed fixes the training and test subsets and the data order of
+    every family, so runs pair up by seed)."""
     import math
+
+    import numpy as np
+    from scipy import stats
 
     out = []
     for b in (1, 3, 6):
@@ -168,8 +174,17 @@ def compare(table):
                 d = ts["soft_mean"] - to["soft_mean"]
                 se = math.sqrt(ts["soft_std"] ** 2 / ts["n"] + to["soft_std"] ** 2 / to["n"]) \
                     if ts["n"] > 1 and to["n"] > 1 else float("nan")
+                a = np.array([v[0] for v in ts["per_seed"].values()])
+                c = np.array([v[0] for v in to["per_seed"].values()])
+                both = sorted(set(ts["per_seed"]) & set(to["per_seed"]))
+                pa = np.array([ts["per_seed"][k][0] for k in both])
+                pc = np.array([to["per_seed"][k][0] for k in both])
+                welch = float(stats.ttest_ind(a, c, equal_var=False).pvalue) \
+                    if len(a) > 1 and len(c) > 1 else float("nan")
+                paired = float(stats.ttest_rel(pa, pc).pvalue) if len(both) > 1 else float("nan")
                 out.append(dict(budget=b, sal=s, other=o, diff=d, se=se,
-                                z=d / se if se and se == se else float("nan")))
+                                z=d / se if se and se == se else float("nan"),
+                                welch_p=welch, paired_p=paired, paired_n=len(both)))
     return out
 
 
@@ -209,11 +224,13 @@ def report(rows, write=None):
     table = summarise(rows)
     md = markdown(table, rows)
     cmp_ = compare(table)
-    lines = [md, "", "SAL minus baseline at the same budget (soft accuracy, points; z = "
-             "difference / its standard error over seeds):", ""]
+    lines = [md, "", "SAL minus baseline at the same budget (soft accuracy, points; ± the "
+             "standard error of the difference over seeds; z = difference / standard error; "
+             "Welch's t-test; paired t-test over the seeds, which fix the data subsets):", ""]
     for c in cmp_:
         lines.append(f"- e={c['budget']}: {c['sal']} − {c['other']}: {100 * c['diff']:+.2f} "
-                     f"(± {100 * c['se']:.2f}, z = {c['z']:+.1f})")
+                     f"(± {100 * c['se']:.2f}, z = {c['z']:+.1f}; Welch p = {c['welch_p']:.3f}, "
+                     f"paired p = {c['paired_p']:.3f} over {c['paired_n']} seeds)")
     text = "\n".join(lines)
     print(text)
     if write:
