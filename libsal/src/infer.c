@@ -284,8 +284,9 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
 
 /* ---- epilogue -------------------------------------------------------------------- */
 /* y (m) = epi(acc (m)): + b, + res before or after the ReLU */
-static inline __attribute__((always_inline)) void epi_run(float *y, const float *acc, int64_t m, float b, const float *res,
-                           int relu, int res_post) {
+static inline __attribute__((always_inline)) void epi_run(float *y, const float *acc, int64_t m,
+                                                          float b, const float *res, int relu,
+                                                          int res_post) {
     if (!res) {
         if (relu) for (int64_t j = 0; j < m; j++) { float v = acc[j] + b; y[j] = v > 0.0f ? v : 0.0f; }
         else for (int64_t j = 0; j < m; j++) y[j] = acc[j] + b;
