@@ -393,8 +393,9 @@ typedef struct {
  * so it is vectorised for the ISA too. */
 #define GB 16 /* the most tiles per block */
 #define GATHER_KERNEL(NAME, V, NV, TARGET)                                                     \
-    __attribute__((target(TARGET))) static void NAME(const gather_task *g, int64_t lo,        \
-                                                     int64_t hi) {                            \
+    __attribute__((target(TARGET))) static void NAME(void *p, int64_t lo, int64_t hi,         \
+                                                     int tid) {                               \
+        const gather_task *g = p;                                                              \
         typedef float vec __attribute__((vector_size(4 * (V))));                               \
         enum { T = (V) * (NV), R = GB * T };   /* a run holds >= 1 position */              \
         const int64_t N = g->N, O = g->O, Ho = g->Ho, Wo = g->Wo, hph = g->hph, wph = g->wph;  \
@@ -457,8 +458,8 @@ GATHER_KERNEL(gather_avx2, 8, 12, "avx2,fma")
 GATHER_KERNEL(gather_base, 4, 8, "sse2")
 
 typedef struct {
-    void (*run)(const gather_task *, int64_t, int64_t);
-    int64_t tile; /* outputs per tile, <= GT */
+    sal_range_fn run; /* over tiles, ctx a gather_task */
+    int64_t tile;     /* outputs per tile, <= GT */
 } gather_kernel;
 
 static gather_kernel pick_gather(void) {
@@ -467,16 +468,6 @@ static gather_kernel pick_gather(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return (gather_kernel){gather_avx2, 96};
     return (gather_kernel){gather_base, 32};
-}
-
-typedef struct {
-    const gather_task *g;
-    gather_kernel k;
-} gather_job;
-
-static void gather_tiles_run(void *p, int64_t lo, int64_t hi, int tid) {
-    const gather_job *j = p;
-    j->k.run(j->g, lo, hi);
 }
 
 /* y (O, N, Ho, Wo) = epi(GATHER(x (C, N, H, W))) */
@@ -510,9 +501,8 @@ static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float 
      * floats per tile) near 64 KiB, which measured fastest on a 32 KiB-L1 AVX2 core */
     int64_t gb = 65536 / (C * SS * (k.tile + 2 * wph + 2) * (int64_t)sizeof(float));
     gb = gb < 1 ? 1 : gb > GB ? GB : gb;
-    const gather_task gt = {y, P, res, src, rp, w, bias, N, O, Ho, Wo, hph, wph, gb, relu, res_post};
-    gather_job job = {&gt, k};
-    sal_parallel_for(ntiles, sal_threads(), gather_tiles_run, &job);
+    gather_task gt = {y, P, res, src, rp, w, bias, N, O, Ho, Wo, hph, wph, gb, relu, res_post};
+    sal_parallel_for(ntiles, sal_threads(), k.run, &gt);
     return SAL_OK;
 }
 
