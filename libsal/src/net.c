@@ -186,7 +186,8 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
  * of its own and is zeroed before the first op. */
 static sal_status plan_grads(sal_net *net) {
     const int64_t nbuf = net->p.nbuf, nops = net->nops;
-    int64_t *writer = malloc((size_t)nbuf * sizeof *writer), *owner = malloc((size_t)nbuf * sizeof *owner);
+    int64_t *writer = malloc((size_t)nbuf * sizeof *writer);
+    int64_t *owner = malloc((size_t)nbuf * sizeof *owner);  /* slot -> live buffer, -1: free */
     if (!writer || !owner) {
         free(writer), free(owner);
         return sal_fail(SAL_ENOMEM, FN, "out of memory");
@@ -207,7 +208,7 @@ static sal_status plan_grads(sal_net *net) {
         if (!ssa) net->gborn[b] = nops;
         else if (writer[b] > net->gborn[b]) net->gborn[b] = writer[b];
     net->nslot = 0;
-    for (int64_t s = 0; s < nbuf; s++) owner[s] = -1;    /* slot -> live buffer, -1: free */
+    for (int64_t s = 0; s < nbuf; s++) owner[s] = -1;
     for (int64_t i = nops; i >= 0; i--) {
         for (int64_t b = 1; b < nbuf; b++) {              /* births before op i */
             if (net->gborn[b] != i) continue;
@@ -224,9 +225,10 @@ static sal_status plan_grads(sal_net *net) {
             if (net->slot_len[best] < len) net->slot_len[best] = len;
             owner[best] = b, net->gslot[b] = best;
         }
-        if (i < nops && ssa)                              /* death after op i */
-            for (int64_t s = 0; s < net->nslot; s++)
-                if (owner[s] == net->ops[i].out) owner[s] = -1;
+        if (i < nops && ssa) {                            /* death after op i */
+            const int64_t out = net->ops[i].out, sl = net->gslot[out];
+            if (sl >= 0 && owner[sl] == out) owner[sl] = -1;
+        }
     }
     free(writer), free(owner);
     return SAL_OK;
