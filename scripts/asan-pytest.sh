@@ -13,11 +13,14 @@
 # Exit status: pytest's; any ASan/UBSan report aborts the run with a non-zero status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the project environment (scripts/setup.sh) when there is one, else python3 on PATH
+py="${SALNP_VENV:-$PWD/.venv}/bin/python"
+[ -x "$py" ] || py="$(command -v python3)"
 out=build/asan-py
 pkg="$out/pkg/salnp"
 cmake -S . -B "$out" -G Ninja -DSAL_SANITIZE=ON -DSAL_BUILD_PYTHON_INPLACE=ON \
       -DSAL_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DSAL_PYTHON_OUTPUT_DIR="$PWD/$pkg" -DPython_EXECUTABLE="$(command -v python3)" \
+      -DSAL_PYTHON_OUTPUT_DIR="$PWD/$pkg" -DPython_EXECUTABLE="$py" \
       > "$out.configure.log" 2>&1 || { cat "$out.configure.log"; exit 1; }
 cmake --build "$out"
 mkdir -p "$pkg"
@@ -38,7 +41,7 @@ LD_PRELOAD="$libasan $libubsan" \
 ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:allocator_may_return_null=1:handle_segv=1" \
 UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
 PYTHONPATH="$out/pkg" OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" \
-  python3 -m pytest -q -p no:cacheprovider "$@"
+  "$py" -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 set -e
 echo "asan-pytest: pytest exit status $rc"

@@ -6,7 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh notebooks
+py="${SALNP_VENV:-$PWD/.venv}/bin/python"
 out="$PWD/runs/main"
 cd /tmp   # run the installed package, not the source tree
-exec python3 -m salnp train --data fashion-mnist --depth 20 --width 16 --layer sal \
+exec "$py" -m salnp train --data fashion-mnist --depth 20 --width 16 --layer sal \
      --epochs 3 --subset 12000 --out "$out" "$@"

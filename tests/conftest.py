@@ -34,3 +34,27 @@ def _restore_threads():
     n = salnp.get_num_threads()
     yield
     salnp.set_num_threads(n)
+
+
+# ---- strict dependencies (scripts/test.sh sets SALNP_STRICT_DEPS=1) -------------------
+# A test that skips because a package or a data set is missing hides exactly what a clean
+# machine lacks, so under the project's own test command every skip fails the run, except
+# a skip whose reason starts with "platform:" (a CPU feature this machine does not have).
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("SALNP_STRICT_DEPS") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    bad = []
+    for rep in skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if not reason.startswith("platform:"):
+            bad.append(f"{rep.nodeid}: {reason}")
+    if bad:
+        reporter.write_line(f"SALNP_STRICT_DEPS=1: {len(bad)} test(s) skipped for a missing "
+                            "package or data set (declare it in pyproject.toml's extras or "
+                            "scripts/setup.sh):", red=True)
+        for line in sorted(set(bad))[:40]:
+            reporter.write_line("  " + line)
+        session.exitstatus = 1
