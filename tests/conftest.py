@@ -58,3 +58,23 @@ def pytest_sessionfinish(session, exitstatus):
         for line in sorted(set(bad))[:40]:
             reporter.write_line("  " + line)
         session.exitstatus = 1
+
+
+def _isas():
+    """The kernel instruction sets this CPU runs, lowest first ("base", "avx2", "avx512")."""
+    from salnp import _core
+
+    levels = ("base", "avx2", "avx512")
+    _core.set_isa(None)
+    return levels[:levels.index(_core.get_isa()) + 1]
+
+
+@pytest.fixture(params=_isas())
+def isa(request):
+    """Runs the test once per kernel ISA the CPU has (salnp._core.set_isa caps the
+    dispatch), so an AVX-512 machine also tests the AVX2 and portable kernels."""
+    from salnp import _core
+
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(None)

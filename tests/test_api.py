@@ -51,3 +51,25 @@ def test_set_num_threads_validates():
 
 def test_version():
     assert re.match(r"^\d+\.\d+\.\d+", salnp.__version__)
+
+
+def test_isa_cap_round_trip():
+    """salnp._core.set_isa caps libsal's kernels (tests run every ISA the CPU has); a level
+    the CPU lacks, or an unknown name, is refused with the name in the message."""
+    from salnp import _core
+
+    best = _core.get_isa()
+    assert best in ("base", "avx2", "avx512")
+    levels = ("base", "avx2", "avx512")
+    try:
+        for name in levels[:levels.index(best) + 1]:
+            _core.set_isa(name)
+            assert _core.get_isa() == name
+            assert salnp.config()["isa"] == name
+        with pytest.raises(ValueError, match="'?\"?sse9"):
+            _core.set_isa("sse9")
+        with pytest.raises(TypeError, match="set_isa: name"):
+            _core.set_isa(3)
+    finally:
+        _core.set_isa(None)
+    assert _core.get_isa() == best

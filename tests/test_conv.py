@@ -32,7 +32,7 @@ def torch_conv(x, w, gy, stride, padding):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_conv2d_matches_torch(shape, rng):
+def test_conv2d_matches_torch(shape, isa, rng):
     N, C, H, W, O, K, s, p = shape
     x = rng.standard_normal((N, C, H, W), dtype=np.float32)
     w = (rng.standard_normal((O, C, K, K)) / np.sqrt(C * K * K)).astype(np.float32)
@@ -113,7 +113,7 @@ def test_conv2d_finite_differences_f64(stride, padding, rng):
 
 @pytest.mark.parametrize("shape", [(3, 16, 8, 8, 16, 1, 1, 0), (2, 5, 11, 13, 7, 3, 2, 1),
                                    (130, 4, 9, 9, 6, 3, 1, 1), (2, 10, 9, 9, 20, 1, 2, 0)])
-def test_conv2d_channel_major_layout(shape, rng):
+def test_conv2d_channel_major_layout(shape, isa, rng):
     """layout='CNHW' (batch-wide GEMM, multi-image im2col chunks) equals NCHW / torch."""
     N, C, H, W, O, K, s, p = shape
     x = rng.standard_normal((N, C, H, W), dtype=np.float32)

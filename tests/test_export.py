@@ -40,7 +40,7 @@ def _close(got, ref, what):
 
 
 @pytest.mark.parametrize("cfg", CASES, ids=ids)
-def test_export_equals_hard_eval(cfg, rng):
+def test_export_equals_hard_eval(cfg, isa, rng):
     net = salnp.models.resnet(20, seed=int(rng.integers(1 << 30)), **cfg)
     x = rng.standard_normal((6, 3, 32, 32), dtype=np.float32)
     _prepare(net, rng, x)

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "internal/conv_internal.h"
+#include "internal/cpu.h"
 
 #define OB 16 /* output channels per register block */
 
@@ -135,14 +136,13 @@ typedef struct {
     int64_t v, nv, wb;
 } kernels3x3;
 
-static kernels3x3 pick_kernels(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f"))
-        return (kernels3x3){tile_avx512, NULL, wgrad_avx512, 16, 1, 8};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return (kernels3x3){tile_avx2, tile3_avx2, wgrad_avx2, 8, 3, 4};
-    return (kernels3x3){tile_base, NULL, wgrad_base, 4, 1, 4};
-}
+static const kernels3x3 KERNELS3X3[SAL_ISA_COUNT] = {
+    [SAL_ISA_BASE] = {tile_base, NULL, wgrad_base, 4, 1, 4},
+    [SAL_ISA_AVX2] = {tile_avx2, tile3_avx2, wgrad_avx2, 8, 3, 4},
+    [SAL_ISA_AVX512] = {tile_avx512, NULL, wgrad_avx512, 16, 1, 8},
+};
+
+static kernels3x3 pick_kernels(void) { return KERNELS3X3[sal_cpu_isa()]; }
 
 /* sizes of one image's working set, for Cin input and O output channels */
 typedef struct {

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal/cpu.h"
 #include "internal/program.h"
 #include "internal/range.h"
 #include "sal/conv.h"
@@ -462,13 +463,13 @@ typedef struct {
     int64_t tile;     /* outputs per tile, <= GT */
 } gather_kernel;
 
-static gather_kernel pick_gather(void) {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return (gather_kernel){gather_avx512, 128};
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-        return (gather_kernel){gather_avx2, 96};
-    return (gather_kernel){gather_base, 32};
-}
+static const gather_kernel GATHER[SAL_ISA_COUNT] = {
+    [SAL_ISA_BASE] = {gather_base, 32},
+    [SAL_ISA_AVX2] = {gather_avx2, 96},
+    [SAL_ISA_AVX512] = {gather_avx512, 128},
+};
+
+static gather_kernel pick_gather(void) { return GATHER[sal_cpu_isa()]; }
 
 /* y (O, N, Ho, Wo) = epi(GATHER(x (C, N, H, W))) */
 static sal_status gather_fwd(sal_infer *net, int64_t opi, float *y, const float *x,

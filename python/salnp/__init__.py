@@ -63,5 +63,6 @@ def show_config() -> None:
     print(f"BLIS {c['blis_version']}  flavour: {c['flavour']}")
     print(f"  sub-configuration: {c['arch']} ({status}){warn}")
     print(f"  chosen by: {c['arch_source']}")
+    print(f"kernels: {c['isa']} (SAL_ISA=avx2|base caps them)")
     print(f"threads: {c['threads']} (libsal's pthread pool: loops and GEMMs, BLIS called with "
           f"1 thread; salnp.set_num_threads)")

@@ -43,6 +43,12 @@ const char *sal_status_name(sal_status s);
 sal_status sal_init(void);                 /* idempotent; picks and verifies BLIS */
 void sal_set_num_threads(int n);           /* threads of our loops and GEMMs; n < 1: default */
 int sal_get_num_threads(void);
+/* Instruction set of libsal's own kernels: "base", "avx2" or "avx512", the best this CPU
+ * runs unless capped by the environment (SAL_ISA=avx2) or by sal_set_isa (tests and
+ * benchmarks run the AVX2 kernels on an AVX-512 machine so).  name NULL or "auto": no cap;
+ * a level the CPU lacks: SAL_EINVAL.  BLIS is not affected. */
+const char *sal_get_isa(void);
+sal_status sal_set_isa(const char *name);
 
 typedef struct {
     const char *blis_version;   /* e.g. "0.9.0" */

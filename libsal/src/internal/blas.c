@@ -13,6 +13,7 @@
 
 #include <blis.h>
 
+#include "internal/cpu.h"
 #include "internal/internal.h"
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
@@ -26,11 +27,9 @@ static int blas_generic = 0;
 
 /* Choose the BLIS sub-configuration for this CPU: -1 leaves BLIS to decide. */
 static int pick_arch(void) {
-    __builtin_cpu_init();
-    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    int amd = __builtin_cpu_is("amd");
+    const sal_isa isa = sal_cpu_isa_max();   /* BLIS is not capped by SAL_ISA */
+    const int avx512 = isa >= SAL_ISA_AVX512, avx2 = isa >= SAL_ISA_AVX2;
+    const int amd = __builtin_cpu_is("amd");
     snprintf(cpu_features, sizeof cpu_features, "%s%s%s", amd ? "AMD " : "",
              avx512 ? "avx512f/dq/bw/vl" : (avx2 ? "avx2+fma" : "no avx2"),
              "");

@@ -5,11 +5,12 @@ static PyObject *core_blas_info(PyObject *m, PyObject *Py_UNUSED(ignored)) {
     sal_blas_info bi;
     sal_status s = sal_blas_query(&bi);
     if (s != SAL_OK) return raise_status(m, s, "blas_info");
-    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:O,s:O,s:i}", "blis_version", bi.blis_version,
+    return Py_BuildValue("{s:s,s:s,s:s,s:s,s:s,s:O,s:O,s:i,s:s}", "blis_version", bi.blis_version,
                          "flavour", bi.flavour, "arch", bi.arch, "arch_source", bi.arch_source,
                          "cpu_features", bi.cpu_features, "verified",
                          bi.verified ? Py_True : Py_False, "generic",
-                         bi.generic ? Py_True : Py_False, "threads", sal_get_num_threads());
+                         bi.generic ? Py_True : Py_False, "threads", sal_get_num_threads(),
+                         "isa", sal_get_isa());
 }
 PyDoc_STRVAR(blas_info_doc,
     DOC("blas_info()", " -> dict",
@@ -36,7 +37,36 @@ PyDoc_STRVAR(get_num_threads_doc,
     DOC("get_num_threads()", " -> int",
         "Threads used by libsal."));
 
+static PyObject *core_get_isa(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    return PyUnicode_FromString(sal_get_isa());
+}
+PyDoc_STRVAR(get_isa_doc,
+    DOC("get_isa()", " -> str",
+        "Instruction set of libsal's kernels: 'base', 'avx2' or 'avx512'."));
+
+static PyObject *core_set_isa(PyObject *m, PyObject *arg) {
+    if (arg != Py_None && !PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "set_isa: name must be a str or None, got %.80s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    const char *name = arg == Py_None ? NULL : PyUnicode_AsUTF8(arg);
+    if (arg != Py_None && !name) return NULL;
+    sal_status s = sal_set_isa(name);
+    if (s != SAL_OK) {
+        PyErr_SetString(PyExc_ValueError, sal_last_error());
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+PyDoc_STRVAR(set_isa_doc,
+    DOC("set_isa(name)", "",
+        "Cap libsal's kernels at 'base', 'avx2' or 'avx512' (None or 'auto': the CPU's best); "
+        "for tests and benchmarks."));
+
 PyMethodDef core_lib_methods[] = {
+    {"get_isa", core_get_isa, METH_NOARGS, get_isa_doc},
+    {"set_isa", core_set_isa, METH_O, set_isa_doc},
     {"blas_info", core_blas_info, METH_NOARGS, blas_info_doc},
     {"set_num_threads", core_set_num_threads, METH_O, set_num_threads_doc},
     {"get_num_threads", core_get_num_threads, METH_NOARGS, get_num_threads_doc},
