@@ -13,8 +13,6 @@ from numpy.typing import NDArray
 __version__: str
 NET_FIELDS: tuple[str, ...]
 NET_KINDS: tuple[str, ...]
-INFER_FIELDS: tuple[str, ...]
-INFER_KINDS: tuple[str, ...]
 BN_EPS: float
 BN_MOMENTUM: float
 

@@ -48,7 +48,7 @@ def test_train_rows_against_hand_formulas(cfg, hw):
     net = salnp.models.resnet(20, seed=2, **cfg)
     mods = _modules(net)
     r = salnp.count(net, input_shape=(3, *hw))
-    assert len(r.rows) == len(net._engines[(3, *hw)][0].ops)
+    assert len(r.rows) == len(net.program.ops)
     seen = set()
     for row in r.rows:
         (c, h, w), (co, ho, wo) = row["in_shape"], row["out_shape"]
@@ -154,30 +154,40 @@ def test_sal_inference_counts_from_the_logits(shared, rng):
     assert 0 < sum(k for k, _, _ in hand.values()) < total_slices   # some pruned, some kept
     r = salnp.count(net, mode="inference")
     assert r.beta == 6.0
-    for row in r.rows:
-        if row["type"] not in ("sal", "sal_shared"):
-            continue
-        kept, o, c = hand[row["name"]]
-        ho, wo = row["out_shape"][1:]
-        assert row["kept"] == kept
-        if shared:
-            assert row["params"] == kept * o + kept * 4 / 32 + o         # + folded BN bias
-            assert row["macs"] == kept * o * ho * wo
-            assert row["shift_moves"] == kept * ho * wo
-        else:
-            assert row["params"] == kept * 36 / 32 + o
-            assert row["macs"] == kept * ho * wo
-            assert row["shift_moves"] == 0
+    for name, rows in _sal_rows(r, hand).items():
+        kept, o, c = hand[name]
+        ho, wo = rows[-1]["out_shape"][1:]
+        params, macs, moves = (sum(x[k] for x in rows) for k in ("params", "macs", "shift_moves"))
+        assert rows[0]["kept"] == kept
+        if shared and kept:         # a shift of the kept channels, then a 1x1 conv
+            assert [x["type"] for x in rows] == ["sal_shift", "conv1x1"]
+            assert params == kept * o + kept * 4 / 32 + o         # + folded BN bias
+            assert macs == kept * o * ho * wo and moves == kept * ho * wo
+        else:                       # the kept pairs (none: the bias alone)
+            assert [x["type"] for x in rows] == ["sal_gather"]
+            assert params == kept * 36 / 32 + o
+            assert macs == kept * ho * wo and moves == 0
     # the exported network counts the same totals, op by op of its own program
     e = salnp.export(net).count()
     assert (e.params, e.macs, e.shift_moves) == (r.params, r.macs, r.shift_moves)
     # unpruned binarised SAL costs one 1x1 convolution's MACs
     full = salnp.models.resnet(20, 8, "sal", shared=shared, seed=5)
     full.beta = 1e4
-    for row in salnp.count(full, mode="inference").rows:
-        if row["type"].startswith("sal"):
-            (c, _, _), (o, ho, wo) = row["in_shape"], row["out_shape"]
-            assert row["macs"] == c * o * ho * wo
+    hand = _hand_sal(full, full.beta)
+    for name, rows in _sal_rows(salnp.count(full, mode="inference"), hand).items():
+        _, o, c = hand[name]
+        ho, wo = rows[-1]["out_shape"][1:]
+        assert sum(x["macs"] for x in rows) == c * o * ho * wo
+
+
+def _sal_rows(report, hand):
+    """{SAL layer name: the rows its exported ops make}"""
+    out = {}
+    for row in report.rows:
+        if row["name"] in hand:
+            out.setdefault(row["name"], []).append(row)
+    assert set(out) == set(hand)
+    return out
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=ids)

@@ -156,8 +156,7 @@ def test_load_bad_files(tmp_path):
     with pytest.raises(ValueError, match="junk.npz"):
         salnp.export.load(tmp_path / "junk.npz")
     inf = salnp.export(net)
-    bad = salnp.export.InferenceNet(inf.ops, inf.channels, inf.shifts, inf.pairs,
-                                    inf.weights[:-5], inf.names, inf.config, inf.info)
+    bad = salnp.export.InferenceNet(inf.program, inf.weights[:-5], inf.config, inf.info)
     bad.save(tmp_path / "short.npz")
     with pytest.raises(ValueError, match="short.npz.*arena"):
         salnp.export.load(tmp_path / "short.npz")

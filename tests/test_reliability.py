@@ -422,7 +422,7 @@ def test_shared_network_threads():
     # training from several threads: each forward+backward pair under the network's lock
     # (the documented contract) gives finite gradients of the right batch, no crash
     tnet = salnp.models.resnet(8, 4, "sal", num_classes=5, seed=12)
-    lock = salnp.nn.net_lock(tnet)
+    lock = tnet.engine.lock
 
     def trainer(t):
         try:
@@ -474,7 +474,7 @@ FAIL_ALLOC_CHILD = textwrap.dedent("""
     except (RuntimeError, salnp.SalError, ValueError) as e:
         print("backward refused:", type(e).__name__)
     # libsal itself, below the Python guard: the engine whose forward failed
-    eng = net._engines[(3, 8, 8)][1]
+    eng = net.engine.get((3, 8, 8))
     try:
         salnp._core.net_backward(eng, net.arena.params, net.arena.grads,
                                  np.zeros((4, 4), np.float32))

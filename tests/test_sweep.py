@@ -102,7 +102,7 @@ def test_network_pickle_and_deepcopy_bit_identical(layer):
     for other in (pickle.loads(blob), copy.deepcopy(net), copy.copy(net)):
         assert type(other) is type(net) and other.config == net.config
         assert other.beta == net.beta and not other.training
-        assert not other._engines and other._last is None       # engines rebuilt lazily
+        assert other._engine_ is None                # engines rebuilt lazily
         for k in ("params", "grads", "momentum", "buffers"):
             a, b = getattr(other.arena, k), getattr(net.arena, k)
             assert not np.shares_memory(a, b), k
@@ -142,7 +142,7 @@ def test_inference_net_pickle_and_deepcopy():
     inf = salnp.export(net)
     ref = inf.forward(x)
     for other in (pickle.loads(pickle.dumps(inf)), copy.deepcopy(inf)):
-        assert not other._engines
+        assert not other.engine._c
         assert not np.shares_memory(other.weights, inf.weights)
         assert np.array_equal(other.forward(x), ref)
         assert other.count((3, 16, 16)).macs == inf.count((3, 16, 16)).macs
@@ -188,16 +188,19 @@ def test_normalized_config_and_stable_trial_id():
 
 
 @pytest.mark.parametrize("config, match", [
-    ({"widht": 8}, "'widht': not an option"),
+    ({"widht": 8}, "'widht': not a field of RunConfig; did you mean 'width'"),
+    ({"batch_size": 8, "batch-size": 16}, "'batch-size': given twice"),
+    ({"lr": float("nan")}, "lr=nan: must be finite and > 0"),
     ({"out": "x"}, "'out': set by the runner"),
     ({"threads": 2}, "'threads': set by the runner"),
-    ({"layer": "resnet"}, "invalid choice: 'resnet'"),
-    ({"width": 8.5}, "invalid int value: '8.5'"),
-    ({"width": True}, "width=True: must be a single"),
+    ({"layer": "resnet"}, "layer='resnet': must be one of sal, cl"),
+    ({"width": 8.5}, "width=8.5: must be an integer"),
+    ({"width": True}, "width=True: must be an integer"),
     ({"shared": "yes"}, "shared='yes': must be True or False"),
     ({"prune_epochs": "2,4"}, "prune_epochs='2,4': must be a list"),
-    ({"epochs": 0}, "epochs=0: must be >= 1"),
-    ({"data": "cifar10"}, "root is required"),
+    ({"epochs": 0}, r"epochs=0: must be an integer in \[1, "),
+    ({"data": "cifar10"}, "root: required for data='cifar10'"),
+    ({"data": "cifar10", "root": "/no/such/folder"}, "root='/no/such/folder': no such folder"),
 ])
 def test_bad_config_names_the_key(config, match, tmp_path):
     with pytest.raises(ValueError, match=match):

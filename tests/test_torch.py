@@ -163,8 +163,8 @@ def test_pruned_form(cfg):
     t = st.to_torch(inf)
     assert type(t) is st.PrunedResNet and not t.training
     names = set(t.state_dict())
-    # BN folded; a pre-activation ASNet's BNs (their input is also the shortcut's) stay as
-    # per-channel affine maps (export.py: info["affine_ops"])
+    # BN folded; a pre-activation ASNet's BNs (their input is also the shortcut's) stay
+    # BNs in eval mode (export.py)
     if cfg.get("layer") != "asl":
         assert not any(".bn" in k or k.startswith("bn") for k in names)
     if cfg["layer"] == "sal" and not cfg.get("shared"):

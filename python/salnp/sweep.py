@@ -8,8 +8,10 @@
     result.summary().to_dataframe()      # mean and std over seeds, grouped by everything else
     result.to_csv("ablation.csv")
 
-Each config is a plain dict of ``python -m salnp train`` options (see salnp.runs); a
-``name`` key is carried to the table as a label.  Every trial is trained, evaluated
+Each config is a salnp.RunConfig or a dict of its fields (the options of ``python -m salnp
+train``); a ``name`` is carried to the table as a label.  Every config is checked (its keys,
+with the nearest field named for a misspelt one; its values; its data folder) before any
+trial starts.  Every trial is trained, evaluated
 (soft and binarised attention), counted (parameters, inference MACs, training MACs) and
 timed by the same function as the command line (salnp.runs.train_run), in its own
 folder ``OUT/trials/<layer>-d<depth>-w<width>-s<seed>-<id>/``: config.json, train.log,
@@ -49,9 +51,9 @@ import time
 import types
 import uuid
 
-import salnp
-
-from .runs import LABEL_KEYS, _write_json, normalize, train_run, trial_id, trial_name
+from ._threads import set_num_threads
+from .runconfig import ConfigError, RunConfig
+from .runs import _write_json, normalize, train_run, trial_id, trial_name
 
 __all__ = ["sweep", "grid", "load", "SweepResult", "run_trial", "METRICS"]
 
@@ -89,6 +91,15 @@ def grid(axes=None, seeds=(0,), **fixed) -> list:
         raise ValueError(f"grid: seeds={seeds!r}: must be a non-empty list of integers >= 0")
     if "seed" in fixed or "seed" in axes:
         raise ValueError("grid: give seeds with seeds=, not as an option")
+    try:        # every key a RunConfig field (a misspelt one named with the nearest field)
+        for k in fixed:
+            RunConfig.field_name(k)
+        for k, vals in axes.items():
+            for v in vals:
+                for kk in (v if isinstance(v, dict) else {k: v}):
+                    RunConfig.field_name(kk)
+    except ConfigError as e:
+        raise ConfigError(f"grid: {e}") from None
     out = []
     for combo in itertools.product(*[list(v) for v in axes.values()]):
         cfg = dict(fixed)
@@ -210,7 +221,7 @@ def run_trial(cfg, tdir, threads=None) -> dict:
         return dict(_metrics(done, tdir), skipped=True, resumed=False)
     os.makedirs(tdir, exist_ok=True)
     threads = _dask_threads(threads) if isinstance(threads, dict) else int(threads or 1)
-    salnp.set_num_threads(threads)
+    set_num_threads(threads)
     with open(os.path.join(tdir, "attempts.log"), "a") as f:
         f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} threads {threads}\n")
     _write_json(os.path.join(tdir, "config.json"), dict(cfg, trial_id=tid))
@@ -226,7 +237,7 @@ def _worker_init(threads):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for k in _THREAD_ENV:
         os.environ[k] = str(threads)
-    salnp.set_num_threads(threads)
+    set_num_threads(threads)
 
 
 def _attempts(t):
@@ -699,16 +710,16 @@ def read_grid(path) -> list:
         with open(path) as f:
             spec = json.load(f)
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if isinstance(spec, list):
         return spec
     if isinstance(spec, dict):
         extra = set(spec) - {"axes", "seeds", "fixed"}
         if extra:
-            raise ValueError(f"{path}: unknown keys {sorted(extra)}: a grid file holds a list of "
-                             'configs or {"axes": {...}, "seeds": [...], "fixed": {...}}')
+            raise ConfigError(f"{path}: unknown keys {sorted(extra)}: a grid file holds a list "
+                              'of configs or {"axes": {...}, "seeds": [...], "fixed": {...}}')
         return grid(spec.get("axes"), spec.get("seeds", [0]), **spec.get("fixed", {}))
-    raise ValueError(f"{path}: must hold a list of configs or a grid object")
+    raise ConfigError(f"{path}: must hold a list of configs or a grid object")
 
 
 def run_cli(args) -> int:
@@ -718,7 +729,7 @@ def run_cli(args) -> int:
         try:
             from distributed import Client
         except ImportError:
-            raise SystemExit("--scheduler needs dask.distributed: pip install 'salnp[sweep]'")
+            raise ConfigError("--scheduler needs dask.distributed: pip install 'salnp[sweep]'")
         client = Client(args.scheduler, timeout=60)
         print(f"sweep: Dask scheduler {args.scheduler}: {len(client.nthreads())} workers",
               file=sys.stderr)

@@ -41,10 +41,11 @@ try:
 except ImportError as e:     # pragma: no cover - the message is the point
     raise ImportError("salnp.torch needs PyTorch: pip install 'salnp[torch]' (or torch)") from e
 
-from .export import (IFIELDS, IOP_ADD, IOP_CONV, IOP_GATHER, IOP_LINEAR, IOP_POOL, IOP_SHIFT,
-                     InferenceNet)
+from ._core import BN_EPS
+from .infer import InferenceNet
 from .models import ResNet as NpResNet
 from .models import default_shift_offsets, resnet
+from .program import ADD, BN, CONV, FIELDS, GATHER, LINEAR, POOL, SHIFT, Program
 
 __all__ = ["to_torch", "from_torch", "ResNet", "PrunedResNet", "SALConv2d", "Shift",
            "ActiveShift", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "PreActASLBlock",
@@ -389,20 +390,19 @@ class PrunedResNet(nn.Module):
     def __init__(self, inf):
 
         super().__init__()
-        F_ = {f: i for i, f in enumerate(IFIELDS)}
+        F_ = {f: i for i, f in enumerate(FIELDS)}
         self.config = dict(inf.config)
         self.info = dict(inf.info)
         # the program, to run it and to rebuild the InferenceNet (from_torch)
         self._ops = inf.ops.copy()
         self._names = list(inf.names)
         self._channels = list(inf.channels)
-        # a copy without libsal engines (C handles): the module deep-copies and pickles
-        self._template = type(inf)(inf.ops, inf.channels, inf.shifts, inf.pairs, inf.weights,
-                                   inf.names, inf.config, inf.info)
+        # a copy (its libsal engines are made on use): the module deep-copies and pickles
+        self._template = InferenceNet(inf.program, inf.weights.copy(), inf.config, inf.info)
         W = inf.weights
         made = {}
         steps = []
-        shapes = inf._shapes((inf.in_channels, 32, 32))
+        shapes = inf.program.shapes((inf.in_channels, 32, 32))
         for row, name in zip(inf.ops, inf.names):
             kind = int(row[F_["kind"]])
             cin = shapes[row[F_["inp"]]][0]
@@ -410,7 +410,7 @@ class PrunedResNet(nn.Module):
             o, k = int(row[F_["o"]]), int(row[F_["k"]])
             s = int(row[F_["stride"]])
             mod_name = None
-            if kind == IOP_CONV:
+            if kind == CONV:
                 # no bias when p1 < 0 (a conv whose output no BN folded into: ASNet)
                 m = nn.Conv2d(cin, o, k, s, int(row[F_["pad"]]), bias=bool(row[F_["p1"]] >= 0))
                 with torch.no_grad():
@@ -419,20 +419,27 @@ class PrunedResNet(nn.Module):
                     if m.bias is not None:
                         m.bias.copy_(torch.from_numpy(W[row[F_["p1"]]:row[F_["p1"]] + o]))
                 mod_name = name
-            elif kind == IOP_GATHER:
+            elif kind == GATHER:
                 n = int(row[F_["npair"]])
                 m = PrunedSAL(inf.pairs[row[F_["ioff"]]:row[F_["ioff"]] + n],
                               W[row[F_["p0"]]:row[F_["p0"]] + n], W[row[F_["p1"]]:row[F_["p1"]] + o],
                               cin, s)
                 mod_name = name
-            elif kind == IOP_LINEAR:
+            elif kind == BN:
+                m = nn.BatchNorm2d(cin, eps=BN_EPS).eval()
+                with torch.no_grad():
+                    for t, f in ((m.weight, "p0"), (m.bias, "p1"), (m.running_mean, "b0"),
+                                 (m.running_var, "b1")):
+                        t.copy_(torch.from_numpy(W[row[F_[f]]:row[F_[f]] + cin]))
+                mod_name = name
+            elif kind == LINEAR:
                 m = nn.Linear(cin, o)
                 with torch.no_grad():
                     m.weight.copy_(torch.from_numpy(W[row[F_["p0"]]:row[F_["p0"]] + o * cin]
                                                     .reshape(o, cin)))
                     m.bias.copy_(torch.from_numpy(W[row[F_["p1"]]:row[F_["p1"]] + o]))
                 mod_name = name
-            elif kind == IOP_SHIFT:
+            elif kind == SHIFT:
                 m = PrunedShift(inf.shifts[row[F_["ioff"]]:row[F_["ioff"]] + cout], s)
                 mod_name = name
             if mod_name is not None:
@@ -472,9 +479,9 @@ class PrunedResNet(nn.Module):
         y = x
         for kind, inp, out, res, rl, post, name, j in self._steps:
             h = bufs[inp]
-            if kind == IOP_POOL:
+            if kind == POOL:
                 y = h.mean((2, 3), keepdim=True)
-            elif kind == IOP_ADD:
+            elif kind == ADD:
                 y = h + bufs[res]
                 y = F.relu(y) if rl else y
             else:
@@ -598,7 +605,7 @@ def _infer_config(state):
 def _pruned_from_torch(mod):
     """The InferenceNet of a PrunedResNet, with the module's current weights."""
 
-    F_ = {f: i for i, f in enumerate(IFIELDS)}
+    F_ = {f: i for i, f in enumerate(FIELDS)}
     tpl = mod._template
     weights = tpl.weights.copy()
     pairs, shifts = tpl.pairs.copy(), tpl.shifts.copy()
@@ -629,8 +636,11 @@ def _pruned_from_torch(mod):
         put(int(row[F_["p0"]]), m.weight, "weight")
         if m.bias is not None:
             put(int(row[F_["p1"]]), m.bias, "bias")
-    return InferenceNet(tpl.ops, tpl.channels, shifts, pairs, weights, tpl.names, tpl.config,
-                        tpl.info)
+        if isinstance(m, nn.BatchNorm2d):
+            put(int(row[F_["b0"]]), m.running_mean, "running_mean")
+            put(int(row[F_["b1"]]), m.running_var, "running_var")
+    prog = Program.from_tables(tpl.ops, tpl.channels, shifts, pairs, tpl.names)
+    return InferenceNet(prog, weights, tpl.config, tpl.info)
 
 
 def from_torch(module_or_state_dict, beta=None, **config):
@@ -676,7 +686,7 @@ def from_torch(module_or_state_dict, beta=None, **config):
             raise ValueError(f"from_torch: SAL layers have different beta buffers {vals}: salnp "
                              "uses one global beta; pass beta=")
         beta = vals[0] if vals else 1.0
-    net.beta = float(beta)
+    net.beta = beta
     if training is not None:
         net.train(training)
     return net

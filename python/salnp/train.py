@@ -23,9 +23,10 @@ import numpy as np
 
 from . import _core, ops
 from .data import Dataset
-from .io import (NpzReader, _fspath, _target_for_save, check_finite_state, expected_state_shapes,
-                 save_npz_atomic)
-from .models import ActiveShift, ResNet, SALConv2d
+from .io import NpzReader, _fspath, _target_for_save, check_finite_state, save_npz_atomic
+from .models import ActiveShift, ResNet, SALConv2d, expected_state_shapes
+from .runconfig import RunConfig, solver_of
+from .nn import check_beta
 from .prune import default_keep, prune_step
 from ._threads import restores_threads, set_num_threads
 
@@ -207,10 +208,9 @@ def _load_state(path, net, opt):
             run = cfg.get("run", {})
             ok = (all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
                       for v in (epoch, steps))
-                  and isinstance(beta, (int, float)) and not isinstance(beta, bool)
-                  and math.isfinite(beta) and beta >= 0
                   and isinstance(history, list) and isinstance(run, dict))
-        except KeyError:
+            beta = check_beta(beta, "beta")
+        except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise ValueError(f"{path}: corrupted training state (epoch, optim_steps, beta, "
@@ -226,16 +226,21 @@ def _load_state(path, net, opt):
         raise ValueError(f"{path}: {e}") from None
     net.arena.momentum[...] = mom32
     opt.steps = int(steps)
-    net.beta = float(beta)
+    net.beta = beta
     return int(epoch), list(history), run
 
 
+_D = RunConfig()     # fit's defaults are the run configuration's
+
+
 @restores_threads
-def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
-        nesterov=None, lr_schedule="step", milestones=None, lr_gamma=0.1,
-        beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
-        eval_batch_size=500, checkpoint=None, resume=None, progress=True, threads=None,
-        callback=None, prune_epochs=None, prune_keep=None, skip_nonfinite=False):
+def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D.lr,
+        momentum=_D.momentum, weight_decay=_D.weight_decay, nesterov=_D.nesterov,
+        lr_schedule=_D.lr_schedule, milestones=_D.milestones, lr_gamma=0.1,
+        beta=(_D.beta0, _D.beta1), beta_schedule=_D.beta_schedule, augment=_D.augment,
+        seed=_D.seed, eval_hard=None, eval_batch_size=500, checkpoint=None, resume=None,
+        progress=_D.progress, threads=_D.threads, callback=None, prune_epochs=_D.prune_epochs,
+        prune_keep=_D.prune_keep, skip_nonfinite=False, reset_momentum=_D.reset_momentum):
     """Train `net` on the Dataset `train`, evaluating on `test` after every epoch.
 
     Returns the history: one dict per epoch (epoch, lr, beta, train_loss, train_acc,
@@ -244,10 +249,14 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     checkpoint to continue from; callback(record) runs after every epoch (after the
     checkpoint) and a True result stops training there.
 
-    nesterov, milestones: None takes the layer family's reference solver (``net.solver``,
-    salnp.models.SOLVERS): ASL (Jeon & Kim) Nesterov with lr x0.1 at 1/2 and 3/4 of the
-    run; CL, SL, SAL plain momentum with steps at 1/3 and 2/3 (the SAL recipe's epochs
-    100 and 200 of 300).  Milestones are fractions of the run, or epoch numbers when >= 1.
+    The keywords are the fields of salnp.RunConfig of the same names, with its defaults
+    (beta = (beta0, beta1)).  nesterov, milestones: None takes the layer family's reference
+    solver (salnp.runconfig.solver_of, sources in salnp.recipes): ASL (Jeon & Kim) Nesterov
+    with lr x0.1 at 1/2 and 3/4 of the run; SL at 1/2 and 3/4 (Wu et al.); CL and SAL plain
+    momentum with steps at 1/3 and 2/3 (the SAL recipe's epochs 100 and 200 of 300).
+    Milestones are fractions of the run, or epoch numbers when >= 1.  reset_momentum: zero
+    momentum at the start of every epoch (the SAL authors' code makes a new optimiser per
+    epoch).
     Per-parameter weight-decay and learning-rate multipliers come from the modules (no
     decay on ASL's BN, FC bias and shifts; shift lr x 0.01).
 
@@ -311,21 +320,17 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     if train.num_classes > net.config["num_classes"]:
         raise ValueError(f"fit: train has {train.num_classes} classes, the network "
                          f"{net.config['num_classes']} outputs")
-    try:
-        bb = tuple(beta) if isinstance(beta, (tuple, list, np.ndarray)) else (beta, beta)
-        if len(bb) != 2 or any(isinstance(v, (str, bytes, complex)) for v in bb):
-            raise TypeError
-        b0, b1 = float(bb[0]), float(bb[1])
-    except (TypeError, ValueError):
-        raise ValueError(f"fit: beta={beta!r}: must be a number or a pair (start, end) of "
-                         f"numbers") from None
-    if not (math.isfinite(b0) and math.isfinite(b1) and b0 >= 0 and b1 >= 0):
-        raise ValueError(f"fit: beta={beta!r}: must be finite and >= 0")
-    solver = getattr(net, "solver", None) or {}
+    bb = tuple(beta) if isinstance(beta, (tuple, list, np.ndarray)) else (beta, beta)
+    if len(bb) != 2:
+        raise ValueError(f"fit: beta={beta!r}: must be a number or a pair (start, end) of numbers")
+    b0, b1 = check_beta(bb[0], "fit: beta[0]"), check_beta(bb[1], "fit: beta[1]")
+    if not isinstance(reset_momentum, (bool, np.bool_)):
+        raise TypeError(f"fit: reset_momentum={reset_momentum!r}: must be True or False")
+    solver = solver_of(net.config["layer"])
     if nesterov is None:
-        nesterov = bool(solver.get("nesterov", False))
+        nesterov = bool(solver["nesterov"])
     if milestones is None:
-        milestones = tuple(solver.get("milestones", (1 / 3, 2 / 3)))
+        milestones = tuple(solver["milestones"])
     try:
         milestones = tuple(float(m) for m in milestones)
         ok = all(math.isfinite(m) and m > 0 for m in milestones)
@@ -345,6 +350,7 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     run_cfg = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                    weight_decay=weight_decay, nesterov=nesterov, lr_schedule=str(lr_schedule),
                    milestones=list(milestones), lr_gamma=lr_gamma, beta=[b0, b1],
+                   reset_momentum=bool(reset_momentum),
                    beta_schedule=beta_schedule, augment=augment, seed=seed,
                    prune_epochs=sorted(prune_plan), prune_keep=[prune_plan[e] for e in sorted(prune_plan)],
                    train=getattr(train, "name", "?"), train_size=len(train),
@@ -368,6 +374,8 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                 kept = prune_step(net, prune_plan[epoch + 1])
                 log.info("epoch %d: pruned SAL slices to %d position(s): %s", epoch + 1,
                          prune_plan[epoch + 1], kept)
+            if reset_momentum:       # a new optimiser per epoch, as the SAL authors' code
+                net.arena.momentum[...] = 0.0
             t0 = time.perf_counter()
             loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
             batches = train.batches(batch_size, shuffle=True, augment=augment, seed=seed,

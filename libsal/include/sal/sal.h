@@ -7,7 +7,7 @@
 #include "sal/conv.h"
 #include "sal/count.h"
 #include "sal/data.h"
-#include "sal/infer.h"
+#include "sal/gather.h"
 #include "sal/layers.h"
 #include "sal/net.h"
 #include "sal/shift.h"

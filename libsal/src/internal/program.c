@@ -1,4 +1,4 @@
-/* The runtime shared by the training and the inference program (see program.h). */
+/* The runtime of the network program: buffers, scratch, the input copy (see program.h). */
 #include "internal/program.h"
 
 #include <stdlib.h>
@@ -57,28 +57,6 @@ sal_status sal_program_check_io(const sal_program *p, int64_t i, int64_t in, int
                 (long long)i, (long long)in, (long long)out, (long long)B);
     SAL_REQUIRE(res >= -1 && res < B && res != out, p->fn,
                 "op %lld: res=%lld: must be -1 or another buffer", (long long)i, (long long)res);
-    return SAL_OK;
-}
-
-sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program_role role,
-                                    int64_t in, int64_t res, int64_t o, int64_t want[3],
-                                    int64_t *pw, int64_t *pb) {
-    const int64_t *si = p->shapes + 3 * in;
-    switch (role) {
-    case SAL_PROGRAM_ADD:
-        SAL_REQUIRE(res >= 0, p->fn, "op %lld: add needs a res buffer", (long long)i);
-        break;
-    case SAL_PROGRAM_POOL:
-        want[1] = want[2] = 1;
-        break;
-    case SAL_PROGRAM_LINEAR:
-        SAL_REQUIRE(si[1] == 1 && si[2] == 1 && o >= 1, p->fn,
-                    "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
-        want[0] = o, want[1] = want[2] = 1;
-        SAL_TRY(sal_checked_prod(p->fn, "linear weights O*I", pw, 2, o, si[0]));
-        *pb = o;
-        break;
-    }
     return SAL_OK;
 }
 

@@ -7,7 +7,7 @@
  *   layers.c  sal/layers.h: batch norm, ReLU, add, pooling, Linear, cross-entropy, SGD
  *   shift.c   sal/shift.h: SL shift, ASL active shift, SAL
  *   data.c    sal/data.h: dataset parsers and batches
- *   net.c     sal/net.h, sal/infer.h, sal/count.h: training and inference programs
+ *   net.c     sal/net.h, sal/count.h: network programs (training and exported) and their count
  *   module.c  the module: state, exception class, method tables, init
  *
  * Every function converts its array arguments to float32 (float64 for the reference

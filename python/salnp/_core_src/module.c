@@ -23,16 +23,13 @@ static int add_names(PyObject *m, const char *name, const char *const *v, int64_
     return r;
 }
 
-/* The program tables' self-description (sal/net.h, sal/infer.h) and the constants the
- * Python side must agree with: NET_FIELDS, NET_KINDS, INFER_FIELDS, INFER_KINDS,
- * BN_EPS, BN_MOMENTUM. */
+/* The program table's self-description (sal/net.h) and the constants the Python side must
+ * agree with: NET_FIELDS, NET_KINDS, BN_EPS, BN_MOMENTUM. */
 static int add_program_tables(PyObject *m) {
     int64_t n;
     const char *const *v;
     if ((v = sal_net_op_fields(&n), add_names(m, "NET_FIELDS", v, n)) < 0 ||
-        (v = sal_net_op_kinds(&n), add_names(m, "NET_KINDS", v, n)) < 0 ||
-        (v = sal_infer_op_fields(&n), add_names(m, "INFER_FIELDS", v, n)) < 0 ||
-        (v = sal_infer_op_kinds(&n), add_names(m, "INFER_KINDS", v, n)) < 0)
+        (v = sal_net_op_kinds(&n), add_names(m, "NET_KINDS", v, n)) < 0)
         return -1;
     PyObject *eps = PyFloat_FromDouble(SAL_BN_EPS), *mom = PyFloat_FromDouble(SAL_BN_MOMENTUM);
     int r = eps && mom && PyModule_AddObjectRef(m, "BN_EPS", eps) == 0 &&
