@@ -18,10 +18,11 @@ from . import flops
 from .flops import count
 from . import export   # a callable module: salnp.export(net), salnp.export.load(path)
 from . import prune
+from . import attention   # what SAL attention chose and what training changed (no matplotlib)
 from . import sweep    # a callable module: salnp.sweep(configs, ...), salnp.sweep.grid(...)
 
 __all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load", "fit",
-           "evaluate", "flops", "count", "export", "prune", "sweep",
+           "evaluate", "flops", "count", "export", "prune", "attention", "sweep",
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 
