@@ -12,7 +12,8 @@ import os
 import numpy as np
 import pytest
 
-mpl = pytest.importorskip("matplotlib", reason="salnp.viz needs matplotlib (the notebooks/test extra)")
+mpl = pytest.importorskip("matplotlib",
+                          reason="salnp.viz needs matplotlib (the notebooks/test extra)")
 mpl.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import PathCollection  # noqa: E402
@@ -70,8 +71,9 @@ def _backend_selections(source, filename):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             f = node.func
-            if (isinstance(f, ast.Attribute) and f.attr == "use" and isinstance(f.value, ast.Name)
-                    and f.value.id in mpl_names) or (isinstance(f, ast.Name) and f.id in use_names) \
+            mpl_use = (isinstance(f, ast.Attribute) and f.attr == "use"
+                       and isinstance(f.value, ast.Name) and f.value.id in mpl_names)
+            if mpl_use or (isinstance(f, ast.Name) and f.id in use_names) \
                     or (isinstance(f, ast.Attribute) and f.attr == "switch_backend"):
                 found.append(node.lineno)
         elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Store):
@@ -84,8 +86,9 @@ def test_the_backend_check_catches_each_form():
     assert _backend_selections("import matplotlib\nmatplotlib.use('Agg')\n", "x") == [2]
     assert _backend_selections("import matplotlib as m\n\nm.use('Agg')\n", "x") == [3]
     assert _backend_selections("from matplotlib import use as u\nu('Agg')\n", "x") == [2]
-    assert _backend_selections("import matplotlib.pyplot as plt\nplt.switch_backend('x')\n", "x") == [2]
-    assert _backend_selections("import matplotlib as mpl\nmpl.rcParams['backend'] = 'x'\n", "x") == [2]
+    pyplot, rc = "import matplotlib.pyplot as plt\n", "import matplotlib as mpl\n"
+    assert _backend_selections(pyplot + "plt.switch_backend('x')\n", "x") == [2]
+    assert _backend_selections(rc + "mpl.rcParams['backend'] = 'x'\n", "x") == [2]
     assert _backend_selections("import numpy as np\nnp.use = 1\nx.use('y')\n", "x") == []
     assert _dev_null_strings('"""/dev/null in a docstring"""\nf(x, "/dev/null")\n', "x") == [2]
 
@@ -264,7 +267,8 @@ def test_attention_change_initial_forms(rng):
         assert attention.moved_share(net, initial) == 0.0
     name, m = attention.sal_layers(net)[2]
     m.logits[...] = rng.random(m.logits.shape, dtype=np.float32)
-    expect = np.mean(m.logits.reshape(-1, 9).argmax(1) != before[f"{name}.logits"].reshape(-1, 9).argmax(1))
+    expect = np.mean(m.logits.reshape(-1, 9).argmax(1)
+                     != before[f"{name}.logits"].reshape(-1, 9).argmax(1))
     rows = attention.shift_change(net, before)
     assert rows[2]["moved_share"] == pytest.approx(expect) and expect > 0
     for initial in (None, fresh):
@@ -325,7 +329,8 @@ def test_epoch_axes_have_integer_ticks(n):
 def test_units_are_percent():
     ax = viz.training_curves(HISTORY, ax=_ax())
     assert "%" in ax.get_ylabel()
-    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), [100 * h["test_acc"] for h in HISTORY])
+    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(),
+                               [100 * h["test_acc"] for h in HISTORY])
     assert [ln.get_label() for ln in ax.get_lines()] == ["train", "test, soft", "test, binarised"]
     ax = viz.attention_curves(HISTORY + [dict(HISTORY[-1], epoch=5, attn_moved=0.25)], ax=_ax())
     assert [ln.get_label() for ln in ax.get_lines()] == ["beta (left axis)"]

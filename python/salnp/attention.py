@@ -77,7 +77,8 @@ def _initial_choices(net, initial):
             key = f"{name}.logits"
             if key not in initial:
                 raise KeyError(f"initial: no {key!r} (a state dict of this network's SAL "
-                               "logits, e.g. net.state_dict() or salnp.attention.initial_state(net))")
+                               "logits, e.g. net.state_dict() or "
+                               "salnp.attention.initial_state(net))")
             a = np.asarray(initial[key])
             if a.shape != m.logits.shape:
                 raise ValueError(f"initial: {key} has shape {a.shape}, the network "
@@ -127,7 +128,9 @@ def shift_change(net, initial=None, beta=None) -> list:
 def moved_share(net, initial=None):
     """The share (0..1) of all SAL slices whose chosen shift moved since initialisation
     (see shift_change for `initial`); None for a network without SAL layers."""
-    rows = shift_change(net, initial)
-    if not rows:
+    layers = sal_layers(net)
+    if not layers:
         return None
-    return sum(r["moved"] for r in rows) / sum(r["slices"] for r in rows)
+    before = _initial_choices(net, initial)
+    moved = sum(int((_choices(m.logits, m.mask) != before[name]).sum()) for name, m in layers)
+    return moved / sum(before[name].size for name, _ in layers)

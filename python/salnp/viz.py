@@ -183,7 +183,7 @@ def attention_heatmap(net, layer, ax=None, hard=True, cmap="RdBu_r", annotate=Tr
     ax.set_title(name, fontsize=8)
     if annotate:
         for (i, j), v in np.ndenumerate(h):
-            far = abs(v - _U) > 0.6 * (im.norm.vmax - _U)
+            far = not 0.2 < im.norm(v) < 0.8       # the dark ends of the diverging map
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
                     color="w" if far else "k")
     if colorbar:
@@ -275,7 +275,7 @@ def shift_preference(net, ax=None, annotate=True, colorbar=True, cmap="RdBu_r"):
     ax.set_yticks(range(len(names)), names, fontsize=7)
     if annotate:
         for (i, j), v in np.ndenumerate(data):
-            far = abs(v - _U) > 0.6 * (im.norm.vmax - _U) if v > _U else v < 0.4 * _U
+            far = not 0.2 < im.norm(v) < 0.8
             ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=6,
                     color="w" if far else "k")
     if colorbar:
@@ -707,7 +707,8 @@ def _seed_groups(rows, keys):
         return tuple(v) if isinstance(v, list) else v
 
     def stats(vals):
-        v = [float(x) for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
+        v = [float(x) for x in vals
+             if x is not None and not (isinstance(x, float) and math.isnan(x))]
         if not v:
             return None, None
         m = math.fsum(v) / len(v)
