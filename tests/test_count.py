@@ -242,3 +242,46 @@ def test_bad_input():
         salnp.count(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="mode='train'"):
         salnp.count(salnp.export(net), mode="train")
+
+
+def _params_cells(text):
+    """The params cells of a table's rows (and total), cut at the dashed rule's columns."""
+    lines = text.splitlines()
+    rule = next(i for i, l in enumerate(lines) if l.startswith("---"))
+    spans, pos = [], 0
+    for part in lines[rule].split("  "):
+        spans.append((pos, pos + len(part)))
+        pos += len(part) + 2
+    a, b = spans[4]
+    assert lines[rule - 1][a:b].strip() == "params"
+    ends = ("---", "forward", "training", "elements")
+    return [l[a:b] for l in lines[rule + 1:] if l and not l.startswith(ends)]
+
+
+def test_table_params_are_integers_or_say_why_not():
+    """Integral counts print as integers; a convention that counts a kept SAL weight as
+    36/32 of a word says so in the header, and its eighths line up on the decimal point."""
+    net = salnp.models.resnet(8, 4, "sal")
+    for r in (salnp.count(net, mode="train"), salnp.count(salnp.models.resnet(8, 4, "cl"),
+                                                           mode="inference")):
+        text = r.table()
+        assert "36/32" not in text
+        assert all("." not in c for c in _params_cells(text)), text
+    m = dict(net.named_modules())["layer3.0.conv2"]
+    net.beta = 1000.0                                     # every slice one-hot ...
+    m.logits[0, 0] = [0, 0, 0, 0, 1, 0, 0, 0, 1]       # ... but this one: two maxima, pruned
+    inf = salnp.count(net, mode="inference")
+    kept = next(r for r in inf.rows if r["name"] == "layer3.0.conv2")
+    assert kept["kept"] == 16 * 16 - 1 and kept["params"] == 255 * 36 / 32 + 16
+    shared = salnp.models.resnet(8, 4, "sal", shared=True)
+    for r, eighths in ((inf, True), (salnp.count(net, convention="paper"), False),
+                       (salnp.count(shared, convention="paper"), True)):
+        text = r.table()
+        head = text.splitlines()[1]
+        assert "36/32" in head and "4-bit shift index" in head and "4/32" in head
+        cells = _params_cells(text)
+        assert any("." in c for c in cells) == eighths    # 302.875, 16.5 (C_in = 4: 4/8)
+        ends = {c.index(".") if "." in c else len(c.rstrip()) for c in cells}
+        assert len(ends) == 1, cells                      # decimal points in one column
+        assert f"{r.params:,.3f}".rstrip("0").rstrip(".") in text.splitlines()[-2]
+    assert "302.875" in salnp.count(net, mode="inference").table()

@@ -22,10 +22,12 @@ from . import runconfig
 from .runconfig import RunConfig
 from .train import fit, evaluate
 from . import prune
+from . import attention   # what SAL attention chose and what training changed (no matplotlib)
 from . import sweep    # a callable module: salnp.sweep(configs, ...), salnp.sweep.grid(...)
 
 __all__ = ["SalError", "__version__", "ops", "data", "program", "nn", "models", "save", "load",
-           "infer", "runconfig", "RunConfig", "fit", "evaluate", "flops", "count", "export", "prune", "sweep",
+           "infer", "runconfig", "RunConfig", "fit", "evaluate", "flops", "count", "export",
+           "prune", "attention", "sweep",
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 

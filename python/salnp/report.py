@@ -108,20 +108,21 @@ class CountReport:
         head = ["layer", "type", "in (C,H,W)", "out (C,H,W)", "params", "MACs"]
         head += ["bwd MACs", "train-only"] if train else ["kept"]
         head += ["shift moves"]
+        # binarised SAL weights count 36/32 (exported, paper): parameters in eighths of a word
+        words = (self.mode != "train" or self.convention == "paper") and any(
+            r["type"] in ("sal", "sal_shared", "sal_gather", "sal_shift") for r in self.rows)
+        par = lambda v: _params_cell(v, words)
         lines = []
         for r in self.rows:
             if skip_zero and not (r["params"] or r["macs"] or r["shift_moves"] or r["train_only_params"]):
                 continue
-            p = r["params"]
             cells = [r["name"], r["type"], "x".join(map(str, r["in_shape"])),
-                     "x".join(map(str, r["out_shape"])),
-                     f"{p:,}" if isinstance(p, int) else f"{p:,.3f}", f"{r['macs']:,}"]
+                     "x".join(map(str, r["out_shape"])), par(r["params"]), f"{r['macs']:,}"]
             cells += [f"{r['bwd_macs']:,}", f"{r['train_only_params']:,}"] if train else \
                 [f"{r['kept']:,}" if r["kept"] else ""]
             cells.append(f"{r['shift_moves']:,}")
             lines.append(cells)
-        p = self.params
-        tot = ["total", "", "", "", f"{p:,}" if isinstance(p, int) else f"{p:,.3f}", f"{self.macs:,}"]
+        tot = ["total", "", "", "", par(self.params), f"{self.macs:,}"]
         tot += [f"{self.bwd_macs:,}", f"{self.train_only_params:,}"] if train else [""]
         tot.append(f"{self.shift_moves:,}")
         width = [max(len(h), *(len(c[i]) for c in lines + [tot])) for i, h in enumerate(head)]
@@ -133,13 +134,16 @@ class CountReport:
         out = [f"{self.mode} network ({self.convention} convention), input "
                f"{'x'.join(map(str, self.input_shape))}"
                + (f", SAL beta {self.beta:g}" if self.beta is not None else "")
-               + "; units: MACs = multiply-adds per image, FLOPs = 2 x MACs",
-               fmt(head), fmt(["-" * w for w in width])]
+               + "; units: MACs = multiply-adds per image, FLOPs = 2 x MACs"]
+        if words:
+            out.append("params in 32-bit words: a kept SAL weight counts 36/32 (the weight + "
+                       "its 4-bit shift index), a shared SAL layer C_in x C_out + C_in x 4/32; "
+                       "hence eighths")
+        out += [fmt(head), fmt(["-" * w for w in width])]
         out += [fmt(c) for c in lines]
         out += [fmt(["-" * w for w in width]), fmt(tot)]
         out.append(f"forward: {self.macs:,} MACs = {self.flops:,} FLOPs per image; "
-                   f"params {p:,}" if isinstance(p, int) else
-                   f"forward: {self.macs:,} MACs = {self.flops:,} FLOPs per image; params {p:,.3f}")
+                   f"params {par(self.params).rstrip()}")
         if train:
             out.append(f"training per image (forward + backward, backward = 2 x conv/linear "
                        f"MACs, 1 x for the stem): {self.train_macs:,} MACs = "
@@ -152,6 +156,17 @@ class CountReport:
         return (f"CountReport(mode={self.mode!r}, convention={self.convention!r}, "
                 f"input_shape={self.input_shape}, "
                 f"params={self.params}, macs={self.macs:,})")
+
+
+def _params_cell(v, words):
+    """A parameter count as text: an integer with thousands separators; with words
+    (counts in eighths of a word) up to 3 decimals, trailing zeros as spaces so that the
+    decimal points line up in a right-aligned column ("4,666.375", "  304    ")."""
+    if not words:
+        return f"{v:,}" if float(v).is_integer() else f"{v:,.3f}"
+    text = f"{float(v):,.3f}"
+    short = text.rstrip("0").rstrip(".")
+    return short + " " * (len(text) - len(short))
 
 
 def count_rows(ints, params, names, types):

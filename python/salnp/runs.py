@@ -21,11 +21,11 @@ import time
 
 import numpy as np
 
-from . import _core, _threads, data
+from . import _core, _threads, attention, data
 from .runconfig import ConfigError, RunConfig
 from .export import export
 from .flops import count
-from .models import SALConv2d, resnet
+from .models import resnet
 from .train import fit
 
 __all__ = ["normalize", "with_data_root", "trial_id", "trial_name", "train_run", "load_data",
@@ -142,21 +142,6 @@ def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=Non
         handler.close()
 
 
-def chosen_shifts(net) -> dict:
-    """{SAL layer name: the chosen position (argmax attention) of every slice} at net.beta."""
-    return {name: m.probs(net.beta).argmax(-1) for name, m in net.named_modules()
-            if isinstance(m, SALConv2d)}
-
-
-def moved_share(before: dict, after: dict):
-    """The share of SAL slices whose chosen shift differs between two chosen_shifts; None
-    when there are none."""
-    n = sum(a.size for a in before.values())
-    if not n:
-        return None
-    return sum(int((before[k] != after[k]).sum()) for k in before) / n
-
-
 def _epoch_line(rec, t0):
     parts = [f"epoch {rec['epoch']:>3}", f"loss {rec['train_loss']:.4f}",
              f"train {100 * rec['train_acc']:5.2f} %"]
@@ -166,8 +151,8 @@ def _epoch_line(rec, t0):
         parts.append(f"binarised {100 * rec['test_acc_hard']:5.2f} %")
     if rec.get("beta") is not None:
         parts.append(f"beta {rec['beta']:.1f}")
-    if rec.get("shift_moved") is not None:
-        parts.append(f"moved {100 * rec['shift_moved']:.1f} %")
+    if rec.get("attn_moved") is not None:
+        parts.append(f"moved {100 * rec['attn_moved']:.1f} %")
     parts += [f"{rec['images_per_s']:.0f} img/s", f"{time.perf_counter() - t0:.0f} s"]
     return "  ".join(parts)
 
@@ -188,14 +173,11 @@ def _train_run(cfg, out, resume, progress, figure, verbose, complete, export_net
         f"{', shared' if cfg.shared else ''}{e}) on {train.name}: {len(train)} train / "
         f"{len(test)} test images, {cfg.epochs} epochs, {_threads.get_num_threads()} threads",
         flush=True)
-    if cfg.layer == "sal":
-        net.beta = cfg.beta0            # the chosen shifts at the beta training starts from
-    initial = chosen_shifts(net)        # (a resumed run: those of the seed's fresh network)
+    initial = attention.initial_state(net)     # the seed's logits (a resumed run too)
     t0 = time.perf_counter()
 
     def per_epoch(rec):
-        if initial:
-            rec["shift_moved"] = moved_share(initial, chosen_shifts(net))
+        rec["attn_moved"] = attention.moved_share(net, initial)
         say(_epoch_line(rec, t0), flush=True)
 
     solver = cfg.solver()
@@ -221,7 +203,7 @@ def _train_run(cfg, out, resume, progress, figure, verbose, complete, export_net
         # the epochs before the resume)
         "train_eval_s": float(sum(h["time_s"] for h in history)),
         "images_per_s": float(np.mean([h["images_per_s"] for h in history])),
-        "shift_moved": last.get("shift_moved"),
+        "attn_moved": last.get("attn_moved"),
         "config": cfg.to_dict(), "model": net.config,
         "train_size": len(train), "test_size": len(test), "threads": _threads.get_num_threads(),
         "versions": {"salnp": _core.__version__, "numpy": np.__version__},
@@ -245,9 +227,9 @@ def _train_run(cfg, out, resume, progress, figure, verbose, complete, export_net
              ("parameters (training)", f"{tr.params:,.0f}"),
              ("MACs / image (training forward)", f"{tr.macs:,.0f}"),
              ("MACs / image (training, fwd + bwd)", f"{tr.train_macs:,.0f}")]
-    if summary["shift_moved"] is not None:
-        rows.append(("SAL slices whose shift moved", f"{100 * summary['shift_moved']:.1f} % "
-                     "(chosen position now vs. at the start)"))
+    if summary["attn_moved"] is not None:
+        rows.append(("SAL slices whose shift moved", f"{100 * summary['attn_moved']:.1f} % "
+                     "(chosen position now vs. at initialisation)"))
     rows += [("wall time", f"{wall:.1f} s"), ("training speed", f"{summary['images_per_s']:.0f} images/s")]
     say(_table(rows))
     files = ["summary.json", "history.json", "checkpoint.npz"]
