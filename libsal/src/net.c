@@ -484,14 +484,14 @@ static sal_status forward_ops(sal_net *net, const float *params, float *buffers,
         const int64_t *si = net->p.shapes + 3 * op->in;
         const sal_act xa = act_of(si, n);
         const float *in = act[op->in], *res = op->res >= 0 ? act[op->res] : NULL;
-        const float *bias = op->p1 >= 0 ? params + op->p1 : NULL;
         float *y = act[op->out];
-        switch (op->kind) {
+        switch (op->kind) {   /* every offset an op reads was checked at create: only those */
         case SAL_OP_CONV: {
             const sal_conv_desc d = conv_desc(op, si, n, threads);
             SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, scratch));
-            sal_epilogue_planes(y, op->o, sal_program_numel(&net->p, op->out, n) / op->o, bias,
-                                res, (int)op->relu, (int)op->res_post);
+            sal_epilogue_planes(y, op->o, sal_program_numel(&net->p, op->out, n) / op->o,
+                                op->p1 >= 0 ? params + op->p1 : NULL, res, (int)op->relu,
+                                (int)op->res_post);
             break;
         }
         case SAL_OP_SAL: {
@@ -501,8 +501,8 @@ static sal_status forward_ops(sal_net *net, const float *params, float *buffers,
         }
         case SAL_OP_GATHER: {
             const sal_gather_desc d = gather_desc(net, op, si, n);
-            SAL_TRY(sal_gather_fwd(y, in, params + op->p0, bias, res, (int)op->relu,
-                                   (int)op->res_post, &d, scratch));
+            SAL_TRY(sal_gather_fwd(y, in, params + op->p0, op->p1 >= 0 ? params + op->p1 : NULL,
+                                   res, (int)op->relu, (int)op->res_post, &d, scratch));
             break;
         }
         case SAL_OP_SHIFT: {
