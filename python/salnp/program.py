@@ -54,7 +54,6 @@ class Program:
         self.names: list[str] = []
         self._shifts: list[np.ndarray] = []
         self._pairs: list[np.ndarray] = []
-        self.nshift = self.npair = 0
 
     # -- building --------------------------------------------------------------------
     def buf(self, c) -> int:
@@ -77,19 +76,26 @@ class Program:
 
     def add_shifts(self, rows) -> int:
         """Append shift rows (src, dy, dx); the offset of the first."""
-        rows = np.ascontiguousarray(rows, np.int32).reshape(-1, 3)
-        off = self.nshift
-        self._shifts.append(rows)
-        self.nshift += len(rows)
-        return off
+        return self._append(self._shifts, rows, 3)
 
     def add_pairs(self, rows) -> int:
         """Append SAL pairs (o, i, dy, dx); the offset of the first."""
-        rows = np.ascontiguousarray(rows, np.int32).reshape(-1, 4)
-        off = self.npair
-        self._pairs.append(rows)
-        self.npair += len(rows)
+        return self._append(self._pairs, rows, 4)
+
+    @staticmethod
+    def _append(table, rows, cols) -> int:
+        rows = np.ascontiguousarray(rows, np.int32).reshape(-1, cols)
+        off = sum(len(t) for t in table)
+        table.append(rows)
         return off
+
+    @property
+    def nshift(self) -> int:
+        return sum(len(t) for t in self._shifts)
+
+    @property
+    def npair(self) -> int:
+        return sum(len(t) for t in self._pairs)
 
     @classmethod
     def from_tables(cls, ops, channels, shifts, pairs, names) -> "Program":

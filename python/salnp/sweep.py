@@ -54,6 +54,7 @@ import uuid
 from ._threads import set_num_threads
 from .runconfig import ConfigError, RunConfig
 from .runs import _write_json, normalize, train_run, trial_id, trial_name
+from .summary import seed_groups
 
 __all__ = ["sweep", "grid", "load", "SweepResult", "run_trial", "METRICS"]
 
@@ -581,20 +582,6 @@ def load(out) -> "SweepResult":
 
 
 # ---------------------------------------------------------------- the table
-def _stats(vals):
-    v = [float(x) for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not v:
-        return None, None
-    m = math.fsum(v) / len(v)
-    if len(v) < 2:
-        return m, None
-    return m, math.sqrt(math.fsum((x - m) ** 2 for x in v) / (len(v) - 1))
-
-
-def _hashable(v):
-    return tuple(v) if isinstance(v, list) else v
-
-
 class SweepResult(list):
     """The rows of a sweep (a list of dicts), with ``columns`` (the config keys of the
     rows), ``out`` (the sweep folder), ``ran`` / ``skipped`` (trial folders trained by
@@ -647,17 +634,11 @@ class SweepResult(list):
         the group's keys, n, seeds, and <metric>_mean, <metric>_std."""
         metrics = tuple(self.metrics if metrics is None else metrics)
         keys = [c for c in self.columns if c != "seed"]
-        groups = {}
-        for r in self:
-            groups.setdefault(tuple(_hashable(r.get(k)) for k in keys), []).append(r)
         rows = []
-        for members in groups.values():
-            row = {k: members[0].get(k) for k in keys}
-            row["n"] = len(members)
-            row["seeds"] = [m.get("seed") for m in members]
+        for g in seed_groups(self, keys, metrics):
             for m in metrics:
-                row[f"{m}_mean"], row[f"{m}_std"] = _stats(m_.get(m) for m_ in members)
-            rows.append(row)
+                g[f"{m}_mean"], g[f"{m}_std"] = g.pop(m)
+            rows.append(g)
         res = SweepResult(rows, columns=keys, out=self.out, metrics=metrics)
         res._grouped = True
         return res

@@ -42,6 +42,7 @@ import numpy as np
 from .attention import (CHANCE_MOVED, UNIFORM, chosen_shifts, initial_state, sal_layers,
                         shift_change)
 from .models import ActiveShift, Shift
+from .summary import seed_groups
 
 __all__ = ["sal_layers", "chosen_positions", "attention_heatmap", "attention_grid",
            "shift_distribution", "shift_preference", "shifts_moved", "attention_change",
@@ -700,34 +701,6 @@ def _sweep_rows(runs):
     return list(runs)
 
 
-def _seed_groups(rows, keys):
-    """One dict per group of rows equal in every config key but the seed: the keys, n,
-    and (mean, std) of each metric (std None for one seed), in first-seen order."""
-    def hashable(v):
-        return tuple(v) if isinstance(v, list) else v
-
-    def stats(vals):
-        v = [float(x) for x in vals
-             if x is not None and not (isinstance(x, float) and math.isnan(x))]
-        if not v:
-            return None, None
-        m = math.fsum(v) / len(v)
-        return m, (math.sqrt(math.fsum((x - m) ** 2 for x in v) / (len(v) - 1))
-                   if len(v) > 1 else None)
-
-    groups = {}
-    for r in rows:
-        groups.setdefault(tuple(hashable(r.get(k)) for k in keys), []).append(r)
-    out = []
-    for members in groups.values():
-        g = {k: members[0].get(k) for k in keys}
-        g["n"] = len(members)
-        for m in ("test_acc", "test_acc_hard", "params", "macs"):
-            g[m] = stats(mm.get(m) for mm in members)
-        out.append(g)
-    return out
-
-
 _RINGS = (4, 9, 15, 22, 30, 40)                 # offsets tried, in points
 _DIRS = [(1, 1), (1, -1), (-1, 1), (-1, -1), (0, 1), (0, -1), (1, 0), (-1, 0)]
 
@@ -891,7 +864,7 @@ def _sweep_points(ax, rows, xkey, hard, k, show_soft, fn):
     for r in rows:
         keys += [c for c in r if c not in keys and c not in _NOT_CONFIG
                  and not c.endswith(("_mean", "_std"))]
-    groups = _seed_groups(rows, keys)
+    groups = seed_groups(rows, keys, ("test_acc", "test_acc_hard", "params", "macs"))
     vary = [c for c in keys if c not in ("layer", "name")
             and len({json.dumps(g.get(c), default=str) for g in groups}) > 1]
     seen, pts = set(), []

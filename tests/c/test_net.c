@@ -5,18 +5,12 @@
 #include <string.h>
 
 #include "check.h"
+#include "programs.h"
 #include "sal/count.h"
 #include "sal/gather.h"
 #include "sal/net.h"
 
 /* an op of kind with every optional field at its "none" value */
-static sal_op op_of(int64_t kind, int64_t in, int64_t out) {
-    sal_op op;
-    memset(&op, 0, sizeof op);
-    op.kind = kind, op.in = in, op.out = out, op.res = -1, op.p0 = -1, op.p1 = -1, op.b0 = -1;
-    op.b1 = -1, op.ioff = -1;
-    return op;
-}
 
 /* program: b1 = conv1x1_S(x) (the residual), b2 = epi(GATHER(x)), b3 = pool(b2) */
 static void gather_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t S,
@@ -132,16 +126,9 @@ static void bad_programs(void) {
 
 /* the count of a training program: conv -> BN+ReLU -> pool -> linear */
 static void net_count_case(void) {
-    int64_t shapes[5][3] = {{3, 9, 7}, {4, 5, 4}, {4, 5, 4}, {4, 1, 1}, {6, 1, 1}};
+    int64_t shapes[5][3];
     sal_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0] = op_of(SAL_OP_CONV, 0, 1);
-    ops[0].o = 4, ops[0].k = 3, ops[0].stride = 2, ops[0].pad = 1, ops[0].p0 = 0;
-    ops[1] = op_of(SAL_OP_BN, 1, 2);
-    ops[1].relu = 1, ops[1].p0 = 108, ops[1].p1 = 112, ops[1].b0 = 0, ops[1].b1 = 4;
-    ops[2] = op_of(SAL_OP_POOL, 2, 3);
-    ops[3] = op_of(SAL_OP_LINEAR, 3, 4);
-    ops[3].o = 6, ops[3].p0 = 116, ops[3].p1 = 140;
+    conv_bn_pool_linear(shapes, ops);
     sal_net *net = NULL;
     CHECK(sal_net_create(&net, &shapes[0][0], 5, ops, 4, NULL, 0, NULL, 0, 146, 8) == SAL_OK,
           "create: %s", sal_last_error());

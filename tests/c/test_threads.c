@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "programs.h"
 #include "sal/net.h"
 
 enum { C = 3, H = 6, W = 6, O = 4, NT = 4, ROUNDS = 300, MAXN = 5 };
@@ -18,13 +19,6 @@ static float xs[MAXN][MAXN * C * H * W];
 static float ref[MAXN][MAXN * O];
 static int ran[NT], refused[NT], wrong[NT], other[NT];
 
-static sal_op op_of(int64_t kind, int64_t in, int64_t out) {
-    sal_op op;
-    memset(&op, 0, sizeof op);
-    op.kind = kind, op.in = in, op.out = out, op.res = -1, op.p0 = -1, op.p1 = -1, op.b0 = -1;
-    op.b1 = -1, op.ioff = -1;
-    return op;
-}
 
 static void *worker(void *arg) {
     const int t = (int)(intptr_t)arg;
@@ -110,16 +104,9 @@ static void *net_worker(void *arg) {
 }
 
 static void test_net_shared(void) {
-    int64_t shapes[5][3] = {{3, 9, 7}, {4, 5, 4}, {4, 5, 4}, {4, 1, 1}, {6, 1, 1}};
+    int64_t shapes[5][3];
     sal_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0] = op_of(SAL_OP_CONV, 0, 1);
-    ops[0].o = 4, ops[0].k = 3, ops[0].stride = 2, ops[0].pad = 1, ops[0].p0 = 0;
-    ops[1] = op_of(SAL_OP_BN, 1, 2);
-    ops[1].relu = 1, ops[1].p0 = 108, ops[1].p1 = 112, ops[1].b0 = 0, ops[1].b1 = 4;
-    ops[2] = op_of(SAL_OP_POOL, 2, 3);
-    ops[3] = op_of(SAL_OP_LINEAR, 3, 4);
-    ops[3].o = 6, ops[3].p0 = 116, ops[3].p1 = 140;
+    conv_bn_pool_linear(shapes, ops);
     CHECK(sal_net_create(&tnet, &shapes[0][0], 5, ops, 4, NULL, 0, NULL, 0, 146, 8) == SAL_OK,
           "create: %s", sal_last_error());
     if (!tnet) return;
