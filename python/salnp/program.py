@@ -218,7 +218,11 @@ class Engine:
         """x as float32 C-contiguous (N, C, H, W); TypeError/ValueError naming fn otherwise."""
         x = np.asarray(x)
         if x.dtype.kind != "f":
-            raise TypeError(f"{fn}: x must be a real floating-point array, got dtype {x.dtype}")
+            hint = (" (a Dataset's raw uint8 images: dataset.batch(range(n)) gives them "
+                    "normalised as float32, dataset.labels[:n] their labels)"
+                    if x.dtype.kind in "ui" else "")
+            raise TypeError(f"{fn}: x must be a real floating-point array, got dtype "
+                            f"{x.dtype}{hint}")
         c = self.in_channels
         if x.ndim != 4 or x.shape[1] != c or min(x.shape) < 1:
             raise ValueError(f"{fn}: x must have shape (N, C={c}, H, W) with N, H, W >= 1, "
