@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "internal/epilogue.h"
+#include "internal/layers_internal.h"
 #include "internal/program.h"
 #include "sal/active_shift.h"
 #include "sal/attention.h"
@@ -36,8 +37,16 @@ struct sal_net {
     float **slot;               /* per slot, p.cap * slot_len floats, made by backward */
     float **grad;               /* per buffer: its slot during a backward */
     int64_t grad_cap;           /* batch size the slots are allocated for */
-    float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops */
+    float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops, and the
+                                   (dm, scale) pairs (2 C) of a replayed one */
     int64_t *stat_off;          /* per op offset into stats, -1 if none */
+    /* Replayed BN outputs: a BN + ReLU output (no residual) whose one reader is the next op
+     * is kept no longer than that op needs it; all of them share one allocation, and
+     * backward recomputes the one it needs, bit for bit (sal_bn_relu_replay), from the BN's
+     * input and the (dm, scale) the forward applied.  A block's first BN + ReLU output:
+     * about a quarter of a ResNet's stored activations. */
+    int64_t *replay;            /* per buffer: the BN op that writes it if replayed, else -1 */
+    int64_t live;               /* the replayed buffer the shared allocation holds, -1: none */
 };
 
 static const char *FN = "sal_net";
@@ -279,6 +288,44 @@ static sal_status check_op(sal_net *net, int64_t i, const sal_op *op) {
 /* ---- create / free ---------------------------------------------------------------------- */
 static sal_status plan_grads(sal_net *net);
 
+/* Marks the replayed BN outputs (see struct sal_net) and points them at one allocation:
+ * written by a BN + ReLU without residual, read by exactly one op, the next one, and
+ * written by no other op. */
+static void plan_replay(sal_net *net) {
+    const int64_t nbuf = net->p.nbuf, nops = net->nops;
+    int64_t first = -1;
+    for (int64_t b = 0; b < nbuf; b++) net->replay[b] = -1;
+    for (int64_t i = 0; i + 1 < nops; i++) {
+        const sal_op *op = &net->ops[i];
+        if (op->kind != SAL_OP_BN || !op->relu || op->res >= 0) continue;
+        int64_t reads = 0, writes = 0;
+        for (int64_t j = 0; j < nops; j++) {
+            reads += (net->ops[j].in == op->out) + (net->ops[j].res == op->out);
+            writes += net->ops[j].out == op->out;
+        }
+        const sal_op *next = &net->ops[i + 1];
+        if (reads != 1 || writes != 1 || (next->in != op->out && next->res != op->out)) continue;
+        net->replay[op->out] = i;
+        if (first < 0) first = op->out;
+        net->p.share[op->out] = first;
+    }
+    net->live = -1;
+}
+
+/* the replayed buffer b (replay[b] >= 0) recomputed into the shared allocation, unless it
+ * holds b already */
+static sal_status replay_buffer(sal_net *net, int64_t b, const float *params, int64_t n) {
+    if (b < 0 || net->replay[b] < 0 || net->live == b) return SAL_OK;
+    const int64_t k = net->replay[b];
+    const sal_op *bn = &net->ops[k];
+    const sal_act xa = act_of(net->p.shapes + 3 * bn->in, n);
+    const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
+    SAL_TRY(sal_bn_relu_replay(net->p.act[b], net->p.act[bn->in],
+                               net->stats + net->stat_off[k] + 2 * xa.c, params + bn->p1, &d));
+    net->live = b;
+    return SAL_OK;
+}
+
 void sal_net_free(sal_net *net) {
     if (!net) return;
     if (net->slot)
@@ -294,6 +341,7 @@ void sal_net_free(sal_net *net) {
     free(net->slot);
     free(net->stats);
     free(net->stat_off);
+    free(net->replay);
     free(net);
 }
 
@@ -323,8 +371,9 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
         net->slot_len = calloc((size_t)nbuf, sizeof *net->slot_len);
         net->slot = calloc((size_t)nbuf, sizeof *net->slot);
         net->stat_off = malloc((size_t)nops * sizeof *net->stat_off);
+        net->replay = malloc((size_t)nbuf * sizeof *net->replay);
         if (!net->ops || !net->shifts || !net->pairs || !net->grad || !net->gslot ||
-            !net->gborn || !net->slot_len || !net->slot || !net->stat_off)
+            !net->gborn || !net->slot_len || !net->slot || !net->stat_off || !net->replay)
             s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     }
     if (s == SAL_OK) {
@@ -332,12 +381,17 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
         if (nshift) memcpy(net->shifts, shifts, (size_t)nshift * 3 * sizeof *shifts);
         if (npairs) memcpy(net->pairs, pairs, (size_t)npairs * 4 * sizeof *pairs);
     }
+    for (int64_t i = 0; i < nops && s == SAL_OK; i++)
+        s = check_op(net, i, &net->ops[i]);
     int64_t nstats = 0;
-    for (int64_t i = 0; i < nops && s == SAL_OK; i++) {
-        const sal_op *op = &net->ops[i];
-        s = check_op(net, i, op);               /* op->in is a valid buffer only after it */
-        net->stat_off[i] = s == SAL_OK && op->kind == SAL_OP_BN ? nstats : -1;
-        if (net->stat_off[i] >= 0) nstats += 2 * net->p.shapes[3 * op->in];
+    if (s == SAL_OK) {
+        plan_replay(net);
+        for (int64_t i = 0; i < nops; i++) {
+            const sal_op *op = &net->ops[i];
+            net->stat_off[i] = op->kind == SAL_OP_BN ? nstats : -1;
+            if (op->kind == SAL_OP_BN)
+                nstats += (net->replay[op->out] == i ? 4 : 2) * net->p.shapes[3 * op->in];
+        }
     }
     if (s == SAL_OK) {
         const int64_t *sl = shapes + 3 * net->ops[nops - 1].out;
@@ -458,6 +512,7 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
                      (long long)net->nbuffers);
     if (s == SAL_OK) {
         net->train = train != 0, net->hard = hard != 0, net->beta = beta, net->buffers = buffers;
+        net->live = -1;
         s = sal_program_start(&net->p, x, xg, net->nops, op_scratch, net);
     }
     if (s == SAL_OK) {
@@ -520,7 +575,11 @@ static sal_status forward_ops(sal_net *net, const float *params, float *buffers,
             const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
             float *sm = net->stats + net->stat_off[i], *sv = sm + xa.c;
             float *rm = buffers + op->b0, *rv = buffers + op->b1;
-            if (op->relu)
+            if (net->replay[op->out] == i) {        /* kept until the next op only */
+                SAL_TRY(sal_bn_relu_fwd_affine(y, sm, sv, rm, rv, sv + xa.c, in, params + op->p0,
+                                               params + op->p1, &d));
+                net->live = op->out;
+            } else if (op->relu)
                 SAL_TRY(sal_bn_relu_fwd(y, sm, sv, rm, rv, in, params + op->p0, params + op->p1,
                                         res, &d));
             else
@@ -593,6 +652,11 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
     for (int64_t i = net->nops - 1; i >= 0; i--) {
         const sal_op *op = &net->ops[i];
         zero_born(net, i, n);
+        /* the replayed outputs this op's backward reads: its input, residual, and a BN's own
+         * output (its ReLU mask) */
+        SAL_TRY(replay_buffer(net, op->in, params, n));
+        SAL_TRY(replay_buffer(net, op->res, params, n));
+        if (op->kind == SAL_OP_BN) SAL_TRY(replay_buffer(net, op->out, params, n));
         const int64_t *si = net->p.shapes + 3 * op->in;
         const sal_act xa = act_of(si, n);
         const float *in = act[op->in], *dy = net->grad[op->out];

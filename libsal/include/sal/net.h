@@ -119,7 +119,9 @@ void sal_net_arena_sizes(const sal_net *net, int64_t *nparams, int64_t *nbuffers
 int sal_net_trainable(const sal_net *net, int64_t *why);
 /* per image: forward multiply-adds of CONV, SAL (dense), GATHER and LINEAR ops (saturates at 2^62) */
 int64_t sal_net_macs(const sal_net *net);
-/* (C, H, W) of buffer b, for inspection; activations of the last forward (CNHW) */
+/* (C, H, W) of buffer b, for inspection; activations of the last forward (CNHW).  A BN + ReLU
+ * output whose one reader is the next op shares its allocation with the others of its kind
+ * (backward recomputes it): after a forward it holds the last of them. */
 sal_status sal_net_buffer(const sal_net *net, int64_t b, const float **act, sal_act *geom);
 /* read-only views of the program as validated and copied by sal_net_create; any output
  * pointer may be NULL */

@@ -16,7 +16,9 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
     SAL_REQUIRE(narena >= 0, fn, "%s: arena size %lld: must be >= 0", arena, (long long)narena);
     p->shapes = malloc((size_t)nbuf * 3 * sizeof *p->shapes);
     p->act = calloc((size_t)nbuf, sizeof *p->act);
-    if (!p->shapes || !p->act) return sal_fail(SAL_ENOMEM, fn, "out of memory");
+    p->share = malloc((size_t)nbuf * sizeof *p->share);
+    if (!p->shapes || !p->act || !p->share) return sal_fail(SAL_ENOMEM, fn, "out of memory");
+    for (int64_t b = 0; b < nbuf; b++) p->share[b] = b;
     memcpy(p->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
     for (int64_t b = 0; b < nbuf; b++) {
         int64_t tot;
@@ -32,7 +34,7 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
 static void free_act(sal_program *p) {
     if (p->act)
         for (int64_t b = 0; b < p->nbuf; b++) {
-            free(p->act[b]);
+            if (p->share[b] == b) free(p->act[b]);
             p->act[b] = NULL;
         }
     free(p->scratch);
@@ -45,6 +47,8 @@ void sal_program_free(sal_program *p) {
     free_act(p);
     free(p->act);
     free(p->shapes);
+    free(p->share);
+    p->share = NULL;
     p->act = NULL;
     p->shapes = NULL;
 }
@@ -114,8 +118,11 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
     float **act = calloc((size_t)p->nbuf, sizeof *act), *scr = NULL;
     sal_status s = act ? SAL_OK : sal_fail(SAL_ENOMEM, p->fn, "out of memory");
     for (int64_t b = 0; b < p->nbuf && s == SAL_OK; b++) {
-        int64_t numel;
-        s = sal_checked_prod(p->fn, "activation", &numel, 2, n, sal_program_numel(p, b, 1));
+        if (p->share[b] != b) continue;          /* its storage is another buffer's */
+        int64_t per = sal_program_numel(p, b, 1), numel;
+        for (int64_t o = 0; o < p->nbuf; o++)    /* the largest of the buffers that share it */
+            if (p->share[o] == b && sal_program_numel(p, o, 1) > per) per = sal_program_numel(p, o, 1);
+        s = sal_checked_prod(p->fn, "activation", &numel, 2, n, per);
         if (s == SAL_OK && !(act[b] = malloc((size_t)numel * sizeof(float))))
             s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
                          (long long)n);
@@ -129,7 +136,7 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
         return s;    /* p untouched */
     }
     free_act(p);
-    for (int64_t b = 0; b < p->nbuf; b++) p->act[b] = act[b];
+    for (int64_t b = 0; b < p->nbuf; b++) p->act[b] = act[p->share[b]];
     free(act);
     p->scratch = scr;
     p->scratch_n = scratch;

@@ -24,6 +24,8 @@ typedef struct {
     int64_t n;           /* batch size of the last complete forward (0: none) */
     int threads;         /* thread count the scratch is sized for */
     float **act;         /* per buffer, cap * C * H * W floats */
+    int64_t *share;      /* per buffer: the buffer whose allocation it uses (itself: its own);
+                            set before the first forward (net.c: replayed BN outputs) */
     float *scratch;
     size_t scratch_n;
     atomic_int busy;     /* a forward/backward is running (sal_program_enter) */
