@@ -371,6 +371,8 @@ def worker_step(args, sz, seed):
     y = (np.arange(sz["batch"]) % 10).astype(np.int32)
     layer, kw = dict((k, (l, kw)) for k, _, l, kw in TRAIN_MODELS)[args.model]
     net = make_net(layer, kw, sz)
+    if args.fw == "salnp" and args.checkpointing:
+        net.checkpointing = args.checkpointing
     rss = vm("VmRSS")
     if args.fw == "salnp":
         from salnp.train import SGD
@@ -540,12 +542,13 @@ def report(args, data, mach, sz):
                  "batch and optimiser built, VmHWM reset, then the first 3 steps; growth = peak "
                  "- RSS before them, so salnp's buffers allocated once are counted)")
     lines.append("")
-    lines.append("| model | salnp | PyTorch NCHW | PyTorch channels_last | salnp / best PyTorch |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| model | salnp | salnp, net.checkpointing = \"blocks\" | PyTorch NCHW | "
+                 "PyTorch channels_last | salnp / best PyTorch | checkpointed / best PyTorch |")
+    lines.append("|---|---|---|---|---|---|---|")
     for m, d in data["rss"].items():
         tb = min(d["torch"], d["torch_cl"])
-        lines.append(f"| {m} | {d['salnp']:.0f} | {d['torch']:.0f} | {d['torch_cl']:.0f} | "
-                     f"{d['salnp'] / tb:.2f}x |")
+        lines.append(f"| {m} | {d['salnp']:.0f} | {d['salnp_blocks']:.0f} | {d['torch']:.0f} | "
+                     f"{d['torch_cl']:.0f} | {d['salnp'] / tb:.2f}x | {d['salnp_blocks'] / tb:.2f}x |")
     lines.append("")
     lines.append(f"### Two processes at once (each {args.threads} threads, both on the "
                  f"{mach['cpus']} CPUs), SAL training images/s per process over {sz['steps']} "
@@ -596,6 +599,7 @@ def main():
     ap.add_argument("--model", default="sal", help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--checkpointing", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     sz = sizes(args.quick)
     if args.repeats:
@@ -654,6 +658,9 @@ def main():
         d = {}
         for fw in ("salnp", "torch", "torch_cl"):
             d[fw] = spawn(args, "rss", ["--fw", fw, "--model", key] + over, preload=pre)["rss"]["growth_MiB"]
+        d["salnp_blocks"] = spawn(args, "rss", ["--fw", "salnp", "--model", key,
+                                                "--checkpointing", "blocks"] + over,
+                                  preload=pre)["rss"]["growth_MiB"]
         data["rss"][dict((k, l) for k, l, _, _ in TRAIN_MODELS)[key]] = d
     # 4. two processes at once
     data["pair"] = {}

@@ -201,29 +201,29 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
     return SAL_OK;
 }
 
-sal_status sal_bn_relu_fwd_affine(float *y, float *save_mean, float *save_invstd,
-                                  float *running_mean, float *running_var, float *affine,
-                                  const float *x, const float *gamma, const float *beta,
-                                  const sal_bn_desc *d) {
-    const char *fn = "sal_bn_relu_fwd";
+sal_status sal_bn_fwd_affine(float *y, float *save_mean, float *save_invstd, float *running_mean,
+                             float *running_var, float *affine, const float *x,
+                             const float *gamma, const float *beta, const float *residual,
+                             int relu, const sal_bn_desc *d) {
+    const char *fn = relu ? "sal_bn_relu_fwd" : "sal_bn_fwd";
     int64_t M;
     SAL_TRY(sal_bn_check_fn(fn, d, &M));
     SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
     SAL_REQUIRE_PTR(affine, fn, "affine", "2*C floats");
     bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, affine, NULL, x, gamma,
-                     beta, NULL, d->x, M, 1, d->training, d->momentum, d->eps};
+                     beta, residual, d->x, M, relu != 0, d->training, d->momentum, d->eps};
     sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
     return SAL_OK;
 }
 
-sal_status sal_bn_relu_replay(float *y, const float *x, const float *affine, const float *beta,
-                              const sal_bn_desc *d) {
-    const char *fn = "sal_bn_relu_replay";
+sal_status sal_bn_replay(float *y, const float *x, const float *affine, const float *beta,
+                         const float *residual, int relu, const sal_bn_desc *d) {
+    const char *fn = "sal_bn_replay";
     int64_t M;
     SAL_TRY(sal_bn_check_fn(fn, d, &M));
     SAL_REQUIRE(y && x && affine, fn, "y, x and affine must not be NULL");
-    bn_fwd_task t = {y, NULL, NULL, NULL, NULL, NULL, affine, x, NULL, beta, NULL, d->x, M, 1,
-                     d->training, d->momentum, d->eps};
+    bn_fwd_task t = {y, NULL, NULL, NULL, NULL, NULL, affine, x, NULL, beta, residual, d->x, M,
+                     relu != 0, d->training, d->momentum, d->eps};
     sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
     return SAL_OK;
 }

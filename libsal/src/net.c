@@ -47,6 +47,12 @@ struct sal_net {
      * about a quarter of a ResNet's stored activations. */
     int64_t *replay;            /* per buffer: the BN op that writes it if replayed, else -1 */
     int64_t live;               /* the replayed buffer the shared allocation holds, -1: none */
+    /* Checkpointed segments (sal_net_set_checkpoints): per op its segment, -1: none; a
+     * segment's ops [seg_lo[s], seg_hi[s]); the buffers only a segment writes and reads
+     * share one allocation with every other segment's (laid out per segment), and backward
+     * runs a segment's forward again (its BN with the first run's statistics) before its ops'
+     * backward.  Every BN saves the (dm, scale) it applied for that. */
+    int64_t *seg, *seg_lo, *seg_hi, nseg;
 };
 
 static const char *FN = "sal_net";
@@ -288,26 +294,46 @@ static sal_status check_op(sal_net *net, int64_t i, const sal_op *op) {
 /* ---- create / free ---------------------------------------------------------------------- */
 static sal_status plan_grads(sal_net *net);
 
-/* Marks the replayed BN outputs (see struct sal_net) and points them at one allocation:
- * written by a BN + ReLU without residual, read by exactly one op, the next one, and
- * written by no other op. */
-static void plan_replay(sal_net *net) {
+/* every reader of buffer b in [lo, hi) and its writer too */
+static int inside(const sal_net *net, int64_t b, int64_t lo, int64_t hi) {
+    for (int64_t j = 0; j < net->nops; j++) {
+        const sal_op *op = &net->ops[j];
+        if ((op->in == b || op->res == b || op->out == b) && (j < lo || j >= hi)) return 0;
+    }
+    return 1;
+}
+
+/* Which buffers share an allocation, and where in it (program.h share, share_off):
+ * - the buffers only a checkpointed segment writes and reads, laid out one after the other
+ *   per segment, every segment from offset 0 of one allocation;
+ * - the replayed BN outputs (see struct sal_net) outside segments: written by a BN + ReLU
+ *   without residual, read by exactly one op, the next one, and written by no other op;
+ *   all at offset 0 of a second allocation. */
+static void plan_sharing(sal_net *net) {
     const int64_t nbuf = net->p.nbuf, nops = net->nops;
-    int64_t first = -1;
-    for (int64_t b = 0; b < nbuf; b++) net->replay[b] = -1;
-    for (int64_t i = 0; i + 1 < nops; i++) {
-        const sal_op *op = &net->ops[i];
-        if (op->kind != SAL_OP_BN || !op->relu || op->res >= 0) continue;
-        int64_t reads = 0, writes = 0;
-        for (int64_t j = 0; j < nops; j++) {
-            reads += (net->ops[j].in == op->out) + (net->ops[j].res == op->out);
-            writes += net->ops[j].out == op->out;
+    int64_t seg_owner = -1, rep_owner = -1;
+    for (int64_t b = 0; b < nbuf; b++)
+        net->replay[b] = -1, net->p.share[b] = b, net->p.share_off[b] = 0;
+    for (int64_t s = 0; s < net->nseg; s++) {
+        int64_t off = 0;
+        for (int64_t i = net->seg_lo[s]; i < net->seg_hi[s]; i++) {
+            const int64_t b = net->ops[i].out;
+            if (b == net->ops[nops - 1].out || !inside(net, b, net->seg_lo[s], net->seg_hi[s]) ||
+                net->p.share[b] != b)
+                continue;
+            if (seg_owner < 0) seg_owner = b;
+            net->p.share[b] = seg_owner, net->p.share_off[b] = off;
+            off += sal_program_numel(&net->p, b, 1);
         }
-        const sal_op *next = &net->ops[i + 1];
-        if (reads != 1 || writes != 1 || (next->in != op->out && next->res != op->out)) continue;
+    }
+    for (int64_t i = 0; i + 1 < nops; i++) {
+        const sal_op *op = &net->ops[i], *next = &net->ops[i + 1];
+        if (op->kind != SAL_OP_BN || !op->relu || op->res >= 0 || net->seg[i] >= 0) continue;
+        if ((next->in != op->out && next->res != op->out) || !inside(net, op->out, i, i + 2))
+            continue;
         net->replay[op->out] = i;
-        if (first < 0) first = op->out;
-        net->p.share[op->out] = first;
+        if (rep_owner < 0) rep_owner = op->out;
+        net->p.share[op->out] = rep_owner;
     }
     net->live = -1;
 }
@@ -320,8 +346,8 @@ static sal_status replay_buffer(sal_net *net, int64_t b, const float *params, in
     const sal_op *bn = &net->ops[k];
     const sal_act xa = act_of(net->p.shapes + 3 * bn->in, n);
     const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
-    SAL_TRY(sal_bn_relu_replay(net->p.act[b], net->p.act[bn->in],
-                               net->stats + net->stat_off[k] + 2 * xa.c, params + bn->p1, &d));
+    SAL_TRY(sal_bn_replay(net->p.act[b], net->p.act[bn->in],
+                          net->stats + net->stat_off[k] + 2 * xa.c, params + bn->p1, NULL, 1, &d));
     net->live = b;
     return SAL_OK;
 }
@@ -342,6 +368,9 @@ void sal_net_free(sal_net *net) {
     free(net->stats);
     free(net->stat_off);
     free(net->replay);
+    free(net->seg);
+    free(net->seg_lo);
+    free(net->seg_hi);
     free(net);
 }
 
@@ -372,8 +401,10 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
         net->slot = calloc((size_t)nbuf, sizeof *net->slot);
         net->stat_off = malloc((size_t)nops * sizeof *net->stat_off);
         net->replay = malloc((size_t)nbuf * sizeof *net->replay);
+        net->seg = malloc((size_t)nops * sizeof *net->seg);
         if (!net->ops || !net->shifts || !net->pairs || !net->grad || !net->gslot ||
-            !net->gborn || !net->slot_len || !net->slot || !net->stat_off || !net->replay)
+            !net->gborn || !net->slot_len || !net->slot || !net->stat_off || !net->replay ||
+            !net->seg)
             s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     }
     if (s == SAL_OK) {
@@ -385,13 +416,13 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
         s = check_op(net, i, &net->ops[i]);
     int64_t nstats = 0;
     if (s == SAL_OK) {
-        plan_replay(net);
-        for (int64_t i = 0; i < nops; i++) {
+        for (int64_t i = 0; i < nops; i++) {    /* mean, invstd and (dm, scale): 4 C per BN */
             const sal_op *op = &net->ops[i];
+            net->seg[i] = -1;
             net->stat_off[i] = op->kind == SAL_OP_BN ? nstats : -1;
-            if (op->kind == SAL_OP_BN)
-                nstats += (net->replay[op->out] == i ? 4 : 2) * net->p.shapes[3 * op->in];
+            if (op->kind == SAL_OP_BN) nstats += 4 * net->p.shapes[3 * op->in];
         }
+        plan_sharing(net);
     }
     if (s == SAL_OK) {
         const int64_t *sl = shapes + 3 * net->ops[nops - 1].out;
@@ -531,73 +562,75 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
     return s;
 }
 
-static sal_status forward_ops(sal_net *net, const float *params, float *buffers, int64_t n) {
+/* Op i forward at batch n.  again: a checkpointed segment's second run in backward: its
+ * BN applies the (dm, scale) of the first run, touching no statistics. */
+static sal_status forward_op(sal_net *net, int64_t i, const float *params, float *buffers,
+                             int64_t n, int again) {
     float **act = net->p.act, *scratch = net->p.scratch;
     const int threads = net->p.threads;
-    for (int64_t i = 0; i < net->nops; i++) {
-        const sal_op *op = &net->ops[i];
-        const int64_t *si = net->p.shapes + 3 * op->in;
-        const sal_act xa = act_of(si, n);
-        const float *in = act[op->in], *res = op->res >= 0 ? act[op->res] : NULL;
-        float *y = act[op->out];
-        switch (op->kind) {   /* every offset an op reads was checked at create: only those */
-        case SAL_OP_CONV: {
-            const sal_conv_desc d = conv_desc(op, si, n, threads);
-            SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, scratch));
-            sal_epilogue_planes(y, op->o, sal_program_numel(&net->p, op->out, n) / op->o,
-                                op->p1 >= 0 ? params + op->p1 : NULL, res, (int)op->relu,
-                                (int)op->res_post);
-            break;
-        }
-        case SAL_OP_SAL: {
-            const sal_sal_desc d = sal_desc(op, si, n, threads, buffers, net->hard, net->beta);
-            SAL_TRY(sal_sal_fwd(y, in, params + op->p0, params + op->p1, &d, scratch));
-            break;
-        }
-        case SAL_OP_GATHER: {
-            const sal_gather_desc d = gather_desc(net, op, si, n);
-            SAL_TRY(sal_gather_fwd(y, in, params + op->p0, op->p1 >= 0 ? params + op->p1 : NULL,
-                                   res, (int)op->relu, (int)op->res_post, &d, scratch));
-            break;
-        }
-        case SAL_OP_SHIFT: {
-            const sal_shift_desc d = {xa, op->stride};
-            SAL_TRY(sal_shift_rows_fwd(y, in, net->shifts + 3 * op->ioff,
-                                       net->p.shapes[3 * op->out], &d));
-            break;
-        }
-        case SAL_OP_ASHIFT: {
-            const sal_shift_desc d = {xa, op->stride};
-            SAL_TRY(sal_ashift_fwd(y, in, params + op->p0, &d));
-            break;
-        }
-        case SAL_OP_BN: {
-            const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
-            float *sm = net->stats + net->stat_off[i], *sv = sm + xa.c;
-            float *rm = buffers + op->b0, *rv = buffers + op->b1;
-            if (net->replay[op->out] == i) {        /* kept until the next op only */
-                SAL_TRY(sal_bn_relu_fwd_affine(y, sm, sv, rm, rv, sv + xa.c, in, params + op->p0,
-                                               params + op->p1, &d));
-                net->live = op->out;
-            } else if (op->relu)
-                SAL_TRY(sal_bn_relu_fwd(y, sm, sv, rm, rv, in, params + op->p0, params + op->p1,
-                                        res, &d));
-            else
-                SAL_TRY(sal_bn_fwd(y, sm, sv, rm, rv, in, params + op->p0, params + op->p1, &d));
-            break;
-        }
-        case SAL_OP_ADD:
-            SAL_TRY(sal_add_fwd(y, in, res, xa));
-            if (op->relu) SAL_TRY(sal_relu_fwd(y, y, xa));
-            break;
-        case SAL_OP_POOL:
-            SAL_TRY(sal_gap_fwd(y, in, xa));
-            break;
-        case SAL_OP_LINEAR:
-            SAL_TRY(sal_linear_fwd(y, in, params + op->p0, params + op->p1, n, xa.c, op->o));
-            break;
-        }
+    const sal_op *op = &net->ops[i];
+    const int64_t *si = net->p.shapes + 3 * op->in;
+    const sal_act xa = act_of(si, n);
+    const float *in = act[op->in], *res = op->res >= 0 ? act[op->res] : NULL;
+    float *y = act[op->out];
+    switch (op->kind) {   /* every offset an op reads was checked at create: only those */
+    case SAL_OP_CONV: {
+        const sal_conv_desc d = conv_desc(op, si, n, threads);
+        SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, scratch));
+        sal_epilogue_planes(y, op->o, sal_program_numel(&net->p, op->out, n) / op->o,
+                            op->p1 >= 0 ? params + op->p1 : NULL, res, (int)op->relu,
+                            (int)op->res_post);
+        break;
     }
+    case SAL_OP_SAL: {
+        const sal_sal_desc d = sal_desc(op, si, n, threads, buffers, net->hard, net->beta);
+        SAL_TRY(sal_sal_fwd(y, in, params + op->p0, params + op->p1, &d, scratch));
+        break;
+    }
+    case SAL_OP_GATHER: {
+        const sal_gather_desc d = gather_desc(net, op, si, n);
+        SAL_TRY(sal_gather_fwd(y, in, params + op->p0, op->p1 >= 0 ? params + op->p1 : NULL,
+                               res, (int)op->relu, (int)op->res_post, &d, scratch));
+        break;
+    }
+    case SAL_OP_SHIFT: {
+        const sal_shift_desc d = {xa, op->stride};
+        SAL_TRY(sal_shift_rows_fwd(y, in, net->shifts + 3 * op->ioff,
+                                   net->p.shapes[3 * op->out], &d));
+        break;
+    }
+    case SAL_OP_ASHIFT: {
+        const sal_shift_desc d = {xa, op->stride};
+        SAL_TRY(sal_ashift_fwd(y, in, params + op->p0, &d));
+        break;
+    }
+    case SAL_OP_BN: {
+        const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
+        float *sm = net->stats + net->stat_off[i], *sv = sm + xa.c, *affine = sv + xa.c;
+        if (again)
+            SAL_TRY(sal_bn_replay(y, in, affine, params + op->p1, res, (int)op->relu, &d));
+        else
+            SAL_TRY(sal_bn_fwd_affine(y, sm, sv, buffers + op->b0, buffers + op->b1, affine, in,
+                                      params + op->p0, params + op->p1, res, (int)op->relu, &d));
+        if (net->replay[op->out] == i) net->live = op->out;   /* kept until the next op only */
+        break;
+    }
+    case SAL_OP_ADD:
+        SAL_TRY(sal_add_fwd(y, in, res, xa));
+        if (op->relu) SAL_TRY(sal_relu_fwd(y, y, xa));
+        break;
+    case SAL_OP_POOL:
+        SAL_TRY(sal_gap_fwd(y, in, xa));
+        break;
+    case SAL_OP_LINEAR:
+        SAL_TRY(sal_linear_fwd(y, in, params + op->p0, params + op->p1, n, xa.c, op->o));
+        break;
+    }
+    return SAL_OK;
+}
+
+static sal_status forward_ops(sal_net *net, const float *params, float *buffers, int64_t n) {
+    for (int64_t i = 0; i < net->nops; i++) SAL_TRY(forward_op(net, i, params, buffers, n, 0));
     return SAL_OK;
 }
 
@@ -652,6 +685,10 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
     for (int64_t i = net->nops - 1; i >= 0; i--) {
         const sal_op *op = &net->ops[i];
         zero_born(net, i, n);
+        const int64_t sg = net->seg[i];
+        if (sg >= 0 && i == net->seg_hi[sg] - 1)   /* entering a checkpointed segment */
+            for (int64_t j = net->seg_lo[sg]; j < net->seg_hi[sg]; j++)
+                SAL_TRY(forward_op(net, j, params, (float *)net->buffers, n, 1));
         /* the replayed outputs this op's backward reads: its input, residual, and a BN's own
          * output (its ReLU mask) */
         SAL_TRY(replay_buffer(net, op->in, params, n));
@@ -710,6 +747,41 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
                             kind_name(op->kind));
         }
     }
+    return SAL_OK;
+}
+
+/* ---- checkpointing --------------------------------------------------------------------- */
+sal_status sal_net_set_checkpoints(sal_net *net, const int64_t *bounds, int64_t nseg) {
+    SAL_REQUIRE(net, FN, "net must not be NULL");
+    SAL_REQUIRE(nseg >= 0 && nseg <= net->nops && (nseg == 0 || bounds), FN,
+                "nseg=%lld: must be in [0, nops = %lld] with the bounds given", (long long)nseg,
+                (long long)net->nops);
+    for (int64_t k = 0; k < nseg; k++) {
+        const int64_t lo = bounds[2 * k], hi = bounds[2 * k + 1];
+        SAL_REQUIRE(lo >= (k ? bounds[2 * k - 1] : 0) && lo < hi && hi <= net->nops, FN,
+                    "segment %lld = [%lld, %lld): must be non-empty, inside [0, %lld) and after "
+                    "the one before", (long long)k, (long long)lo, (long long)hi,
+                    (long long)net->nops);
+    }
+    SAL_TRY(sal_program_enter(&net->p, "set_checkpoints"));
+    int64_t *lo = malloc((size_t)(nseg ? nseg : 1) * sizeof *lo);
+    int64_t *hi = malloc((size_t)(nseg ? nseg : 1) * sizeof *hi);
+    if (!lo || !hi) {
+        free(lo), free(hi);
+        sal_program_leave(&net->p);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    for (int64_t i = 0; i < net->nops; i++) net->seg[i] = -1;
+    for (int64_t k = 0; k < nseg; k++) {
+        lo[k] = bounds[2 * k], hi[k] = bounds[2 * k + 1];
+        for (int64_t i = lo[k]; i < hi[k]; i++) net->seg[i] = k;
+    }
+    free(net->seg_lo), free(net->seg_hi);
+    net->seg_lo = lo, net->seg_hi = hi, net->nseg = nseg;
+    sal_program_release(&net->p);     /* the sharing changed: allocated again by the next forward */
+    free_grads(net);
+    plan_sharing(net);
+    sal_program_leave(&net->p);
     return SAL_OK;
 }
 

@@ -224,6 +224,7 @@ class ResNet(Module):
         self.arena = Arena(self, seed)
         self._program = self._engine_ = None
         self._offsets_seen = None
+        self._checkpointing = None
         self.beta = BETA0  # SAL inverse temperature (fit anneals it from its beta[0])
 
     @property
@@ -270,11 +271,51 @@ class ResNet(Module):
         return self._program
 
     @property
+    def checkpointing(self):
+        """Activation checkpointing of training: None (every activation kept; the default),
+        "blocks" or "stages": backward recomputes the activations inside each residual block
+        (or each stage) from its input instead of keeping them (about one more forward of
+        the network; the results are bit for bit the same)."""
+        return self._checkpointing
+
+    @checkpointing.setter
+    def checkpointing(self, value):
+        if value not in (None, "blocks", "stages"):
+            raise ValueError(f"net.checkpointing={value!r}: must be None, 'blocks' or 'stages'")
+        self._checkpointing = value
+        if self._engine_ is not None:       # else the engine applies it when it is made
+            self._apply_checkpoints()
+
+    def _apply_checkpoints(self):
+        """The program's op ranges of the blocks / stages (names layer<s>.<b>.*) to the engine."""
+        mode, names = self._checkpointing, self.program.names
+        keys = []
+        for n in names:
+            parts = n.split(".")
+            key = None
+            if mode and parts[0].startswith("layer") and len(parts) > 2:
+                key = parts[0] if mode == "stages" else ".".join(parts[:2])
+            keys.append(key)
+        bounds, i = [], 0
+        while i < len(keys):
+            j = i
+            while j < len(keys) and keys[j] is not None and keys[j] == keys[i]:
+                j += 1
+            if j > i:
+                bounds.append((i, j))
+                i = j
+            else:
+                i += 1
+        self.engine.set_checkpoints(bounds)
+
+    @property
     def engine(self) -> Engine:
         """The program's engine (libsal engines per input size, the input check, the lock)."""
         prog = self.program
         if self._engine_ is None:
             self._engine_ = Engine(prog, self.arena.params.size, self.arena.buffers.size)
+            if self._checkpointing:
+                self._apply_checkpoints()
         return self._engine_
 
     def forward(self, x, train=None, hard=False):

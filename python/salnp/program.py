@@ -197,6 +197,7 @@ class Engine:
         self._shifts, self._pairs = program.shift_table(), program.pair_table()
         self._c = {}             # input (C, H, W) -> libsal engine
         self._last = None        # the engine of the last forward (what backward differentiates)
+        self._checkpoints = np.zeros((0, 2), np.int64)
         self.lock = threading.RLock()
         _ENGINES.add(self)
 
@@ -210,9 +211,23 @@ class Engine:
         key = tuple(int(v) for v in input_shape)
         if key not in self._c:
             shapes = np.array(self.program.shapes(key), np.int64)
-            self._c[key] = _core.net_create(shapes, self._table, self._shifts, self._pairs,
-                                            self.nparams, self.nbuffers)
+            eng = _core.net_create(shapes, self._table, self._shifts, self._pairs,
+                                   self.nparams, self.nbuffers)
+            if len(self._checkpoints):
+                _core.net_set_checkpoints(eng, self._checkpoints)
+            self._c[key] = eng
         return self._c[key]
+
+    def set_checkpoints(self, bounds) -> None:
+        """Activation checkpointing: [first op, end op) of each segment whose inner
+        activations backward recomputes instead of keeping (sal_net_set_checkpoints);
+        an empty list turns it off.  Leaves no forward to differentiate."""
+        b = np.asarray(bounds, np.int64).reshape(-1, 2)
+        with self.lock:
+            self._checkpoints = b
+            for eng in self._c.values():
+                _core.net_set_checkpoints(eng, b)
+            self._last = None
 
     def check_input(self, x, fn="forward") -> np.ndarray:
         """x as float32 C-contiguous (N, C, H, W); TypeError/ValueError naming fn otherwise."""

@@ -6,7 +6,8 @@
  *
  * Input: one byte of options (bits 0-1: batch n - 1; bit 2: a second forward with
  * another batch size; bit 3: also count; bit 4: forwards in training mode, each followed by
- * a backward), then, each as a fuzz_size encoding (a selector byte: mostly a small value,
+ * a backward; bit 5: activation checkpointing over segments read at the end of the input:
+ * a count, then (first op, end op) pairs), then, each as a fuzz_size encoding (a selector byte: mostly a small value,
  * sometimes an edge value such as 2**62 or INT64_MAX, or raw 64 bits): nbuf, nops, nshift,
  * npairs, nweights; nbuf shapes (C, H, W); nops rows of the 18 sal_op fields (res, p0, p1,
  * b0, b1 and ioff encoded + 1, so that -1 is 0); nshift rows (src, dy, dx); npairs rows
@@ -93,6 +94,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         const int64_t n1 = (opt & 3) + 1, n2 = n1 == 1 ? 3 : n1 - 1;
         const int64_t K = sal_net_output_width(net);
         const int train = (opt & 16) != 0;
+        if (opt & 32) {           /* checkpointed segments: refused or taken, never a crash */
+            int64_t nseg = count_of(&in, 4, 16), bounds[32];
+            if (nseg < 0) nseg = 0;
+            for (int64_t k = 0; k < 2 * nseg; k++) bounds[k] = fuzz_size(&in, nops + 1);
+            sal_status c = sal_net_set_checkpoints(net, nseg ? bounds : NULL, nseg);
+            if (c != SAL_OK) FUZZ_ASSERT(sal_last_error()[0] != '\0', "checkpoints refused silently");
+        }
         float *grads = calloc((size_t)(nweights > 0 ? nweights : 1), sizeof *grads);
         if (!grads) abort();
         FUZZ_ASSERT(K >= 1, "output width %lld", (long long)K);

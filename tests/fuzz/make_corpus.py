@@ -120,13 +120,15 @@ def op(kind, inp, out, **f):
     return [row[k] for k in FIELDS]
 
 
-def net(opt, shapes, ops, shifts, pairs, nweights):
+def net(opt, shapes, ops, shifts, pairs, nweights, segments=()):
     ops = [[v + 1 if FIELDS[j] in PLUS1 else v for j, v in enumerate(r)] for r in ops]
     shifts = [[r[0], r[1] + 1, r[2] + 1] for r in shifts]
     pairs = [[r[0], r[1], r[2] + 1, r[3] + 1] for r in pairs]
     vals = [len(shapes), len(ops), len(shifts), len(pairs), nweights]
     vals += [v for s in shapes for v in s] + [v for r in ops for v in r]
     vals += [v for r in shifts for v in r] + [v for r in pairs for v in r]
+    if opt & 32:                  # checkpointed segments (first op, end op)
+        vals += [len(segments)] + [v for seg in segments for v in seg]
     return bytes([opt]) + b"".join(raw(int(v)) for v in vals)
 
 
@@ -152,6 +154,12 @@ try:
                                                prog.shapes((3, 8, 8)), rows.tolist(),
                                                prog.shift_table().tolist(),
                                                prog.pair_table().tolist(), nw))
+            if what == "train":   # the same with each residual block checkpointed
+                m.checkpointing = "blocks"
+                segs = m.engine._checkpoints.tolist()
+                write("net", f"{what}_{name}_checkpointed",
+                      net(0x3E, prog.shapes((3, 8, 8)), rows.tolist(),
+                          prog.shift_table().tolist(), prog.pair_table().tolist(), nw, segs))
 except ImportError:     # salnp not built: the hand-made seeds below still cover every op
     pass
 

@@ -111,6 +111,15 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
  * refused with the op named. */
 sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, const float *params);
 
+/* Activation checkpointing: bounds (nseg, 2) = [first op, one past the last) of each segment,
+ * non-empty, ascending, disjoint; nseg 0: none.  The buffers only a segment writes and reads
+ * are not kept between forward and backward: every segment's share one allocation, and
+ * backward runs each segment's forward again (its BN with the statistics of the first run,
+ * bit for bit, touching no running statistic) just before its ops' backward.  Memory for
+ * about one more forward of the segments.  Frees the activations (the next forward
+ * allocates them again); no forward to differentiate afterwards. */
+sal_status sal_net_set_checkpoints(sal_net *net, const int64_t *bounds, int64_t nseg);
+
 /* width K of the output (N, K); batch size of the last forward (0: none); arena sizes;
  * whether backward is defined (1) or the op that forbids it (*why, may be NULL) */
 int64_t sal_net_output_width(const sal_net *net);

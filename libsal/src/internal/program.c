@@ -17,7 +17,9 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
     p->shapes = malloc((size_t)nbuf * 3 * sizeof *p->shapes);
     p->act = calloc((size_t)nbuf, sizeof *p->act);
     p->share = malloc((size_t)nbuf * sizeof *p->share);
-    if (!p->shapes || !p->act || !p->share) return sal_fail(SAL_ENOMEM, fn, "out of memory");
+    p->share_off = calloc((size_t)nbuf, sizeof *p->share_off);
+    if (!p->shapes || !p->act || !p->share || !p->share_off)
+        return sal_fail(SAL_ENOMEM, fn, "out of memory");
     for (int64_t b = 0; b < nbuf; b++) p->share[b] = b;
     memcpy(p->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
     for (int64_t b = 0; b < nbuf; b++) {
@@ -34,7 +36,7 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
 static void free_act(sal_program *p) {
     if (p->act)
         for (int64_t b = 0; b < p->nbuf; b++) {
-            if (p->share[b] == b) free(p->act[b]);
+            if (p->share[b] == b && p->act[b]) free(p->act[b] - p->cap * p->share_off[b]);
             p->act[b] = NULL;
         }
     free(p->scratch);
@@ -43,12 +45,19 @@ static void free_act(sal_program *p) {
     p->cap = 0;
 }
 
+void sal_program_release(sal_program *p) {
+    free_act(p);
+    p->n = 0;
+}
+
 void sal_program_free(sal_program *p) {
     free_act(p);
     free(p->act);
     free(p->shapes);
     free(p->share);
+    free(p->share_off);
     p->share = NULL;
+    p->share_off = NULL;
     p->act = NULL;
     p->shapes = NULL;
 }
@@ -120,8 +129,9 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
     for (int64_t b = 0; b < p->nbuf && s == SAL_OK; b++) {
         if (p->share[b] != b) continue;          /* its storage is another buffer's */
         int64_t per = sal_program_numel(p, b, 1), numel;
-        for (int64_t o = 0; o < p->nbuf; o++)    /* the largest of the buffers that share it */
-            if (p->share[o] == b && sal_program_numel(p, o, 1) > per) per = sal_program_numel(p, o, 1);
+        for (int64_t o = 0; o < p->nbuf; o++)    /* the furthest end of the buffers in it */
+            if (p->share[o] == b && p->share_off[o] + sal_program_numel(p, o, 1) > per)
+                per = p->share_off[o] + sal_program_numel(p, o, 1);
         s = sal_checked_prod(p->fn, "activation", &numel, 2, n, per);
         if (s == SAL_OK && !(act[b] = malloc((size_t)numel * sizeof(float))))
             s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
@@ -136,7 +146,7 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
         return s;    /* p untouched */
     }
     free_act(p);
-    for (int64_t b = 0; b < p->nbuf; b++) p->act[b] = act[p->share[b]];
+    for (int64_t b = 0; b < p->nbuf; b++) p->act[b] = act[p->share[b]] + n * p->share_off[b];
     free(act);
     p->scratch = scr;
     p->scratch_n = scratch;

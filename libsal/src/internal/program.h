@@ -24,8 +24,11 @@ typedef struct {
     int64_t n;           /* batch size of the last complete forward (0: none) */
     int threads;         /* thread count the scratch is sized for */
     float **act;         /* per buffer, cap * C * H * W floats */
-    int64_t *share;      /* per buffer: the buffer whose allocation it uses (itself: its own);
-                            set before the first forward (net.c: replayed BN outputs) */
+    int64_t *share;      /* per buffer: the buffer whose allocation it uses (itself: its own) */
+    int64_t *share_off;  /* per buffer: its offset in that allocation, floats per sample (the
+                            allocation holds cap times the per-sample layout); both set by
+                            net.c (replayed BN outputs, checkpointed segments) before the
+                            activations are allocated, or followed by sal_program_release */
     float *scratch;
     size_t scratch_n;
     atomic_int busy;     /* a forward/backward is running (sal_program_enter) */
@@ -51,6 +54,9 @@ static inline void sal_program_leave(sal_program *p) { atomic_store(&p->busy, 0)
 sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
                             const int64_t *shapes, int64_t nbuf, int64_t nops, int64_t narena);
 void sal_program_free(sal_program *p);
+/* frees the activations and scratch (the next forward allocates them again): after the
+ * buffers' sharing changed; leaves no forward to differentiate */
+void sal_program_release(sal_program *p);
 
 /* buffer b for batch n: its geometry (CNHW) and element count */
 static inline sal_act sal_program_act(const sal_program *p, int64_t b, int64_t n) {

@@ -270,7 +270,31 @@ PyDoc_STRVAR(net_info_doc,
         "macs per image, trainable (whether backward is defined) and the first op that forbids\n"
         "it (untrainable_op, -1: none), the arena sizes."));
 
+static PyObject *core_net_set_checkpoints(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "bounds", NULL};
+    const char *fn = "set_checkpoints";
+    PyObject *cap, *ob;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &cap, &ob)) return NULL;
+    sal_net *net = engine_of(cap, NET_CAPSULE, "net_create", fn);
+    if (!net) return NULL;
+    PyArrayObject *b = (PyArrayObject *)PyArray_FROMANY(ob, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!b) return NULL;
+    PyObject *ret = NULL;
+    if (PyArray_DIM(b, 1) != 2) {
+        PyErr_Format(PyExc_ValueError, "%s: bounds must have shape (nseg, 2)", fn);
+    } else if (!failed(m, sal_net_set_checkpoints(net, PyArray_DATA(b), PyArray_DIM(b, 0)), fn)) {
+        ret = Py_NewRef(Py_None);
+    }
+    Py_DECREF(b);
+    return ret;
+}
+PyDoc_STRVAR(net_set_checkpoints_doc,
+    DOC("net_set_checkpoints(net, bounds)", "",
+        "Activation checkpointing: bounds int64 (nseg, 2), [first op, end op) of each segment\n"
+        "whose inner activations backward recomputes instead of keeping (sal/net.h)."));
+
 PyMethodDef core_net_methods[] = {
+    KW_METHOD("net_set_checkpoints", core_net_set_checkpoints, net_set_checkpoints_doc),
     KW_METHOD("net_shapes", core_net_shapes, net_shapes_doc),
     KW_METHOD("net_create", core_net_create, net_create_doc),
     KW_METHOD("net_forward", core_net_forward, net_forward_doc),
