@@ -83,12 +83,20 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                                                 f" (default: {default})" if default else ""))
 
 
+class _Parser(argparse.ArgumentParser):
+    """A mistake on the command line is one line (and exit status 2), not the usage text."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m salnp", description=DESCRIPTION,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="python -m salnp", description=DESCRIPTION,
+                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--debug", action="store_true",
                     help="show the full Python traceback of an error, not only its message")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{train,sweep}")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="{train,sweep}",
+                            parser_class=_Parser)
     t = sub.add_parser("train", help="train one network, evaluate, count and export it",
                        description="Train one network: a RunConfig's fields as options.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -92,6 +92,10 @@ class RunConfig:
     reset_momentum: bool = _f(False, "start every epoch with zero momentum, as the SAL "
                               "authors' code does (it makes a new optimiser per epoch)",
                               "solver")
+    checkpointing: str = _f(None, "keep fewer activations: backward recomputes the inside of "
+                            "each residual block (blocks) or stage (stages) instead; bit for bit "
+                            "the same results, about one more forward per step", "solver",
+                            ("blocks", "stages"))
     # ---- SAL
     beta0: float = _f(20.0, "SAL inverse temperature at the start", "SAL")
     beta1: float = _f(70.0, "SAL inverse temperature at the end", "SAL")

@@ -165,6 +165,7 @@ def _train_run(cfg, out, resume, progress, figure, verbose, complete, export_net
     net = resnet(depth=cfg.depth, width=cfg.width, layer=cfg.layer, shared=cfg.shared,
                  expansion=cfg.expansion, num_classes=max(train.num_classes, 2),
                  in_channels=in_shape[0], seed=cfg.seed)
+    net.checkpointing = cfg.checkpointing
     ckpt = os.path.join(out, "checkpoint.npz")
     if resume and os.path.isdir(resume):
         resume = os.path.join(resume, "checkpoint.npz")
