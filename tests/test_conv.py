@@ -1,4 +1,5 @@
-"""conv2d / conv2d_backward against PyTorch autograd and float64 finite differences."""
+"""conv2d / conv2d_backward against PyTorch autograd and float64 finite differences; bad input
+and the bad-input matrix (every argument replaced by a bad or unusual value)."""
 import numpy as np
 import pytest
 import torch
@@ -6,6 +7,9 @@ import torch.nn.functional as F
 
 import salnp
 from conftest import assert_close
+from hostile import GY_CONV, W, X3, Spec, _matrix_ops, check_ops_row
+
+ops = salnp.ops
 
 # (N, C, H, W, O, K, stride, padding): batch 1, odd and prime sizes, non-square, stride 2,
 # channels 1 and not divisible by 9, 1x1 kernels (the GEMM path) and 3x3 (im2col)
@@ -165,3 +169,26 @@ def test_conv2d_huge_broadcast_input_fails_cleanly():
     x = np.broadcast_to(np.zeros((1, 1, 1, 1), np.float32), (1, 1, 2**20, 2**20))
     with pytest.raises((MemoryError, ValueError)):
         salnp.ops.conv2d(x, np.zeros((1, 1, 1, 1), np.float32))
+
+
+# ---------------------------------------------------------------- the bad-input matrix
+# Every argument replaced by a bad or unusual value; the variant families and their
+# expected outcomes are in tests/hostile.py.
+
+OPS_SPECS = [
+    Spec("conv2d", ops.conv2d, dict(x=X3, w=W, stride=1, padding=1),
+         dict(x="F", w="F", stride="int", padding="int"),
+         mismatch={"w": [(4, 2, 3, 3), (4, 3, 3, 2)]},
+         int_min={"stride": 1, "padding": 0}, huge_axis={"x": 0, "w": 0}),
+    Spec("conv2d_backward", ops.conv2d_backward,
+         dict(x=X3, w=W, grad_y=GY_CONV, stride=1, padding=1),
+         dict(x="F", w="F", grad_y="F", stride="int", padding="int"),
+         mismatch={"w": [(4, 2, 3, 3)], "grad_y": [(2, 4, 5, 4), (2, 5, 5, 5)]},
+         int_min={"stride": 1, "padding": 0}, huge_axis={"x": 0}),
+]
+OPS_ROWS = _matrix_ops(OPS_SPECS)
+
+
+@pytest.mark.parametrize("row", OPS_ROWS, ids=[f"{r[0].name}-{r[1]}-{r[2]}" for r in OPS_ROWS])
+def test_ops_matrix(row):
+    check_ops_row(row)

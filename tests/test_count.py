@@ -1,5 +1,6 @@
 """salnp.count: the DESIGN section 3 numbers, every layer type against hand formulas,
-thop on the PyTorch twins, binarised SAL counts from the logits, bad input."""
+thop on the PyTorch twins, binarised SAL counts from the logits, bad input and the bad-input
+matrix."""
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 import salnp
 from torch_ref import from_salnp
+from hostile import _check_error, _net, _outcome
 
 CONFIGS = [
     dict(layer="cl", width=8),
@@ -285,3 +287,37 @@ def test_table_params_are_integers_or_say_why_not():
         assert len(ends) == 1, cells                      # decimal points in one column
         assert f"{r.params:,.3f}".rstrip("0").rstrip(".") in text.splitlines()[-2]
     assert "302.875" in salnp.count(net, mode="inference").table()
+
+
+# ---------------------------------------------------------------- the bad-input matrix
+# count with one argument replaced by a bad or unusual value, for a training and an
+# exported network (tests/hostile.py: the outcomes).
+
+COUNT_ROWS = [
+    ("input_shape", (3,), "ValueError"), ("input_shape", (3, 0, 8), "ValueError"),
+    ("input_shape", (3, -8, 8), "ValueError"), ("input_shape", (2, 8, 8), "ValueError"),
+    ("input_shape", (3, 8.5, 8), "ValueError"), ("input_shape", None, "ok"),
+    ("input_shape", "abc", "ValueError"), ("input_shape", (3, 2**31, 2**31), "huge"),
+    ("input_shape", (3, 2**40, 2**40), "huge"), ("input_shape", (3, 2**62, 1), "huge"),
+    ("input_shape", (3, 2**70, 1), "huge"), ("input_shape", (3, 1, 1), "ok"),
+    ("input_shape", np.array([3, 9, 7]), "ok"), ("input_shape", (3, 2**16, 2**16), "huge_or_ok"),
+    ("mode", "bogus", "ValueError"), ("mode", None, "ok"), ("mode", 1, "ValueError"),
+    ("net", None, "TypeError"), ("net", "resnet20", "TypeError"), ("net", 3, "TypeError"),
+]
+
+
+@pytest.mark.parametrize("target", ["ResNet", "InferenceNet"])
+@pytest.mark.parametrize("row", COUNT_ROWS, ids=[f"count-{r[0]}-{i}" for i, r in enumerate(COUNT_ROWS)])
+def test_count_matrix(row, target):
+    arg, v, exp = row
+    net = _net("sal") if target == "ResNet" else salnp.export(_net("sal"))
+    kw = dict(net=net, input_shape=(3, 8, 8))
+    if target == "InferenceNet" and arg == "mode" and v not in (None, "inference"):
+        exp = "ValueError"
+    kw[arg] = v
+    status, got = _outcome(lambda: salnp.count(**kw))
+    if status == "ok":
+        assert exp in ("ok", "huge_or_ok"), f"count accepted {arg}={v!r}"
+        assert got.macs >= 0 and got.params > 0
+        return
+    _check_error(got, "huge" if exp == "huge_or_ok" else exp, (arg, "count", "input"))

@@ -4,8 +4,8 @@ reproduces the uninterrupted run bit for bit; concurrent calls from Python threa
 the sequential results (the GIL is released around the C work).
 
 Kill trials: SALNP_KILL_TRIALS (default 40 save trials + 6 fit trials in CI; e.g. 1000
-locally).  The corrupted/foreign-file cases are in test_bad_input.py (test_save_load_matrix)
-and test_train.py.
+locally).  The corrupted/foreign-file cases are in test_io.py (test_save_load_matrix,
+test_hostile_matrix) and test_train.py.
 """
 from __future__ import annotations
 

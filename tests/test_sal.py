@@ -1,5 +1,6 @@
 """sal_conv2d / sal_conv2d_backward / sal_probs against PyTorch autograd, float64 finite
-differences, the degenerate cases (std 0, beta 0, beta 1000), hard mode, threads, bad input.
+differences, the degenerate cases (std 0, beta 0, beta 1000), hard mode, threads, bad input and
+the bad-input matrix (every argument replaced by a bad or unusual value).
 
 The PyTorch reference is the expression of the paper's released code,
     p = softmax(beta * a / a.std(-1, keepdim=True), -1);  y = conv2d(x, p.reshape(w) * w)
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 import salnp
 from conftest import assert_close
+from hostile import GY_CONV, LOGITS, W, X3, Spec, _matrix_ops, check_ops_row
 
 ops = salnp.ops
 BETAS = [0.15, 1.0, 20.0, 70.0, 1000.0]
@@ -288,3 +290,29 @@ def test_sal_bad_input(rng):
         ops.sal_probs(np.zeros((3, 8)), 1.0)
     with pytest.raises(ValueError, match=r"sal_probs: logits must have shape"):
         ops.sal_probs(np.float32(1.0), 1.0)
+
+
+# ---------------------------------------------------------------- the bad-input matrix
+# Every argument replaced by a bad or unusual value; the variant families and their
+# expected outcomes are in tests/hostile.py.
+
+OPS_SPECS = [
+    Spec("sal_conv2d", ops.sal_conv2d, dict(x=X3, w=W, logits=LOGITS, beta=2.0, stride=1),
+         dict(x="F", w="F", logits="F", beta="real", stride="int"),
+         mismatch={"w": [(4, 3, 2, 2), (4, 2, 3, 3)], "logits": [(3, 3, 9), (4, 3, 8)]},
+         finite={"beta"}, nonneg={"beta"}, int_min={"stride": 1}, huge_axis={"x": 0}),
+    Spec("sal_conv2d_backward", ops.sal_conv2d_backward,
+         dict(x=X3, w=W, logits=LOGITS, beta=2.0, grad_y=GY_CONV, stride=1),
+         dict(x="F", w="F", logits="F", beta="real", grad_y="F", stride="int"),
+         mismatch={"logits": [(4, 2, 9)], "grad_y": [(2, 4, 4, 5)]},
+         finite={"beta"}, nonneg={"beta"}, int_min={"stride": 1}),
+    Spec("sal_probs", ops.sal_probs, dict(logits=LOGITS, beta=2.0),
+         dict(logits="F", beta="real"), mismatch={"logits": [(4, 3, 8)]},
+         finite={"beta"}, nonneg={"beta"}, anyshape={"logits"}),
+]
+OPS_ROWS = _matrix_ops(OPS_SPECS)
+
+
+@pytest.mark.parametrize("row", OPS_ROWS, ids=[f"{r[0].name}-{r[1]}-{r[2]}" for r in OPS_ROWS])
+def test_ops_matrix(row):
+    check_ops_row(row)
