@@ -19,7 +19,9 @@ CIFAR comes in two layouts and both are read: the binary version
 downloads ("cifar-10-batches-py", "cifar-100-python": pickled dicts).  A pickle can
 execute code when it is loaded, so the python version goes through a restricted
 unpickler (``safe_unpickle``) that builds only plain containers, strings, numbers and
-uint8 NumPy arrays: any other class a file names is refused before anything runs.
+plain numeric NumPy arrays: any other class a file names is refused before anything runs,
+and numpy's own unpickling never sees the file's state (each array is made from its
+explicit shape, dtype and exactly that many bytes; no array holds more than the file).
 ``check_md5=True`` compares the python version's files with the checksums published
 with the data set (``CIFAR_PY_MD5``).
 """
