@@ -431,14 +431,16 @@ def test_pruned_gather_without_bias():
     """A gather op with no bias (p1 < 0) became a PrunedSAL with a bias read from the
     weight arena at index -1: its torch form now has no bias, equals inf.forward and
     comes back."""
+    from salnp.program import FIELDS, GATHER, Program
+
     net = _net(dict(layer="sal"), _rng("nobias"), width=6)
     inf = salnp.export(net)
-    f = {n: i for i, n in enumerate(salnp.export.IFIELDS)}
     ops = inf.ops.copy()
-    g = int(np.flatnonzero(ops[:, f["kind"]] == 1)[0])
-    ops[g, f["p1"]] = -1
-    inf = salnp.export.InferenceNet(ops, inf.channels, inf.shifts, inf.pairs, inf.weights,
-                                    inf.names, inf.config, inf.info)
+    g = int(np.flatnonzero(ops[:, FIELDS.index("kind")] == GATHER)[0])
+    ops[g, FIELDS.index("p1")] = -1
+    inf = salnp.export.InferenceNet(Program.from_tables(ops, inf.channels, inf.shifts,
+                                                        inf.pairs, inf.names),
+                                    inf.weights, inf.config, inf.info)
     t = st.to_torch(inf)
     m = t.get_submodule(inf.names[g])
     assert isinstance(m, st.PrunedSAL) and m.bias is None

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import BN_EPS, __version__
+from ._core import BN_EPS, SalError, __version__
 from .program import ADD, BN, CONV, FIELDS, GATHER, LINEAR, POOL, SHIFT
 from .report import check_input_shape
 
@@ -125,6 +125,10 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
                          f"[13, {onnx.defs.onnx_opset_version()}] (this onnx)")
     batch, shape = _check_shape(inf, input_shape)
     shapes = inf.program.shapes(shape)    # raises when the input is too small
+    try:        # libsal checks the whole program (pairs within 3x3, shift sources, ...)
+        inf.engine.get(shape)
+    except (ValueError, SalError) as e:
+        raise ValueError(f"to_onnx: the network's program is invalid: {e}") from None
     F = {f: i for i, f in enumerate(FIELDS)}
     W = inf.weights
     g = _Graph(helper, numpy_helper)
@@ -286,11 +290,16 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
         elif kind == SHIFT:
             rows = inf.shifts[row[F["ioff"]]:row[F["ioff"]] + cout].astype(np.int64)
             src, dy, dx = rows[:, 0], rows[:, 1], rows[:, 2]
+            # a shift by >= H rows (or >= W columns) samples only zeros: clamped to H
+            # (W) it stays exact, and no Pad or kernel grows beyond the input
+            _, hin, win = shapes[inp]
+            dy, dx = np.clip(dy, -hin, hin), np.clip(dx, -win, win)
             if shift_form == "conv":
                 x = channels(tensor[inp], inp, src, f"b{b}")
-                m = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
+                live = (np.abs(dy) < hin) & (np.abs(dx) < win)   # the others: a zero kernel
+                m = int(max(np.abs(dy[live]).max(initial=0), np.abs(dx[live]).max(initial=0)))
                 w = np.zeros((cout, 1, 2 * m + 1, 2 * m + 1), np.float32)
-                w[np.arange(cout), 0, m + dy, m + dx] = 1.0
+                w[np.flatnonzero(live), 0, m + dy[live], m + dx[live]] = 1.0
                 t = g.node("Conv", [x, g.const("w", w)], f"b{b}_dwconv", out=out_name(b),
                            kernel_shape=[2 * m + 1] * 2, strides=[stride, stride], pads=[m] * 4,
                            group=cout)

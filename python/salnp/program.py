@@ -84,7 +84,15 @@ class Program:
 
     @staticmethod
     def _append(table, rows, cols) -> int:
-        rows = np.ascontiguousarray(rows, np.int32).reshape(-1, cols)
+        a = np.asarray(rows)
+        if a.size and a.dtype != np.int32:     # refused, never wrapped by the cast (2**32 -> 0)
+            ok = (a >= -2**31) & (a < 2**31) & (a == np.round(a)) if a.dtype.kind in "iuf" else None
+            if ok is None or not ok.all():
+                i = 0 if ok is None else int(np.argmin(ok.reshape(-1)))
+                name = "shifts" if cols == 3 else "pairs"
+                raise ValueError(f"Program: {name}[{i // cols}, {i % cols}] = "
+                                 f"{a.reshape(-1)[i].item()!r}: must fit int32")
+        rows = np.ascontiguousarray(a, np.int32).reshape(-1, cols)
         off = sum(len(t) for t in table)
         table.append(rows)
         return off

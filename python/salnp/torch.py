@@ -93,6 +93,9 @@ def shift(x, offsets, stride=1):
     integer rows (dy, dx).  One slice per distinct offset; differentiable in x."""
     off = np.asarray(offsets.cpu() if torch.is_tensor(offsets) else offsets, np.int64).reshape(-1, 2)
     n, c, h, w = x.shape
+    # beyond the input a shift samples only zeros: clamped to (h, w) it stays exact and
+    # the padding below never exceeds the input
+    off = np.stack([np.clip(off[:, 0], -h, h), np.clip(off[:, 1], -w, w)], 1)
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     m = int(np.abs(off).max(initial=0))
     xp = F.pad(x, (m, m, m, m)) if m else x
@@ -738,8 +741,8 @@ def _check_keys(state, cfg):
 def _pruned_expected(mod, tpl):
     """{module path: (type, {name: shape}, {attribute: value})} the exported program
     needs of a PrunedResNet's modules."""
-    F_ = {f: i for i, f in enumerate(IFIELDS)}
-    shapes = tpl._shapes((tpl.in_channels, 32, 32))
+    F_ = {f: i for i, f in enumerate(FIELDS)}
+    shapes = tpl.program.shapes((tpl.in_channels, 32, 32))
     want = {}
     for (kind, *_rest, name, j), row in zip(mod._steps, tpl.ops):
         if name is None:
@@ -747,21 +750,27 @@ def _pruned_expected(mod, tpl):
         path = mod._paths[name][j]
         cin, o = shapes[int(row[F_["inp"]])][0], int(row[F_["o"]])
         s, bias = int(row[F_["stride"]]), int(row[F_["p1"]]) >= 0
-        if kind == IOP_CONV:
+        if kind == CONV:
             k, p = int(row[F_["k"]]), int(row[F_["pad"]])
             params = {"weight": (o, cin, k, k)} | ({"bias": (o,)} if bias else {})
             want[path] = (nn.Conv2d, params, dict(stride=(s, s), padding=(p, p),
                                                   dilation=(1, 1), groups=1,
                                                   padding_mode="zeros", in_channels=cin,
                                                   out_channels=o, kernel_size=(k, k)))
-        elif kind == IOP_GATHER:
+        elif kind == GATHER:
             n = int(row[F_["npair"]])
             params = {"weight": (n,), "pairs": (n, 4)} | ({"bias": (o,)} if bias else {})
             want[path] = (PrunedSAL, params, dict(stride=s, in_channels=cin, out_channels=o))
-        elif kind == IOP_LINEAR:
+        elif kind == BN:
+            want[path] = (nn.BatchNorm2d, {"weight": (cin,), "bias": (cin,),
+                                           "running_mean": (cin,), "running_var": (cin,),
+                                           "num_batches_tracked": ()},
+                          dict(num_features=cin, eps=BN_EPS, affine=True,
+                               track_running_stats=True))
+        elif kind == LINEAR:
             want[path] = (nn.Linear, {"weight": (o, cin), "bias": (o,)},
                           dict(in_features=cin, out_features=o))
-        elif kind == IOP_SHIFT:
+        elif kind == SHIFT:
             want[path] = (PrunedShift, {"shifts": (shapes[int(row[F_["out"]])][0], 3)},
                           dict(stride=s))
     return want
