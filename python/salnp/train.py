@@ -32,7 +32,13 @@ from ._threads import restores_threads, set_num_threads
 
 log = logging.getLogger("salnp")
 
-__all__ = ["fit", "evaluate", "SGD", "lr_at", "beta_at", "attention_stats"]
+__all__ = ["fit", "evaluate", "SGD", "lr_at", "beta_at", "attention_stats", "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """fit(resume=path): the checkpoint cannot be resumed from (truncated, corrupted, not
+    a salnp training checkpoint, or another network's); the message starts with its path.
+    Nothing of it was loaded: the network is as it was."""
 # stepwise hard pruning: salnp.prune (prune_step, default_keep); fit(prune_epochs=...)
 
 
@@ -184,6 +190,16 @@ def _load_state(path, net, opt):
     state are validated before the network is touched."""
 
     path = _fspath(path, "fit")
+    try:
+        return _load_checked(path, net, opt)
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        msg = str(e)
+        raise CheckpointError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+
+
+def _load_checked(path, net, opt):
     arch = lambda c: {k: v for k, v in (c if isinstance(c, dict) else {}).items() if k != "seed"}
     with NpzReader(path, kind="training") as z:
         cfg = z.config
