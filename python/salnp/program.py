@@ -175,13 +175,16 @@ class Program:
 
 
 # every Engine, so that a forked child can reset their locks (a fork while another thread
-# held one would leave the child waiting for a thread it does not have)
+# held one would leave the child waiting for a thread it does not have) and drop their
+# libsal engines (one that thread was inside is marked busy in the child for ever)
 _ENGINES: "weakref.WeakSet[Engine]" = weakref.WeakSet()
 
 
 def _reset_locks_in_child():
     for e in list(_ENGINES):
         e.lock = threading.RLock()
+        e._c.clear()         # rebuilt at the next call
+        e._last = None
 
 
 if hasattr(os, "register_at_fork"):

@@ -124,8 +124,11 @@ def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=Non
     cfg = RunConfig.make(cfg)
     if threads is not None:
         _threads.set_num_threads(threads)
+    made = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
-    handler = logging.FileHandler(os.path.join(out, "train.log"))
+    # train.log is created by its first message: an argument refused before training
+    # starts leaves no log (and no folder that this call made)
+    handler = logging.FileHandler(os.path.join(out, "train.log"), delay=True)
     handler.setFormatter(logging.Formatter("%(message)s"))
     # only this run's messages (a Dask worker may train several runs in threads at once)
     me = threading.get_ident()
@@ -136,6 +139,10 @@ def train_run(cfg, out, *, resume=None, threads=None, progress=False, figure=Non
     try:
         return _train_run(cfg, out, resume, progress, figure, verbose, complete, export_net,
                           extra)
+    except (ValueError, TypeError):
+        if made and not os.listdir(out):
+            os.rmdir(out)
+        raise
     finally:
         log.removeHandler(handler)
         log.setLevel(old_level)

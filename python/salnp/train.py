@@ -91,6 +91,71 @@ def lr_at(epoch, epochs, lr, schedule="step", milestones=(1 / 3, 2 / 3), gamma=0
     raise ValueError(f"fit: lr_schedule={schedule!r}: must be 'step', 'cosine', 'constant' or callable")
 
 
+BETA_SCHEDULES = ("geometric", "linear", "cosine")
+
+
+def _check_dataset(name, ds, net):
+    """What fit needs of a data set, checked before the first step (a test set that does
+    not fit the network was found only after an epoch of training)."""
+    C, K = net.config["in_channels"], net.config["num_classes"]
+    if len(ds) < 1:
+        raise ValueError(f"fit: {name} is empty")
+    if ds.images.ndim != 4 or ds.images.shape[1] != C:
+        raise ValueError(f"fit: {name} has {ds.images.shape[1]} channels, the network {C}")
+    lab = np.asarray(ds.labels)
+    if lab.shape != (len(ds),) or lab.dtype.kind not in "iu":
+        raise ValueError(f"fit: {name}.labels must be {len(ds)} integers, got {lab.dtype} "
+                         f"{lab.shape}")
+    lo, hi = int(lab.min()), int(lab.max())
+    if lo < 0:
+        raise ValueError(f"fit: {name} has a label {lo}: labels must be >= 0")
+    if hi >= K or ds.num_classes > K:
+        raise ValueError(f"fit: {name} has labels up to {hi} ({ds.num_classes} classes), the "
+                         f"network {K} outputs")
+
+
+class _Snapshot:
+    """The trained state of a network (parameters, buffers, momentum, beta) and the
+    optimiser's step count, to put back after an interrupt or a divergence."""
+
+    def __init__(self, net, opt):
+        a = net.arena
+        self.net, self.opt = net, opt
+        self.arrays = (a.params.copy(), a.buffers.copy(), a.momentum.copy())
+        self.beta, self.steps = net.beta, opt.steps
+
+    def restore(self):
+        a = self.net.arena
+        for dst, src in zip((a.params, a.buffers, a.momentum), self.arrays):
+            dst[...] = src
+        self.net.beta, self.opt.steps = self.beta, self.steps
+
+
+class _SigintDeferred:
+    """Ctrl-C (SIGINT) held back for the block and raised at its end: the block runs
+    whole (an epoch's checkpoint, history record and snapshot agree).  Main thread only;
+    elsewhere a no-op."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.old, self.hit = None, False
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.old = signal.signal(signal.SIGINT, lambda *_: setattr(self, "hit", True))
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            if self.hit and exc[0] is None:
+                raise KeyboardInterrupt
+        return False
+
+
 def beta_at(step, total_steps, beta0, beta1, schedule="geometric"):
     """SAL inverse temperature after `step` optimiser steps: geometric (DESIGN 1.4,
     beta <- beta * gamma each step, gamma = (beta1/beta0)^(1/total)), linear or cosine."""
@@ -291,8 +356,15 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
     ValueError naming the batch (1-based, within its epoch) and the step, before it
     reaches the network (BN running statistics are never updated from it); with
     skip_nonfinite=True such batches are skipped with a warning instead, and counted in
-    the record's "skipped_batches".  Ctrl-C returns the history so far (the checkpoint
-    of the last finished epoch stays resumable)."""
+    the record's "skipped_batches".  Finite parameters whose outputs are NaN or inf (a
+    huge learning rate: inf logits), checked at the end of every epoch on its last batch
+    in eval mode and by the test loss, are a divergence too: FloatingPointError, the
+    network put back to the last finished epoch.  Both data sets (channels, labels within
+    the network's classes) and the beta schedule (a geometric one needs a finite ratio)
+    are checked before the first step.  Ctrl-C returns the history so far, with the
+    network put back to the end of the last finished epoch: the network, the history and
+    the checkpoint (still resumable) describe one state.  An epoch's checkpoint, history
+    record and that state are committed together (a Ctrl-C then waits for the commit)."""
     if not isinstance(net, ResNet):
         raise TypeError(f"fit: net must be a salnp network (salnp.models.ResNet), got "
                         f"{type(net).__name__}")
@@ -328,18 +400,20 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
         raise ValueError(f"fit: epochs={epochs!r}: must be an integer >= 1")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: batch_size={batch_size!r}: must be an integer >= 1")
-    if len(train) < 1:
-        raise ValueError("fit: train is empty")
-    if train.images.shape[1] != net.config["in_channels"]:
-        raise ValueError(f"fit: train has {train.images.shape[1]} channels, the network "
-                         f"{net.config['in_channels']}")
-    if train.num_classes > net.config["num_classes"]:
-        raise ValueError(f"fit: train has {train.num_classes} classes, the network "
-                         f"{net.config['num_classes']} outputs")
+    _check_dataset("train", train, net)
+    if test is not None:
+        _check_dataset("test", test, net)
     bb = tuple(beta) if isinstance(beta, (tuple, list, np.ndarray)) else (beta, beta)
     if len(bb) != 2:
         raise ValueError(f"fit: beta={beta!r}: must be a number or a pair (start, end) of numbers")
     b0, b1 = check_beta(bb[0], "fit: beta[0]"), check_beta(bb[1], "fit: beta[1]")
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"fit: beta_schedule={beta_schedule!r}: must be one of {BETA_SCHEDULES}")
+    if net.config["layer"] == "sal" and beta_schedule == "geometric" and not math.isfinite(b1 / b0):
+        # every beta of the run lies between b0 and b1 only when the ratio is finite
+        # (1e300 / 1e-300 overflowed to inf: beta was inf after the first step)
+        raise ValueError(f"fit: beta={beta!r}: geometric annealing needs a finite ratio "
+                         f"beta1 / beta0 (got {b1 / b0})")
     if not isinstance(reset_momentum, (bool, np.bool_)):
         raise TypeError(f"fit: reset_momentum={reset_momentum!r}: must be True or False")
     solver = solver_of(net.config["layer"])
@@ -378,6 +452,9 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
         log.info("resumed from %s at epoch %d", resume, start_epoch)
     else:
         net.beta = beta_at(0, total_steps, b0, b1, beta_schedule) if is_sal else net.beta
+    # the state of the last finished epoch (or the start): an interrupt or a divergence
+    # puts the network back to it, so the network always matches the history returned
+    good = _Snapshot(net, opt)
     net.train()
     try:
         from tqdm.auto import tqdm
@@ -453,17 +530,26 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
                 loss_sum += loss * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
+                # (a skipped batch may later overwrite the reused buffer: keep a copy)
+                last_x = x.copy() if skip_nonfinite else x
                 if tqdm and progress:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     img_s=f"{seen / (time.perf_counter() - t0):.0f}")
             if seen == 0:
                 raise ValueError(f"fit: every training batch of epoch {epoch + 1} was skipped "
                                  "(NaN or inf inputs)")
+            # finite parameters can still give inf logits (lr 1e30: huge weights): the
+            # network the epoch ends with must compute finite outputs (eval mode, the last
+            # training batch), else it is a divergence like the others
+            if not np.all(np.isfinite(net.forward(last_x, train=False))):
+                _diverged(good, epoch, opt.steps, where(), "after")
             train_time = time.perf_counter() - t0
             rec = {"epoch": epoch + 1, "lr": lr_e, "beta": net.beta if is_sal else None,
                    "train_loss": loss_sum / seen, "train_acc": correct / seen}
             if test is not None:
                 rec["test_loss"], rec["test_acc"] = evaluate(net, test, eval_batch_size)
+                if not math.isfinite(rec["test_loss"]):
+                    _diverged(good, epoch, opt.steps, where(), "on the test set after")
                 rec["test_acc_hard"] = evaluate(net, test, eval_batch_size, True)[1] if eval_hard else None
             rec["attn_maxp"], rec["attn_onehot"] = attention_stats(net)
             rec["attn_allowed"] = _allowed_mean(net)
@@ -471,14 +557,29 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
             rec["images_per_s"] = seen / train_time
             if skip_nonfinite:
                 rec["skipped_batches"] = skipped
-            history.append(rec)
+            # the epoch's commit: checkpoint, record and snapshot together (Ctrl-C waits)
+            with _SigintDeferred():
+                if checkpoint is not None:
+                    _save_state(checkpoint, net, opt, epoch + 1, history + [rec], run_cfg)
+                history.append(rec)
+                good = _Snapshot(net, opt)
             log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "epoch"})
-            if checkpoint is not None:
-                _save_state(checkpoint, net, opt, epoch + 1, history, run_cfg)
             if callback is not None and callback(rec):
                 break
     except KeyboardInterrupt:
-        log.warning("fit interrupted; %d epoch(s) finished%s", len(history),
+        good.restore()
+        log.warning("fit interrupted; %d epoch(s) finished%s; the network is that of the "
+                    "last finished epoch", len(history),
                     f", resumable from {checkpoint}" if checkpoint else "")
     net.eval()
     return history
+
+
+def _diverged(good, epoch, step, where, when):
+    """A network whose outputs are NaN or inf: put back to the last good state, raised."""
+    good.restore()
+    back = "its state after the last finished epoch" if good.steps else "its initial state"
+    raise FloatingPointError(
+        f"fit: the network's outputs are NaN or inf {when} epoch {epoch + 1} (step {step}) "
+        f"though its parameters are finite (a learning rate too large?); {where}; the "
+        f"network was put back to {back}")
