@@ -46,15 +46,19 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 import types
 import uuid
+import warnings
 
 from ._threads import set_num_threads
 from .runconfig import ConfigError, RunConfig
 from .runs import _write_json, normalize, train_run, trial_id, trial_name
 from .summary import seed_groups
+from .train import CheckpointError
 
 __all__ = ["sweep", "grid", "load", "SweepResult", "run_trial", "METRICS"]
 
@@ -202,8 +206,6 @@ def _metrics(summary, tdir):
 
 
 def _warn(msg):
-    import warnings
-
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
@@ -245,8 +247,7 @@ def _claim(tdir):
     two sweeps on one folder never train one trial at once; the second waits, then finds
     it done.  The kernel drops the lock of a process that dies, so a stale claim of a
     killed process is taken over at once.  The file names the holder (pid, host)."""
-    import fcntl
-    import socket
+    import fcntl      # POSIX only: imported where a sweep needs it
 
     path = os.path.join(tdir, ".claim")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -282,8 +283,6 @@ def run_trial(cfg, tdir, threads=None) -> dict:
     aside to checkpoint.npz.corrupt-<time> and the trial restarts from scratch; the
     metrics then carry a "note" saying so.  What the sweep's workers execute; importable
     on Dask workers."""
-    from .train import CheckpointError
-
     tid = trial_id(cfg)
     done = _read_summary(tdir, tid)
     if done is not None:
@@ -443,8 +442,6 @@ def _signals_stop_the_sweep():
     their checkpoints on a rerun), then the signal is delivered again under the handler
     that was there before (by default the process ends with it).  Only in the main
     thread, and not for a signal that was ignored (nohup)."""
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -609,7 +606,7 @@ def _jsonl_rows(text, path, warn=True):
 def _locked_file(path):
     """The file opened for reading and appending, under an exclusive flock (sweeps that
     share a folder append one at a time)."""
-    import fcntl
+    import fcntl      # POSIX only: imported where a sweep needs it
 
     fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -768,8 +765,6 @@ def sweep(configs, client=None, out=None, workers=None, threads_per_trial=None, 
     result.extend(rows[t.id] for t in trials if t.id in rows)
     result.to_csv(os.path.join(out, "results.csv"))
     if result.failed:
-        import warnings
-
         warnings.warn(f"sweep: {len(result.failed)} of {len(trials)} trials failed (see "
                       f"result.failed and their error.txt); a rerun retries them",
                       RuntimeWarning, stacklevel=2)

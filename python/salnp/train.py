@@ -17,6 +17,8 @@ import logging
 import math
 import os
 import platform
+import signal
+import threading
 import time
 
 import numpy as np
@@ -137,9 +139,6 @@ class _SigintDeferred:
     elsewhere a no-op."""
 
     def __enter__(self):
-        import signal
-        import threading
-
         self.old, self.hit = None, False
         if threading.current_thread() is threading.main_thread() and \
                 signal.getsignal(signal.SIGINT) is signal.default_int_handler:
@@ -147,8 +146,6 @@ class _SigintDeferred:
         return self
 
     def __exit__(self, *exc):
-        import signal
-
         if self.old is not None:
             signal.signal(signal.SIGINT, self.old)
             if self.hit and exc[0] is None:
