@@ -68,3 +68,26 @@ def test_sweep_checks_every_trial_before_starting(tmp_path):
     r = _run("sweep", str(grid), "--out", str(tmp_path / "sw"), cwd=tmp_path)
     assert r.returncode == 2 and "no such folder" in r.stderr
     assert not (tmp_path / "sw" / "trials").exists()      # the good trial did not start
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(tmp_path):
+    """SIGTERM (Slurm, `timeout`, docker stop) during training: the run stops at its last
+    finished epoch and writes a summary of that state, as Ctrl-C does."""
+    import signal
+    import time
+
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(salnp.__file__)))
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "salnp", "train", "--width", "4", "--depth", "8",
+                          "--epochs", "50", "--subset", "1500", "--test-subset", "200",
+                          "--no-progress", "--out", str(out)], cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=pkg_parent), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "checkpoint.npz").exists():
+        time.sleep(0.2)
+    assert (out / "checkpoint.npz").exists(), "no epoch finished"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=240)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 1 <= summary["epochs"] < 50 and (out / "inference.npz").exists(), err

@@ -5,6 +5,7 @@ misspelt sweep key) ends in one line naming it and exit status 2; --debug shows 
 traceback."""
 from __future__ import annotations
 
+import signal
 import sys
 
 from . import viz
@@ -25,8 +26,17 @@ def cmd_train(args):
     return 0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    if args.cmd == "train":
+        # SIGTERM (Slurm, timeout, docker stop) and SIGHUP end a run as Ctrl-C does: the
+        # network back at its last finished epoch, and every output describing that state
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, _interrupt)
     try:
         if args.cmd == "train":
             return cmd_train(args)
