@@ -73,6 +73,10 @@ LB = _f((5,), seed=13)
 LGY = _f((4, 5), seed=14)
 Z = _f((4, 5), -3, 3, seed=15)
 LAB = np.array([0, 4, 2, 1], np.int64)
+SC_ROWS = np.array([[0, 1, 0], [2, -1, 1], [1, 0, -2]], np.int32)   # shift_conv1x1
+SC_W = _f((4, 3), seed=30)
+SC_B = _f((4,), seed=31)
+SC_RES = _f((2, 4, 5, 5), seed=32)
 
 
 def _bn_saved(relu=False):
@@ -136,6 +140,18 @@ def _ops_specs():
                   dict(grad_y="F", offsets="I", input_shape="shape4", stride="int"),
                   mismatch={"offsets": [(8, 2)], "grad_y": [(2, 9, 5, 4)]},
                   int_min={"stride": 1}))
+    S.append(Spec("shift_conv1x1", ops.shift_conv1x1,
+                  dict(x=X, rows=SC_ROWS, w=SC_W, bias=SC_B, res=SC_RES, stride=1),
+                  dict(x="F", rows="I", w="F", bias="F", res="F", stride="int"),
+                  opt={"bias", "res"},
+                  mismatch={"rows": [(3, 2), (2, 3)], "w": [(4, 2)], "bias": [(3,)],
+                            "res": [(2, 4, 5, 4), (2, 3, 5, 5)]},
+                  int_min={"stride": 1}, huge_axis={"x": 0, "w": 0}))
+    S.append(Spec("shift_conv1x1_backward", ops.shift_conv1x1_backward,
+                  dict(x=X, rows=SC_ROWS, w=SC_W, grad_y=SC_RES, stride=1),
+                  dict(x="F", rows="I", w="F", grad_y="F", stride="int"),
+                  mismatch={"rows": [(3, 2)], "w": [(4, 2)], "grad_y": [(2, 4, 5, 4)]},
+                  int_min={"stride": 1}, huge_axis={"x": 0}))
     S.append(Spec("default_shift_offsets", lambda C: ops.default_shift_offsets(C), dict(C=9),
                   dict(C="int"), int_min={"C": 1}))
     S.append(Spec("active_shift", ops.active_shift, dict(x=X9, offsets=OFF_F, stride=1),
