@@ -135,6 +135,10 @@ static size_t sc_layout_of(const sal_shiftconv_desc *d, int nt, sc_layout *L) {
         L->nplane_max = np;   /* every image's planes */
         if (!sal_mul_ok(np, N * Ho * Wo, &planes) || planes > ((int64_t)1 << 60)) return SIZE_MAX;
     }
+    /* the size never shrinks as N grows (a caller sizes scratch once for its largest batch
+     * and runs smaller ones in it): in panel mode, room for the phase planes that direct
+     * mode reads at the smaller batches (at most DIRECT_BYTES, or it would not be chosen) */
+    if (L->panel_mode && S > 1 && d->mode == SAL_SHIFTCONV_AUTO) planes = DIRECT_BYTES / 4;
     size_t at = 0;
 #define SC_PIECE(field, bytes) (L->field = at, at += ((size_t)(bytes) + 63) / 64 * 64)
     SC_PIECE(off, (size_t)R * 8);

@@ -150,6 +150,41 @@ static void bwd_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t S, int6
     free(rows);
 }
 
+/* the scratch never shrinks as the batch grows (sal_program sizes it once for its largest
+ * batch), across the switch from direct to panel mode; a small batch runs in the scratch
+ * sized for a large one (ASan checks the bounds) */
+static void scratch_monotone(void) {
+    const int64_t shapes[][5] = {{96, 32, 16, 1, 96},   {192, 32, 32, 2, 192}, {16, 32, 32, 2, 16},
+                                 {384, 16, 64, 2, 384}, {384, 8, 64, 1, 384},  {5, 9, 3, 3, 40}};
+    for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+        const int64_t C = shapes[i][0], H = shapes[i][1], O = shapes[i][2], S = shapes[i][3];
+        const int64_t R = shapes[i][4];
+        int32_t *rows = malloc((size_t)R * 12);
+        fill_rows(rows, R, C, 1);
+        for (int L = 0; L < 4; L++) {   /* layouts x 1, 2 threads */
+            size_t prev = 0;
+            for (int64_t N = 1; N <= 160; N += N < 8 ? 1 : 7) {
+                sal_shiftconv_desc d = {{N, C, H, H, L % 2 ? SAL_CNHW : SAL_NCHW}, O, R, rows, S,
+                                        1 + L / 2, 0};
+                const size_t s = sal_shiftconv_scratch(&d);
+                CHECK(s >= prev, "scratch shrinks: C=%lld H=%lld S=%lld L=%d N=%lld: %zu < %zu",
+                      (long long)C, (long long)H, (long long)S, L, (long long)N, s, prev);
+                prev = s;
+            }
+        }
+        sal_shiftconv_desc d = {{40, C, H, H, SAL_CNHW}, O, R, rows, S, 1, 0};
+        float *scr = malloc(sal_shiftconv_scratch(&d) * 4);
+        d.x.n = 2;
+        sal_act ya;
+        sal_shiftconv_check(&d, &ya);
+        float *x = malloc((size_t)numel(d.x) * 4), *w = malloc((size_t)(O * R) * 4);
+        float *y = malloc((size_t)numel(ya) * 4);
+        fill_uniform(x, numel(d.x)), fill_uniform(w, O * R);
+        CHECK(sal_shiftconv_fwd(y, x, w, NULL, &d, scr) == SAL_OK, "small batch: %s", sal_last_error());
+        free(scr), free(x), free(w), free(y), free(rows);
+    }
+}
+
 static void bad_input(void) {
     int32_t rows[6] = {0, 1, -1, 1, 0, 0};
     sal_shiftconv_desc d = {{1, 2, 5, 5, SAL_CNHW}, 3, 2, rows, 1, 0, 0};
@@ -202,6 +237,7 @@ int main(void) {
                  i % 2 ? SAL_CNHW : SAL_NCHW);
     }
     bwd_case(3, 16, 8, 8, 1, 16, 144, 1, SAL_CNHW);   /* 9 taps per channel (sparse SAL) */
+    scratch_monotone();
     bad_input();
     return check_done("test_shiftconv");
 }

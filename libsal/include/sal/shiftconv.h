@@ -60,7 +60,9 @@ typedef struct {
 /* fills *y with the output geometry (N, O, Ho, Wo), Ho = (H-1)/S + 1, x's layout; checks
  * every row */
 sal_status sal_shiftconv_check(const sal_shiftconv_desc *d, sal_act *y);
-size_t sal_shiftconv_scratch(const sal_shiftconv_desc *d);   /* floats */
+/* floats; never less for a larger batch N (all else equal), so one scratch sized for the
+ * largest batch serves every smaller one */
+size_t sal_shiftconv_scratch(const sal_shiftconv_desc *d);
 
 /* y (N,O,Ho,Wo) = epi(w (O,R) . X~ (R, N*Ho*Wo)); epi may be NULL; y must not overlap x
  * or res.  scratch: sal_shiftconv_scratch(d) floats */
