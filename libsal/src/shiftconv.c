@@ -429,14 +429,17 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
                 const __m256 b = _mm256_set1_ps(t->bias ? t->bias[o] : 0.0f);                     \
                 _Pragma("GCC unroll 4") for (int i = 0; i < (NV); i++) {                          \
                     if (p0 + 8 * i >= t->M) break;                                                \
+                    const int full = p0 + 8 * i + 8 <= t->M; /* vmaskmovps stores are slow */     \
                     __m256 v = _mm256_add_ps(acc[j][i], b);                                       \
                     const float *r = t->res + at + 8 * i;                                         \
-                    if (t->has_res && !t->res_post)                                               \
-                        v = _mm256_add_ps(v, _mm256_maskload_ps(r, tail[i]));                     \
+                    __m256 rv = _mm256_setzero_ps();                                              \
+                    if (t->has_res)                                                               \
+                        rv = full ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, tail[i]);          \
+                    if (t->has_res && !t->res_post) v = _mm256_add_ps(v, rv);                     \
                     if (t->relu) v = _mm256_max_ps(v, zero);                                      \
-                    if (t->has_res && t->res_post)                                                \
-                        v = _mm256_add_ps(v, _mm256_maskload_ps(r, tail[i]));                     \
-                    _mm256_maskstore_ps(t->y + at + 8 * i, tail[i], v);                           \
+                    if (t->has_res && t->res_post) v = _mm256_add_ps(v, rv);                      \
+                    if (full) _mm256_storeu_ps(t->y + at + 8 * i, v);                             \
+                    else _mm256_maskstore_ps(t->y + at + 8 * i, tail[i], v);                      \
                 }                                                                                 \
             }                                                                                     \
         }                                                                                         \
@@ -549,31 +552,6 @@ static void pack_block(const panel_task *pt, float *panel, int64_t seg, int64_t 
     }
 }
 
-/* asks for part g of G of the lines pack_block(seg, q0, q1) will read, into L2: the kernel
- * runs on the previous block meanwhile, one part per tile */
-static void prefetch_block(const panel_task *pt, int64_t seg, int64_t q0, int64_t q1, int64_t g,
-                           int64_t G) {
-    const int64_t H = pt->H, W = pt->W, S = pt->S, Wo = pt->t.Wo, HWo = pt->t.Ho * Wo;
-    for (int64_t k = 0; k < pt->t.R; k++) {
-        if (pt->cls[k] == 0) continue;
-        const int32_t *row = pt->rows + 3 * k;
-        const float *xp = pt->x + seg * pt->xseg + row[0] * pt->xsc;
-        int64_t lo, hi;   /* the run of xp the block reads */
-        if (S == 1) {
-            const int64_t e = (int64_t)row[1] * W + row[2];
-            lo = q0 + e, hi = q1 + e;
-        } else {   /* input rows S*Y + dy of the block's output rows, image by image */
-            const int64_t n0 = q0 / HWo, n1 = (q1 - 1) / HWo;
-            lo = n0 * pt->img + (S * (q0 % HWo / Wo) + row[1]) * W;
-            hi = n1 * pt->img + (S * ((q1 - 1) % HWo / Wo) + row[1] + 1) * W;
-        }
-        const int64_t end = (pt->img ? pt->N * H * W : H * W);   /* the plane (segment) */
-        lo = lo < 0 ? 0 : lo, hi = hi > end ? end : hi;
-        const int64_t a = lo + (hi - lo) * g / G, b = lo + (hi - lo) * (g + 1) / G;
-        for (int64_t i = a; i < b; i += 16) __builtin_prefetch(xp + i, 0, 2);
-    }
-}
-
 static void panel_run(void *p, int64_t lo, int64_t hi, int tid) {
     const panel_task *pt = p;
     float *panel = (float *)(pt->panels + (size_t)tid * (size_t)pt->panel_bytes);
@@ -587,12 +565,7 @@ static void panel_run(void *p, int64_t lo, int64_t hi, int tid) {
         t.q0 = q0;
         const int64_t t0 = seg * t.ntile + q0 / pt->tile;
         const int64_t t1 = seg * t.ntile + (q1 + pt->tile - 1) / pt->tile;
-        const int64_t s1 = (b + 1) / pt->nblk, r0 = (b + 1) % pt->nblk * pt->block;
-        const int64_t r1 = t.M - r0 < pt->block ? t.M : r0 + pt->block;
-        for (int64_t i = t0; i < t1; i++) {
-            if (b + 1 < hi) prefetch_block(pt, s1, r0, r1, i - t0, t1 - t0);
-            pt->run(&t, i * t.nob, (i + 1) * t.nob, tid);
-        }
+        pt->run(&t, t0 * t.nob, t1 * t.nob, tid);
     }
 }
 
