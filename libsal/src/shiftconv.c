@@ -204,12 +204,41 @@ static inline uintptr_t tile_base(const sc_task *t, int64_t seg, int64_t p0) {
     return (uintptr_t)t->src + (uintptr_t)(seg * t->src_seg + p0 - t->q0) * sizeof(float);
 }
 
-/* lane coordinates of the tile at p0 (T lanes); lanes at or past M get LANE_OFF */
-static inline void tile_coords(int32_t *Y, int32_t *X, int64_t p0, int64_t M, int64_t Ho,
-                               int64_t Wo, int T) {
-    const int64_t r = p0 % (Ho * Wo);
-    int32_t y = (int32_t)(r / Wo), x = (int32_t)(r % Wo);
-    const int64_t valid = M - p0 < T ? M - p0 : T;
+/* Walks the units (tile, block of output channels) of a range without a division per
+ * unit: u = tile * nob + ob, tile = seg * ntile + tin, the tile's first position p0 =
+ * tin * T, at (y0, x0) in its image. */
+typedef struct {
+    int64_t ob, seg, tin, p0;
+    int64_t y0, x0;
+} unit_it;
+
+static inline void unit_begin(unit_it *it, const sc_task *t, int64_t u, int64_t T) {
+    const int64_t tile = u / t->nob, r = tile % t->ntile * T % (t->Ho * t->Wo);
+    it->ob = u % t->nob, it->seg = tile / t->ntile, it->tin = tile % t->ntile;
+    it->p0 = it->tin * T, it->y0 = r / t->Wo, it->x0 = r % t->Wo;
+}
+
+/* the next unit; 1 when it starts a new tile */
+static inline int unit_next(unit_it *it, const sc_task *t, int64_t T) {
+    if (++it->ob < t->nob) return 0;
+    it->ob = 0;
+    if (++it->tin == t->ntile) {
+        it->tin = 0, it->seg++, it->p0 = 0, it->y0 = it->x0 = 0;
+        return 1;
+    }
+    it->p0 += T, it->x0 += T;
+    while (it->x0 >= t->Wo) {   /* at most T rows */
+        it->x0 -= t->Wo;
+        if (++it->y0 == t->Ho) it->y0 = 0;
+    }
+    return 1;
+}
+
+/* lane coordinates of the tile (T lanes); lanes at or past M get LANE_OFF */
+static inline void tile_coords(int32_t *Y, int32_t *X, const unit_it *it, int64_t M,
+                               int64_t Ho, int64_t Wo, int T) {
+    int32_t y = (int32_t)it->y0, x = (int32_t)it->x0;
+    const int64_t valid = M - it->p0 < T ? M - it->p0 : T;
     for (int l = 0; l < valid; l++) {
         Y[l] = y, X[l] = x;
         if (++x == Wo) {
@@ -234,20 +263,20 @@ static inline const float *at_elem(uintptr_t base, int64_t e) {
 #define BMR 4
 static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
     const sc_task *t = p;
-    const int64_t R = t->R, O = t->O, nob = t->nob;
+    const int64_t R = t->R, O = t->O;
     int32_t *mk = (int32_t *)(t->masks + (size_t)tid * (size_t)t->mask_bytes);
-    int64_t cur = -1;
-    for (int64_t u = lo; u < hi; u++) {
-        const int64_t tile = u / nob, ob = u % nob, seg = tile / t->ntile;
-        const int64_t p0 = tile % t->ntile * BT, nv = t->M - p0 < BT ? t->M - p0 : BT;
-        if (tile != cur) {
+    unit_it it;
+    unit_begin(&it, t, lo, BT);
+    for (int64_t u = lo, fresh = 1; u < hi; u++, fresh = unit_next(&it, t, BT)) {
+        const int64_t ob = it.ob, seg = it.seg, p0 = it.p0;
+        const int64_t nv = t->M - p0 < BT ? t->M - p0 : BT;
+        if (fresh) {
             int32_t Y[BT], X[BT];
-            tile_coords(Y, X, p0, t->M, t->Ho, t->Wo, BT);
+            tile_coords(Y, X, &it, t->M, t->Ho, t->Wo, BT);
             for (int64_t c = 0; c < t->ncls; c++)
                 for (int l = 0; l < BT; l++)
                     mk[c * BT + l] = (uint32_t)(Y[l] + t->cdy[c]) < (uint32_t)t->Ho &&
                                      (uint32_t)(X[l] + t->cdx[c]) < (uint32_t)t->Wo ? -1 : 0;
-            cur = tile;
         }
         const uintptr_t sb = tile_base(t, seg, p0);
         const float *wr[BMR];
@@ -287,18 +316,18 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
         void *p, int64_t lo, int64_t hi, int tid) {                                               \
         enum { T = 16 * (NV) };                                                                   \
         const sc_task *t = p;                                                                     \
-        const int64_t R = t->R, O = t->O, nob = t->nob;                                           \
+        const int64_t R = t->R, O = t->O;                                                         \
         const int64_t *off = t->off;                                                              \
         const int32_t *cls = t->cls;                                                              \
         __mmask16 *mk = (__mmask16 *)(t->masks + (size_t)tid * (size_t)t->mask_bytes);            \
         __mmask16 tail[NV] = {0};                                                                 \
-        int64_t cur = -1;                                                                         \
-        for (int64_t u = lo; u < hi; u++) {                                                       \
-            const int64_t tile = u / nob, ob = u % nob, seg = tile / t->ntile;                    \
-            const int64_t p0 = tile % t->ntile * T;                                               \
-            if (tile != cur) {                                                                    \
+        unit_it it;                                                                               \
+        unit_begin(&it, t, lo, T);                                                                \
+        for (int64_t u = lo, fresh = 1; u < hi; u++, fresh = unit_next(&it, t, T)) {              \
+            const int64_t ob = it.ob, seg = it.seg, p0 = it.p0;                                   \
+            if (fresh) {                                                                          \
                 int32_t Y[T], X[T];                                                               \
-                tile_coords(Y, X, p0, t->M, t->Ho, t->Wo, T);                                     \
+                tile_coords(Y, X, &it, t->M, t->Ho, t->Wo, T);                                    \
                 __m512i yv[NV], xv[NV];                                                           \
                 for (int i = 0; i < (NV); i++) {                                                  \
                     yv[i] = _mm512_loadu_si512(Y + 16 * i);                                       \
@@ -319,7 +348,6 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
                     tail[i] = nv >= 16 * (i + 1) ? (__mmask16)0xFFFF                              \
                               : nv <= 16 * i     ? (__mmask16)0                                   \
                                                  : (__mmask16)((1u << (nv - 16 * i)) - 1);        \
-                cur = tile;                                                                       \
             }                                                                                     \
             const uintptr_t sb = tile_base(t, seg, p0);                                           \
             const float *wr[MR];                                                                  \
@@ -371,19 +399,19 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
                                                         int tid) {                                \
         enum { T = 8 * (NV) };                                                                    \
         const sc_task *t = p;                                                                     \
-        const int64_t R = t->R, O = t->O, nob = t->nob;                                           \
+        const int64_t R = t->R, O = t->O;                                                         \
         const int64_t *off = t->off;                                                              \
         const int32_t *cls = t->cls;                                                              \
         int32_t *mk = (int32_t *)(t->masks + (size_t)tid * (size_t)t->mask_bytes);                \
-        int64_t cur = -1;                                                                         \
         __m256i tail[NV];                                                                         \
         for (int i = 0; i < (NV); i++) tail[i] = _mm256_setzero_si256();                          \
-        for (int64_t u = lo; u < hi; u++) {                                                       \
-            const int64_t tile = u / nob, ob = u % nob, seg = tile / t->ntile;                    \
-            const int64_t p0 = tile % t->ntile * T;                                               \
-            if (tile != cur) {                                                                    \
+        unit_it it;                                                                               \
+        unit_begin(&it, t, lo, T);                                                                \
+        for (int64_t u = lo, fresh = 1; u < hi; u++, fresh = unit_next(&it, t, T)) {              \
+            const int64_t ob = it.ob, seg = it.seg, p0 = it.p0;                                   \
+            if (fresh) {                                                                          \
                 int32_t Y[T], X[T];                                                               \
-                tile_coords(Y, X, p0, t->M, t->Ho, t->Wo, T);                                     \
+                tile_coords(Y, X, &it, t->M, t->Ho, t->Wo, T);                                    \
                 for (int64_t c = 0; c < t->ncls; c++) {                                           \
                     const int32_t dy = t->cdy[c], dx = t->cdx[c];                                 \
                     const uint32_t ho = (uint32_t)t->Ho, wo = (uint32_t)t->Wo;                    \
@@ -396,7 +424,6 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
                     for (int l = 0; l < 8; l++) tl[l] = p0 + 8 * i + l < t->M ? -1 : 0;           \
                     tail[i] = _mm256_loadu_si256((const __m256i *)tl);                            \
                 }                                                                                 \
-                cur = tile;                                                                       \
             }                                                                                     \
             const uintptr_t sb = tile_base(t, seg, p0);                                           \
             const float *wr[MR];                                                                  \
