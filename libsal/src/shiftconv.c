@@ -773,12 +773,18 @@ static int64_t bwd_chunk(const sal_shiftconv_desc *d, int64_t HWo) {
     return imgs * HWo;
 }
 
+/* floats of the backward's scratch: P (R, B); w^T and dw^T (R, O each); per input row of
+ * the w^T dy GEMM an offset and a class (O each); its mask tables (per thread, 2 classes);
+ * the rows by channel (R int32) and the channel starts (C + 1 int64); alignment slack */
+static size_t bwd_scratch_of(const sal_shiftconv_desc *d, int nt, int64_t B) {
+    return (size_t)(d->r * B) + 2 * (size_t)(d->r * d->o) + 3 * (size_t)d->o +
+           (size_t)nt * 2 * TMAX + (size_t)d->r + 2 * (size_t)(d->x.c + 1) + 32;
+}
+
 size_t sal_shiftconv_bwd_scratch(const sal_shiftconv_desc *d) {
     sal_act ya;
     if (sal_shiftconv_check(d, &ya) != SAL_OK) return 0;
-    const int64_t B = bwd_chunk(d, ya.h * ya.w);
-    /* P (R, B), the rows by channel (R int32) and the channel starts (C + 1 int64) */
-    return (size_t)(d->r * B) + (size_t)d->r + 2 * (size_t)(d->x.c + 1) + 2;
+    return bwd_scratch_of(d, sc_threads(d), bwd_chunk(d, ya.h * ya.w));
 }
 
 sal_status sal_shiftconv_bwd(float *dx, float *dw, const float *dy, const float *x,
@@ -796,16 +802,25 @@ sal_status sal_shiftconv_bwd(float *dx, float *dw, const float *dy, const float 
     const int cnhw = d->x.layout == SAL_CNHW;
     const int64_t B = bwd_chunk(d, HWo), M = cnhw ? N * HWo : HWo, nseg = cnhw ? 1 : N;
     const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
-    float *P = scratch;
-    int32_t *byc = (int32_t *)(scratch + R * B);
-    /* int64 channel starts on an 8-byte boundary */
-    int64_t *cs = (int64_t *)(((uintptr_t)(byc + R) + 7) & ~(uintptr_t)7);
+    float *P = scratch, *wt = P + R * B, *dwt = wt + R * O;
+    int64_t *off = (int64_t *)(((uintptr_t)(dwt + R * O) + 7) & ~(uintptr_t)7);
+    int32_t *cls = (int32_t *)(off + O), *byc = cls + O;
+    char *masks = (char *)(((uintptr_t)(byc + R) + 63) & ~(uintptr_t)63);
+    int64_t *cs = (int64_t *)(masks + (size_t)nt * 2 * TMAX * 4);
     for (int64_t c = 0; c <= C; c++) cs[c] = 0;   /* counting sort of the rows by channel */
     for (int64_t k = 0; k < R; k++) cs[d->rows[3 * k] + 1]++;
     for (int64_t c = 0; c < C; c++) cs[c + 1] += cs[c];
     for (int64_t k = 0; k < R; k++) byc[cs[d->rows[3 * k]]++] = (int32_t)k;
     for (int64_t c = C; c > 0; c--) cs[c] = cs[c - 1];
     cs[0] = 0;
+    /* P = w^T dy runs on the forward kernel: rows (o, 0, 0) over dy, weights w^T */
+    if (dx) {
+        for (int64_t k = 0; k < R; k++)
+            for (int64_t o = 0; o < O; o++) wt[k * O + o] = w[o * R + k];
+        for (int64_t o = 0; o < O; o++) off[o] = o * ysc, cls[o] = 1;
+    }
+    static const int32_t cdy[2] = {1 << 30, 0}, cdx[2] = {0, 0};   /* class 1: every lane */
+    const sc_kernel K = KERNELS[sal_cpu_isa()];
     bwd_task t = {P, dx, x, d->rows, byc, cs, 0, 0, 0, d->x.h, d->x.w, d->stride, ya.h, ya.w,
                   cnhw ? 0 : sal_act_sn(d->x), sal_act_sc(d->x), cnhw ? d->x.h * d->x.w : 0};
     for (int64_t seg = 0; seg < nseg; seg++)
@@ -813,14 +828,21 @@ sal_status sal_shiftconv_bwd(float *dx, float *dw, const float *dy, const float 
             const int64_t b = M - q0 < B ? M - q0 : B;
             const float *dys = dy + seg * (cnhw ? 0 : ysn) + q0;
             t.B = b, t.q0 = q0, t.seg = seg;
-            if (dw) {   /* dw (O, R) += dy (O, b) P^T */
+            if (dw) {   /* dw^T (R, O) += P dy^T (BLIS packs dy P^T's operands slowly) */
                 sal_parallel_for(R, nt, bwd_pack, &t);
-                SAL_TRY(sal_sgemm(O, R, b, 1.0f, dys, ysc, 1, P, 1, b, 1.0f, dw, R, 1, nt));
+                SAL_TRY(sal_sgemm(R, O, b, 1.0f, P, b, 1, dys, 1, ysc, seg || q0 ? 1.0f : 0.0f,
+                                  dwt, O, 1, nt));
             }
-            if (dx) {   /* P (R, b) = w^T dy, scattered */
-                SAL_TRY(sal_sgemm(R, b, O, 1.0f, w, 1, R, dys, ysc, 1, 0.0f, P, b, 1, nt));
+            if (dx) {   /* P (R, b) = w^T dy, then scattered */
+                const int64_t ntile = (b + K.tile - 1) / K.tile, nob = (R + K.mr - 1) / K.mr;
+                sc_task g = {P, dys, NULL, wt, NULL, off, cls, cdy, cdx, masks, 2 * TMAX * 4,
+                             O, R, 2, ya.h, ya.w, b, ntile, nob, 0, 0, b, 0, 0, 0, 0};
+                sal_parallel_for(ntile * nob, nt, K.run, &g);
                 sal_parallel_for(C, nt, bwd_scatter, &t);
             }
         }
+    if (dw)
+        for (int64_t o = 0; o < O; o++)
+            for (int64_t k = 0; k < R; k++) dw[o * R + k] += dwt[k * O + o];
     return SAL_OK;
 }
