@@ -99,6 +99,13 @@ typedef struct {
     int64_t panel_bytes;  /* per thread */
 } sc_layout;
 
+/* m floats rounded up to whole 64-byte lines, an odd count of them: planes that far apart
+ * do not all fall into the same cache sets */
+static int64_t odd_lines(int64_t m) {
+    const int64_t b = (m + 15) / 16 * 16;
+    return b / 16 % 2 ? b : b + 16;
+}
+
 static int sc_threads(const sal_shiftconv_desc *d) {
     return d->threads ? d->threads : sal_threads();
 }
@@ -121,7 +128,10 @@ static size_t sc_layout_of(const sal_shiftconv_desc *d, int nt, sc_layout *L) {
     }
     np = np < R ? np : R;
     const double foot = (double)np * (double)M * sizeof(float);
-    L->panel_mode = d->mode ? d->mode == SAL_SHIFTCONV_PANEL : foot > (double)DIRECT_BYTES;
+    /* stride > 1 reads its phase planes in place: a measured draw with panels at batch 1
+     * and ahead of them at 128 (the panel's gather with the stride costs more) */
+    L->panel_mode = d->mode ? d->mode == SAL_SHIFTCONV_PANEL
+                            : S == 1 && foot > (double)DIRECT_BYTES;
     int64_t planes = 0;
     L->block = L->rs = L->panel_bytes = 0;
     if (L->panel_mode) {
@@ -132,13 +142,14 @@ static size_t sc_layout_of(const sal_shiftconv_desc *d, int nt, sc_layout *L) {
         L->rs = L->block / 16 % 2 ? L->block : L->block + 16;   /* odd count of 64-byte lines */
         if (!sal_mul_ok(R, L->rs * (int64_t)sizeof(float), &L->panel_bytes)) return SIZE_MAX;
     } else if (S > 1) {
-        L->nplane_max = np;   /* every image's planes */
-        if (!sal_mul_ok(np, N * Ho * Wo, &planes) || planes > ((int64_t)1 << 60)) return SIZE_MAX;
+        L->nplane_max = np;   /* every image's planes, each odd_lines apart */
+        const int64_t per = d->x.layout == SAL_CNHW ? odd_lines(N * Ho * Wo)
+                                                    : N * odd_lines(Ho * Wo);
+        if (!sal_mul_ok(np, per, &planes) || planes > ((int64_t)1 << 60)) return SIZE_MAX;
     }
     /* the size never shrinks as N grows (a caller sizes scratch once for its largest batch
-     * and runs smaller ones in it): in panel mode, room for the phase planes that direct
-     * mode reads at the smaller batches (at most DIRECT_BYTES, or it would not be chosen) */
-    if (L->panel_mode && S > 1 && d->mode == SAL_SHIFTCONV_AUTO) planes = DIRECT_BYTES / 4;
+     * and runs smaller ones in it): auto mode switches to panels with N only for stride 1,
+     * which has no phase planes */
     size_t at = 0;
 #define SC_PIECE(field, bytes) (L->field = at, at += ((size_t)(bytes) + 63) / 64 * 64)
     SC_PIECE(off, (size_t)R * 8);
@@ -626,7 +637,7 @@ sal_status sal_shiftconv_fwd(float *y, const float *x, const float *w,
     const int64_t O = d->o, Ho = ya.h, Wo = ya.w, HWo = Ho * Wo;
     const int cnhw = d->x.layout == SAL_CNHW, gather = L.panel_mode && S > 1;
     const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);
-    const int64_t pl_stride = cnhw ? N * HWo : HWo;   /* between phase planes */
+    const int64_t pl_stride = odd_lines(cnhw ? N * HWo : HWo);   /* between phase planes */
     memset(hval, 0xff, (size_t)L.hsize * sizeof *hval);
     int32_t ncls = gather ? 2 : 1, nplane = 0;
     cdy[0] = (int32_t)Ho, cdx[0] = 0;   /* class 0: no lane valid */
@@ -663,10 +674,10 @@ sal_status sal_shiftconv_fwd(float *y, const float *x, const float *w,
     int64_t src_seg = cnhw ? 0 : xsn;
     if (S > 1 && !L.panel_mode) {
         phase_task pt = {P, x, plist, N, H, W, S, Ho, Wo, xsn, xsc, pl_stride,
-                         cnhw ? HWo : nplane * HWo};
+                         cnhw ? HWo : nplane * pl_stride};
         sal_parallel_for(nplane * N, nt, phase_run, &pt);
         src = P;
-        src_seg = cnhw ? 0 : nplane * HWo;
+        src_seg = cnhw ? 0 : nplane * pl_stride;
     }
     const sc_kernel K = KERNELS[sal_cpu_isa()];
     const int64_t M = cnhw ? N * HWo : HWo, nseg = cnhw ? 1 : N;
