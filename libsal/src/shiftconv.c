@@ -483,33 +483,36 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
         }                                                                                         \
     }
 
-#ifndef SC512_MR   /* tile shapes (build-time overrides for benchmarks) */
-#define SC512_MR 8
-#define SC512_NV 2
+/* Two tiles per ISA: the narrow one wastes no lanes on small images (an 8x8 plane is two
+ * 32-position tiles); the wide one does more FMAs per tile's fixed costs (masks, epilogue)
+ * and wins from WIDE_MIN positions on (batch 1, 1 thread, AVX-512: shared SAL 16>16 at
+ * 32x32 9.2 -> 8.3 us, SL expand 16>96 50.8 -> 44.2 us; at 8x8 the wide tile lost 33 %). */
+SC_KERNEL_AVX512(run_avx512, 8, 2)
+SC_KERNEL_AVX512(run_avx512_wide, 8, 3)
+SC_KERNEL_AVX2(run_avx2, 6, 2)
+SC_KERNEL_AVX2(run_avx2_wide, 4, 3)
 #endif
-#ifndef SC2_MR
-#define SC2_MR 6
-#define SC2_NV 2
-#endif
-SC_KERNEL_AVX512(run_avx512, SC512_MR, SC512_NV)
-SC_KERNEL_AVX2(run_avx2, SC2_MR, SC2_NV)
-#endif
+
+#define WIDE_MIN 512   /* positions per segment from which the wide tile runs */
 
 typedef struct {
     sal_range_fn run;
     int64_t tile, mr;   /* positions per tile, output channels per block */
 } sc_kernel;
 
-static const sc_kernel KERNELS[SAL_ISA_COUNT] = {
-    [SAL_ISA_BASE] = {run_base, BT, BMR},
+static const sc_kernel KERNELS[SAL_ISA_COUNT][2] = {   /* narrow, wide */
+    [SAL_ISA_BASE] = {{run_base, BT, BMR}, {run_base, BT, BMR}},
 #if SC_X86
-    [SAL_ISA_AVX2] = {run_avx2, 8 * SC2_NV, SC2_MR},
-    [SAL_ISA_AVX512] = {run_avx512, 16 * SC512_NV, SC512_MR},
+    [SAL_ISA_AVX2] = {{run_avx2, 16, 6}, {run_avx2_wide, 24, 4}},
+    [SAL_ISA_AVX512] = {{run_avx512, 32, 8}, {run_avx512_wide, 48, 8}},
 #else
-    [SAL_ISA_AVX2] = {run_base, BT, BMR},
-    [SAL_ISA_AVX512] = {run_base, BT, BMR},
+    [SAL_ISA_AVX2] = {{run_base, BT, BMR}, {run_base, BT, BMR}},
+    [SAL_ISA_AVX512] = {{run_base, BT, BMR}, {run_base, BT, BMR}},
 #endif
 };
+
+/* the kernel for segments of M positions (BLOCK_UNIT is a multiple of every tile) */
+static sc_kernel pick_kernel(int64_t M) { return KERNELS[sal_cpu_isa()][M >= WIDE_MIN]; }
 
 /* ---- stride > 1: phase planes ---------------------------------------------------------- */
 
@@ -679,8 +682,8 @@ sal_status sal_shiftconv_fwd(float *y, const float *x, const float *w,
         src = P;
         src_seg = cnhw ? 0 : nplane * pl_stride;
     }
-    const sc_kernel K = KERNELS[sal_cpu_isa()];
     const int64_t M = cnhw ? N * HWo : HWo, nseg = cnhw ? 1 : N;
+    const sc_kernel K = pick_kernel(M);
     const int64_t ntile = (M + K.tile - 1) / K.tile, nob = (O + K.mr - 1) / K.mr;
     sc_task t = {y, src, epi->res, w, epi->bias, off, cls, cdy, cdx, base + L.masks,
                  L.mask_bytes, R, O, ncls, Ho, Wo, M, ntile, nob, src_seg,
@@ -831,7 +834,6 @@ sal_status sal_shiftconv_bwd(float *dx, float *dw, const float *dy, const float 
         for (int64_t o = 0; o < O; o++) off[o] = o * ysc, cls[o] = 1;
     }
     static const int32_t cdy[2] = {1 << 30, 0}, cdx[2] = {0, 0};   /* class 1: every lane */
-    const sc_kernel K = KERNELS[sal_cpu_isa()];
     bwd_task t = {P, dx, x, d->rows, byc, cs, 0, 0, 0, d->x.h, d->x.w, d->stride, ya.h, ya.w,
                   cnhw ? 0 : sal_act_sn(d->x), sal_act_sc(d->x), cnhw ? d->x.h * d->x.w : 0};
     for (int64_t seg = 0; seg < nseg; seg++)
@@ -845,6 +847,7 @@ sal_status sal_shiftconv_bwd(float *dx, float *dw, const float *dy, const float 
                                   dwt, O, 1, nt));
             }
             if (dx) {   /* P (R, b) = w^T dy, then scattered */
+                const sc_kernel K = pick_kernel(b);
                 const int64_t ntile = (b + K.tile - 1) / K.tile, nob = (R + K.mr - 1) / K.mr;
                 sc_task g = {P, dys, NULL, wt, NULL, off, cls, cdy, cdx, masks, 2 * TMAX * 4,
                              O, R, 2, ya.h, ya.w, b, ntile, nob, 0, 0, b, 0, 0, 0, 0};

@@ -222,8 +222,10 @@ int main(void) {
     /* sizes around the tiles, odd everything, offsets beyond the image */
     const int64_t RS[] = {1, 3, 17, 95}, OS[] = {1, 3, 17, 95};
     for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) {
-            const int64_t N = rng_int(1, 3), C = rng_int(1, 9), H = rng_int(1, 13), W = rng_int(1, 13);
+        for (int j = 0; j < 4; j++) {   /* every other case past 512 positions: wide tiles */
+            const int big = (i + 2 * j) % 3 == 0;
+            const int64_t N = rng_int(1, big ? 5 : 3), C = rng_int(1, 9);
+            const int64_t H = rng_int(big ? 11 : 1, big ? 19 : 13), W = rng_int(big ? 11 : 1, big ? 19 : 13);
             const int64_t S = rng_int(1, 3), span = rng_int(0, 2) == 0 ? H + W : rng_int(1, 3);
             fwd_case(N, C, H, W, S, OS[j], RS[i], span, (i + j) % 2 ? SAL_CNHW : SAL_NCHW);
         }
