@@ -83,11 +83,13 @@ def test_isa_cap_round_trip():
 def matrix_size():
     """The rows of the bad-input matrices, which sit beside their subjects (the machinery is
     tests/hostile.py); count's rows run twice (a training and an exported network)."""
-    conv, shift, sal, layers, models, train, count, export, io, data = (
+    conv, shift, shiftconv, sal, layers, models, train, count, export, io, data = (
         importlib.import_module(f"test_{name}") for name in
-        ("conv", "shift", "sal", "layers", "models", "train", "count", "export", "io", "data"))
+        ("conv", "shift", "shiftconv", "sal", "layers", "models", "train", "count", "export",
+         "io", "data"))
     per_count_target = 2
-    ops_rows = conv.OPS_ROWS + shift.OPS_ROWS + sal.OPS_ROWS + layers.OPS_ROWS
+    ops_rows = (conv.OPS_ROWS + shift.OPS_ROWS + shiftconv.OPS_ROWS + sal.OPS_ROWS
+                + layers.OPS_ROWS)
     hostile_rows = (models.HOSTILE_ROWS + train.HOSTILE_ROWS + export.HOSTILE_ROWS
                     + io.HOSTILE_ROWS + data.HOSTILE_ROWS)
     n = (len(ops_rows) + len(models.RESNET_ROWS) + len(models.FORWARD_ROWS)

@@ -44,11 +44,14 @@ from ._core import (
     sgd_step,
     shift,
     shift_backward,
+    shift_conv1x1,
+    shift_conv1x1_backward,
 )
 
 __all__ = [
     "conv2d", "conv2d_backward",
     "shift", "shift_backward", "default_shift_offsets",
+    "shift_conv1x1", "shift_conv1x1_backward",
     "active_shift", "active_shift_backward", "normalize_shift_grad",
     "sal_conv2d", "sal_conv2d_backward", "sal_probs",
     "batch_norm", "batch_norm_backward", "batch_norm_relu", "batch_norm_relu_backward",

@@ -51,8 +51,9 @@ static int core_exec(PyObject *m) {
     if (PyModule_AddObjectRef(m, "SalError", st->error) < 0) return -1;
     if (PyModule_AddStringConstant(m, "__version__", SAL_VERSION_STR) < 0) return -1;
     if (add_program_tables(m) < 0) return -1;
-    PyMethodDef *tables[] = {core_lib_methods,    core_conv_methods, core_layers_methods,
-                             core_shift_methods,  core_data_methods, core_net_methods};
+    PyMethodDef *tables[] = {core_lib_methods,   core_conv_methods, core_layers_methods,
+                             core_shift_methods, core_data_methods, core_net_methods,
+                             core_shiftconv_methods};
     for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)
         if (PyModule_AddFunctions(m, tables[i]) < 0) return -1;
     sal_status s = sal_init();
