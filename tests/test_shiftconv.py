@@ -271,3 +271,42 @@ OPS_ROWS = _matrix_ops(OPS_SPECS)
 @pytest.mark.parametrize("row", OPS_ROWS, ids=[f"{r[0].name}-{r[1]}-{r[2]}" for r in OPS_ROWS])
 def test_ops_matrix(row):
     check_ops_row(row)
+
+
+@pytest.mark.parametrize("cfg", [dict(layer="sl", expansion=6), dict(layer="asl", expansion=6),
+                                 dict(layer="sal", shared=True)],
+                         ids=["sl-e6", "asl-e6", "sal-shared"])
+def test_exported_network_fused(cfg, isa, rng):
+    """Evaluation forwards run every 1x1 convolution, with the shift before it folded in, as
+    shift_conv1x1 (libsal/src/net.c): full width (16), ASL offsets up to +-2, a large batch
+    (panel mode) then smaller ones in the same buffers (direct mode), against PyTorch running
+    the same exported program (salnp.torch.to_torch: shifts by slicing, F.conv2d)."""
+    import salnp.torch as st
+
+    net = salnp.models.resnet(20, 16, seed=int(rng.integers(1 << 30)), **cfg)
+    for name, p in net.named_parameters():
+        if name.endswith("shift.shift"):
+            p[...] = rng.integers(-2, 3, p.shape)
+        elif ".bn" in name or name.startswith("bn") or ".shortcut.1." in name:
+            p[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else \
+                rng.uniform(-0.3, 0.3, p.shape)
+    net.beta = 70.0
+    for _ in range(2):
+        net.forward(rng.standard_normal((8, 3, 32, 32), dtype=np.float32), train=True)
+    inf = salnp.export(net)
+    t = st.to_torch(inf)
+    x = rng.standard_normal((24, 3, 32, 32), dtype=np.float32)
+    with torch.no_grad():
+        ref = t(torch.from_numpy(x)).numpy()
+    scale = float(np.abs(ref).max())
+    for n in (24, 5, 1):
+        assert_close(inf.forward(x[:n]), ref[:n], 1e-4 * scale, 1e-4, what=f"{cfg} batch {n}")
+    # the training network's evaluation forward takes the same fused path; its backward after
+    # it first writes the folded shifts' outputs
+    y = net.forward(x[:5], train=False, hard=True)
+    net.zero_grad()
+    net.backward(np.ones_like(y) / y.size)
+    g_eval = net.arena.grads.copy()
+    net.forward(x[:5], train=True)         # the same network, shifts written by their ops
+    net.forward(x[:5], train=False, hard=True)
+    assert np.isfinite(g_eval).all() and np.abs(g_eval).sum() > 0

@@ -15,6 +15,7 @@
 #include "sal/layers.h"
 #include "sal/net.h"
 #include "sal/shift.h"
+#include "sal/shiftconv.h"
 
 struct sal_net {
     sal_program p;      /* shapes, activations (act), scratch, batch sizes; arena = params */
@@ -53,6 +54,17 @@ struct sal_net {
      * runs a segment's forward again (its BN with the first run's statistics) before its ops'
      * backward.  Every BN saves the (dm, scale) it applied for that. */
     int64_t *seg, *seg_lo, *seg_hi, nseg;
+    /* Evaluation forwards run every 1x1 CONV without padding as a shifted-row GEMM
+     * (sal/shiftconv.h) with its epilogue fused, and fold into it the SHIFT that writes its
+     * input when no other op reads that: the SHIFT is then skipped (its buffer not written).
+     * Per op: the input the GEMM reads, its rows (offset into sc_rows), stride, and whether
+     * the op is a skipped SHIFT.  Training forwards run the ops as written (backward needs
+     * the SHIFT's output). */
+    struct sc_op {
+        int64_t in, r, stride, rows;   /* rows < 0: not a shifted-row GEMM */
+        int skip;
+    } *sc;
+    int32_t *sc_rows;
 };
 
 static const char *FN = "sal_net";
@@ -338,6 +350,67 @@ static void plan_sharing(sal_net *net) {
     net->live = -1;
 }
 
+/* The shifted-row GEMMs of evaluation forwards (see struct sal_net): every 1x1 CONV without
+ * padding reads rows (c, 0, 0) of its input, or, when its input is written by a SHIFT (only
+ * there) and read by it alone, the SHIFT's rows over the SHIFT's input with the strides
+ * multiplied. */
+static sal_status plan_shiftconv(sal_net *net) {
+    const int64_t nb = net->p.nbuf, nops = net->nops;
+    int64_t *reads = calloc((size_t)nb, sizeof *reads);
+    int64_t *writer = malloc((size_t)nb * sizeof *writer);
+    net->sc = malloc((size_t)nops * sizeof *net->sc);
+    if (!reads || !writer || !net->sc) {
+        free(reads), free(writer);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    for (int64_t b = 0; b < nb; b++) writer[b] = -1;
+    for (int64_t i = 0; i < nops; i++) {
+        const sal_op *op = &net->ops[i];
+        reads[op->in]++;
+        if (op->res >= 0) reads[op->res]++;
+        writer[op->out] = writer[op->out] == -1 ? i : -2;    /* -2: written twice */
+        net->sc[i] = (struct sc_op){-1, 0, 0, -1, 0};
+    }
+    int64_t nrows = 0;
+    for (int pass = 0; pass < 2; pass++) {    /* count the rows, then fill them */
+        nrows = 0;
+        for (int64_t j = 0; j < nops; j++) {
+            const sal_op *op = &net->ops[j];
+            if (op->kind != SAL_OP_CONV || op->k != 1 || op->pad != 0) continue;
+            const int64_t i = writer[op->in];
+            int64_t stride = op->stride;
+            const int fold = i >= 0 && i < j && net->ops[i].kind == SAL_OP_SHIFT &&
+                             reads[op->in] == 1 &&
+                             !__builtin_mul_overflow(net->ops[i].stride, op->stride, &stride);
+            const int64_t C = net->p.shapes[3 * op->in];
+            if (pass == 1) {
+                net->sc[j] = (struct sc_op){fold ? net->ops[i].in : op->in, C, stride, nrows, 0};
+                for (int64_t c = 0; c < C; c++) {
+                    int32_t *r = net->sc_rows + 3 * (nrows + c);
+                    if (fold) memcpy(r, net->shifts + 3 * (net->ops[i].ioff + c), 3 * sizeof *r);
+                    else r[0] = (int32_t)c, r[1] = r[2] = 0;
+                }
+                if (fold) net->sc[i].skip = 1;
+            }
+            nrows += C;
+        }
+        if (pass == 0 &&
+            !(net->sc_rows = malloc((size_t)(nrows ? nrows : 1) * 3 * sizeof *net->sc_rows))) {
+            free(reads), free(writer);
+            return sal_fail(SAL_ENOMEM, FN, "out of memory");
+        }
+    }
+    free(reads), free(writer);
+    return SAL_OK;
+}
+
+static sal_shiftconv_desc sc_desc(const sal_net *net, int64_t i, int64_t n) {
+    const struct sc_op *c = &net->sc[i];
+    return (sal_shiftconv_desc){.x = act_of(net->p.shapes + 3 * c->in, n), .o = net->ops[i].o,
+                                .r = c->r, .rows = net->sc_rows + 3 * c->rows,
+                                .stride = c->stride, .threads = net->p.threads};
+}
+
 /* the replayed buffer b (replay[b] >= 0) recomputed into the shared allocation, unless it
  * holds b already */
 static sal_status replay_buffer(sal_net *net, int64_t b, const float *params, int64_t n) {
@@ -371,6 +444,8 @@ void sal_net_free(sal_net *net) {
     free(net->seg);
     free(net->seg_lo);
     free(net->seg_hi);
+    free(net->sc);
+    free(net->sc_rows);
     free(net);
 }
 
@@ -423,6 +498,7 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
             if (op->kind == SAL_OP_BN) nstats += 4 * net->p.shapes[3 * op->in];
         }
         plan_sharing(net);
+        s = plan_shiftconv(net);
     }
     if (s == SAL_OK) {
         const int64_t *sl = shapes + 3 * net->ops[nops - 1].out;
@@ -512,7 +588,13 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
     switch (op->kind) {
     case SAL_OP_CONV: {
         const sal_conv_desc d = conv_desc(op, si, n, net->p.threads);
-        return sal_conv_scratch(&d);
+        size_t need = sal_conv_scratch(&d);
+        if (net->sc[i].rows >= 0) {       /* its evaluation forward's GEMM */
+            const sal_shiftconv_desc g = sc_desc(net, i, n);
+            const size_t f = sal_shiftconv_scratch(&g);
+            need = f > need ? f : need;
+        }
+        return need;
     }
     case SAL_OP_SAL: {
         const sal_sal_desc d = sal_desc(op, si, n, net->p.threads, NULL, 0, 1.0);
@@ -575,11 +657,17 @@ static sal_status forward_op(sal_net *net, int64_t i, const float *params, float
     float *y = act[op->out];
     switch (op->kind) {   /* every offset an op reads was checked at create: only those */
     case SAL_OP_CONV: {
+        const float *bias = op->p1 >= 0 ? params + op->p1 : NULL;
+        if (!net->train && net->sc[i].rows >= 0) {   /* the shifted-row GEMM, epilogue fused */
+            const sal_shiftconv_desc g = sc_desc(net, i, n);
+            const sal_shiftconv_epi e = {bias, res, (int)op->relu, (int)op->res_post};
+            SAL_TRY(sal_shiftconv_fwd(y, act[net->sc[i].in], params + op->p0, &e, &g, scratch));
+            break;
+        }
         const sal_conv_desc d = conv_desc(op, si, n, threads);
         SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, scratch));
-        sal_epilogue_planes(y, op->o, sal_program_numel(&net->p, op->out, n) / op->o,
-                            op->p1 >= 0 ? params + op->p1 : NULL, res, (int)op->relu,
-                            (int)op->res_post);
+        sal_epilogue_planes(y, op->o, sal_program_numel(&net->p, op->out, n) / op->o, bias,
+                            res, (int)op->relu, (int)op->res_post);
         break;
     }
     case SAL_OP_SAL: {
@@ -594,6 +682,7 @@ static sal_status forward_op(sal_net *net, int64_t i, const float *params, float
         break;
     }
     case SAL_OP_SHIFT: {
+        if (!net->train && net->sc[i].skip) break;   /* folded into the GEMM that reads it */
         const sal_shift_desc d = {xa, op->stride};
         SAL_TRY(sal_shift_rows_fwd(y, in, net->shifts + 3 * op->ioff,
                                    net->p.shapes[3 * op->out], &d));
@@ -679,6 +768,14 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
     for (int64_t b = 0; b < net->p.nbuf; b++)
         net->grad[b] = net->gslot[b] >= 0 ? net->slot[net->gslot[b]] : NULL;
     zero_born(net, net->nops, n);
+    if (!net->train)      /* an evaluation forward skipped the SHIFTs folded into GEMMs */
+        for (int64_t i = 0; i < net->nops; i++)
+            if (net->sc[i].skip) {
+                const sal_op *op = &net->ops[i];
+                const sal_shift_desc d = {act_of(net->p.shapes + 3 * op->in, n), op->stride};
+                SAL_TRY(sal_shift_rows_fwd(act[op->out], act[op->in], net->shifts + 3 * op->ioff,
+                                           net->p.shapes[3 * op->out], &d));
+            }
     /* the output's gradient: dlogits */
     const int64_t lastbuf = net->ops[net->nops - 1].out;
     memcpy(net->grad[lastbuf], dlogits, (size_t)sal_program_numel(&net->p, lastbuf, n) * sizeof(float));
