@@ -17,6 +17,7 @@ INFER_FIELDS: tuple[str, ...]
 INFER_KINDS: tuple[str, ...]
 BN_EPS: float
 BN_MOMENTUM: float
+TAP_THRESHOLD_DEFAULT: float
 
 class SalError(RuntimeError): ...
 

@@ -162,6 +162,9 @@ def _ops_specs():
     S.append(Spec("sal_probs", ops.sal_probs, dict(logits=LOGITS, beta=2.0),
                   dict(logits="F", beta="real"), mismatch={"logits": [(4, 3, 8)]},
                   finite={"beta"}, nonneg={"beta"}, anyshape={"logits"}))
+    S.append(Spec("sal_kept_taps", ops.sal_kept_taps, dict(logits=LOGITS, beta=2.0),
+                  dict(logits="F", beta="real"), mismatch={"logits": [(4, 3, 8)]},
+                  finite={"beta"}, nonneg={"beta"}, anyshape={"logits"}))
     S.append(Spec("batch_norm", ops.batch_norm,
                   dict(x=X, gamma=GAMMA, beta=BETA_BN, running_mean=np.zeros(3, np.float32),
                        running_var=np.ones(3, np.float32), training=True, momentum=0.1, eps=1e-5),

@@ -11,4 +11,5 @@
 #include "sal/layers.h"
 #include "sal/net.h"
 #include "sal/shift.h"
+#include "sal/taps.h"
 #endif
