@@ -49,8 +49,9 @@
 /* Forward: the tiles of T = V*NV positions, one after the other; per tile the entries of
  * every row k in channel blocks b (so that a block's copies of the tile stay in L1): NV
  * accumulators in registers, carried between blocks through part; after the last block
- * the epilogue.  A tile that extends past the chunk reads the (zeroed) slack after its
- * plane and keeps the valid part (TAPS_TMAX >= T). */
+ * the epilogue.  A tile that extends past the chunk reads into the slack after its plane
+ * (TAPS_TMAX >= T floats, never written: whatever it holds lands in lanes the epilogue
+ * drops) and keeps the valid part. */
 #define TAPS_FWD_KERNEL(SUF, V, NV, TARGET)                                                    \
     __attribute__((target(TARGET))) static void taps_fwd_##SUF(const taps_fwd_job *j) {      \
         typedef float vec __attribute__((vector_size(4 * (V))));                               \
@@ -484,15 +485,16 @@ static void grid_chunks(taps_grid *g, int nt) {
     int64_t R = BUF_BUDGET / (per_row > 0 ? per_row : 1) - 2;
     if (R < 1) R = 1;
     if (R > g->Hg) R = g->Hg;
-    const int64_t want = 2 * (int64_t)nt;
+    /* whole 128-position tiles: R a multiple of q = 128 / Wg rows (the same for every ISA,
+     * so that the scratch size does not depend on it); a small batch splits its images into
+     * chunks of no fewer rows (then its output rows, see work_units) */
+    const int64_t q = 128 % g->Wg == 0 ? 128 / g->Wg : 1, want = 2 * (int64_t)nt;
     if (g->N * ((g->Hg + R - 1) / R) < want) {
         const int64_t per_img = (want + g->N - 1) / g->N;
         int64_t r2 = (g->Hg + per_img - 1) / per_img;
-        if (r2 < R) R = r2 < 1 ? 1 : r2;
+        r2 = r2 < q ? q : r2;
+        if (r2 < R) R = r2;
     }
-    /* whole 128-position tiles: R a multiple of 128 / Wg rows (the same for every ISA, so
-     * that the scratch size does not depend on it) */
-    const int64_t q = 128 % g->Wg == 0 ? 128 / g->Wg : 1;
     if (R > q) R = R / q * q;
     g->R = R;
     g->nrb = (g->Hg + R - 1) / R;
@@ -694,10 +696,16 @@ typedef struct {
     int64_t nrow, ne, nb, cb;   /* rows, entries, blocks per row, source channels per block */
 } taps_list;
 
-/* source channels per block when the kernel reads span floats of each of ncopy planes */
+/* source channels per block when the kernel reads span floats of each of ncopy planes: the
+ * planes within L1_FLOATS, but at least MIN_BLOCK channels (the partial sums a block
+ * boundary stores and reloads cost more than the L1 misses they save below that: measured
+ * on the exported network, one tap per slice, 16-channel blocks 9 % faster than 4-channel
+ * ones) */
+#define MIN_BLOCK 32
 static int64_t block_channels(int64_t cs, int ncopy, int64_t span) {
     int64_t cb = L1_FLOATS / ((int64_t)ncopy * span);
-    return cb < 1 ? 1 : cb > cs ? cs : cb;
+    cb = cb < MIN_BLOCK ? MIN_BLOCK : cb;
+    return cb > cs ? cs : cb;
 }
 
 static void list_blocks(taps_list *l, int64_t cs, int64_t cb) {
@@ -761,6 +769,7 @@ typedef struct {
     int ph2[2][2];          /* stride 2: the phase of (a, b) */
     taps_list lf, lw, lb;   /* forward, weight gradient, input gradient */
     uint16_t *usef, *useb;
+    int32_t *blk;           /* the gather: the block of each input channel */
     float *g;               /* (E) the weight gradient at the entries */
     float *thr;             /* per-thread areas of `per` floats */
     int64_t per, bufn, tmpn, accn, partn, gpart;   /* gpart: offset of the partial g */
@@ -817,6 +826,7 @@ typedef struct {
     const unshared_plan *u;
     const taps_grid *g;
     const taps_list *l;
+    int64_t ks, nk;             /* work unit = (chunk, one of ks ranges of nk rows) */
     const uint16_t *use;
     float *dst;                 /* forward: y; input gradient: dx */
     int64_t dsn, dsc;           /* its strides: image, channel */
@@ -830,12 +840,49 @@ typedef struct {
 
 static float *thread_area(const unshared_plan *u, int tid) { return u->thr + tid * u->per; }
 
-/* prefetch the chunk after j when this thread does it */
-static void prefetch_next(const taps_grid *g, int64_t j, int64_t j1) {
-    if (j + 1 >= j1) return;
+static int64_t nchunks(const taps_grid *g) { return (g->N + g->nimg - 1) / g->nimg * g->nrb; }
+
+/* row ranges per chunk: 1, or, when there are fewer than 2 chunks per thread (a small
+ * batch), enough for 2 work units per thread, keeping >= 8 rows per range (the threads then
+ * share a chunk's rows, each copying the chunk itself) */
+static int64_t row_splits(const taps_grid *g, int64_t nk, int nt) {
+    const int64_t nc = nchunks(g), want = 2 * (int64_t)nt;
+    if (nc >= want || nt <= 1) return 1;
+    const int64_t ks = (want + nc - 1) / nc, most = nk / 8 < 1 ? 1 : nk / 8;
+    return ks < most ? ks : most;
+}
+
+static chunk_task units(chunk_task t, int64_t nk, int nt) {
+    t.nk = nk;
+    t.ks = row_splits(t.g, nk, nt);
+    return t;
+}
+
+static int64_t nunits(const chunk_task *t) { return nchunks(t->g) * t->ks; }
+
+/* unit v: its chunk (returned) and rows [*k0, *k1) */
+static int64_t unit_of(const chunk_task *t, int64_t v, int64_t *k0, int64_t *k1) {
+    const int64_t r = v % t->ks;
+    *k0 = t->nk * r / t->ks;
+    *k1 = t->nk * (r + 1) / t->ks;
+    return v / t->ks;
+}
+
+/* copies chunk j into buf unless it is there (*have), and prefetches the chunk of unit
+ * vnext if this thread does that next */
+static void enter_chunk(float *buf, const chunk_task *t, int64_t j, int64_t *have, int64_t vnext,
+                        int64_t vend) {
+    const taps_grid *g = t->g;
     int64_t n0, ni, Y0, rows;
-    chunk_of(g, j + 1, &n0, &ni, &Y0, &rows);
-    for (int64_t n = n0; n < n0 + ni; n++) prefetch_chunk(g, n, Y0, rows);
+    if (*have != j) {
+        chunk_of(g, j, &n0, &ni, &Y0, &rows);
+        prep_chunk(buf, g, n0, ni, Y0, rows, t->use);
+        *have = j;
+    }
+    if (vnext < vend && vnext / t->ks != j) {
+        chunk_of(g, vnext / t->ks, &n0, &ni, &Y0, &rows);
+        for (int64_t n = n0; n < n0 + ni; n++) prefetch_chunk(g, n, Y0, rows);
+    }
 }
 
 static taps_fwd_job fwd_job(const chunk_task *t, const float *buf, int64_t np, int64_t k0,
@@ -845,99 +892,102 @@ static taps_fwd_job fwd_job(const chunk_task *t, const float *buf, int64_t np, i
                           dstride, mode, t->bias, res, t->relu, t->res_post, tmp, part};
 }
 
-/* forward (and deployment): chunks [j0, j1) */
-static void fwd_chunks(void *p, int64_t j0, int64_t j1, int tid) {
+/* forward (and deployment): work units [v0, v1) */
+static void fwd_units(void *p, int64_t v0, int64_t v1, int tid) {
     const chunk_task *t = p;
     const unshared_plan *u = t->u;
     const taps_grid *g = t->g;
     float *buf = thread_area(u, tid), *tmp = buf + u->bufn, *part = tmp + u->tmpn;
-    memset(buf, 0, (size_t)u->bufn * sizeof *buf);   /* the slack read by partial tiles */
-    for (int64_t j = j0; j < j1; j++) {
-        int64_t n0, ni, Y0, rows;
+    int64_t have = -1;
+    for (int64_t v = v0; v < v1; v++) {
+        int64_t k0, k1, n0, ni, Y0, rows;
+        const int64_t j = unit_of(t, v, &k0, &k1);
+        enter_chunk(buf, t, j, &have, v + 1, v1);
         chunk_of(g, j, &n0, &ni, &Y0, &rows);
-        prep_chunk(buf, g, n0, ni, Y0, rows, t->use);
-        prefetch_next(g, j, j1);
         for (int64_t n = n0; n < n0 + ni; n++) {
-            const int64_t at = n * t->dsn + Y0 * g->Wg;
+            const int64_t at = n * t->dsn + k0 * t->dsc + Y0 * g->Wg;
             const taps_fwd_job job =
-                fwd_job(t, buf + (n - n0) * g->ibs, rows * g->Wg, 0, t->l->nrow, t->dst + at,
-                        t->dsc, t->mode, t->res ? t->res + at : NULL, tmp, part);
+                fwd_job(t, buf + (n - n0) * g->ibs, rows * g->Wg, k0, k1, t->dst + at, t->dsc,
+                        t->mode, t->res ? t->res + at : NULL, tmp, part);
             g->kern.fwd(&job);
         }
     }
 }
 
-/* input gradient: chunks [j0, j1) of the dy grid; stride 1 adds into dx directly, stride
- * >= 2 computes the phase planes of each input channel and adds them in */
-static void dx_chunks(void *p, int64_t j0, int64_t j1, int tid) {
+/* input gradient: work units [v0, v1) of the dy grid over the input channels; stride 1
+ * adds into dx directly, stride >= 2 computes the phase planes of each input channel and
+ * adds them in */
+static void dx_units(void *p, int64_t v0, int64_t v1, int tid) {
     const chunk_task *t = p;
     const unshared_plan *u = t->u;
     const taps_grid *g = t->g;
     float *buf = thread_area(u, tid), *tmp = buf + u->bufn, *part = tmp + u->tmpn;
-    memset(buf, 0, (size_t)u->bufn * sizeof *buf);
-    const int64_t C = t->l->nrow / u->nph, S = t->S, Wg = g->Wg;
-    for (int64_t j = j0; j < j1; j++) {
-        int64_t n0, ni, Y0, rows;
+    const int64_t S = t->S, Wg = g->Wg;
+    int64_t have = -1;
+    for (int64_t v = v0; v < v1; v++) {
+        int64_t i0, i1, n0, ni, Y0, rows;
+        const int64_t j = unit_of(t, v, &i0, &i1);
+        enter_chunk(buf, t, j, &have, v + 1, v1);
         chunk_of(g, j, &n0, &ni, &Y0, &rows);
         const int64_t np = rows * Wg;
-        prep_chunk(buf, g, n0, ni, Y0, rows, t->use);
-        prefetch_next(g, j, j1);
         for (int64_t n = n0; n < n0 + ni; n++) {
-        const float *bn = buf + (n - n0) * g->ibs;
-        if (S == 1) {
-            const taps_fwd_job job = fwd_job(t, bn, np, 0, C, t->dst + n * t->dsn + Y0 * Wg,
-                                             t->dsc, TAPS_EPI_ACC, NULL, tmp, part);
-            g->kern.fwd(&job);
-            continue;
-        }
-        float *planes = tmp + np + 2 * TAPS_TMAX;   /* nph planes of np floats */
-        for (int64_t i = 0; i < C; i++) {
-            const taps_fwd_job job = fwd_job(t, bn, np, i * u->nph, (i + 1) * u->nph, planes, np,
-                                             TAPS_EPI_STORE, NULL, tmp, part);
-            g->kern.fwd(&job);
-            float *dxi = t->dst + n * t->dsn + i * t->dsc;
-            if (S == 2 && u->nph == 4) {   /* both column phases of a row at once */
-                const scatter2_fn sc2 = STRIDE2[sal_cpu_isa()].scatter2;
-                for (int a = 0; a < 2; a++) {
-                    const float *pe = planes + u->ph2[a][0] * np, *po = planes + u->ph2[a][1] * np;
-                    for (int64_t r = 0; r < rows && 2 * (Y0 + r) + a < t->H; r++)
-                        sc2(dxi + (2 * (Y0 + r) + a) * t->W, pe + r * Wg, po + r * Wg, t->W);
-                }
+            const float *bn = buf + (n - n0) * g->ibs;
+            if (S == 1) {
+                const taps_fwd_job job =
+                    fwd_job(t, bn, np, i0, i1, t->dst + n * t->dsn + i0 * t->dsc + Y0 * Wg,
+                            t->dsc, TAPS_EPI_ACC, NULL, tmp, part);
+                g->kern.fwd(&job);
                 continue;
             }
-            for (int ph = 0; ph < u->nph; ph++) {
-                const float *pl = planes + ph * np;
-                const int64_t a = u->pha[ph], b = u->phb[ph];
-                const int64_t cmax = (t->W - b + S - 1) / S < Wg ? (t->W - b + S - 1) / S : Wg;
-                for (int64_t r = 0; r < rows; r++) {
-                    const int64_t iy = S * (Y0 + r) + a;
-                    if (iy >= t->H) break;
-                    float *drow = dxi + iy * t->W + b;
-                    const float *prow = pl + r * Wg;
-                    for (int64_t c = 0; c < cmax; c++) drow[S * c] += prow[c];
+            float *planes = tmp + np + 2 * TAPS_TMAX;   /* nph planes of np floats */
+            for (int64_t i = i0; i < i1; i++) {
+                const taps_fwd_job job = fwd_job(t, bn, np, i * u->nph, (i + 1) * u->nph, planes,
+                                                 np, TAPS_EPI_STORE, NULL, tmp, part);
+                g->kern.fwd(&job);
+                float *dxi = t->dst + n * t->dsn + i * t->dsc;
+                if (S == 2 && u->nph == 4) {   /* both column phases of a row at once */
+                    const scatter2_fn sc2 = STRIDE2[sal_cpu_isa()].scatter2;
+                    for (int a = 0; a < 2; a++) {
+                        const float *pe = planes + u->ph2[a][0] * np;
+                        const float *po = planes + u->ph2[a][1] * np;
+                        for (int64_t r = 0; r < rows && 2 * (Y0 + r) + a < t->H; r++)
+                            sc2(dxi + (2 * (Y0 + r) + a) * t->W, pe + r * Wg, po + r * Wg, t->W);
+                    }
+                    continue;
+                }
+                for (int ph = 0; ph < u->nph; ph++) {
+                    const float *pl = planes + ph * np;
+                    const int64_t a = u->pha[ph], b = u->phb[ph];
+                    const int64_t cm = (t->W - b + S - 1) / S, cmax = cm < Wg ? cm : Wg;
+                    for (int64_t r = 0; r < rows; r++) {
+                        const int64_t iy = S * (Y0 + r) + a;
+                        if (iy >= t->H) break;
+                        float *drow = dxi + iy * t->W + b;
+                        const float *prow = pl + r * Wg;
+                        for (int64_t c = 0; c < cmax; c++) drow[S * c] += prow[c];
+                    }
                 }
             }
-        }
         }
     }
 }
 
-/* weight gradient: chunks [j0, j1) into this thread's partial g */
-static void wg_chunks(void *p, int64_t j0, int64_t j1, int tid) {
+/* weight gradient: work units [v0, v1) into this thread's partial g */
+static void wg_units(void *p, int64_t v0, int64_t v1, int tid) {
     const chunk_task *t = p;
     const unshared_plan *u = t->u;
     const taps_grid *g = t->g;
     float *buf = thread_area(u, tid), *tmp = buf + u->bufn, *accv = tmp + u->tmpn + u->partn;
     float *gp = buf + u->gpart;
-    memset(buf, 0, (size_t)u->bufn * sizeof *buf);
     memset(gp, 0, (size_t)t->l->ne * sizeof *gp);
-    for (int64_t j = j0; j < j1; j++) {
-        int64_t n0, ni, Y0, rows;
+    int64_t have = -1;
+    for (int64_t v = v0; v < v1; v++) {
+        int64_t k0, k1, n0, ni, Y0, rows;
+        const int64_t j = unit_of(t, v, &k0, &k1);
+        enter_chunk(buf, t, j, &have, v + 1, v1);
         chunk_of(g, j, &n0, &ni, &Y0, &rows);
-        prep_chunk(buf, g, n0, ni, Y0, rows, t->use);
-        prefetch_next(g, j, j1);
         const taps_sddmm_job job = {buf, rows * g->Wg, ni, g->ibs, t->l->rowptr, t->l->nb,
-                                    t->l->off, 0, t->l->nrow, t->dy + n0 * t->ysn + Y0 * g->Wg,
+                                    t->l->off, k0, k1, t->dy + n0 * t->ysn + Y0 * g->Wg,
                                     t->ysc, t->ysn, gp, accv, tmp};
         /* by tiles for one wide image per chunk (measured 9 % faster on 32x32 planes), by
          * entry groups otherwise (2x faster on 8x8 planes, 12 % on 16x16) */
@@ -961,8 +1011,6 @@ static void gsum_run(void *p, int64_t e0, int64_t e1, int tid) {
         u->g[e] = s;
     }
 }
-
-static int64_t nchunks(const taps_grid *g) { return (g->N + g->nimg - 1) / g->nimg * g->nrb; }
 
 /* ---- shared: restricted im2col + GEMM ----------------------------------------------- */
 typedef struct {
@@ -1183,9 +1231,11 @@ sal_status sal_taps_fwd(float *y, const float *x, const float *weff, const uint1
     SAL_TRY(sal_sal_check(d, &ya));
     list_fwd(&u.lf, &u.gf, u.fcopy, u.fro, kept, weff, d->o, d->x.c, u.usef);
     u.gf.src = x;
-    const chunk_task t = {&u, &u.gf, &u.lf, u.usef, y, sal_act_sn(ya), sal_act_sc(ya), 0, 0,
-                          d->stride, NULL, 0, 0, TAPS_EPI_STORE, NULL, NULL, 0, 0};
-    sal_parallel_for(nchunks(&u.gf), u.nt, fwd_chunks, (void *)&t);
+    const chunk_task t = units((chunk_task){&u, &u.gf, &u.lf, 1, 0, u.usef, y, sal_act_sn(ya),
+                                            sal_act_sc(ya), 0, 0, d->stride, NULL, 0, 0,
+                                            TAPS_EPI_STORE, NULL, NULL, 0, 0},
+                               d->o, u.nt);
+    sal_parallel_for(nunits(&t), u.nt, fwd_units, (void *)&t);
     return SAL_OK;
 }
 
@@ -1200,11 +1250,13 @@ sal_status sal_taps_bwd(float *dx, float *g, const float *dy, const float *x, co
     if (g) {
         list_fwd(&u.lw, &u.gf, u.fcopy, u.fro, kept, weff, O, C, u.usef);
         u.gf.src = x;
-        const chunk_task t = {&u, &u.gf, &u.lw, u.usef, NULL, 0, 0, 0, 0, d->stride, dy,
-                              sal_act_sn(ya), sal_act_sc(ya), 0, NULL, NULL, 0, 0};
-        const int64_t nc = nchunks(&u.gf);
-        sal_parallel_for(nc, u.nt, wg_chunks, (void *)&t);
-        gsum_task gt = {&u, (int)(nc < u.nt ? nc : u.nt)};
+        const chunk_task t = units((chunk_task){&u, &u.gf, &u.lw, 1, 0, u.usef, NULL, 0, 0, 0, 0,
+                                                d->stride, dy, sal_act_sn(ya), sal_act_sc(ya), 0,
+                                                NULL, NULL, 0, 0},
+                                   O, u.nt);
+        const int64_t nv = nunits(&t);
+        sal_parallel_for(nv, u.nt, wg_units, (void *)&t);
+        gsum_task gt = {&u, (int)(nv < u.nt ? nv : u.nt)};
         sal_parallel_for(u.lw.ne, u.nt, gsum_run, &gt);
         /* the entries in their order (o, i, q): blocks split i in order */
         int64_t e = 0;
@@ -1215,9 +1267,12 @@ sal_status sal_taps_bwd(float *dx, float *g, const float *dy, const float *x, co
     if (dx) {
         list_bwd(&u.lb, &u.gb, u.bcopy, u.bro, u.bph, u.nph, kept, weff, O, C, u.useb);
         u.gb.src = dy;
-        const chunk_task t = {&u, &u.gb, &u.lb, u.useb, dx, sal_act_sn(d->x), sal_act_sc(d->x),
-                              d->x.h, d->x.w, d->stride, NULL, 0, 0, 0, NULL, NULL, 0, 0};
-        sal_parallel_for(nchunks(&u.gb), u.nt, dx_chunks, (void *)&t);
+        const chunk_task t = units((chunk_task){&u, &u.gb, &u.lb, 1, 0, u.useb, dx,
+                                                sal_act_sn(d->x), sal_act_sc(d->x), d->x.h,
+                                                d->x.w, d->stride, NULL, 0, 0, 0, NULL, NULL, 0,
+                                                0},
+                                   C, u.nt);
+        sal_parallel_for(nunits(&t), u.nt, dx_units, (void *)&t);
     }
     return SAL_OK;
 }
@@ -1249,6 +1304,7 @@ static sal_status gather_geom(const char *fn, sal_act xa, int64_t o, int64_t str
     u->lf.off = carve(&c, (size_t)(npair > 0 ? npair : 1) * sizeof(int64_t));
     u->lf.w = carve(&c, (size_t)(npair > 0 ? npair : 1) * sizeof(float));
     u->usef = carve(&c, (size_t)xa.c * sizeof(uint16_t));
+    u->blk = carve(&c, (size_t)xa.c * sizeof(int32_t));
     thread_sizes(u, grid_buf_floats(&u->gf), u->gf.R * u->gf.Wg, o, 0, 0);
     u->thr = carve(&c, (size_t)u->per * (size_t)u->nt * sizeof(float));
     *floats = c.used + 16;
@@ -1276,6 +1332,13 @@ sal_status sal_taps_gather_fwd(float *y, const float *x, sal_act xa, int64_t o, 
                 "y, x, scratch, pairs and w must not be NULL (scratch: %zu floats)", need);
     SAL_REQUIRE((relu == 0 || relu == 1) && (res_post == 0 || res_post == 1), fn,
                 "relu=%d res_post=%d: must be 0 or 1", relu, res_post);
+    SAL_TRY(gather_geom(fn, xa, o, stride, npair, threads, &u, &need, scratch));
+    const taps_grid *g = &u.gf;
+    taps_list *l = &u.lf;
+    /* rows o, blocks of input channels: count (validating), prefix sums, fill; pairs are
+     * sorted by o only, within a row's block they keep their order */
+    for (int64_t i = 0; i < xa.c; i++) u.blk[i] = (int32_t)(i / l->cb);
+    memset(l->rowptr, 0, (size_t)(o * l->nb + 1) * sizeof *l->rowptr);
     for (int64_t k = 0; k < npair; k++) {
         const int32_t *r = pairs + 4 * k;
         SAL_REQUIRE((k == 0 || r[0] >= r[-4]) && r[0] >= 0 && r[0] < o && r[1] >= 0 &&
@@ -1283,21 +1346,14 @@ sal_status sal_taps_gather_fwd(float *y, const float *x, sal_act xa, int64_t o, 
                     "pair %lld = (%d, %d, %d, %d): needs o sorted in [0, %lld), i in [0, %lld), "
                     "|dy|, |dx| <= 1", (long long)k, r[0], r[1], r[2], r[3], (long long)o,
                     (long long)xa.c);
+        l->rowptr[r[0] * l->nb + u.blk[r[1]] + 1]++;
     }
-    SAL_TRY(gather_geom(fn, xa, o, stride, npair, threads, &u, &need, scratch));
-    const taps_grid *g = &u.gf;
-    taps_list *l = &u.lf;
-    /* rows o, blocks of input channels: count, prefix sums, fill (pairs are sorted by o
-     * only; within a block they keep their order) */
-    memset(l->rowptr, 0, (size_t)(o * l->nb + 1) * sizeof *l->rowptr);
-    for (int64_t k = 0; k < npair; k++)
-        l->rowptr[pairs[4 * k] * l->nb + pairs[4 * k + 1] / l->cb + 1]++;
     for (int64_t r = 0; r < o * l->nb; r++) l->rowptr[r + 1] += l->rowptr[r];
     memset(u.usef, 0, (size_t)xa.c * sizeof *u.usef);
     for (int64_t k = 0; k < npair; k++) {
         const int32_t *r = pairs + 4 * k;
         const int q = (r[2] + 1) * 3 + r[3] + 1;
-        const int64_t e = l->rowptr[r[0] * l->nb + r[1] / l->cb]++;
+        const int64_t e = l->rowptr[r[0] * l->nb + u.blk[r[1]]]++;
         l->off[e] = (r[1] * g->ncopy + u.fcopy[q]) * g->cstride + (1 + u.fro[q]) * g->Wg;
         l->w[e] = w[k];
         u.usef[r[1]] |= (uint16_t)(1u << u.fcopy[q]);
@@ -1307,8 +1363,10 @@ sal_status sal_taps_gather_fwd(float *y, const float *x, sal_act xa, int64_t o, 
     l->nrow = o, l->ne = npair;
     u.gf.src = x;
     const sal_act ya = {xa.n, o, g->Hg, g->Wg, xa.layout};
-    const chunk_task t = {&u, &u.gf, l, u.usef, y, sal_act_sn(ya), sal_act_sc(ya), 0, 0, stride,
-                          NULL, 0, 0, TAPS_EPI_DEPLOY, bias, res, relu, res_post};
-    sal_parallel_for(nchunks(&u.gf), u.nt, fwd_chunks, (void *)&t);
+    const chunk_task t = units((chunk_task){&u, &u.gf, l, 1, 0, u.usef, y, sal_act_sn(ya),
+                                            sal_act_sc(ya), 0, 0, stride, NULL, 0, 0,
+                                            TAPS_EPI_DEPLOY, bias, res, relu, res_post},
+                               o, u.nt);
+    sal_parallel_for(nunits(&t), u.nt, fwd_units, (void *)&t);
     return SAL_OK;
 }
