@@ -303,6 +303,7 @@ TAP_SHAPES = [
     (1, 4, 33, 35, 5, 1),
     (2, 6, 16, 16, 11, 2),
     (2, 12, 32, 32, 9, 1),
+    (2, 5, 9, 10, 65, 2),     # >= 64 outputs: shared SAL on the restricted-im2col GEMM
 ]
 TAP_SHAPE_IDS = ["x".join(map(str, s)) for s in TAP_SHAPES]
 TAP_BETAS = [1.0, 20.0, 70.0, 200.0]

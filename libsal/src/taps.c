@@ -770,6 +770,7 @@ typedef struct {
     taps_list lf, lw, lb;   /* forward, weight gradient, input gradient */
     uint16_t *usef, *useb;
     int32_t *blk;           /* the gather: the block of each input channel */
+    uint16_t *kexp;         /* shared SAL on these kernels: kept (O, C), row o = kept (C) */
     float *g;               /* (E) the weight gradient at the entries */
     float *thr;             /* per-thread areas of `per` floats */
     int64_t per, bufn, tmpn, accn, partn, gpart;   /* gpart: offset of the partial g */
@@ -811,6 +812,7 @@ static size_t unshared_layout(unshared_plan *u, const sal_sal_desc *d, float *ba
     u->lb.w = carve(&c, (size_t)Emax * sizeof(float));
     u->usef = carve(&c, (size_t)C * sizeof(uint16_t));
     u->useb = carve(&c, (size_t)O * sizeof(uint16_t));
+    u->kexp = carve(&c, (size_t)(O * C) * sizeof(uint16_t));
     u->g = carve(&c, (size_t)Emax * sizeof(float));
     const int64_t bf = grid_buf_floats(&u->gf), bb = grid_buf_floats(&u->gb);
     const int64_t npf = u->gf.R * u->gf.Wg, npb = u->gb.R * u->gb.Wg;
@@ -1184,19 +1186,49 @@ static sal_status shared_bwd(float *dx, float *g, const float *dy, const float *
 /* ---- training entry points (internal/taps.h) ------------------------------------------ */
 size_t sal_taps_scratch(const sal_sal_desc *d) {
     if (sal_sal_check(d, NULL) != SAL_OK) return 0;
-    if (d->shared) {
-        shared_plan s;
-        return shared_layout(&s, d, NULL);
-    }
     unshared_plan u;
-    return unshared_layout(&u, d, NULL);
+    const size_t e = unshared_layout(&u, d, NULL);
+    if (!d->shared) return e;
+    shared_plan s;
+    const size_t g = shared_layout(&s, d, NULL);
+    return g > e ? g : e;
 }
 
-/* Crossover.  The sparse path runs when its expected time, nkept taps at the sparse
- * kernels' rate, is below the dense convolution's 9*O*C taps at its rate; the ratio of the
- * two rates (the "break-even density": the fraction of kept taps at which both take the
- * same time) was measured with bench/bench_taps.py on this 2-core Zen 4 (see there and
- * bench/RESULTS.md).  [filled in from the measurement] */
+/* Shared SAL runs on the GEMM (restricted im2col) or on the entry kernels of unshared SAL,
+ * every output keeping its input channel's taps.  Measured (1 thread, batch 128, ResNet-20
+ * shapes, beta 1 .. 20): the entry kernels are 1.5-3x faster for 16 and 32 outputs, the
+ * GEMM faster for 64 outputs in the backward (64x8x8: 8.9 vs 10.3 ms at beta 20) and the
+ * stride-2 forward (32->64: 2.8 vs 3.8 ms). */
+static int shared_by_gemm(const sal_sal_desc *d, int bwd) {
+    return d->o >= 64 && (bwd || d->stride >= 2);
+}
+
+/* the kept taps per (o, i) for the entry kernels: kept itself, or shared SAL's kept (C)
+ * repeated for every output */
+static const uint16_t *kept_oc(const unshared_plan *u, const uint16_t *kept,
+                               const sal_sal_desc *d) {
+    if (!d->shared) return kept;
+    for (int64_t o = 0; o < d->o; o++)
+        memcpy(u->kexp + o * d->x.c, kept, (size_t)d->x.c * sizeof *kept);
+    return u->kexp;
+}
+
+/* Crossover.  The sparse path runs when the fraction of kept taps (nkept / (9 L)) is below
+ * the break-even fraction at which the sparse and the dense path take the same time,
+ * measured with bench/bench_taps.c (thread CPU time, 1 thread, batch 128, CNHW, the
+ * ResNet-20 SAL layers 16x32x32, 16->32 stride 2, 32x16x16, 32->64 stride 2, 64x8x8, the
+ * logits U[0, 1) with beta 1 .. 20 for kept fractions 1.0 .. 0.35; 2026-12, Zen 4, AVX-512):
+ *   forward, stride 1:  0.72 - 0.78 (unshared), 0.68 - 0.8 (shared)        -> 0.7
+ *   forward, stride 2:  0.8 (32->64 unshared), >= 1 (the others: the dense stride-2
+ *                       convolution is im2col + GEMM)                          -> 0.8
+ *   backward:           > 1: the sparse path is faster even with all 9 taps kept (0.6 -
+ *                       1.0x the dense time at fraction 1; the dense backward is the
+ *                       direct 3x3 kernel's weight gradient plus its input gradient)
+ *                                                                               -> always
+ * Re-measure when the dense convolution changes (Winograd, issue 18): bench_taps prints
+ * both paths' times over a sweep of beta. */
+#define CROSSOVER_FWD_S1 0.7
+#define CROSSOVER_FWD_S2 0.8
 static const char *const PATHS[] = {"auto", "sparse", "dense"};
 static atomic_int path_mode = 0;
 
@@ -1215,18 +1247,18 @@ const char *sal_get_taps_path(void) { return PATHS[atomic_load(&path_mode)]; }
 int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd) {
     const int mode = atomic_load(&path_mode);
     if (mode) return mode == 1;
+    if (bwd) return 1;
     const int64_t all = (d->shared ? d->x.c : d->o * d->x.c) * KK;
-    double crossover;
-    if (d->shared) crossover = 0.6;
-    else crossover = bwd ? 0.5 : 0.5;
+    const double crossover = d->stride == 1 ? CROSSOVER_FWD_S1 : CROSSOVER_FWD_S2;
     return (double)nkept < crossover * (double)all;
 }
 
 sal_status sal_taps_fwd(float *y, const float *x, const float *weff, const uint16_t *kept,
                         const sal_sal_desc *d, float *scratch) {
-    if (d->shared) return shared_fwd(y, x, weff, kept, d, scratch);
+    if (d->shared && shared_by_gemm(d, 0)) return shared_fwd(y, x, weff, kept, d, scratch);
     unshared_plan u;
     unshared_layout(&u, d, scratch);
+    kept = kept_oc(&u, kept, d);
     sal_act ya;
     SAL_TRY(sal_sal_check(d, &ya));
     list_fwd(&u.lf, &u.gf, u.fcopy, u.fro, kept, weff, d->o, d->x.c, u.usef);
@@ -1241,9 +1273,11 @@ sal_status sal_taps_fwd(float *y, const float *x, const float *weff, const uint1
 
 sal_status sal_taps_bwd(float *dx, float *g, const float *dy, const float *x, const float *weff,
                         const uint16_t *kept, const sal_sal_desc *d, float *scratch) {
-    if (d->shared) return shared_bwd(dx, g, dy, x, weff, kept, d, scratch);
+    if (d->shared && shared_by_gemm(d, 1))
+        return shared_bwd(dx, g, dy, x, weff, kept, d, scratch);
     unshared_plan u;
     unshared_layout(&u, d, scratch);
+    kept = kept_oc(&u, kept, d);
     sal_act ya;
     SAL_TRY(sal_sal_check(d, &ya));
     const int64_t O = d->o, C = d->x.c;
