@@ -58,25 +58,29 @@
         typedef int ivec __attribute__((vector_size(4 * (V))));                                \
         enum { T = (V) * (NV) };                                                               \
         _Static_assert(T <= TAPS_TMAX, "tile within the slack");                               \
-        const int64_t npos = j->npos, nb = j->nb;                                              \
+        /* the job's fields in locals: the memcpy stores below may alias anything */           \
+        const int64_t npos = j->npos, nb = j->nb, k0 = j->k0, k1 = j->k1;                      \
+        const int64_t *const rowptr = j->rowptr, *const off = j->off;                          \
+        const float *const buf = j->buf, *const w = j->w;                                      \
+        float *const part = j->part;                                                           \
         for (int64_t p0 = 0; p0 < npos; p0 += T) {                                             \
             const int64_t m = npos - p0 < T ? npos - p0 : T;                                   \
-            const float *base = j->buf + p0;                                                   \
+            const float *base = buf + p0;                                                      \
             for (int64_t b = 0; b < nb; b++) {                                                 \
                 const int last = b == nb - 1;                                                  \
-                for (int64_t k = j->k0; k < j->k1; k++) {                                      \
+                for (int64_t k = k0; k < k1; k++) {                                            \
                     vec acc[NV];                                                               \
-                    float *pk = j->part + (k - j->k0) * T;                                     \
+                    float *pk = part + (k - k0) * T;                                           \
                     if (b == 0) {                                                              \
                         _Pragma("GCC unroll 16") for (int i = 0; i < (NV); i++) acc[i] = (vec){0}; \
                     } else {                                                                   \
                         _Pragma("GCC unroll 16") for (int i = 0; i < (NV); i++)                \
                             memcpy(&acc[i], pk + (V) * i, sizeof(vec));                        \
                     }                                                                          \
-                    const int64_t e1 = j->rowptr[k * nb + b + 1];                              \
-                    for (int64_t e = j->rowptr[k * nb + b]; e < e1; e++) {                     \
-                        const float *s = base + j->off[e];                                     \
-                        const vec wv = j->w[e] - (vec){0}; /* a broadcast (x - 0 = x) */       \
+                    const int64_t e1 = rowptr[k * nb + b + 1];                                 \
+                    for (int64_t e = rowptr[k * nb + b]; e < e1; e++) {                        \
+                        const float *s = base + off[e];                                        \
+                        const vec wv = w[e] - (vec){0}; /* a broadcast (x - 0 = x) */          \
                         _Pragma("GCC unroll 16") for (int i = 0; i < (NV); i++) {              \
                             vec xi;                                                            \
                             memcpy(&xi, s + (V) * i, sizeof xi);                               \
@@ -225,37 +229,42 @@
         typedef int ivec __attribute__((vector_size(4 * (V))));                                \
         enum { T = (V) * (SV) };                                                               \
         _Static_assert(T <= TAPS_TMAX && (SV) % 2 == 0, "tile");                               \
-        const int64_t npos = j->npos, nb = j->nb;                                              \
+        /* the job's fields in locals: the memcpy stores below may alias anything */           \
+        const int64_t npos = j->npos, nb = j->nb, nimg = j->nimg, bis = j->bis;                \
+        const int64_t dystride = j->dystride, dyis = j->dyis, k1 = j->k1;                      \
+        const int64_t *const rowptr = j->rowptr, *const off = j->off;                          \
+        const float *const buf = j->buf, *const dy = j->dy;                                    \
+        float *const accv = j->accv, *const gout = j->g, *const tmp = j->tmp;                  \
         ivec lane;                                                                             \
         for (int l = 0; l < (V); l++) lane[l] = l;                                             \
-        for (int64_t kb = j->k0; kb < j->k1;) {                                                \
-            const int64_t ea = j->rowptr[kb * nb];                                             \
+        for (int64_t kb = j->k0; kb < k1;) {                                                   \
+            const int64_t ea = rowptr[kb * nb];                                                \
             int64_t ke = kb + 1;                                                               \
-            while (ke < j->k1 && (j->rowptr[(ke + 1) * nb] - ea) * (V) <= ACCV_FLOATS) ke++;   \
-            const int64_t eb = j->rowptr[ke * nb];                                             \
-            memset(j->accv, 0, (size_t)((eb - ea) * (V)) * sizeof(float));                     \
-            for (int64_t im = 0; im < j->nimg; im++)                                           \
+            while (ke < k1 && (rowptr[(ke + 1) * nb] - ea) * (V) <= ACCV_FLOATS) ke++;         \
+            const int64_t eb = rowptr[ke * nb];                                                \
+            memset(accv, 0, (size_t)((eb - ea) * (V)) * sizeof(float));                        \
+            for (int64_t im = 0; im < nimg; im++)                                              \
                 for (int64_t p0 = 0; p0 < npos; p0 += T) {                                     \
                     const int64_t m = npos - p0 < T ? npos - p0 : T;                           \
-                    const float *base = j->buf + im * j->bis + p0;                             \
+                    const float *base = buf + im * bis + p0;                                   \
                     for (int64_t k = kb; k < ke; k++) {                                        \
-                        const float *dyk = j->dy + k * j->dystride + im * j->dyis + p0;        \
+                        const float *dyk = dy + k * dystride + im * dyis + p0;                 \
                         vec g[SV];                                                             \
                         ivec mk[SV];                                                           \
                         if (m == T) {                                                          \
                             _Pragma("GCC unroll 16") for (int i = 0; i < (SV); i++)            \
                                 memcpy(&g[i], dyk + (V) * i, sizeof(vec));                     \
                         } else {                                                               \
-                            memcpy(j->tmp, dyk, (size_t)m * sizeof(float));                    \
-                            memset(j->tmp + m, 0, (size_t)(T - m) * sizeof(float));            \
+                            memcpy(tmp, dyk, (size_t)m * sizeof(float));                       \
+                            memset(tmp + m, 0, (size_t)(T - m) * sizeof(float));               \
                             _Pragma("GCC unroll 16") for (int i = 0; i < (SV); i++) {          \
-                                memcpy(&g[i], j->tmp + (V) * i, sizeof(vec));                  \
+                                memcpy(&g[i], tmp + (V) * i, sizeof(vec));                     \
                                 mk[i] = lane < (ivec){0} + (int)(m - (V) * i);                 \
                             }                                                                  \
                         }                                                                      \
-                        const int64_t e1 = j->rowptr[(k + 1) * nb];                            \
-                        for (int64_t e = j->rowptr[k * nb]; e < e1; e++) {                     \
-                            const float *s = base + j->off[e];                                 \
+                        const int64_t e1 = rowptr[(k + 1) * nb];                               \
+                        for (int64_t e = rowptr[k * nb]; e < e1; e++) {                        \
+                            const float *s = base + off[e];                                    \
                             vec s0 = (vec){0}, s1 = (vec){0}, xi;                              \
                             if (m == T) {                                                      \
                                 _Pragma("GCC unroll 16") for (int i = 0; i < (SV); i += 2) {   \
@@ -270,7 +279,7 @@
                                     s0 += g[i] * (vec)((ivec)xi & mk[i]);                      \
                                 }                                                              \
                             }                                                                  \
-                            float *av = j->accv + (e - ea) * (V);                              \
+                            float *av = accv + (e - ea) * (V);                                 \
                             vec acc;                                                           \
                             memcpy(&acc, av, sizeof acc);                                      \
                             acc += s0 + s1;                                                    \
@@ -280,8 +289,8 @@
                 }                                                                              \
             for (int64_t e = ea; e < eb; e++) {                                                \
                 vec acc;                                                                       \
-                memcpy(&acc, j->accv + (e - ea) * (V), sizeof acc);                            \
-                j->g[e] += hsum_##SUF(acc);                                                    \
+                memcpy(&acc, accv + (e - ea) * (V), sizeof acc);                               \
+                gout[e] += hsum_##SUF(acc);                                                    \
             }                                                                                  \
             kb = ke;                                                                           \
         }                                                                                      \
