@@ -73,21 +73,19 @@ sal_status sal_sal_check(const sal_sal_desc *d, sal_act *y) {
     return sal_conv_check(&cd, y);
 }
 
-/* floats before p in the scratch: the convolution's, or the sparse path's if larger */
+/* floats before p in the scratch: the convolution's, or the sparse path's if larger.  The
+ * scratch does not depend on tap_threshold, so that a network planned with one threshold
+ * stays safe when it changes (a larger one only when the sparse path needs more). */
 static size_t head_floats(const sal_sal_desc *d) {
     sal_conv_desc cd = sal_conv_of(d);
-    size_t h = sal_conv_scratch(&cd);
-    if (d->tap_threshold > 0.0) {
-        const size_t t = sal_taps_scratch(d);
-        h = t > h ? t : h;
-    }
-    return (h + 15) / 16 * 16;
+    const size_t h = sal_conv_scratch(&cd), t = sal_taps_scratch(d);
+    return ((h > t ? h : t) + 15) / 16 * 16;
 }
 
 size_t sal_sal_scratch(const sal_sal_desc *d) {
     if (sal_sal_check(d, NULL) != SAL_OK) return 0;
-    const size_t L = (size_t)sal_slices(d), kept = d->tap_threshold > 0.0 ? (L + 1) / 2 : 0;
-    return head_floats(d) + (L + 2 * (size_t)(d->o * d->x.c)) * SAL_KK + kept;
+    const size_t L = (size_t)sal_slices(d);
+    return head_floats(d) + (L + 2 * (size_t)(d->o * d->x.c)) * SAL_KK + (L + 1) / 2;
 }
 
 /* mean and unbiased std of the 9 logits a (a mask does not change them: see "Masks" in
