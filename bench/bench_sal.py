@@ -2,7 +2,7 @@
 authors' dense expression, at the layer level, for the ResNet-20 SAL layers.
 
     PYTHONPATH=python python bench/bench_sal.py [--batch 128] [--betas 20,35,70]
-        [--threads 1,2] [--repeats 7] [--shared] [--layers all] [--write]
+        [--threads 1,2] [--repeats 7] [--shared] [--layers all] [--clock wall|cpu] [--write]
 
 Layers (C_in x H x W -> C_out, stride): 16x32x32->16 s1, 16x32x32->32 s2, 32x16x16->32 s1,
 32x16x16->64 s2, 64x8x8->64 s1; batch 128; logits U[0, 1) (the paper's initialisation:
@@ -17,7 +17,10 @@ Cases, each timed as a training step of the layer (forward, then dL/dx, dL/dw, d
                  in NCHW and in channels_last; the faster of the two is "torch best".
 All results are compared before timing (torch in float64 is the reference).  The repeats
 interleave the cases (the host sometimes steals a core); the table gives medians and the
-kept taps per slice (mean over the slices, of 9).  The salnp ops work on NCHW arrays and
+kept taps per slice (mean over the slices, of 9).  --clock cpu times the calling thread's CPU
+time instead (time.thread_time; 1 thread only, where salnp and torch both run on that
+thread): a figure a loaded host barely disturbs (the caches are still shared), minimum of the
+repeats.  The salnp ops work on NCHW arrays and
 allocate their outputs and scratch per call, as a user's script does; the network
 (CNHW, scratch once) is measured by bench/bench_taps.c and bench/bench_training.py.
 --write records the table in bench/RESULTS.md ("## SAL layer (sparse taps)").
@@ -72,17 +75,19 @@ def check(got, ref, what, n_pos):
                              f"(worst excess {err.max():.3g}); not timing")
 
 
-def interleaved(fns, repeats, warmup=2):
+def interleaved(fns, repeats, warmup=2, clock="wall"):
+    """median wall time, or the minimum thread CPU time, of each of fns, interleaved"""
+    now = time.perf_counter if clock == "wall" else time.thread_time
     for f in fns:
         for _ in range(warmup):
             f()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):
-            t = time.perf_counter()
+            t = now()
             f()
-            times[i].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in times]
+            times[i].append(now() - t)
+    return [statistics.median(t) if clock == "wall" else min(t) for t in times]
 
 
 def main():
@@ -93,10 +98,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--shared", action="store_true", help="shared SAL (logits (1, C, 9))")
     ap.add_argument("--layers", default="all", help="comma-separated keys of " + ",".join(LAYERS))
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the thread's CPU time (1 thread only)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
 
     keys = list(LAYERS) if args.layers == "all" else args.layers.split(",")
+    if args.clock == "cpu" and args.threads != "1":
+        raise SystemExit("--clock cpu measures the calling thread: use --threads 1")
     betas = [float(b) for b in args.betas.split(",")]
     N = args.batch
     cfg = salnp.config()
@@ -124,17 +133,16 @@ def main():
                     return [y, *salnp.ops.sal_conv2d_backward(
                         x, w, a, beta, gy, stride=s, **({} if t is None else dict(tap_threshold=t)))]
 
-                if nt == 1 or len(rows) == 0 or True:   # agree before timing
-                    ref = torch_reference(x, w, a, beta, gy, s)
-                    check(ours(), ref, f"{key} beta={beta} sparse", N * Ho * Ho)
-                    check(ours(0.0), ref, f"{key} beta={beta} dense", N * Ho * Ho)
-                    yt = torch_step(xt, wt, at, beta, gyt, s)
-                    check([yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(),
-                           at.grad.numpy()], ref, f"{key} beta={beta} torch", N * Ho * Ho)
+                ref = torch_reference(x, w, a, beta, gy, s)   # agree before timing
+                check(ours(), ref, f"{key} beta={beta} sparse", N * Ho * Ho)
+                check(ours(0.0), ref, f"{key} beta={beta} dense", N * Ho * Ho)
+                yt = torch_step(xt, wt, at, beta, gyt, s)
+                check([yt.detach().numpy(), xt.grad.numpy(), wt.grad.numpy(), at.grad.numpy()],
+                      ref, f"{key} beta={beta} torch", N * Ho * Ho)
                 fns = [lambda: ours(), lambda: ours(0.0),
                        lambda: torch_step(xt, wt, at, beta, gyt, s),
                        lambda: torch_step(xc, wt, at, beta, gyc, s)]
-                t = interleaved(fns, args.repeats)
+                t = interleaved(fns, args.repeats, clock=args.clock)
                 kept = salnp.ops.sal_kept_taps(a, beta).sum(-1).mean()
                 best = min(t[2], t[3])
                 rows.append([nt, key, f"{beta:g}", f"{kept:.2f}", f"{1e3 * t[0]:.2f}",
@@ -146,7 +154,9 @@ def main():
               "torch CL ms", "torch best / sparse", "dense / sparse"]
     result = table(header, rows)
     env = (f"{platform.processor() or platform.machine()}, isa {salnp._core.get_isa()}, "
-           f"batch {N}, {'shared' if args.shared else 'unshared'}, torch {torch.__version__}, "
+           f"batch {N}, {'shared' if args.shared else 'unshared'}, "
+           f"{'wall-clock medians' if args.clock == 'wall' else 'thread CPU time, minima'}, "
+           f"torch {torch.__version__}, "
            f"salnp {salnp.__version__} (BLIS {cfg['blis_version']} {cfg['arch']}), "
            f"{datetime.date.today().isoformat()}, load average {tuple(round(v, 1) for v in load0)}"
            f" before, {tuple(round(v, 1) for v in load1)} after")
@@ -156,12 +166,13 @@ def main():
         path = os.path.join(HERE, "RESULTS.md")
         text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
         cmd = (f"PYTHONPATH=python python bench/bench_sal.py --batch {N} --betas {args.betas} "
-               f"--threads {args.threads} --repeats {args.repeats}"
+               f"--threads {args.threads} --repeats {args.repeats} --clock {args.clock}"
                + (" --shared" if args.shared else "") + " --write")
-        title = "## SAL layer (sparse taps)" + (", shared" if args.shared else "")
+        title = ("## SAL layer (sparse taps)" + (", shared" if args.shared else "")
+                 + (", CPU time" if args.clock == "cpu" else ""))
         section = (f"{title}\n\n`{cmd}`  ({env})\n\nA layer's training step (forward and all "
-                   "gradients), median ms of interleaved repeats; every result checked "
-                   "against float64 PyTorch first.\n\n```\n" + result + "\n```\n")
+                   "gradients), ms of interleaved repeats; every result checked against "
+                   "float64 PyTorch first.\n\n```\n" + result + "\n```\n")
         start = text.find(title + "\n")
         if start >= 0:
             end = text.find("\n## ", start + 1)
