@@ -503,3 +503,21 @@ def test_tap_threshold_bad_input(rng):
     with pytest.raises(ValueError, match=r"set_taps_path: name=\"fast\""):
         salnp._core.set_taps_path("fast")
     assert salnp._core.get_taps_path() == "auto"
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["unshared", "shared"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_tap_threshold_zero_is_the_dense_path(stride, shared, rng):
+    """tap_threshold=0 runs the dense convolution on W_eff = p * w, bit for bit: conv2d of
+    x with sal_probs(logits) * w, whatever the path setting."""
+    x, w, a = make(rng, 3, 7, 10, 9, 5, shared)
+    weff = (ops.sal_probs(a, 70.0).reshape(a.shape[0], a.shape[1], 3, 3) * w).astype(np.float32)
+    ref = ops.conv2d(x, np.ascontiguousarray(np.broadcast_to(weff, w.shape)), stride=stride,
+                     padding=1)
+    for path in ["auto", "sparse", "dense"]:
+        salnp._core.set_taps_path(path)
+        try:
+            y = ops.sal_conv2d(x, w, a, 70.0, stride=stride, tap_threshold=0)
+        finally:
+            salnp._core.set_taps_path("auto")
+        np.testing.assert_array_equal(y, ref, err_msg=path)
