@@ -6,30 +6,34 @@
  * weight p*w): a sparse-weight x dense-activation product.  Every tap (dy, dx) of a stride-S
  * convolution reads the input at row S*(Y + ro) + a and column S*(X + co) + b, with the
  * phases a = dy mod S, b = dx mod S and ro = floor(dy/S), co = floor(dx/S).  For each
- * chunk of output rows the input is laid out once in the copies (a, b, co) that the taps
- * read (stride 1: the column shifts -1, 0, +1; stride 2: six phase/shift copies), each
- * with the output grid's row width Wo and one halo row above and below; the row offset ro
- * then folds into the entry's offset, so that an output tile of T consecutive positions is
- * sum_e w_e * (T contiguous, aligned floats at off_e): one broadcast per entry, one load per
- * FMA, the accumulators in registers, the epilogue (store, add, or the deployment's bias,
- * residual and ReLU) on the registers.  Output channels sweep a chunk while its copies
- * stay in cache.
+ * chunk of output rows (or of whole small images) the input is laid out once in the copies
+ * (a, b, co) that the taps read (stride 1: the column shifts -1, 0, +1; stride 2: six
+ * phase/shift copies), each with the output grid's row width Wo and one halo row above and
+ * below; the row offset ro then folds into the entry's offset, so that an output tile of T
+ * consecutive positions is sum_e w_e * (T contiguous, aligned floats at off_e): one
+ * broadcast per entry, one load per FMA, the accumulators in registers, the epilogue
+ * (store, add, or the deployment's bias, residual and ReLU) on the registers.  Output
+ * channels sweep a chunk while its copies stay in cache.
  *   forward:         rows o, entries (i, q) over copies of x;
  *   input gradient:  the same kernel with the transposed lists: rows (i, phase of dx),
  *                    entries (o, q) over copies of dy (column shifts -dx, row offsets -dy;
  *                    stride >= 2: dx is produced phase plane by phase plane and added in);
  *   weight gradient: g[o,i,q] = sum_p dy[o][p] * x_q[i][p] at the kept taps only (a sampled
- *                    dense x dense product), dy's tile in registers, one load per FMA.
- * Shared SAL keeps, per input channel, its kept taps: the convolution is one GEMM over the
- * (channel, tap) rows of an im2col restricted to them (sal_sgemm), its gradients two more.
+ *                    dense x dense product): entries in groups with register accumulators
+ *                    over a chunk, or per tile with dy's tile in registers;
+ *   stride 1:        both gradients in one pass over the chunks (dy read once).
+ * Shared SAL is the case where every output keeps its input channel's taps: it runs on the
+ * same kernels, or (64 outputs and more, where that measured faster) as one GEMM over the
+ * (channel, tap) rows of an im2col restricted to the kept taps (sal_sgemm), its gradients
+ * two more.
  *
  * Kernels: one table indexed by ISA (internal/cpu.h): AVX-512 (16-float vectors; 8-float
  * vectors with its 32 registers when Wo is not a multiple of 16, so that loads stay
  * aligned), AVX2 + FMA, and the scalar reference twins of ref/taps_ref.c.
- * Threads: chunks (image, block of rows) are split statically over the pool; each output
- * element is computed by one thread in a fixed order, and the weight gradient's per-thread
- * partial sums are added in thread order, so results depend on the thread count only
- * through that order.
+ * Threads: work units (a chunk, or for small batches a range of a chunk's output rows) are
+ * split statically over the pool; each output element is computed by one thread in a fixed
+ * order, and the weight gradient's per-thread partial sums are added in thread order, so the
+ * results are deterministic for a given thread count.
  *
  * Crossover (sal_taps_pays): see the measurements before that function. */
 #include <math.h>
