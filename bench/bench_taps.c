@@ -10,7 +10,12 @@
  * Shapes: the ResNet-20 SAL layers (16x32x32, 16->32 stride 2, 32x16x16, 32->64 stride 2,
  * 64x8x8).  Logits U[0, 1).  Columns: milliseconds (median, min) of the forward and of the
  * backward (dx, dw, dlogits), dense (tap_threshold 0) and sparse (forced), the mean kept
- * taps per slice, and the sparse kernels' GFLOP/s counting the kept taps' MACs. */
+ * taps per slice, and the sparse kernels' GFLOP/s counting the kept taps' MACs.  With 1
+ * thread the times are the thread's CPU time (a loaded host barely disturbs them), else
+ * wall clock.
+ *
+ * The crossover of taps.c (sal_taps_pays) was read off this with betas 1,2,3,4,5,6,8,10,14,20
+ * (kept fractions 1.0 .. 0.35): the fraction at which the sparse and the dense column meet. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,9 +24,11 @@
 
 #include "sal/sal.h"
 
+static int cpu_clock;   /* 1 thread: CLOCK_THREAD_CPUTIME_ID */
+
 static double now(void) {
     struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
+    clock_gettime(cpu_clock ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &t);
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
@@ -52,11 +59,13 @@ int main(int argc, char **argv) {
         for (char *s = strtok(argv[5], ","); s && nb < 8; s = strtok(NULL, ",")) betas[nb++] = atof(s);
     }
     sal_set_num_threads(nt);
+    cpu_clock = nt == 1;
     if (sal_init() != SAL_OK) die("init");
     const int64_t shapes[][4] = {{16, 32, 16, 1}, {16, 32, 32, 2}, {32, 16, 32, 1},
                                  {32, 16, 64, 2}, {64, 8, 64, 1}};   /* C, H=W, O, S */
-    printf("# %d threads, isa %s, batch %lld, %s, CNHW; ms median (min)\n", nt, sal_get_isa(),
-           (long long)N, shared ? "shared" : "unshared");
+    printf("# %d threads, isa %s, batch %lld, %s, CNHW; ms median (min), %s\n", nt,
+           sal_get_isa(), (long long)N, shared ? "shared" : "unshared",
+           cpu_clock ? "thread CPU time" : "wall clock");
     printf("| layer | beta | kept/9 | fwd dense | fwd sparse | bwd dense | bwd sparse | "
            "sparse fwd GF/s | sparse bwd GF/s |\n|---|---|---|---|---|---|---|---|---|\n");
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
