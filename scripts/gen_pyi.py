@@ -19,6 +19,7 @@ NET_FIELDS: tuple[str, ...]
 NET_KINDS: tuple[str, ...]
 BN_EPS: float
 BN_MOMENTUM: float
+TAP_THRESHOLD_DEFAULT: float
 
 class SalError(RuntimeError): ...
 

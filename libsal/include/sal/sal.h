@@ -12,4 +12,5 @@
 #include "sal/net.h"
 #include "sal/shift.h"
 #include "sal/shiftconv.h"
+#include "sal/taps.h"
 #endif

@@ -24,7 +24,8 @@ static int add_names(PyObject *m, const char *name, const char *const *v, int64_
 }
 
 /* The program table's self-description (sal/net.h) and the constants the Python side must
- * agree with: NET_FIELDS, NET_KINDS, BN_EPS, BN_MOMENTUM. */
+ * agree with: NET_FIELDS, NET_KINDS, BN_EPS, BN_MOMENTUM, TAP_THRESHOLD_DEFAULT
+ * (sal/attention.h). */
 static int add_program_tables(PyObject *m) {
     int64_t n;
     const char *const *v;
@@ -32,12 +33,15 @@ static int add_program_tables(PyObject *m) {
         (v = sal_net_op_kinds(&n), add_names(m, "NET_KINDS", v, n)) < 0)
         return -1;
     PyObject *eps = PyFloat_FromDouble(SAL_BN_EPS), *mom = PyFloat_FromDouble(SAL_BN_MOMENTUM);
-    int r = eps && mom && PyModule_AddObjectRef(m, "BN_EPS", eps) == 0 &&
-                    PyModule_AddObjectRef(m, "BN_MOMENTUM", mom) == 0
+    PyObject *thr = PyFloat_FromDouble(SAL_TAP_THRESHOLD_DEFAULT);
+    int r = eps && mom && thr && PyModule_AddObjectRef(m, "BN_EPS", eps) == 0 &&
+                    PyModule_AddObjectRef(m, "BN_MOMENTUM", mom) == 0 &&
+                    PyModule_AddObjectRef(m, "TAP_THRESHOLD_DEFAULT", thr) == 0
                 ? 0
                 : -1;
     Py_XDECREF(eps);
     Py_XDECREF(mom);
+    Py_XDECREF(thr);
     return r;
 }
 
