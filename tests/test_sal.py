@@ -552,3 +552,47 @@ def test_tap_threshold_zero_is_the_dense_path(stride, shared, rng):
         finally:
             salnp._core.set_taps_path("auto")
         np.testing.assert_array_equal(y, ref, err_msg=path)
+
+
+# ---- the network's tap threshold (net.tap_threshold, SALConv2d.tap_threshold) ----------
+def test_network_tap_threshold_default_dense_and_sparse_agree(rng, tmp_path):
+    """A fresh network trains sparse at the default threshold; 0 is the dense path; one
+    training step of each gives the same logits and gradients within float32 rounding; the
+    threshold is saved and loaded, and a file from before it existed loads the default."""
+    net = salnp.models.resnet(20, 8, "sal", seed=3)
+    assert net.tap_threshold == salnp._core.TAP_THRESHOLD_DEFAULT
+    x = rng.standard_normal((6, 3, 17, 15), dtype=np.float32)
+    out = {}
+    for t in (0.0, salnp._core.TAP_THRESHOLD_DEFAULT):
+        n = salnp.models.resnet(20, 8, "sal", seed=3)
+        n.tap_threshold = t
+        y = n.forward(x, train=True)
+        n.zero_grad()
+        n.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape) / y.size)
+        out[t] = (y, n.arena.grads.copy())
+    (y0, g0), (y1, g1) = out.values()
+    assert_close(y1, y0, 1e-5 * float(np.abs(y0).max()), 1e-5, what="logits")
+    assert_close(g1, g0, 1e-5 * float(np.abs(g0).max()), 1e-4, what="gradients")
+    net.tap_threshold = 0.25
+    salnp.save(net, tmp_path / "net.npz")
+    assert salnp.load(tmp_path / "net.npz").tap_threshold == 0.25
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("tap_threshold")}
+    old = salnp.models.resnet(20, 8, "sal", seed=3)
+    old.tap_threshold = 0.5
+    old.load_state_dict(state)              # a checkpoint from before the threshold existed
+    assert old.tap_threshold == salnp._core.TAP_THRESHOLD_DEFAULT
+
+
+@pytest.mark.parametrize("bad", [-1e-3, 1.5, float("nan"), float("inf"), "0.1", None, True])
+def test_network_tap_threshold_refused(bad):
+    net = salnp.models.resnet(8, 4, "sal", seed=0)
+    err = TypeError if isinstance(bad, (str, bool)) or bad is None else ValueError
+    with pytest.raises(err, match=r"net\.tap_threshold="):
+        net.tap_threshold = bad
+    with pytest.raises(err, match="tap_threshold="):
+        net.layer1[0].conv1.tap_threshold = bad
+    assert net.tap_threshold == salnp._core.TAP_THRESHOLD_DEFAULT
+    state = net.state_dict()
+    state["layer1.0.conv1.tap_threshold"] = np.float32(2.0)
+    with pytest.raises(ValueError, match=r"tap_threshold: a tap threshold must be in \[0, 1\]"):
+        net.load_state_dict(state)

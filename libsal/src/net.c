@@ -105,7 +105,8 @@ static sal_sal_desc sal_desc(const sal_op *op, const int64_t *si, int64_t n, int
     return (sal_sal_desc){.x = act_of(si, n), .o = op->o, .stride = op->stride, .pad = op->pad,
                           .shared = (int)op->shared, .hard = hard, .beta = beta,
                           .mask = op->b0 >= 0 && buffers ? buffers + op->b0 : NULL,
-                          .threads = threads};
+                          .threads = threads,
+                          .tap_threshold = op->b1 >= 0 && buffers ? buffers[op->b1] : 0.0};
 }
 
 static sal_gather_desc gather_desc(const sal_net *net, const sal_op *op, const int64_t *si,

@@ -19,7 +19,8 @@ import numpy as np
 from .io import NpzReader, _fspath, check_finite_state, save_npz_atomic
 # the leaf layers live in salnp.nn; re-exported here
 from .nn import (ActiveShift, Arena, BatchNorm2d, Conv2d, Linear, Module, SALConv2d, Sequential,
-                 Shift, check_beta, default_shift_offsets, kaiming_normal_fan_in)
+                 Shift, check_beta, check_tap_threshold, default_shift_offsets,
+                 kaiming_normal_fan_in)
 from .program import ADD, POOL, Engine, Program
 
 __all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "BatchNorm2d",
@@ -175,6 +176,8 @@ class ResNet(Module):
     BN + ReLU precedes the pool; Caffe init of the Linear layer) or "asl-post"
     (ActiveShiftBlock).  A fresh network's SAL beta is BETA0 = 20."""
 
+    _state_properties = ("beta", "checkpointing")   # travel with pickles and copies
+
     def __init__(self, depth=20, width=16, layer="sal", shared=False, expansion=1,
                  num_classes=10, in_channels=3, seed=0, input_size=None):
         super().__init__()
@@ -239,6 +242,23 @@ class ResNet(Module):
     @property
     def in_channels(self) -> int:
         return self.config["in_channels"]
+
+    @property
+    def tap_threshold(self):
+        """The SAL layers' tap threshold (SALConv2d.tap_threshold): the one value they share,
+        or {layer name: value} when they differ; None without SAL layers.  Setting it sets
+        every SAL layer (a real number in [0, 1]; 0: the dense path)."""
+        vals = {n: m.tap_threshold for n, m in self.named_modules() if isinstance(m, SALConv2d)}
+        if not vals:
+            return None
+        return next(iter(vals.values())) if len(set(vals.values())) == 1 else vals
+
+    @tap_threshold.setter
+    def tap_threshold(self, value):
+        t = check_tap_threshold(value, "net.tap_threshold")
+        for _, m in self.named_modules():
+            if isinstance(m, SALConv2d):
+                m.tap_threshold = t
 
     def _shift_offsets(self):
         """The current offsets of every Shift, in module order (the program copies them

@@ -24,7 +24,8 @@ from .ops import default_shift_offsets   # the one definition: libsal's (sal/shi
 from .program import ASHIFT, BN, CONV, LINEAR, SAL, SHIFT
 
 __all__ = ["Module", "ParamSpec", "Arena", "Conv2d", "SALConv2d", "Shift", "ActiveShift",
-           "BatchNorm2d", "Linear", "Sequential", "default_shift_offsets", "check_beta"]
+           "BatchNorm2d", "Linear", "Sequential", "default_shift_offsets", "check_beta",
+           "check_tap_threshold"]
 
 Init = Callable[[np.random.Generator, tuple], np.ndarray]
 
@@ -71,6 +72,22 @@ def check_beta(value, what="beta") -> float:
     return v
 
 
+def check_tap_threshold(value, what="tap_threshold") -> float:
+    """A SAL tap threshold as a float: a real number in [0, 1] (above 1 it would drop the
+    largest tap); TypeError / ValueError naming what and the value."""
+    bad_type = isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating))
+    try:
+        v = float(value) if not bad_type and np.ndim(value) == 0 else None
+    except (TypeError, ValueError, OverflowError):
+        v = None
+    if v is None:
+        raise TypeError(f"{what}={value!r}: must be a real number")
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise ValueError(f"{what}={value!r}: must be finite and in [0, 1] (0: every tap; above "
+                         "1 it would drop the largest tap)")
+    return v
+
+
 class ParamSpec:
     """A declared parameter or buffer before the arena exists."""
 
@@ -101,6 +118,9 @@ class Module:
         self._buffer_specs[name] = ParamSpec(name, shape, init, dtype)
 
     def __setattr__(self, name, value):
+        if isinstance(getattr(type(self), name, None), property):   # its setter checks it
+            object.__setattr__(self, name, value)
+            return
         d = self.__dict__
         for table, what in (("_params", "parameter"), ("_buffers", "buffer")):
             if table in d and name in d[table]:
@@ -229,8 +249,8 @@ class Module:
         which builds the module tree and a fresh arena of its own, then copies the state
         in: the arena's flat arrays (parameters, gradients, momentum, float buffers), the
         buffers outside it (integer shift offsets, BN batch counters), every module's
-        train/eval flag and the root's public attributes and settable properties
-        (``beta``, ``solver``).  Parameter views
+        train/eval flag, the root's public attributes and its ``_state_properties``
+        (``beta``, ``checkpointing``).  Parameter views
         therefore always point into the copy's own arena, and no C engine travels: the
         next forward rebuilds it.  Only the module that owns the arena (a network such as
         salnp.models.ResNet, with ``config`` = its constructor's keyword arguments) can
@@ -250,11 +270,9 @@ class Module:
                       if not k.startswith("_") and k not in ("arena", "config", "training")
                       and not isinstance(v, Module)},
         }
-        # settable properties of the class (beta): their values, set back through the setter
-        for cls in type(self).__mro__:
-            for k, v in vars(cls).items():
-                if isinstance(v, property) and v.fset is not None and k not in state["attrs"]:
-                    state["attrs"][k] = getattr(self, k)
+        # the properties that hold state outside the arena (beta), set back through the setter
+        for k in getattr(type(self), "_state_properties", ()):
+            state["attrs"][k] = getattr(self, k)
         return _rebuild_module, (type(self), dict(config)), state
 
     def __setstate__(self, state):
@@ -298,6 +316,9 @@ def _checked_cast(k, src, dtype):
         if k.endswith("running_var") and v.size and float(v.min()) < 0:
             raise ValueError(f"load_state_dict: {k} has a negative value ({float(v.min())}): "
                              "a running variance must be >= 0")
+        if (k.endswith(".tap_threshold") or k == "tap_threshold") and not (
+                v.size and 0.0 <= float(v.min()) and float(v.max()) <= 1.0):
+            raise ValueError(f"load_state_dict: {k}: a tap threshold must be in [0, 1]")
         if k.endswith(".mask") or k == "mask":
             m = v.reshape(-1, v.shape[-1]) if v.ndim else v.reshape(1, 1)
             if not np.all((m == 0) | (m == 1)) or not np.all(m.any(axis=-1)):
@@ -401,7 +422,8 @@ class SALConv2d(Module):
     elsewhere (libsal sal/attention.h, "Masks").  All ones computes exactly what no mask
     computes."""
 
-    _optional_buffers = ("mask",)   # checkpoints from before masks load with all ones
+    # files from before masks load with all ones, from before thresholds with the default
+    _optional_buffers = ("mask", "tap_threshold")
 
     def __init__(self, cin, cout, stride=1, shared=False):
         super().__init__()
@@ -409,6 +431,18 @@ class SALConv2d(Module):
         self.add_param("weight", (cout, cin, 3, 3), kaiming_uniform_a_sqrt5(cin * 9))
         self.add_param("logits", (1 if shared else cout, cin, 9), uniform(0.0, 1.0))
         self.add_buffer("mask", (1 if shared else cout, cin, 9), constant(1.0))
+        self.add_buffer("tap_threshold", (), constant(_core.TAP_THRESHOLD_DEFAULT))
+
+    @property
+    def tap_threshold(self) -> float:
+        """The taps this layer's training computes with: those whose attention p >= t * max p of
+        their slice (libsal sal/attention.h; the default skips taps that cannot change a float32
+        result; 0: every tap, the dense convolution)."""
+        return float(self._buffers["tap_threshold"])
+
+    @tap_threshold.setter
+    def tap_threshold(self, value):
+        self._buffers["tap_threshold"][...] = check_tap_threshold(value, "tap_threshold")
 
     def probs(self, beta, hard=False):
         """The attention p (O|1, C, 9) at inverse temperature beta, under the mask."""
@@ -418,7 +452,8 @@ class SALConv2d(Module):
         y = prog.buf(self.cout)
         prog.op(name, SAL, inp=x, out=y, o=self.cout, k=3, stride=self.stride, pad=1,
                 p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.logits"][0],
-                b0=arena.offsets[f"{name}.mask"][0], shared=int(self.shared))
+                b0=arena.offsets[f"{name}.mask"][0], b1=arena.offsets[f"{name}.tap_threshold"][0],
+                shared=int(self.shared))
         return y
 
 

@@ -106,6 +106,10 @@ class RunConfig:
                              "most likely positions, e.g. 2,4,6,8", "SAL")
     prune_keep: tuple = _f(None, "positions kept after each prune step, e.g. 5,3,2,1 (default: "
                            "about 9^(1 - j/steps), ending at 1)", "SAL")
+    tap_threshold: float = _f(None, "SAL training computes only the taps whose attention p >= "
+                              "t x the slice's largest; default 2^-27: the skipped taps cannot "
+                              "change a float32 result; 0: every tap (the dense convolution)",
+                              "SAL")
     # ---- run
     seed: int = _f(0, "seed of the initial weights, the data order and the augmentation",
                    "run")
@@ -224,6 +228,7 @@ _INTS = {"depth": 1, "width": 1, "epochs": 1, "batch_size": 1, "subset": 0, "tes
 _POSITIVE = ("lr", "expansion")
 _NONNEG = ("momentum", "weight_decay")
 _BETAS = ("beta0", "beta1")
+_UNIT = ("tap_threshold",)
 
 
 def _check(f, v):
@@ -260,6 +265,14 @@ def _check(f, v):
             raise ConfigError(f"{name}={v!r}: must be finite and {'> 0' if name in _POSITIVE + _BETAS else '>= 0'}")
         if name == "expansion" and v > 1024:
             raise ConfigError(f"expansion={v}: must be <= 1024")
+        return v
+    if name in _UNIT:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{name}={v!r}: must be a number")
+        v = float(v)
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise ConfigError(f"{name}={v!r}: must be finite and in [0, 1] (above 1 it would "
+                              "drop the largest tap)")
         return v
     if name in ("milestones", "prune_epochs", "prune_keep"):
         if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__iter__"):

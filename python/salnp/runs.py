@@ -173,6 +173,8 @@ def _train_run(cfg, out, resume, progress, figure, verbose, complete, export_net
                  expansion=cfg.expansion, num_classes=max(train.num_classes, 2),
                  in_channels=in_shape[0], seed=cfg.seed)
     net.checkpointing = cfg.checkpointing
+    if cfg.tap_threshold is not None and cfg.layer == "sal":
+        net.tap_threshold = cfg.tap_threshold
     ckpt = os.path.join(out, "checkpoint.npz")
     if resume and os.path.isdir(resume):
         resume = os.path.join(resume, "checkpoint.npz")

@@ -26,7 +26,8 @@
  *   CONV    out = epi(conv(in, params[p0]: (O,C,K,K)), stride, pad)          o k stride pad
  *   SAL     out = SAL(in; w = params[p0] (O,C,3,3), logits = params[p1] (O|1,C,9)), stride,
  *           pad 1, shared; b0 >= 0: mask (O|1,C,9) of allowed positions = buffers[b0]
- *           (sal/attention.h "Masks"); beta and hard come with the forward
+ *           (sal/attention.h "Masks"); b1 >= 0: the layer's tap threshold = buffers[b1]
+ *           (sal/attention.h; -1: 0, the dense path); beta and hard come with the forward
  *   GATHER  out = epi(binarised unshared SAL): pairs[ioff .. ioff + npair) sorted by o,
  *           |dy|, |dx| <= 1, one weight each at params[p0 ..]; forward only (sal/gather.h)
  *   SHIFT   out[c] = in[src_c] shifted by (dy_c, dx_c), stride: shift rows ioff .. ioff +
