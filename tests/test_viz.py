@@ -533,3 +533,25 @@ def test_run_figure_writes_pngs_without_pyplot(tmp_path, sal_net):
     hist = [{k: v for k, v in h.items() if not k.startswith(("attn", "beta", "test_acc_hard"))}
             for h in HISTORY]
     assert viz.run_figure(cl, hist, str(tmp_path / ".")) == "curves.png"
+
+
+def test_kept_taps_figure_from_a_real_history():
+    """fit records the taps SAL training computes (per layer, per epoch and at step 0);
+    viz.kept_taps draws them against the step with the dense and shift references."""
+    train = salnp.data.Dataset(np.random.default_rng(0).integers(0, 256, (96, 3, 12, 12),
+                                                                  dtype=np.uint8),
+                               np.arange(96) % 10)
+    net = salnp.models.resnet(8, 4, "sal", seed=0)
+    h = salnp.fit(net, train, epochs=2, batch_size=32, beta=(20, 70), progress=False)
+    assert set(h[0]["taps_kept_start"]) == set(h[-1]["taps_kept"]) == {
+        n for n, m in net.named_modules() if isinstance(m, salnp.models.SALConv2d)}
+    assert [r["step"] for r in h] == [3, 6]
+    assert all(1 <= v <= 9 for r in h for v in r["taps_kept"].values())
+    assert salnp.attention.kept_taps(net) == h[-1]["taps_kept"]
+    fig, ax = plt.subplots()
+    assert salnp.viz.kept_taps(h, ax=ax) is ax
+    xs = ax.get_lines()[0].get_xdata()
+    assert list(xs) == [0, 3, 6] and ax.get_ylim()[1] >= 9
+    plt.close(fig)
+    with pytest.raises(ValueError, match="no taps_kept"):
+        salnp.viz.kept_taps([{"epoch": 1}])

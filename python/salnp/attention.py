@@ -23,9 +23,10 @@ from collections.abc import Mapping
 import numpy as np
 
 from .models import ResNet, SALConv2d, resnet
+from .ops import sal_kept_taps
 
 __all__ = ["sal_layers", "chosen_shifts", "initial_state", "shift_change", "moved_share",
-           "UNIFORM", "CHANCE_MOVED"]
+           "kept_taps", "UNIFORM", "CHANCE_MOVED"]
 
 UNIFORM = 1.0 / 9.0        # the share of each shift under uniform (initial) choices
 CHANCE_MOVED = 8.0 / 9.0   # the moved share of a slice whose choice is re-drawn uniformly
@@ -134,3 +135,13 @@ def moved_share(net, initial=None):
     before = _initial_choices(net, initial)
     moved = sum(int((_choices(m.logits, m.mask) != before[name]).sum()) for name, m in layers)
     return moved / sum(before[name].size for name, _ in layers)
+
+
+def kept_taps(net, beta=None) -> dict:
+    """{SAL layer name: the mean number of taps per slice that training computes} at `beta`
+    (default net.beta) and each layer's tap threshold (SALConv2d.tap_threshold; 9: the dense
+    convolution, 1: a pure shift).  A network without SAL layers gives {}."""
+    beta = float(net.beta if beta is None else beta)
+    return {name: float(sal_kept_taps(m.logits, beta, tap_threshold=m.tap_threshold,
+                                      mask=m.mask).reshape(-1, 9).sum(1).mean())
+            for name, m in sal_layers(net)}

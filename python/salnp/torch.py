@@ -44,6 +44,7 @@ except ImportError as e:     # pragma: no cover - the message is the point
     raise ImportError("salnp.torch needs PyTorch: pip install 'salnp[torch]' (or torch)") from e
 
 from ._core import BN_EPS
+from ._core import TAP_THRESHOLD_DEFAULT as _TAP_THRESHOLD_DEFAULT
 from .infer import InferenceNet
 from .models import ResNet as NpResNet
 from .models import default_shift_offsets, resnet
@@ -134,8 +135,9 @@ def active_shift(x, off):
 # ---------------------------------------------------------------- training-form modules
 class SALConv2d(nn.Module):
     """Shift Attention Layer, 3x3, padding 1, no bias: parameters weight (O, C, 3, 3) and
-    logits (O|1, C, 9) (the authors' attentionWeights), buffers mask (0/1, logits' shape)
-    and beta (the inverse temperature, a 0-d tensor)."""
+    logits (O|1, C, 9) (the authors' attentionWeights), buffers mask (0/1, logits' shape),
+    beta (the inverse temperature, a 0-d tensor) and tap_threshold (salnp's sparse training
+    setting, carried so that a round trip keeps it; PyTorch computes every tap)."""
 
     def __init__(self, cin, cout, stride=1, shared=False, beta=1.0):
         super().__init__()
@@ -144,6 +146,7 @@ class SALConv2d(nn.Module):
         self.logits = nn.Parameter(torch.empty(1 if shared else cout, cin, 9))
         self.register_buffer("mask", torch.ones(1 if shared else cout, cin, 9))
         self.register_buffer("beta", torch.tensor(float(beta)))
+        self.register_buffer("tap_threshold", torch.tensor(_TAP_THRESHOLD_DEFAULT))
         self.hard = False
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         nn.init.uniform_(self.logits)
@@ -714,7 +717,7 @@ def _check_keys(state, cfg):
     except (TypeError, ValueError) as e:
         raise ValueError(f"from_torch: config {cfg} does not make a salnp network: {e}") from None
     names = _meta_state(dict(cfg, width=1, num_classes=1, in_channels=1))
-    optional = {k for k in names if k.endswith(".mask")}
+    optional = {k for k in names if k.endswith((".mask", ".tap_threshold"))}
     missing = [k for k in names if k not in state and k not in optional]
     unexpected = [k for k in state if k not in names]
     parts = []

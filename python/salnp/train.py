@@ -26,6 +26,7 @@ import numpy as np
 from . import _core, ops
 from .data import Dataset
 from .io import NpzReader, _fspath, _target_for_save, check_finite_state, save_npz_atomic
+from .attention import kept_taps
 from .models import ActiveShift, ResNet, SALConv2d, expected_state_shapes
 from .runconfig import RunConfig, solver_of
 from .nn import check_beta
@@ -449,6 +450,7 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
         log.info("resumed from %s at epoch %d", resume, start_epoch)
     else:
         net.beta = beta_at(0, total_steps, b0, b1, beta_schedule) if is_sal else net.beta
+    taps_start = kept_taps(net) if is_sal else None     # the taps at step 0
     # the state of the last finished epoch (or the start): an interrupt or a divergence
     # puts the network back to it, so the network always matches the history returned
     good = _Snapshot(net, opt)
@@ -549,6 +551,10 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
                     _diverged(good, epoch, opt.steps, where(), "on the test set after")
                 rec["test_acc_hard"] = evaluate(net, test, eval_batch_size, True)[1] if eval_hard else None
             rec["attn_maxp"], rec["attn_onehot"] = attention_stats(net)
+            if is_sal:     # the taps training computes per slice, per layer, at the step
+                rec["step"], rec["taps_kept"] = opt.steps, kept_taps(net)
+                if epoch == 0:
+                    rec["taps_kept_start"] = taps_start
             rec["attn_allowed"] = _allowed_mean(net)
             rec["time_s"] = time.perf_counter() - t0
             rec["images_per_s"] = seen / train_time

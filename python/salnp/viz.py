@@ -47,7 +47,7 @@ from .summary import seed_groups
 __all__ = ["sal_layers", "chosen_positions", "attention_heatmap", "attention_grid",
            "shift_distribution", "shift_preference", "shifts_moved", "attention_change",
            "slice_tiles", "slice_attention", "training_curves", "shift_counts",
-           "shift_histogram", "asl_shifts", "attention_curves", "load_runs",
+           "shift_histogram", "asl_shifts", "attention_curves", "kept_taps", "load_runs",
            "accuracy_vs_macs", "accuracy_vs_params", "run_figure", "POSITION_LABELS"]
 
 _TICKS = ["-1", "0", "+1"]
@@ -592,6 +592,44 @@ def training_curves(history, ax=None, keys=("train_acc", "test_acc", "test_acc_h
     ax.set_ylabel("accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return ax
+
+
+def kept_taps(history, ax=None):
+    """SAL training's cost as it prunes: the mean number of taps per slice that training
+    computes (fit's history records "taps_kept" per epoch, "taps_kept_start" at step 0),
+    one line per SAL layer against the optimiser step, coloured by stage; references at 9
+    (the dense convolution) and 1 (a pure shift).  Returns ax."""
+    rows = [h for h in history if h.get("taps_kept")]
+    if not rows:
+        raise ValueError("kept_taps: no taps_kept in the history (a SAL run of salnp.fit)")
+    ax = _axes(ax)
+    names = list(rows[0]["taps_kept"])
+    start = history[0].get("taps_kept_start") or {}
+    steps = ([0] if start else []) + [h["step"] for h in rows]
+    colours = {}
+    for name in names:
+        stage = name.split(".")[0]
+        first = stage not in colours
+        col = colours.setdefault(stage, f"C{len(colours)}")
+        ys = ([start[name]] if start else []) + [h["taps_kept"][name] for h in rows]
+        ax.plot(steps, ys, color=col, lw=1, alpha=0.8, label=stage if first else None)
+    mean = [np.mean(list(start.values()))] if start else []
+    mean += [np.mean(list(h["taps_kept"].values())) for h in rows]
+    ax.plot(steps, mean, color="k", lw=2.5, label="all layers")
+    ax.axhline(9, color="0.5", ls="--", lw=1)
+    ax.axhline(1, color="0.5", ls=":", lw=1)
+    tr = ax.get_yaxis_transform()      # x in axes fractions, y in data
+    ax.text(0.99, 9, "9: the dense 3x3", transform=tr, ha="right", va="bottom", fontsize=7,
+            color="0.4")
+    ax.text(0.99, 1, "1: a pure shift", transform=tr, ha="right", va="bottom", fontsize=7,
+            color="0.4")
+    ax.set_ylim(0, 9.6)
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel("taps computed per slice (mean)")
+    ax.set_title("SAL training gets cheaper as it prunes", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center right")
     return ax
 
 
