@@ -243,6 +243,55 @@ def worker_train(args, sz, out):
     out["train"] = rows
 
 
+SPARSE_BETAS = (20.0, 35.0, 70.0)
+
+
+def worker_sparse(args, sz, out):
+    """SAL training steps at beta 20 / 35 / 70: salnp with its default tap threshold (sparse
+    taps), salnp with tap_threshold=0 (the dense path), and PyTorch (NCHW and channels_last)
+    running the authors' dense SAL, whose cost does not depend on beta: one interleaved run
+    per model, every rival's first forward checked against salnp's."""
+    import numpy as np
+    import salnp
+    from salnp.train import SGD
+    import torch_fast
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((sz["batch"], 3, sz["hw"], sz["hw"])).astype(np.float32)
+    y = (np.arange(sz["batch"]) % 10).astype(np.int32)
+    rows = []
+    for key, label, layer, kw in TRAIN_MODELS:
+        if layer != "sal" or (args.models and key not in args.models.split(",")):
+            continue
+        names, fns, kept = [], [], {}
+        for beta in SPARSE_BETAS:
+            for t in (None, 0.0):
+                net = make_net(layer, kw, sz)
+                net.beta = beta
+                if t is not None:
+                    net.tap_threshold = t
+                else:
+                    kept[f"{beta:g}"] = float(np.mean(list(salnp.attention.kept_taps(net).values())))
+                opt = SGD(net, lr=0.05)
+                names.append(f"salnp{' dense' if t is not None else ''} beta={beta:g}")
+                fns.append(lambda net=net, opt=opt: salnp_step(net, opt, x, y))
+        net = make_net(layer, kw, sz)
+        ref = np.array(net.forward(x, train=True))
+        for cl in (False, True):
+            tm = torch_fast.build(net, 20.0).train()
+            step, tm, xt = torch_trainer(tm, cl, x, y)
+            import torch
+            with torch.no_grad():
+                err = float(np.abs(tm(xt).numpy() - ref).max())
+            assert err <= 1e-3 * max(1.0, float(np.abs(ref).max())), (key, cl, err)
+            names.append(f"torch {'channels_last' if cl else 'NCHW'}")
+            fns.append(step)
+        times = interleave(fns, sz["repeats"], sz["warmup"])
+        rows.append({"key": key, "label": label, "kept": kept,
+                     "results": {n: stats(t, sz["batch"]) for n, t in zip(names, times)}})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    out["sparse"] = rows
+
+
 def binarised_torch(net, fold=True):
     """PyTorch eval twin of an exported network: SAL as dense convs of the binarised
     weights, every BN folded into its conv."""
@@ -514,6 +563,34 @@ def report(args, data, mach, sz):
                      f"{fmt_rate(res[comp[0]]) if comp else '–'} | **{s['median'] / b['median']:.2f}x** | "
                      f"{gf:.1f} ({100 * gf / peak:.1f} %) |")
     lines.append("")
+    lines.append(f"### SAL training step against beta: sparse taps (the default tap threshold) "
+                 f"and the dense path (tap_threshold=0), batch {sz['batch']}, images/s")
+    lines.append("")
+    lines.append("PyTorch runs the authors' dense SAL (every tap at every beta), so one figure "
+                 "serves every beta.  The kept taps are those of a fresh network's logits (normalised "
+                 "per slice, DESIGN 1.2) at that beta; the reduced-run table gives a trained "
+                 "network's at beta 70.")
+    lines.append("")
+    lines.append("| model | beta | kept taps / 9 | salnp | salnp dense | best PyTorch | "
+                 "salnp / best PyTorch | salnp / dense |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for r in data.get("sparse", []):
+        res = r["results"]
+        _, b = best_torch(res)
+        for beta in SPARSE_BETAS:
+            sp, de = res[f"salnp beta={beta:g}"], res[f"salnp dense beta={beta:g}"]
+            lines.append(f"| {r['label']} | {beta:g} | {r['kept'][f'{beta:g}']:.2f} | "
+                         f"{fmt_rate(sp)} | {fmt_rate(de)} | {fmt_rate(b)} | "
+                         f"**{sp['median'] / b['median']:.2f}x** | {sp['median'] / de['median']:.2f}x |")
+    lines.append("")
+    if data.get("reduced_run"):
+        import reduced_run
+        lines.append("### A whole reduced SAL run: SAL-ResNet-20 w=16, the 10,000-image CIFAR-10 "
+                     "subset, beta 20 -> 70 geometric per step, batch 128, wall seconds of the "
+                     "training steps (`PYTHONPATH=python python bench/reduced_run.py "
+                     f"{data['reduced_run_cmd']}`)")
+        lines.append("")
+        lines.append(reduced_run.table(data["reduced_run"]))
     lines.append(f"### Exported inference, ResNet-{sz['depth']} w={sz['width']}, {sz['hw']}x{sz['hw']}, "
                  f"images/s")
     lines.append("")
@@ -594,6 +671,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=0, help="interleaved repeats (default 5)")
     ap.add_argument("--steps-timed", type=int, default=0,
                     help="steps timed per process in the two-process test (default 8)")
+    ap.add_argument("--reduced-run", action="store_true",
+                    help="also time whole reduced SAL runs (bench/reduced_run.py; ~25 min)")
+    ap.add_argument("--reduced-epochs", type=int, default=5)
+    ap.add_argument("--reduced-seeds", default="0,1,2")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--fw", default="salnp", help=argparse.SUPPRESS)
     ap.add_argument("--model", default="sal", help=argparse.SUPPRESS)
@@ -622,7 +703,8 @@ def main():
             pass
         out = {}
         {"train": worker_train, "infer": worker_infer, "rss": worker_rss,
-         "steps": worker_steps, "probe": worker_probe}[args.worker](args, sz, out)
+         "steps": worker_steps, "probe": worker_probe,
+         "sparse": worker_sparse}[args.worker](args, sz, out)
         print(json.dumps(out), flush=True)
         return
 
@@ -648,6 +730,7 @@ def main():
     extra += over
     # 2. training and inference, interleaved within one process each
     data["train"] = spawn(args, "train", extra, preload=pre)["train"]
+    data["sparse"] = spawn(args, "sparse", extra, preload=pre)["sparse"]
     data["infer"] = []
     for th in args.infer_threads:
         a = argparse.Namespace(**{**vars(args), "threads": th})
@@ -674,6 +757,15 @@ def main():
               for _ in range(2)]
         pair = [collect(p, "steps")["steps"]["images_per_s"] for p in ps]
         data["pair"][f"{label}, SAL unshared"] = {"solo": solo, "pair": pair}
+    # 5. a whole reduced run on the paper's schedule (bench/reduced_run.py)
+    if args.reduced_run:
+        import reduced_run
+        rr = argparse.Namespace(epochs=args.reduced_epochs, seeds=args.reduced_seeds,
+                                threads=args.threads, shared=False, root=reduced_run.DATA,
+                                no_torch=False)
+        data["reduced_run"] = reduced_run.run_all(rr, preload=pre)
+        data["reduced_run_cmd"] = (f"--epochs {rr.epochs} --seeds {rr.seeds} "
+                                   f"--threads {rr.threads}")
     data["load_after"] = " ".join(f"{v:.1f}" for v in os.getloadavg())
     text = report(args, data, mach, sz)
     print(text)

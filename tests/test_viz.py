@@ -555,3 +555,17 @@ def test_kept_taps_figure_from_a_real_history():
     plt.close(fig)
     with pytest.raises(ValueError, match="no taps_kept"):
         salnp.viz.kept_taps([{"epoch": 1}])
+
+
+def test_kept_taps_of_the_dense_path():
+    """tap_threshold=0 (the dense path) trains and records every tap: 9 per slice."""
+    train = salnp.data.Dataset(np.random.default_rng(1).integers(0, 256, (64, 3, 10, 10),
+                                                                  dtype=np.uint8),
+                               np.arange(64) % 10)
+    net = salnp.models.resnet(8, 4, "sal", seed=1)
+    net.tap_threshold = 0.0
+    net.layer1[0].conv1.tap_threshold = 0.5     # one layer sparse: the others stay at 9
+    h = salnp.fit(net, train, epochs=1, batch_size=32, beta=(20, 70), progress=False)
+    taps = h[-1]["taps_kept"]
+    assert taps.pop("layer1.0.conv1") < 9
+    assert set(taps.values()) == {9.0} and set(h[0]["taps_kept_start"].values()) >= {9.0}

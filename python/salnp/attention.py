@@ -142,6 +142,7 @@ def kept_taps(net, beta=None) -> dict:
     (default net.beta) and each layer's tap threshold (SALConv2d.tap_threshold; 9: the dense
     convolution, 1: a pure shift).  A network without SAL layers gives {}."""
     beta = float(net.beta if beta is None else beta)
-    return {name: float(sal_kept_taps(m.logits, beta, tap_threshold=m.tap_threshold,
-                                      mask=m.mask).reshape(-1, 9).sum(1).mean())
+    return {name: 9.0 if m.tap_threshold == 0 else   # 0: the dense path computes every tap
+            float(sal_kept_taps(m.logits, beta, tap_threshold=m.tap_threshold,
+                                mask=m.mask).reshape(-1, 9).sum(1).mean())
             for name, m in sal_layers(net)}
