@@ -27,6 +27,7 @@ from ._core import (
     batch_norm_relu,
     batch_norm_relu_backward,
     conv2d,
+    conv2d_algo,
     conv2d_backward,
     cross_entropy,
     cross_entropy_backward,
@@ -47,7 +48,7 @@ from ._core import (
 )
 
 __all__ = [
-    "conv2d", "conv2d_backward",
+    "conv2d", "conv2d_backward", "conv2d_algo",
     "shift", "shift_backward", "default_shift_offsets",
     "active_shift", "active_shift_backward", "normalize_shift_grad",
     "sal_conv2d", "sal_conv2d_backward", "sal_probs",

@@ -1,12 +1,12 @@
-/* Private interface of the convolution family (libsal/src/conv.c, conv3x3.c): the direct
- * 3x3 kernel that conv.c dispatches to.  Public API: sal/conv.h. */
+/* Private interface of the convolution family (libsal/src/conv.c, conv3x3.c, winograd.c):
+ * the kernels that conv.c chooses among.  Public API: sal/conv.h. */
 #ifndef SAL_CONV_INTERNAL_H
 #define SAL_CONV_INTERNAL_H
 
 #include "internal/internal.h"
 #include "sal/conv.h"
 
-/* Direct 3x3 / stride 1 / padding 1 convolution (conv3x3.c), used by conv.c. */
+/* Direct 3x3 / stride 1 / padding 1 convolution (conv3x3.c). */
 bool sal_conv3x3_applies(const sal_conv_desc *d);
 size_t sal_conv3x3_scratch(const sal_conv_desc *d);
 int sal_conv3x3_threads(const sal_conv_desc *d);
@@ -14,5 +14,17 @@ void sal_conv3x3_run(float *out, int accumulate, const float *in, sal_act ina, i
                      const float *w, int grad, float *scratch, int t);
 void sal_conv3x3_wgrad(float *dw, const float *dy, const float *x, sal_act xa, int64_t o,
                        float *scratch, int t);
+
+/* Winograd F(4x4, 3x3), 3x3 / stride 1 / padding 1 (winograd.c).  Scratch: the most any
+ * pass needs at any ISA's vector width, for the descriptor's threads. */
+bool sal_wino_applies(const sal_conv_desc *d);
+size_t sal_wino_scratch(const sal_conv_desc *d);
+void sal_wino_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                  float *scratch);
+/* dx += the input gradient; dw += the weight gradient */
+void sal_wino_bwd_data(float *dx, const float *dy, const float *w, const sal_conv_desc *d,
+                       float *scratch);
+void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
+                          float *scratch);
 
 #endif
