@@ -55,13 +55,13 @@ typedef struct {
 /* ---- baseline: portable vector extensions, 4 lanes ---------------------------------- */
 typedef float vbase __attribute__((vector_size(16)));
 
-static inline vbase ldn_base(const float *p, int n) {
+static inline vbase ldm_base(const float *p, int a, int b) {
     vbase v = {0};
-    for (int i = 0; i < n; i++) v[i] = p[i];
+    for (int i = a; i < b; i++) v[i] = p[i];
     return v;
 }
-static inline void stn_base(float *p, vbase v, int n) {
-    for (int i = 0; i < n; i++) p[i] = v[i];
+static inline void stm_base(float *p, vbase v, int a, int b) {
+    for (int i = a; i < b; i++) p[i] = v[i];
 }
 static inline void transpose_base(vbase r[4]) {
     vbase t[4];
@@ -82,15 +82,20 @@ static inline void transpose_base(vbase r[4]) {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 
-static const int32_t wino_mask8[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+static const int32_t wino_ones8[24] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1,
+                                        0, 0, 0, 0, 0, 0, 0, 0};
 
-static inline __m256 ldn_avx2(const float *p, int n) {
-    if (n == 8) return _mm256_loadu_ps(p);
-    return _mm256_maskload_ps(p, _mm256_loadu_si256((const __m256i *)(wino_mask8 + 8 - n)));
+/* lanes [a, b) set: the ones from lane a on, and those before lane b */
+static inline __m256i mask_avx2(int a, int b) {
+    const __m256i from_a = _mm256_loadu_si256((const __m256i *)(wino_ones8 + 8 - a));
+    const __m256i below_b = _mm256_loadu_si256((const __m256i *)(wino_ones8 + 16 - b));
+    return _mm256_and_si256(from_a, below_b);
 }
-static inline void stn_avx2(float *p, __m256 v, int n) {
-    if (n == 8) _mm256_storeu_ps(p, v);
-    else _mm256_maskstore_ps(p, _mm256_loadu_si256((const __m256i *)(wino_mask8 + 8 - n)), v);
+static inline __m256 ldm_avx2(const float *p, int a, int b) {
+    return _mm256_maskload_ps(p, mask_avx2(a, b));
+}
+static inline void stm_avx2(float *p, __m256 v, int a, int b) {
+    _mm256_maskstore_ps(p, mask_avx2(a, b), v);
 }
 static inline void transpose_avx2(__m256 r[8]) {
     __m256 t[8], u[8];
@@ -123,13 +128,14 @@ static inline void transpose_avx2(__m256 r[8]) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
 
-static inline __m512 ldn_avx512(const float *p, int n) {
-    if (n == 16) return _mm512_loadu_ps(p);
-    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+static inline __mmask16 mask_avx512(int a, int b) {
+    return (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
 }
-static inline void stn_avx512(float *p, __m512 v, int n) {
-    if (n == 16) _mm512_storeu_ps(p, v);
-    else _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+static inline __m512 ldm_avx512(const float *p, int a, int b) {
+    return _mm512_maskz_loadu_ps(mask_avx512(a, b), p);
+}
+static inline void stm_avx512(float *p, __m512 v, int a, int b) {
+    _mm512_mask_storeu_ps(p, mask_avx512(a, b), v);
 }
 static inline void transpose_avx512(__m512 r[16]) {
     __m512 t[16], u[16];
@@ -291,7 +297,14 @@ static int wino_threads(const sal_conv_desc *d) {
     return d->threads > 0 ? d->threads : sal_threads();
 }
 
-/* floats of scratch of the three passes at every ISA's vector width; SIZE_MAX when too big */
+/* the first 64-byte boundary in the caller's scratch: every buffer below starts on a
+ * cache line (a vector access that straddles two lines costs two) */
+static float *wino_align(float *scratch) {
+    return (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+}
+
+/* floats of scratch of the three passes at every ISA's vector width (+ 15 for the
+ * alignment); SIZE_MAX when too big */
 size_t sal_wino_scratch(const sal_conv_desc *d) {
     const int nt = wino_threads(d);
     size_t most = 0;
@@ -302,7 +315,7 @@ size_t sal_wino_scratch(const sal_conv_desc *d) {
             const size_t s = (size_t)(p.shared + p.nt * p.per);
             if (s > most) most = s;
         }
-    return most;
+    return most + 15;
 }
 
 bool sal_wino_applies(const sal_conv_desc *d) {
@@ -387,6 +400,7 @@ static void wino_conv(float *out, const float *in, const float *w, const sal_con
     const wino_kernels *k = WINO[sal_cpu_isa()];
     wplan p;
     (void)wino_plan(&p, d, pass, k->wl, nt);   /* true: sal_wino_applies checked it */
+    scratch = wino_align(scratch);
     const sal_act xa = d->x, ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
     const sal_act ia = pass == WINO_BWD_DATA ? ya : xa, oa = pass == WINO_BWD_DATA ? xa : ya;
     wts_task wt = {k, scratch, w, &p, d->x.c, pass == WINO_BWD_DATA, NULL, NULL, 0, 0};
@@ -468,6 +482,7 @@ void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_
     const wino_kernels *k = WINO[sal_cpu_isa()];
     wplan p;
     (void)wino_plan(&p, d, WINO_BWD_WEIGHTS, k->wl, nt);
+    scratch = wino_align(scratch);
     const sal_act ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
     wg_task gt = {k, &p, x, dy, scratch, sal_act_sn(d->x), sal_act_sc(d->x), sal_act_sn(ya),
                   sal_act_sc(ya)};
