@@ -22,11 +22,6 @@
  * The naive twin is ref/winograd_ref.c. */
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define WINO_X86 1
-#endif
-
 #include "internal/conv_internal.h"
 #include "internal/cpu.h"
 
@@ -52,127 +47,10 @@ typedef struct {
                   int64_t op);
 } wino_kernels;
 
-/* ---- baseline: portable vector extensions, 4 lanes ---------------------------------- */
-typedef float vbase __attribute__((vector_size(16)));
+#define SIMD_KERNELS "winograd_isa.inc"
+#include "simd_isas.inc"
 
-static inline vbase ldm_base(const float *p, int a, int b) {
-    vbase v = {0};
-    for (int i = a; i < b; i++) v[i] = p[i];
-    return v;
-}
-static inline void stm_base(float *p, vbase v, int a, int b) {
-    for (int i = a; i < b; i++) p[i] = v[i];
-}
-static inline void transpose_base(vbase r[4]) {
-    vbase t[4];
-    for (int i = 0; i < 4; i++) t[i] = (vbase){r[0][i], r[1][i], r[2][i], r[3][i]};
-    for (int i = 0; i < 4; i++) r[i] = t[i];
-}
-
-#define WL 4
-#define WF(n) n##_base
-#define vf vbase
-#include "winograd_isa.inc"
-#undef WL
-#undef WF
-#undef vf
-
-#ifdef WINO_X86
-/* ---- AVX2 + FMA: 8 lanes ------------------------------------------------------------- */
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-
-static const int32_t wino_ones8[24] = {0, 0, 0, 0, 0, 0, 0, 0, -1, -1, -1, -1, -1, -1, -1, -1,
-                                        0, 0, 0, 0, 0, 0, 0, 0};
-
-/* lanes [a, b) set: the ones from lane a on, and those before lane b */
-static inline __m256i mask_avx2(int a, int b) {
-    const __m256i from_a = _mm256_loadu_si256((const __m256i *)(wino_ones8 + 8 - a));
-    const __m256i below_b = _mm256_loadu_si256((const __m256i *)(wino_ones8 + 16 - b));
-    return _mm256_and_si256(from_a, below_b);
-}
-static inline __m256 ldm_avx2(const float *p, int a, int b) {
-    return _mm256_maskload_ps(p, mask_avx2(a, b));
-}
-static inline void stm_avx2(float *p, __m256 v, int a, int b) {
-    _mm256_maskstore_ps(p, mask_avx2(a, b), v);
-}
-static inline void transpose_avx2(__m256 r[8]) {
-    __m256 t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_shuffle_ps(t[i], t[i + 2], 0x44);
-        u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], 0xEE);
-        u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-    }
-}
-
-#define WL 8
-#define WF(n) n##_avx2
-#define vf __m256
-#include "winograd_isa.inc"
-#undef WL
-#undef WF
-#undef vf
-#pragma GCC pop_options
-
-/* ---- AVX-512: 16 lanes --------------------------------------------------------------- */
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
-
-static inline __mmask16 mask_avx512(int a, int b) {
-    return (__mmask16)(((1u << b) - 1u) & ~((1u << a) - 1u));
-}
-static inline __m512 ldm_avx512(const float *p, int a, int b) {
-    return _mm512_maskz_loadu_ps(mask_avx512(a, b), p);
-}
-static inline void stm_avx512(float *p, __m512 v, int a, int b) {
-    _mm512_mask_storeu_ps(p, mask_avx512(a, b), v);
-}
-static inline void transpose_avx512(__m512 r[16]) {
-    __m512 t[16], u[16];
-    for (int i = 0; i < 16; i += 2) {
-        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-    }
-    /* u[i..i+3]: columns {0,4,8,12}, {1,5,9,13}, {2,6,..}, {3,7,..} of rows i .. i+3 */
-    for (int i = 0; i < 16; i += 4) {
-        u[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
-        u[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
-        u[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
-        u[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
-    }
-    /* t[j], j < 4: columns {j, j+8} of rows 0..7 (128-bit lanes: j rows 0-3, j rows 4-7,
-     * j+8 rows 0-3, j+8 rows 4-7); t[j+4]: columns {j+4, j+12}; t[8..15] the same for
-     * rows 8..15 */
-    for (int h = 0; h < 16; h += 8)
-        for (int j = 0; j < 4; j++) {
-            t[h + j] = _mm512_shuffle_f32x4(u[h + j], u[h + 4 + j], 0x88);
-            t[h + 4 + j] = _mm512_shuffle_f32x4(u[h + j], u[h + 4 + j], 0xDD);
-        }
-    for (int j = 0; j < 8; j++) {
-        r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
-        r[j + 8] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xDD);
-    }
-}
-
-#define WL 16
-#define WF(n) n##_avx512
-#define vf __m512
-#include "winograd_isa.inc"
-#undef WL
-#undef WF
-#undef vf
-#pragma GCC pop_options
-
+#ifdef SIMD_X86
 static const wino_kernels *const WINO[SAL_ISA_COUNT] = {
     [SAL_ISA_BASE] = &kernels_base, [SAL_ISA_AVX2] = &kernels_avx2,
     [SAL_ISA_AVX512] = &kernels_avx512};
