@@ -325,13 +325,58 @@ def test_winograd_threads_deterministic(threads, conv_algo, rng):
         assert_close(u, r, atol=3e-5 * m, rtol=0, what=name)
 
 
+# (N, C, H, W, O, K, stride): the blocked direct kernel, stride 2, 1x1 and 3x3
+BLOCKED_SHAPES = [
+    (1, 1, 1, 1, 1, 3, 2),
+    (2, 3, 5, 7, 5, 3, 2),
+    (1, 5, 9, 9, 17, 3, 2),
+    (3, 17, 8, 6, 3, 3, 2),
+    (1, 33, 33, 31, 5, 3, 2),
+    (2, 16, 16, 16, 32, 3, 2),
+    (2, 32, 8, 8, 64, 1, 2),
+    (1, 17, 7, 5, 33, 1, 2),
+]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
+@pytest.mark.parametrize("shape", BLOCKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_blocked_direct_against_float64_and_torch(shape, layout, isa, conv_algo, rng):
+    """The channel-blocked direct kernel, stride 2 (forced with 'direct' for the 1x1 passes
+    the rule gives to im2col): each pass against the float64 reference and PyTorch."""
+    N, C, H, W, O, K, S = shape
+    conv_algo("direct")
+    P = K // 2
+    xs = _to_layout(np.empty((N, C, H, W)), layout).shape
+    assert set(salnp.ops.conv2d_algo(xs, (O, C, K, K), S, P, layout=layout).values()) == {
+        "blocked-direct"}
+    x = rng.standard_normal((N, C, H, W))
+    w = rng.standard_normal((O, C, K, K)) / np.sqrt(K * K * C)
+    ry = salnp._core.ref_conv2d_f64(x, w, S, P)
+    gy = rng.standard_normal(ry.shape)
+    got = _fwd_bwd(x.astype(np.float32), w.astype(np.float32), gy.astype(np.float32), layout,
+                   S, P)
+    ref = (ry,) + salnp._core.ref_conv2d_backward_f64(x, w, gy, S, P)
+    ax, aw, ag = np.abs(x), np.abs(w), np.abs(gy)
+    mags = [np.max(m) for m in (salnp._core.ref_conv2d_f64(ax, aw, S, P),) +
+            salnp._core.ref_conv2d_backward_f64(ax, aw, ag, S, P)]
+    for g, r, m, name in zip(got, ref, mags, ["y", "grad_x", "grad_w"]):
+        assert_close(g, r, atol=2e-6 * m, rtol=0, what=name)   # direct: measured < 3e-7
+    ty, tgx, tgw = torch_conv(x.astype(np.float32), w.astype(np.float32), gy.astype(np.float32), S, P)
+    assert_close(got[0], ty, what="y vs torch")
+    assert_close(got[1], tgx, what="grad_x vs torch")
+    assert_close(got[2], tgw, atol=1e-4 * np.sqrt(N * H * W), rtol=1e-4, what="grad_w vs torch")
+
+
 @pytest.mark.parametrize("x_shape,w_shape,stride,padding,layout,want", [
     ((128, 16, 32, 32), (16, 16, 3, 3), 1, 1, "NCHW", "winograd4x4"),
     ((16, 128, 32, 32), (16, 16, 3, 3), 1, 1, "CNHW", "winograd4x4"),
     ((1, 64, 8, 8), (64, 64, 3, 3), 1, 1, "NCHW", "winograd4x4"),
     ((128, 3, 32, 32), (16, 3, 3, 3), 1, 1, "NCHW", "direct3x3"),      # the stem
     ((2, 16, 9, 9), (4, 16, 3, 3), 1, 1, "NCHW", "direct3x3"),          # few outputs
-    ((128, 16, 32, 32), (32, 16, 3, 3), 2, 1, "NCHW", "im2col-gemm"),   # stride 2
+    ((128, 16, 32, 32), (32, 16, 3, 3), 2, 1, "NCHW", "blocked-direct"),  # stride 2
+    ((16, 128, 32, 32), (32, 16, 3, 3), 2, 1, "CNHW", "blocked-direct"),
+    ((2, 16, 9, 9), (16, 16, 3, 3), 2, 0, "NCHW", "im2col-gemm"),       # stride 2, padding 0
+    ((2, 16, 9, 9), (16, 16, 3, 3), 3, 1, "NCHW", "im2col-gemm"),       # stride 3
     ((2, 16, 9, 9), (16, 16, 3, 3), 1, 0, "NCHW", "im2col-gemm"),       # padding 0
     ((2, 16, 9, 9), (16, 16, 3, 3), 1, 2, "NCHW", "im2col-gemm"),       # padding 2
     ((2, 16, 9, 9), (16, 16, 5, 5), 1, 2, "NCHW", "im2col-gemm"),
@@ -340,6 +385,13 @@ def test_winograd_threads_deterministic(threads, conv_algo, rng):
 def test_conv2d_algo_rule(x_shape, w_shape, stride, padding, layout, want):
     got = salnp.ops.conv2d_algo(x_shape, w_shape, stride, padding, layout=layout)
     assert got == {"forward": want, "input_grad": want, "weight_grad": want}
+
+
+def test_conv2d_algo_per_pass():
+    """A 1x1 / stride 2 shortcut: im2col + GEMM forward and input gradient, the blocked
+    kernel for its weight gradient (measured fastest per pass)."""
+    assert salnp.ops.conv2d_algo((128, 16, 32, 32), (32, 16, 1, 1), 2, 0) == {
+        "forward": "im2col-gemm", "input_grad": "im2col-gemm", "weight_grad": "blocked-direct"}
 
 
 def test_conv_algo_forcing(conv_algo, rng):
@@ -357,7 +409,12 @@ def test_conv_algo_forcing(conv_algo, rng):
         for g, r, name in zip(outs[force], outs["im2col"], ["y", "grad_x", "grad_w"]):
             assert_close(g, r, atol=1e-4, rtol=1e-4, what=f"{force} {name}")
     conv_algo("winograd")   # where Winograd does not apply, the rule's choice
+    assert salnp.ops.conv2d_algo((2, 16, 9, 9), (16, 16, 3, 3), 2, 1)["forward"] == "blocked-direct"
+    conv_algo("im2col")
     assert salnp.ops.conv2d_algo((2, 16, 9, 9), (16, 16, 3, 3), 2, 1)["forward"] == "im2col-gemm"
+    conv_algo("direct")     # stride 2: the direct family is the blocked kernel
+    assert set(salnp.ops.conv2d_algo((2, 16, 9, 9), (16, 16, 1, 1), 2, 0).values()) == {
+        "blocked-direct"}
     with pytest.raises(ValueError, match="name=\"fast\": must be \"auto\", \"winograd\""):
         conv_algo("fast")
     with pytest.raises(TypeError, match="set_conv_algo: name must be a str or None"):

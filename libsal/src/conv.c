@@ -50,12 +50,19 @@ static bool conv_is_pointwise(const sal_conv_desc *d) {
 }
 
 /* ---- which algorithm runs a pass ------------------------------------------------------
- * The rule (3x3 / stride 1 / padding 1 layers; measured with bench/bench_conv3x3.py on a
- * 2-core Zen 4, see bench/RESULTS.md): Winograd F(4x4, 3x3) from 8 input and output
- * channels on, the direct kernel below that (the stem's 3 input channels leave 13 of a
- * vector's 16 lanes of the input transform empty). */
-typedef enum { ALGO_GEMM1X1, ALGO_IM2COL, ALGO_DIRECT3X3, ALGO_WINOGRAD } conv_algo;
-static const char *const ALGO_NAMES[] = {"gemm1x1", "im2col-gemm", "direct3x3", "winograd4x4"};
+ * The rule, measured on a 2-core Zen 4 (bench/bench_conv3x3.py, bench/RESULTS.md), batch
+ * 128, one thread:
+ * - 3x3 / stride 1 / padding 1: Winograd F(4x4, 3x3) from 8 input and output channels on
+ *   (2-3.3x the direct kernel); below that the direct kernel (the stem's 3 input channels
+ *   would leave 13 of 16 lanes of the transforms and of a blocked kernel empty: 1.6 ms
+ *   forward and 2.8 ms weight gradient direct, against 1.9 and 6.0 blocked).
+ * - 3x3 / stride 2 / padding 1: the blocked direct kernel (16 -> 32 channels, 32x32:
+ *   3.6 / 4.3 / 3.6 ms against im2col + GEMM's 9.4 / 7.5 / 10.3 ms).
+ * - 1x1 / stride 2: im2col + GEMM for the forward and input gradient (1.0 / 1.2 ms against
+ *   1.2 / 2.0), the blocked kernel for the weight gradient (1.0 against 2.4 ms). */
+typedef enum { ALGO_GEMM1X1, ALGO_IM2COL, ALGO_DIRECT3X3, ALGO_WINOGRAD, ALGO_BLOCKED } conv_algo;
+static const char *const ALGO_NAMES[] = {"gemm1x1", "im2col-gemm", "direct3x3", "winograd4x4",
+                                         "blocked-direct"};
 
 enum { FORCE_AUTO = 0, FORCE_WINOGRAD = 1, FORCE_DIRECT = 2, FORCE_IM2COL = 3, FORCE_COUNT };
 static const char *const FORCE_NAMES[FORCE_COUNT] = {"auto", "winograd", "direct", "im2col"};
@@ -92,16 +99,22 @@ const char *sal_conv_get_algo(void) { return FORCE_NAMES[force_get()]; }
 
 /* the algorithm of pass `pass` of a valid descriptor */
 static conv_algo conv_choose(const sal_conv_desc *d, int pass) {
-    (void)pass;   /* the rule is the same for the three passes today */
     if (conv_is_pointwise(d)) return ALGO_GEMM1X1;
     const int f = force_get();
     if (f == FORCE_IM2COL) return ALGO_IM2COL;
     const bool wino = sal_wino_applies(d), direct = sal_conv3x3_applies(d);
+    const bool blocked = sal_dconv_applies(d);
     if (f == FORCE_WINOGRAD && wino) return ALGO_WINOGRAD;
-    if (f == FORCE_DIRECT) return direct ? ALGO_DIRECT3X3 : ALGO_IM2COL;
+    if (f == FORCE_DIRECT)
+        return direct ? ALGO_DIRECT3X3 : blocked ? ALGO_BLOCKED : ALGO_IM2COL;
     if (wino && (f == FORCE_WINOGRAD || (d->x.c >= WINO_MIN_CHANNELS && d->o >= WINO_MIN_CHANNELS)))
         return ALGO_WINOGRAD;
-    return direct ? ALGO_DIRECT3X3 : ALGO_IM2COL;
+    if (direct) return ALGO_DIRECT3X3;
+    /* stride 2: the blocked kernel, but for a 1x1 kernel only its weight gradient (its
+     * forward and input gradient interleave 4x the positions they use) */
+    if (blocked && d->stride == 2 && (d->k == 3 || pass == SAL_CONV_WEIGHT_GRAD))
+        return ALGO_BLOCKED;
+    return ALGO_IM2COL;
 }
 
 const char *sal_conv_algo(const sal_conv_desc *d, int pass) {
@@ -125,6 +138,7 @@ size_t sal_conv_scratch(const sal_conv_desc *d) {
     size_t most = (size_t)(conv_chunk(d, &y) * d->x.c * d->k * d->k * y.h * y.w);
     if (sal_conv3x3_applies(d) && sal_conv3x3_scratch(d) > most) most = sal_conv3x3_scratch(d);
     if (sal_wino_applies(d) && sal_wino_scratch(d) > most) most = sal_wino_scratch(d);
+    if (sal_dconv_applies(d) && sal_dconv_scratch(d) > most) most = sal_dconv_scratch(d);
     return most;
 }
 
@@ -255,6 +269,10 @@ sal_status sal_conv_fwd(float *y, const float *x, const float *w, const sal_conv
         sal_conv3x3_run(y, 0, x, d->x, O, w, 0, scratch, sal_conv3x3_threads(d));
         return SAL_OK;
     }
+    if (algo == ALGO_BLOCKED) {
+        sal_dconv_fwd(y, x, w, d, scratch);
+        return SAL_OK;
+    }
     const int64_t chunk = conv_chunk(d, &ya);
     for (int64_t n0 = 0; n0 < N; n0 += chunk) {
         const int64_t B = N - n0 < chunk ? N - n0 : chunk;
@@ -297,6 +315,8 @@ sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, c
     if (dw && adw == ALGO_DIRECT3X3) sal_conv3x3_wgrad(dw, dy, x, d->x, O, scratch, t);
     if (dx && adx == ALGO_WINOGRAD) sal_wino_bwd_data(dx, dy, w, d, scratch);
     if (dx && adx == ALGO_DIRECT3X3) sal_conv3x3_run(dx, 1, dy, ya, C, w, 1, scratch, t);
+    if (dw && adw == ALGO_BLOCKED) sal_dconv_bwd_weights(dw, dy, x, d, scratch);
+    if (dx && adx == ALGO_BLOCKED) sal_dconv_bwd_data(dx, dy, w, d, scratch);
     if (dw && adw != ALGO_IM2COL) dw = NULL;   /* done */
     if (dx && adx != ALGO_IM2COL) dx = NULL;
     const int64_t chunk = conv_chunk(d, &ya);

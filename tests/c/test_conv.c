@@ -135,6 +135,23 @@ int main(void) {
             wino_case(1, 8, 33, 31, 8, (sal_layout)L);
         }
     }
+    /* the blocked direct kernel (stride 2), forced, at every ISA: 3x3 and 1x1, odd sizes,
+     * channels off the vector widths, accumulating backward (one_case starts dx, dw at
+     * non-zero values) */
+    CHECK(sal_conv_set_algo("direct") == SAL_OK, "set_algo: %s", sal_last_error());
+    for (int i = 0; i < 3; i++) {
+        if (sal_set_isa(isas[i]) != SAL_OK) continue;
+        for (int L = 0; L < 2; L++) {
+            sal_conv_desc d = {{2, 17, 9, 7, (sal_layout)L}, 33, 3, 2, 1, 0};
+            CHECK(strcmp(sal_conv_algo(&d, SAL_CONV_INPUT_GRAD), "blocked-direct") == 0, "%s",
+                  sal_conv_algo(&d, SAL_CONV_INPUT_GRAD));
+            one_case(2, 17, 9, 7, 33, 3, 2, 1, (sal_layout)L);
+            one_case(1, 1, 1, 1, 1, 3, 2, 1, (sal_layout)L);
+            one_case(3, 16, 16, 16, 32, 3, 2, 1, (sal_layout)L);
+            one_case(2, 33, 8, 5, 7, 1, 2, 0, (sal_layout)L);
+            one_case(20, 32, 8, 8, 64, 1, 2, 0, (sal_layout)L);
+        }
+    }
     sal_set_isa(NULL);
     CHECK(sal_conv_set_algo("nonsense") == SAL_EINVAL, "bad algo name accepted");
     CHECK(strstr(sal_last_error(), "name=\"nonsense\"") != NULL, "message: %s", sal_last_error());

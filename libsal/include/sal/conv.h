@@ -34,6 +34,7 @@ sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x,
  *   "gemm1x1"      1x1 / stride 1 / no padding: the convolution is one GEMM, no copy
  *   "winograd4x4"  3x3 / stride 1 / padding 1: Winograd F(4x4, 3x3) (4x fewer multiplies)
  *   "direct3x3"    3x3 / stride 1 / padding 1: direct kernel (few channels: the stem)
+ *   "blocked-direct"  1x1 or 3x3 with padding K/2, stride 2: channel-blocked direct kernel
  *   "im2col-gemm"  everything else: a column matrix of B images, one GEMM
  * by a rule measured on the machines we had (conv.c explains it).  The environment
  * variable SAL_CONV_ALGO=auto|winograd|direct|im2col (read once), or sal_conv_set_algo,

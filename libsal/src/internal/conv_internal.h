@@ -27,4 +27,14 @@ void sal_wino_bwd_data(float *dx, const float *dy, const float *w, const sal_con
 void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
                           float *scratch);
 
+/* Blocked direct convolution, K = 1 or 3 with padding K/2, stride 2 (dconv.c). */
+bool sal_dconv_applies(const sal_conv_desc *d);
+size_t sal_dconv_scratch(const sal_conv_desc *d);
+void sal_dconv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                   float *scratch);
+void sal_dconv_bwd_data(float *dx, const float *dy, const float *w, const sal_conv_desc *d,
+                        float *scratch);
+void sal_dconv_bwd_weights(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
+                           float *scratch);
+
 #endif
