@@ -62,6 +62,23 @@ def test_conv2d_threads_agree(threads, rng):
         assert_close(g, r, atol=1e-5, rtol=1e-5, what=name)
 
 
+@pytest.mark.parametrize("stride,padding,K", [(1, 1, 3), (2, 1, 3), (2, 0, 1), (1, 0, 1)])
+def test_conv2d_backward_one_gradient(stride, padding, K, rng):
+    """grad_x=False / grad_w=False skip that gradient (None) and leave the other as it was"""
+    x = rng.standard_normal((3, 9, 10, 11), dtype=np.float32)
+    w = rng.standard_normal((10, 9, K, K), dtype=np.float32)
+    y = salnp.ops.conv2d(x, w, stride, padding)
+    gy = rng.standard_normal(y.shape, dtype=np.float32)
+    gx, gw = salnp.ops.conv2d_backward(x, w, gy, stride, padding)
+    only_x = salnp.ops.conv2d_backward(x, w, gy, stride, padding, grad_w=False)
+    only_w = salnp.ops.conv2d_backward(x, w, gy, stride, padding, grad_x=False)
+    assert only_x[1] is None and only_w[0] is None
+    np.testing.assert_array_equal(only_x[0], gx)
+    np.testing.assert_array_equal(only_w[1], gw)
+    assert salnp.ops.conv2d_backward(x, w, gy, stride, padding, grad_x=False, grad_w=False) == (
+        None, None)
+
+
 def test_inputs_unchanged(rng):
     x = rng.standard_normal((2, 3, 5, 5), dtype=np.float32)
     w = rng.standard_normal((4, 3, 3, 3), dtype=np.float32)

@@ -3,11 +3,13 @@
 
 #include <string.h>
 
-/* (x, w, [grad_y,] stride, padding, layout) as arrays of typenum and a descriptor */
+/* (x, w, [grad_y,] stride, padding, layout[, grad_x, grad_w]) as arrays of typenum and a
+ * descriptor; want_x, want_w: which gradients the backward computes */
 typedef struct {
     PyArrayObject *x, *w, *gy;
     sal_conv_desc d;
     sal_act y;
+    int want_x, want_w;
 } conv_args;
 
 static void conv_args_free(conv_args *a) {
@@ -18,13 +20,16 @@ static void conv_args_free(conv_args *a) {
 static int conv_args_parse(conv_args *a, PyObject *args, PyObject *kw, int typenum,
                            const char *fn, int backward) {
     static char *kw_fwd[] = {"x", "w", "stride", "padding", "layout", NULL};
-    static char *kw_bwd[] = {"x", "w", "grad_y", "stride", "padding", "layout", NULL};
+    static char *kw_bwd[] = {"x", "w", "grad_y", "stride", "padding", "layout", "grad_x",
+                             "grad_w", NULL};
     PyObject *ox, *ow, *ogy = NULL, *ostride = NULL, *opadding = NULL;
     long long stride = 1, padding = 0;
     layout_arg L = {fn, SAL_NCHW};
     memset(a, 0, sizeof *a);
-    int ok = backward ? PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO$O&", kw_bwd, &ox, &ow, &ogy,
-                                                    &ostride, &opadding, layout_converter, &L)
+    a->want_x = a->want_w = 1;
+    int ok = backward ? PyArg_ParseTupleAndKeywords(args, kw, "OOO|OO$O&pp", kw_bwd, &ox, &ow,
+                                                    &ogy, &ostride, &opadding, layout_converter,
+                                                    &L, &a->want_x, &a->want_w)
                       : PyArg_ParseTupleAndKeywords(args, kw, "OO|OO$O&", kw_fwd, &ox, &ow,
                                                     &ostride, &opadding, layout_converter, &L);
     if (!ok || i64_arg(ostride, fn, "stride", &stride) ||
@@ -90,18 +95,17 @@ static PyObject *conv_backward(PyObject *m, PyObject *args, PyObject *kw, int ty
     float *scratch = NULL;
     PyObject *ret = NULL;
     if (conv_args_parse(&a, args, kw, typenum, fn, 1)) goto done;
-    gx = new_array(4, PyArray_DIMS(a.x), typenum);
-    gw = new_array(4, PyArray_DIMS(a.w), typenum);
-    if (!gx || !gw || !(scratch = conv_scratch(&a, typenum))) goto done;
+    if (a.want_x && !(gx = new_array(4, PyArray_DIMS(a.x), typenum))) goto done;
+    if (a.want_w && !(gw = new_array(4, PyArray_DIMS(a.w), typenum))) goto done;
+    if (!(scratch = conv_scratch(&a, typenum))) goto done;
     sal_status s;
     CALL_TYPED(s, typenum,
-               sal_conv_bwd(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(a.gy),
+               sal_conv_bwd(data_or_null(gx), data_or_null(gw), PyArray_DATA(a.gy),
                             PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d, scratch),
-               sal_ref_conv_bwd_f64(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(a.gy),
+               sal_ref_conv_bwd_f64(data_or_null(gx), data_or_null(gw), PyArray_DATA(a.gy),
                                     PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d));
     if (failed(m, s, fn)) goto done;
-    ret = Py_BuildValue("(NN)", gx, gw);
-    gx = gw = NULL;
+    ret = Py_BuildValue("(OO)", gx ? (PyObject *)gx : Py_None, gw ? (PyObject *)gw : Py_None);
 done:
     PyMem_RawFree(scratch);
     Py_XDECREF(gx); Py_XDECREF(gw);
@@ -137,18 +141,16 @@ static PyObject *wino_backward(PyObject *m, PyObject *args, PyObject *kw, int ty
     PyArrayObject *gx = NULL, *gw = NULL;
     PyObject *ret = NULL;
     if (conv_args_parse(&a, args, kw, typenum, fn, 1)) goto done;
-    gx = new_array(4, PyArray_DIMS(a.x), typenum);
-    gw = new_array(4, PyArray_DIMS(a.w), typenum);
-    if (!gx || !gw) goto done;
+    if (a.want_x && !(gx = new_array(4, PyArray_DIMS(a.x), typenum))) goto done;
+    if (a.want_w && !(gw = new_array(4, PyArray_DIMS(a.w), typenum))) goto done;
     sal_status s;
     CALL_TYPED(s, typenum,
-               sal_ref_wino_bwd(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(a.gy),
+               sal_ref_wino_bwd(data_or_null(gx), data_or_null(gw), PyArray_DATA(a.gy),
                                 PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d),
-               sal_ref_wino_bwd_f64(PyArray_DATA(gx), PyArray_DATA(gw), PyArray_DATA(a.gy),
+               sal_ref_wino_bwd_f64(data_or_null(gx), data_or_null(gw), PyArray_DATA(a.gy),
                                     PyArray_DATA(a.x), PyArray_DATA(a.w), &a.d));
     if (failed(m, s, fn)) goto done;
-    ret = Py_BuildValue("(NN)", gx, gw);
-    gx = gw = NULL;
+    ret = Py_BuildValue("(OO)", gx ? (PyObject *)gx : Py_None, gw ? (PyObject *)gw : Py_None);
 done:
     Py_XDECREF(gx); Py_XDECREF(gw);
     conv_args_free(&a);
@@ -165,8 +167,10 @@ PyDoc_STRVAR(conv2d_doc,
 
 WRAP(conv2d_backward, conv_backward, NPY_FLOAT32)
 PyDoc_STRVAR(conv2d_backward_doc,
-    DOC("conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW')", " -> (grad_x, grad_w)",
-        "Gradients of conv2d with respect to x and w, given grad_y = dL/dy."));
+    DOC("conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW', grad_x=True, "
+        "grad_w=True)", " -> (grad_x, grad_w)",
+        "Gradients of conv2d with respect to x and w, given grad_y = dL/dy.\n"
+        "grad_x=False or grad_w=False skips that gradient (None in its place)."));
 
 WRAP(ref_conv2d_f64, conv_forward, NPY_FLOAT64)
 PyDoc_STRVAR(ref_conv2d_f64_doc,
