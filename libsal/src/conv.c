@@ -311,6 +311,10 @@ sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, c
     const conv_algo adw = dw ? conv_choose(d, SAL_CONV_WEIGHT_GRAD) : ALGO_IM2COL;
     const conv_algo adx = dx ? conv_choose(d, SAL_CONV_INPUT_GRAD) : ALGO_IM2COL;
     const int t = sal_conv3x3_threads(d);
+    if (dw && dx && adw == ALGO_WINOGRAD && adx == ALGO_WINOGRAD) {
+        sal_wino_bwd(dx, dw, dy, x, w, d, scratch);   /* dy transposed once for both */
+        return SAL_OK;
+    }
     if (dw && adw == ALGO_WINOGRAD) sal_wino_bwd_weights(dw, dy, x, d, scratch);
     if (dw && adw == ALGO_DIRECT3X3) sal_conv3x3_wgrad(dw, dy, x, d->x, O, scratch, t);
     if (dx && adx == ALGO_WINOGRAD) sal_wino_bwd_data(dx, dy, w, d, scratch);

@@ -65,7 +65,9 @@ static const wino_kernels *const WINO[SAL_ISA_COUNT] = {
 /* bytes of V and M per block (the rest of a block's buffers is smaller): half of a 1 MiB L2 */
 #define WINO_BLOCK_BYTES (512 * 1024)
 
-enum { WINO_FWD = 0, WINO_BWD_DATA = 1, WINO_BWD_WEIGHTS = 2 };
+/* passes; BOTH: the input and the weight gradient in one sweep over the blocks, dy
+ * transposed once for both */
+enum { WINO_FWD = 0, WINO_BWD_DATA = 1, WINO_BWD_WEIGHTS = 2, WINO_BWD_BOTH = 3 };
 
 typedef struct {
     int64_t wl, n, h, w;
@@ -74,6 +76,7 @@ typedef struct {
     int64_t kimg, kty, ktx;    /* block: images, tile rows, tile columns (at most) */
     int64_t nblk, tp;          /* blocks; tile slots per block (even) */
     int64_t nxi, nv, nm, nyi, ndu, per, shared;   /* floats */
+    int64_t nv2, nm2;          /* BOTH: V of dy (cop channels), M of dx (cip channels) */
     int nt;                    /* threads that get blocks */
 } wplan;
 
@@ -95,7 +98,8 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
     p->ty = (p->h + 3) / 4;
     p->tx = (p->w + 3) / 4;
     const int64_t N = p->n, TY = p->ty, TX = p->tx;
-    /* tiles per block: V and M of a block within the budget, at least 2 */
+    /* tiles per block: V and M of a block within the budget, at least 2 (BOTH holds two of
+     * each: the same tiles per block measured faster than half as many) */
     int64_t tmax = WINO_BLOCK_BYTES / (36 * 4 * (p->cip + p->cop));
     tmax = imax(2, tmax);
     if (TY > ((int64_t)1 << 40) / TX) return false;   /* no sane image, and no overflow below */
@@ -128,10 +132,13 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
     const u128 nxi = xr * xc * (u128)wl;
     const u128 nv = 36 * (u128)p->tp * (u128)p->cip, nm = 36 * (u128)p->tp * (u128)p->cop;
     const u128 nyi = 16 * (u128)p->kty * (u128)p->ktx * (u128)wl;
-    const u128 ndu = pass == WINO_BWD_WEIGHTS ? 36 * (u128)p->cop * (u128)p->cip : 0;
+    const bool wg = pass == WINO_BWD_WEIGHTS || pass == WINO_BWD_BOTH;
+    const u128 ndu = wg ? 36 * (u128)p->cop * (u128)p->cip : 0;
+    const u128 nv2 = pass == WINO_BWD_BOTH ? nm : 0, nm2 = pass == WINO_BWD_BOTH ? nv : 0;
     const u128 r16 = 15;
     const u128 per = ((nxi + r16) & ~r16) + ((nv + r16) & ~r16) + ((nm + r16) & ~r16) +
-                     ((nyi + r16) & ~r16) + ((ndu + r16) & ~r16);
+                     ((nyi + r16) & ~r16) + ((ndu + r16) & ~r16) + ((nv2 + r16) & ~r16) +
+                     ((nm2 + r16) & ~r16);
     const u128 shared = pass == WINO_BWD_WEIGHTS ? 0 : ((36 * (u128)p->cip * (u128)p->cop + r16) & ~r16);
     const u128 lim = (u128)1 << 62;
     if (per > lim || shared + (u128)p->nt * per > lim) return false;
@@ -140,6 +147,8 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
     p->nm = (int64_t)((nm + r16) & ~r16);
     p->nyi = (int64_t)((nyi + r16) & ~r16);
     p->ndu = (int64_t)((ndu + r16) & ~r16);
+    p->nv2 = (int64_t)((nv2 + r16) & ~r16);
+    p->nm2 = (int64_t)((nm2 + r16) & ~r16);
     p->per = (int64_t)per;
     p->shared = (int64_t)shared;
     return true;
@@ -187,7 +196,7 @@ size_t sal_wino_scratch(const sal_conv_desc *d) {
     const int nt = wino_threads(d);
     size_t most = 0;
     for (int64_t wl = 4; wl <= 16; wl *= 2)
-        for (int pass = 0; pass < 3; pass++) {
+        for (int pass = 0; pass < 4; pass++) {
             wplan p;
             if (!wino_plan(&p, d, pass, wl, nt)) return SIZE_MAX;
             const size_t s = (size_t)(p.shared + p.nt * p.per);
@@ -366,6 +375,97 @@ void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_
                   sal_act_sc(ya)};
     sal_parallel(p.nt, wino_wgrad_blocks, &gt);
     const float *du0 = scratch + p.nxi + p.nv + p.nm + p.nyi;
+    wts_task ft = {k, NULL, NULL, &p, d->x.c, 0, dw, du0, p.per, p.nt};
+    sal_parallel_for(d->o, nt, wino_wgrad_finish, &ft);
+}
+
+/* ---- both gradients in one sweep ----------------------------------------------------------- */
+
+typedef struct {
+    const wino_kernels *k;
+    const wplan *p;
+    float *dx;
+    const float *x, *dy, *u;
+    float *scratch;
+    int64_t sn, sc, ysn, ysc;
+} both_task;
+
+static void wino_both_blocks(void *ctx, int tid, int nt) {
+    const both_task *t = ctx;
+    const wplan *p = t->p;
+    const wino_kernels *k = t->k;
+    const int64_t wl = p->wl, cip = p->cip, cop = p->cop, H = p->h, W = p->w;
+    float *xi = t->scratch + tid * p->per, *vx = xi + p->nxi, *dyt = vx + p->nv;
+    float *yi = dyt + p->nm, *du = yi + p->nyi, *vdy = du + p->ndu, *mdx = vdy + p->nv2;
+    memset(du, 0, (size_t)p->ndu * sizeof(float));
+    int64_t b0, b1;
+    sal_block(p->nblk, tid, nt, &b0, &b1);
+    for (int64_t b = b0; b < b1; b++) {
+        const wblock bk = wino_block(p, b);
+        const int64_t per_img = bk.nty * bk.ntx, T = bk.ni * per_img;
+        const int64_t xrow = (4 * bk.ntx + 2) * wl, yrow = 4 * bk.ntx * wl;
+        /* dy, bordered as an input: B^T dy B for the input gradient, and A dy A^T from the
+         * same rows without the border for the weight gradient */
+        for (int64_t og = 0; og < cop / wl; og++) {
+            const int nch = (int)imin(wl, p->co - og * wl);
+            for (int64_t i = 0; i < bk.ni; i++) {
+                k->interleave(xi, t->dy + (bk.n0 + i) * t->ysn + og * wl * t->ysc, t->ysc, nch, H,
+                              W, 4 * bk.ty0 - 1, 4 * bk.tx0 - 1, 4 * bk.nty + 2, 4 * bk.ntx + 2);
+                k->tf_in(vdy + og * p->tp * 36 * wl, xi, xrow, bk.nty, bk.ntx, i * per_img);
+                k->tf_dy(dyt + og * p->tp * 36 * wl, xi + xrow + wl, xrow, bk.nty, bk.ntx,
+                         i * per_img);
+            }
+        }
+        for (int64_t cg = 0; cg < cip / wl; cg++) {
+            const int nch = (int)imin(wl, p->ci - cg * wl);
+            for (int64_t i = 0; i < bk.ni; i++) {
+                k->interleave(xi, t->x + (bk.n0 + i) * t->sn + cg * wl * t->sc, t->sc, nch, H, W,
+                              4 * bk.ty0 - 1, 4 * bk.tx0 - 1, 4 * bk.nty + 2, 4 * bk.ntx + 2);
+                k->tf_in(vx + cg * p->tp * 36 * wl, xi, xrow, bk.nty, bk.ntx, i * per_img);
+            }
+        }
+        if (T < p->tp) {  /* the padding tiles read zeros and add nothing */
+            const size_t pad = (size_t)((p->tp - T) * 36 * wl) * sizeof(float);
+            for (int64_t cg = 0; cg < cip / wl; cg++) memset(vx + (cg * p->tp + T) * 36 * wl, 0, pad);
+            for (int64_t og = 0; og < cop / wl; og++) {
+                memset(dyt + (og * p->tp + T) * 36 * wl, 0, pad);
+                memset(vdy + (og * p->tp + T) * 36 * wl, 0, pad);
+            }
+        }
+        k->wgemm(du, vx, dyt, p->tp, cip, cop);
+        k->gemm(mdx, vdy, t->u, p->tp, p->co, cop, cip);
+        const int64_t nr = imin(4 * bk.nty, H - 4 * bk.ty0), nc = imin(4 * bk.ntx, W - 4 * bk.tx0);
+        for (int64_t cg = 0; cg < cip / wl; cg++) {
+            const int nch = (int)imin(wl, p->ci - cg * wl);
+            for (int64_t i = 0; i < bk.ni; i++) {
+                k->tf_out(yi, yrow, mdx + cg * p->tp * 36 * wl, bk.nty, bk.ntx, i * per_img);
+                k->deinterleave(t->dx + (bk.n0 + i) * t->sn + cg * wl * t->sc, t->sc, nch, W,
+                                4 * bk.ty0, 4 * bk.tx0, yi, yrow, nr, nc, 1);
+            }
+        }
+    }
+}
+
+void sal_wino_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                  const sal_conv_desc *d, float *scratch) {
+    const int nt = wino_threads(d);
+    const wino_kernels *k = WINO[sal_cpu_isa()];
+    wplan p;
+    (void)wino_plan(&p, d, WINO_BWD_BOTH, k->wl, nt);
+    scratch = wino_align(scratch);
+    /* the input gradient's weights: from dy's O channels (rows, cop) to x's C (cip) */
+    wplan pu = p;
+    pu.ci = p.co;
+    pu.co = p.ci;
+    pu.cip = p.cop;
+    pu.cop = p.cip;
+    wts_task wt = {k, scratch, w, &pu, d->x.c, 1, NULL, NULL, 0, 0};
+    sal_parallel_for(pu.cip, nt, wino_weights_rows, &wt);
+    const sal_act ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
+    both_task bt = {k, &p, dx, x, dy, scratch, scratch + p.shared, sal_act_sn(d->x),
+                    sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya)};
+    sal_parallel(p.nt, wino_both_blocks, &bt);
+    const float *du0 = scratch + p.shared + p.nxi + p.nv + p.nm + p.nyi;
     wts_task ft = {k, NULL, NULL, &p, d->x.c, 0, dw, du0, p.per, p.nt};
     sal_parallel_for(d->o, nt, wino_wgrad_finish, &ft);
 }

@@ -26,6 +26,9 @@ void sal_wino_bwd_data(float *dx, const float *dy, const float *w, const sal_con
                        float *scratch);
 void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
                           float *scratch);
+/* both, dy transposed once (dx and dw must both be given) */
+void sal_wino_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                  const sal_conv_desc *d, float *scratch);
 
 /* Blocked direct convolution, K = 1 or 3 with padding K/2, stride 2 (dconv.c). */
 bool sal_dconv_applies(const sal_conv_desc *d);
