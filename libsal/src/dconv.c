@@ -77,6 +77,10 @@ static int dconv_threads(const sal_conv_desc *d) {
 /* the plan of a pass at wl lanes for nt threads; false when a size passes 2^62 */
 static bool dconv_plan(dplan *p, const sal_conv_desc *d, int pass, int64_t wl, int nt) {
     memset(p, 0, sizeof *p);
+    /* sizes no network has (2^20 channels, 4M-pixel rows): not for these kernels, and no
+     * product below can overflow */
+    const int64_t big = (int64_t)1 << 20;
+    if (d->x.c > big || d->o > big || d->x.h > 4 * big || d->x.w > 4 * big) return false;
     p->wl = wl;
     p->n = d->x.n;
     p->h = d->x.h;
@@ -99,17 +103,17 @@ static bool dconv_plan(dplan *p, const sal_conv_desc *d, int pass, int64_t wl, i
             }
     /* floats per image of each buffer at ny output rows */
     const int64_t in_rows_per = S, in_cols = S * (p->wo - 1) + K;
-    if (p->wo > ((int64_t)1 << 30) || p->ho > ((int64_t)1 << 30)) return false;
     const int64_t per_row = imax(in_rows_per * in_cols * p->cp + p->wo * p->op,
                                  S * S * p->wo * p->cp + (p->wo + p->drmax - p->drmin) * p->op);
     int64_t rows = imax(1, DCONV_BLOCK_BYTES / 4 / imax(1, per_row));
     if (rows >= p->ho && p->n >= nt) {
         /* whole images, as many blocks as a multiple of the threads where that is possible */
-        int64_t k = imax(1, rows / p->ho), nb = (p->n + k - 1) / k;
-        nb = imin(p->n, round_up(nb, nt));
+        /* nb blocks of n/nb images (+1), nb a multiple of the threads where possible */
+        const int64_t k = imax(1, rows / p->ho);
+        const int64_t nb = imin(p->n, round_up((p->n + k - 1) / k, nt));
         p->kimg = (p->n + nb - 1) / nb;
         p->ky = p->ho;
-        p->nblk = (p->n + p->kimg - 1) / p->kimg;
+        p->nblk = nb;
     } else {
         p->kimg = 1;
         p->ky = imin(p->ho, rows);
@@ -155,9 +159,9 @@ static bool dconv_plan(dplan *p, const sal_conv_desc *d, int pass, int64_t wl, i
 /* block b: images [n0, n0 + ni), output rows [y0, y0 + ny) */
 static void dconv_block(const dplan *p, int64_t b, int64_t *n0, int64_t *ni, int64_t *y0,
                         int64_t *ny) {
-    if (p->ky == p->ho) {
-        *n0 = b * p->kimg;
-        *ni = imin(p->kimg, p->n - *n0);
+    if (p->ky == p->ho && p->nblk <= p->n) {   /* whole images */
+        *n0 = (int64_t)((__int128)b * p->n / p->nblk);
+        *ni = (int64_t)((__int128)(b + 1) * p->n / p->nblk) - *n0;
         *y0 = 0;
         *ny = p->ho;
         return;

@@ -91,6 +91,10 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
     p->n = d->x.n;
     p->h = d->x.h;
     p->w = d->x.w;
+    /* sizes no network has (2^20 channels, 4M-pixel rows): not for these kernels, and no
+     * product below can overflow */
+    const int64_t big = (int64_t)1 << 20;
+    if (d->x.c > big || d->o > big || d->x.h > 4 * big || d->x.w > 4 * big) return false;
     p->ci = pass == WINO_BWD_DATA ? d->o : d->x.c;
     p->co = pass == WINO_BWD_DATA ? d->x.c : d->o;
     p->cip = round_up(p->ci, wl);
@@ -102,13 +106,14 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
      * each: the same tiles per block measured faster than half as many) */
     int64_t tmax = WINO_BLOCK_BYTES / (36 * 4 * (p->cip + p->cop));
     tmax = imax(2, tmax);
-    if (TY > ((int64_t)1 << 40) / TX) return false;   /* no sane image, and no overflow below */
     const int64_t per_img = TY * TX;
+    int64_t nb_img = 0;
     if (per_img <= tmax && N >= nt) {
-        /* whole images; as many blocks as a multiple of the threads where that is possible */
-        int64_t k = tmax / per_img, nb = (N + k - 1) / k;
-        nb = imin(N, round_up(nb, nt));
-        p->kimg = (N + nb - 1) / nb;
+        /* whole images, nb_img blocks of N/nb_img images (+1), nb_img a multiple of the
+         * threads where that is possible, so that they share the work evenly */
+        const int64_t k = tmax / per_img;
+        nb_img = imin(N, round_up((N + k - 1) / k, nt));
+        p->kimg = (N + nb_img - 1) / nb_img;
         p->kty = TY;
         p->ktx = TX;
     } else if (TX <= tmax) {
@@ -123,7 +128,7 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
         p->ktx = tmax;
     }
     const int64_t by = (TY + p->kty - 1) / p->kty, bx = (TX + p->ktx - 1) / p->ktx;
-    p->nblk = p->kimg > 1 ? (N + p->kimg - 1) / p->kimg : N * by * bx;
+    p->nblk = nb_img ? nb_img : N * by * bx;
     p->tp = round_up(p->kimg * p->kty * p->ktx, 2);
     p->nt = (int)imin(nt, p->nblk);
     /* sizes in 128 bits: no product below can wrap */
@@ -161,9 +166,9 @@ typedef struct {
 
 static wblock wino_block(const wplan *p, int64_t b) {
     wblock k;
-    if (p->kimg > 1 || (p->kty == p->ty && p->ktx == p->tx)) {
-        k.n0 = b * p->kimg;
-        k.ni = imin(p->kimg, p->n - k.n0);
+    if (p->kty == p->ty && p->ktx == p->tx && p->nblk <= p->n) {   /* whole images */
+        k.n0 = (int64_t)((__int128)b * p->n / p->nblk);
+        k.ni = (int64_t)((__int128)(b + 1) * p->n / p->nblk) - k.n0;
         k.ty0 = k.tx0 = 0;
         k.nty = p->ty;
         k.ntx = p->tx;
