@@ -256,7 +256,7 @@ def test_winograd_against_float64_and_torch(shape, layout, isa, conv_algo, rng):
     ref, mags = _f64_and_bounds(x, w, gy)
     for g, r, m, name in zip(got, ref, mags, ["y", "grad_x", "grad_w"]):
         assert_close(g, r, atol=3e-5 * m, rtol=0, what=name)
-    ty, tgx, tgw = torch_conv(x.astype(np.float32), w.astype(np.float32), gy.astype(np.float32), 1, 1)
+    ty, tgx, tgw = torch_conv(*(a.astype(np.float32) for a in (x, w, gy)), 1, 1)
     assert_close(got[0], ty, what="y vs torch")
     assert_close(got[1], tgx, what="grad_x vs torch")
     assert_close(got[2], tgw, atol=1e-4 * np.sqrt(N * H * W), rtol=1e-4, what="grad_w vs torch")
@@ -290,11 +290,12 @@ def test_winograd_twin_equals_direct_in_float64(rng):
         x32, w32, g32 = (a.astype(np.float32) for a in (x, w, gy))
         salnp._core.set_conv_algo("winograd")
         try:
-            fast = (salnp.ops.conv2d(x32, w32, 1, 1),) + salnp.ops.conv2d_backward(x32, w32, g32, 1, 1)
+            fast = (salnp.ops.conv2d(x32, w32, 1, 1),) + salnp.ops.conv2d_backward(
+                x32, w32, g32, 1, 1)
         finally:
             salnp._core.set_conv_algo(None)
-        twin = (salnp._core.ref_wino_conv2d(x32, w32, 1, 1),) + salnp._core.ref_wino_conv2d_backward(
-            x32, w32, g32, 1, 1)
+        twin = (salnp._core.ref_wino_conv2d(x32, w32, 1, 1),) + (
+            salnp._core.ref_wino_conv2d_backward(x32, w32, g32, 1, 1))
         _, mags = _f64_and_bounds(x, w, gy)
         for f, t, m, name in zip(fast, twin, mags, ["y", "grad_x", "grad_w"]):
             assert_close(f, t, atol=3e-5 * m, rtol=0, what=name)
@@ -378,7 +379,7 @@ def test_blocked_direct_against_float64_and_torch(shape, layout, isa, conv_algo,
             salnp._core.ref_conv2d_backward_f64(ax, aw, ag, S, P)]
     for g, r, m, name in zip(got, ref, mags, ["y", "grad_x", "grad_w"]):
         assert_close(g, r, atol=2e-6 * m, rtol=0, what=name)   # direct: measured < 3e-7
-    ty, tgx, tgw = torch_conv(x.astype(np.float32), w.astype(np.float32), gy.astype(np.float32), S, P)
+    ty, tgx, tgw = torch_conv(*(a.astype(np.float32) for a in (x, w, gy)), S, P)
     assert_close(got[0], ty, what="y vs torch")
     assert_close(got[1], tgx, what="grad_x vs torch")
     assert_close(got[2], tgw, atol=1e-4 * np.sqrt(N * H * W), rtol=1e-4, what="grad_w vs torch")

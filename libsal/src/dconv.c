@@ -248,12 +248,14 @@ static void dconv_fwd_blocks(void *ctx, int tid, int nt) {
     for (int64_t b = b0; b < b1; b++) {
         int64_t n0, ni, y0, ny;
         dconv_block(p, b, &n0, &ni, &y0, &ny);
-        const int64_t xr = S * (ny - 1) + K, xc = p->xc, ximg = xr * xc * wl, yimg = ny * p->wo * wl;
+        const int64_t xr = S * (ny - 1) + K, xc = p->xc, ximg = xr * xc * wl;
+        const int64_t yimg = ny * p->wo * wl;
         for (int64_t cg = 0; cg < p->cp / wl; cg++) {
             const int nch = (int)imin(wl, t->c - cg * wl);
             for (int64_t i = 0; i < ni; i++)
-                k->interleave(xi + (cg * ni + i) * ximg, t->in + (n0 + i) * t->xsn + cg * wl * t->xsc,
-                              t->xsc, nch, p->h, p->w, S * y0 - P, -P, xr, xc);
+                k->interleave(xi + (cg * ni + i) * ximg,
+                              t->in + (n0 + i) * t->xsn + cg * wl * t->xsc, t->xsc, nch, p->h,
+                              p->w, S * y0 - P, -P, xr, xc);
         }
         for (int q = 0; q < K * K; q++) {
             toff[q] = (q / K) * xc * wl + (q % K) * wl;
@@ -308,8 +310,9 @@ static void dconv_dgrad_blocks(void *ctx, int tid, int nt) {
         for (int64_t og = 0; og < p->op / wl; og++) {
             const int nch = (int)imin(wl, t->o - og * wl);
             for (int64_t i = 0; i < ni; i++)
-                k->interleave(dyi + (og * ni + i) * dyimg, t->in + (n0 + i) * t->ysn + og * wl * t->ysc,
-                              t->ysc, nch, p->ho, p->wo, y0 + p->drmin, p->drmin, dyr, dyc);
+                k->interleave(dyi + (og * ni + i) * dyimg,
+                              t->in + (n0 + i) * t->ysn + og * wl * t->ysc, t->ysc, nch, p->ho,
+                              p->wo, y0 + p->drmin, p->drmin, dyr, dyc);
         }
         if (K < S)   /* 1x1, stride 2: only the even positions receive anything */
             memset(dxi, 0, (size_t)(p->cp / wl * ni * dximg) * sizeof(float));
@@ -319,7 +322,8 @@ static void dconv_dgrad_blocks(void *ctx, int tid, int nt) {
             for (int64_t ky = 0; ky < K; ky++)
                 for (int64_t kx = 0; kx < K; kx++) {
                     if ((pr + P - ky) % S || (pc + P - kx) % S) continue;
-                    const int64_t dr = (pr + P - ky) / S - p->drmin, dc = (pc + P - kx) / S - p->drmin;
+                    const int64_t dr = (pr + P - ky) / S - p->drmin;
+                    const int64_t dc = (pc + P - kx) / S - p->drmin;
                     toff[nq] = dr * dyc * wl + dc * wl;
                     tix[nq++] = (int)(ky * K + kx);
                 }
@@ -389,8 +393,9 @@ static void dconv_wgrad_blocks(void *ctx, int tid, int nt) {
         for (int64_t og = 0; og < p->op / wl; og++) {
             const int nch = (int)imin(wl, t->o - og * wl);
             for (int64_t i = 0; i < ni; i++)
-                k->interleave(dyi + (og * ni + i) * dyimg, t->dy + (n0 + i) * t->ysn + og * wl * t->ysc,
-                              t->ysc, nch, p->ho, p->wo, y0, 0, ny, p->wo);
+                k->interleave(dyi + (og * ni + i) * dyimg,
+                              t->dy + (n0 + i) * t->ysn + og * wl * t->ysc, t->ysc, nch, p->ho,
+                              p->wo, y0, 0, ny, p->wo);
         }
         for (int q = 0; q < K * K; q++) toff[q] = (q / K) * xc * wl + (q % K) * wl;
         for (int64_t i = 0; i < ni; i++)

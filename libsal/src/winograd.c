@@ -144,7 +144,8 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
     const u128 per = ((nxi + r16) & ~r16) + ((nv + r16) & ~r16) + ((nm + r16) & ~r16) +
                      ((nyi + r16) & ~r16) + ((ndu + r16) & ~r16) + ((nv2 + r16) & ~r16) +
                      ((nm2 + r16) & ~r16);
-    const u128 shared = pass == WINO_BWD_WEIGHTS ? 0 : ((36 * (u128)p->cip * (u128)p->cop + r16) & ~r16);
+    const u128 shared =
+        pass == WINO_BWD_WEIGHTS ? 0 : ((36 * (u128)p->cip * (u128)p->cop + r16) & ~r16);
     const u128 lim = (u128)1 << 62;
     if (per > lim || shared + (u128)p->nt * per > lim) return false;
     p->nxi = (int64_t)((nxi + r16) & ~r16);
@@ -271,7 +272,8 @@ static void wino_run_blocks(void *ctx, int tid, int nt) {
         }
         if (T < p->tp)   /* the padding tiles read zeros */
             for (int64_t cg = 0; cg < cip / wl; cg++)
-                memset(v + (cg * p->tp + T) * 36 * wl, 0, (size_t)((p->tp - T) * 36 * wl) * sizeof(float));
+                memset(v + (cg * p->tp + T) * 36 * wl, 0,
+                       (size_t)((p->tp - T) * 36 * wl) * sizeof(float));
         k->gemm(m, v, t->u, p->tp, p->ci, cip, cop);
         const int64_t nr = imin(4 * bk.nty, H - 4 * bk.ty0), nc = imin(4 * bk.ntx, W - 4 * bk.tx0);
         for (int64_t og = 0; og < cop / wl; og++) {
@@ -354,8 +356,10 @@ static void wino_wgrad_blocks(void *ctx, int tid, int nt) {
         }
         if (T < p->tp) {  /* the padding tiles add nothing */
             const size_t pad = (size_t)((p->tp - T) * 36 * wl) * sizeof(float);
-            for (int64_t cg = 0; cg < cip / wl; cg++) memset(v + (cg * p->tp + T) * 36 * wl, 0, pad);
-            for (int64_t og = 0; og < cop / wl; og++) memset(dyt + (og * p->tp + T) * 36 * wl, 0, pad);
+            for (int64_t cg = 0; cg < cip / wl; cg++)
+                memset(v + (cg * p->tp + T) * 36 * wl, 0, pad);
+            for (int64_t og = 0; og < cop / wl; og++)
+                memset(dyt + (og * p->tp + T) * 36 * wl, 0, pad);
         }
         k->wgemm(du, v, dyt, p->tp, cip, cop);
     }
@@ -431,7 +435,8 @@ static void wino_both_blocks(void *ctx, int tid, int nt) {
         }
         if (T < p->tp) {  /* the padding tiles read zeros and add nothing */
             const size_t pad = (size_t)((p->tp - T) * 36 * wl) * sizeof(float);
-            for (int64_t cg = 0; cg < cip / wl; cg++) memset(vx + (cg * p->tp + T) * 36 * wl, 0, pad);
+            for (int64_t cg = 0; cg < cip / wl; cg++)
+                memset(vx + (cg * p->tp + T) * 36 * wl, 0, pad);
             for (int64_t og = 0; og < cop / wl; og++) {
                 memset(dyt + (og * p->tp + T) * 36 * wl, 0, pad);
                 memset(vdy + (og * p->tp + T) * 36 * wl, 0, pad);

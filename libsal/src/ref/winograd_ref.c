@@ -32,7 +32,8 @@ static sal_status wino_ref_check(const char *fn, const sal_conv_desc *d) {
         for (int i = 0; i < 6; i++)                                                             \
             for (int k = 0; k < 3; k++) {                                                       \
                 T s = 0;                                                                        \
-                for (int r = 0; r < 3; r++) s += (T)G[i][r] * g[flip ? 8 - (r * 3 + k) : r * 3 + k]; \
+                for (int r = 0; r < 3; r++)                                                     \
+                    s += (T)G[i][r] * g[flip ? 8 - (r * 3 + k) : r * 3 + k];                    \
                 gg[i][k] = s;                                                                   \
             }                                                                                   \
         for (int i = 0; i < 6; i++)                                                             \
@@ -92,7 +93,8 @@ static sal_status wino_ref_check(const char *fn, const sal_conv_desc *d) {
                     for (int64_t b = 0; b < co; b++) {                                          \
                         T m[36] = {0}, r[4][6];                                                 \
                         for (int64_t a = 0; a < ci; a++)                                        \
-                            for (int e = 0; e < 36; e++) m[e] += u[(b * ci + a) * 36 + e] * v[a * 36 + e]; \
+                            for (int e = 0; e < 36; e++)                                \
+                                m[e] += u[(b * ci + a) * 36 + e] * v[a * 36 + e];       \
                         for (int i = 0; i < 4; i++)                                             \
                             for (int j = 0; j < 6; j++) {                                       \
                                 T s = 0;                                                        \
@@ -128,7 +130,8 @@ static sal_status wino_ref_check(const char *fn, const sal_conv_desc *d) {
         const int64_t TY = (H + 3) / 4, TX = (W + 3) / 4;                                       \
         const int64_t xsn = sal_act_sn(d->x), xsc = sal_act_sc(d->x);                           \
         const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);                               \
-        T *du = calloc((size_t)(O * C * 36), sizeof(T)), *v = malloc((size_t)(C * 36) * sizeof(T)); \
+        T *du = calloc((size_t)(O * C * 36), sizeof(T));                                       \
+        T *v = malloc((size_t)(C * 36) * sizeof(T));                                            \
         if (!du || !v) {                                                                        \
             free(du);                                                                           \
             free(v);                                                                            \
@@ -146,7 +149,8 @@ static sal_status wino_ref_check(const char *fn, const sal_conv_desc *d) {
                         for (int i = 0; i < 4; i++)                                             \
                             for (int j = 0; j < 4; j++) {                                       \
                                 const int64_t yy = 4 * ty + i, xx = 4 * tx + j;                 \
-                                g[i][j] = yy < H && xx < W ? dy[n * ysn + o * ysc + yy * W + xx] : (T)0; \
+                                g[i][j] = yy < H && xx < W                              \
+                                              ? dy[n * ysn + o * ysc + yy * W + xx] : (T)0; \
                             }                                                                   \
                         for (int i = 0; i < 6; i++)                                             \
                             for (int j = 0; j < 4; j++) {                                       \
@@ -161,7 +165,8 @@ static sal_status wino_ref_check(const char *fn, const sal_conv_desc *d) {
                                 gm[i * 6 + j] = s;                                              \
                             }                                                                   \
                         for (int64_t c = 0; c < C; c++)                                         \
-                            for (int e = 0; e < 36; e++) du[(o * C + c) * 36 + e] += gm[e] * v[c * 36 + e]; \
+                            for (int e = 0; e < 36; e++)                                \
+                                du[(o * C + c) * 36 + e] += gm[e] * v[c * 36 + e];      \
                     }                                                                           \
                 }                                                                               \
         for (int64_t oc = 0; oc < O * C; oc++) {                                                \

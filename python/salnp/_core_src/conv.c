@@ -256,11 +256,13 @@ PyDoc_STRVAR(ref_wino_conv2d_doc,
         "Naive Winograd F(4x4, 3x3) in float32 (tests); needs stride=1, padding=1, 3x3."));
 WRAP(ref_wino_conv2d_backward_f64, wino_backward, NPY_FLOAT64)
 PyDoc_STRVAR(ref_wino_conv2d_backward_f64_doc,
-    DOC("ref_wino_conv2d_backward_f64(x, w, grad_y, stride=1, padding=0, *, layout='NCHW', grad_x=True, grad_w=True)", " -> (grad_x, grad_w)",
+    DOC("ref_wino_conv2d_backward_f64(x, w, grad_y, stride=1, padding=0, *, layout='NCHW', "
+        "grad_x=True, grad_w=True)", " -> (grad_x, grad_w)",
         "Naive Winograd F(4x4, 3x3) gradients in float64 (tests)."));
 WRAP(ref_wino_conv2d_backward, wino_backward, NPY_FLOAT32)
 PyDoc_STRVAR(ref_wino_conv2d_backward_doc,
-    DOC("ref_wino_conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW', grad_x=True, grad_w=True)", " -> (grad_x, grad_w)",
+    DOC("ref_wino_conv2d_backward(x, w, grad_y, stride=1, padding=0, *, layout='NCHW', "
+        "grad_x=True, grad_w=True)", " -> (grad_x, grad_w)",
         "Naive Winograd F(4x4, 3x3) gradients in float32 (tests)."));
 
 PyMethodDef core_conv_methods[] = {
