@@ -389,8 +389,8 @@ def test_blocked_direct_against_float64_and_torch(shape, layout, isa, conv_algo,
     ((128, 16, 32, 32), (16, 16, 3, 3), 1, 1, "NCHW", "winograd4x4"),
     ((16, 128, 32, 32), (16, 16, 3, 3), 1, 1, "CNHW", "winograd4x4"),
     ((1, 64, 8, 8), (64, 64, 3, 3), 1, 1, "NCHW", "winograd4x4"),
-    ((128, 3, 32, 32), (16, 3, 3, 3), 1, 1, "NCHW", "direct3x3"),      # the stem
     ((2, 16, 9, 9), (4, 16, 3, 3), 1, 1, "NCHW", "direct3x3"),          # few outputs
+    ((2, 5, 9, 9), (16, 5, 3, 3), 1, 1, "NCHW", "direct3x3"),           # few inputs
     ((128, 16, 32, 32), (32, 16, 3, 3), 2, 1, "NCHW", "blocked-direct"),  # stride 2
     ((16, 128, 32, 32), (32, 16, 3, 3), 2, 1, "CNHW", "blocked-direct"),
     ((2, 16, 9, 9), (16, 16, 3, 3), 2, 0, "NCHW", "im2col-gemm"),       # stride 2, padding 0
@@ -407,9 +407,31 @@ def test_conv2d_algo_rule(x_shape, w_shape, stride, padding, layout, want):
 
 def test_conv2d_algo_per_pass():
     """A 1x1 / stride 2 shortcut: im2col + GEMM forward and input gradient, the blocked
+    kernel for its weight gradient; the stem (3 inputs): the direct kernel forward, the stem
     kernel for its weight gradient (measured fastest per pass)."""
     assert salnp.ops.conv2d_algo((128, 16, 32, 32), (32, 16, 1, 1), 2, 0) == {
         "forward": "im2col-gemm", "input_grad": "im2col-gemm", "weight_grad": "blocked-direct"}
+    assert salnp.ops.conv2d_algo((128, 3, 32, 32), (16, 3, 3, 3), 1, 1) == {
+        "forward": "direct3x3", "input_grad": "direct3x3", "weight_grad": "blocked-direct"}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "CNHW"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 2, 5, 7, 5), (3, 3, 9, 8, 17),
+                                   (2, 4, 16, 16, 16), (1, 3, 33, 31, 33)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_stem_weight_gradient(shape, layout, isa, rng):
+    """The weight gradient of a 3x3 convolution of 1-4 input channels (the stem kernel:
+    vectors over outputs, every tap in registers) against float64 and PyTorch."""
+    N, C, H, W, O = shape
+    xs = _to_layout(np.empty((N, C, H, W)), layout).shape
+    assert salnp.ops.conv2d_algo(xs, (O, C, 3, 3), 1, 1, layout=layout)["weight_grad"] == (
+        "blocked-direct")
+    x, w, gy = _data(rng, N, C, H, W, O)
+    ref, mags = _f64_and_bounds(x, w, gy)
+    got = _fwd_bwd(*(a.astype(np.float32) for a in (x, w, gy)), layout)
+    assert_close(got[2], ref[2], atol=2e-6 * mags[2], rtol=0, what="grad_w")
+    tgw = torch_conv(*(a.astype(np.float32) for a in (x, w, gy)), 1, 1)[2]
+    assert_close(got[2], tgw, atol=1e-4 * np.sqrt(N * H * W), rtol=1e-4, what="grad_w vs torch")
 
 
 def test_conv_algo_forcing(conv_algo, rng):

@@ -55,7 +55,9 @@ static bool conv_is_pointwise(const sal_conv_desc *d) {
  * - 3x3 / stride 1 / padding 1: Winograd F(4x4, 3x3) from 8 input and output channels on
  *   (2-3.3x the direct kernel); below that the direct kernel (the stem's 3 input channels
  *   would leave 13 of 16 lanes of the transforms and of a blocked kernel empty: 1.6 ms
- *   forward and 2.8 ms weight gradient direct, against 1.9 and 6.0 blocked).
+ *   forward direct against 1.9 blocked), but for up to 4 input channels the weight
+ *   gradient runs the stem kernel of dconv.c (vectors over outputs, every tap in registers:
+ *   2.0 ms against 2.8 direct).
  * - 3x3 / stride 2 / padding 1: the blocked direct kernel (16 -> 32 channels, 32x32:
  *   3.6 / 4.3 / 3.6 ms against im2col + GEMM's 9.4 / 7.5 / 10.3 ms).
  * - 1x1 / stride 2: im2col + GEMM for the forward and input gradient (1.0 / 1.2 ms against
@@ -105,10 +107,13 @@ static conv_algo conv_choose(const sal_conv_desc *d, int pass) {
     const bool wino = sal_wino_applies(d), direct = sal_conv3x3_applies(d);
     const bool blocked = sal_dconv_applies(d);
     if (f == FORCE_WINOGRAD && wino) return ALGO_WINOGRAD;
-    if (f == FORCE_DIRECT)
+    if (f == FORCE_DIRECT) {
+        if (pass == SAL_CONV_WEIGHT_GRAD && sal_dconv_stem_applies(d)) return ALGO_BLOCKED;
         return direct ? ALGO_DIRECT3X3 : blocked ? ALGO_BLOCKED : ALGO_IM2COL;
+    }
     if (wino && (f == FORCE_WINOGRAD || (d->x.c >= WINO_MIN_CHANNELS && d->o >= WINO_MIN_CHANNELS)))
         return ALGO_WINOGRAD;
+    if (pass == SAL_CONV_WEIGHT_GRAD && sal_dconv_stem_applies(d)) return ALGO_BLOCKED;
     if (direct) return ALGO_DIRECT3X3;
     /* stride 2: the blocked kernel, but for a 1x1 kernel only its weight gradient (its
      * forward and input gradient interleave 4x the positions they use) */
@@ -139,6 +144,8 @@ size_t sal_conv_scratch(const sal_conv_desc *d) {
     if (sal_conv3x3_applies(d) && sal_conv3x3_scratch(d) > most) most = sal_conv3x3_scratch(d);
     if (sal_wino_applies(d) && sal_wino_scratch(d) > most) most = sal_wino_scratch(d);
     if (sal_dconv_applies(d) && sal_dconv_scratch(d) > most) most = sal_dconv_scratch(d);
+    if (sal_dconv_stem_applies(d) && sal_dconv_stem_scratch(d) > most)
+        most = sal_dconv_stem_scratch(d);
     return most;
 }
 
@@ -319,7 +326,8 @@ sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, c
     if (dw && adw == ALGO_DIRECT3X3) sal_conv3x3_wgrad(dw, dy, x, d->x, O, scratch, t);
     if (dx && adx == ALGO_WINOGRAD) sal_wino_bwd_data(dx, dy, w, d, scratch);
     if (dx && adx == ALGO_DIRECT3X3) sal_conv3x3_run(dx, 1, dy, ya, C, w, 1, scratch, t);
-    if (dw && adw == ALGO_BLOCKED) sal_dconv_bwd_weights(dw, dy, x, d, scratch);
+    if (dw && adw == ALGO_BLOCKED && d->stride == 1) sal_dconv_stem_wgrad(dw, dy, x, d, scratch);
+    if (dw && adw == ALGO_BLOCKED && d->stride == 2) sal_dconv_bwd_weights(dw, dy, x, d, scratch);
     if (dx && adx == ALGO_BLOCKED) sal_dconv_bwd_data(dx, dy, w, d, scratch);
     if (dw && adw != ALGO_IM2COL) dw = NULL;   /* done */
     if (dx && adx != ALGO_IM2COL) dx = NULL;

@@ -34,6 +34,8 @@ typedef struct {
     void (*wblock)(float *dw, int64_t cp, int64_t op, const float *in, int64_t igs,
                    int64_t irow, const float *dy, int64_t dgs, int64_t drow, int64_t ny,
                    int64_t nx, int s, int nq, const int64_t *toff);
+    void (*wstem)(float *part, const float *xp, int64_t xps, int64_t wp, int64_t C,
+                  const float *dy, int64_t H, int64_t W);
 } dconv_kernels;
 
 #define SIMD_KERNELS "dconv_isa.inc"
@@ -431,4 +433,104 @@ void sal_dconv_bwd_weights(float *dw, const float *dy, const float *x, const sal
                   sal_act_sn(ya), sal_act_sc(ya)};
     sal_parallel(p.nt, dconv_wgrad_blocks, &gt);
     sal_parallel_for(d->o, nt, dconv_wgrad_sum, &gt);
+}
+
+/* ---- the weight gradient of a stem: 3x3, stride 1, padding 1, few input channels ---------- */
+
+/* channels up to which the stem kernel runs (a vector per output group and tap, summed over
+ * every position: for many inputs the blocked or Winograd kernels reuse more) */
+#define STEM_MAX_C 4
+
+typedef struct {
+    int64_t wl, op, wp, xps, per, nt, dyi;   /* dyi: floats of one interleaved dy group */
+} splan;
+
+static void stem_plan(splan *p, const sal_conv_desc *d, int64_t wl, int nt) {
+    p->wl = wl;
+    p->op = round_up(d->o, wl);
+    p->wp = d->x.w + 2;
+    p->xps = (d->x.h + 2) * p->wp;
+    p->dyi = d->x.h * d->x.w * wl;
+    /* per thread: the bordered planes, one interleaved dy group, the partial sums */
+    p->per = round_up(d->x.c * p->xps, 16) + round_up(p->dyi, 16) + p->op * d->x.c * 9;
+    p->nt = (int)imin(nt, d->x.n);
+}
+
+bool sal_dconv_stem_applies(const sal_conv_desc *d) {
+    return d->k == 3 && d->stride == 1 && d->pad == 1 && d->x.c <= STEM_MAX_C &&
+           d->o <= ((int64_t)1 << 20) && d->x.h <= ((int64_t)1 << 14) &&
+           d->x.w <= ((int64_t)1 << 14);
+}
+
+size_t sal_dconv_stem_scratch(const sal_conv_desc *d) {
+    const int nt = dconv_threads(d);
+    size_t most = 0;
+    for (int64_t wl = 4; wl <= 16; wl *= 2) {
+        splan p;
+        stem_plan(&p, d, wl, nt);
+        if ((size_t)(p.nt * p.per) > most) most = (size_t)(p.nt * p.per);
+    }
+    return most + 15;
+}
+
+typedef struct {
+    const dconv_kernels *k;
+    const splan *p;
+    const float *x, *dy;
+    float *scratch, *dw;
+    int64_t c, o, h, w, n, sn, sc, ysn, ysc;
+} stem_task;
+
+static void stem_images(void *ctx, int tid, int nt) {
+    const stem_task *t = ctx;
+    const splan *p = t->p;
+    const int64_t wl = p->wl, C = t->c, H = t->h, W = t->w;
+    float *xp = t->scratch + tid * p->per, *dyi = xp + round_up(C * p->xps, 16);
+    float *part = dyi + round_up(p->dyi, 16);
+    memset(xp, 0, (size_t)(C * p->xps) * sizeof(float));   /* the borders stay 0 */
+    memset(part, 0, (size_t)(p->op * C * 9) * sizeof(float));
+    int64_t n0, n1;
+    sal_block(t->n, tid, nt, &n0, &n1);
+    for (int64_t n = n0; n < n1; n++) {
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t y = 0; y < H; y++)
+                memcpy(xp + c * p->xps + (y + 1) * p->wp + 1, t->x + n * t->sn + c * t->sc + y * W,
+                       (size_t)W * sizeof(float));
+        for (int64_t og = 0; og < p->op / wl; og++) {
+            const int nch = (int)imin(wl, t->o - og * wl);
+            t->k->interleave(dyi, t->dy + n * t->ysn + og * wl * t->ysc, t->ysc, nch, H, W, 0, 0,
+                             H, W);
+            t->k->wstem(part + og * C * 9 * wl, xp, p->xps, p->wp, C, dyi, H, W);
+        }
+    }
+}
+
+/* dw[o][c][q] += the sum over threads (in order) of part[o/wl][c][q][o%wl] */
+static void stem_sum(void *ctx, int64_t o0, int64_t o1, int tid) {
+    const stem_task *t = ctx;
+    const splan *p = t->p;
+    const int64_t wl = p->wl, C = t->c;
+    for (int64_t o = o0; o < o1; o++)
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t q = 0; q < 9; q++) {
+                const int64_t at = ((o / wl * C + c) * 9 + q) * wl + o % wl;
+                const int64_t off = round_up(C * p->xps, 16) + round_up(p->dyi, 16) + at;
+                float s = 0.0f;
+                for (int i = 0; i < p->nt; i++) s += t->scratch[i * p->per + off];
+                t->dw[(o * C + c) * 9 + q] += s;
+            }
+}
+
+void sal_dconv_stem_wgrad(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
+                          float *scratch) {
+    const int nt = dconv_threads(d);
+    const dconv_kernels *k = DCONV[sal_cpu_isa()];
+    splan p;
+    stem_plan(&p, d, k->wl, nt);
+    scratch = dconv_align(scratch);
+    const sal_act ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
+    stem_task st = {k, &p, x, dy, scratch, dw, d->x.c, d->o, d->x.h, d->x.w, d->x.n,
+                    sal_act_sn(d->x), sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya)};
+    sal_parallel(p.nt, stem_images, &st);
+    sal_parallel_for(d->o, nt, stem_sum, &st);
 }

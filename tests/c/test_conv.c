@@ -135,7 +135,8 @@ int main(void) {
             wino_case(1, 8, 33, 31, 8, (sal_layout)L);
         }
     }
-    /* the blocked direct kernel (stride 2), forced, at every ISA: 3x3 and 1x1, odd sizes,
+    /* the blocked direct kernels (stride 2, and the stem's weight gradient), forced, at
+     * every ISA: 3x3 and 1x1, odd sizes,
      * channels off the vector widths, accumulating backward (one_case starts dx, dw at
      * non-zero values) */
     CHECK(sal_conv_set_algo("direct") == SAL_OK, "set_algo: %s", sal_last_error());
@@ -150,6 +151,10 @@ int main(void) {
             one_case(3, 16, 16, 16, 32, 3, 2, 1, (sal_layout)L);
             one_case(2, 33, 8, 5, 7, 1, 2, 0, (sal_layout)L);
             one_case(20, 32, 8, 8, 64, 1, 2, 0, (sal_layout)L);
+            /* the stem kernel (weight gradient of 1-4 input channels, stride 1) */
+            one_case(2, 3, 9, 7, 17, 3, 1, 1, (sal_layout)L);
+            one_case(3, 4, 16, 16, 16, 3, 1, 1, (sal_layout)L);
+            one_case(1, 1, 5, 5, 1, 3, 1, 1, (sal_layout)L);
         }
     }
     sal_set_isa(NULL);

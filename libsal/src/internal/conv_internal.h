@@ -39,5 +39,11 @@ void sal_dconv_bwd_data(float *dx, const float *dy, const float *w, const sal_co
                         float *scratch);
 void sal_dconv_bwd_weights(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
                            float *scratch);
+/* the weight gradient of a 3x3 / stride 1 / padding 1 convolution of few (<= 4) input
+ * channels, vectors over output channels (dconv.c) */
+bool sal_dconv_stem_applies(const sal_conv_desc *d);
+size_t sal_dconv_stem_scratch(const sal_conv_desc *d);
+void sal_dconv_stem_wgrad(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
+                          float *scratch);
 
 #endif
