@@ -2,6 +2,7 @@
 input gradient and weight gradient of each distinct layer, salnp against PyTorch.
 
     PYTHONPATH=python python bench/bench_conv3x3.py [--threads 1,2] [--repeats 7] [--json F]
+        [--stat median|min] [--clock wall|cpu]
 
 GFLOP/s count direct-convolution FLOPs, 2 N O C K^2 Ho Wo per pass, whatever the algorithm
 does (Winograd F(4x4, 3x3) does 2.2-3.3x fewer): the figure is a rate of useful work.
@@ -11,10 +12,13 @@ F.conv2d under no_grad and aten.convolution_backward with one output mask at a t
 NCHW and channels_last; the faster layout counts.  Each timing is the median of interleaved
 repeats (salnp, PyTorch NCHW, PyTorch channels_last, one call each per round), every result
 checked against PyTorch's first.  "network" sums count x time over the layers: the
-convolution part of a training step (the stem needs no input gradient).
+convolution part of a training step (the stem needs no input gradient).  On a loaded
+machine: --stat min (the best of the repeats) and, at one thread, --clock cpu (process CPU
+time, which other processes do not inflate).
 """
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -82,19 +86,19 @@ def check(got, ref, name, scale):
         raise AssertionError(f"{name}: salnp differs from PyTorch by {err:.3g} (scale {scale:.3g})")
 
 
-def median_times(fns, repeats):
+def times(fns, repeats, stat, clock):
     for f in fns:
         f()
     ts = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):
-            t = time.perf_counter()
+            t = clock()
             f()
-            ts[i].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in ts]
+            ts[i].append(clock() - t)
+    return [stat(t) for t in ts]
 
 
-def run(threads, repeats, rng):
+def run(threads, repeats, rng, stat, clock):
     salnp.set_num_threads(threads)
     torch.set_num_threads(threads)
     rows = []
@@ -113,7 +117,7 @@ def run(threads, repeats, rng):
                 continue
             ref = tf[0][ps]()
             check(sf[ps](), ref, f"{name} {ps}", float(np.max(np.abs(ref.numpy()))) + 1.0)
-            t_s, t_nchw, t_cl = median_times([sf[ps], tf[0][ps], tf[1][ps]], repeats)
+            t_s, t_nchw, t_cl = times([sf[ps], tf[0][ps], tf[1][ps]], repeats, stat, clock)
             t_t = min(t_nchw, t_cl)
             rows.append({"threads": threads, "layer": name, "count": count, "pass": ps,
                          "algo": algo[ps], "salnp_s": t_s, "torch_nchw_s": t_nchw,
@@ -122,9 +126,9 @@ def run(threads, repeats, rng):
     return rows
 
 
-def table(rows, threads):
+def table(rows, threads, how):
     print(f"\n### {threads} thread{'s' * (threads > 1)}, batch {N}, GFLOP/s (direct-convolution "
-          f"FLOPs) at the median time\n")
+          f"FLOPs) at the {how}\n")
     print("| layer | pass | salnp algorithm | salnp | PyTorch (faster layout) | salnp / PyTorch |")
     print("|---|---|---|---|---|---|")
     tot_s = tot_t = 0.0
@@ -146,15 +150,24 @@ def main():
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--stat", default="median", choices=["median", "min"])
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"])
     args = ap.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    if args.clock == "cpu" and threads != [1]:
+        ap.error("--clock cpu: one thread only (--threads 1): CPU time adds up the threads")
+    stat = statistics.median if args.stat == "median" else min
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     rng = np.random.default_rng(0)
     rows = []
-    threads = [int(t) for t in args.threads.split(",")]
     for t in threads:
-        rows += run(t, args.repeats, rng)
-    print(f"salnp {salnp.__version__} (ISA {salnp._core.get_isa()}), torch {torch.__version__}")
+        rows += run(t, args.repeats, rng, stat, clock)
+    print(f"salnp {salnp.__version__} (ISA {salnp._core.get_isa()}), torch {torch.__version__}; "
+          f"{args.repeats} interleaved repeats, {args.stat} of {args.clock}-clock times; load "
+          f"average {os.getloadavg()[0]:.1f}")
+    how = f"{args.stat} {'CPU ' if args.clock == 'cpu' else ''}time"
     for t in threads:
-        table(rows, t)
+        table(rows, t, how)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
