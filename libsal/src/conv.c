@@ -50,8 +50,8 @@ static bool conv_is_pointwise(const sal_conv_desc *d) {
 }
 
 /* ---- which algorithm runs a pass ------------------------------------------------------
- * The rule, measured on a 2-core Zen 4 (bench/bench_conv3x3.py, bench/RESULTS.md), batch
- * 128, one thread:
+ * The rule, measured on a 2-core Zen 4 (bench/bench_conv3x3.py, bench/RESULTS_conv.md),
+ * batch 128, one thread:
  * - 3x3 / stride 1 / padding 1: Winograd F(4x4, 3x3) from 8 input and output channels on
  *   (2-3.3x the direct kernel); below that the direct kernel (the stem's 3 input channels
  *   would leave 13 of 16 lanes of the transforms and of a blocked kernel empty: 1.6 ms
