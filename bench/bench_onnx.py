@@ -30,7 +30,8 @@ import salnp  # noqa: E402
 from common import interleaved, table  # noqa: E402
 
 MODELS = {"sal": dict(layer="sal"), "sal-shared": dict(layer="sal", shared=True),
-          "sl": dict(layer="sl", expansion=6), "cl": dict(layer="cl")}
+          "sl": dict(layer="sl", expansion=6), "asl": dict(layer="asl", expansion=6),
+          "cl": dict(layer="cl")}
 
 
 def build(cfg, rng):

@@ -62,6 +62,7 @@ INFER_MODELS = [
     ("sal_shared", "SAL shared", "sal", {"shared": True}),
     ("cl", "CL", "cl", {}),
     ("sl", "SL e=6", "sl", {"expansion": 6}),
+    ("asl", "ASL e=6 (ASNet)", "asl", {"expansion": 6}),
 ]
 
 
@@ -81,39 +82,45 @@ def machine():
         pass
     flags = info.pop("flags", [])
     info["isa"] = "avx512f" if "avx512f" in flags else ("avx2+fma" if "avx2" in flags else "sse")
-    # FP32 FLOPs per cycle per core: 2 FMA pipes x lanes x 2
+    # FP32 FLOPs per cycle per core if 2 FMA pipes are as wide as the vectors (Zen 4 runs
+    # AVX-512 double-pumped: half of it); a virtual machine reports its base clock
     per_cycle = {"avx512f": 64, "avx2+fma": 32, "sse": 16}[info["isa"]]
     info["nominal_peak_gflops"] = info["cpus"] * info.get("mhz", 0) / 1e3 * per_cycle
-    info["peak_gflops"] = info["nominal_peak_gflops"]
-    info["peak_source"] = "nominal clock"
-    # measured, unless below the nominal figure (then other load held the cores)
-    info["measured_peak_gflops"] = fma_peak(info["cpus"]) if info["isa"] != "sse" else None
-    if (info["measured_peak_gflops"] or 0) > info["nominal_peak_gflops"]:
+    # measured: independent FMA chains at the widest vector the CPU has (bench/fma_peak.c)
+    info["measured_peak_gflops"] = fma_peak(info["cpus"], info["isa"]) if info["isa"] != "sse" else None
+    if info["measured_peak_gflops"]:
         info["peak_gflops"] = info["measured_peak_gflops"]
-        info["peak_source"] = "measured (bench/fma_peak.c)"
+        info["peak_source"] = "measured (bench/fma_peak.c, best of 3, the widest FMA)"
+    else:
+        info["peak_gflops"] = info["nominal_peak_gflops"]
+        info["peak_source"] = "nominal clock (no C compiler to measure it)"
     return info
 
 
-def fma_peak(threads):
-    """GFLOP/s of independent AVX2 FMA chains on `threads` cores (bench/fma_peak.c), or None
-    when no C compiler is at hand: a virtual machine reports its nominal clock in
-    /proc/cpuinfo, while its cores run at their boost clock."""
+def fma_peak(threads, isa):
+    """GFLOP/s of independent FMA chains on `threads` cores (bench/fma_peak.c, AVX2 and,
+    where the CPU has it, AVX-512: the faster), or None when no C compiler is at hand."""
     import shutil
     import tempfile
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return None
+    best = None
     with tempfile.TemporaryDirectory() as d:
-        exe = os.path.join(d, "fma_peak")
-        try:
-            subprocess.run([cc, "-O3", "-mavx2", "-mfma", "-pthread",
-                            os.path.join(HERE, "fma_peak.c"), "-o", exe], check=True,
-                           capture_output=True, timeout=120)
-            runs = [subprocess.run([exe, str(threads)], check=True, capture_output=True,
-                                   text=True, timeout=120).stdout for _ in range(3)]
-            return max(float(r) for r in runs)
-        except (OSError, subprocess.SubprocessError, ValueError):
-            return None
+        for flags in (["-mavx2", "-mfma"], ["-mavx512f"]):
+            if "-mavx512f" in flags and isa != "avx512f":
+                continue
+            exe = os.path.join(d, "fma_peak" + flags[0])
+            try:
+                subprocess.run([cc, "-O3", *flags, "-pthread", os.path.join(HERE, "fma_peak.c"),
+                                "-o", exe], check=True, capture_output=True, timeout=120)
+                runs = [subprocess.run([exe, str(threads)], check=True, capture_output=True,
+                                       text=True, timeout=120).stdout for _ in range(3)]
+                got = max(float(r) for r in runs)
+                best = got if best is None else max(best, got)
+            except (OSError, subprocess.SubprocessError, ValueError):
+                continue
+    return best
 
 
 # ---------------------------------------------------------------- helpers
@@ -268,7 +275,25 @@ def binarised_torch(net, fold=True):
     return t.eval()
 
 
+def ort_session(inf, sz, threads):
+    """onnxruntime on salnp's own ONNX export of inf (the file a user would export), with
+    the thread budget of the run and every graph optimisation; None without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import salnp
+    model = salnp.export.to_onnx(inf, None, (3, sz["hw"], sz["hw"]))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
 def worker_infer(args, sz, out):
+    """Exported networks: salnp's runtime against onnxruntime on salnp's ONNX export of the
+    same network and against PyTorch eval (BN folded), every output checked first."""
     import numpy as np
     import torch
     import salnp
@@ -282,39 +307,50 @@ def worker_infer(args, sz, out):
             if ".bn" in name or name.startswith("bn") or ".shortcut.1." in name:
                 p[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else \
                     rng.uniform(-0.3, 0.3, p.shape)
+            if name.endswith(".shift"):           # ASL: integer offsets export exactly
+                p[...] = np.rint(p * 2)
         for _ in range(3):
             net.forward(rng.standard_normal((32, 3, sz["hw"], sz["hw"]), dtype=np.float32),
                         train=True)
         net.beta = 70.0
         inf = salnp.export(net)
         cnt = inf.count()
-        t = binarised_torch(net)
-        t_cl = binarised_torch(net).to(memory_format=torch.channels_last)
+        torch_models = [] if layer == "asl" else [
+            ("torch NCHW", binarised_torch(net), None),
+            ("torch channels_last", binarised_torch(net).to(memory_format=torch.channels_last),
+             torch.channels_last)]
+        sess = ort_session(inf, sz, args.threads)
         for batch in (sz["batch"], 1):
             x = rng.standard_normal((batch, 3, sz["hw"], sz["hw"])).astype(np.float32)
-            xt = torch.from_numpy(x)
-            xcl = xt.contiguous(memory_format=torch.channels_last)
             ref = np.array(net.forward(x, train=False, hard=True))
             scale = float(np.abs(ref).max())
-            with torch.inference_mode():
-                for m, xx in ((t, xt), (t_cl, xcl)):
-                    err = float(np.abs(m(xx).numpy() - ref).max())
-                    assert err <= 1e-4 * scale + 1e-5, (key, batch, err)
             err = float(np.abs(inf.forward(x) - ref).max())
             assert err <= 1e-4 * scale + 1e-5, (key, batch, "salnp export", err)
+            names, fns = ["salnp export"], [lambda x=x: inf.forward(x)]
+            for name, m, fmt in torch_models:
+                xt = torch.from_numpy(x)
+                xt = xt.contiguous(memory_format=fmt) if fmt is not None else xt
+                with torch.inference_mode():
+                    e = float(np.abs(m(xt).numpy() - ref).max())
+                assert e <= 1e-4 * scale + 1e-5, (key, batch, name, e)
 
-            def tf(m, xx):
-                def f():
+                def tf(m=m, xx=xt):
                     with torch.inference_mode():
                         m(xx)
-                return f
-            names = ["salnp export", "torch NCHW", "torch channels_last"]
-            fns = [lambda x=x: inf.forward(x), tf(t, xt), tf(t_cl, xcl)]
+                names.append(name)
+                fns.append(tf)
+            ort_err = None
+            if sess is not None:
+                ort_err = float(np.abs(sess.run(None, {"input": x})[0] - inf.forward(x)).max())
+                assert ort_err <= 1e-4 * scale, (key, batch, "onnxruntime", ort_err)
+                names.append("onnxruntime")
+                fns.append(lambda x=x: sess.run(None, {"input": x}))
             reps = sz["repeats"] * (10 if batch == 1 else 2)
             times = interleave(fns, reps, sz["warmup"] * 3)
             res = {n: stats(tt, batch) for n, tt in zip(names, times)}
-            rows.append({"key": key, "label": label, "batch": batch, "flops": 2 * cnt.macs,
-                         "results": res})
+            rows.append({"key": key, "label": label, "batch": batch, "threads": args.threads,
+                         "flops": 2 * cnt.macs, "ort_max_abs_diff": ort_err,
+                         "max_abs_logit": scale, "results": res})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out["infer"] = rows
 
@@ -335,6 +371,8 @@ def worker_step(args, sz, seed):
     y = (np.arange(sz["batch"]) % 10).astype(np.int32)
     layer, kw = dict((k, (l, kw)) for k, _, l, kw in TRAIN_MODELS)[args.model]
     net = make_net(layer, kw, sz)
+    if args.fw == "salnp" and args.checkpointing:
+        net.checkpointing = args.checkpointing
     rss = vm("VmRSS")
     if args.fw == "salnp":
         from salnp.train import SGD
@@ -443,8 +481,8 @@ def report(args, data, mach, sz):
                  f"{mach.get('mhz', 0):.0f} MHz reported.  FP32 peak used for % peak: "
                  f"**{peak:.0f} GFLOP/s, {mach['peak_source']}** (nominal: "
                  f"{mach['nominal_peak_gflops']:.0f} = {mach['cpus']} cores x "
-                 f"{mach.get('mhz', 0) / 1e3:.2f} GHz x FMA FLOP/cycle; the cores run above the "
-                 f"reported clock); the Zen 5 AVX-512 host of DESIGN.md §8 had 437  ")
+                 f"{mach.get('mhz', 0) / 1e3:.2f} GHz reported x 2 full-width FMA pipes; a VM "
+                 f"reports its base clock, and Zen 4 runs AVX-512 at half that width)  ")
     lines.append(f"salnp {cfg['salnp']}: BLIS {cfg['blis_version']} {cfg['flavour']} flavour, "
                  f"sub-configuration {cfg['arch']} ({cfg['arch_source']}); libsal pthread pool, "
                  f"{args.threads} threads. torch {torch.__version__}, {args.threads} threads "
@@ -479,27 +517,38 @@ def report(args, data, mach, sz):
     lines.append(f"### Exported inference, ResNet-{sz['depth']} w={sz['width']}, {sz['hw']}x{sz['hw']}, "
                  f"images/s")
     lines.append("")
-    lines.append("| network | batch | salnp export | PyTorch NCHW | PyTorch channels_last | salnp / best PyTorch | salnp GFLOP/s (% peak) |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("onnxruntime runs salnp's own ONNX export of the same exported network "
+                 "(salnp.export.to_onnx, the file a user would export; outputs checked to agree "
+                 "within 1e-4 of the largest logit), with the same threads, every graph "
+                 "optimisation on.  PyTorch: eval mode, BN folded, SAL as dense convolutions of "
+                 "the binarised weights (no ASNet twin).")
+    lines.append("")
+    lines.append("| network | threads | batch | salnp export | onnxruntime | salnp / onnxruntime | best PyTorch | salnp / PyTorch | salnp GFLOP/s (% peak) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     for r in data["infer"]:
         res = r["results"]
         s = res["salnp export"]
-        bk, b = best_torch(res)
+        o = res.get("onnxruntime")
+        tk = [n for n in res if n.startswith("torch")]
+        b = max((res[n] for n in tk), key=lambda v: v["median"]) if tk else None
         gf = r["flops"] * s["median"] / 1e9
-        lines.append(f"| {r['label']} | {r['batch']} | {fmt_rate(s)} | {fmt_rate(res['torch NCHW'])} | "
-                     f"{fmt_rate(res['torch channels_last'])} | **{s['median'] / b['median']:.2f}x** | "
-                     f"{gf:.1f} ({100 * gf / peak:.1f} %) |")
+        cells = [r["label"], str(r.get("threads", args.threads)), str(r["batch"]), fmt_rate(s)]
+        cells += [fmt_rate(o), f"**{s['median'] / o['median']:.2f}x**"] if o else ["–", "–"]
+        cells += [fmt_rate(b), f"{s['median'] / b['median']:.2f}x"] if b else ["–", "–"]
+        cells.append(f"{gf:.1f} ({100 * gf / peak:.1f} %)")
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("### Peak RSS growth of training steps (MiB; a fresh process each: network, "
                  "batch and optimiser built, VmHWM reset, then the first 3 steps; growth = peak "
                  "- RSS before them, so salnp's buffers allocated once are counted)")
     lines.append("")
-    lines.append("| model | salnp | PyTorch NCHW | PyTorch channels_last | salnp / best PyTorch |")
-    lines.append("|---|---|---|---|---|")
+    lines.append("| model | salnp | salnp, net.checkpointing = \"blocks\" | PyTorch NCHW | "
+                 "PyTorch channels_last | salnp / best PyTorch | checkpointed / best PyTorch |")
+    lines.append("|---|---|---|---|---|---|---|")
     for m, d in data["rss"].items():
         tb = min(d["torch"], d["torch_cl"])
-        lines.append(f"| {m} | {d['salnp']:.0f} | {d['torch']:.0f} | {d['torch_cl']:.0f} | "
-                     f"{d['salnp'] / tb:.2f}x |")
+        lines.append(f"| {m} | {d['salnp']:.0f} | {d['salnp_blocks']:.0f} | {d['torch']:.0f} | "
+                     f"{d['torch_cl']:.0f} | {d['salnp'] / tb:.2f}x | {d['salnp_blocks'] / tb:.2f}x |")
     lines.append("")
     lines.append(f"### Two processes at once (each {args.threads} threads, both on the "
                  f"{mach['cpus']} CPUs), SAL training images/s per process over {sz['steps']} "
@@ -536,6 +585,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="tiny sizes: proves the command runs")
     ap.add_argument("--threads", type=int, default=None, help="default 2 (--quick: 1)")
     ap.add_argument("--models", default="", help="subset of model keys, comma-separated")
+    ap.add_argument("--infer-threads", default=None,
+                    help="thread counts of the inference rows, e.g. 1,2 (default: 1 and --threads)")
     ap.add_argument("--no-compile", dest="compile", action="store_false")
     ap.add_argument("--no-write", dest="write", action="store_false")
     ap.add_argument("--json", default=None, help="also write the raw results here")
@@ -548,6 +599,7 @@ def main():
     ap.add_argument("--model", default="sal", help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--checkpointing", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     sz = sizes(args.quick)
     if args.repeats:
@@ -556,6 +608,8 @@ def main():
         sz["steps"] = args.steps_timed
     if args.threads is None:
         args.threads = 1 if args.quick else 2
+    args.infer_threads = ([int(t) for t in args.infer_threads.split(",")] if args.infer_threads
+                          else sorted({1, args.threads}))
     if args.quick:
         args.compile = False
     if args.worker:
@@ -594,13 +648,19 @@ def main():
     extra += over
     # 2. training and inference, interleaved within one process each
     data["train"] = spawn(args, "train", extra, preload=pre)["train"]
-    data["infer"] = spawn(args, "infer", extra, preload=pre)["infer"]
+    data["infer"] = []
+    for th in args.infer_threads:
+        a = argparse.Namespace(**{**vars(args), "threads": th})
+        data["infer"] += spawn(a, "infer", extra, preload=pre)["infer"]
     # 3. peak RSS growth
     data["rss"] = {}
     for key in ("cl", "sal"):
         d = {}
         for fw in ("salnp", "torch", "torch_cl"):
             d[fw] = spawn(args, "rss", ["--fw", fw, "--model", key] + over, preload=pre)["rss"]["growth_MiB"]
+        d["salnp_blocks"] = spawn(args, "rss", ["--fw", "salnp", "--model", key,
+                                                "--checkpointing", "blocks"] + over,
+                                  preload=pre)["rss"]["growth_MiB"]
         data["rss"][dict((k, l) for k, l, _, _ in TRAIN_MODELS)[key]] = d
     # 4. two processes at once
     data["pair"] = {}

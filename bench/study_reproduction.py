@@ -188,12 +188,19 @@ def compare(table):
     return out
 
 
-def plot(table, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot(table, ax=None, path=None):
+    """Soft test accuracy against parameters (paper convention) per family, error bars
+    over seeds, on ax (None: a new figure of its own, closed once saved to path).  No
+    backend is chosen here: a notebook shows the figure inline, a script writes path."""
+    import math
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    from matplotlib.ticker import FuncFormatter
+
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(6, 4), layout="constrained").subplots()
+    fig = ax.figure
     fams = {"CL": "k", "SL": "C0", "ASL": "C1", "SAL w": "C2", "SAL shared": "C3"}
     for fam, col in fams.items():
         pts = [(t["params_paper"], t["soft_mean"], t["soft_std"]) for lab, t in table.items()
@@ -209,12 +216,21 @@ def plot(table, path):
                     yerr=[100 * v if v == v else 0 for v in e], marker="o", color=col,
                     capsize=3, label={"SAL w": "SAL (unshared)"}.get(fam, fam))
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    if hi / lo < 3:                  # budgets close together: a readable range around them
+        ax.set_xlim(math.sqrt(lo * hi) / 2.5, math.sqrt(lo * hi) * 2.5)
+    # plain numbers (20, 30, 50, 100, ...), not 3.491 x 10^1 on every minor tick
+    lead = lambda v: round(v / 10 ** math.floor(math.log10(v) + 1e-9)) if v > 0 else 0
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if lead(v) in (2, 3, 5)
+                                               else ""))
     ax.set_xlabel("parameters, paper convention (thousands)")
     ax.set_ylabel("test accuracy, soft (%)")
     ax.set_title("ResNet-20 family, CIFAR-10 subset (reduced scale)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
     return ax
 
 
@@ -239,7 +255,7 @@ def report(rows, write=None):
             fh.write(text + "\n")
         with open(os.path.join(write, "reproduction.json"), "w") as fh:
             json.dump(dict(table=table, compare=cmp_, trials=rows), fh, indent=1, default=str)
-        plot(table, os.path.join(write, "reproduction.png"))
+        plot(table, path=os.path.join(write, "reproduction.png"))
     return table, cmp_
 
 

@@ -240,7 +240,8 @@ def build(net, beta=1.0, shift_how="slab"):
     cfg = dict(net.config)
     cfg.pop("seed", None)
     t = FastResNet(**cfg, beta=beta, shift_how=shift_how)
-    sd = {k: torch.tensor(np.array(v)) for k, v in net.state_dict().items()}
+    sd = {k: torch.tensor(np.array(v)) for k, v in net.state_dict().items()
+          if not k.endswith(".tap_threshold")}       # salnp's sparse-training setting
     t.load_state_dict(sd, strict=True)
     for m in t.modules():
         if isinstance(m, Shift):

@@ -51,7 +51,7 @@ for t in $targets; do
   mkdir -p "$work" "$art"
   maxlen=4096
   [ "$t" = cifar ] && maxlen=16384   # room for a few 3073-byte records
-  [ "$t" = infer ] && maxlen=16384   # exported seeds (whole programs) reach 6.5 kB
+  [ "$t" = net ] && maxlen=16384   # exported seeds (whole programs) reach 6.5 kB
   cmd="$bin -max_total_time=$secs -runs=$runs -max_len=$maxlen -timeout=20 -rss_limit_mb=2048 \
 -print_final_stats=1 -artifact_prefix=$art/ $work tests/fuzz/corpus/$t"
   echo "== fuzz: $t: $cmd"

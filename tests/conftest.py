@@ -5,6 +5,10 @@ import zlib
 import numpy as np
 import pytest
 
+# tests/hostile.py (the machinery of the bad-input matrices) asserts as a test module does:
+# pytest rewrites its asserts, so a failure shows the values compared
+pytest.register_assert_rewrite("hostile")
+
 
 def assert_close(got, ref, atol=1e-4, rtol=1e-4, what="value"):
     got = np.asarray(got, dtype=np.float64)

@@ -1,4 +1,6 @@
-"""The public surface: names of DESIGN.md section 4, signatures, the type stub."""
+"""The public surface: names of DESIGN.md section 4, signatures, the type stub; every op
+has rows in the bad-input matrices, and their size."""
+import importlib
 import inspect
 import os
 import re
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 
 import salnp
+from salnp import ops
 
 DESIGN_OPS = ["conv2d", "conv2d_backward", "shift", "shift_backward", "active_shift",
               "active_shift_backward", "sal_conv2d", "sal_conv2d_backward"]
@@ -73,3 +76,34 @@ def test_isa_cap_round_trip():
     finally:
         _core.set_isa(None)
     assert _core.get_isa() == best
+
+
+# ---------------------------------------------------------------- the bad-input matrices
+
+def matrix_size():
+    """The rows of the bad-input matrices, which sit beside their subjects (the machinery is
+    tests/hostile.py); count's rows run twice (a training and an exported network)."""
+    conv, shift, shiftconv, sal, layers, models, train, count, export, io, data = (
+        importlib.import_module(f"test_{name}") for name in
+        ("conv", "shift", "shiftconv", "sal", "layers", "models", "train", "count", "export",
+         "io", "data"))
+    per_count_target = 2
+    ops_rows = (conv.OPS_ROWS + shift.OPS_ROWS + shiftconv.OPS_ROWS + sal.OPS_ROWS
+                + layers.OPS_ROWS)
+    hostile_rows = (models.HOSTILE_ROWS + train.HOSTILE_ROWS + export.HOSTILE_ROWS
+                    + io.HOSTILE_ROWS + data.HOSTILE_ROWS)
+    n = (len(ops_rows) + len(models.RESNET_ROWS) + len(models.FORWARD_ROWS)
+         + len(models.BACKWARD_ROWS) + len(models.STATE_ROWS) + len(train.FIT_ROWS)
+         + per_count_target * len(count.COUNT_ROWS) + len(export.EXPORT_ROWS) + len(io.IO_ROWS)
+         + len(data.DATASET_ROWS) + len(data.READER_ROWS) + len(data.BATCH_ROWS)
+         + len(hostile_rows))
+    return n, ops_rows
+
+
+def test_matrix_size():
+    n, ops_rows = matrix_size()
+    funcs = {r[0].name for r in ops_rows}
+    print(f"\nbad-input matrix: {n} cases ({len(ops_rows)} over {len(funcs)} ops entries)")
+    missing = set(ops.__all__) - {f.replace("_eval", "") for f in funcs}
+    assert not missing, f"ops without matrix rows: {missing}"
+    assert n > 1500

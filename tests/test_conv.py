@@ -1,4 +1,6 @@
-"""conv2d / conv2d_backward against PyTorch autograd and float64 finite differences."""
+"""conv2d / conv2d_backward against PyTorch autograd and float64 finite differences; bad input
+and the bad-input matrix (every argument replaced by a bad or unusual value); Winograd
+F(4x4, 3x3), the blocked direct kernels and the choice of algorithm per pass."""
 import os
 
 import numpy as np
@@ -8,6 +10,9 @@ import torch.nn.functional as F
 
 import salnp
 from conftest import assert_close
+from hostile import GY_CONV, W, X3, Spec, _matrix_ops, check_ops_row
+
+ops = salnp.ops
 
 # (N, C, H, W, O, K, stride, padding): batch 1, odd and prime sizes, non-square, stride 2,
 # channels 1 and not divisible by 9, 1x1 kernels (the GEMM path) and 3x3 (im2col)
@@ -511,3 +516,29 @@ def test_winograd_training_matches_direct(conv_algo):
     assert dev[0] <= 1e-5 * direct[0], (wino, direct)   # the same forward, to rounding
     assert np.all(dev <= 2 * envelope + 1e-5), (dev, envelope)
     assert np.any(dev > 0)                               # the two runs took different paths
+# ---------------------------------------------------------------- the bad-input matrix
+# Every argument replaced by a bad or unusual value; the variant families and their
+# expected outcomes are in tests/hostile.py.
+
+OPS_SPECS = [
+    Spec("conv2d", ops.conv2d, dict(x=X3, w=W, stride=1, padding=1),
+         dict(x="F", w="F", stride="int", padding="int"),
+         mismatch={"w": [(4, 2, 3, 3), (4, 3, 3, 2)]},
+         int_min={"stride": 1, "padding": 0}, huge_axis={"x": 0, "w": 0}),
+    Spec("conv2d_backward", ops.conv2d_backward,
+         dict(x=X3, w=W, grad_y=GY_CONV, stride=1, padding=1),
+         dict(x="F", w="F", grad_y="F", stride="int", padding="int"),
+         mismatch={"w": [(4, 2, 3, 3)], "grad_y": [(2, 4, 5, 4), (2, 5, 5, 5)]},
+         int_min={"stride": 1, "padding": 0}, huge_axis={"x": 0}),
+    Spec("conv2d_algo", ops.conv2d_algo,
+         dict(x_shape=(2, 3, 5, 5), w_shape=(4, 3, 3, 3), stride=1, padding=1),
+         dict(x_shape="shape4", w_shape="shape4", stride="int", padding="int"),
+         int_min={"stride": 1, "padding": 0},
+         legal={"overflow32"}),   # shapes only: a 2^16 x 2^16 image is a valid query
+]
+OPS_ROWS = _matrix_ops(OPS_SPECS)
+
+
+@pytest.mark.parametrize("row", OPS_ROWS, ids=[f"{r[0].name}-{r[1]}-{r[2]}" for r in OPS_ROWS])
+def test_ops_matrix(row):
+    check_ops_row(row)

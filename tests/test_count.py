@@ -1,5 +1,6 @@
 """salnp.count: the DESIGN section 3 numbers, every layer type against hand formulas,
-thop on the PyTorch twins, binarised SAL counts from the logits, bad input."""
+thop on the PyTorch twins, binarised SAL counts from the logits, bad input and the bad-input
+matrix."""
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 
 import salnp
 from torch_ref import from_salnp
+from hostile import _check_error, _net, _outcome
 
 CONFIGS = [
     dict(layer="cl", width=8),
@@ -48,7 +50,7 @@ def test_train_rows_against_hand_formulas(cfg, hw):
     net = salnp.models.resnet(20, seed=2, **cfg)
     mods = _modules(net)
     r = salnp.count(net, input_shape=(3, *hw))
-    assert len(r.rows) == len(net._engines[(3, *hw)][0].ops)
+    assert len(r.rows) == len(net.program.ops)
     seen = set()
     for row in r.rows:
         (c, h, w), (co, ho, wo) = row["in_shape"], row["out_shape"]
@@ -154,30 +156,40 @@ def test_sal_inference_counts_from_the_logits(shared, rng):
     assert 0 < sum(k for k, _, _ in hand.values()) < total_slices   # some pruned, some kept
     r = salnp.count(net, mode="inference")
     assert r.beta == 6.0
-    for row in r.rows:
-        if row["type"] not in ("sal", "sal_shared"):
-            continue
-        kept, o, c = hand[row["name"]]
-        ho, wo = row["out_shape"][1:]
-        assert row["kept"] == kept
-        if shared:
-            assert row["params"] == kept * o + kept * 4 / 32 + o         # + folded BN bias
-            assert row["macs"] == kept * o * ho * wo
-            assert row["shift_moves"] == kept * ho * wo
-        else:
-            assert row["params"] == kept * 36 / 32 + o
-            assert row["macs"] == kept * ho * wo
-            assert row["shift_moves"] == 0
+    for name, rows in _sal_rows(r, hand).items():
+        kept, o, c = hand[name]
+        ho, wo = rows[-1]["out_shape"][1:]
+        params, macs, moves = (sum(x[k] for x in rows) for k in ("params", "macs", "shift_moves"))
+        assert rows[0]["kept"] == kept
+        if shared and kept:         # a shift of the kept channels, then a 1x1 conv
+            assert [x["type"] for x in rows] == ["sal_shift", "conv1x1"]
+            assert params == kept * o + kept * 4 / 32 + o         # + folded BN bias
+            assert macs == kept * o * ho * wo and moves == kept * ho * wo
+        else:                       # the kept pairs (none: the bias alone)
+            assert [x["type"] for x in rows] == ["sal_gather"]
+            assert params == kept * 36 / 32 + o
+            assert macs == kept * ho * wo and moves == 0
     # the exported network counts the same totals, op by op of its own program
     e = salnp.export(net).count()
     assert (e.params, e.macs, e.shift_moves) == (r.params, r.macs, r.shift_moves)
     # unpruned binarised SAL costs one 1x1 convolution's MACs
     full = salnp.models.resnet(20, 8, "sal", shared=shared, seed=5)
     full.beta = 1e4
-    for row in salnp.count(full, mode="inference").rows:
-        if row["type"].startswith("sal"):
-            (c, _, _), (o, ho, wo) = row["in_shape"], row["out_shape"]
-            assert row["macs"] == c * o * ho * wo
+    hand = _hand_sal(full, full.beta)
+    for name, rows in _sal_rows(salnp.count(full, mode="inference"), hand).items():
+        _, o, c = hand[name]
+        ho, wo = rows[-1]["out_shape"][1:]
+        assert sum(x["macs"] for x in rows) == c * o * ho * wo
+
+
+def _sal_rows(report, hand):
+    """{SAL layer name: the rows its exported ops make}"""
+    out = {}
+    for row in report.rows:
+        if row["name"] in hand:
+            out.setdefault(row["name"], []).append(row)
+    assert set(out) == set(hand)
+    return out
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=ids)
@@ -232,3 +244,80 @@ def test_bad_input():
         salnp.count(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="mode='train'"):
         salnp.count(salnp.export(net), mode="train")
+
+
+def _params_cells(text):
+    """The params cells of a table's rows (and total), cut at the dashed rule's columns."""
+    lines = text.splitlines()
+    rule = next(i for i, l in enumerate(lines) if l.startswith("---"))
+    spans, pos = [], 0
+    for part in lines[rule].split("  "):
+        spans.append((pos, pos + len(part)))
+        pos += len(part) + 2
+    a, b = spans[4]
+    assert lines[rule - 1][a:b].strip() == "params"
+    ends = ("---", "forward", "training", "elements")
+    return [l[a:b] for l in lines[rule + 1:] if l and not l.startswith(ends)]
+
+
+def test_table_params_are_integers_or_say_why_not():
+    """Integral counts print as integers; a convention that counts a kept SAL weight as
+    36/32 of a word says so in the header, and its eighths line up on the decimal point."""
+    net = salnp.models.resnet(8, 4, "sal")
+    for r in (salnp.count(net, mode="train"), salnp.count(salnp.models.resnet(8, 4, "cl"),
+                                                           mode="inference")):
+        text = r.table()
+        assert "36/32" not in text
+        assert all("." not in c for c in _params_cells(text)), text
+    m = dict(net.named_modules())["layer3.0.conv2"]
+    net.beta = 1000.0                                     # every slice one-hot ...
+    m.logits[0, 0] = [0, 0, 0, 0, 1, 0, 0, 0, 1]       # ... but this one: two maxima, pruned
+    inf = salnp.count(net, mode="inference")
+    kept = next(r for r in inf.rows if r["name"] == "layer3.0.conv2")
+    assert kept["kept"] == 16 * 16 - 1 and kept["params"] == 255 * 36 / 32 + 16
+    shared = salnp.models.resnet(8, 4, "sal", shared=True)
+    for r, eighths in ((inf, True), (salnp.count(net, convention="paper"), False),
+                       (salnp.count(shared, convention="paper"), True)):
+        text = r.table()
+        head = text.splitlines()[1]
+        assert "36/32" in head and "4-bit shift index" in head and "4/32" in head
+        cells = _params_cells(text)
+        assert any("." in c for c in cells) == eighths    # 302.875, 16.5 (C_in = 4: 4/8)
+        ends = {c.index(".") if "." in c else len(c.rstrip()) for c in cells}
+        assert len(ends) == 1, cells                      # decimal points in one column
+        assert f"{r.params:,.3f}".rstrip("0").rstrip(".") in text.splitlines()[-2]
+    assert "302.875" in salnp.count(net, mode="inference").table()
+
+
+# ---------------------------------------------------------------- the bad-input matrix
+# count with one argument replaced by a bad or unusual value, for a training and an
+# exported network (tests/hostile.py: the outcomes).
+
+COUNT_ROWS = [
+    ("input_shape", (3,), "ValueError"), ("input_shape", (3, 0, 8), "ValueError"),
+    ("input_shape", (3, -8, 8), "ValueError"), ("input_shape", (2, 8, 8), "ValueError"),
+    ("input_shape", (3, 8.5, 8), "ValueError"), ("input_shape", None, "ok"),
+    ("input_shape", "abc", "ValueError"), ("input_shape", (3, 2**31, 2**31), "huge"),
+    ("input_shape", (3, 2**40, 2**40), "huge"), ("input_shape", (3, 2**62, 1), "huge"),
+    ("input_shape", (3, 2**70, 1), "huge"), ("input_shape", (3, 1, 1), "ok"),
+    ("input_shape", np.array([3, 9, 7]), "ok"), ("input_shape", (3, 2**16, 2**16), "huge_or_ok"),
+    ("mode", "bogus", "ValueError"), ("mode", None, "ok"), ("mode", 1, "ValueError"),
+    ("net", None, "TypeError"), ("net", "resnet20", "TypeError"), ("net", 3, "TypeError"),
+]
+
+
+@pytest.mark.parametrize("target", ["ResNet", "InferenceNet"])
+@pytest.mark.parametrize("row", COUNT_ROWS, ids=[f"count-{r[0]}-{i}" for i, r in enumerate(COUNT_ROWS)])
+def test_count_matrix(row, target):
+    arg, v, exp = row
+    net = _net("sal") if target == "ResNet" else salnp.export(_net("sal"))
+    kw = dict(net=net, input_shape=(3, 8, 8))
+    if target == "InferenceNet" and arg == "mode" and v not in (None, "inference"):
+        exp = "ValueError"
+    kw[arg] = v
+    status, got = _outcome(lambda: salnp.count(**kw))
+    if status == "ok":
+        assert exp in ("ok", "huge_or_ok"), f"count accepted {arg}={v!r}"
+        assert got.macs >= 0 and got.params > 0
+        return
+    _check_error(got, "huge" if exp == "huge_or_ok" else exp, (arg, "count", "input"))

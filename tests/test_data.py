@@ -1,7 +1,11 @@
 """salnp.data: readers on the real files and on malformed ones, and the C batch kernel
-against NumPy reimplementations (normalisation, pad-4 crop + flip, layouts, threads)."""
+against NumPy reimplementations (normalisation, pad-4 crop + flip, layouts, threads); the
+bad-input matrix of Dataset, Dataset.batch and the readers; hostile data files (gzip/xz and
+IDX bombs, FIFOs)."""
 import gzip
 import lzma
+import os
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,7 @@ import pytest
 import salnp
 from salnp.data import DataFormatError, Dataset
 from conftest import assert_close
+from hostile import _Alarm, _check_error, _noncontig, _outcome, _readonly, _tiny_data
 
 CIFAR_SUBSET = Path("/work/shared/data/cifar10-subset")
 FMNIST = Path(salnp.data.FASHION_MNIST_DEFAULT_ROOT)
@@ -485,3 +490,221 @@ def test_dataset_validation():
     ds = Dataset(np.arange(36, dtype=np.uint8).reshape(4, 1, 3, 3), [0, 1, 0, 1])
     assert ds.num_classes == 2 and ds.std[0] > 0   # statistics from the images
     assert "n=4" in repr(ds) and ds[1][1] == 1
+
+
+# ---------------------------------------------------------------- the bad-input matrix
+# Dataset, the readers and Dataset.batch with one argument replaced by a bad or unusual
+# value (tests/hostile.py: the outcomes).
+
+DATASET_ROWS = [
+    ("images", "float32", "ValueError"), ("images", "int64", "ValueError"),
+    ("images", "3d", "ValueError"), ("images", "zero", "ValueError"), ("images", "None", "ValueError"),
+    ("images", "noncontig", "ok"), ("images", "readonly", "ok"), ("images", "list", "error"),
+    ("labels", "float", "ValueError"), ("labels", "negative", "ValueError"),
+    ("labels", "short", "ValueError"), ("labels", "2d", "ValueError"), ("labels", "None", "ValueError"),
+    ("labels", "uint64_huge", "ValueError"), ("labels", "list", "ok"), ("labels", "bool", "ValueError"),
+    ("mean", "nan", "ValueError"), ("mean", "short", "ValueError"), ("mean", "str", "error"),
+    ("std", "zero", "ValueError"), ("std", "negative", "ValueError"), ("std", "inf", "ValueError"),
+    ("pad", "negative", "ValueError"), ("pad", "str", "error"), ("pad", "huge", "error"),
+    ("pad", "1025", "ValueError"), ("pad", "float", "ValueError"),
+    ("classes", "too_few", "ValueError"),
+]
+
+
+@pytest.mark.parametrize("row", DATASET_ROWS, ids=[f"Dataset-{r[0]}-{r[1]}" for r in DATASET_ROWS])
+def test_dataset_matrix(row):
+    arg, name, exp = row
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (6, 2, 4, 4), dtype=np.uint8)
+    kw = dict(images=imgs, labels=np.array([0, 1, 2, 0, 1, 2]), pad=1)
+    vals = {
+        ("images", "float32"): imgs.astype(np.float32), ("images", "int64"): imgs.astype(np.int64),
+        ("images", "3d"): imgs[0], ("images", "zero"): imgs[:0], ("images", "None"): None,
+        ("images", "noncontig"): _noncontig(imgs), ("images", "readonly"): _readonly(imgs),
+        ("images", "list"): imgs.tolist(),
+        ("labels", "float"): np.zeros(6), ("labels", "negative"): np.array([0, -1, 0, 0, 0, 0]),
+        ("labels", "short"): np.zeros(5, int), ("labels", "2d"): np.zeros((6, 1), int),
+        ("labels", "None"): None, ("labels", "uint64_huge"): np.full(6, 2**63 + 1, np.uint64),
+        ("labels", "list"): [0, 1, 2, 0, 1, 2], ("labels", "bool"): np.zeros(6, bool),
+        ("mean", "nan"): [np.nan, 0.5], ("mean", "short"): [0.5], ("mean", "str"): "ab",
+        ("std", "zero"): [0.0, 1.0], ("std", "negative"): [-1.0, 1.0], ("std", "inf"): [np.inf, 1.0],
+        ("pad", "negative"): -1, ("pad", "str"): "x", ("pad", "huge"): 2**70, ("pad", "1025"): 1025, ("pad", "float"): 1.0,
+        ("classes", "too_few"): ["a"],
+    }
+    kw[arg] = vals[(arg, name)]
+    status, got = _outcome(lambda: Dataset(**kw))
+    if exp == "ok":
+        assert status == "ok", got
+        ref = Dataset(np.ascontiguousarray(np.asarray(kw["images"])), np.asarray(kw["labels"]), pad=1)
+        np.testing.assert_array_equal(got.batch(np.arange(6)), ref.batch(np.arange(6)))
+        return
+    if status == "ok" and (arg, name) == ("pad", "huge"):
+        # accepted as a number: the first augmented batch must refuse it
+        with pytest.raises(ValueError, match="pad"):
+            got.batch(np.arange(2), augment=True)
+        return
+    assert status != "ok", f"Dataset accepted {arg}={name}"
+    _check_error(got, exp, (arg, "Dataset"))
+
+
+READER_ROWS = ["cifar10_none", "cifar10_int", "cifar10_missing", "cifar10_file_not_dir",
+               "cifar100_bad_labels", "fashion_missing", "load_bad_name", "load_no_root",
+               "cifar10_empty_file", "cifar10_truncated", "fashion_bad_magic"]
+
+
+@pytest.mark.parametrize("name", READER_ROWS)
+def test_readers_matrix(name, tmp_path):
+    d = salnp.data
+    (tmp_path / "x.txt").write_text("hello")
+    calls = {
+        "cifar10_none": (lambda: d.cifar10(None), (TypeError,)),
+        "cifar10_int": (lambda: d.cifar10(3), (TypeError,)),
+        "cifar10_missing": (lambda: d.cifar10(tmp_path / "nope"), (FileNotFoundError,)),
+        "cifar10_file_not_dir": (lambda: d.cifar10(tmp_path / "x.txt"), (FileNotFoundError,
+                                                                          ValueError)),
+        "cifar100_bad_labels": (lambda: d.cifar100(tmp_path, labels="medium"), (ValueError,)),
+        "fashion_missing": (lambda: d.fashion_mnist(tmp_path / "nope"), (FileNotFoundError,)),
+        "load_bad_name": (lambda: d.load("imagenet"), (ValueError,)),
+        "load_no_root": (lambda: d.load("cifar10"), (ValueError,)),
+        "cifar10_empty_file": (lambda: ((tmp_path / "test.bin").write_bytes(b""),
+                                        d.cifar10(tmp_path, train=False)), (ValueError,)),
+        "cifar10_truncated": (lambda: ((tmp_path / "test.bin").write_bytes(b"\x01" * 3000),
+                                       d.cifar10(tmp_path, train=False)), (ValueError,)),
+        "fashion_bad_magic": (lambda: ((tmp_path / "train-images-idx3-ubyte").write_bytes(
+            b"\x00\x00\x09\x03" + b"\x00" * 12), (tmp_path / "train-labels-idx1-ubyte")
+            .write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x00"), d.fashion_mnist(tmp_path)),
+            (ValueError,)),
+    }
+    f, allowed = calls[name]
+    with pytest.raises(allowed) as e:
+        f()
+    assert str(e.value)
+
+
+BATCH_ROWS = [("index", "float", "TypeError"), ("index", "2d", "ValueError"),
+              ("index", "empty", "ValueError"), ("index", "negative", "ValueError"),
+              ("index", "too_big", "ValueError"), ("index", "None", "TypeError"),
+              ("index", "list", "ok"), ("index", "noncontig", "ok"), ("index", "bigendian", "ok"),
+              ("index", "uint8", "ok"), ("index", "bool", "TypeError"),
+              ("seed", "negative", "ValueError"), ("seed", "float", "TypeError"),
+              ("epoch", "2**64", "ValueError"), ("layout", "NHWC", "ValueError"),
+              ("out", "float64", "TypeError"), ("out", "readonly", "TypeError"),
+              ("out", "wrong_shape", "ValueError"), ("out", "noncontig", "TypeError")]
+
+
+@pytest.mark.parametrize("row", BATCH_ROWS, ids=[f"batch-{r[0]}-{r[1]}" for r in BATCH_ROWS])
+def test_batch_matrix(row):
+    arg, name, exp = row
+    ds = _tiny_data()
+    idx = np.array([3, 0, 5], np.int64)
+    vals = {("index", "float"): idx.astype(float), ("index", "2d"): idx[None],
+            ("index", "empty"): idx[:0], ("index", "negative"): np.array([0, -1]),
+            ("index", "too_big"): np.array([12]), ("index", "None"): None,
+            ("index", "list"): idx.tolist(), ("index", "noncontig"): _noncontig(idx),
+            ("index", "bigendian"): idx.astype(">i8"), ("index", "uint8"): idx.astype(np.uint8),
+            ("index", "bool"): np.ones(3, bool),
+            ("seed", "negative"): -1, ("seed", "float"): 1.5, ("epoch", "2**64"): 2**64,
+            ("layout", "NHWC"): "NHWC", ("out", "float64"): np.empty((3, 3, 8, 8)),
+            ("out", "readonly"): _readonly(np.empty((3, 3, 8, 8), np.float32)),
+            ("out", "wrong_shape"): np.empty((4, 3, 8, 8), np.float32),
+            ("out", "noncontig"): np.empty((8, 8, 3, 3), np.float32).T}
+    kw = dict(index=idx, augment=True, seed=1, epoch=2)
+    kw[arg] = vals[(arg, name)]
+    status, got = _outcome(lambda: ds.batch(**kw))
+    if exp == "ok":
+        assert status == "ok", got
+        np.testing.assert_array_equal(got, ds.batch(np.asarray(kw["index"]).astype(np.int64),
+                                                     augment=True, seed=1, epoch=2))
+        return
+    assert status != "ok", f"batch accepted {arg}={name}"
+    _check_error(got, exp, (arg,))
+
+
+# ---------------------------------------------------------------- hostile files (issue 14)
+# One row of test_hostile_matrix each: the call and everything that must not change.
+
+def _h_dataset_huge_label(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 1, 2, 2), dtype=np.uint8)
+    with _Alarm(10), pytest.raises(ValueError, match="labels"):
+        Dataset(imgs, np.array([0, 1, 2**62]))
+    assert Dataset(imgs, np.array([0, 1, 2**20 - 1])).num_classes == 2**20   # the bound
+    assert Dataset(imgs, np.array([0, 1, 2]), classes=["a", "b", "c"]).num_classes == 3
+
+
+def _h_lenient_numbers(tmp_path):
+    ds = _tiny_data()
+    for call, exc in ((lambda: ds.subset(1.9), TypeError), (lambda: ds.subset(True), TypeError),
+                      (lambda: ds.subset("3"), TypeError), (lambda: ds.batches(1.9), TypeError),
+                      (lambda: ds.batches(np.float64(4.0)), TypeError),
+                      (lambda: ds.batches(0), ValueError), (lambda: ds.num_batches(0), ValueError),
+                      (lambda: ds.num_batches(2.5), TypeError),
+                      (lambda: ds.num_batches(-1, drop_last=True), ValueError)):
+        with pytest.raises(exc, match="n=|batch_size="):
+            call()          # raised at the call, not at the first next()
+    assert ds.num_batches(np.int64(5)) == 3 and len(ds.subset(np.int32(4))) == 4
+
+
+def _gz(path, data_chunks, kind="gz"):
+    import gzip
+    import lzma
+    opener = gzip.open if kind == "gz" else lzma.open
+    with opener(path, "wb") as f:
+        for c in data_chunks:
+            f.write(c)
+
+
+def _h_data_bombs(tmp_path, monkeypatch=None):
+    d = salnp.data
+    old = d.MAX_FILE_BYTES
+    d.MAX_FILE_BYTES = 8 << 20       # a small cap keeps the test fast; the logic is the same
+    try:
+        # .gz / .xz of zeros far beyond the cap: stops at the cap + 1 byte
+        for kind in ("gz", "xz"):
+            sub = tmp_path / kind
+            sub.mkdir()
+            _gz(sub / f"test.bin.{kind}", (bytes(1 << 22) for _ in range(16)), kind)
+            tracemalloc.start()
+            try:
+                with pytest.raises(d.DataFormatError, match="more than 8388608 bytes"):
+                    d.cifar10(sub, train=False)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 40 << 20, f"{kind}: peak {peak / 2**20:.0f} MiB"
+        # an IDX header announcing 2**40 bytes: refused from the header
+        sub = tmp_path / "idx"
+        sub.mkdir()
+        hdr = b"\0\0\x08\x03" + (2**16).to_bytes(4, "big") * 2 + (2**8).to_bytes(4, "big")
+        _gz(sub / "train-images-idx3-ubyte.gz", [hdr, bytes(1000)])
+        _gz(sub / "train-labels-idx1-ubyte.gz", [b"\0\0\x08\x01" + (4).to_bytes(4, "big"),
+                                                 bytes(4)])
+        with pytest.raises(d.DataFormatError, match="announces 1099511627776 data bytes"):
+            d.fashion_mnist(sub)
+        # an IDX announcing 4x28x28 bytes followed by 64 MB of zeros: stops after 1 byte more
+        hdr = b"\0\0\x08\x03" + (4).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+        _gz(sub / "train-images-idx3-ubyte.gz", [hdr] + [bytes(1 << 22) for _ in range(16)])
+        tracemalloc.start()
+        try:
+            with pytest.raises(d.DataFormatError, match="trailing"):
+                d.fashion_mnist(sub)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 16 << 20
+        # a FIFO where a data file should be: never opened for reading
+        sub = tmp_path / "fifo"
+        sub.mkdir()
+        os.mkfifo(sub / "test.bin")
+        with _Alarm(20), pytest.raises((FileNotFoundError, ValueError)):
+            d.cifar10(sub, train=False)
+    finally:
+        d.MAX_FILE_BYTES = old
+
+
+HOSTILE = {k[3:]: v for k, v in sorted(globals().items()) if k.startswith("_h_")}
+HOSTILE_ROWS = list(HOSTILE)
+
+
+@pytest.mark.parametrize("name", HOSTILE_ROWS)
+def test_hostile_matrix(name, tmp_path):
+    HOSTILE[name](tmp_path)

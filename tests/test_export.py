@@ -1,10 +1,15 @@
 """salnp.export: the exported network equals the training network in eval + hard mode,
-for every layer type, strides 1 and 2, pruned slices, ASL rounding; save/load; bad input."""
+for every layer type, strides 1 and 2, pruned slices, ASL rounding; save/load; bad input, the
+bad-input matrix of export, and hostile exported files (export.load) and networks (NaN
+weights refused)."""
+import json
+
 import numpy as np
 import pytest
 
 import salnp
 from conftest import assert_close
+from hostile import XN, _check_error, _expect_load_error, _members, _outcome, _small
 
 CASES = [
     dict(layer="cl", width=8),
@@ -156,8 +161,7 @@ def test_load_bad_files(tmp_path):
     with pytest.raises(ValueError, match="junk.npz"):
         salnp.export.load(tmp_path / "junk.npz")
     inf = salnp.export(net)
-    bad = salnp.export.InferenceNet(inf.ops, inf.channels, inf.shifts, inf.pairs,
-                                    inf.weights[:-5], inf.names, inf.config, inf.info)
+    bad = salnp.export.InferenceNet(inf.program, inf.weights[:-5], inf.config, inf.info)
     bad.save(tmp_path / "short.npz")
     with pytest.raises(ValueError, match="short.npz.*arena"):
         salnp.export.load(tmp_path / "short.npz")
@@ -193,3 +197,110 @@ def test_bad_input():
         inf.forward(np.zeros((2, 3, 8, 8), np.int32))
     with pytest.raises(ValueError, match="N, H, W >= 1"):
         inf.forward(np.zeros((1, 3, 0, 8), np.float32))
+
+
+# ---------------------------------------------------------------- the bad-input matrix
+# export with one argument replaced by a bad or unusual value (tests/hostile.py: the
+# outcomes); InferenceNet.forward's rows are in test_models.py::test_forward_matrix.
+
+EXPORT_ROWS = [("beta", float("nan"), "ValueError"), ("beta", float("inf"), "ValueError"),
+               ("beta", -1.0, "ValueError"), ("beta", "a", "error"), ("beta", 1j, "error"),
+               ("beta", 1e300, "ok"), ("beta", np.float32(3.0), "ok"), ("beta", 0, "ValueError"),
+               ("net", None, "TypeError"), ("net", "x", "TypeError"), ("net", {}, "TypeError"),
+               ("net_beta", float("nan"), "ValueError")]
+
+
+@pytest.mark.parametrize("row", EXPORT_ROWS, ids=[f"export-{r[0]}-{i}" for i, r in enumerate(EXPORT_ROWS)])
+def test_export_matrix(row):
+    arg, v, exp = row
+    net = salnp.models.resnet(8, 2, "sal", num_classes=4, seed=3)
+    kw = dict(net=net)
+    if arg == "net_beta":       # refused where it is set, before anything uses it
+        with pytest.raises(ValueError, match="net.beta=nan: must be finite and > 0"):
+            net.beta = v
+        return
+    kw[arg] = v
+    status, got = _outcome(lambda: salnp.export(**kw))
+    if status == "ok":
+        assert exp == "ok", f"export accepted {arg}={v!r}"
+        assert np.all(np.isfinite(got.forward(XN)))
+        return
+    _check_error(got, exp, (arg, "export"))
+
+
+# ---------------------------------------------------------------- hostile files (issue 14)
+# One row of test_hostile_matrix each: the call and everything that must not change.
+
+def _h_load_dir_export(tmp_path):
+    _expect_load_error(tmp_path, "directory", fn=salnp.export.load)
+
+
+IFIELDS_IOFF = salnp.program.FIELDS.index("ioff")
+
+
+IFIELDS_P0 = salnp.program.FIELDS.index("p0")
+
+
+def _h_export_load_hostile(tmp_path):
+    inf = salnp.export(_small("sl").eval())
+    shift_op = int(np.flatnonzero(inf.ops[:, 0] == salnp.program.SHIFT)[0])
+    good = tmp_path / "inf.npz"
+    inf.save(good)
+    d0 = _members(good)
+    cfg0 = json.loads(str(d0["__config__"]))
+    cases = {
+        "names_not_list": lambda d, c: c.__setitem__("names", "abc"),
+        "names_short": lambda d, c: c.__setitem__("names", c["names"][:-1]),
+        "model_missing": lambda d, c: c.pop("model"),
+        "info_list": lambda d, c: c.__setitem__("info", [1]),
+        "ops_float": lambda d, c: d.__setitem__("ops", d["ops"].astype(np.float64)),
+        "weights_f64": lambda d, c: d.__setitem__("weights", d["weights"].astype(np.float64)),
+        "weights_nan": lambda d, c: d["weights"].__setitem__(0, np.nan),
+        "pairs_3col": lambda d, c: d.__setitem__("pairs", np.zeros((2, 3), np.int32)),
+        "extra_array": lambda d, c: d.__setitem__("evil", np.zeros(3)),
+        "ops_missing": lambda d, c: d.pop("ops"),
+        "ioff_huge": lambda d, c: d["ops"].__setitem__((shift_op, IFIELDS_IOFF), 2**63 - 1),
+        "p0_overflow": lambda d, c: d["ops"].__setitem__((0, IFIELDS_P0), 2**63 - 5),
+        "inp_negative": lambda d, c: d["ops"].__setitem__((0, 1), -3),
+        "channels_huge": lambda d, c: d["channels"].__setitem__(1, 2**40),
+    }
+    for name, edit in cases.items():
+        d = {k: v.copy() for k, v in d0.items()}
+        c = json.loads(json.dumps(cfg0))
+        edit(d, c)
+        d["__config__"] = np.array(json.dumps(c))
+        p = tmp_path / f"{name}.npz"
+        np.savez(p, **d)
+        try:
+            _expect_load_error(p, fn=salnp.export.load)
+        except BaseException as e:
+            raise AssertionError(f"export.load case {name}: {e}") from e
+
+
+def _h_export_nonfinite_refused(tmp_path):
+    for layer in ("cl", "sal", "sl"):
+        for what in ("weight_nan", "mean_inf", "var_negative"):
+            net = _small(layer)
+            if what == "weight_nan":
+                net.conv1.weight[0, 0, 0, 0] = np.nan
+                key = "conv1.weight"
+            elif what == "mean_inf":
+                net.layer2[0].bn1.running_mean[0] = np.inf
+                key = "layer2.0.bn1.running_mean"
+            else:
+                net.bn1.running_var[1] = -0.5
+                key = "bn1.running_var"
+            with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+                salnp.export(net.eval())
+            with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+                salnp.save(net, tmp_path / "nan.npz")
+            assert not (tmp_path / "nan.npz").exists()
+
+
+HOSTILE = {k[3:]: v for k, v in sorted(globals().items()) if k.startswith("_h_")}
+HOSTILE_ROWS = list(HOSTILE)
+
+
+@pytest.mark.parametrize("name", HOSTILE_ROWS)
+def test_hostile_matrix(name, tmp_path):
+    HOSTILE[name](tmp_path)

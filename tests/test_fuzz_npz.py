@@ -160,7 +160,7 @@ def mutation(draw, n_members, op_rows):
         return kind, i, draw(st.integers(0, 4096))
     if kind == "field":      # one int64 of the exported op table
         return kind, draw(st.integers(0, max(op_rows - 1, 0))), (
-            draw(st.integers(0, len(salnp.export.IFIELDS) - 1)), draw(st.sampled_from(EDGE_INTS)))
+            draw(st.integers(0, len(salnp.program.FIELDS) - 1)), draw(st.sampled_from(EDGE_INTS)))
     if kind == "value":      # one element of any integer member (channels, shifts, pairs)
         return kind, i, (draw(st.integers(0, 10**6)), draw(st.sampled_from(EDGE_INTS)))
     return kind, i, draw(st.text(max_size=8))
@@ -205,7 +205,7 @@ def _apply(members, cfg, mut):
         for mm in members:
             if mm[0] == "ops.npy" and mm[1]["descr"] == "<i8":
                 a = np.frombuffer(mm[2][: len(mm[2]) // 8 * 8], "<i8").copy()
-                k = i * len(salnp.export.IFIELDS) + arg[0]
+                k = i * len(salnp.program.FIELDS) + arg[0]
                 if k < a.size:
                     a[k] = arg[1]
                     mm[2] = a.tobytes()

@@ -1,6 +1,8 @@
 """The ordinary layers (batch norm, fused BN+ReLU(+residual), ReLU, add, global average pooling,
 Linear, softmax cross-entropy, SGD) against PyTorch autograd / torch.optim.SGD, float64 finite
-differences for batch norm, thread agreement and bad input."""
+differences for batch norm, thread agreement, bad input, the bad-input matrix (every argument
+replaced by a bad or unusual value) and the ops' NaN/inf decisions (test_nan_policy)."""
+import math
 import sys
 
 import numpy as np
@@ -10,6 +12,8 @@ import torch.nn.functional as F
 
 import salnp
 from conftest import assert_close
+from hostile import (BETA_BN, GAMMA, LAB, LB, LGY, LOGITS, LW, LX, OFF_F, OFF_I, RES, W, X3,
+                     X9, Z, Spec, _f, _matrix_ops, _with, check_ops_row)
 
 ops = salnp.ops
 
@@ -564,3 +568,126 @@ def test_relu_and_fused_bn_relu_propagate_nan():
     assert np.isnan(salnp.ops.relu(x)[0, 0, 0, 0])
     y, _, _ = salnp.ops.batch_norm_relu(np.full((2, 1, 2, 2), np.nan, np.float32), None, None)
     assert np.isnan(y).all()
+
+
+# ---------------------------------------------------------------- the bad-input matrix
+# Every argument replaced by a bad or unusual value; the variant families and their
+# expected outcomes are in tests/hostile.py.
+
+def _bn_saved(relu=False):
+    if relu:
+        y, m, s = ops.batch_norm_relu(X3, GAMMA, BETA_BN)
+        return y, m, s
+    y, m, s = ops.batch_norm(X3, GAMMA, BETA_BN)
+    return y, m, s
+
+
+Y_BNR, SM, SI = _bn_saved(True)
+GY_BN = _f((2, 3, 5, 5), seed=16)
+
+
+OPS_SPECS = [
+    Spec("batch_norm", ops.batch_norm,
+         dict(x=X3, gamma=GAMMA, beta=BETA_BN, running_mean=np.zeros(3, np.float32),
+              running_var=np.ones(3, np.float32), training=True, momentum=0.1, eps=1e-5),
+         dict(x="F", gamma="F", beta="F", running_mean="W", running_var="W",
+              momentum="real", eps="real"),
+         opt={"gamma", "beta"}, mismatch={"gamma": [(4,)], "beta": [(2,)],
+                                          "running_mean": [(4,)]},
+         finite={"momentum", "eps"}, nonneg={"momentum", "eps"},
+         fresh={"running_mean", "running_var"}, huge_axis={"x": 0}),
+    Spec("batch_norm_eval", ops.batch_norm,
+         dict(x=X3, gamma=GAMMA, beta=BETA_BN, running_mean=_f((3,), seed=20),
+              running_var=_f((3,), 0.5, 2.0, seed=21), training=False),
+         dict(x="F", gamma="F", beta="F", running_mean="F", running_var="F"),
+         opt={"gamma", "beta"}, mismatch={"running_var": [(4,)]}),
+    Spec("batch_norm_backward", ops.batch_norm_backward,
+         dict(x=X3, gamma=GAMMA, grad_y=GY_BN, save_mean=SM, save_invstd=SI),
+         dict(x="F", gamma="F", grad_y="F", save_mean="F", save_invstd="F"),
+         opt={"gamma"}, mismatch={"grad_y": [(2, 3, 5, 4)], "save_mean": [(2,)]}),
+    Spec("batch_norm_relu", ops.batch_norm_relu,
+         dict(x=X3, gamma=GAMMA, beta=BETA_BN, running_mean=np.zeros(3, np.float32),
+              running_var=np.ones(3, np.float32), residual=RES, training=True),
+         dict(x="F", gamma="F", beta="F", running_mean="W", running_var="W",
+              residual="F"),
+         opt={"gamma", "beta", "residual"}, mismatch={"residual": [(2, 3, 5, 4)]},
+         fresh={"running_mean", "running_var"}),
+    Spec("batch_norm_relu_backward", ops.batch_norm_relu_backward,
+         dict(x=X3, gamma=GAMMA, y=Y_BNR, grad_y=GY_BN, save_mean=SM, save_invstd=SI),
+         dict(x="F", gamma="F", y="F", grad_y="F", save_mean="F", save_invstd="F"),
+         opt={"gamma"}, mismatch={"y": [(2, 3, 4, 5)], "save_invstd": [(4,)]}),
+    Spec("relu", ops.relu, dict(x=X3), dict(x="F"), anyshape={"x"},
+         huge_axis={"x": 0}),
+    Spec("relu_backward", ops.relu_backward, dict(y=X3, grad_y=GY_BN),
+         dict(y="F", grad_y="F"), mismatch={"grad_y": [(2, 3, 5, 4), (150,)]},
+         anyshape={"y", "grad_y"}),
+    Spec("add", ops.add, dict(a=X3, b=RES), dict(a="F", b="F"),
+         mismatch={"b": [(2, 3, 5, 4)]}, anyshape={"a", "b"}),
+    Spec("global_avg_pool", ops.global_avg_pool, dict(x=X3), dict(x="F"),
+         huge_axis={"x": 0}),
+    Spec("global_avg_pool_backward", ops.global_avg_pool_backward,
+         dict(grad_y=_f((2, 3), seed=17), input_shape=(2, 3, 5, 5)),
+         dict(grad_y="F", input_shape="shape4"), mismatch={"grad_y": [(2, 4), (3, 3)]}),
+    Spec("linear", ops.linear, dict(x=LX, w=LW, b=LB), dict(x="F", w="F", b="F"),
+         opt={"b"}, mismatch={"w": [(5, 7)], "b": [(4,)]}, huge_axis={"x": 0}),
+    Spec("linear_backward", ops.linear_backward, dict(x=LX, w=LW, grad_y=LGY),
+         dict(x="F", w="F", grad_y="F"), mismatch={"w": [(5, 5)], "grad_y": [(4, 4)]}),
+    Spec("cross_entropy", ops.cross_entropy, dict(logits=Z, labels=LAB),
+         dict(logits="F", labels="I"), mismatch={"labels": [(3,), (4, 1)]},
+         huge_axis={"logits": 1}),
+    Spec("cross_entropy_backward", ops.cross_entropy_backward,
+         dict(logits=Z, labels=LAB, grad=0.5),
+         dict(logits="F", labels="I", grad="real"), mismatch={"labels": [(5,)]},
+         finite={"grad"}),
+    Spec("sgd_step",
+         lambda params, grads, momentum_buffer, lr, momentum, weight_decay:
+         (ops.sgd_step(params, grads, momentum_buffer, lr, momentum=momentum,
+                       weight_decay=weight_decay), params.copy(), momentum_buffer.copy())[1:]
+         if isinstance(params, np.ndarray) and isinstance(momentum_buffer, np.ndarray)
+         else ops.sgd_step(params, grads, momentum_buffer, lr, momentum=momentum,
+                           weight_decay=weight_decay),
+         dict(params=_f((7,), seed=18), grads=_f((7,), seed=19),
+              momentum_buffer=_f((7,), seed=22), lr=0.1, momentum=0.9, weight_decay=1e-4),
+         dict(params="W", grads="F", momentum_buffer="W", lr="real", momentum="real",
+              weight_decay="real"),
+         mismatch={"grads": [(6,), (7, 1)], "momentum_buffer": [(8,)]},
+         finite={"lr", "momentum", "weight_decay"}, nonneg={"lr", "momentum",
+                                                           "weight_decay"},
+         fresh={"params", "momentum_buffer"}, anyshape={"grads"}),
+]
+OPS_ROWS = _matrix_ops(OPS_SPECS)
+
+
+@pytest.mark.parametrize("row", OPS_ROWS, ids=[f"{r[0].name}-{r[1]}-{r[2]}" for r in OPS_ROWS])
+def test_ops_matrix(row):
+    check_ops_row(row)
+
+
+# ---------------------------------------------------------------- NaN / inf decisions of the ops
+
+def test_nan_policy():
+    """Decisions: ops propagate NaN/inf in array data like PyTorch (no check, no crash);
+    scalars that parameterise an op (beta, eps, momentum, lr, grad, shift offsets of
+    active_shift, SAL logits) must be finite: ValueError naming them."""
+    xn = _with(X3, np.nan)
+    assert np.isnan(ops.conv2d(xn, W, 1, 1)).any()
+    assert np.isnan(ops.relu(xn)).any()                         # relu(NaN) = NaN (PyTorch)
+    assert np.isnan(ops.add(xn, RES)).any()
+    assert np.isnan(ops.global_avg_pool(xn)[0]).any()
+    assert np.isnan(ops.batch_norm(xn, GAMMA, BETA_BN)[0][:, 0]).all()   # whole channel 0
+    assert np.isnan(ops.shift(_with(X9, np.nan, 12), OFF_I)).any()
+    assert math.isnan(ops.cross_entropy(_with(Z, np.nan), LAB))
+    assert np.isinf(ops.linear(_with(LX, np.inf), LW)).any()
+    p = _f((5,), seed=1)
+    ops.sgd_step(p, _with(_f((5,), seed=2), np.nan), np.zeros(5, np.float32), 0.1)
+    assert np.isnan(p[0]) and np.all(np.isfinite(p[1:]))
+    for f, what in [(lambda: ops.active_shift(X9, _with(OFF_F, np.nan)), "offsets"),
+                    (lambda: ops.sal_probs(_with(LOGITS, np.inf), 1.0), "logits"),
+                    (lambda: ops.sal_conv2d(X3, W, _with(LOGITS, np.nan), 1.0), "logits"),
+                    (lambda: ops.sal_conv2d(X3, W, LOGITS, float("nan")), "beta"),
+                    (lambda: ops.batch_norm(X3, None, None, eps=float("inf")), "eps"),
+                    (lambda: ops.batch_norm(X3, None, None, momentum=float("nan")), "momentum"),
+                    (lambda: ops.cross_entropy_backward(Z, LAB, grad=float("nan")), "grad"),
+                    (lambda: ops.sgd_step(p, p.copy(), None, float("inf"), momentum=0.0), "lr")]:
+        with pytest.raises(ValueError, match=what):
+            f()

@@ -1,6 +1,8 @@
 """The notebooks in notebooks/ execute headless (nbclient, kernel python3) with the small
-budget (SALNP_NB_SMALL=1, MPLBACKEND=Agg); any cell error fails the test.  They are
-committed without outputs."""
+budget (SALNP_NB_SMALL=1); any cell error fails the test.  They are committed without
+outputs.  The kernel keeps its own matplotlib backend (inline, which needs no display), so
+every cell that draws must show its figure: a backend chosen by library code (Agg) would
+leave the notebook without figures."""
 import json
 import os
 import time
@@ -33,7 +35,7 @@ def test_notebook_executes(name, monkeypatch):
     assert all(not c.get("outputs") and c.get("execution_count") is None
                for c in nb.cells if c.cell_type == "code"), f"{name}.ipynb has outputs"
     monkeypatch.setenv("SALNP_NB_SMALL", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.delenv("MPLBACKEND", raising=False)     # the kernel's default: inline
     monkeypatch.setenv("SALNP_CIFAR", os.path.abspath(CIFAR))
     # the kernel imports the salnp this test imported (an in-place build or an install)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(salnp.__file__)))
@@ -50,3 +52,13 @@ def test_notebook_executes(name, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors, json.dumps(errors)[:2000]
+    drawing = [c for c in nb.cells if c.cell_type == "code"
+               and any(k in c.source for k in ("viz.", "plt.subplots", "study.plot"))
+               and "import" not in c.source.split("\n")[0]]
+    assert drawing, f"{name}.ipynb draws nothing"
+    blank = [c.source.split("\n")[0] for c in drawing
+             if not any("image/png" in o.get("data", {}) for o in c.get("outputs", []))]
+    assert not blank, f"{name}.ipynb: cells that draw but show no figure: {blank}"
+    if os.environ.get("SALNP_NB_KEEP"):          # a folder: the executed notebooks, to look at
+        os.makedirs(os.environ["SALNP_NB_KEEP"], exist_ok=True)
+        nbformat.write(nb, os.path.join(os.environ["SALNP_NB_KEEP"], f"{name}.ipynb"))

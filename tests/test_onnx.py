@@ -150,3 +150,85 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="opset"):
         salnp.export.to_onnx(inf, None, opset=7)
     assert not (tmp_path / "a.onnx").exists()
+
+
+# ---- offsets beyond the input, and values int32 cannot hold (issue 23) ----------------
+def _far_asl(seed):
+    """An ASNet whose first ASL layer has integer offsets far beyond any input: 3000 px,
+    2**32 (wrapped to 0 by an int32 cast before) and 1e30 (float32 holds them all)."""
+    net = _net(dict(layer="asl", expansion=2), 3, seed)
+    sh = net.layer1[0].shift.shift
+    for c, off in enumerate([(3000, 0), (-3000, 2), (2.0**32, 0), (0, -1e30), (1e30, 1e30),
+                             (-2.0**31, 1)]):
+        sh[c] = off
+    return net
+
+
+def test_far_active_shifts_export_exactly():
+    net = _far_asl(_seed("far"))
+    inf = salnp.export(net)
+    assert inf.info["asl_max_rounding"] == 0.0
+    first = inf.shifts[:6]
+    assert np.all(np.abs(first[:, 1:]).max(1) >= 3000), first       # none wrapped to 0
+    for shape in ((3, 8, 8), (3, 32, 32), (3, 5, 41)):
+        x = np.random.default_rng(shape[1]).standard_normal((2, *shape), dtype=np.float32)
+        ref = net.forward(x, train=False)
+        _close(inf.forward(x), ref, f"export {shape}")
+
+
+@pytest.mark.parametrize("shift_form", ["conv", "slice"])
+def test_far_shifts_make_small_exact_onnx_graphs(shift_form):
+    """A 3000-px offset on an 8x8 input built a 6001x6001 one-hot kernel per channel
+    (a 1.7 GB graph that crashed onnx); beyond the input a shift is all zeros: the graph
+    clamps it exactly and stays small."""
+    inf = salnp.export(_far_asl(_seed("far onnx")))
+    for shape in ((3, 8, 8), (3, 13, 9)):
+        model = salnp.export.to_onnx(inf, None, shape, shift_form=shift_form)
+        size = sum(np.prod(t.dims) for t in model.graph.initializer)
+        assert size < 200_000, size
+        x = np.random.default_rng(3).standard_normal((2, *shape), dtype=np.float32)
+        _close(_session(model).run(None, {"input": x})[0], inf.forward(x), f"{shape}")
+
+
+def test_far_shifts_in_torch():
+    torch = pytest.importorskip("torch")
+    import salnp.torch as st
+
+    net = _far_asl(_seed("far torch"))
+    inf = salnp.export(net)
+    x = np.random.default_rng(4).standard_normal((2, 3, 9, 9), dtype=np.float32)
+    with torch.no_grad():
+        got = st.to_torch(inf)(torch.from_numpy(x)).numpy()
+        got_train = st.to_torch(net).eval()(torch.from_numpy(x)).numpy()
+    _close(got, inf.forward(x), "pruned form")
+    _close(got_train, net.forward(x, train=False), "training form")
+
+
+def test_values_int32_cannot_hold_are_refused():
+    """A program's shift and pair rows are int32: a value beyond it (2**32) was wrapped
+    (to 0) by the cast; it is refused, naming the table and the entry."""
+    from salnp.program import Program
+
+    inf = salnp.export(_net(dict(layer="sl", expansion=2), 3, _seed("int32")))
+    for table in ("shifts", "pairs"):
+        kw = dict(shifts=inf.shifts.astype(np.int64), pairs=inf.pairs.astype(np.int64))
+        rows = kw[table] if len(kw[table]) else np.zeros((1, 4), np.int64)
+        rows[0, -1] = 2**32
+        kw[table] = rows
+        with pytest.raises(ValueError, match=rf"Program: {table}\[0, {rows.shape[1] - 1}\] = "
+                                             r"4294967296: must fit int32"):
+            Program.from_tables(inf.ops, inf.channels, kw["shifts"], kw["pairs"], inf.names)
+
+
+def test_a_program_libsal_refuses_never_reaches_onnx():
+    """A pair offset of 5 (outside 3x3) made to_onnx fail with an IndexError, and -4 made
+    a silently wrong graph: such a program is refused when the network is made."""
+    from salnp.program import Program
+
+    inf = salnp.export(_net(dict(layer="sal"), 3, _seed("program")))
+    for bad in (5, -4):
+        pairs = inf.pairs.copy()
+        pairs[0, 2] = bad
+        prog = Program.from_tables(inf.ops, inf.channels, inf.shifts, pairs, inf.names)
+        with pytest.raises(ValueError, match=r"pair 0 = \(.*\): needs"):
+            salnp.export.to_onnx(salnp.export.InferenceNet(prog, inf.weights, inf.config), None)

@@ -4,8 +4,8 @@ reproduces the uninterrupted run bit for bit; concurrent calls from Python threa
 the sequential results (the GIL is released around the C work).
 
 Kill trials: SALNP_KILL_TRIALS (default 40 save trials + 6 fit trials in CI; e.g. 1000
-locally).  The corrupted/foreign-file cases are in test_bad_input.py (test_save_load_matrix)
-and test_train.py.
+locally).  The corrupted/foreign-file cases are in test_io.py (test_save_load_matrix,
+test_hostile_matrix) and test_train.py.
 """
 from __future__ import annotations
 
@@ -422,7 +422,7 @@ def test_shared_network_threads():
     # training from several threads: each forward+backward pair under the network's lock
     # (the documented contract) gives finite gradients of the right batch, no crash
     tnet = salnp.models.resnet(8, 4, "sal", num_classes=5, seed=12)
-    lock = salnp.nn.net_lock(tnet)
+    lock = tnet.engine.lock
 
     def trainer(t):
         try:
@@ -474,7 +474,7 @@ FAIL_ALLOC_CHILD = textwrap.dedent("""
     except (RuntimeError, salnp.SalError, ValueError) as e:
         print("backward refused:", type(e).__name__)
     # libsal itself, below the Python guard: the engine whose forward failed
-    eng = net._engines[(3, 8, 8)][1]
+    eng = net.engine.get((3, 8, 8))
     try:
         salnp._core.net_backward(eng, net.arena.params, net.arena.grads,
                                  np.zeros((4, 4), np.float32))
@@ -499,3 +499,201 @@ def test_failed_allocation_leaves_network_consistent():
     assert "backward refused" in out, out
     assert "C backward refused" in out, out
     assert "recovered True" in out, out
+
+
+# ---------------------------------------------------------------- issue 23: interrupts, fit
+FASHION = salnp.data.FASHION_MNIST_DEFAULT_ROOT
+needs_fashion = pytest.mark.skipif(not os.path.isdir(FASHION),
+                                   reason=f"needs Fashion-MNIST at {FASHION}")
+
+
+@needs_fashion
+def test_ctrl_c_mid_epoch_every_output_describes_one_network(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of epoch 2 of a run: summary.json, inference.npz, the counts
+    and checkpoint.npz all describe the network at the end of epoch 1 (before, the
+    export and the counts came from the half-trained epoch-2 network)."""
+    cfg = salnp.runs.normalize({"layer": "sal", "depth": 8, "width": 4, "epochs": 3,
+                                "subset": 120, "test_subset": 60, "batch_size": 30})
+    step = salnp.train.SGD.step
+    calls = [0]
+
+    def interrupted(self, lr=None):
+        calls[0] += 1
+        if calls[0] == 6:                 # epoch 2, step 2 (4 steps per epoch)
+            raise KeyboardInterrupt
+        return step(self, lr)
+
+    monkeypatch.setattr(salnp.train.SGD, "step", interrupted)
+    out = tmp_path / "run"
+    summary = salnp.runs.train_run(cfg, str(out))
+    monkeypatch.undo()
+    assert calls[0] == 6 and summary["epochs"] == 1
+    ck = salnp.load(out / "checkpoint.npz")
+    ref = salnp.export(ck)
+    inf = salnp.export.load(out / "inference.npz")
+    for a in ("ops", "shifts", "pairs", "weights"):
+        assert np.array_equal(getattr(inf, a), getattr(ref, a)), a
+    count = salnp.count(ck, input_shape=(1, 28, 28), mode="inference")
+    assert (summary["params"], summary["macs"]) == (count.params, count.macs)
+    _, test = salnp.runs.load_data(salnp.RunConfig.make(cfg))
+    assert salnp.evaluate(ck, test)[1] == summary["test_acc"]
+
+
+def test_ctrl_c_restores_the_last_finished_epoch(tmp_path):
+    data = _tiny_data(n=24)
+    net = salnp.models.resnet(8, 2, "sal", num_classes=4, seed=1)
+    ck = tmp_path / "ck.npz"
+    hist = salnp.fit(net, _InterruptingData(data, (1, 1)), epochs=2, checkpoint=ck, **KW)
+    saved = salnp.load(ck)
+    assert len(hist) == 1
+    for a in ("params", "buffers"):
+        np.testing.assert_array_equal(getattr(net.arena, a), getattr(saved.arena, a), a)
+    with np.load(ck) as z:
+        np.testing.assert_array_equal(net.arena.momentum, z["optim.momentum"])
+    assert net.beta == saved.beta == hist[0]["beta"]
+    # no epoch finished: the state it started from
+    net = salnp.models.resnet(8, 2, "sal", num_classes=4, seed=1)
+    p0, b0 = net.arena.params.copy(), net.arena.buffers.copy()
+    assert salnp.fit(net, _InterruptingData(data, (0, 1)), epochs=2, **KW) == []
+    np.testing.assert_array_equal(net.arena.params, p0)
+    np.testing.assert_array_equal(net.arena.buffers, b0)
+
+
+def _labels_changed(ds, label):
+    bad = Dataset(ds.images, ds.labels, ds.classes, ds.name, ds.mean, ds.std, ds.pad, ds.flip)
+    bad.labels = ds.labels.copy()
+    bad.labels[-1] = label
+    return bad
+
+
+@pytest.mark.parametrize("case", ["test classes", "test channels", "test labels", "train labels"])
+def test_every_data_set_is_checked_before_the_first_step(case):
+    """A test set with labels beyond the net's classes was found after a whole epoch of
+    training (that epoch lost): every data set is checked first."""
+    data = _tiny_data(n=12)
+    net = salnp.models.resnet(8, 2, "cl", num_classes=4, seed=1)
+    p0 = net.arena.params.copy()
+    train, test = data, data
+    if case == "test classes":
+        test = Dataset(data.images, np.arange(12) % 13, [str(i) for i in range(13)], pad=1)
+        match = r"fit: test has labels up to 11 \(13 classes\), the network 4 outputs"
+    elif case == "test channels":
+        test = _tiny_data(n=6, c=1)
+        match = "fit: test has 1 channels, the network 3"
+    elif case == "test labels":
+        test = _labels_changed(data, 9)
+        match = r"fit: test has labels up to 9 .*the network 4 outputs"
+    else:
+        train = _labels_changed(data, -1)
+        match = "fit: train has a label -1"
+    with pytest.raises(ValueError, match=match):
+        salnp.fit(net, train, test, epochs=1, **KW)
+    np.testing.assert_array_equal(net.arena.params, p0)
+
+
+@pytest.mark.parametrize("layer", ["cl", "sal"])
+def test_nonfinite_outputs_of_the_final_network_are_a_divergence(tmp_path, layer):
+    """lr 1e30 for one step: finite but huge weights whose logits are inf.  fit returned
+    them; now it is a divergence like the others: FloatingPointError, no checkpoint of
+    it, the network put back to its last good state."""
+    data = _tiny_data(n=12)
+    net = salnp.models.resnet(8, 2, layer, num_classes=4, seed=1)
+    p0 = net.arena.params.copy()
+    ck = tmp_path / "ck.npz"
+    with pytest.raises(FloatingPointError, match=r"fit: the network's outputs are NaN or inf "
+                                                 r"after epoch 1 \(step 1\).*no checkpoint was "
+                                                 r"written yet"):
+        salnp.fit(net, data, data, epochs=1, batch_size=12, lr=1e30, checkpoint=ck,
+                  progress=False)
+    assert not ck.exists()
+    np.testing.assert_array_equal(net.arena.params, p0)
+    assert np.all(np.isfinite(net.forward(data.batch(np.arange(4)))))
+
+
+def test_beta_schedule_that_would_overflow_is_refused_up_front():
+    data = _tiny_data(n=12)
+    net = salnp.models.resnet(8, 2, "sal", num_classes=4, seed=1)
+    p0 = net.arena.params.copy()
+    kw = {k: v for k, v in KW.items() if k != "beta"}
+    for beta in ((1e-300, 1e300), (5e-324, 1.0)):
+        with pytest.raises(ValueError, match=r"fit: beta=.*geometric"):
+            salnp.fit(net, data, epochs=2, beta=beta, beta_schedule="geometric", **kw)
+    with pytest.raises(ValueError, match="beta_schedule='exp'"):
+        salnp.fit(net, data, epochs=1, beta_schedule="exp", **kw)
+    np.testing.assert_array_equal(net.arena.params, p0)
+    salnp.fit(net, data, epochs=1, beta=(1e-300, 1e-200), **kw)       # extreme but finite
+
+
+@needs_fashion
+@pytest.mark.parametrize("args, why", [
+    (["--layer", "sal", "--beta0", "1e-300", "--beta1", "1e300"], "beta"),
+    (["--depth", "9"], "depth=9"),
+    (["--layer", "sal", "--prune-epochs", "5"], "prune_epochs"),
+])
+def test_cli_argument_error_leaves_no_train_log(tmp_path, args, why):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "salnp", "train", "--out", str(out), "--data", "fashion-mnist",
+           "--epochs", "1", "--subset", "60", "--test-subset", "30", "--width", "2",
+           "--no-progress"] + args
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode != 0 and why in done.stderr, done.stderr[-2000:]
+    assert not (out / "train.log").exists()
+    assert not out.exists()
+
+
+FORK_CHILD_TIMEOUT = 15
+
+
+@pytest.mark.parametrize("kind", ["training", "exported"])
+def test_fork_during_forward_in_another_thread_does_not_hang(kind):
+    """os.fork while another thread is inside net.forward: the child's copy of the
+    network's lock was held by a thread that does not exist there, and its first forward
+    waited forever (and the C engine was marked busy).  In a child the locks are fresh
+    and the engines rebuilt (os.register_at_fork)."""
+    net = salnp.models.resnet(8, 4, "sal", num_classes=4, seed=3).eval()
+    if kind == "exported":
+        net = salnp.export(net)
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    ref = net.forward(x[:2])
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            net.forward(x)
+
+    th = threading.Thread(target=spin, daemon=True)
+    th.start()
+    lock = net.engine.lock
+    hung, forks = [], 0
+    try:
+        while forks < 3:
+            if lock.acquire(blocking=False):       # not held by the spinning thread now
+                lock.release()
+                continue
+            forks += 1
+            pid = os.fork()
+            if pid == 0:                           # the child: one forward, then leave
+                code = 0
+                try:
+                    code = 0 if np.array_equal(net.forward(x[:2]), ref) else 3
+                except BaseException as e:
+                    print(f"child: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                    code = 4
+                os._exit(code)
+            t_end = time.monotonic() + FORK_CHILD_TIMEOUT
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    break
+                if time.monotonic() > t_end:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    hung.append(pid)
+                    break
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        th.join(60)
+    assert not hung, f"{len(hung)} of {forks} forked children hung in forward"

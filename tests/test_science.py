@@ -25,7 +25,7 @@ def test_paper_convention_reproduces_published_counts(kw, params, macs):
     assert r.convention == "paper" and "paper convention" in r.table().splitlines()[0]
     assert r.to_dict()["convention"] == "paper"
     # independent of beta and of training: every slice kept
-    net.beta = 0.0
+    net.beta = 1e-3
     assert salnp.count(net, convention="paper").params == params
 
 
@@ -52,7 +52,8 @@ def test_asnet_architecture_is_jeon_and_kims():
     assert b.shortcut.stride == 2 and "layer2.0.shortcut.weight" in names   # conv, no BN
     assert not any(n.startswith("layer2.0.bn3") for n in names)      # no BN after 2nd 1x1
     # solver: Nesterov, no decay on BN / FC bias / shifts, shift lr x 0.01
-    assert net.solver["nesterov"] and tuple(net.solver["milestones"]) == (0.5, 0.75)
+    solver = salnp.runconfig.solver_of("asl")
+    assert solver["nesterov"] and tuple(solver["milestones"]) == (0.5, 0.75)
     off = net.arena.offsets
     for name, wd, lr in [("layer2.0.bn1.weight", 0, 1), ("bn_final.bias", 0, 1),
                          ("linear.bias", 0, 1), ("linear.weight", 1, 1),
@@ -141,18 +142,20 @@ def test_count_convention_arguments():
 
 
 def test_recipe_paper_and_explicit_flags():
-    from salnp.cli import _parser
-    from salnp.recipes import resolve as resolve_train_args
+    from salnp.cli import parser
 
-    a = resolve_train_args(_parser().parse_args(["train", "--recipe", "paper", "--out", "x"]))
+    def resolve(argv):
+        args = vars(parser().parse_args(["train", *argv]))
+        return salnp.RunConfig.make({k: v for k, v in args.items() if k not in ("cmd", "debug")})
+
+    a = resolve(["--recipe", "paper", "--out", "x"])
     assert (a.width, a.data, a.epochs, a.batch_size, a.lr, a.weight_decay) == \
         (83, "cifar10", 300, 128, 0.1, 5e-4)
-    assert (a.milestones, a.beta0, a.beta1, a.beta_schedule, a.layer) == \
-        ([100, 200], 20.0, 70.0, "geometric", "sal")
-    a = resolve_train_args(_parser().parse_args(
-        ["train", "--recipe", "paper", "--epochs", "3", "--width", "16", "--milestones", "1,2",
-         "--subset", "500", "--out", "x"]))
-    assert (a.epochs, a.width, a.milestones, a.subset, a.batch_size) == (3, 16, [1, 2], 500, 128)
-    a = resolve_train_args(_parser().parse_args(["train", "--out", "x"]))
+    assert (a.milestones, a.beta0, a.beta1, a.beta_schedule, a.layer, a.reset_momentum) == \
+        ((100, 200), 20.0, 70.0, "geometric", "sal", True)
+    a = resolve(["--recipe", "paper", "--epochs", "3", "--width", "16", "--milestones", "1,2",
+                 "--subset", "500", "--out", "x"])
+    assert (a.epochs, a.width, a.milestones, a.subset, a.batch_size) == (3, 16, (1, 2), 500, 128)
+    a = resolve(["--out", "x"])
     assert (a.width, a.data, a.epochs, a.milestones) == (16, "fashion-mnist", 10, None)
-    json.dumps(vars(a))
+    json.dumps(a.to_dict())

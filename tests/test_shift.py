@@ -1,5 +1,6 @@
 """shift / active_shift (forward and backward) against PyTorch autograd, adjoint and
-float64 finite-difference checks, thread agreement and bad input."""
+float64 finite-difference checks, thread agreement, bad input and the bad-input matrix (every
+argument of shift, active_shift and their helpers replaced by a bad or unusual value)."""
 import numpy as np
 import pytest
 import torch
@@ -7,6 +8,7 @@ import torch.nn.functional as F
 
 import salnp
 from conftest import assert_close
+from hostile import GY9, OFF_F, OFF_I, X9, Spec, _matrix_ops, check_ops_row
 
 ops = salnp.ops
 
@@ -344,3 +346,40 @@ def test_inputs_unchanged(rng):
     ops.active_shift_backward(x, off, gy)
     for a, c in zip((x, ioff, off, gy), copies):
         np.testing.assert_array_equal(a, c)
+
+
+# ---------------------------------------------------------------- the bad-input matrix
+# Every argument replaced by a bad or unusual value; the variant families and their
+# expected outcomes are in tests/hostile.py.
+
+OPS_SPECS = [
+    Spec("shift", ops.shift, dict(x=X9, offsets=OFF_I, stride=1),
+         dict(x="F", offsets="I", stride="int"),
+         mismatch={"offsets": [(8, 2), (9, 3)]}, int_min={"stride": 1},
+         huge_axis={"x": 0}),
+    Spec("shift_backward", ops.shift_backward,
+         dict(grad_y=GY9, offsets=OFF_I, input_shape=(2, 9, 5, 5), stride=1),
+         dict(grad_y="F", offsets="I", input_shape="shape4", stride="int"),
+         mismatch={"offsets": [(8, 2)], "grad_y": [(2, 9, 5, 4)]},
+         int_min={"stride": 1}),
+    Spec("default_shift_offsets", lambda C: ops.default_shift_offsets(C), dict(C=9),
+         dict(C="int"), int_min={"C": 1}),
+    Spec("active_shift", ops.active_shift, dict(x=X9, offsets=OFF_F, stride=1),
+         dict(x="F", offsets="F", stride="int"),
+         mismatch={"offsets": [(8, 2), (9, 1)]}, int_min={"stride": 1},
+         huge_axis={"x": 0}),
+    Spec("active_shift_backward", ops.active_shift_backward,
+         dict(x=X9, offsets=OFF_F, grad_y=GY9, stride=1),
+         dict(x="F", offsets="F", grad_y="F", stride="int"),
+         mismatch={"offsets": [(8, 2)], "grad_y": [(2, 9, 4, 5)]},
+         int_min={"stride": 1}),
+    Spec("normalize_shift_grad", lambda grad_offsets: ops.normalize_shift_grad(grad_offsets),
+         dict(grad_offsets=OFF_F), dict(grad_offsets="F"),
+         mismatch={"grad_offsets": [(9, 3)]}, huge_axis={"grad_offsets": 0}),
+]
+OPS_ROWS = _matrix_ops(OPS_SPECS)
+
+
+@pytest.mark.parametrize("row", OPS_ROWS, ids=[f"{r[0].name}-{r[1]}-{r[2]}" for r in OPS_ROWS])
+def test_ops_matrix(row):
+    check_ops_row(row)

@@ -102,7 +102,7 @@ def test_network_pickle_and_deepcopy_bit_identical(layer):
     for other in (pickle.loads(blob), copy.deepcopy(net), copy.copy(net)):
         assert type(other) is type(net) and other.config == net.config
         assert other.beta == net.beta and not other.training
-        assert not other._engines and other._last is None       # engines rebuilt lazily
+        assert other._engine_ is None                # engines rebuilt lazily
         for k in ("params", "grads", "momentum", "buffers"):
             a, b = getattr(other.arena, k), getattr(net.arena, k)
             assert not np.shares_memory(a, b), k
@@ -142,7 +142,7 @@ def test_inference_net_pickle_and_deepcopy():
     inf = salnp.export(net)
     ref = inf.forward(x)
     for other in (pickle.loads(pickle.dumps(inf)), copy.deepcopy(inf)):
-        assert not other._engines
+        assert not other.engine._c
         assert not np.shares_memory(other.weights, inf.weights)
         assert np.array_equal(other.forward(x), ref)
         assert other.count((3, 16, 16)).macs == inf.count((3, 16, 16)).macs
@@ -188,16 +188,19 @@ def test_normalized_config_and_stable_trial_id():
 
 
 @pytest.mark.parametrize("config, match", [
-    ({"widht": 8}, "'widht': not an option"),
+    ({"widht": 8}, "'widht': not a field of RunConfig; did you mean 'width'"),
+    ({"batch_size": 8, "batch-size": 16}, "'batch-size': given twice"),
+    ({"lr": float("nan")}, "lr=nan: must be finite and > 0"),
     ({"out": "x"}, "'out': set by the runner"),
     ({"threads": 2}, "'threads': set by the runner"),
-    ({"layer": "resnet"}, "invalid choice: 'resnet'"),
-    ({"width": 8.5}, "invalid int value: '8.5'"),
-    ({"width": True}, "width=True: must be a single"),
+    ({"layer": "resnet"}, "layer='resnet': must be one of sal, cl"),
+    ({"width": 8.5}, "width=8.5: must be an integer"),
+    ({"width": True}, "width=True: must be an integer"),
     ({"shared": "yes"}, "shared='yes': must be True or False"),
     ({"prune_epochs": "2,4"}, "prune_epochs='2,4': must be a list"),
-    ({"epochs": 0}, "epochs=0: must be >= 1"),
-    ({"data": "cifar10"}, "root is required"),
+    ({"epochs": 0}, r"epochs=0: must be an integer in \[1, "),
+    ({"data": "cifar10"}, "root: required for data='cifar10'"),
+    ({"data": "cifar10", "root": "/no/such/folder"}, "root='/no/such/folder': no such folder"),
 ])
 def test_bad_config_names_the_key(config, match, tmp_path):
     with pytest.raises(ValueError, match=match):
@@ -455,3 +458,189 @@ def test_cli_sweep_on_a_dask_scheduler(reference, dask_client, tmp_path):
     assert "2 trained, 0 already done, 0 failed" in done.stdout
     assert "[2/2] done 2, running 0, failed 0" in done.stderr
     assert _numbers(salnp.sweep.load(out)) == _numbers(ref)[:2]
+
+
+# ---------------------------------------------------------------- hostile states (issue 23)
+def test_torn_jsonl_tail_is_repaired_and_whole_lines_appended(tmp_path):
+    """A crash mid-append leaves a line without its end: the next row was glued onto it
+    (and lost).  The torn tail is cut, with a warning, and each row is one write."""
+    p = tmp_path / "results.jsonl"
+    p.write_text('{"trial_id": "a", "x": 1}\n{"trial_id": "b", "x')
+    with pytest.warns(RuntimeWarning, match=r"results.jsonl: a torn last line \(20 bytes"):
+        salnp.sweep._append_jsonl(str(p), [{"trial_id": "c", "x": 3}])
+    rows = [json.loads(line) for line in p.read_text().splitlines()]
+    assert [r["trial_id"] for r in rows] == ["a", "c"]
+    salnp.sweep._append_jsonl(str(p), [{"trial_id": "d"}, {"trial_id": "c"}])   # c: logged
+    assert [json.loads(line)["trial_id"] for line in p.read_text().splitlines()] == ["a", "c", "d"]
+
+
+def test_jsonl_rows_that_are_not_objects_are_skipped(tmp_path):
+    p = tmp_path / "results.jsonl"
+    p.write_text('[1, 2]\n"text"\n3\nnull\n{"trial_id": "a"}\n{"trial_id": 7}\n')
+    with pytest.warns(RuntimeWarning, match="results.jsonl: 4 line\\(s\\) are not JSON objects"):
+        assert salnp.sweep._logged_ids(str(p)) == {"a", 7}
+
+
+def _trial_dir(out, cfg):
+    t = salnp.sweep._Trial(salnp.runs.normalize(cfg), str(out))
+    os.makedirs(t.dir, exist_ok=True)
+    return t
+
+
+@pytest.mark.parametrize("summary", ["[]", '"done"', "3", '{"trial_id": "%s", "test_acc": "x"}'])
+def test_summary_that_is_not_a_summary_reruns_the_trial(tmp_path, summary):
+    """Valid JSON that is not a summary (not an object, or a metric that is no number)
+    crashed the whole sweep with AttributeError (or a format error): the trial is not
+    done, says so, and runs."""
+    if not os.path.isdir(FASHION):
+        pytest.skip(f"needs Fashion-MNIST at {FASHION}")
+    cfg = dict(TINY, layer="cl", seed=0, epochs=1)
+    out = tmp_path / "sweep"
+    t = _trial_dir(out, cfg)
+    path = os.path.join(t.dir, "summary.json")
+    with open(path, "w") as f:
+        f.write(summary.replace("%s", t.id))
+    (out / "results.jsonl").write_text('["not", "a", "row"]\n')
+    with pytest.warns(RuntimeWarning, match=r"summary.json: not a trial summary .*runs again"), \
+            pytest.warns(RuntimeWarning, match=r"results.jsonl: 1 line\(s\) are not JSON objects"):
+        res = salnp.sweep([cfg], out=out, workers=1, threads_per_trial=1, progress="lines",
+                          timeout=TIMEOUT)
+    assert not res.failed and res.ran == [t.dir] and len(res) == 1
+    assert json.load(open(path))["trial_id"] == t.id
+    with open(path, "w") as f:
+        f.write(summary.replace("%s", t.id))
+    with pytest.warns(RuntimeWarning, match="not a trial summary"):
+        assert len(salnp.sweep.load(out)) == 0
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other network"])
+def test_corrupt_checkpoint_is_moved_aside_and_the_trial_restarts(tmp_path, damage):
+    if not os.path.isdir(FASHION):
+        pytest.skip(f"needs Fashion-MNIST at {FASHION}")
+    cfg = dict(TINY, layer="sal", seed=1)
+    out = tmp_path / "sweep"
+    t = _trial_dir(out, cfg)
+    ckpt = os.path.join(t.dir, "checkpoint.npz")
+    if damage == "garbage":
+        open(ckpt, "wb").write(os.urandom(3000))
+    else:
+        other = salnp.models.resnet(8, 4, "cl", in_channels=1)
+        train = salnp.data.fashion_mnist(train=False).subset(60)
+        salnp.fit(other, train, epochs=1, batch_size=30, progress=False, checkpoint=ckpt)
+        if damage == "truncated":
+            data = open(ckpt, "rb").read()
+            open(ckpt, "wb").write(data[:len(data) // 2])
+    with pytest.warns(RuntimeWarning, match=r"checkpoint.npz: cannot be resumed .*moved aside to "
+                                             r"checkpoint\.npz\.corrupt-.*restarted"):
+        res = salnp.sweep([cfg], out=out, workers=1, threads_per_trial=1, progress=False,
+                          timeout=TIMEOUT)
+    assert not res.failed and len(res) == 1
+    assert [f for f in os.listdir(t.dir) if f.startswith("checkpoint.npz.corrupt-")]
+    summ = json.load(open(os.path.join(t.dir, "summary.json")))
+    assert summ["epochs"] == TINY["epochs"] and summ["resumed"] is False
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def _worker_pids(out):
+    pids = set()
+    for d in (out / "trials").glob("*"):
+        try:
+            pids |= {int(line.split(" pid ")[1].split()[0])
+                     for line in open(d / "attempts.log") if " pid " in line}
+        except OSError:
+            pass
+    return pids
+
+
+@needs_data
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL],
+                         ids=["SIGTERM", "SIGHUP", "SIGKILL"])
+def test_a_signalled_sweep_leaves_no_worker_training(tmp_path, sig):
+    """SIGTERM (Slurm, timeout, docker stop), SIGHUP (a closed terminal) or SIGKILL to the
+    sweep process alone: its workers stop too (before: an orphan kept training, and a
+    rerun trained the same trial beside it)."""
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"axes": {"layer": ["cl", "sal"]}, "seeds": [0],
+                                "fixed": dict(TINY, epochs=200)}))
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "salnp", "sweep", str(grid), "--out", str(out),
+                             "--workers", "2", "--threads-per-trial", "1"], env=_env(),
+                            start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        t_end = time.monotonic() + TIMEOUT
+        while len(_worker_pids(out)) < 2 and time.monotonic() < t_end and proc.poll() is None:
+            time.sleep(0.05)
+        pids = _worker_pids(out)
+        assert len(pids) == 2 and all(_alive(p) for p in pids), proc.stderr.read()
+        os.kill(proc.pid, sig)
+        proc.wait(30)
+        t_end = time.monotonic() + 15
+        while any(_alive(p) for p in pids) and time.monotonic() < t_end:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in pids), f"workers {pids} still running after {sig!r}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        for p in _worker_pids(out):
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+    assert proc.returncode == -sig
+    if sig != signal.SIGKILL:
+        assert f"sweep: {signal.Signals(sig).name}" in proc.stderr.read()
+
+
+@needs_data
+def test_two_sweeps_on_one_folder_train_each_trial_once(tmp_path):
+    grid = tmp_path / "grid.json"
+    grid.write_text(json.dumps({"axes": {"layer": ["cl", "sal"]}, "seeds": [0, 1],
+                                "fixed": TINY}))
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "salnp", "sweep", str(grid), "--out", str(out),
+           "--workers", "1", "--threads-per-trial", "1"]
+    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=2 * TIMEOUT) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+        assert "0 failed" in o
+    trained = sum(int(o.split(" trained,")[0].split()[-1]) for o, _ in outs)
+    assert trained == 4, outs
+    for d in (out / "trials").iterdir():
+        assert open(d / "attempts.log").read().count("\n") == 1, d
+    assert len(salnp.sweep.load(out)) == 4
+
+
+def test_a_claim_of_a_dead_process_is_taken_over(tmp_path):
+    d = str(tmp_path / "trial")
+    os.makedirs(d)
+    code = ("import sys, time, salnp.sweep as s\n"
+            "with s._claim(sys.argv[1]):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(float(sys.argv[2]))\n")
+    # a live holder: the claim waits for it
+    holder = subprocess.Popen([sys.executable, "-c", code, d, "1.5"], env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.monotonic()
+    with salnp.sweep._claim(d):
+        waited = time.monotonic() - t0
+    holder.wait(30)
+    assert waited > 0.5
+    # a holder killed with its claim: taken over at once
+    holder = subprocess.Popen([sys.executable, "-c", code, d, "600"], env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait(30)
+    t0 = time.monotonic()
+    with salnp.sweep._claim(d):
+        assert time.monotonic() - t0 < 0.5

@@ -112,6 +112,8 @@ static inline void run_grad_sums(const float *dy, const float *y, const float *x
 
 typedef struct {
     float *y, *save_mean, *save_invstd, *running_mean, *running_var;
+    float *save_affine;          /* (2C) dm, scale per channel, or NULL */
+    const float *replay;         /* (2C) dm, scale of an earlier forward: replay it, or NULL */
     const float *x, *gamma, *beta, *residual;
     sal_act a;
     int64_t M;
@@ -129,9 +131,11 @@ static void bn_fwd_channels(void *p, int64_t c0, int64_t c1, int tid) {
     const int training = t->training, relu = t->relu;
     const double mom = t->mom, eps = t->eps;
     for (int64_t c = c0; c < c1; c++) {
-        double mean, invstd;
+        double mean = 0.0, invstd = 0.0;
         float k = 0.0f;  /* the shift: x - k is exact for x near k (float32 near a large mean) */
-        if (training) {
+        if (t->replay) {
+            k = training ? x[c * sc] : 0.0f;
+        } else if (training) {
             k = x[c * sc];
             double s1 = 0.0, s2 = 0.0;
             for (int64_t n = 0; n < N; n++) run_moments(x + n * sn + c * sc, HW, k, &s1, &s2);
@@ -149,12 +153,14 @@ static void bn_fwd_channels(void *p, int64_t c0, int64_t c1, int tid) {
             mean = running_mean[c];
             invstd = 1.0 / sqrt((double)running_var[c] + eps);
         }
-        if (save_mean) save_mean[c] = (float)mean;
-        if (save_invstd) save_invstd[c] = (float)invstd;
+        if (save_mean && !t->replay) save_mean[c] = (float)mean;
+        if (save_invstd && !t->replay) save_invstd[c] = (float)invstd;
         /* y = ((x - k) - (mean - k)) scale + shift: centring before scaling, about the
          * shift k, keeps a large mean from cancelling the information in x */
         const double g = gamma ? gamma[c] : 1.0;
-        const float dm = (float)(mean - k), scale = (float)(g * invstd);
+        const float dm = t->replay ? t->replay[2 * c] : (float)(mean - k);
+        const float scale = t->replay ? t->replay[2 * c + 1] : (float)(g * invstd);
+        if (t->save_affine) t->save_affine[2 * c] = dm, t->save_affine[2 * c + 1] = scale;
         const float shift = beta ? beta[c] : 0.0f;
         for (int64_t n = 0; n < N; n++) {
             const int64_t off = n * sn + c * sc;
@@ -189,8 +195,35 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
     int64_t M;
     SAL_TRY(sal_bn_check_fn(fn, d, &M));
     SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
-    bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, x, gamma, beta,
-                     residual, d->x, M, relu, d->training, d->momentum, d->eps};
+    bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, NULL, NULL, x, gamma,
+                     beta, residual, d->x, M, relu, d->training, d->momentum, d->eps};
+    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
+    return SAL_OK;
+}
+
+sal_status sal_bn_fwd_affine(float *y, float *save_mean, float *save_invstd, float *running_mean,
+                             float *running_var, float *affine, const float *x,
+                             const float *gamma, const float *beta, const float *residual,
+                             int relu, const sal_bn_desc *d) {
+    const char *fn = relu ? "sal_bn_relu_fwd" : "sal_bn_fwd";
+    int64_t M;
+    SAL_TRY(sal_bn_check_fn(fn, d, &M));
+    SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
+    SAL_REQUIRE_PTR(affine, fn, "affine", "2*C floats");
+    bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, affine, NULL, x, gamma,
+                     beta, residual, d->x, M, relu != 0, d->training, d->momentum, d->eps};
+    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
+    return SAL_OK;
+}
+
+sal_status sal_bn_replay(float *y, const float *x, const float *affine, const float *beta,
+                         const float *residual, int relu, const sal_bn_desc *d) {
+    const char *fn = "sal_bn_replay";
+    int64_t M;
+    SAL_TRY(sal_bn_check_fn(fn, d, &M));
+    SAL_REQUIRE(y && x && affine, fn, "y, x and affine must not be NULL");
+    bn_fwd_task t = {y, NULL, NULL, NULL, NULL, NULL, affine, x, NULL, beta, residual, d->x, M,
+                     relu != 0, d->training, d->momentum, d->eps};
     sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
     return SAL_OK;
 }

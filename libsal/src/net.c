@@ -1,21 +1,30 @@
-/* The network program: validation, buffers allocated once per batch size, forward and
- * backward as one pass each over the op list.  All activations are channel-major. */
+/* The network program (sal/net.h): one op type, one validator, one executor with a
+ * forward and a backward switch.  Buffers and scratch: internal/program.c; the kernels:
+ * one file per layer family (conv.c, sal.c, gather.c, shift.c, active_shift.c, bn.c, ...).
+ * All activations are channel-major (CNHW). */
 #include <stdlib.h>
 #include <string.h>
 
+#include "internal/epilogue.h"
+#include "internal/layers_internal.h"
 #include "internal/program.h"
-#include "sal/conv.h"
-#include "sal/layers.h"
-#include "sal/net.h"
 #include "sal/active_shift.h"
 #include "sal/attention.h"
+#include "sal/conv.h"
+#include "sal/gather.h"
+#include "sal/layers.h"
+#include "sal/net.h"
 #include "sal/shift.h"
+#include "sal/shiftconv.h"
 
 struct sal_net {
     sal_program p;      /* shapes, activations (act), scratch, batch sizes; arena = params */
-    int64_t nops, noff, nbuffers;
+    int64_t nops, nshift, npairs, nbuffers;
     sal_op *ops;
-    int32_t *offsets;   /* (noff, 2) */
+    int32_t *shifts;    /* (nshift, 3) rows (src, dy, dx) */
+    int32_t *pairs;     /* (npairs, 4) rows (o, i, dy, dx) */
+    int64_t macs;       /* per image (sal_net_macs) */
+    int64_t untrainable;/* the first op backward cannot run, -1: none */
     int train, hard;    /* mode of the last forward */
     double beta;
     const float *buffers;       /* buffer arena of the last forward (SAL masks for backward) */
@@ -29,146 +38,476 @@ struct sal_net {
     float **slot;               /* per slot, p.cap * slot_len floats, made by backward */
     float **grad;               /* per buffer: its slot during a backward */
     int64_t grad_cap;           /* batch size the slots are allocated for */
-    float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops */
+    float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops, and the
+                                   (dm, scale) pairs (2 C) of a replayed one */
     int64_t *stat_off;          /* per op offset into stats, -1 if none */
+    /* Replayed BN outputs: a BN + ReLU output (no residual) whose one reader is the next op
+     * is kept no longer than that op needs it; all of them share one allocation, and
+     * backward recomputes the one it needs, bit for bit (sal_bn_relu_replay), from the BN's
+     * input and the (dm, scale) the forward applied.  A block's first BN + ReLU output:
+     * about a quarter of a ResNet's stored activations. */
+    int64_t *replay;            /* per buffer: the BN op that writes it if replayed, else -1 */
+    int64_t live;               /* the replayed buffer the shared allocation holds, -1: none */
+    /* Checkpointed segments (sal_net_set_checkpoints): per op its segment, -1: none; a
+     * segment's ops [seg_lo[s], seg_hi[s]); the buffers only a segment writes and reads
+     * share one allocation with every other segment's (laid out per segment), and backward
+     * runs a segment's forward again (its BN with the first run's statistics) before its ops'
+     * backward.  Every BN saves the (dm, scale) it applied for that. */
+    int64_t *seg, *seg_lo, *seg_hi, nseg;
+    /* Evaluation forwards run every 1x1 CONV without padding as a shifted-row GEMM
+     * (sal/shiftconv.h) with its epilogue fused, and fold into it the SHIFT that writes its
+     * input when no other op reads that: the SHIFT is then skipped (its buffer not written).
+     * Per op: the input the GEMM reads, its rows (offset into sc_rows), stride, and whether
+     * the op is a skipped SHIFT.  Training forwards run the ops as written (backward needs
+     * the SHIFT's output). */
+    struct sc_op {
+        int64_t in, r, stride, rows;   /* rows < 0: not a shifted-row GEMM */
+        int skip;
+    } *sc;
+    int32_t *sc_rows;
 };
 
 static const char *FN = "sal_net";
 
-static const char *const OP_FIELDS[] = {"kind", "in", "out", "res", "relu", "o", "k", "stride",
-                                        "pad", "p0", "p1", "b0", "b1", "shared", "ioff"};
+/* an evaluation forward of fewer MACs than this runs on the calling thread alone: waking
+ * the pool's workers costs some 10-20 us per op, more than a batch-1 ResNet-20 op takes */
+#define SERIAL_MACS ((int64_t)1 << 25)
+
+static const char *const OP_FIELDS[] = {"kind", "in", "out", "res", "relu", "res_post", "o", "k",
+                                        "stride", "pad", "p0", "p1", "b0", "b1", "shared", "ioff",
+                                        "npair", "index_bits"};
 _Static_assert(sizeof OP_FIELDS / sizeof *OP_FIELDS == sizeof(sal_op) / sizeof(int64_t),
                "OP_FIELDS names every field of sal_op");
-static const char *const OP_KINDS[] = {[SAL_OP_CONV] = "conv", [SAL_OP_SAL] = "sal",
-                                       [SAL_OP_SHIFT] = "shift", [SAL_OP_ASHIFT] = "ashift",
-                                       [SAL_OP_BN] = "bn", [SAL_OP_ADD] = "add",
-                                       [SAL_OP_POOL] = "pool", [SAL_OP_LINEAR] = "linear"};
+static const char *const OP_KINDS[] = {
+    [SAL_OP_CONV] = "conv", [SAL_OP_SAL] = "sal", [SAL_OP_GATHER] = "gather",
+    [SAL_OP_SHIFT] = "shift", [SAL_OP_ASHIFT] = "ashift", [SAL_OP_BN] = "bn",
+    [SAL_OP_ADD] = "add", [SAL_OP_POOL] = "pool", [SAL_OP_LINEAR] = "linear"};
+#define NKINDS ((int64_t)(sizeof OP_KINDS / sizeof *OP_KINDS))
 
 const char *const *sal_net_op_fields(int64_t *n) { return SAL_NAMES(OP_FIELDS, n); }
 const char *const *sal_net_op_kinds(int64_t *n) { return SAL_NAMES(OP_KINDS, n); }
 
-static sal_act buf_act(const sal_net *net, int64_t b, int64_t n) {
-    return sal_program_act(&net->p, b, n);
+static const char *kind_name(int64_t kind) {
+    return kind >= 0 && kind < NKINDS ? OP_KINDS[kind] : "unknown";
 }
 
-static sal_conv_desc conv_desc(const sal_net *net, const sal_op *op, int64_t n) {
-    return (sal_conv_desc){buf_act(net, op->in, n), op->o, op->k, op->stride, op->pad, net->p.threads};
+/* ---- descriptors of an op's kernel for batch n ------------------------------------ */
+static sal_act act_of(const int64_t *s, int64_t n) { return (sal_act){n, s[0], s[1], s[2], SAL_CNHW}; }
+
+static sal_conv_desc conv_desc(const sal_op *op, const int64_t *si, int64_t n, int threads) {
+    return (sal_conv_desc){.x = act_of(si, n), .o = op->o, .k = op->k, .stride = op->stride,
+                           .pad = op->pad, .threads = threads};
 }
 
-/* the SAL mask of op (b0 >= 0: buffers[b0 ..]) in the buffer arena of the last forward */
-static sal_sal_desc sal_desc(const sal_net *net, const sal_op *op, int64_t n) {
-    return (sal_sal_desc){buf_act(net, op->in, n), op->o, op->stride, op->pad, (int)op->shared,
-                          net->hard, net->beta,
-                          op->b0 >= 0 && net->buffers ? net->buffers + op->b0 : NULL, net->p.threads};
+/* the SAL mask of op (b0 >= 0: buffers[b0 ..]) in the buffer arena of the forward */
+static sal_sal_desc sal_desc(const sal_op *op, const int64_t *si, int64_t n, int threads,
+                             const float *buffers, int hard, double beta) {
+    return (sal_sal_desc){.x = act_of(si, n), .o = op->o, .stride = op->stride, .pad = op->pad,
+                          .shared = (int)op->shared, .hard = hard, .beta = beta,
+                          .mask = op->b0 >= 0 && buffers ? buffers + op->b0 : NULL,
+                          .threads = threads,
+                          .tap_threshold = op->b1 >= 0 && buffers ? buffers[op->b1] : 0.0};
 }
 
-/* Checks one op against the buffers and arenas: every index in range, every output shape
- * the one its kernel produces.  Sizes with n = 1. */
-static sal_status plan_grads(sal_net *net);
+static sal_gather_desc gather_desc(const sal_net *net, const sal_op *op, const int64_t *si,
+                                   int64_t n) {
+    return (sal_gather_desc){.x = act_of(si, n), .o = op->o, .stride = op->stride,
+                             .pairs = op->npair ? net->pairs + 4 * op->ioff : NULL,
+                             .npair = op->npair, .threads = net->p.threads};
+}
 
-static sal_status check_op(const sal_net *net, int64_t i, const sal_op *op) {
-    SAL_TRY(sal_program_check_io(&net->p, i, op->in, op->out, op->res));
-    const int64_t *si = net->p.shapes + 3 * op->in;
-    int64_t want[3] = {si[0], si[1], si[2]}, pw = 0, pb = 0;
-    sal_act y;
+/* ---- shapes --------------------------------------------------------------------------- */
+/* The per-sample output shape want of op i from its input's si (cout: the out buffer's
+ * channel count, which a SHIFT chooses): the one place that knows each kind's size rule. */
+static sal_status op_shape(int64_t i, const sal_op *op, const int64_t *si, int64_t cout,
+                           int64_t want[3]) {
+    const sal_act x = act_of(si, 1);
+    sal_act y = x;
     switch (op->kind) {
     case SAL_OP_CONV: {
-        sal_conv_desc d = conv_desc(net, op, 1);
+        const sal_conv_desc d = conv_desc(op, si, 1, 0);
         SAL_TRY(sal_conv_check(&d, &y));
-        want[0] = y.c, want[1] = y.h, want[2] = y.w;
-        pw = op->o * si[0] * op->k * op->k;
         break;
     }
     case SAL_OP_SAL: {
-        sal_sal_desc d = sal_desc(net, op, 1);
-        d.beta = 1.0;
+        const sal_sal_desc d = sal_desc(op, si, 1, 0, NULL, 0, 1.0);
         SAL_TRY(sal_sal_check(&d, &y));
-        want[0] = y.c, want[1] = y.h, want[2] = y.w;
-        pw = op->o * si[0] * 9;
-        pb = (op->shared ? 1 : op->o) * si[0] * 9;
-        SAL_REQUIRE(op->b0 == -1 || (op->b0 >= 0 && op->b0 + pb <= net->nbuffers), FN,
-                    "op %lld: mask at b0=%lld: must be -1 (none) or %lld floats inside the "
-                    "buffer arena (%lld)", (long long)i, (long long)op->b0, (long long)pb,
-                    (long long)net->nbuffers);
+        break;
+    }
+    case SAL_OP_GATHER: {
+        const sal_gather_desc d = {.x = x, .o = op->o, .stride = op->stride};
+        SAL_TRY(sal_gather_check(&d, &y));
         break;
     }
     case SAL_OP_SHIFT:
     case SAL_OP_ASHIFT: {
-        sal_shift_desc d = {buf_act(net, op->in, 1), op->stride};
+        const sal_shift_desc d = {x, op->stride};
         SAL_TRY(sal_shift_check(&d, &y));
-        want[1] = y.h, want[2] = y.w;
-        if (op->kind == SAL_OP_SHIFT)
-            SAL_REQUIRE(op->ioff >= 0 && op->ioff + si[0] <= net->noff, FN,
-                        "op %lld: ioff=%lld: needs %lld offset rows of %lld", (long long)i,
-                        (long long)op->ioff, (long long)si[0], (long long)net->noff);
-        else
-            pw = 2 * si[0];
+        if (op->kind == SAL_OP_SHIFT) y.c = cout;
         break;
     }
     case SAL_OP_BN:
-        pw = pb = si[0];
-        SAL_REQUIRE(op->b0 >= 0 && op->b1 >= 0 && op->b0 + si[0] <= net->nbuffers &&
-                        op->b1 + si[0] <= net->nbuffers, FN,
-                    "op %lld: running statistics at %lld, %lld: outside the buffer arena (%lld)",
-                    (long long)i, (long long)op->b0, (long long)op->b1, (long long)net->nbuffers);
-        SAL_REQUIRE(op->res < 0 || op->relu, FN, "op %lld: BN with a residual needs relu=1",
-                    (long long)i);
-        break;
     case SAL_OP_ADD:
+        break;
     case SAL_OP_POOL:
+        y.h = y.w = 1;
+        break;
     case SAL_OP_LINEAR:
-        SAL_TRY(sal_program_check_shared(
-            &net->p, i,
-            op->kind == SAL_OP_ADD ? SAL_PROGRAM_ADD
-                : op->kind == SAL_OP_POOL ? SAL_PROGRAM_POOL : SAL_PROGRAM_LINEAR,
-            op->in, op->res, op->o, want, &pw, &pb));
+        SAL_REQUIRE(si[1] == 1 && si[2] == 1 && op->o >= 1, FN,
+                    "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
+        y.c = op->o, y.h = y.w = 1;
         break;
     default:
         return sal_fail(SAL_EINVAL, FN, "op %lld: kind=%lld: unknown op", (long long)i,
                         (long long)op->kind);
     }
+    want[0] = y.c, want[1] = y.h, want[2] = y.w;
+    return SAL_OK;
+}
+
+sal_status sal_net_shapes(int64_t *shapes, const int64_t in_chw[3], const int64_t *channels,
+                          int64_t nbuf, const sal_op *ops, int64_t nops) {
+    SAL_REQUIRE(shapes && in_chw && channels && ops, FN,
+                "shapes, in_chw, channels and ops must not be NULL");
+    SAL_REQUIRE(nbuf >= 2 && nops >= 1 && nbuf <= ((int64_t)1 << 40) && nops <= ((int64_t)1 << 40),
+                FN, "nbuf=%lld nops=%lld: need >= 2 buffers and >= 1 op", (long long)nbuf,
+                (long long)nops);
+    SAL_REQUIRE(in_chw[0] == channels[0], FN, "input C=%lld: the program's input has %lld channels",
+                (long long)in_chw[0], (long long)channels[0]);
+    for (int64_t b = 0; b < nbuf; b++) shapes[3 * b] = -1;
+    memcpy(shapes, in_chw, 3 * sizeof *shapes);
+    for (int64_t i = 0; i < nops; i++) {
+        const sal_op *op = &ops[i];
+        SAL_REQUIRE(op->in >= 0 && op->in < nbuf && op->out > 0 && op->out < nbuf &&
+                        shapes[3 * op->in] >= 0, FN,
+                    "op %lld: in=%lld out=%lld: in must be a buffer written before, out another "
+                    "one in [1, %lld)", (long long)i, (long long)op->in, (long long)op->out,
+                    (long long)nbuf);
+        int64_t want[3];
+        SAL_TRY(op_shape(i, op, shapes + 3 * op->in, channels[op->out], want));
+        SAL_REQUIRE(want[0] == channels[op->out], FN,
+                    "op %lld (%s): makes %lld channels, buffer %lld has %lld", (long long)i,
+                    kind_name(op->kind), (long long)want[0], (long long)op->out,
+                    (long long)channels[op->out]);
+        memcpy(shapes + 3 * op->out, want, sizeof want);
+    }
+    for (int64_t b = 0; b < nbuf; b++)
+        SAL_REQUIRE(shapes[3 * b] >= 0, FN, "buffer %lld: no op writes it", (long long)b);
+    return SAL_OK;
+}
+
+/* ---- validation ------------------------------------------------------------------------ */
+/* [off, off + len) inside the buffer arena; -1 allowed when optional */
+static sal_status buffer_span(const sal_net *net, int64_t i, const char *what, int64_t off,
+                              int64_t len, int optional) {
+    SAL_REQUIRE((optional && off == -1) || sal_span_ok(off, len, net->nbuffers), FN,
+                "op %lld: %s at %lld: %lld floats%s must lie inside the buffer arena (%lld)",
+                (long long)i, what, (long long)off, (long long)len,
+                optional ? " (or -1: none)" : "", (long long)net->nbuffers);
+    return SAL_OK;
+}
+
+/* Checks op i against the buffers, arenas and tables: every index in range, every output
+ * shape the one its kernel produces, the epilogue fields where they apply.  Adds its MACs. */
+static sal_status check_op(sal_net *net, int64_t i, const sal_op *op) {
+    SAL_TRY(sal_program_check_io(&net->p, i, op->in, op->out, op->res));
+    const int64_t k = op->kind;
+    const int epi = k == SAL_OP_CONV || k == SAL_OP_GATHER;
+    SAL_REQUIRE(op->relu == 0 || (op->relu == 1 && (epi || k == SAL_OP_BN || k == SAL_OP_ADD)),
+                FN, "op %lld (%s): relu=%lld: must be 0, or 1 for conv, gather, bn and add",
+                (long long)i, kind_name(k), (long long)op->relu);
+    SAL_REQUIRE(op->res_post == 0 || (op->res_post == 1 && epi && op->res >= 0), FN,
+                "op %lld (%s): res_post=%lld: must be 0, or 1 for a conv or gather with a residual",
+                (long long)i, kind_name(k), (long long)op->res_post);
+    SAL_REQUIRE(op->res < 0 || epi || k == SAL_OP_BN || k == SAL_OP_ADD, FN,
+                "op %lld (%s): only conv, gather, bn and add take a residual", (long long)i,
+                kind_name(k));
+    SAL_REQUIRE(op->shared == 0 || (op->shared == 1 && k == SAL_OP_SAL), FN,
+                "op %lld (%s): shared=%lld: must be 0, or 1 for a SAL op", (long long)i,
+                kind_name(k), (long long)op->shared);
+    const int64_t *si = net->p.shapes + 3 * op->in, *so = net->p.shapes + 3 * op->out;
+    int64_t want[3], pw = 0, pb = 0;
+    SAL_TRY(op_shape(i, op, si, so[0], want));
+    const int64_t C = si[0], HWo = want[1] * want[2];
+    int64_t macs = 0;
+    switch (k) {
+    case SAL_OP_CONV:
+        SAL_TRY(sal_checked_prod(FN, "conv weights O*C*K*K", &pw, 4, op->o, C, op->k, op->k));
+        pb = op->p1 == -1 ? 0 : op->o;
+        macs = pw;
+        break;
+    case SAL_OP_SAL:
+        SAL_TRY(sal_checked_prod(FN, "SAL weights O*C*9", &pw, 3, op->o, C, (int64_t)9));
+        pb = (op->shared ? 1 : op->o) * C * 9;
+        SAL_TRY(buffer_span(net, i, "the mask", op->b0, pb, 1));
+        SAL_TRY(buffer_span(net, i, "the tap threshold", op->b1, 1, 1));
+        macs = pw;
+        break;
+    case SAL_OP_GATHER: {
+        SAL_REQUIRE(sal_span_ok(op->ioff, op->npair, net->npairs), FN,
+                    "op %lld: ioff=%lld npair=%lld: outside the pair table (%lld rows)",
+                    (long long)i, (long long)op->ioff, (long long)op->npair, (long long)net->npairs);
+        const sal_gather_desc d = gather_desc(net, op, si, 1);
+        SAL_TRY(sal_gather_check(&d, NULL));
+        /* p0 is the base of the pair weights even with no pairs: inside the arena */
+        SAL_REQUIRE(sal_span_ok(op->p0, op->npair, net->p.narena), FN,
+                    "op %lld: p0=%lld: %lld pair weights do not fit the arena (%lld)", (long long)i,
+                    (long long)op->p0, (long long)op->npair, (long long)net->p.narena);
+        pb = op->p1 == -1 ? 0 : op->o;
+        macs = op->npair;
+        break;
+    }
+    case SAL_OP_SHIFT:
+        SAL_REQUIRE(op->index_bits >= 0 && op->index_bits <= 32, FN,
+                    "op %lld: index_bits=%lld: must be in [0, 32]", (long long)i,
+                    (long long)op->index_bits);
+        SAL_REQUIRE(sal_span_ok(op->ioff, so[0], net->nshift), FN,
+                    "op %lld: ioff=%lld: needs %lld shift rows of %lld", (long long)i,
+                    (long long)op->ioff, (long long)so[0], (long long)net->nshift);
+        for (int64_t c = 0; c < so[0]; c++) {
+            const int32_t *r = net->shifts + 3 * (op->ioff + c);
+            SAL_REQUIRE(r[0] >= 0 && r[0] < C, FN,
+                        "op %lld: shift row %lld: source channel %d not in [0, %lld)", (long long)i,
+                        (long long)(op->ioff + c), r[0], (long long)C);
+            if ((r[0] != c || so[0] != C) && net->untrainable < 0) net->untrainable = i;
+        }
+        break;
+    case SAL_OP_ASHIFT:
+        pw = 2 * C;
+        break;
+    case SAL_OP_BN:
+        pw = pb = C;
+        SAL_TRY(buffer_span(net, i, "the running mean", op->b0, C, 0));
+        SAL_TRY(buffer_span(net, i, "the running variance", op->b1, C, 0));
+        SAL_REQUIRE(op->res < 0 || op->relu, FN, "op %lld: BN with a residual needs relu=1",
+                    (long long)i);
+        break;
+    case SAL_OP_ADD:
+        SAL_REQUIRE(op->res >= 0, FN, "op %lld: add needs a res buffer", (long long)i);
+        break;
+    case SAL_OP_LINEAR:
+        SAL_TRY(sal_checked_prod(FN, "linear weights O*I", &pw, 2, op->o, C));
+        pb = op->o;
+        macs = pw;
+        break;
+    default:   /* POOL */
+        break;
+    }
+    if (net->untrainable < 0 &&
+        (k == SAL_OP_GATHER || (k == SAL_OP_CONV && (op->p1 >= 0 || op->relu || op->res >= 0)) ||
+         (k == SAL_OP_ADD && op->relu)))
+        net->untrainable = i;
+    if (macs) {
+        SAL_TRY(sal_checked_prod(FN, "MACs per image", &macs, 2, macs, HWo));
+        net->macs = macs > ((int64_t)1 << 62) - net->macs ? (int64_t)1 << 62 : net->macs + macs;
+    }
     return sal_program_check_fit(&net->p, i, op->out, op->res, want, op->p0, pw, op->p1, pb);
 }
 
+/* ---- create / free ---------------------------------------------------------------------- */
+static sal_status plan_grads(sal_net *net);
+
+/* every reader of buffer b in [lo, hi) and its writer too */
+static int inside(const sal_net *net, int64_t b, int64_t lo, int64_t hi) {
+    for (int64_t j = 0; j < net->nops; j++) {
+        const sal_op *op = &net->ops[j];
+        if ((op->in == b || op->res == b || op->out == b) && (j < lo || j >= hi)) return 0;
+    }
+    return 1;
+}
+
+/* Which buffers share an allocation, and where in it (program.h share, share_off):
+ * - the buffers only a checkpointed segment writes and reads, laid out one after the other
+ *   per segment, every segment from offset 0 of one allocation;
+ * - the replayed BN outputs (see struct sal_net) outside segments: written by a BN + ReLU
+ *   without residual, read by exactly one op, the next one, and written by no other op;
+ *   all at offset 0 of a second allocation. */
+static void plan_sharing(sal_net *net) {
+    const int64_t nbuf = net->p.nbuf, nops = net->nops;
+    int64_t seg_owner = -1, rep_owner = -1;
+    for (int64_t b = 0; b < nbuf; b++)
+        net->replay[b] = -1, net->p.share[b] = b, net->p.share_off[b] = 0;
+    for (int64_t s = 0; s < net->nseg; s++) {
+        int64_t off = 0;
+        for (int64_t i = net->seg_lo[s]; i < net->seg_hi[s]; i++) {
+            const int64_t b = net->ops[i].out;
+            if (b == net->ops[nops - 1].out || !inside(net, b, net->seg_lo[s], net->seg_hi[s]) ||
+                net->p.share[b] != b)
+                continue;
+            if (seg_owner < 0) seg_owner = b;
+            net->p.share[b] = seg_owner, net->p.share_off[b] = off;
+            off += sal_program_numel(&net->p, b, 1);
+        }
+    }
+    for (int64_t i = 0; i + 1 < nops; i++) {
+        const sal_op *op = &net->ops[i], *next = &net->ops[i + 1];
+        if (op->kind != SAL_OP_BN || !op->relu || op->res >= 0 || net->seg[i] >= 0) continue;
+        if ((next->in != op->out && next->res != op->out) || !inside(net, op->out, i, i + 2))
+            continue;
+        net->replay[op->out] = i;
+        if (rep_owner < 0) rep_owner = op->out;
+        net->p.share[op->out] = rep_owner;
+    }
+    net->live = -1;
+}
+
+/* The shifted-row GEMMs of evaluation forwards (see struct sal_net): every 1x1 CONV without
+ * padding reads rows (c, 0, 0) of its input, or, when its input is written by a SHIFT (only
+ * there) and read by it alone, the SHIFT's rows over the SHIFT's input with the strides
+ * multiplied. */
+static sal_status plan_shiftconv(sal_net *net) {
+    const int64_t nb = net->p.nbuf, nops = net->nops;
+    int64_t *reads = calloc((size_t)nb, sizeof *reads);
+    int64_t *writer = malloc((size_t)nb * sizeof *writer);
+    net->sc = malloc((size_t)nops * sizeof *net->sc);
+    if (!reads || !writer || !net->sc) {
+        free(reads), free(writer);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    for (int64_t b = 0; b < nb; b++) writer[b] = -1;
+    for (int64_t i = 0; i < nops; i++) {
+        const sal_op *op = &net->ops[i];
+        reads[op->in]++;
+        if (op->res >= 0) reads[op->res]++;
+        writer[op->out] = writer[op->out] == -1 ? i : -2;    /* -2: written twice */
+        net->sc[i] = (struct sc_op){-1, 0, 0, -1, 0};
+    }
+    int64_t nrows = 0;
+    for (int pass = 0; pass < 2; pass++) {    /* count the rows, then fill them */
+        nrows = 0;
+        for (int64_t j = 0; j < nops; j++) {
+            const sal_op *op = &net->ops[j];
+            if (op->kind != SAL_OP_CONV || op->k != 1 || op->pad != 0) continue;
+            const int64_t i = writer[op->in];
+            int64_t stride = op->stride;
+            const int fold = i >= 0 && i < j && net->ops[i].kind == SAL_OP_SHIFT &&
+                             reads[op->in] == 1 &&
+                             !__builtin_mul_overflow(net->ops[i].stride, op->stride, &stride);
+            const int64_t C = net->p.shapes[3 * op->in];
+            if (pass == 1) {
+                net->sc[j] = (struct sc_op){fold ? net->ops[i].in : op->in, C, stride, nrows, 0};
+                for (int64_t c = 0; c < C; c++) {
+                    int32_t *r = net->sc_rows + 3 * (nrows + c);
+                    if (fold) memcpy(r, net->shifts + 3 * (net->ops[i].ioff + c), 3 * sizeof *r);
+                    else r[0] = (int32_t)c, r[1] = r[2] = 0;
+                }
+                if (fold) net->sc[i].skip = 1;
+            }
+            nrows += C;
+        }
+        if (pass == 0 &&
+            !(net->sc_rows = malloc((size_t)(nrows ? nrows : 1) * 3 * sizeof *net->sc_rows))) {
+            free(reads), free(writer);
+            return sal_fail(SAL_ENOMEM, FN, "out of memory");
+        }
+    }
+    free(reads), free(writer);
+    return SAL_OK;
+}
+
+static sal_shiftconv_desc sc_desc(const sal_net *net, int64_t i, int64_t n) {
+    const struct sc_op *c = &net->sc[i];
+    return (sal_shiftconv_desc){.x = act_of(net->p.shapes + 3 * c->in, n), .o = net->ops[i].o,
+                                .r = c->r, .rows = net->sc_rows + 3 * c->rows,
+                                .stride = c->stride, .threads = net->p.threads};
+}
+
+/* the replayed buffer b (replay[b] >= 0) recomputed into the shared allocation, unless it
+ * holds b already */
+static sal_status replay_buffer(sal_net *net, int64_t b, const float *params, int64_t n) {
+    if (b < 0 || net->replay[b] < 0 || net->live == b) return SAL_OK;
+    const int64_t k = net->replay[b];
+    const sal_op *bn = &net->ops[k];
+    const sal_act xa = act_of(net->p.shapes + 3 * bn->in, n);
+    const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
+    SAL_TRY(sal_bn_replay(net->p.act[b], net->p.act[bn->in],
+                          net->stats + net->stat_off[k] + 2 * xa.c, params + bn->p1, NULL, 1, &d));
+    net->live = b;
+    return SAL_OK;
+}
+
+void sal_net_free(sal_net *net) {
+    if (!net) return;
+    if (net->slot)
+        for (int64_t s = 0; s < net->nslot; s++) free(net->slot[s]);
+    sal_program_free(&net->p);
+    free(net->ops);
+    free(net->shifts);
+    free(net->pairs);
+    free(net->grad);
+    free(net->gslot);
+    free(net->gborn);
+    free(net->slot_len);
+    free(net->slot);
+    free(net->stats);
+    free(net->stat_off);
+    free(net->replay);
+    free(net->seg);
+    free(net->seg_lo);
+    free(net->seg_hi);
+    free(net->sc);
+    free(net->sc_rows);
+    free(net);
+}
+
 sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, const sal_op *ops,
-                          int64_t nops, const int32_t *offsets, int64_t noff, int64_t nparams,
-                          int64_t nbuffers) {
+                          int64_t nops, const int32_t *shifts, int64_t nshift, const int32_t *pairs,
+                          int64_t npairs, int64_t nparams, int64_t nbuffers) {
     SAL_REQUIRE(out && shapes && ops, FN, "net, shapes and ops must not be NULL");
-    SAL_REQUIRE(noff >= 0 && (noff == 0 || offsets), FN, "noff=%lld: offsets missing",
-                (long long)noff);
-    SAL_REQUIRE(nparams >= 0 && nbuffers >= 0, FN, "arena sizes must be >= 0");
     *out = NULL;
+    SAL_REQUIRE(nshift >= 0 && nshift <= ((int64_t)1 << 40) && (nshift == 0 || shifts), FN,
+                "nshift=%lld: must be in [0, 2**40] with the shift rows given", (long long)nshift);
+    SAL_REQUIRE(npairs >= 0 && npairs <= ((int64_t)1 << 40) && (npairs == 0 || pairs), FN,
+                "npairs=%lld: must be in [0, 2**40] with the pairs given", (long long)npairs);
+    SAL_REQUIRE(nparams >= 0 && nbuffers >= 0, FN, "nparams=%lld nbuffers=%lld: must be >= 0",
+                (long long)nparams, (long long)nbuffers);
     sal_net *net = calloc(1, sizeof *net);
     if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
-    net->nops = nops, net->noff = noff, net->nbuffers = nbuffers;
+    net->nops = nops, net->nshift = nshift, net->npairs = npairs, net->nbuffers = nbuffers;
+    net->untrainable = -1;
     sal_status s = sal_program_init(&net->p, FN, "parameters", shapes, nbuf, nops, nparams);
-    net->ops = malloc((size_t)nops * sizeof *net->ops);
-    net->offsets = malloc((size_t)(noff ? noff : 1) * 2 * sizeof *net->offsets);
-    net->grad = calloc((size_t)nbuf, sizeof *net->grad);
-    net->gslot = malloc((size_t)nbuf * sizeof *net->gslot);
-    net->gborn = malloc((size_t)nbuf * sizeof *net->gborn);
-    net->slot_len = calloc((size_t)nbuf, sizeof *net->slot_len);
-    net->slot = calloc((size_t)nbuf, sizeof *net->slot);
-    net->stat_off = malloc((size_t)nops * sizeof *net->stat_off);
-    if (s == SAL_OK && (!net->ops || !net->offsets || !net->grad || !net->gslot || !net->gborn ||
-                        !net->slot_len || !net->slot || !net->stat_off))
-        s = sal_fail(SAL_ENOMEM, FN, "out of memory");
-    if (s != SAL_OK) {
-        sal_net_free(net);
-        return s;
-    }
-    memcpy(net->ops, ops, (size_t)nops * sizeof *ops);
-    if (noff) memcpy(net->offsets, offsets, (size_t)noff * 2 * sizeof *offsets);
-    int64_t nstats = 0;
-    for (int64_t i = 0; i < nops && s == SAL_OK; i++) {
-        s = check_op(net, i, &ops[i]);
-        net->stat_off[i] = ops[i].kind == SAL_OP_BN ? nstats : -1;
-        if (ops[i].kind == SAL_OP_BN) nstats += 2 * shapes[3 * ops[i].in];
+    if (s == SAL_OK) {
+        net->ops = malloc((size_t)nops * sizeof *net->ops);
+        net->shifts = malloc((size_t)(nshift ? nshift : 1) * 3 * sizeof *net->shifts);
+        net->pairs = malloc((size_t)(npairs ? npairs : 1) * 4 * sizeof *net->pairs);
+        net->grad = calloc((size_t)nbuf, sizeof *net->grad);
+        net->gslot = malloc((size_t)nbuf * sizeof *net->gslot);
+        net->gborn = malloc((size_t)nbuf * sizeof *net->gborn);
+        net->slot_len = calloc((size_t)nbuf, sizeof *net->slot_len);
+        net->slot = calloc((size_t)nbuf, sizeof *net->slot);
+        net->stat_off = malloc((size_t)nops * sizeof *net->stat_off);
+        net->replay = malloc((size_t)nbuf * sizeof *net->replay);
+        net->seg = malloc((size_t)nops * sizeof *net->seg);
+        if (!net->ops || !net->shifts || !net->pairs || !net->grad || !net->gslot ||
+            !net->gborn || !net->slot_len || !net->slot || !net->stat_off || !net->replay ||
+            !net->seg)
+            s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     }
     if (s == SAL_OK) {
-        net->stats = malloc((size_t)(nstats ? nstats : 1) * sizeof *net->stats);
-        if (!net->stats) s = sal_fail(SAL_ENOMEM, FN, "out of memory");
+        memcpy(net->ops, ops, (size_t)nops * sizeof *ops);
+        if (nshift) memcpy(net->shifts, shifts, (size_t)nshift * 3 * sizeof *shifts);
+        if (npairs) memcpy(net->pairs, pairs, (size_t)npairs * 4 * sizeof *pairs);
     }
+    for (int64_t i = 0; i < nops && s == SAL_OK; i++)
+        s = check_op(net, i, &net->ops[i]);
+    int64_t nstats = 0;
+    if (s == SAL_OK) {
+        for (int64_t i = 0; i < nops; i++) {    /* mean, invstd and (dm, scale): 4 C per BN */
+            const sal_op *op = &net->ops[i];
+            net->seg[i] = -1;
+            net->stat_off[i] = op->kind == SAL_OP_BN ? nstats : -1;
+            if (op->kind == SAL_OP_BN) nstats += 4 * net->p.shapes[3 * op->in];
+        }
+        plan_sharing(net);
+        s = plan_shiftconv(net);
+    }
+    if (s == SAL_OK) {
+        const int64_t *sl = shapes + 3 * net->ops[nops - 1].out;
+        if (sl[1] != 1 || sl[2] != 1)
+            s = sal_fail(SAL_EINVAL, FN, "the last op must produce (N, F) (a pool or a linear)");
+    }
+    if (s == SAL_OK && !(net->stats = malloc((size_t)(nstats ? nstats : 1) * sizeof *net->stats)))
+        s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     if (s == SAL_OK) s = plan_grads(net);
     if (s != SAL_OK) {
         sal_net_free(net);
@@ -212,7 +551,7 @@ static sal_status plan_grads(sal_net *net) {
     for (int64_t i = nops; i >= 0; i--) {
         for (int64_t b = 1; b < nbuf; b++) {              /* births before op i */
             if (net->gborn[b] != i) continue;
-            const int64_t len = net->p.shapes[3 * b] * net->p.shapes[3 * b + 1] * net->p.shapes[3 * b + 2];
+            const int64_t len = sal_program_numel(&net->p, b, 1);
             int64_t fit = -1, big = -1;                   /* smallest >= len, largest */
             for (int64_t s = 0; s < net->nslot && ssa; s++) {
                 if (owner[s] >= 0) continue;
@@ -242,130 +581,159 @@ static void free_grads(sal_net *net) {
     net->grad_cap = 0;
 }
 
-void sal_net_free(sal_net *net) {
-    if (!net) return;
-    if (net->slot) free_grads(net);
-    sal_program_free(&net->p);
-    free(net->ops);
-    free(net->offsets);
-    free(net->grad);
-    free(net->gslot);
-    free(net->gborn);
-    free(net->slot_len);
-    free(net->slot);
-    free(net->stats);
-    free(net->stat_off);
-    free(net);
-}
-
 /* scratch floats of op i at batch n (sal_program_scratch_fn) */
 static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
     const sal_net *net = owner;
     const sal_op *op = &net->ops[i];
-    if (op->kind == SAL_OP_CONV) {
-        sal_conv_desc d = conv_desc(net, op, n);
-        return sal_conv_scratch(&d);
+    const int64_t *si = net->p.shapes + 3 * op->in;
+    switch (op->kind) {
+    case SAL_OP_CONV: {
+        const sal_conv_desc d = conv_desc(op, si, n, net->p.threads);
+        size_t need = sal_conv_scratch(&d);
+        if (net->sc[i].rows >= 0) {       /* its evaluation forward's GEMM */
+            const sal_shiftconv_desc g = sc_desc(net, i, n);
+            const size_t f = sal_shiftconv_scratch(&g);
+            need = f > need ? f : need;
+        }
+        return need;
     }
-    if (op->kind == SAL_OP_SAL) {
-        sal_sal_desc d = sal_desc(net, op, n);
+    case SAL_OP_SAL: {
+        const sal_sal_desc d = sal_desc(op, si, n, net->p.threads, NULL, 0, 1.0);
         return sal_sal_scratch(&d);
     }
-    return 0;
+    case SAL_OP_GATHER: {
+        const sal_gather_desc d = gather_desc(net, op, si, n);
+        return sal_gather_scratch(&d);
+    }
+    default:
+        return 0;
+    }
 }
 
-static sal_status forward_locked(sal_net *net, float *logits, const float *x, sal_act xg,
-                                 const float *params, float *buffers, int train, int hard,
-                                 double beta);
-static sal_status backward_locked(sal_net *net, float *grads, const float *dlogits,
-                                  const float *params);
+/* ---- forward ------------------------------------------------------------------------- */
+static sal_status forward_ops(sal_net *net, const float *params, float *buffers, int64_t n);
 
 /* one call at a time per network (sal/net.h, "Threads") */
 sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act xg,
                            const float *params, float *buffers, int train, int hard, double beta) {
     SAL_REQUIRE(net, FN, "net must not be NULL");
     SAL_TRY(sal_program_enter(&net->p, "forward"));
-    const sal_status s = forward_locked(net, logits, x, xg, params, buffers, train, hard, beta);
+    sal_status s = SAL_OK;
+    if (!logits || !x || (!params && net->p.narena))
+        s = sal_fail(SAL_EINVAL, FN, "logits, x and params must not be NULL");
+    else if (!buffers && net->nbuffers)
+        s = sal_fail(SAL_EINVAL, FN, "buffers=NULL: the net has %lld buffer values",
+                     (long long)net->nbuffers);
+    if (s == SAL_OK) {
+        net->train = train != 0, net->hard = hard != 0, net->beta = beta, net->buffers = buffers;
+        net->live = -1;
+        s = sal_program_start(&net->p, x, xg, net->nops, op_scratch, net);
+    }
+    if (s == SAL_OK) {
+        if (net->grad_cap != net->p.cap) free_grads(net);  /* backward makes them for p.cap */
+        const int64_t n = xg.n;
+        const int serial = !train && net->macs < SERIAL_MACS / n ? sal_serial_begin() : -1;
+        s = forward_ops(net, params, buffers, n);
+        if (serial >= 0) sal_serial_end(serial);
+    }
+    if (s == SAL_OK) {
+        const int64_t last = net->ops[net->nops - 1].out;
+        memcpy(logits, net->p.act[last], (size_t)sal_program_numel(&net->p, last, xg.n) * sizeof(float));
+        net->p.n = xg.n;
+    }
     sal_program_leave(&net->p);
     return s;
 }
+
+/* Op i forward at batch n.  again: a checkpointed segment's second run in backward: its
+ * BN applies the (dm, scale) of the first run, touching no statistics. */
+static sal_status forward_op(sal_net *net, int64_t i, const float *params, float *buffers,
+                             int64_t n, int again) {
+    float **act = net->p.act, *scratch = net->p.scratch;
+    const int threads = net->p.threads;
+    const sal_op *op = &net->ops[i];
+    const int64_t *si = net->p.shapes + 3 * op->in;
+    const sal_act xa = act_of(si, n);
+    const float *in = act[op->in], *res = op->res >= 0 ? act[op->res] : NULL;
+    float *y = act[op->out];
+    switch (op->kind) {   /* every offset an op reads was checked at create: only those */
+    case SAL_OP_CONV: {
+        const float *bias = op->p1 >= 0 ? params + op->p1 : NULL;
+        if (!net->train && net->sc[i].rows >= 0) {   /* the shifted-row GEMM, epilogue fused */
+            const sal_shiftconv_desc g = sc_desc(net, i, n);
+            const sal_shiftconv_epi e = {bias, res, (int)op->relu, (int)op->res_post};
+            SAL_TRY(sal_shiftconv_fwd(y, act[net->sc[i].in], params + op->p0, &e, &g, scratch));
+            break;
+        }
+        const sal_conv_desc d = conv_desc(op, si, n, threads);
+        SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, scratch));
+        sal_epilogue_planes(y, op->o, sal_program_numel(&net->p, op->out, n) / op->o, bias,
+                            res, (int)op->relu, (int)op->res_post);
+        break;
+    }
+    case SAL_OP_SAL: {
+        const sal_sal_desc d = sal_desc(op, si, n, threads, buffers, net->hard, net->beta);
+        SAL_TRY(sal_sal_fwd(y, in, params + op->p0, params + op->p1, &d, scratch));
+        break;
+    }
+    case SAL_OP_GATHER: {
+        const sal_gather_desc d = gather_desc(net, op, si, n);
+        SAL_TRY(sal_gather_fwd(y, in, params + op->p0, op->p1 >= 0 ? params + op->p1 : NULL,
+                               res, (int)op->relu, (int)op->res_post, &d, scratch));
+        break;
+    }
+    case SAL_OP_SHIFT: {
+        if (!net->train && net->sc[i].skip) break;   /* folded into the GEMM that reads it */
+        const sal_shift_desc d = {xa, op->stride};
+        SAL_TRY(sal_shift_rows_fwd(y, in, net->shifts + 3 * op->ioff,
+                                   net->p.shapes[3 * op->out], &d));
+        break;
+    }
+    case SAL_OP_ASHIFT: {
+        const sal_shift_desc d = {xa, op->stride};
+        SAL_TRY(sal_ashift_fwd(y, in, params + op->p0, &d));
+        break;
+    }
+    case SAL_OP_BN: {
+        const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
+        float *sm = net->stats + net->stat_off[i], *sv = sm + xa.c, *affine = sv + xa.c;
+        if (again)
+            SAL_TRY(sal_bn_replay(y, in, affine, params + op->p1, res, (int)op->relu, &d));
+        else
+            SAL_TRY(sal_bn_fwd_affine(y, sm, sv, buffers + op->b0, buffers + op->b1, affine, in,
+                                      params + op->p0, params + op->p1, res, (int)op->relu, &d));
+        if (net->replay[op->out] == i) net->live = op->out;   /* kept until the next op only */
+        break;
+    }
+    case SAL_OP_ADD:
+        SAL_TRY(sal_add_fwd(y, in, res, xa));
+        if (op->relu) SAL_TRY(sal_relu_fwd(y, y, xa));
+        break;
+    case SAL_OP_POOL:
+        SAL_TRY(sal_gap_fwd(y, in, xa));
+        break;
+    case SAL_OP_LINEAR:
+        SAL_TRY(sal_linear_fwd(y, in, params + op->p0, params + op->p1, n, xa.c, op->o));
+        break;
+    }
+    return SAL_OK;
+}
+
+static sal_status forward_ops(sal_net *net, const float *params, float *buffers, int64_t n) {
+    for (int64_t i = 0; i < net->nops; i++) SAL_TRY(forward_op(net, i, params, buffers, n, 0));
+    return SAL_OK;
+}
+
+/* ---- backward ------------------------------------------------------------------------ */
+static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
+                               const float *params);
 
 sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, const float *params) {
     SAL_REQUIRE(net, FN, "net must not be NULL");
     SAL_TRY(sal_program_enter(&net->p, "backward"));
-    const sal_status s = backward_locked(net, grads, dlogits, params);
+    const sal_status s = backward_ops(net, grads, dlogits, params);
     sal_program_leave(&net->p);
     return s;
-}
-
-static sal_status forward_locked(sal_net *net, float *logits, const float *x, sal_act xg,
-                                 const float *params, float *buffers, int train, int hard,
-                                 double beta) {
-    SAL_REQUIRE(net && logits && x && params, FN, "net, logits, x and params must not be NULL");
-    SAL_REQUIRE(buffers || net->nbuffers == 0, FN, "buffers=NULL: the net has BN statistics");
-    net->train = train != 0, net->hard = hard != 0, net->beta = beta, net->buffers = buffers;
-    SAL_TRY(sal_program_start(&net->p, x, xg, net->nops, op_scratch, net));
-    if (net->grad_cap != net->p.cap) free_grads(net);  /* backward makes them for p.cap */
-    const int64_t n = xg.n;
-    float **act = net->p.act, *scratch = net->p.scratch;
-    for (int64_t i = 0; i < net->nops; i++) {
-        const sal_op *op = &net->ops[i];
-        const sal_act xa = buf_act(net, op->in, n);
-        const float *in = act[op->in];
-        float *y = act[op->out];
-        const float *res = op->res >= 0 ? act[op->res] : NULL;
-        if (op->kind == SAL_OP_LINEAR && i == net->nops - 1) y = logits;
-        switch (op->kind) {
-        case SAL_OP_CONV: {
-            sal_conv_desc d = conv_desc(net, op, n);
-            SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, scratch));
-            break;
-        }
-        case SAL_OP_SAL: {
-            sal_sal_desc d = sal_desc(net, op, n);
-            SAL_TRY(sal_sal_fwd(y, in, params + op->p0, params + op->p1, &d, scratch));
-            break;
-        }
-        case SAL_OP_SHIFT: {
-            sal_shift_desc d = {xa, op->stride};
-            SAL_TRY(sal_shift_fwd(y, in, net->offsets + 2 * op->ioff, &d));
-            break;
-        }
-        case SAL_OP_ASHIFT: {
-            sal_shift_desc d = {xa, op->stride};
-            SAL_TRY(sal_ashift_fwd(y, in, params + op->p0, &d));
-            break;
-        }
-        case SAL_OP_BN: {
-            sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
-            float *sm = net->stats + net->stat_off[i], *si = sm + xa.c;
-            float *rm = buffers + op->b0, *rv = buffers + op->b1;
-            if (op->relu)
-                SAL_TRY(sal_bn_relu_fwd(y, sm, si, rm, rv, in, params + op->p0, params + op->p1,
-                                        res, &d));
-            else
-                SAL_TRY(sal_bn_fwd(y, sm, si, rm, rv, in, params + op->p0, params + op->p1, &d));
-            break;
-        }
-        case SAL_OP_ADD:
-            SAL_TRY(sal_add_fwd(y, in, res, xa));
-            break;
-        case SAL_OP_POOL:
-            SAL_TRY(sal_gap_fwd(y, in, xa));
-            break;
-        case SAL_OP_LINEAR:
-            SAL_TRY(sal_linear_fwd(y, in, params + op->p0, params + op->p1, n, xa.c, op->o));
-            break;
-        }
-    }
-    const sal_op *last = &net->ops[net->nops - 1];
-    if (last->kind != SAL_OP_LINEAR) {  /* copy the last buffer out, (N, F) row-major */
-        int64_t f = sal_program_numel(&net->p, last->out, 1);
-        SAL_REQUIRE(net->p.shapes[3 * last->out + 1] * net->p.shapes[3 * last->out + 2] == 1, FN,
-                    "the last op must produce (N, F) (a pool or a linear)");
-        memcpy(logits, act[last->out], (size_t)(n * f) * sizeof(float));
-    }
-    net->p.n = n;
-    return SAL_OK;
 }
 
 /* the gradients born before op i's backward (i = nops: before the first) start at zero */
@@ -375,12 +743,23 @@ static void zero_born(sal_net *net, int64_t i, int64_t n) {
             memset(net->grad[b], 0, (size_t)sal_program_numel(&net->p, b, n) * sizeof(float));
 }
 
-static sal_status backward_locked(sal_net *net, float *grads, const float *dlogits,
-                                  const float *params) {
-    SAL_REQUIRE(net && grads && dlogits && params, FN, "net, grads, dlogits, params must not be NULL");
+static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
+                               const float *params) {
+    SAL_REQUIRE(grads && dlogits && (params || !net->p.narena), FN,
+                "grads, dlogits and params must not be NULL");
+    if (net->untrainable >= 0) {
+        const sal_op *op = &net->ops[net->untrainable];
+        return sal_fail(SAL_EINVAL, FN, "backward: op %lld (%s%s) is an inference-only form: "
+                        "an exported program has no backward", (long long)net->untrainable,
+                        kind_name(op->kind),
+                        op->kind == SAL_OP_CONV ? " with a fused epilogue"
+                            : op->kind == SAL_OP_SHIFT ? " that moves channels"
+                            : op->kind == SAL_OP_ADD ? " with a ReLU" : "");
+    }
     SAL_REQUIRE(net->p.n >= 1, FN, "backward: no forward pass to differentiate");
     const int64_t n = net->p.n;
     float **act = net->p.act, *scratch = net->p.scratch;
+    const int threads = net->p.threads;
     net->grad_cap = net->p.cap;
     for (int64_t s = 0; s < net->nslot; s++)
         if (!net->slot[s]) {
@@ -390,49 +769,65 @@ static sal_status backward_locked(sal_net *net, float *grads, const float *dlogi
     for (int64_t b = 0; b < net->p.nbuf; b++)
         net->grad[b] = net->gslot[b] >= 0 ? net->slot[net->gslot[b]] : NULL;
     zero_born(net, net->nops, n);
-    const sal_op *last = &net->ops[net->nops - 1];
-    /* the output's gradient: dlogits; a final linear reads it directly */
-    const int64_t lastbuf = last->out;
+    if (!net->train)      /* an evaluation forward skipped the SHIFTs folded into GEMMs */
+        for (int64_t i = 0; i < net->nops; i++)
+            if (net->sc[i].skip) {
+                const sal_op *op = &net->ops[i];
+                const sal_shift_desc d = {act_of(net->p.shapes + 3 * op->in, n), op->stride};
+                SAL_TRY(sal_shift_rows_fwd(act[op->out], act[op->in], net->shifts + 3 * op->ioff,
+                                           net->p.shapes[3 * op->out], &d));
+            }
+    /* the output's gradient: dlogits */
+    const int64_t lastbuf = net->ops[net->nops - 1].out;
     memcpy(net->grad[lastbuf], dlogits, (size_t)sal_program_numel(&net->p, lastbuf, n) * sizeof(float));
     for (int64_t i = net->nops - 1; i >= 0; i--) {
         const sal_op *op = &net->ops[i];
         zero_born(net, i, n);
-        const sal_act xa = buf_act(net, op->in, n);
-        const float *in = act[op->in];
-        const float *dy = net->grad[op->out];
+        const int64_t sg = net->seg[i];
+        if (sg >= 0 && i == net->seg_hi[sg] - 1)   /* entering a checkpointed segment */
+            for (int64_t j = net->seg_lo[sg]; j < net->seg_hi[sg]; j++)
+                SAL_TRY(forward_op(net, j, params, (float *)net->buffers, n, 1));
+        /* the replayed outputs this op's backward reads: its input, residual, and a BN's own
+         * output (its ReLU mask) */
+        SAL_TRY(replay_buffer(net, op->in, params, n));
+        SAL_TRY(replay_buffer(net, op->res, params, n));
+        if (op->kind == SAL_OP_BN) SAL_TRY(replay_buffer(net, op->out, params, n));
+        const int64_t *si = net->p.shapes + 3 * op->in;
+        const sal_act xa = act_of(si, n);
+        const float *in = act[op->in], *dy = net->grad[op->out];
         float *dx = op->in == 0 ? NULL : net->grad[op->in];  /* no gradient for the input */
         float *dres = op->res >= 0 ? net->grad[op->res] : NULL;
         switch (op->kind) {
         case SAL_OP_CONV: {
-            sal_conv_desc d = conv_desc(net, op, n);
+            const sal_conv_desc d = conv_desc(op, si, n, threads);
             SAL_TRY(sal_conv_bwd(dx, grads + op->p0, dy, in, params + op->p0, &d, scratch));
             break;
         }
         case SAL_OP_SAL: {
-            sal_sal_desc d = sal_desc(net, op, n);
+            const sal_sal_desc d = sal_desc(op, si, n, threads, net->buffers, net->hard, net->beta);
             SAL_TRY(sal_sal_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0,
                                 params + op->p1, &d, scratch));
             break;
         }
         case SAL_OP_SHIFT: {
-            sal_shift_desc d = {xa, op->stride};
-            if (dx) SAL_TRY(sal_shift_bwd(dx, dy, net->offsets + 2 * op->ioff, &d));
+            const sal_shift_desc d = {xa, op->stride};
+            SAL_TRY(sal_shift_rows_bwd(dx, dy, net->shifts + 3 * op->ioff, &d));
             break;
         }
         case SAL_OP_ASHIFT: {
-            sal_shift_desc d = {xa, op->stride};
+            const sal_shift_desc d = {xa, op->stride};
             SAL_TRY(sal_ashift_bwd(dx, grads + op->p0, dy, in, params + op->p0, &d));
             break;
         }
         case SAL_OP_BN: {
-            sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
-            const float *sm = net->stats + net->stat_off[i], *si = sm + xa.c;
+            const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
+            const float *sm = net->stats + net->stat_off[i], *sv = sm + xa.c;
             if (op->relu)
                 SAL_TRY(sal_bn_relu_bwd(dx, grads + op->p0, grads + op->p1, dres, dy,
-                                        act[op->out], in, params + op->p0, sm, si, &d));
+                                        act[op->out], in, params + op->p0, sm, sv, &d));
             else
                 SAL_TRY(sal_bn_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0,
-                                   sm, si, &d));
+                                   sm, sv, &d));
             break;
         }
         case SAL_OP_ADD:
@@ -445,11 +840,50 @@ static sal_status backward_locked(sal_net *net, float *grads, const float *dlogi
             SAL_TRY(sal_linear_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0, n,
                                    xa.c, op->o));
             break;
+        default:    /* GATHER: refused above */
+            return sal_fail(SAL_EINVAL, FN, "backward: op %lld (%s): no backward", (long long)i,
+                            kind_name(op->kind));
         }
     }
     return SAL_OK;
 }
 
+/* ---- checkpointing --------------------------------------------------------------------- */
+sal_status sal_net_set_checkpoints(sal_net *net, const int64_t *bounds, int64_t nseg) {
+    SAL_REQUIRE(net, FN, "net must not be NULL");
+    SAL_REQUIRE(nseg >= 0 && nseg <= net->nops && (nseg == 0 || bounds), FN,
+                "nseg=%lld: must be in [0, nops = %lld] with the bounds given", (long long)nseg,
+                (long long)net->nops);
+    for (int64_t k = 0; k < nseg; k++) {
+        const int64_t lo = bounds[2 * k], hi = bounds[2 * k + 1];
+        SAL_REQUIRE(lo >= (k ? bounds[2 * k - 1] : 0) && lo < hi && hi <= net->nops, FN,
+                    "segment %lld = [%lld, %lld): must be non-empty, inside [0, %lld) and after "
+                    "the one before", (long long)k, (long long)lo, (long long)hi,
+                    (long long)net->nops);
+    }
+    SAL_TRY(sal_program_enter(&net->p, "set_checkpoints"));
+    int64_t *lo = malloc((size_t)(nseg ? nseg : 1) * sizeof *lo);
+    int64_t *hi = malloc((size_t)(nseg ? nseg : 1) * sizeof *hi);
+    if (!lo || !hi) {
+        free(lo), free(hi);
+        sal_program_leave(&net->p);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    for (int64_t i = 0; i < net->nops; i++) net->seg[i] = -1;
+    for (int64_t k = 0; k < nseg; k++) {
+        lo[k] = bounds[2 * k], hi[k] = bounds[2 * k + 1];
+        for (int64_t i = lo[k]; i < hi[k]; i++) net->seg[i] = k;
+    }
+    free(net->seg_lo), free(net->seg_hi);
+    net->seg_lo = lo, net->seg_hi = hi, net->nseg = nseg;
+    sal_program_release(&net->p);     /* the sharing changed: allocated again by the next forward */
+    free_grads(net);
+    plan_sharing(net);
+    sal_program_leave(&net->p);
+    return SAL_OK;
+}
+
+/* ---- inspection ---------------------------------------------------------------------- */
 sal_status sal_net_buffer(const sal_net *net, int64_t b, const float **act, sal_act *geom) {
     SAL_REQUIRE(net, FN, "net, act, geom must not be NULL");
     return sal_program_buffer(&net->p, b, act, geom);
@@ -462,16 +896,21 @@ int64_t sal_net_output_width(const sal_net *net) {
 int64_t sal_net_last_batch(const sal_net *net) { return net->p.n; }
 
 void sal_net_arena_sizes(const sal_net *net, int64_t *nparams, int64_t *nbuffers) {
-    *nparams = net->p.narena;
-    *nbuffers = net->nbuffers;
+    if (nparams) *nparams = net->p.narena;
+    if (nbuffers) *nbuffers = net->nbuffers;
 }
 
+int sal_net_trainable(const sal_net *net, int64_t *why) {
+    if (why) *why = net->untrainable;
+    return net->untrainable < 0;
+}
+
+int64_t sal_net_macs(const sal_net *net) { return net->macs; }
+
 void sal_net_program(const sal_net *net, const int64_t **shapes, int64_t *nbuf,
-                     const sal_op **ops, int64_t *nops, const int32_t **offsets, int64_t *noff) {
+                     const sal_op **ops, int64_t *nops) {
     if (shapes) *shapes = net->p.shapes;
     if (nbuf) *nbuf = net->p.nbuf;
     if (ops) *ops = net->ops;
     if (nops) *nops = net->nops;
-    if (offsets) *offsets = net->offsets;
-    if (noff) *noff = net->noff;
 }

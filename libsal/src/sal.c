@@ -19,11 +19,18 @@
  * give dL/da = 0.
  * The attention arithmetic runs in double per slice.
  *
- * Scratch (floats): [conv scratch | p (L,9) | W_eff (O,C,9) | g (O,C,9)], L = O*C or C. */
+ * Sparse taps (tap_threshold > 0, sal/attention.h): probs_row also returns the slice's kept
+ * taps (a 9-bit mask); when the kept taps are sparse enough (sal_taps_pays) the convolution
+ * and its gradients run over them only (taps.c), g is then 0 at the skipped taps and so is
+ * v (the std term of dL/da still reaches every logit).
+ *
+ * Scratch (floats): [max(conv scratch, taps scratch) | p (L,9) | W_eff (O,C,9) | g (O,C,9) |
+ * kept (L) 16-bit masks], L = O*C or C. */
 #include <math.h>
 #include <string.h>
 
 #include "internal/internal.h"
+#include "internal/taps.h"
 #include "sal/attention.h"
 #include "sal/conv.h"
 
@@ -34,6 +41,17 @@ static sal_conv_desc sal_conv_of(const sal_sal_desc *d) {
     return (sal_conv_desc){d->x, d->o, 3, d->stride, d->pad, d->threads};
 }
 static int64_t sal_slices(const sal_sal_desc *d) { return d->shared ? d->x.c : d->o * d->x.c; }
+
+sal_status sal_tap_threshold_check(const char *fn, double t) {
+    if (!isfinite(t))
+        return sal_fail(SAL_EINVAL, fn, "tap_threshold=%g: must be finite (0: dense, default "
+                        "%g)", t, SAL_TAP_THRESHOLD_DEFAULT);
+    SAL_REQUIRE(t >= 0.0, fn, "tap_threshold=%g: must be >= 0 (0: dense, default %g)", t,
+                SAL_TAP_THRESHOLD_DEFAULT);
+    SAL_REQUIRE(t <= 1.0, fn, "tap_threshold=%g: must be <= 1: a threshold above 1 would drop "
+                "the largest tap of every slice (p_q >= t * p_max keeps it)", t);
+    return SAL_OK;
+}
 
 static sal_status beta_check(const char *fn, double beta) {
     if (!isfinite(beta))
@@ -50,14 +68,24 @@ sal_status sal_sal_check(const sal_sal_desc *d, sal_act *y) {
     SAL_REQUIRE(d->shared == 0 || d->shared == 1, fn, "shared=%d: must be 0 or 1", d->shared);
     SAL_REQUIRE(d->hard == 0 || d->hard == 1, fn, "hard=%d: must be 0 or 1", d->hard);
     SAL_TRY(beta_check(fn, d->beta));
+    SAL_TRY(sal_tap_threshold_check(fn, d->tap_threshold));
     sal_conv_desc cd = sal_conv_of(d);
     return sal_conv_check(&cd, y);
 }
 
+/* floats before p in the scratch: the convolution's, or the sparse path's if larger.  The
+ * scratch does not depend on tap_threshold, so that a network planned with one threshold
+ * stays safe when it changes (a larger one only when the sparse path needs more). */
+static size_t head_floats(const sal_sal_desc *d) {
+    sal_conv_desc cd = sal_conv_of(d);
+    const size_t h = sal_conv_scratch(&cd), t = sal_taps_scratch(d);
+    return ((h > t ? h : t) + 15) / 16 * 16;
+}
+
 size_t sal_sal_scratch(const sal_sal_desc *d) {
     if (sal_sal_check(d, NULL) != SAL_OK) return 0;
-    sal_conv_desc cd = sal_conv_of(d);
-    return sal_conv_scratch(&cd) + (size_t)(sal_slices(d) + 2 * d->o * d->x.c) * SAL_KK;
+    const size_t L = (size_t)sal_slices(d);
+    return head_floats(d) + (L + 2 * (size_t)(d->o * d->x.c)) * SAL_KK + (L + 1) / 2;
 }
 
 /* mean and unbiased std of the 9 logits a (a mask does not change them: see "Masks" in
@@ -72,8 +100,11 @@ static double slice_std(const float *a, double *mean_out) {
 }
 
 /* p (9) from a (9) and the mask row m (NULL: all allowed); returns s = std(a) of all 9
- * (p is uniform over the allowed positions when s or beta is 0) */
-static double probs_row(float *p, const float *a, const float *m, double beta, int hard) {
+ * (p is uniform over the allowed positions when s or beta is 0).  t > 0: *kept = the
+ * 9-bit mask of the kept taps, p_q > 0 and p_q >= t * p_max (in double, before p is
+ * rounded to float; hard mode: of the thresholded p). */
+static double probs_row(float *p, const float *a, const float *m, double beta, int hard,
+                        double t, uint16_t *kept) {
     double mean;
     int n = 0;
     const double s = slice_std(a, &mean);
@@ -93,9 +124,17 @@ static double probs_row(float *p, const float *a, const float *m, double beta, i
             if (m && m[q] == 0.0f) e[q] = 0.0;
             else sum += (e[q] = exp(z[q] - mx));
     }
+    double pd[SAL_KK], pmax = 0.0;
     for (int q = 0; q < SAL_KK; q++) {
         const double pq = e[q] / sum;
-        p[q] = hard ? (pq > 0.5 ? 1.0f : 0.0f) : (float)pq;
+        pd[q] = hard ? (pq > 0.5 ? 1.0 : 0.0) : pq;
+        p[q] = (float)pd[q];
+        pmax = pd[q] > pmax ? pd[q] : pmax;
+    }
+    if (t > 0.0) {
+        unsigned k = 0;
+        for (int q = 0; q < SAL_KK; q++) k |= (unsigned)(pd[q] > 0.0 && pd[q] >= t * pmax) << q;
+        *kept = (uint16_t)k;
     }
     return s;
 }
@@ -133,13 +172,24 @@ typedef struct {
     double beta;
     int hard, shared;
     int64_t C;
+    double t;          /* tap threshold (0: no kept masks) */
+    uint16_t *kept;    /* (L) */
+    int64_t nkept[SAL_MAX_THREADS];   /* per thread: kept taps of its slices */
 } probs_task;
 
 static void probs_rows(void *q, int64_t i0, int64_t i1, int tid) {
-    const probs_task *t = q;
-    for (int64_t i = i0; i < i1; i++)
+    probs_task *t = q;
+    int64_t nk = 0;
+    for (int64_t i = i0; i < i1; i++) {
+        uint16_t k = 0;
         probs_row(t->p + i * SAL_KK, t->a + i * SAL_KK, t->m ? t->m + i * SAL_KK : NULL, t->beta,
-                  t->hard);
+                  t->hard, t->t, &k);
+        if (t->kept) {
+            t->kept[i] = k;
+            nk += __builtin_popcount(k);
+        }
+    }
+    t->nkept[tid] = nk;
 }
 
 static void weff_rows(void *q, int64_t i0, int64_t i1, int tid) {
@@ -162,8 +212,30 @@ sal_status sal_attn_probs_masked(float *p, const float *a, const float *m, int64
     SAL_TRY(beta_check(fn, beta));
     SAL_TRY(logits_check(fn, a, l));
     SAL_TRY(mask_check(fn, m, l));
-    probs_task t = {p, NULL, a, m, NULL, beta, hard != 0, 0, 0};
+    probs_task t = {p, NULL, a, m, NULL, beta, hard != 0, 0, 0, 0.0, NULL, {0}};
     sal_parallel_for(l, slice_threads(l), probs_rows, &t);
+    return SAL_OK;
+}
+
+sal_status sal_attn_kept(uint8_t *kept, const float *a, const float *m, int64_t l, double beta,
+                         int hard, double t, int64_t *nkept) {
+    const char *fn = "sal_attn_kept";
+    SAL_REQUIRE(l >= 1, fn, "L=%lld: must be >= 1", (long long)l);
+    SAL_REQUIRE(kept != NULL, fn, "kept=NULL: needs %lld bytes", (long long)(l * SAL_KK));
+    SAL_TRY(beta_check(fn, beta));
+    SAL_TRY(sal_tap_threshold_check(fn, t));
+    SAL_REQUIRE(t > 0.0, fn, "tap_threshold=0: the dense path keeps every tap; pass t > 0");
+    SAL_TRY(logits_check(fn, a, l));
+    SAL_TRY(mask_check(fn, m, l));
+    int64_t nk = 0;
+    for (int64_t i = 0; i < l; i++) {
+        float p[SAL_KK];
+        uint16_t k = 0;
+        probs_row(p, a + i * SAL_KK, m ? m + i * SAL_KK : NULL, beta, hard != 0, t, &k);
+        for (int q = 0; q < SAL_KK; q++) kept[i * SAL_KK + q] = (uint8_t)(k >> q & 1u);
+        nk += __builtin_popcount(k);
+    }
+    if (nkept) *nkept = nk;
     return SAL_OK;
 }
 
@@ -171,18 +243,40 @@ sal_status sal_attn_probs(float *p, const float *a, int64_t l, double beta, int 
     return sal_attn_probs_masked(p, a, NULL, l, beta, hard);
 }
 
-/* p (L,9) and W_eff (O,C,9) = p * w from w (O,C,3,3) and a (L,9) into the scratch */
-static sal_status sal_weights(float *p, float *weff, const float *w, const float *a,
-                              const sal_sal_desc *d, const char *fn) {
+/* p (L,9) and W_eff (O,C,9) = p * w from w (O,C,3,3) and a (L,9) into the scratch; with
+ * a tap threshold also kept (L) and, in *nkept, the number of kept taps */
+static sal_status sal_weights(float *p, float *weff, uint16_t *kept, int64_t *nkept,
+                              const float *w, const float *a, const sal_sal_desc *d,
+                              const char *fn) {
     const int64_t O = d->o, C = d->x.c, L = sal_slices(d);
     SAL_REQUIRE(w != NULL, fn, "w=NULL: needs O*C*9 floats");
     SAL_TRY(logits_check(fn, a, L));
     SAL_TRY(mask_check(fn, d->mask, L));
     const float *m = d->mask;
-    probs_task t = {p, weff, a, m, w, d->beta, d->hard, d->shared, C};
-    sal_parallel_for(L, slice_threads(L), probs_rows, &t);
+    probs_task t = {p, weff, a, m, w, d->beta, d->hard, d->shared, C, d->tap_threshold,
+                    d->tap_threshold > 0.0 ? kept : NULL, {0}};
+    const int nt = slice_threads(L);
+    sal_parallel_for(L, nt, probs_rows, &t);
     sal_parallel_for(O * C, slice_threads(O * C), weff_rows, &t);
+    *nkept = 0;
+    for (int i = 0; i < nt && i < L; i++) *nkept += t.nkept[i];
     return SAL_OK;
+}
+
+/* the scratch's pieces after the head (see the top of the file) */
+typedef struct {
+    float *p, *weff, *g;
+    uint16_t *kept;
+} sal_parts;
+
+static sal_parts parts_of(const sal_sal_desc *d, float *scratch) {
+    sal_parts s;
+    const int64_t L = sal_slices(d), OC = d->o * d->x.c;
+    s.p = scratch + head_floats(d);
+    s.weff = s.p + L * SAL_KK;
+    s.g = s.weff + OC * SAL_KK;
+    s.kept = (uint16_t *)(s.g + OC * SAL_KK);
+    return s;
 }
 
 /* y (N,O,Ho,Wo) = conv(x (N,C,H,W), p * w (O,C,3,3)), p from a (O|1,C,9) */
@@ -192,9 +286,12 @@ sal_status sal_sal_fwd(float *y, const float *x, const float *w, const float *a,
     SAL_TRY(sal_sal_check(d, NULL));
     SAL_REQUIRE(scratch != NULL, fn, "scratch=NULL: needs %zu floats", sal_sal_scratch(d));
     sal_conv_desc cd = sal_conv_of(d);
-    float *p = scratch + sal_conv_scratch(&cd), *weff = p + sal_slices(d) * SAL_KK;
-    SAL_TRY(sal_weights(p, weff, w, a, d, fn));
-    return sal_conv_fwd(y, x, weff, &cd, scratch);
+    const sal_parts s = parts_of(d, scratch);
+    int64_t nkept;
+    SAL_TRY(sal_weights(s.p, s.weff, s.kept, &nkept, w, a, d, fn));
+    if (d->tap_threshold > 0.0 && sal_taps_pays(d, nkept, 0))
+        return sal_taps_fwd(y, x, s.weff, s.kept, d, scratch);
+    return sal_conv_fwd(y, x, s.weff, &cd, scratch);
 }
 
 typedef struct {
@@ -202,6 +299,7 @@ typedef struct {
     const float *a, *p, *w, *g;
     const sal_sal_desc *d;
     int64_t C, ostep;
+    const uint16_t *kept;   /* sparse path: v_q = 0 at the skipped taps; NULL: dense */
 } dlogit_task;
 
 /* dL/da for slices [i0, i1) */
@@ -228,8 +326,9 @@ static void dlogit_rows(void *q, int64_t i0, int64_t i1, int tid) {
                 u[q] += (double)w[oc * SAL_KK + q] * g[oc * SAL_KK + q];
         }
         for (int q = 0; q < SAL_KK; q++) pu += pr[q] * u[q];
+        const unsigned kept = t->kept ? t->kept[i] : 0x1ffu;
         for (int q = 0; q < SAL_KK; q++) {
-            v[q] = pr[q] * (u[q] - pu);
+            v[q] = (kept >> q & 1u) ? pr[q] * (u[q] - pu) : 0.0;
             va += v[q] * ar[q];
         }
         const double f = d->beta / s, h = va / ((SAL_KK - 1) * s * s);
@@ -248,10 +347,14 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
     if (!dx && !dw && !da) return SAL_OK;
     sal_conv_desc cd = sal_conv_of(d);
     const int64_t O = d->o, C = d->x.c, L = sal_slices(d);
-    float *p = scratch + sal_conv_scratch(&cd), *weff = p + L * SAL_KK, *g = weff + O * C * SAL_KK;
-    SAL_TRY(sal_weights(p, weff, w, a, d, fn));
+    const sal_parts s = parts_of(d, scratch);
+    float *p = s.p, *weff = s.weff, *g = s.g;
+    int64_t nkept;
+    SAL_TRY(sal_weights(p, weff, s.kept, &nkept, w, a, d, fn));
     if (dw || da) memset(g, 0, (size_t)(O * C * SAL_KK) * sizeof *g);
-    SAL_TRY(sal_conv_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, &cd, scratch));
+    const int sparse = d->tap_threshold > 0.0 && sal_taps_pays(d, nkept, 1);
+    if (sparse) SAL_TRY(sal_taps_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, s.kept, d, scratch));
+    else SAL_TRY(sal_conv_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, &cd, scratch));
     if (dw)
         for (int64_t oc = 0; oc < O * C; oc++) {
             const float *pr = p + (d->shared ? oc % C : oc) * SAL_KK;
@@ -259,7 +362,7 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
         }
     if (!da || d->beta == 0.0) return SAL_OK;      /* beta = 0: p does not depend on a */
     const int64_t ostep = d->shared ? O : 1;       /* outputs summed into one slice */
-    dlogit_task t = {da, a, p, w, g, d, C, ostep};
+    dlogit_task t = {da, a, p, w, g, d, C, ostep, sparse ? s.kept : NULL};
     sal_parallel_for(L, slice_threads(L), dlogit_rows, &t);
     return SAL_OK;
 }

@@ -10,18 +10,24 @@ from . import _core
 from ._core import SalError, __version__
 from . import ops
 from . import data
+from . import program
 from . import nn
 from . import models
-from .io import load, save
-from .train import fit, evaluate
+from .models import load, save
+from . import infer
+from . import export   # a callable module: salnp.export(net), salnp.export.load(path)
 from . import flops
 from .flops import count
-from . import export   # a callable module: salnp.export(net), salnp.export.load(path)
+from . import runconfig
+from .runconfig import RunConfig
+from .train import fit, evaluate
 from . import prune
+from . import attention   # what SAL attention chose and what training changed (no matplotlib)
 from . import sweep    # a callable module: salnp.sweep(configs, ...), salnp.sweep.grid(...)
 
-__all__ = ["SalError", "__version__", "ops", "data", "nn", "models", "save", "load", "fit",
-           "evaluate", "flops", "count", "export", "prune", "sweep",
+__all__ = ["SalError", "__version__", "ops", "data", "program", "nn", "models", "save", "load",
+           "infer", "runconfig", "RunConfig", "fit", "evaluate", "flops", "count", "export",
+           "prune", "attention", "sweep",
            "show_config", "config", "set_num_threads", "get_num_threads"]
 
 

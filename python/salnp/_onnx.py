@@ -35,6 +35,7 @@ batch dimension symbolic ("N").  Each op of the InferenceNet program becomes:
   unshared SAL as one-hot 3x3 Conv took 13 / 336 ms against 46 / 2836 ms for "slice"
   and 54 / 2309 ms for "sum"; shared SAL shifts as depthwise Conv 1.1 / 361 ms against
   2.4 / 899 ms for "slice"; bench/RESULTS.md, section ONNX);
+- bn (one that could not fold, eval mode): BatchNormalization, then Add (residual) and Relu;
 - add: Add (+ Relu); avgpool: GlobalAveragePool; linear: Flatten + Gemm.
 
 onnx is imported here only (pip install "salnp[onnx]").
@@ -43,11 +44,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import __version__
-from .export import (IFIELDS, IOP_ADD, IOP_CONV, IOP_GATHER, IOP_LINEAR, IOP_POOL, IOP_SHIFT,
-                     InferenceNet, export)
-from .flops import check_input_shape
-from .models import ResNet
+from ._core import BN_EPS, SalError, __version__
+from .program import ADD, BN, CONV, FIELDS, GATHER, LINEAR, POOL, SHIFT
+from .report import check_input_shape
 
 __all__ = ["to_onnx", "SHIFT_FORMS", "GATHER_FORMS", "DEFAULT_OPSET"]
 
@@ -105,8 +104,8 @@ def _check_shape(inf, input_shape):
 
 def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form="conv",
             gather_form="conv", graph_name="salnp"):
-    """Write inf (a salnp.export.InferenceNet, or a salnp network, which is exported first
-    with its beta) to path as an ONNX model and return the ModelProto.
+    """Write inf (a salnp.export.InferenceNet; salnp.export.to_onnx also takes a network and
+    exports it first) to path as an ONNX model and return the ModelProto.
 
     input_shape: (C, H, W) (batch symbolic, "N") or (N, C, H, W); default (C, 32, 32).
     Input "input" float32 NCHW, output "logits" float32 (N, num_classes).
@@ -114,11 +113,9 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
     shift_form, gather_form: see the module docstring (the defaults are the fastest in
     onnxruntime).  The model is checked with onnx.checker.check_model before it is written."""
     onnx, helper, numpy_helper = _import_onnx()
-    if isinstance(inf, ResNet):
-        inf = export(inf)
-    if not isinstance(inf, InferenceNet):
-        raise TypeError(f"to_onnx: inf must be a salnp.export.InferenceNet (salnp.export(net)) "
-                        f"or a salnp network, got {type(inf).__name__}")
+    if not hasattr(inf, "program") or not hasattr(inf, "weights"):
+        raise TypeError(f"to_onnx: inf must be a salnp.export.InferenceNet (salnp.export(net)), "
+                        f"got {type(inf).__name__}")
     if shift_form not in SHIFT_FORMS:
         raise ValueError(f"to_onnx: shift_form={shift_form!r}: must be one of {SHIFT_FORMS}")
     if gather_form not in GATHER_FORMS:
@@ -127,8 +124,12 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
         raise ValueError(f"to_onnx: opset={opset!r}: must be an integer in "
                          f"[13, {onnx.defs.onnx_opset_version()}] (this onnx)")
     batch, shape = _check_shape(inf, input_shape)
-    shapes = inf._shapes(shape)           # raises when the input is too small
-    F = {f: i for i, f in enumerate(IFIELDS)}
+    shapes = inf.program.shapes(shape)    # raises when the input is too small
+    try:        # libsal checks the whole program (pairs within 3x3, shift sources, ...)
+        inf.engine.get(shape)
+    except (ValueError, SalError) as e:
+        raise ValueError(f"to_onnx: the network's program is invalid: {e}") from None
+    F = {f: i for i, f in enumerate(FIELDS)}
     W = inf.weights
     g = _Graph(helper, numpy_helper)
 
@@ -235,14 +236,14 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
         cin, cout = shapes[inp][0], shapes[b][0]
         stride = int(row[F["stride"]])
         perm[b] = None
-        if kind == IOP_CONV:
+        if kind == CONV:
             k, o = int(row[F["k"]]), int(row[F["o"]])
             w = W[row[F["p0"]]:row[F["p0"]] + o * cin * k * k].reshape(o, cin, k, k)
             if perm[inp] is not None:
                 w = w[:, perm[inp]]
             bias = W[row[F["p1"]]:row[F["p1"]] + o] if row[F["p1"]] >= 0 else None
             tensor[b] = conv(row, tensor[inp], w, bias, k, stride, int(row[F["pad"]]))
-        elif kind == IOP_GATHER:
+        elif kind == GATHER:
             o, n = int(row[F["o"]]), int(row[F["npair"]])
             pr = inf.pairs[row[F["ioff"]]:row[F["ioff"]] + n].astype(np.int64)
             pw = W[row[F["p0"]]:row[F["p0"]] + n]
@@ -286,14 +287,19 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
                 t = ys[0] if len(ys) == 1 else \
                     g.node("Sum", ys, f"b{b}_sum", out=None if has_epi else out_name(b))
                 tensor[b] = epilogue(row, t)
-        elif kind == IOP_SHIFT:
+        elif kind == SHIFT:
             rows = inf.shifts[row[F["ioff"]]:row[F["ioff"]] + cout].astype(np.int64)
             src, dy, dx = rows[:, 0], rows[:, 1], rows[:, 2]
+            # a shift by >= H rows (or >= W columns) samples only zeros: clamped to H
+            # (W) it stays exact, and no Pad or kernel grows beyond the input
+            _, hin, win = shapes[inp]
+            dy, dx = np.clip(dy, -hin, hin), np.clip(dx, -win, win)
             if shift_form == "conv":
                 x = channels(tensor[inp], inp, src, f"b{b}")
-                m = int(max(np.abs(dy).max(initial=0), np.abs(dx).max(initial=0)))
+                live = (np.abs(dy) < hin) & (np.abs(dx) < win)   # the others: a zero kernel
+                m = int(max(np.abs(dy[live]).max(initial=0), np.abs(dx[live]).max(initial=0)))
                 w = np.zeros((cout, 1, 2 * m + 1, 2 * m + 1), np.float32)
-                w[np.arange(cout), 0, m + dy, m + dx] = 1.0
+                w[np.flatnonzero(live), 0, m + dy[live], m + dx[live]] = 1.0
                 t = g.node("Conv", [x, g.const("w", w)], f"b{b}_dwconv", out=out_name(b),
                            kernel_shape=[2 * m + 1] * 2, strides=[stride, stride], pads=[m] * 4,
                            group=cout)
@@ -304,13 +310,23 @@ def to_onnx(inf, path=None, input_shape=None, *, opset=DEFAULT_OPSET, shift_form
                     t = g.node("Identity", [t], f"b{b}")
                 tensor[b] = t
                 perm[b] = None if np.array_equal(order, np.arange(cout)) else order
-        elif kind == IOP_ADD:
+        elif kind == BN:
+            c = cin
+            prm = [W[row[F[f]]:row[F[f]] + c] for f in ("p0", "p1")]
+            stat = [W[row[F[f]]:row[F[f]] + c] for f in ("b0", "b1")]   # the one arena
+            has_epi = row[F["relu"]] or row[F["res"]] >= 0
+            t = g.node("BatchNormalization",
+                       [logical(inp)] + [g.const(n, v) for n, v in zip(("scale", "B", "mean", "var"),
+                                                                        prm + stat)],
+                       f"b{b}_bn", out=None if has_epi else out_name(b), epsilon=BN_EPS)
+            tensor[b] = epilogue(row, t)
+        elif kind == ADD:
             row2 = row.copy()
             row2[F["res_post"]] = 0
             tensor[b] = epilogue(row2, logical(inp))
-        elif kind == IOP_POOL:
+        elif kind == POOL:
             tensor[b] = g.node("GlobalAveragePool", [logical(inp)], f"b{b}_pool", out=out_name(b))
-        elif kind == IOP_LINEAR:
+        elif kind == LINEAR:
             o = int(row[F["o"]])
             w = W[row[F["p0"]]:row[F["p0"]] + o * cin].reshape(o, cin)
             bias = W[row[F["p1"]]:row[F["p1"]] + o]

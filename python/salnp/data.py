@@ -19,7 +19,9 @@ CIFAR comes in two layouts and both are read: the binary version
 downloads ("cifar-10-batches-py", "cifar-100-python": pickled dicts).  A pickle can
 execute code when it is loaded, so the python version goes through a restricted
 unpickler (``safe_unpickle``) that builds only plain containers, strings, numbers and
-uint8 NumPy arrays: any other class a file names is refused before anything runs.
+plain numeric NumPy arrays: any other class a file names is refused before anything runs,
+and numpy's own unpickling never sees the file's state (each array is made from its
+explicit shape, dtype and exactly that many bytes; no array holds more than the file).
 ``check_md5=True`` compares the python version's files with the checksums published
 with the data set (``CIFAR_PY_MD5``).
 """
@@ -30,7 +32,9 @@ import gzip
 import hashlib
 import io
 import lzma
+import math
 import pickle
+import pickletools
 import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -408,6 +412,30 @@ class _Refused(DataFormatError):
     pass
 
 
+# What a CIFAR pickle may hold.  numpy's own unpickling trusts the file (a dtype state may
+# declare fields at any offset or the object flag, an array may be reconstructed and never
+# filled), so the reader never lets numpy see a state: numpy.dtype and
+# numpy.core.multiarray._reconstruct give the placeholders below, whose BUILD (setstate)
+# checks numpy's standard state of a plain numeric array; every array is then made from
+# its explicit shape, dtype and bytes, the byte count checked against the shape.
+_PLAIN_KINDS = "biufc"                # bool, integers, floats, complex: nothing else
+_MAX_NDIM = 32
+_MAX_NESTING = 64                     # containers in containers (a CIFAR file has 2 levels)
+# opcodes a CIFAR file (numpy arrays in dicts and lists, protocols 0-5) never uses: the
+# ones that build objects by calling classes, read the copyreg extension registry or
+# persistent ids, or take out-of-band buffers
+_REFUSED_OPCODES = frozenset({"INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "EXT1", "EXT2", "EXT4",
+                              "PERSID", "BINPERSID", "NEXT_BUFFER", "READONLY_BUFFER"})
+
+
+def _plain_dtype(d: np.dtype, what) -> np.dtype:
+    if d.kind not in _PLAIN_KINDS or d.fields is not None or d.subdtype is not None \
+            or d.hasobject or d.flags != 0:
+        raise _Refused(f"dtype {what}: only plain numeric dtypes (bool, integers, floats, "
+                       "complex; no fields, subarrays, objects or flags)")
+    return d
+
+
 class _NdarrayType:
     """What a pickle gets for numpy.ndarray: a name for _reconstruct, never callable."""
 
@@ -416,39 +444,120 @@ class _NdarrayType:
 
 
 _NDARRAY = _NdarrayType()
-_MAX_ARRAY_BYTES = 1 << 31
+
+
+class _PendingDtype:
+    """numpy.dtype(name, align, copy) of a pickle: a plain numeric dtype named by a string;
+    a BUILD may only give numpy's standard state of such a dtype (its byte order)."""
+
+    __slots__ = ("dtype", "built")
+
+    def __init__(self, spec, align=False, copy=False):
+        if not isinstance(spec, str):
+            raise _Refused(f"dtype {spec!r:.80}: must be named by a string ('u1', '<i8', ...)")
+        if not all(isinstance(v, (bool, int)) and v in (0, 1) for v in (align, copy)):
+            raise _Refused(f"dtype {spec!r}: align={align!r:.40}, copy={copy!r:.40}: must be 0 or 1")
+        try:
+            d = np.dtype(spec)
+        except (TypeError, ValueError):
+            raise _Refused(f"dtype {spec!r:.80}: not a numpy dtype name") from None
+        self.dtype = _plain_dtype(d, repr(spec))
+        self.built = False
+
+    def __setstate__(self, state):
+        if self.built:
+            raise _Refused(f"dtype {self.dtype}: state set twice")
+        self.built = True
+        if not (isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4)):
+            raise _Refused(f"dtype {self.dtype}: state {state!r:.100}: not numpy's state of a "
+                           "plain dtype (3, byteorder, None, None, None, -1, -1, 0)")
+        _, order, sub, names, fields, elsize, align, flags = state[:8]
+        bad = [what for what, ok in (
+            ("byte order", order in ("<", ">", "|", "=")), ("subarray", sub is None),
+            ("fields", names is None and fields is None),
+            ("elsize", type(elsize) is int and elsize in (-1, self.dtype.itemsize)),
+            ("alignment", type(align) is int and align in (-1, self.dtype.alignment)),
+            ("flags", type(flags) is int and flags == 0),
+            ("metadata", len(state) == 8 or state[8] is None)) if not ok]
+        if bad:
+            raise _Refused(f"dtype {self.dtype}: state {state!r:.100}: {', '.join(bad)} not "
+                           "those of a plain numeric dtype")
+        if order in "<>" and self.dtype.itemsize > 1:
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+def _array_of(shape, dtype, raw, order):
+    """An array from its explicit shape, dtype (a _PendingDtype) and bytes, which must be
+    exactly the shape's size."""
+    if not isinstance(dtype, _PendingDtype):
+        raise _Refused(f"array dtype {type(dtype).__name__}: must be a numpy.dtype of the file")
+    d = dtype.dtype
+    if not (isinstance(shape, tuple) and len(shape) <= _MAX_NDIM
+            and all(type(v) is int and v >= 0 for v in shape)):
+        raise _Refused(f"array shape {shape!r:.100}: must be a tuple of at most {_MAX_NDIM} "
+                       "dimensions, integers >= 0")
+    if isinstance(raw, str):            # Python 2's byte strings (encoding="latin1")
+        try:
+            raw = raw.encode("latin1")
+        except UnicodeEncodeError:
+            raise _Refused("array data: a string that is not latin1 bytes") from None
+    if not isinstance(raw, (bytes, bytearray)):
+        raise _Refused(f"array data is {type(raw).__name__} {raw!r:.40}: must be the array's "
+                       "bytes")
+    need = math.prod(shape) * d.itemsize
+    if len(raw) != need:
+        raise _Refused(f"array data of {len(raw)} bytes for shape {shape} of {d}: must be "
+                       f"{need} bytes")
+    return np.frombuffer(raw, d).reshape(shape, order=order).copy(order="K")
+
+
+class _PendingArray:
+    """numpy.core.multiarray._reconstruct(ndarray, ...) of a pickle: filled by its BUILD
+    (numpy's state (1, shape, dtype, fortran, bytes)) only; never filled is refused."""
+
+    __slots__ = ("array",)
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        if self.array is not None:
+            raise _Refused("array filled twice")
+        if not isinstance(state, tuple) or len(state) not in (4, 5) \
+                or (len(state) == 5 and state[0] != 1):
+            raise _Refused(f"array state {state!r:.100}: not numpy's (1, shape, dtype, "
+                           "fortran, bytes)")
+        shape, dtype, fortran, raw = state[-4:]
+        if not (isinstance(fortran, (bool, int)) and fortran in (0, 1)):
+            raise _Refused(f"array state: fortran={fortran!r:.40}: must be True or False")
+        self.array = _array_of(shape, dtype, raw, "F" if fortran else "C")
 
 
 def _np_reconstruct(subtype, shape, dtype):
     if subtype is not _NDARRAY:
-        raise _Refused(f"array subtype {subtype!r}: only numpy.ndarray")
-    d = _np_dtype(dtype)
-    try:
-        shape = tuple(int(v) for v in (shape if isinstance(shape, (tuple, list)) else (shape,)))
-    except (TypeError, ValueError):
-        raise _Refused(f"array shape {shape!r}: must be integers") from None
-    if any(v < 0 for v in shape) or int(np.prod(shape, dtype=object)) * d.itemsize > _MAX_ARRAY_BYTES:
-        raise _Refused(f"array shape {shape}: negative or over {_MAX_ARRAY_BYTES} bytes")
-    return np.ndarray.__new__(np.ndarray, shape, d)
-
-
-def _np_dtype(spec, align=False, copy=False):
-    d = np.dtype(spec) if not isinstance(spec, np.dtype) else spec
-    if d.kind not in "biufcSU" or d.hasobject or d.fields is not None or d.subdtype is not None:
-        raise _Refused(f"dtype {d!r}: only plain numeric dtypes")
-    return np.dtype(d) if not (align or copy) else np.dtype(d, align=bool(align), copy=bool(copy))
+        raise _Refused(f"array subtype {subtype!r:.80}: only numpy.ndarray")
+    return _PendingArray()
 
 
 def _np_frombuffer(buf, dtype, shape, order):
-    a = np.frombuffer(bytes(buf), dtype=_np_dtype(dtype))
-    return a.reshape(shape, order="F" if order == "F" else "C").copy()
+    """numpy.core.numeric._frombuffer (protocol 5): exactly the bytes of the shape."""
+    if not isinstance(buf, (bytes, bytearray)):
+        raise _Refused(f"_frombuffer: buffer {type(buf).__name__} {buf!r:.40}: must be bytes")
+    if order not in ("C", "F"):
+        raise _Refused(f"_frombuffer: order={order!r:.40}: must be 'C' or 'F'")
+    return _array_of(shape, dtype, buf, order)
 
 
 def _latin1_encode(text, encoding="latin1"):
     # protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, "latin1")
-    if not isinstance(text, str) or encoding.lower().replace("-", "") not in ("latin1",):
-        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r}): only latin1 strings")
-    return codecs.encode(text, "latin1")
+    if not isinstance(text, str) or not isinstance(encoding, str) \
+            or encoding.lower().replace("-", "") not in ("latin1",):
+        raise _Refused(f"_codecs.encode({type(text).__name__}, {encoding!r:.40}): only latin1 "
+                       "strings")
+    try:
+        return codecs.encode(text, "latin1")
+    except UnicodeEncodeError:
+        raise _Refused("_codecs.encode: a string that is not latin1") from None
 
 
 # (module, name) -> the only callables a CIFAR pickle may name (numpy arrays and the
@@ -457,7 +566,7 @@ _PICKLE_ALLOWED = {
     ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _np_dtype,
+    ("numpy", "dtype"): _PendingDtype,
     ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
     ("_codecs", "encode"): _latin1_encode,
@@ -480,11 +589,88 @@ class _SafeUnpickler(pickle.Unpickler):
         raise _Refused("refusing a pickle with persistent ids (not a CIFAR file)")
 
 
+def _scan_pickle(data: bytes) -> None:
+    """One pass over the opcodes before anything is built: every declared size within
+    the file (a length field cannot make the unpickler allocate what the file does not
+    hold), no opcode that a CIFAR file does not use, nothing after STOP."""
+    end = None
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            if op.name in _REFUSED_OPCODES:
+                raise _Refused(f"opcode {op.name} at byte {pos}: not used by a CIFAR file "
+                               "(dicts, lists, strings, numpy arrays)")
+            if op.name == "FRAME" and arg > len(data) - pos - 9:
+                raise _Refused(f"FRAME at byte {pos} declares {arg} bytes; only "
+                               f"{len(data) - pos - 9} remain")
+            if op.name == "STOP":
+                end = pos + 1
+    except ValueError as e:          # truncated, unknown opcode, a size beyond the end
+        raise _Refused(f"not a valid pickle ({e}; bytes that remain are fewer than declared "
+                       "or the stream is cut)") from None
+    if end != len(data):
+        raise _Refused(f"{len(data) - end} bytes after the end of the pickle (byte {end})")
+
+
+def _resolve(root, limit: int):
+    """The loaded object with every pending array replaced by its array.  Refused: an
+    array never filled, a container that refers to itself or appears twice (shared
+    containers multiply what a small file decodes to), more than _MAX_NESTING levels, more
+    array bytes than the file holds (limit), any type a CIFAR file does not hold."""
+    seen, active, total = set(), set(), [0]
+
+    def array(a, key):
+        if key in seen:
+            raise _Refused("an array that appears more than once")
+        seen.add(key)
+        total[0] += a.nbytes
+        if total[0] > limit:
+            raise _Refused(f"more array data than the file holds ({total[0]} bytes of arrays "
+                           f"from a file of {limit} bytes: shared data)")
+        return a
+
+    def walk(o, depth):
+        t = type(o)
+        if t in (str, bytes, int, float, bool, type(None)):
+            return o
+        if t is _PendingArray:
+            if o.array is None:
+                raise _Refused("an array that is never filled (reconstructed without its data)")
+            return array(o.array, id(o))
+        if t is np.ndarray:                  # from _frombuffer
+            return array(o, id(o))
+        if t not in (list, tuple, dict):
+            what = "numpy dtype" if t is _PendingDtype else f"{t.__name__} object"
+            raise _Refused(f"a bare {what}: a CIFAR file holds only dicts, lists, tuples, "
+                           "strings, numbers and numpy arrays")
+        if id(o) in active:
+            raise _Refused(f"a {t.__name__} that refers to itself")
+        if id(o) in seen:
+            raise _Refused(f"a {t.__name__} that appears more than once (shared containers)")
+        if depth >= _MAX_NESTING:
+            raise _Refused(f"containers nested more than {_MAX_NESTING} levels deep")
+        seen.add(id(o))
+        active.add(id(o))
+        if t is dict:
+            out = {}
+            for k, v in o.items():
+                if type(k) not in (str, bytes, int):
+                    raise _Refused(f"a dict key of type {type(k).__name__}: only strings and "
+                                   "integers")
+                out[k] = walk(v, depth + 1)
+        else:
+            out = t(walk(v, depth + 1) for v in o)
+        active.discard(id(o))
+        return out
+
+    return walk(root, 0)
+
+
 def safe_unpickle(data: bytes, what="data"):
     """Unpickle data (bytes) with the restricted unpickler (see the module docstring);
     DataFormatError naming `what` for anything else, a truncated or corrupted pickle."""
     try:
-        return _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+        _scan_pickle(data)
+        return _resolve(_SafeUnpickler(io.BytesIO(data), encoding="latin1").load(), len(data))
     except _Refused as e:
         raise DataFormatError(f"{what}: {e}") from None
     except RecursionError:
@@ -525,13 +711,21 @@ def _pickle_labels(path: Path, d: dict, key: str, n: int, num_classes: int) -> n
     if key not in d:
         raise DataFormatError(f"{path}: no {key!r} entry (keys {sorted(map(str, d))})")
     v = d[key]
-    try:
-        lab = np.asarray(v)
-    except Exception:
-        lab = None
-    if lab is None or lab.dtype.kind not in "iu" or lab.shape != (n,):
-        raise DataFormatError(f"{path}: {key!r} must be {n} integers, got "
-                              f"{type(v).__name__} {getattr(lab, 'shape', '')}")
+    # a flat list of Python ints (what the data set's files hold) or an integer array;
+    # nothing else reaches np.asarray (a list of one shared long string became a huge array)
+    if isinstance(v, np.ndarray):
+        lab = v if v.dtype.kind in "iu" and v.shape == (n,) else None
+        got = f"an array {v.dtype} {v.shape}"
+    elif isinstance(v, (list, tuple)):
+        ok = len(v) == n and all(type(x) is int and -2**63 <= x < 2**63 for x in v)
+        lab = np.array(v, dtype=np.int64) if ok else None
+        bad = next((x for x in v if type(x) is not int), None) if len(v) == n else None
+        got = f"a {type(v).__name__} of {len(v)}" + (
+            f" holding a {type(bad).__name__}" if bad is not None else "")
+    else:
+        lab, got = None, type(v).__name__
+    if lab is None:
+        raise DataFormatError(f"{path}: {key!r} must be a list of {n} integers, got {got}")
     lab = lab.astype(np.int64)
     bad = np.flatnonzero((lab < 0) | (lab >= num_classes))
     if bad.size:

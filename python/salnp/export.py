@@ -1,297 +1,221 @@
-"""Export: from a trained network to the binarised, folded inference network (DESIGN 1.4).
+"""Export: the trained network's program rewritten into the binarised, folded inference
+program (DESIGN 1.4), a program-to-program pass with one small rule per op kind.
 
     inf = salnp.export(net)            # binarise SAL (p > 0.5 with net.beta), fold BN
     logits = inf.forward(x)            # x float32 (N, C, H, W), runs in libsal
     inf.count(); inf.save("net-inf.npz"); inf2 = salnp.export.load("net-inf.npz")
 
-What the export does, op by op of the training program (salnp.models):
-- every BN (eval mode: running statistics, eps 1e-5) that follows a convolution or SAL
-  layer is folded into it: scale = gamma / sqrt(running_var + eps) multiplies each output
-  row of the weights, bias = beta - running_mean * scale; the BN's ReLU and residual add
-  run in the layer's epilogue;
+The rules, op by op of the training program (salnp.models, salnp.program):
+- conv and SAL: the BN (eval mode: running statistics, eps 1e-5) that reads the layer's
+  output as its only reader is folded into it: scale = gamma / sqrt(running_var + eps)
+  multiplies each output row of the weights, bias = beta - running_mean * scale; the BN's
+  ReLU and residual add run in the layer's epilogue;
 - CL: a convolution with that bias;
 - SAL, unshared: p = (softmax(beta * a / std a) > 0.5) exactly as the hard forward; each
   kept slice (o, i) becomes one pair (o, i, dy, dx) with the raw weight W[o, i, q*] (times
-  the BN scale); slices with no p > 0.5 are dropped.  libsal runs the pairs with a gather
-  kernel that fuses the offsets into its addressing (no shifted copies; sal/infer.h);
+  the BN scale); slices with no p > 0.5 are dropped.  libsal runs the pairs as a GATHER op
+  that fuses the offsets into its addressing (no shifted copies; sal/gather.h);
 - SAL, shared: one shift per kept input channel (a pure shift, dropped channels removed)
   then a 1x1 convolution with bias;
-- SL: the shift, then the 1x1 convolution with bias (its trailing residual add is fused
-  into that convolution's epilogue, after the ReLU as in the block);
-- ASL: offsets rounded to the nearest integer (``inf.info["asl_max_rounding"]`` is the
-  largest |offset - round(offset)|; 0 keeps the outputs exact), then as SL;
+- SL: the shift; ASL: offsets rounded to the nearest integer (``info["asl_max_rounding"]``
+  is the largest |offset - round(offset)|; 0 keeps the outputs exact), then a shift;
+- add: fused into the conv/gather before it (after its ReLU, as in the SL block) when that
+  layer's output has no other reader, else an add;
 - a BN that cannot fold (pre-activation: it reads a sum, or a conv output that the
-  shortcut reads too) becomes a per-channel affine map + ReLU, run as a gather with one
-  (c, c, 0, 0) pair per channel; ``info["affine_ops"]`` lists those ops, and the count
-  gives them BN's convention (2 C parameters, 0 MACs).
+  shortcut reads too) stays a BN in eval mode, its parameters and running statistics
+  copied into the weight arena;
+- pool and linear: copied.
 
-``salnp.export`` is this module, callable: ``salnp.export(net)`` is ``export(net)``, and
-``salnp.export.to_onnx(inf, path, input_shape)`` writes an ONNX model (salnp._onnx; needs
-the onnx package: ``pip install "salnp[onnx]"``).  The PyTorch form: salnp.torch.to_torch.
+``salnp.export`` is this module, callable: ``salnp.export(net)`` is ``export(net)``;
+``salnp.export.load`` reads a saved InferenceNet (salnp.infer), and
+``salnp.export.to_onnx(inf_or_net, path, input_shape)`` writes an ONNX model (salnp._onnx;
+needs the onnx package: ``pip install "salnp[onnx]"``).  The PyTorch form:
+salnp.torch.to_torch.
 """
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 
 import numpy as np
 
-from . import _core
-from .flops import CountReport, check_input_shape, count_rows
-from .io import NpzReader, _fspath, check_finite_state, save_npz_atomic
-from .models import (OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL, OP_SHIFT,
-                     ResNet)
-from .nn import net_lock
+from . import _core, _onnx
+from .infer import InferenceNet, load
+from .io import check_finite_state
+from .models import ResNet
+from .nn import check_beta
+from .program import (ADD, ASHIFT, BN, CONV, GATHER, LINEAR, POOL, SAL, SHIFT, Program)
 
-__all__ = ["export", "load", "to_onnx", "InferenceNet", "IFIELDS"]
+__all__ = ["export", "load", "to_onnx", "InferenceNet", "BN_EPS"]
 
-# op kinds and the field order of one inference op row, as libsal describes them
-# (sal/infer.h); the field "in" is spelled "inp" here
-IFIELDS = tuple("inp" if f == "in" else f for f in _core.INFER_FIELDS)
-IOP_CONV, IOP_GATHER, IOP_SHIFT, IOP_ADD, IOP_POOL, IOP_LINEAR = (
-    _core.INFER_KINDS.index(k) for k in ("conv", "gather", "shift", "add", "pool", "linear"))
-_TYPES = {IOP_CONV: "conv", IOP_GATHER: "sal_gather", IOP_SHIFT: "shift", IOP_ADD: "add",
-          IOP_POOL: "avgpool", IOP_LINEAR: "linear"}
-INFERENCE_FORMAT = 1
 BN_EPS = _core.BN_EPS   # the eps of every BN in a training program (sal/layers.h)
+# an exported shift offset beyond this is clamped to it: a shift beyond the input is all
+# zeros, and every input libsal takes is smaller (sizes < 2**24), so the result is exact
+MAX_SHIFT = 2**30
 
 
-class InferenceNet:
-    """A binarised, BN-folded shift network that runs forward in libsal.
+class _Rewrite:
+    """The state of one export: the source program and arenas (float64 copies), the target
+    program and its weight arena, the map from source to target buffers."""
 
-    ops: int64 (n, len(IFIELDS)) rows; channels: per-buffer channel count (buffer 0 is
-    the input); shifts int32 (M, 3) rows (src, dy, dx); pairs int32 (P, 4) rows
-    (o, i, dy, dx); weights: float32 arena; names: the training module of every op."""
-
-    def __init__(self, ops, channels, shifts, pairs, weights, names, config, info=None):
-        self.ops = np.ascontiguousarray(ops, np.int64).reshape(-1, len(IFIELDS))
-        self.channels = [int(c) for c in channels]
-        self.shifts = np.ascontiguousarray(shifts, np.int32).reshape(-1, 3)
-        self.pairs = np.ascontiguousarray(pairs, np.int32).reshape(-1, 4)
-        self.weights = np.ascontiguousarray(weights, np.float32).reshape(-1)
-        self.names = [str(n) for n in names]
-        self.config = dict(config)
-        self.info = dict(info or {})
-        if len(self.names) != len(self.ops):
-            raise ValueError(f"InferenceNet: {len(self.names)} names for {len(self.ops)} ops")
-        self._engines = {}
-
-    def __reduce__(self):
-        """Pickle / copy as the program and weights; the C engine is rebuilt lazily."""
-        return (InferenceNet, (self.ops, self.channels, self.shifts, self.pairs, self.weights,
-                               self.names, self.config, self.info))
-
-    @property
-    def in_channels(self) -> int:
-        return self.channels[0]
-
-    @property
-    def num_classes(self) -> int:
-        return self.channels[int(self.ops[-1, IFIELDS.index("out")])]
-
-    def _shapes(self, in_shape):
-        """Per-buffer (C, H, W) for an input (C, H, W), in op order."""
-        shapes = [None] * len(self.channels)
-        shapes[0] = tuple(int(v) for v in in_shape)
-        F = {f: i for i, f in enumerate(IFIELDS)}
-        nb = len(shapes)
-        for i, row in enumerate(self.ops):
-            # plain Python ints (no NumPy overflow or division warnings); libsal checks the
-            # program in full, this only has to be defined for every row
-            inp, out = int(row[F["inp"]]), int(row[F["out"]])
-            k, s, p, kind = (int(row[F[f]]) for f in ("k", "stride", "pad", "kind"))
-            if not (0 <= inp < nb and 0 < out < nb and shapes[inp] is not None):
-                raise ValueError(f"op {i}: buffers in={inp} out={out}: not a produced buffer "
-                                 f"in [0, {nb})")
-            if kind in (IOP_CONV, IOP_GATHER, IOP_SHIFT) and s < 1:
-                raise ValueError(f"op {i}: stride={s}: must be >= 1")
-            _, h, w = shapes[inp]
-            if kind == IOP_CONV:
-                h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
-            elif kind in (IOP_GATHER, IOP_SHIFT):
-                h, w = (h - 1) // s + 1, (w - 1) // s + 1
-            elif kind in (IOP_POOL, IOP_LINEAR):
-                h = w = 1
-            if h < 1 or w < 1:
-                raise ValueError(f"input (C, H, W) = {tuple(in_shape)} is too small for this network")
-            shapes[out] = (self.channels[out], int(h), int(w))
-        if any(sh is None for sh in shapes):
-            raise ValueError("a buffer is never produced by any op")
-        return shapes
-
-    def _engine(self, in_shape):
-        key = tuple(int(v) for v in in_shape)
-        if key not in self._engines:
-            self._engines[key] = _core.infer_create(np.array(self._shapes(key), np.int64),
-                                                    self.ops, self.shifts, self.pairs,
-                                                    self.weights.size)
-        return self._engines[key]
-
-    def forward(self, x) -> np.ndarray:
-        """Logits (N, num_classes) for x (N, C, H, W) (any real float array)."""
-        x = np.asarray(x)
-        if x.dtype.kind != "f":
-            raise TypeError(f"forward: x must be a real floating-point array, got dtype {x.dtype}")
-        c = self.in_channels
-        if x.ndim != 4 or x.shape[1] != c or min(x.shape) < 1:
-            raise ValueError(f"forward: x must have shape (N, C={c}, H, W) with N, H, W >= 1, "
-                             f"got {x.shape}")
-        x = np.ascontiguousarray(x, np.float32)
-        with net_lock(self):    # one forward at a time per network (its buffers)
-            return _core.infer_forward(self._engine(x.shape[1:]), self.weights, x)
-
-    __call__ = forward
-
-    def count_report(self, input_shape=None, mode=None, convention=None) -> CountReport:
-        """salnp.count(self, input_shape, mode, convention): an exported network counts as
-        'inference', in the 'exported' convention."""
-        if mode not in (None, "inference"):
-            raise ValueError(f"count: mode={mode!r}: an exported network counts as 'inference'")
-        if convention not in (None, "exported"):
-            raise ValueError(f"count: convention={convention!r}: an exported network counts in "
-                             "the 'exported' convention (count the training network for 'paper')")
-        return self.count(input_shape)
-
-    def count(self, input_shape=None):
-        """The accounting (salnp.flops, inference mode) per image of input_shape (C, H, W);
-        default (C, 32, 32)."""
-        if input_shape is None:
-            input_shape = (self.in_channels, 32, 32)
-        shape = check_input_shape(input_shape, self.in_channels)
-        ints, params = _core.infer_count(self._engine(shape))
-        types_ = []
-        for row in self.ops:
-            t = _TYPES[int(row[0])]
-            if row[0] == IOP_CONV:
-                t = f"conv{row[IFIELDS.index('k')]}x{row[IFIELDS.index('k')]}"
-            elif row[0] == IOP_SHIFT and row[IFIELDS.index("index_bits")]:
-                t = "sal_shift"
-            types_.append(t)
-        rows = count_rows(ints, params, self.names, types_)
-        for i in self.info.get("affine_ops", ()):   # a standalone BN run as a gather
-            c = rows[i]["out_shape"][0]
-            rows[i].update(type="bn", params=2 * c, macs=0, kept=0)
-        return CountReport(rows, "inference", shape, self.info.get("beta"), "exported")
-
-    def save(self, path) -> None:
-        """Write to path (.npz, atomic, no pickle)."""
-        arrays = dict(ops=self.ops, channels=np.array(self.channels, np.int64), shifts=self.shifts,
-                      pairs=self.pairs, weights=self.weights)
-        save_npz_atomic(path, arrays, "inference",
-                        dict(inference_format=INFERENCE_FORMAT, fields=list(IFIELDS),
-                             names=self.names, model=self.config, info=self.info))
-
-    def to_onnx(self, path=None, input_shape=None, **kwargs):
-        """salnp.export.to_onnx(self, path, input_shape, **kwargs)."""
-        return __getattr__("to_onnx")(self, path, input_shape, **kwargs)
-
-    def __repr__(self):
-        return (f"InferenceNet({len(self.ops)} ops, {self.weights.size:,} weights, "
-                f"{len(self.pairs):,} SAL pairs, model={self.config})")
-
-
-def load(path) -> InferenceNet:
-    """An InferenceNet saved by InferenceNet.save; ValueError naming the file otherwise.
-
-    The config (format, op fields, names, model) and every array's header (dtype, shape:
-    ops (len(names), len(IFIELDS)) int64, channels (B,) int64, shifts (M, 3) int32,
-    pairs (P, 4) int32, weights (W,) float32) are checked before any array data is read;
-    libsal then validates the whole program (bounds with overflow-checked arithmetic)."""
-    path = _fspath(path, "load")
-    with NpzReader(path, kind="inference") as z:
-        config = z.config
-        try:
-            if config.get("inference_format") != INFERENCE_FORMAT:
-                raise ValueError(f"inference format {config.get('inference_format')!r}, "
-                                 f"this salnp reads {INFERENCE_FORMAT}")
-            if config.get("fields") != list(IFIELDS):
-                raise ValueError("op fields differ from this salnp's")
-            names = config.get("names")
-            if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-                raise ValueError("names must be a non-empty list of strings")
-            if not isinstance(config.get("model"), dict):
-                raise ValueError("no model config")
-            info = config.get("info")
-            if info is not None and not isinstance(info, dict):
-                raise ValueError("info must be a JSON object")
-            want = dict(ops=(np.int64, (len(names), len(IFIELDS))), channels=(np.int64, None),
-                        shifts=(np.int32, 3), pairs=(np.int32, 4), weights=(np.float32, None))
-            for k, (dt, tail) in want.items():
-                if k not in z.headers:
-                    raise ValueError(f"missing array {k!r}")
-                shp = z.shape(k)
-                if z.dtype(k) != np.dtype(dt):
-                    raise ValueError(f"{k} has dtype {z.dtype(k)}, expected {np.dtype(dt)}")
-                ok = (shp == tail if isinstance(tail, tuple) else
-                      len(shp) == 1 if tail is None else len(shp) == 2 and shp[1] == tail)
-                if not ok:
-                    raise ValueError(f"{k} has shape {shp}")
-            extra = set(z.arrays) - set(want)
-            if extra:
-                raise ValueError(f"unexpected arrays {sorted(extra)[:5]}")
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(f"{path}: not a valid exported network ({e})") from None
-        arrays = {k: z.read(k) for k in want}
-    try:
-        if not np.all(np.isfinite(arrays["weights"])):
-            raise ValueError("weights must be finite float32")
-        net = InferenceNet(arrays["ops"], arrays["channels"], arrays["shifts"], arrays["pairs"],
-                           arrays["weights"], names, config["model"], info)
-        net._engine((net.in_channels, 32, 32))   # libsal validates the whole program
-    except (ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError) as e:
-        raise ValueError(f"{path}: not a valid exported network ({type(e).__name__}: {e})") from None
-    return net
-
-
-def __getattr__(name):
-    """salnp.export.to_onnx (salnp._onnx.to_onnx) on first use: salnp._onnx builds on this
-    module, and the onnx package it needs is optional (pip install "salnp[onnx]")."""
-    if name == "to_onnx":
-        return importlib.import_module("._onnx", __package__).to_onnx
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-# ---------------------------------------------------------------- the export
-class _Builder:
-    def __init__(self, in_channels):
-        self.channels = [int(in_channels)]
-        self.rows, self.names = [], []
-        self.shifts, self.pairs, self.weights = [], [], []
-        self.nweights = self.nshift = self.npair = 0
-
-    def buf(self, c):
-        self.channels.append(int(c))
-        return len(self.channels) - 1
+    def __init__(self, net, beta):
+        self.net, self.beta = net, beta
+        self.src = net.program
+        self.P = net.arena.params.astype(np.float64)
+        self.B = net.arena.buffers.astype(np.float64)
+        self.users = self.src.consumers()
+        self.out = Program(net.in_channels)
+        self.weights, self.nweights = [], 0
+        self.bmap = {0: 0}            # source buffer -> target buffer
+        self.done = set()             # source ops already rewritten (folded BNs)
+        self.info = dict(beta=beta, sal_layers=[], asl_max_rounding=0.0, folded_bn=[],
+                         source=dict(net.config))
 
     def arr(self, a) -> int:
+        """Append a to the weight arena; its offset."""
         a = np.asarray(a, np.float32).reshape(-1)
         off = self.nweights
         self.weights.append(a)
         self.nweights += a.size
         return off
 
-    def op(self, name, **f):
-        row = dict.fromkeys(IFIELDS, 0)
-        row.update(res=-1, p0=-1, p1=-1, ioff=-1)
-        row.update(f)
-        self.rows.append(row)
-        self.names.append(name)
-        return len(self.rows) - 1
+    def take(self, off, n):
+        return self.P[off:off + n]
 
-    def add_shifts(self, rows):
-        rows = np.asarray(rows, np.int32).reshape(-1, 3)
-        off = self.nshift
-        self.shifts.append(rows)
-        self.nshift += len(rows)
-        return off
+    def cout(self, op):
+        return self.src.channels[op["out"]]
 
-    def add_pairs(self, rows):
-        rows = np.asarray(rows, np.int32).reshape(-1, 4)
-        off = self.npair
-        self.pairs.append(rows)
-        self.npair += len(rows)
-        return off
+    def cin(self, op):
+        return self.src.channels[op["inp"]]
+
+    def folding_bn(self, op):
+        """The BN op that reads op's output as its only reader, or None."""
+        users = self.users.get(op["out"], [])
+        if len(users) == 1:
+            j = users[0]
+            bn = self.src.ops[j]
+            if bn["kind"] == BN and bn["inp"] == op["out"]:
+                return j
+        return None
+
+    def epilogue(self, i, op):
+        """(scale, bias arena offset or -1, relu, residual target buffer, source buffer the
+        result stands for) of the layer op i, folding its BN if it has one."""
+        o = op["o"]
+        j = self.folding_bn(op)
+        if j is None:
+            return np.ones(o), -1, 0, -1, op["out"]
+        bn = self.src.ops[j]
+        gamma, beta_bn = self.take(bn["p0"], o), self.take(bn["p1"], o)
+        rm, rv = self.B[bn["b0"]:bn["b0"] + o], self.B[bn["b1"]:bn["b1"] + o]
+        scale = gamma / np.sqrt(rv + BN_EPS)
+        self.done.add(j)
+        self.info["folded_bn"].append(self.src.names[j])
+        res = self.bmap[bn["res"]] if bn["res"] >= 0 else -1
+        return scale, self.arr(beta_bn - rm * scale), bn["relu"], res, bn["out"]
+
+    def emit(self, i, kind, out_c, **fields):
+        """A target op for source op i writing a new buffer of out_c channels."""
+        y = self.out.buf(out_c)
+        self.out.op(self.src.names[i], kind, out=y, **fields)
+        return y
+
+
+# ---------------------------------------------------------------- one rule per op kind
+def _conv(rw, i, op):
+    scale, bias, relu, res, stands_for = rw.epilogue(i, op)
+    c_in, k = rw.cin(op), op["k"]
+    w = rw.take(op["p0"], op["o"] * c_in * k * k).reshape(op["o"], c_in, k, k)
+    rw.bmap[stands_for] = rw.emit(i, CONV, op["o"], inp=rw.bmap[op["inp"]], res=res, relu=relu,
+                                  o=op["o"], k=k, stride=op["stride"], pad=op["pad"],
+                                  p0=rw.arr(w * scale[:, None, None, None]), p1=bias)
+
+
+def _sal(rw, i, op):
+    scale, bias, relu, res, stands_for = rw.epilogue(i, op)
+    net, c_in, o = rw.net, rw.cin(op), op["o"]
+    L = 1 if op["shared"] else o
+    a = net.arena.params[op["p1"]:op["p1"] + L * c_in * 9].reshape(L, c_in, 9)
+    mask = (net.arena.buffers[op["b0"]:op["b0"] + L * c_in * 9].reshape(L, c_in, 9)
+            if op["b0"] >= 0 else None)      # stepwise pruning: masked never chosen
+    p = _core.sal_probs(a, rw.beta, hard=True, mask=mask)
+    kept, qstar = p.max(-1) > 0.5, p.argmax(-1)
+    w9 = rw.take(op["p0"], o * c_in * 9).reshape(o, c_in, 9)
+    rw.info["sal_layers"].append(dict(name=rw.src.names[i], shared=bool(op["shared"]),
+                                      slices=int(L * c_in), kept=int(kept.sum())))
+    x = rw.bmap[op["inp"]]
+    if op["shared"] and kept.any():
+        ks = np.nonzero(kept[0])[0]
+        q = qstar[0, ks]
+        rows = np.stack([ks, q // 3 - 1, q % 3 - 1], 1)
+        z = rw.emit(i, SHIFT, len(ks), inp=x, stride=op["stride"], ioff=rw.out.add_shifts(rows),
+                    index_bits=4)
+        rw.bmap[stands_for] = rw.emit(i, CONV, o, inp=z, res=res, relu=relu, o=o, k=1, stride=1,
+                                      pad=0, p0=rw.arr(w9[:, ks, q] * scale[:, None]), p1=bias)
+        return
+    if op["shared"]:                # every slice pruned: the output is the bias
+        kept = np.zeros((o, c_in), bool)
+    oo, ii = np.nonzero(kept)       # row-major: sorted by o
+    q = qstar[oo, ii] if not op["shared"] else qstar[0, ii]
+    pairs = np.stack([oo, ii, q // 3 - 1, q % 3 - 1], 1)
+    rw.bmap[stands_for] = rw.emit(i, GATHER, o, inp=x, res=res, relu=relu, o=o,
+                                  stride=op["stride"], k=3, pad=1, ioff=rw.out.add_pairs(pairs),
+                                  npair=len(oo), p0=rw.arr(w9[oo, ii, q] * scale[oo]), p1=bias)
+
+
+def _shift(rw, i, op):
+    start = op["ioff"]
+    rows = rw.src.shift_table()[start:start + rw.cout(op)]
+    rw.bmap[op["out"]] = rw.emit(i, SHIFT, rw.cout(op), inp=rw.bmap[op["inp"]],
+                                 stride=op["stride"], ioff=rw.out.add_shifts(rows))
+
+
+def _ashift(rw, i, op):
+    c = rw.cin(op)
+    real = rw.take(op["p0"], 2 * c).reshape(c, 2)
+    off = np.rint(real)
+    rw.info["asl_max_rounding"] = max(rw.info["asl_max_rounding"], float(np.abs(real - off).max()))
+    off = np.clip(off, -MAX_SHIFT, MAX_SHIFT).astype(np.int64)
+    rows = np.concatenate([np.arange(c)[:, None], off], 1)
+    rw.bmap[op["out"]] = rw.emit(i, SHIFT, c, inp=rw.bmap[op["inp"]], stride=op["stride"],
+                                 ioff=rw.out.add_shifts(rows))
+
+
+def _bn(rw, i, op):
+    """A BN that could not fold: eval-mode BN over the weight arena."""
+    c = rw.cin(op)
+    off = rw.arr(np.concatenate([rw.take(op["p0"], c), rw.take(op["p1"], c),
+                                 rw.B[op["b0"]:op["b0"] + c], rw.B[op["b1"]:op["b1"] + c]]))
+    rw.bmap[op["out"]] = rw.emit(i, BN, c, inp=rw.bmap[op["inp"]],
+                                 res=rw.bmap[op["res"]] if op["res"] >= 0 else -1,
+                                 relu=op["relu"], p0=off, p1=off + c, b0=off + 2 * c,
+                                 b1=off + 3 * c)
+
+
+def _add(rw, i, op):
+    src = rw.bmap[op["inp"]]
+    last = rw.out.ops[-1] if rw.out.ops else None
+    if (last is not None and last["out"] == src and last["res"] < 0
+            and last["kind"] in (CONV, GATHER) and len(rw.users.get(op["inp"], [])) == 1):
+        last["res"], last["res_post"] = rw.bmap[op["res"]], 1   # after the ReLU
+        rw.bmap[op["out"]] = src
+        return
+    rw.bmap[op["out"]] = rw.emit(i, ADD, rw.cout(op), inp=src, res=rw.bmap[op["res"]])
+
+
+def _pool(rw, i, op):
+    rw.bmap[op["out"]] = rw.emit(i, POOL, rw.cout(op), inp=rw.bmap[op["inp"]])
+
+
+def _linear(rw, i, op):
+    o, c = op["o"], rw.cin(op)
+    rw.bmap[op["out"]] = rw.emit(i, LINEAR, o, inp=rw.bmap[op["inp"]], o=o,
+                                 p0=rw.arr(rw.take(op["p0"], o * c)),
+                                 p1=rw.arr(rw.take(op["p1"], o)))
+
+
+RULES = {CONV: _conv, SAL: _sal, SHIFT: _shift, ASHIFT: _ashift, BN: _bn, ADD: _add,
+         POOL: _pool, LINEAR: _linear}
 
 
 def export(net, beta=None) -> InferenceNet:
@@ -302,161 +226,29 @@ def export(net, beta=None) -> InferenceNet:
     if not isinstance(net, ResNet):
         raise TypeError(f"export: net must be a salnp network (salnp.models.ResNet), "
                         f"got {type(net).__name__}")
-    b = net.beta if beta is None else beta
-    if isinstance(b, (str, bytes, complex, np.complexfloating)) or np.ndim(b) != 0:
-        raise TypeError(f"export: beta={b!r}: must be a real number")
-    beta = float(b)
-    if not np.isfinite(beta) or beta < 0:
-        raise ValueError(f"export: beta={beta!r}: must be finite and >= 0")
+    beta = net.beta if beta is None else check_beta(beta, "export: beta")
     # a NaN weight, a NaN BN statistic or a negative running variance would fold into
     # NaN (or constant) logits for every input: refuse, naming the entry
     check_finite_state(dict(net.named_parameters()) | dict(net.named_buffers()), "export")
-    cin = net.config["in_channels"]
-    shape = (cin, 32, 32)
-    prog = net.program(shape)
-    names = prog.names
-    P, Bf = net.arena.params.astype(np.float64), net.arena.buffers.astype(np.float64)
-    ops = prog.ops
-    consumers = {}
-    for i, op in enumerate(ops):
-        for b in (op["inp"], op["res"]):
-            if b >= 0:
-                consumers.setdefault(b, []).append(i)
-
-    b = _Builder(cin)
-    bmap = {0: 0}                   # training buffer -> inference buffer
-    done = set()                    # BN ops folded into the layer before them
-    info = dict(beta=beta, sal_layers=[], asl_max_rounding=0.0, affine_ops=[],
-                source=dict(net.config))
-
-    def take(off, n):
-        return P[off:off + n]
-
-    def folding_bn(i, op):
-        """The BN op reading op's output as its only consumer, or None."""
-        users = consumers.get(op["out"], [])
-        if len(users) == 1 and ops[users[0]]["kind"] == OP_BN and ops[users[0]]["inp"] == op["out"]:
-            return users[0]
-        return None
-
-    for i, op in enumerate(ops):
-        kind = op["kind"]
-        if i in done:
-            continue
-        cout = prog.shapes[op["out"]][0]
-        c_in = prog.shapes[op["inp"]][0]
-        if kind in (OP_CONV, OP_SAL):
-            j = folding_bn(i, op)
-            scale, bias = np.ones(op["o"]), np.zeros(op["o"])
-            relu, res, out_t = 0, -1, op["out"]
-            if j is not None:
-                bn = ops[j]
-                gamma, beta_bn = take(bn["p0"], cout), take(bn["p1"], cout)
-                rm, rv = Bf[bn["b0"]:bn["b0"] + cout], Bf[bn["b1"]:bn["b1"] + cout]
-                scale = gamma / np.sqrt(rv + BN_EPS)
-                bias = beta_bn - rm * scale
-                relu, res, out_t = bn["relu"], bn["res"], bn["out"]
-                done.add(j)
-            res_i = bmap[res] if res >= 0 else -1
-            w = take(op["p0"], op["o"] * c_in * op["k"] * op["k"]).reshape(op["o"], c_in, op["k"], op["k"])
-            if kind == OP_CONV:
-                y = b.buf(cout)
-                b.op(names[i], kind=IOP_CONV, inp=bmap[op["inp"]], out=y, res=res_i, relu=relu,
-                     o=op["o"], k=op["k"], stride=op["stride"], pad=op["pad"],
-                     p0=b.arr(w * scale[:, None, None, None]),
-                     p1=b.arr(bias) if j is not None else -1)
-                bmap[out_t] = y
-                continue
-            L = op["o"] if not op["shared"] else 1
-            a = net.arena.params[op["p1"]:op["p1"] + L * c_in * 9].reshape(L, c_in, 9)
-            mask = (net.arena.buffers[op["b0"]:op["b0"] + L * c_in * 9].reshape(L, c_in, 9)
-                    if op["b0"] >= 0 else None)      # stepwise pruning: masked never chosen
-            p = _core.sal_probs(a, beta, hard=True, mask=mask)
-            kept = p.max(-1) > 0.5
-            qstar = p.argmax(-1)
-            w9 = w.reshape(op["o"], c_in, 9)
-            lay = dict(name=names[i], shared=bool(op["shared"]), slices=int(L * c_in),
-                       kept=int(kept.sum()))
-            info["sal_layers"].append(lay)
-            if op["shared"] and kept.any():
-                ks = np.nonzero(kept[0])[0]
-                q = qstar[0, ks]
-                z = b.buf(len(ks))
-                b.op(names[i], kind=IOP_SHIFT, inp=bmap[op["inp"]], out=z, stride=op["stride"],
-                     ioff=b.add_shifts(np.stack([ks, q // 3 - 1, q % 3 - 1], 1)), index_bits=4)
-                wk = w9[:, ks, q] * scale[:, None]          # (O, C_kept)
-                y = b.buf(cout)
-                b.op(names[i], kind=IOP_CONV, inp=z, out=y, res=res_i, relu=relu, o=op["o"], k=1,
-                     stride=1, pad=0, p0=b.arr(wk), p1=b.arr(bias) if j is not None else -1)
-            else:
-                if op["shared"]:          # every slice pruned: the output is the bias
-                    kept = np.zeros((op["o"], c_in), bool)
-                oo, ii = np.nonzero(kept)   # row-major: sorted by o
-                q = qstar[oo, ii] if not op["shared"] else qstar[0, ii]
-                y = b.buf(cout)
-                b.op(names[i], kind=IOP_GATHER, inp=bmap[op["inp"]], out=y, res=res_i, relu=relu,
-                     o=op["o"], stride=op["stride"], k=3, pad=1,
-                     ioff=b.add_pairs(np.stack([oo, ii, q // 3 - 1, q % 3 - 1], 1)), npair=len(oo),
-                     p0=b.arr(w9[oo, ii, q] * scale[oo]),
-                     p1=b.arr(bias) if j is not None else -1)
-            bmap[out_t] = y
-        elif kind in (OP_SHIFT, OP_ASHIFT):
-            if kind == OP_SHIFT:
-                off = np.asarray(prog.int_offsets[op["ioff"]], np.int64)
-            else:
-                real = take(op["p0"], 2 * c_in).reshape(c_in, 2)
-                off = np.rint(real).astype(np.int64)
-                info["asl_max_rounding"] = max(info["asl_max_rounding"],
-                                               float(np.abs(real - off).max()))
-            y = b.buf(cout)
-            b.op(names[i], kind=IOP_SHIFT, inp=bmap[op["inp"]], out=y, stride=op["stride"],
-                 ioff=b.add_shifts(np.concatenate([np.arange(c_in)[:, None], off], 1)))
-            bmap[op["out"]] = y
-        elif kind == OP_ADD:
-            src = bmap[op["inp"]]
-            last = b.rows[-1] if b.rows else None
-            if (last is not None and last["out"] == src and last["res"] < 0
-                    and last["kind"] in (IOP_CONV, IOP_GATHER)
-                    and len(consumers.get(op["inp"], [])) == 1):
-                last["res"], last["res_post"] = bmap[op["res"]], 1   # after the ReLU
-                bmap[op["out"]] = src
-            else:
-                y = b.buf(cout)
-                b.op(names[i], kind=IOP_ADD, inp=src, out=y, res=bmap[op["res"]], relu=0)
-                bmap[op["out"]] = y
-        elif kind == OP_POOL:
-            y = b.buf(cout)
-            b.op(names[i], kind=IOP_POOL, inp=bmap[op["inp"]], out=y)
-            bmap[op["out"]] = y
-        elif kind == OP_LINEAR:
-            y = b.buf(cout)
-            b.op(names[i], kind=IOP_LINEAR, inp=bmap[op["inp"]], out=y, o=op["o"],
-                 p0=b.arr(take(op["p0"], op["o"] * c_in)), p1=b.arr(take(op["p1"], op["o"])))
-            bmap[op["out"]] = y
-        elif kind == OP_BN:       # standalone (not after a conv it can fold into)
-            gamma, beta_bn = take(op["p0"], cout), take(op["p1"], cout)
-            rm, rv = Bf[op["b0"]:op["b0"] + cout], Bf[op["b1"]:op["b1"] + cout]
-            scale = gamma / np.sqrt(rv + BN_EPS)
-            ch = np.arange(cout)
-            y = b.buf(cout)
-            info["affine_ops"].append(len(b.rows))
-            b.op(names[i], kind=IOP_GATHER, inp=bmap[op["inp"]], out=y,
-                 res=bmap[op["res"]] if op["res"] >= 0 else -1, relu=op["relu"], o=cout,
-                 stride=1, k=3, pad=1, npair=cout,
-                 ioff=b.add_pairs(np.stack([ch, ch, 0 * ch, 0 * ch], 1)),
-                 p0=b.arr(scale), p1=b.arr(beta_bn - rm * scale))
-            bmap[op["out"]] = y
-        else:
-            raise NotImplementedError(f"export: op {i}: kind {kind} is not supported")
-
-    table = np.array([[r[f] for f in IFIELDS] for r in b.rows], np.int64)
-    cat = lambda parts, shape, dt: (np.concatenate(parts).astype(dt) if parts
-                                    else np.zeros(shape, dt))
-    inf = InferenceNet(table, b.channels, cat(b.shifts, (0, 3), np.int32),
-                       cat(b.pairs, (0, 4), np.int32), cat(b.weights, (0,), np.float32),
-                       b.names, net.config, info)
-    inf._engine(shape)   # libsal validates the program now, not at the first forward
+    rw = _Rewrite(net, beta)
+    for i, op in enumerate(rw.src.ops):
+        if i not in rw.done:
+            RULES[op["kind"]](rw, i, op)
+    weights = np.concatenate(rw.weights) if rw.weights else np.zeros(0, np.float32)
+    inf = InferenceNet(rw.out, weights, net.config, rw.info)
+    inf.engine.get((net.in_channels, 32, 32))  # libsal validates the program now
     return inf
+
+
+def to_onnx(inf, path=None, input_shape=None, **kwargs):
+    """Write inf (an InferenceNet, or a salnp network, exported first with its beta) to path
+    as an ONNX model and return the ModelProto; see salnp._onnx.to_onnx."""
+    if isinstance(inf, ResNet):
+        inf = export(inf)
+    if not isinstance(inf, InferenceNet):
+        raise TypeError(f"to_onnx: inf must be a salnp.export.InferenceNet (salnp.export(net)) "
+                        f"or a salnp network, got {type(inf).__name__}")
+    return _onnx.to_onnx(inf, path, input_shape, **kwargs)
 
 
 class _CallableModule(types.ModuleType):

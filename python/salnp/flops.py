@@ -1,250 +1,64 @@
 """Accounting: parameters, MACs and shift traffic per layer (DESIGN.md section 3).
 
-    report = salnp.count(net, input_shape=(3, 32, 32), mode="train")   # or "inference"
+    report = salnp.count(net)                       # the training network, per image
+    report = salnp.count(net, mode="inference")     # = salnp.count(salnp.export(net))
+    report = salnp.count(net, convention="paper")   # the published tables' convention
     print(report.table())
     report.macs, report.params, report.rows, report.totals, report.to_dict()
     report.to_dataframe()            # pandas, when installed
 
-The numbers come from libsal (``sal_net_count``, ``sal_infer_count``), so benchmarks
-and tables agree.  Units: MACs (one multiply-add = 1) of convolutions and Linear layers
-per image; BN, ReLU, add, pooling and shifts count 0; FLOPs = 2 x MACs, labelled as such.
-Parameters: conv and Linear weights, Linear bias, BN gamma and beta (not the running
-statistics).
-
-mode="train": the training network.  A soft SAL layer counts as the dense 3x3
-convolution it computes; its attention logits are training-only parameters, listed in
-``train_only_params`` and not in ``params``; ASL shifts count as parameters (learned).
-``bwd_macs`` is the backward cost: 2 x forward MACs for every conv/Linear (input
-gradient + weight gradient), 1 x for the stem convolution (the input gradient of the
-network input is never computed).  Training cost per image = macs + bwd_macs.
-
-mode="inference": the network ``salnp.export`` builds from it (same numbers as
-``salnp.export(net).count()``).  Every BN after a conv/SAL layer is folded into the
-layer's weights plus a bias: the BN rows count 0, the layer rows count O bias values (one
-value per BN channel less than the training net, whose BN has gamma and beta).  SAL layers
-are binarised with the net's current beta (p > 0.5, under the stepwise-pruning masks:
-masked positions are never chosen) and pruned slices dropped: unshared
-kept slices count 36/32 each (32-bit weight + 4-bit position index) and
-C_in_kept_slices * H_out * W_out MACs in total; shared: C_kept * C_out + C_kept * 4/32
-parameters, C_kept * C_out * H_out * W_out MACs and a shift of C_kept * H_out * W_out
-moved elements.  ASL offsets are rounded to integers (a fixed shift, 0 parameters).
-
-Conventions (every report says which: ``report.convention``, the table's first line):
-- "training" (mode="train"), "exported" (mode="inference", the default for an exported
-  network): as above;
-- "paper" (``count(net, convention="paper")``): the convention of the SAL paper's tables
-  and of Jeon & Kim's counts (DESIGN section 3), so that figures compare with published
-  ones: BN as gamma and beta (2 C), conv and Linear weights, the Linear bias and shortcut
-  convolutions in full, ASL shifts (2 per channel), and every SAL slice kept whatever the
-  attention: unshared C_in C_out 36/32 (a 32-bit weight + a 4-bit position), shared
-  C_in C_out + C_in 4/32; MACs as the binarised layer (C_in C_out H_out W_out for SAL).
-  It does not depend on beta or training: SAL ResNet-20 w=16 38,618 (shared 34,984),
-  CL ResNet-20 272,474, ShiftResNet-20 e=3 95,642, ASNet-20 [16x1] 35,386.
+Every number comes from libsal counting a program (``sal_net_count``): the training
+program, or the program ``salnp.export`` makes of it -- the inference count of a network IS
+the count of its export, one code path.  Units and conventions: salnp.report.
 """
 from __future__ import annotations
 
-import numpy as np
-
-from . import _core
+from .export import export
+from .infer import InferenceNet
+from .models import ResNet
+from .program import SAL
+from .report import CONVENTIONS, CountReport, check_input_shape, paper_rows
 
 __all__ = ["count", "CountReport", "CONVENTIONS"]
 
-CONVENTIONS = ("training", "exported", "paper")
 
-# columns of the int64 part returned by _core.net_count / infer_count
-_COLS = ("op", "kind", "in_c", "in_h", "in_w", "out_c", "out_h", "out_w", "train_only", "kept",
-         "macs", "bwd_macs", "shift_moves")
+def count(net, input_shape=None, mode=None, convention=None) -> CountReport:
+    """Cost of net per image of input_shape (C, H, W), default (the net's C, 32, 32).
 
-
-def _num(v):
-    """An int when the value is integral (parameter counts), else the float."""
-    v = float(v)
-    return int(v) if v.is_integer() else v
-
-
-class CountReport:
-    """Per-layer rows and totals of a network's cost, per image.
-
-    rows: list of dicts with keys name, type, in_shape, out_shape, params, macs,
-    shift_moves, bwd_macs, train_only_params, kept.  Totals as attributes (macs, params,
-    flops = 2 * macs, shift_moves, bwd_macs, train_macs = macs + bwd_macs,
-    train_only_params) and in ``totals``."""
-
-    def __init__(self, rows, mode, input_shape, beta=None, convention=None):
-        self.rows = rows
-        self.mode = mode
-        self.convention = convention or ("training" if mode == "train" else "exported")
-        self.input_shape = tuple(int(v) for v in input_shape)
-        self.beta = beta
-        self.macs = int(sum(r["macs"] for r in rows))
-        self.params = _num(sum(r["params"] for r in rows))
-        self.flops = 2 * self.macs
-        self.shift_moves = int(sum(r["shift_moves"] for r in rows))
-        self.bwd_macs = int(sum(r["bwd_macs"] for r in rows))
-        self.train_macs = self.macs + self.bwd_macs if mode == "train" else None
-        self.train_only_params = int(sum(r["train_only_params"] for r in rows))
-        self.totals = dict(params=self.params, macs=self.macs, flops=self.flops,
-                           shift_moves=self.shift_moves, bwd_macs=self.bwd_macs,
-                           train_macs=self.train_macs, train_only_params=self.train_only_params)
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict: mode, input_shape, beta, units, totals, rows."""
-        return dict(mode=self.mode, convention=self.convention,
-                    input_shape=list(self.input_shape), beta=self.beta,
-                    units=dict(macs="multiply-adds per image", flops="2 x MACs per image",
-                               params="parameters (binarised SAL weights 36/32 each)",
-                               shift_moves="elements moved by shifts per image"),
-                    totals=dict(self.totals),
-                    rows=[dict(r, in_shape=list(r["in_shape"]), out_shape=list(r["out_shape"]))
-                          for r in self.rows])
-
-    def to_dataframe(self):
-        """The rows as a pandas DataFrame (one row per op: name, type, in/out shapes as
-        tuples, params, macs, shift_moves, bwd_macs, train_only_params, kept), indexed by
-        position; ``df.attrs`` holds mode, input_shape, beta, units and totals.
-        Needs pandas (pip install "salnp[pandas]")."""
-        try:
-            import pandas as pd
-        except ImportError as e:
-            raise ImportError("CountReport.to_dataframe needs pandas: pip install "
-                              "'salnp[pandas]' (or pandas)") from e
-        cols = ["name", "type", "in_shape", "out_shape", "params", "macs", "shift_moves",
-                "bwd_macs", "train_only_params", "kept"]
-        df = pd.DataFrame([{c: r[c] for c in cols} for r in self.rows], columns=cols)
-        d = self.to_dict()
-        df.attrs.update(mode=self.mode, input_shape=self.input_shape, beta=self.beta,
-                        units=d["units"], totals=d["totals"])
-        return df
-
-    def table(self, skip_zero=False) -> str:
-        """A fixed-width table with units; skip_zero drops rows with no params, MACs or moves."""
-        train = self.mode == "train"
-        head = ["layer", "type", "in (C,H,W)", "out (C,H,W)", "params", "MACs"]
-        head += ["bwd MACs", "train-only"] if train else ["kept"]
-        head += ["shift moves"]
-        lines = []
-        for r in self.rows:
-            if skip_zero and not (r["params"] or r["macs"] or r["shift_moves"] or r["train_only_params"]):
-                continue
-            p = r["params"]
-            cells = [r["name"], r["type"], "x".join(map(str, r["in_shape"])),
-                     "x".join(map(str, r["out_shape"])),
-                     f"{p:,}" if isinstance(p, int) else f"{p:,.3f}", f"{r['macs']:,}"]
-            cells += [f"{r['bwd_macs']:,}", f"{r['train_only_params']:,}"] if train else \
-                [f"{r['kept']:,}" if r["kept"] else ""]
-            cells.append(f"{r['shift_moves']:,}")
-            lines.append(cells)
-        p = self.params
-        tot = ["total", "", "", "", f"{p:,}" if isinstance(p, int) else f"{p:,.3f}", f"{self.macs:,}"]
-        tot += [f"{self.bwd_macs:,}", f"{self.train_only_params:,}"] if train else [""]
-        tot.append(f"{self.shift_moves:,}")
-        width = [max(len(h), *(len(c[i]) for c in lines + [tot])) for i, h in enumerate(head)]
-
-        def fmt(cells):
-            return "  ".join(c.ljust(w) if i < 4 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(cells, width)))
-
-        out = [f"{self.mode} network ({self.convention} convention), input "
-               f"{'x'.join(map(str, self.input_shape))}"
-               + (f", SAL beta {self.beta:g}" if self.beta is not None else "")
-               + "; units: MACs = multiply-adds per image, FLOPs = 2 x MACs",
-               fmt(head), fmt(["-" * w for w in width])]
-        out += [fmt(c) for c in lines]
-        out += [fmt(["-" * w for w in width]), fmt(tot)]
-        out.append(f"forward: {self.macs:,} MACs = {self.flops:,} FLOPs per image; "
-                   f"params {p:,}" if isinstance(p, int) else
-                   f"forward: {self.macs:,} MACs = {self.flops:,} FLOPs per image; params {p:,.3f}")
-        if train:
-            out.append(f"training per image (forward + backward, backward = 2 x conv/linear "
-                       f"MACs, 1 x for the stem): {self.train_macs:,} MACs = "
-                       f"{2 * self.train_macs:,} FLOPs; training-only (SAL logits): "
-                       f"{self.train_only_params:,}")
-        out.append(f"elements moved by shifts: {self.shift_moves:,} per image")
-        return "\n".join(out)
-
-    def __repr__(self):
-        return (f"CountReport(mode={self.mode!r}, convention={self.convention!r}, "
-                f"input_shape={self.input_shape}, "
-                f"params={self.params}, macs={self.macs:,})")
-
-
-def count_rows(ints, params, names, types):
-    rows = []
-    for k, (iv, p) in enumerate(zip(ints, params)):
-        r = dict(zip(_COLS, (int(v) for v in iv)))
-        rows.append(dict(name=names[k], type=types[k], in_shape=(r["in_c"], r["in_h"], r["in_w"]),
-                         out_shape=(r["out_c"], r["out_h"], r["out_w"]), params=_num(p),
-                         macs=r["macs"], shift_moves=r["shift_moves"], bwd_macs=r["bwd_macs"],
-                         train_only_params=r["train_only"], kept=r["kept"]))
-    return rows
-
-
-def check_input_shape(input_shape, in_channels, fn="count"):
-    if input_shape is None:
-        input_shape = (in_channels, 32, 32)
-    try:
-        shape = tuple(int(v) for v in input_shape)
-        ok = len(shape) == 3 and all(int(v) == v for v in input_shape)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{fn}: input_shape={input_shape!r}: must be (C, H, W) of integers")
-    if shape[0] != in_channels or not 1 <= shape[1] <= 2**24 or not 1 <= shape[2] <= 2**24:
-        raise ValueError(f"{fn}: input_shape={shape}: must be (C={in_channels}, H, W) with H, W "
-                         f"in [1, 2**24] "
-                         f"for this network (in_channels={in_channels})")
-    return shape
-
-
-def count(net, input_shape=(3, 32, 32), mode=None, convention=None) -> CountReport:
-    """Cost of net per image of input_shape (C, H, W).
-
-    net: a salnp network (salnp.models.ResNet; mode "train" (default) or "inference") or
-    an exported salnp.export.InferenceNet (mode "inference" only).  convention: None (the
-    mode's own: "training" or "exported"), or "paper" (the published tables' counting, see
-    the module docstring; a ResNet only, mode None or "inference").  Each network makes
-    its report (``count_report``) from the rows libsal counts."""
+    net: a salnp network (salnp.models.ResNet) or an exported salnp.export.InferenceNet.
+    mode: "train" (a network's default) or "inference" (an exported network's only mode;
+    for a network: the count of salnp.export(net), with its current beta).
+    convention: None (the mode's own: "training" or "exported"), or "paper" (the published
+    tables' counting, salnp.report; a network only, the same whatever mode says, so mode
+    "train" is refused with it)."""
     if convention is not None and convention not in CONVENTIONS:
         raise ValueError(f"count: convention={convention!r}: must be None, 'training', "
                          "'exported' or 'paper'")
-    report = getattr(net, "count_report", None)
-    if report is None:
+    if mode not in (None, "train", "inference"):
+        raise ValueError(f"count: mode={mode!r}: must be 'train' or 'inference'")
+    if isinstance(net, InferenceNet):
+        if mode not in (None, "inference"):
+            raise ValueError(f"count: mode={mode!r}: an exported network counts as 'inference'")
+        if convention not in (None, "exported"):
+            raise ValueError(f"count: convention={convention!r}: an exported network counts in "
+                             "the 'exported' convention (count the training network for 'paper')")
+        return net.count(input_shape)
+    if not isinstance(net, ResNet):
         raise TypeError(f"count: net must be a salnp network (salnp.models.ResNet or "
                         f"salnp.export.InferenceNet), got {type(net).__name__}")
-    return report(input_shape, mode, convention)
-
-
-def paper_rows(rows, ops):
-    """The paper convention's rows from a training program's rows (module docstring):
-    every SAL slice kept at 36/32 (shared: C_in*C_out + C_in*4/32) and one 1x1 conv's
-    MACs; BN as gamma and beta, everything else in full; nothing training-only."""
-    for r, op in zip(rows, ops):
-        r["bwd_macs"] = r["train_only_params"] = 0
-        if r["type"] in ("sal", "sal_shared"):
-            cin, cout = r["in_shape"][0], r["out_shape"][0]
-            hw = r["out_shape"][1] * r["out_shape"][2]
-            r["params"] = _num(cin * cout + cin * 4 / 32 if op["shared"] else cin * cout * 36 / 32)
-            r["macs"] = cin * cout * hw
-            r["shift_moves"] = cin * hw if op["shared"] else 0
-            r["kept"] = cin if op["shared"] else cin * cout
-    return rows
-
-
-# ---------------------------------------------------------------- op types
-_NET_TYPES = {"sal": "sal", "shift": "shift", "ashift": "active_shift", "bn": "bn",
-              "add": "add", "pool": "avgpool", "linear": "linear"}
-
-
-def program_types(prog) -> list[str]:
-    """The layer type of every op of a training program (salnp.models.Program), for the
-    rows of a report: conv3x3, conv1x1, sal, sal_shared, shift, active_shift, bn, ..."""
-    types = []
-    for op in prog.ops:
-        kind = _core.NET_KINDS[op["kind"]]
-        if kind == "conv":
-            types.append(f"conv{op['k']}x{op['k']}")
-        elif kind == "sal" and op["shared"]:
-            types.append("sal_shared")
-        else:
-            types.append(_NET_TYPES[kind])
-    return types
+    shape = check_input_shape(input_shape, net.in_channels)
+    if convention == "paper":
+        if mode == "train":
+            raise ValueError("count: mode='train' with convention='paper': the paper convention "
+                             "counts the inference network (mode None or 'inference')")
+        return CountReport(paper_rows(net.engine.count_rows(shape)), "inference", shape, None,
+                           "paper")
+    if mode == "inference" or convention == "exported":
+        if convention not in (None, "exported"):
+            raise ValueError(f"count: convention={convention!r} does not go with mode='inference'")
+        return export(net).count(shape)
+    if convention not in (None, "training"):
+        raise ValueError(f"count: convention={convention!r} does not go with mode='train'")
+    has_sal = any(r["kind"] == SAL for r in net.program.ops)
+    return CountReport(net.engine.count_rows(shape), "train", shape,
+                       net.beta if has_sal else None)

@@ -1,4 +1,6 @@
-"""Saving and loading networks and training state as .npz (never pickle).
+"""Files as .npz (never pickle): the bounded, validating reader and the atomic writer that
+networks (salnp.models.save/load), training checkpoints (salnp.train) and exported networks
+(salnp.infer) are stored with.  It knows no model: each caller checks its own contents.
 
 A file holds the arrays under their state-dict names plus three small entries:
 ``__format__`` (the format version), ``__kind__`` ("network" or "training") and
@@ -22,8 +24,6 @@ file (duplicate member names, a shape that disagrees with the config, a member w
 declared size disagrees with its header, an unsupported compression, a config nested
 too deeply...) raises ValueError naming the file.
 
-``beta`` (files from before it was stored load with beta = 1.0, the constructor's
-default, which is what those files' networks had unless fit had annealed it).
 """
 from __future__ import annotations
 
@@ -37,11 +37,9 @@ import zlib
 
 import numpy as np
 
-from .models import ResNet, resnet
-
 FORMAT = 1
-__all__ = ["save", "load", "save_npz_atomic", "read_npz", "NpzReader", "FORMAT",
-           "open_regular", "check_finite_state"]
+__all__ = ["save_npz_atomic", "read_npz", "NpzReader", "FORMAT", "open_regular",
+           "check_finite_state"]
 
 MAX_CONFIG_CHARS = 16 << 20     # the JSON config (history included) is far smaller
 MAX_MEMBERS = 1 << 16
@@ -344,89 +342,3 @@ def read_npz(path, kind: str | None = None, shapes: dict | None = None):
         for k in z.arrays:
             arrays[k] = z.read(k, (shapes or {}).get(k))
         return arrays, z.config, z.kind
-
-
-def _check_model_config(path, cfg, shapes):
-    """The config must describe the arrays in the file (so a foreign or edited file cannot
-    make load build a network far larger than the file: width, depth, classes, channels,
-    the shift blocks' expansion are checked against the stored stem, head, blocks).
-    shapes: {name: shape} from the .npy headers (no data read)."""
-    try:
-        w = tuple(shapes["conv1.weight"])
-        lin = tuple(shapes["linear.weight"])
-        blocks = {k.split(".")[1] for k in shapes if k.startswith("layer1.")}
-        depth = int(cfg["depth"])
-        width = int(cfg["width"])
-        ok = (w == (width, int(cfg["in_channels"]), 3, 3)
-              and lin == (int(cfg["num_classes"]), 4 * width)
-              and len(blocks) * 6 + 2 == depth)
-        if ok and cfg.get("layer") in ("sl", "asl"):
-            e = cfg["expansion"]
-            mid = int(round(float(e) * width))
-            ok = tuple(shapes["layer1.0.conv1.weight"]) == (mid, width, 1, 1)
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{path}: model config {cfg} does not match the arrays in the file")
-
-
-def _beta_of(path, config):
-    b = config.get("beta", 1.0)
-    if isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b) or b < 0:
-        raise ValueError(f"{path}: beta={b!r}: must be a finite number >= 0")
-    return float(b)
-
-
-def save(net, path) -> None:
-    """Save a network (parameters, buffers, config, SAL beta) to path (.npz).
-
-    Refuses (ValueError) a network with NaN/inf values or a negative BN running variance:
-    load would refuse the file."""
-    if not isinstance(net, ResNet):
-        raise TypeError(f"save: net must be a salnp network (salnp.models.ResNet), got "
-                        f"{type(net).__name__}")
-    state = net.state_dict()
-    check_finite_state(state, "save")
-    beta = float(net.beta)
-    if not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"save: net.beta={beta!r}: must be finite and >= 0")
-    save_npz_atomic(path, state, "network", {"model": net.config, "beta": beta})
-
-
-def expected_state_shapes(net) -> dict:
-    shapes = {k: v.shape for k, v in net.named_parameters()}
-    shapes.update((k, v.shape) for k, v in net.named_buffers())
-    return shapes
-
-
-def load(path):
-    """Load a network saved by save() (or a training checkpoint of fit); returns a new
-    network with its weights and beta."""
-    path = _fspath(path, "load")
-    with NpzReader(path) as z:
-        if z.kind not in ("network", "training"):
-            raise ValueError(f"{path}: holds a {z.kind!r}, not a network")
-        model_cfg = z.config.get("model")
-        if not isinstance(model_cfg, dict):
-            raise ValueError(f"{path}: no model config")
-        beta = _beta_of(path, z.config)
-        _check_model_config(path, model_cfg, z.headers_shapes)
-        try:
-            net = resnet(**model_cfg)
-        except (TypeError, ValueError, OverflowError) as e:
-            raise ValueError(f"{path}: model config {model_cfg} not understood ({e})") from None
-        want = expected_state_shapes(net)
-        names = [k for k in z.arrays if not k.startswith(("optim.", "train."))]
-        unexpected = [k for k in names if k not in want]
-        if unexpected:
-            raise ValueError(f"{path}: unexpected arrays {unexpected[:5]}")
-        for k in names:      # every shape checked before any data is decompressed
-            if z.shape(k) != want[k]:
-                raise ValueError(f"{path}: {k} has shape {z.shape(k)}, expected {want[k]}")
-        state = {k: z.read(k, want[k]) for k in names}
-    try:
-        net.load_state_dict(state)
-    except (KeyError, ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from None
-    net.beta = beta
-    return net

@@ -4,45 +4,35 @@
     logits = net.forward(x)          # x float32 (N, C, H, W)
 
 A network is a tree of Modules (PyTorch-style names: ``layer1.0.conv1.weight``) whose
-parameters live in one arena, plus a *program*: the flat list of C ops the tree emits
-(conv, SAL, shift, BN(+add)(+ReLU), pool, linear) over activation buffers.  libsal runs
-the program forward and backward with every buffer allocated once per batch size, in
-the channel-major layout.
+parameters live in one arena, plus a *program* (salnp.program): the flat list of ops the
+tree emits (conv, SAL, shift, BN(+add)(+ReLU), pool, linear) over activation buffers.
+libsal runs the program forward and backward with every buffer allocated once per batch
+size, in the channel-major layout.
+
+    salnp.save(net, "net.npz"); net = salnp.load("net.npz")      # .npz, never pickle
 """
 from __future__ import annotations
 
+
 import numpy as np
 
-from . import _core
-from .flops import CountReport, check_input_shape, count_rows, paper_rows, program_types
-# the leaf layers and the program they emit live in salnp.nn; re-exported here
-from .nn import (FIELDS, OP_ADD, OP_ASHIFT, OP_BN, OP_CONV, OP_LINEAR, OP_POOL, OP_SAL,
-                 OP_SHIFT, ActiveShift, Arena, BatchNorm2d, Conv2d, Linear, Module, Program,
-                 SALConv2d, Sequential, Shift, default_shift_offsets, kaiming_normal_fan_in, net_lock)
+from .io import NpzReader, _fspath, check_finite_state, save_npz_atomic
+# the leaf layers live in salnp.nn; re-exported here
+from .nn import (ActiveShift, Arena, BatchNorm2d, Conv2d, Linear, Module, SALConv2d, Sequential,
+                 Shift, check_beta, check_tap_threshold, default_shift_offsets,
+                 kaiming_normal_fan_in)
+from .program import ADD, POOL, Engine, Program
 
 __all__ = ["resnet", "ResNet", "Conv2d", "SALConv2d", "Shift", "ActiveShift", "BatchNorm2d",
            "Linear", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "PreActASLBlock",
-           "default_shift_offsets", "LAYERS", "SOLVERS", "BETA0"]
+           "default_shift_offsets", "LAYERS", "BETA0", "save", "load"]
 
-LAYERS = ("cl", "sal", "sl", "asl", "asl-post")
+LAYERS = ("sal", "cl", "sl", "asl", "asl-post")
 
 # The paper's initial SAL inverse temperature (CIFAR, DESIGN 1.4): a fresh network starts
 # there, so that counting or exporting an untrained net binarises at the beta training
 # starts from (at beta = 1 the attention is nearly uniform and most slices would drop).
 BETA0 = 20.0
-
-# Solver settings of each layer family's reference training, used by salnp.fit for the
-# options the caller leaves at None.  "asl" is Jeon & Kim's CIFAR solver (their
-# prototxts, jyh2986/Active-Shift models/ASL_Model/CIFAR10): Nesterov momentum 0.9, lr x0.1
-# at iterations 32k and 48k of 64k (half and three quarters of the run); no weight decay
-# on BN scale/shift, the FC bias or the shifts (declared per parameter, see PreActASLBlock).
-SOLVERS = {
-    "cl": dict(nesterov=False, milestones=(1 / 3, 2 / 3)),
-    "sal": dict(nesterov=False, milestones=(1 / 3, 2 / 3)),
-    "sl": dict(nesterov=False, milestones=(1 / 3, 2 / 3)),
-    "asl": dict(nesterov=True, milestones=(1 / 2, 3 / 4)),
-    "asl-post": dict(nesterov=False, milestones=(1 / 3, 2 / 3)),
-}
 
 def _shortcut(cin, cout, stride):
     """Option B: identity, or 1x1 conv with stride + BN when the shape changes."""
@@ -121,8 +111,8 @@ class ShiftBlock(_ShiftBlockBase):
         r = _emit_shortcut(self._sc, prog, arena, name, x)
         h = self._emit_body(prog, arena, name, x)
         h = self.bn2.emit(prog, arena, f"{name}.bn2", h, relu=True)
-        y = prog.buf(*prog.shapes[h])
-        prog.op(f"{name}.add", kind=OP_ADD, inp=h, out=y, res=r)
+        y = prog.buf(prog.channels[h])
+        prog.op(f"{name}.add", ADD, inp=h, out=y, res=r)
         return y
 
 
@@ -172,8 +162,8 @@ class PreActASLBlock(Module):
         t = self.bn2.emit(prog, arena, f"{name}.bn2", t, relu=True)
         t = self.shift.emit(prog, arena, f"{name}.shift", t)
         t = self.conv2.emit(prog, arena, f"{name}.conv2", t)
-        y = prog.buf(*prog.shapes[t])
-        prog.op(f"{name}.add", kind=OP_ADD, inp=t, out=y, res=r)
+        y = prog.buf(prog.channels[t])
+        prog.op(f"{name}.add", ADD, inp=t, out=y, res=r)
         return y
 
 
@@ -184,8 +174,9 @@ class ResNet(Module):
     pool, Linear.  ``layer`` picks the block: "cl", "sal" (BasicBlock), "sl" (ShiftBlock),
     "asl" (PreActASLBlock, Jeon & Kim's ASNet: its stem is the 3x3 conv alone and a final
     BN + ReLU precedes the pool; Caffe init of the Linear layer) or "asl-post"
-    (ActiveShiftBlock).  ``solver`` holds the family's reference solver settings (SOLVERS)
-    that fit uses by default; a fresh network's SAL beta is BETA0 = 20."""
+    (ActiveShiftBlock).  A fresh network's SAL beta is BETA0 = 20."""
+
+    _state_properties = ("beta", "checkpointing")   # travel with pickles and copies
 
     def __init__(self, depth=20, width=16, layer="sal", shared=False, expansion=1,
                  num_classes=10, in_channels=3, seed=0, input_size=None):
@@ -234,33 +225,55 @@ class ResNet(Module):
             self.bn_final = BatchNorm2d(cin, decay=False)
         self.linear = Linear(cin, num_classes, caffe=preact)
         self.arena = Arena(self, seed)
-        self._engines = {}
-        self._last = None
+        self._program = self._engine_ = None
+        self._offsets_seen = None
+        self._checkpointing = None
         self.beta = BETA0  # SAL inverse temperature (fit anneals it from its beta[0])
-        self.solver = dict(SOLVERS[layer])
+
+    @property
+    def beta(self) -> float:
+        """The SAL inverse temperature: a finite number > 0, checked where it is set."""
+        return self._beta
+
+    @beta.setter
+    def beta(self, value):
+        self._beta = check_beta(value, "net.beta")
+
+    @property
+    def in_channels(self) -> int:
+        return self.config["in_channels"]
+
+    @property
+    def tap_threshold(self):
+        """The SAL layers' tap threshold (SALConv2d.tap_threshold): the one value they share,
+        or {layer name: value} when they differ; None without SAL layers.  Setting it sets
+        every SAL layer (a real number in [0, 1]; 0: the dense path)."""
+        vals = {n: m.tap_threshold for n, m in self.named_modules() if isinstance(m, SALConv2d)}
+        if not vals:
+            return None
+        return next(iter(vals.values())) if len(set(vals.values())) == 1 else vals
+
+    @tap_threshold.setter
+    def tap_threshold(self, value):
+        t = check_tap_threshold(value, "net.tap_threshold")
+        for _, m in self.named_modules():
+            if isinstance(m, SALConv2d):
+                m.tap_threshold = t
 
     def _shift_offsets(self):
-        """The fixed SL offsets the programs were built with are copied into libsal: an
-        engine built before a change (load_state_dict, an in-place edit) would keep
-        the old ones.  Returns the current offsets of every Shift, in module order."""
+        """The current offsets of every Shift, in module order (the program copies them
+        into its shift table: a change (load_state_dict, an in-place edit) rebuilds it)."""
         return [m._buffers["offsets"] for _, m in self.named_modules() if isinstance(m, Shift)]
 
-    def _check_offsets(self):
+    @property
+    def program(self) -> Program:
+        """The program this network runs (salnp.program): the ops its modules emit, the
+        module name of every op; the same for every input size."""
         cur = self._shift_offsets()
-        seen = getattr(self, "_offsets_seen", None)
-        if seen is None or len(seen) != len(cur) or any(
+        seen = self._offsets_seen
+        if self._program is None or len(seen) != len(cur) or any(
                 not np.array_equal(a, b) for a, b in zip(seen, cur)):
-            self._engines.clear()
-            self._last = None
-            self._offsets_seen = [np.array(a, copy=True) for a in cur]
-
-    def program(self, input_shape) -> Program:
-        """The program (buffers, op rows, the module name of every op) this network runs
-        for inputs of per-sample shape input_shape = (C, H, W)."""
-        self._check_offsets()
-        key = tuple(int(v) for v in input_shape)
-        if key not in self._engines:
-            prog = Program(key)
+            prog = Program(self.in_channels)
             x = self.conv1.emit(prog, self.arena, "conv1", 0)
             if "bn1" in self._modules:
                 x = self.bn1.emit(prog, self.arena, "bn1", x, relu=True)
@@ -270,120 +283,107 @@ class ResNet(Module):
                     x = seq[i].emit(prog, self.arena, f"layer{stage}.{i}", x)
             if "bn_final" in self._modules:
                 x = self.bn_final.emit(prog, self.arena, "bn_final", x, relu=True)
-            y = prog.buf(prog.shapes[x][0], 1, 1)
-            prog.op("avgpool", kind=OP_POOL, inp=x, out=y)
+            y = prog.buf(prog.channels[x])
+            prog.op("avgpool", POOL, inp=x, out=y)
             self.linear.emit(prog, self.arena, "linear", y)
-            self._engines[key] = (prog, None)
-        return self._engines[key][0]
+            self._program, self._engine_ = prog, None
+            self._offsets_seen = [np.array(a, copy=True) for a in cur]
+        return self._program
 
-    # the C engine of the program for one input size (activations allocated once)
-    def _engine(self, in_shape):
-        prog = self.program(in_shape)
-        key = tuple(int(v) for v in in_shape)
-        if self._engines[key][1] is None:
-            offs = (np.concatenate(prog.int_offsets) if prog.int_offsets
-                    else np.zeros((0, 2), np.int32))
-            starts = np.cumsum([0] + [len(o) for o in prog.int_offsets])[:-1]
-            table = prog.table()
-            for row in table:
-                if row[FIELDS.index("ioff")] >= 0:
-                    row[FIELDS.index("ioff")] = starts[row[FIELDS.index("ioff")]]
-            self._engines[key] = (prog, _core.net_create(
-                np.array(prog.shapes, np.int64), table, np.ascontiguousarray(offs, np.int32),
-                self.arena.params.size, self.arena.buffers.size))
-        return self._engines[key][1]
+    @property
+    def checkpointing(self):
+        """Activation checkpointing of training: None (every activation kept; the default),
+        "blocks" or "stages": backward recomputes the activations inside each residual block
+        (or each stage) from its input instead of keeping them (about one more forward of
+        the network; the results are bit for bit the same)."""
+        return self._checkpointing
 
-    def count_report(self, input_shape=(3, 32, 32), mode=None, convention=None) -> CountReport:
-        """salnp.count(self, input_shape, mode, convention): mode "train" (default) or
-        "inference"; convention None (the mode's own), or "paper" (inference network)."""
-        if convention == "paper":
-            if mode not in (None, "inference"):
-                raise ValueError(f"count: mode={mode!r}: convention='paper' counts the inference "
-                                 "network (mode None or 'inference')")
-        elif mode is None:
-            mode = "inference" if convention == "exported" else "train"
-        if mode not in (None, "train", "inference"):
-            raise ValueError(f"count: mode={mode!r}: must be 'train' or 'inference'")
-        if convention not in (None, "paper") and convention != (
-                "training" if mode == "train" else "exported"):
-            raise ValueError(f"count: convention={convention!r} does not go with mode={mode!r}")
-        shape = check_input_shape(input_shape, self.config["in_channels"])
-        eng, prog = self._engine(shape), self.program(shape)
-        beta = float(self.beta)
-        ints, params = _core.net_count(eng, self.arena.params, beta, mode == "inference",
-                                       buffers=self.arena.buffers)
-        rows = count_rows(ints, params, prog.names, program_types(prog))
-        if convention == "paper":
-            return CountReport(paper_rows(rows, prog.ops), "inference", shape, None, "paper")
-        return CountReport(rows, mode, shape,
-                           beta if any(r["kind"] == OP_SAL for r in prog.ops) else None)
+    @checkpointing.setter
+    def checkpointing(self, value):
+        if value not in (None, "blocks", "stages"):
+            raise ValueError(f"net.checkpointing={value!r}: must be None, 'blocks' or 'stages'")
+        self._checkpointing = value
+        if self._engine_ is not None:       # else the engine applies it when it is made
+            self._apply_checkpoints()
 
-    def _check_input(self, x, fn):
-        x = np.asarray(x)
-        if x.dtype.kind != "f":
-            raise TypeError(f"{fn}: x must be a real floating-point array, got dtype {x.dtype}")
-        c = self.config["in_channels"]
-        if x.ndim != 4 or x.shape[1] != c or min(x.shape) < 1:
-            raise ValueError(f"{fn}: x must have shape (N, C={c}, H, W) with N, H, W >= 1, "
-                             f"got {x.shape}")
-        return np.ascontiguousarray(x, np.float32)
+    def _apply_checkpoints(self):
+        """The program's op ranges of the blocks / stages (names layer<s>.<b>.*) to the engine."""
+        mode, names = self._checkpointing, self.program.names
+        keys = []
+        for n in names:
+            parts = n.split(".")
+            key = None
+            if mode and parts[0].startswith("layer") and len(parts) > 2:
+                key = parts[0] if mode == "stages" else ".".join(parts[:2])
+            keys.append(key)
+        bounds, i = [], 0
+        while i < len(keys):
+            j = i
+            while j < len(keys) and keys[j] is not None and keys[j] == keys[i]:
+                j += 1
+            if j > i:
+                bounds.append((i, j))
+                i = j
+            else:
+                i += 1
+        self.engine.set_checkpoints(bounds)
+
+    @property
+    def engine(self) -> Engine:
+        """The program's engine (libsal engines per input size, the input check, the lock)."""
+        prog = self.program
+        if self._engine_ is None:
+            self._engine_ = Engine(prog, self.arena.params.size, self.arena.buffers.size)
+            if self._checkpointing:
+                self._apply_checkpoints()
+        return self._engine_
 
     def forward(self, x, train=None, hard=False):
         """Logits (N, num_classes) for x (N, C, H, W).  train=None follows self.training
         (batch statistics, running-stat update); hard=True binarises SAL attention."""
-        x = self._check_input(x, "forward")
+        eng = self.engine
+        x = eng.check_input(x, "forward")
         train = self.training if train is None else bool(train)
-        with net_lock(self):    # one call at a time per network (salnp.nn.net_lock)
-            return self._forward_locked(x, train, hard)
-
-    def _forward_locked(self, x, train, hard):
+        a = self.arena
         if not train:
-            eng = self._last = self._engine(x.shape[1:])
-            return _core.net_forward(eng, self.arena.params, self.arena.buffers, x, False,
-                                     bool(hard), float(self.beta))
+            return eng.forward(x, a.params, a.buffers, False, hard, self.beta)
         # training mode updates the BN running statistics: a NaN/inf input (or a NaN
         # batch statistic from non-finite parameters) would poison them for good, so the
         # input is checked first and the statistics are restored if they went non-finite
         if not np.all(np.isfinite(x)):
-            self._last = None      # backward after a refused forward raises
+            eng.forget()           # backward after a refused forward raises
             bad = np.argwhere(~np.isfinite(x))[0]
             raise ValueError(f"forward: x contains NaN or inf (first at index {tuple(int(i) for i in bad)}); "
                              "in training mode it would poison the BN running statistics")
-        eng = self._last = self._engine(x.shape[1:])
-        saved = self.arena.buffers.copy()
-        bns = [m for _, m in self.named_modules() if isinstance(m, BatchNorm2d)]
-        for m in bns:
-            m._buffers["num_batches_tracked"][...] += 1
-        try:
-            out = _core.net_forward(eng, self.arena.params, self.arena.buffers, x, True,
-                                    bool(hard), float(self.beta))
-        except BaseException:
-            self.arena.buffers[...] = saved
+        with eng.lock:
+            saved = a.buffers.copy()
+            bns = [m for _, m in self.named_modules() if isinstance(m, BatchNorm2d)]
+
+            def undo():
+                a.buffers[...] = saved
+                for m in bns:
+                    m._buffers["num_batches_tracked"][...] -= 1
+                eng.forget()       # backward then refuses: there is no forward to follow
+
             for m in bns:
-                m._buffers["num_batches_tracked"][...] -= 1
-            self._last = None      # backward then refuses: there is no forward to follow
-            raise
-        if not np.isfinite(self.arena.buffers.sum(dtype=np.float64)):
-            self.arena.buffers[...] = saved
-            for m in bns:
-                m._buffers["num_batches_tracked"][...] -= 1
-            self._last = None
-            raise FloatingPointError("forward: the batch statistics are NaN or inf (non-finite "
-                                     "parameters?); the BN running statistics were left unchanged")
-        return out
+                m._buffers["num_batches_tracked"][...] += 1
+            try:
+                out = eng.forward(x, a.params, a.buffers, True, hard, self.beta)
+            except BaseException:
+                undo()
+                raise
+            if not np.isfinite(a.buffers.sum(dtype=np.float64)):
+                undo()
+                raise FloatingPointError("forward: the batch statistics are NaN or inf (non-"
+                                         "finite parameters?); the BN running statistics were "
+                                         "left unchanged")
+            return out
 
     __call__ = forward
 
     def backward(self, grad_logits):
         """Accumulate parameter gradients (into the grad arena) for the last forward."""
-        if getattr(self, "_last", None) is None:
-            raise RuntimeError("backward: call forward(x, train=True) first")
-        # no np.ascontiguousarray here: _core converts and checks (a complex or string
-        # grad_logits must be refused with the argument named, not cast silently)
-        with net_lock(self):
-            if self._last is None:
-                raise RuntimeError("backward: call forward(x, train=True) first")
-            _core.net_backward(self._last, self.arena.params, self.arena.grads, grad_logits)
+        self.engine.backward(self.arena.params, self.arena.grads, grad_logits)
 
     def zero_grad(self):
         self.arena.zero_grad()
@@ -394,3 +394,89 @@ def resnet(depth=20, width=16, layer="sal", shared=False, expansion=1, num_class
     """A CIFAR ResNet-`depth` of width `width` with CL / SL / ASL / SAL layers
     (layer: "cl", "sal", "sl", "asl" = Jeon & Kim's pre-activation ASNet, "asl-post")."""
     return ResNet(depth, width, layer, shared, expansion, num_classes, in_channels, seed)
+
+
+# ---------------------------------------------------------------- files
+def _check_model_config(path, cfg, shapes):
+    """The config must describe the arrays in the file (so a foreign or edited file cannot
+    make load build a network far larger than the file: width, depth, classes, channels,
+    the shift blocks' expansion are checked against the stored stem, head, blocks).
+    shapes: {name: shape} from the .npy headers (no data read)."""
+    try:
+        w = tuple(shapes["conv1.weight"])
+        lin = tuple(shapes["linear.weight"])
+        blocks = {k.split(".")[1] for k in shapes if k.startswith("layer1.")}
+        depth = int(cfg["depth"])
+        width = int(cfg["width"])
+        ok = (w == (width, int(cfg["in_channels"]), 3, 3)
+              and lin == (int(cfg["num_classes"]), 4 * width)
+              and len(blocks) * 6 + 2 == depth)
+        if ok and cfg.get("layer") in ("sl", "asl"):
+            e = cfg["expansion"]
+            mid = int(round(float(e) * width))
+            ok = tuple(shapes["layer1.0.conv1.weight"]) == (mid, width, 1, 1)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{path}: model config {cfg} does not match the arrays in the file")
+
+
+def _beta_of(path, config):
+    """The file's SAL beta (files from before it was stored: 1.0, the constructor's default
+    then, which is what those networks had unless fit had annealed it)."""
+    try:
+        return check_beta(config.get("beta", 1.0), "beta")
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+def save(net, path) -> None:
+    """Save a network (parameters, buffers, config, SAL beta) to path (.npz).
+
+    Refuses (ValueError) a network with NaN/inf values or a negative BN running variance:
+    load would refuse the file."""
+    if not isinstance(net, ResNet):
+        raise TypeError(f"save: net must be a salnp network (salnp.models.ResNet), got "
+                        f"{type(net).__name__}")
+    state = net.state_dict()
+    check_finite_state(state, "save")
+    save_npz_atomic(path, state, "network", {"model": net.config, "beta": net.beta})
+
+
+def expected_state_shapes(net) -> dict:
+    shapes = {k: v.shape for k, v in net.named_parameters()}
+    shapes.update((k, v.shape) for k, v in net.named_buffers())
+    return shapes
+
+
+def load(path):
+    """Load a network saved by save() (or a training checkpoint of fit); returns a new
+    network with its weights and beta."""
+    path = _fspath(path, "load")
+    with NpzReader(path) as z:
+        if z.kind not in ("network", "training"):
+            raise ValueError(f"{path}: holds a {z.kind!r}, not a network")
+        model_cfg = z.config.get("model")
+        if not isinstance(model_cfg, dict):
+            raise ValueError(f"{path}: no model config")
+        beta = _beta_of(path, z.config)
+        _check_model_config(path, model_cfg, z.headers_shapes)
+        try:
+            net = resnet(**model_cfg)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise ValueError(f"{path}: model config {model_cfg} not understood ({e})") from None
+        want = expected_state_shapes(net)
+        names = [k for k in z.arrays if not k.startswith(("optim.", "train."))]
+        unexpected = [k for k in names if k not in want]
+        if unexpected:
+            raise ValueError(f"{path}: unexpected arrays {unexpected[:5]}")
+        for k in names:      # every shape checked before any data is decompressed
+            if z.shape(k) != want[k]:
+                raise ValueError(f"{path}: {k} has shape {z.shape(k)}, expected {want[k]}")
+        state = {k: z.read(k, want[k]) for k in names}
+    try:
+        net.load_state_dict(state)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None
+    net.beta = beta
+    return net

@@ -1,6 +1,7 @@
 """Modules in the manner of a small PyTorch, whose parameters live in one arena, and the
 leaf layers (Conv2d, SALConv2d, Shift, ActiveShift, BatchNorm2d, Linear, Sequential) with
-the Program they emit for libsal (blocks and ResNets: salnp.models).
+the ops they emit into a network's program (salnp.program; blocks and ResNets:
+salnp.models).
 
 Every leaf module declares its parameters (name, shape, initialiser) and buffers.
 When a network is built, all parameters are packed into ONE float32 arena, their
@@ -12,8 +13,7 @@ buffer arena the same way.
 """
 from __future__ import annotations
 
-import threading
-import weakref
+import math
 from collections import OrderedDict
 from typing import Callable, Iterator
 
@@ -21,9 +21,11 @@ import numpy as np
 
 from . import _core
 from .ops import default_shift_offsets   # the one definition: libsal's (sal/shift.h)
+from .program import ASHIFT, BN, CONV, LINEAR, SAL, SHIFT
 
-__all__ = ["Module", "ParamSpec", "Arena", "Program", "Conv2d", "SALConv2d", "Shift", "ActiveShift",
-           "BatchNorm2d", "Linear", "Sequential", "default_shift_offsets"]
+__all__ = ["Module", "ParamSpec", "Arena", "Conv2d", "SALConv2d", "Shift", "ActiveShift",
+           "BatchNorm2d", "Linear", "Sequential", "default_shift_offsets", "check_beta",
+           "check_tap_threshold"]
 
 Init = Callable[[np.random.Generator, tuple], np.ndarray]
 
@@ -54,26 +56,36 @@ def constant(v: float) -> Init:
     return lambda rng, shape: np.full(shape, v)
 
 
-_LOCKS: "weakref.WeakKeyDictionary[object, threading.RLock]" = weakref.WeakKeyDictionary()
-_LOCKS_GUARD = threading.Lock()
+def check_beta(value, what="beta") -> float:
+    """A SAL inverse temperature as a float: a real number, finite and > 0.  The one check
+    every setter of beta uses (the network's property, export, fit's schedule, from_torch);
+    TypeError / ValueError naming what and the rule."""
+    bad_type = isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating))
+    try:
+        v = float(value) if not bad_type and np.ndim(value) == 0 else None
+    except (TypeError, ValueError, OverflowError):
+        v = None
+    if v is None:
+        raise TypeError(f"{what}={value!r}: must be a real number")
+    if not (math.isfinite(v) and v > 0):
+        raise ValueError(f"{what}={value!r}: must be finite and > 0")
+    return v
 
 
-def net_lock(obj) -> "threading.RLock":
-    """The lock that serialises forward/backward of one network (kept outside the object,
-    so copies and pickles of networks carry no lock; a copy gets its own).
-
-    Sharing a network between threads: every forward and backward call holds the
-    network's lock for its whole run, so calls from several threads never overlap on one
-    network's buffers (they queue; different networks run in parallel, the GIL is
-    released in C).  backward differentiates the most recent forward of ANY thread:
-    training one network from several threads at once needs the caller's own lock
-    around each forward+backward pair.  Inference (forward with train=False, or an
-    InferenceNet) is safe to share as it is."""
-    with _LOCKS_GUARD:
-        lock = _LOCKS.get(obj)
-        if lock is None:
-            lock = _LOCKS[obj] = threading.RLock()
-        return lock
+def check_tap_threshold(value, what="tap_threshold") -> float:
+    """A SAL tap threshold as a float: a real number in [0, 1] (above 1 it would drop the
+    largest tap); TypeError / ValueError naming what and the value."""
+    bad_type = isinstance(value, (bool, np.bool_, str, bytes, complex, np.complexfloating))
+    try:
+        v = float(value) if not bad_type and np.ndim(value) == 0 else None
+    except (TypeError, ValueError, OverflowError):
+        v = None
+    if v is None:
+        raise TypeError(f"{what}={value!r}: must be a real number")
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise ValueError(f"{what}={value!r}: must be finite and in [0, 1] (0: every tap; above "
+                         "1 it would drop the largest tap)")
+    return v
 
 
 class ParamSpec:
@@ -106,6 +118,9 @@ class Module:
         self._buffer_specs[name] = ParamSpec(name, shape, init, dtype)
 
     def __setattr__(self, name, value):
+        if isinstance(getattr(type(self), name, None), property):   # its setter checks it
+            object.__setattr__(self, name, value)
+            return
         d = self.__dict__
         for table, what in (("_params", "parameter"), ("_buffers", "buffer")):
             if table in d and name in d[table]:
@@ -234,7 +249,8 @@ class Module:
         which builds the module tree and a fresh arena of its own, then copies the state
         in: the arena's flat arrays (parameters, gradients, momentum, float buffers), the
         buffers outside it (integer shift offsets, BN batch counters), every module's
-        train/eval flag and the root's public plain attributes (``beta``).  Parameter views
+        train/eval flag, the root's public attributes and its ``_state_properties``
+        (``beta``, ``checkpointing``).  Parameter views
         therefore always point into the copy's own arena, and no C engine travels: the
         next forward rebuilds it.  Only the module that owns the arena (a network such as
         salnp.models.ResNet, with ``config`` = its constructor's keyword arguments) can
@@ -254,6 +270,9 @@ class Module:
                       if not k.startswith("_") and k not in ("arena", "config", "training")
                       and not isinstance(v, Module)},
         }
+        # the properties that hold state outside the arena (beta), set back through the setter
+        for k in getattr(type(self), "_state_properties", ()):
+            state["attrs"][k] = getattr(self, k)
         return _rebuild_module, (type(self), dict(config)), state
 
     def __setstate__(self, state):
@@ -297,6 +316,9 @@ def _checked_cast(k, src, dtype):
         if k.endswith("running_var") and v.size and float(v.min()) < 0:
             raise ValueError(f"load_state_dict: {k} has a negative value ({float(v.min())}): "
                              "a running variance must be >= 0")
+        if (k.endswith(".tap_threshold") or k == "tap_threshold") and not (
+                v.size and 0.0 <= float(v.min()) and float(v.max()) <= 1.0):
+            raise ValueError(f"load_state_dict: {k}: a tap threshold must be in [0, 1]")
         if k.endswith(".mask") or k == "mask":
             m = v.reshape(-1, v.shape[-1]) if v.ndim else v.reshape(1, 1)
             if not np.all((m == 0) | (m == 1)) or not np.all(m.any(axis=-1)):
@@ -372,45 +394,6 @@ class Arena:
         self.grads[...] = 0.0
 
 
-# ---------------------------------------------------------------- the program
-# op kinds and the field order of one op row, as libsal describes them (sal/net.h);
-# the field "in" is spelled "inp" here
-FIELDS = tuple("inp" if f == "in" else f for f in _core.NET_FIELDS)
-OP_CONV, OP_SAL, OP_SHIFT, OP_ASHIFT, OP_BN, OP_ADD, OP_POOL, OP_LINEAR = (
-    _core.NET_KINDS.index(k) for k in ("conv", "sal", "shift", "ashift", "bn", "add", "pool", "linear"))
-
-
-class Program:
-    """Activation buffers (per-sample shapes) and op rows, built by Module.emit().
-
-    ops[i] is a dict of the fields of one C op row (FIELDS); names[i] is the dotted name
-    of the module that emitted it (recorded when the program is built)."""
-
-    def __init__(self, in_shape):
-        self.shapes = [tuple(in_shape)]
-        self.ops: list[dict] = []
-        self.names: list[str] = []
-        self.int_offsets: list[np.ndarray] = []
-
-    def buf(self, c, h, w) -> int:
-        self.shapes.append((int(c), int(h), int(w)))
-        return len(self.shapes) - 1
-
-    def op(self, name, **f) -> None:
-        row = dict.fromkeys(FIELDS, 0)
-        row.update(res=-1, ioff=-1)
-        row.update(f)
-        self.ops.append(row)
-        self.names.append(name)
-
-    def table(self) -> np.ndarray:
-        return np.array([[r[k] for k in FIELDS] for r in self.ops], dtype=np.int64)
-
-
-def _out_size(h, k, s, p):
-    return (h + 2 * p - k) // s + 1
-
-
 # ---------------------------------------------------------------- leaf layers
 class Conv2d(Module):
     """k x k convolution, no bias (BN follows)."""
@@ -423,10 +406,8 @@ class Conv2d(Module):
         self.add_param("weight", (cout, cin, k, k), init(cin * k * k))
 
     def emit(self, prog, arena, name, x):
-        c, h, w = prog.shapes[x]
-        y = prog.buf(self.cout, _out_size(h, self.k, self.stride, self.padding),
-                     _out_size(w, self.k, self.stride, self.padding))
-        prog.op(name, kind=OP_CONV, inp=x, out=y, o=self.cout, k=self.k, stride=self.stride,
+        y = prog.buf(self.cout)
+        prog.op(name, CONV, inp=x, out=y, o=self.cout, k=self.k, stride=self.stride,
                 pad=self.padding, p0=arena.offsets[f"{name}.weight"][0])
         return y
 
@@ -436,11 +417,13 @@ class SALConv2d(Module):
 
     logits (C_out, C_in, 9) unshared, or (1, C_in, 9) shared; init U[0, 1).
     mask (a buffer of the logits' shape, float 0/1, all ones at first): the positions
-    each slice may still use.  Stepwise hard pruning (salnp.prune) clears entries; mean,
-    std and softmax then run over the allowed positions only and p = 0 elsewhere
-    (libsal sal/shift.h, "Masks").  All ones computes exactly what no mask computes."""
+    each slice may still use.  Stepwise hard pruning (salnp.prune) clears entries; the std
+    stays that of all 9 logits, the softmax runs over the allowed positions only and p = 0
+    elsewhere (libsal sal/attention.h, "Masks").  All ones computes exactly what no mask
+    computes."""
 
-    _optional_buffers = ("mask",)   # checkpoints from before masks load with all ones
+    # files from before masks load with all ones, from before thresholds with the default
+    _optional_buffers = ("mask", "tap_threshold")
 
     def __init__(self, cin, cout, stride=1, shared=False):
         super().__init__()
@@ -448,17 +431,29 @@ class SALConv2d(Module):
         self.add_param("weight", (cout, cin, 3, 3), kaiming_uniform_a_sqrt5(cin * 9))
         self.add_param("logits", (1 if shared else cout, cin, 9), uniform(0.0, 1.0))
         self.add_buffer("mask", (1 if shared else cout, cin, 9), constant(1.0))
+        self.add_buffer("tap_threshold", (), constant(_core.TAP_THRESHOLD_DEFAULT))
+
+    @property
+    def tap_threshold(self) -> float:
+        """The taps this layer's training computes with: those whose attention p >= t * max p of
+        their slice (libsal sal/attention.h; the default skips taps that cannot change a float32
+        result; 0: every tap, the dense convolution)."""
+        return float(self._buffers["tap_threshold"])
+
+    @tap_threshold.setter
+    def tap_threshold(self, value):
+        self._buffers["tap_threshold"][...] = check_tap_threshold(value, "tap_threshold")
 
     def probs(self, beta, hard=False):
         """The attention p (O|1, C, 9) at inverse temperature beta, under the mask."""
         return _core.sal_probs(self.logits, float(beta), hard=bool(hard), mask=self.mask)
 
     def emit(self, prog, arena, name, x):
-        c, h, w = prog.shapes[x]
-        y = prog.buf(self.cout, _out_size(h, 3, self.stride, 1), _out_size(w, 3, self.stride, 1))
-        prog.op(name, kind=OP_SAL, inp=x, out=y, o=self.cout, k=3, stride=self.stride, pad=1,
+        y = prog.buf(self.cout)
+        prog.op(name, SAL, inp=x, out=y, o=self.cout, k=3, stride=self.stride, pad=1,
                 p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.logits"][0],
-                b0=arena.offsets[f"{name}.mask"][0], shared=int(self.shared))
+                b0=arena.offsets[f"{name}.mask"][0], b1=arena.offsets[f"{name}.tap_threshold"][0],
+                shared=int(self.shared))
         return y
 
 
@@ -472,10 +467,9 @@ class Shift(Module):
         self.add_buffer("offsets", (c, 2), lambda rng, shape: off, dtype=np.int32)
 
     def emit(self, prog, arena, name, x):
-        c, h, w = prog.shapes[x]
-        y = prog.buf(c, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
-        prog.int_offsets.append(self._buffers["offsets"])
-        prog.op(name, kind=OP_SHIFT, inp=x, out=y, stride=self.stride, ioff=len(prog.int_offsets) - 1)
+        y = prog.buf(self.c)
+        rows = np.column_stack([np.arange(self.c), self._buffers["offsets"]])   # (c, dy, dx)
+        prog.op(name, SHIFT, inp=x, out=y, stride=self.stride, ioff=prog.add_shifts(rows))
         return y
 
 
@@ -491,9 +485,8 @@ class ActiveShift(Module):
         self.add_param("shift", (c, 2), uniform(-1.0, 1.0), decay=False, lr_scale=lr_scale)
 
     def emit(self, prog, arena, name, x):
-        c, h, w = prog.shapes[x]
-        y = prog.buf(c, (h - 1) // self.stride + 1, (w - 1) // self.stride + 1)
-        prog.op(name, kind=OP_ASHIFT, inp=x, out=y, stride=self.stride,
+        y = prog.buf(self.c)
+        prog.op(name, ASHIFT, inp=x, out=y, stride=self.stride,
                 p0=arena.offsets[f"{name}.shift"][0])
         return y
 
@@ -511,8 +504,8 @@ class BatchNorm2d(Module):
         self.add_buffer("num_batches_tracked", (), constant(0), dtype=np.int64)
 
     def emit(self, prog, arena, name, x, relu=False, res=-1):
-        y = prog.buf(*prog.shapes[x])
-        prog.op(name, kind=OP_BN, inp=x, out=y, res=res, relu=int(relu),
+        y = prog.buf(self.c)
+        prog.op(name, BN, inp=x, out=y, res=res, relu=int(relu),
                 p0=arena.offsets[f"{name}.weight"][0], p1=arena.offsets[f"{name}.bias"][0],
                 b0=arena.offsets[f"{name}.running_mean"][0],
                 b1=arena.offsets[f"{name}.running_var"][0])
@@ -534,8 +527,8 @@ class Linear(Module):
             self.add_param("bias", (fout,), kaiming_uniform_a_sqrt5(fin))
 
     def emit(self, prog, arena, name, x):
-        y = prog.buf(self.fout, 1, 1)
-        prog.op(name, kind=OP_LINEAR, inp=x, out=y, o=self.fout, p0=arena.offsets[f"{name}.weight"][0],
+        y = prog.buf(self.fout)
+        prog.op(name, LINEAR, inp=x, out=y, o=self.fout, p0=arena.offsets[f"{name}.weight"][0],
                 p1=arena.offsets[f"{name}.bias"][0])
         return y
 

@@ -12,7 +12,7 @@ first) of the positions each kernel slice may still use.  A prune step keeps, in
 slice, the ``keep`` allowed positions of highest attention probability (ties: the lower
 position index) and clears the rest.  Masked positions get p = 0; the softmax runs over
 the allowed positions only, of beta * a / s with s still the std of all nine logits
-(libsal ``sal/shift.h``, "Masks"), so after the step to keep = 1 every slice is a fixed
+(libsal ``sal/attention.h``, "Masks"), so after the step to keep = 1 every slice is a fixed
 shift: p = 1 at its one position, the soft and the hard (binarised) forward are the same
 computation and export keeps every slice.
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .models import SALConv2d
+from .nn import SALConv2d
 
 __all__ = ["sal_modules", "prune_step", "reset_masks", "mask_counts", "default_keep"]
 

@@ -8,8 +8,10 @@
     result.summary().to_dataframe()      # mean and std over seeds, grouped by everything else
     result.to_csv("ablation.csv")
 
-Each config is a plain dict of ``python -m salnp train`` options (see salnp.runs); a
-``name`` key is carried to the table as a label.  Every trial is trained, evaluated
+Each config is a salnp.RunConfig or a dict of its fields (the options of ``python -m salnp
+train``); a ``name`` is carried to the table as a label.  Every config is checked (its keys,
+with the nearest field named for a misspelt one; its values; its data folder) before any
+trial starts.  Every trial is trained, evaluated
 (soft and binarised attention), counted (parameters, inference MACs, training MACs) and
 timed by the same function as the command line (salnp.runs.train_run), in its own
 folder ``OUT/trials/<layer>-d<depth>-w<width>-s<seed>-<id>/``: config.json, train.log,
@@ -44,14 +46,19 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
+import threading
 import time
 import types
 import uuid
+import warnings
 
-import salnp
-
-from .runs import LABEL_KEYS, _write_json, normalize, train_run, trial_id, trial_name
+from ._threads import set_num_threads
+from .runconfig import ConfigError, RunConfig
+from .runs import _write_json, normalize, train_run, trial_id, trial_name
+from .summary import seed_groups
+from .train import CheckpointError
 
 __all__ = ["sweep", "grid", "load", "SweepResult", "run_trial", "METRICS"]
 
@@ -89,6 +96,15 @@ def grid(axes=None, seeds=(0,), **fixed) -> list:
         raise ValueError(f"grid: seeds={seeds!r}: must be a non-empty list of integers >= 0")
     if "seed" in fixed or "seed" in axes:
         raise ValueError("grid: give seeds with seeds=, not as an option")
+    try:        # every key a RunConfig field (a misspelt one named with the nearest field)
+        for k in fixed:
+            RunConfig.field_name(k)
+        for k, vals in axes.items():
+            for v in vals:
+                for kk in (v if isinstance(v, dict) else {k: v}):
+                    RunConfig.field_name(kk)
+    except ConfigError as e:
+        raise ConfigError(f"grid: {e}") from None
     out = []
     for combo in itertools.product(*[list(v) for v in axes.values()]):
         cfg = dict(fixed)
@@ -189,44 +205,144 @@ def _metrics(summary, tdir):
     return row
 
 
-def _read_summary(tdir, tid):
+def _warn(msg):
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+_SUMMARY_NUMBERS = ("test_acc", "test_acc_hard", "params", "macs", "train_macs", "train_eval_s")
+
+
+def _read_summary(tdir, tid, warn=True):
+    """The trial's summary.json when it is the finished summary of trial tid, else None.
+    A file that is valid JSON but no summary (not an object, a metric that is no number)
+    is not a finished trial: a warning says so and the trial runs again."""
     path = os.path.join(tdir, "summary.json")
     try:
         with open(path) as f:
             s = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        return None
+    why = None
+    if not isinstance(s, dict):
+        why = f"a JSON {type(s).__name__}, not an object"
+    else:
+        bad = [k for k in _SUMMARY_NUMBERS if s.get(k) is not None and (
+            isinstance(s[k], bool) or not isinstance(s[k], (int, float)))]
+        if bad:
+            why = f"{bad[0]}={s[bad[0]]!r:.40} is not a number"
+    if why is not None:
+        if warn:
+            _warn(f"{path}: not a trial summary ({why}): the trial runs again")
         return None
     return s if s.get("trial_id") == tid else None
+
+
+# ---------------------------------------------------------------- one trial's claim
+_CLAIM_POLL_S = 0.2
+
+
+@contextlib.contextmanager
+def _claim(tdir):
+    """Hold the trial folder's claim (an exclusive flock on tdir/.claim) for the block:
+    two sweeps on one folder never train one trial at once; the second waits, then finds
+    it done.  The kernel drops the lock of a process that dies, so a stale claim of a
+    killed process is taken over at once.  The file names the holder (pid, host)."""
+    import fcntl      # POSIX only: imported where a sweep needs it
+
+    path = os.path.join(tdir, ".claim")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    try:
+                        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                    except OSError:
+                        holder = "?"
+                    print(f"sweep: {os.path.basename(tdir)}: claimed by another process "
+                          f"({holder or '?'}); waiting for it", file=sys.stderr, flush=True)
+                    said = True
+                time.sleep(_CLAIM_POLL_S)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} host {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)     # releases the lock
 
 
 def run_trial(cfg, tdir, threads=None) -> dict:
     """Run one normalised config into the folder tdir (skip it when its summary.json is
     there, resume it from tdir/checkpoint.npz when that is there) and return its metrics
     (METRICS and dir).  threads: the trial's threads, or {Dask worker address: threads}.
-    What the sweep's workers execute; importable on Dask workers."""
+    The trial is claimed first (_claim: another sweep training it is waited for).  A
+    checkpoint that cannot be resumed (corrupt, truncated, another network's) is moved
+    aside to checkpoint.npz.corrupt-<time> and the trial restarts from scratch; the
+    metrics then carry a "note" saying so.  What the sweep's workers execute; importable
+    on Dask workers."""
     tid = trial_id(cfg)
     done = _read_summary(tdir, tid)
     if done is not None:
         return dict(_metrics(done, tdir), skipped=True, resumed=False)
     os.makedirs(tdir, exist_ok=True)
-    threads = _dask_threads(threads) if isinstance(threads, dict) else int(threads or 1)
-    salnp.set_num_threads(threads)
-    with open(os.path.join(tdir, "attempts.log"), "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} threads {threads}\n")
-    _write_json(os.path.join(tdir, "config.json"), dict(cfg, trial_id=tid))
-    ckpt = os.path.join(tdir, "checkpoint.npz")
-    resume = ckpt if os.path.exists(ckpt) else None
-    s = train_run(cfg, tdir, resume=resume, threads=threads, progress=False, complete=True,
-                  extra={"trial_id": tid, "trial": os.path.basename(tdir), "resumed": bool(resume)})
-    return dict(_metrics(s, tdir), skipped=False, resumed=bool(resume))
+    with _claim(tdir):
+        done = _read_summary(tdir, tid, warn=False)   # finished while we waited
+        if done is not None:
+            return dict(_metrics(done, tdir), skipped=True, resumed=False)
+        threads = _dask_threads(threads) if isinstance(threads, dict) else int(threads or 1)
+        set_num_threads(threads)
+        with open(os.path.join(tdir, "attempts.log"), "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} threads {threads}\n")
+        _write_json(os.path.join(tdir, "config.json"), dict(cfg, trial_id=tid))
+        ckpt = os.path.join(tdir, "checkpoint.npz")
+        resume = ckpt if os.path.exists(ckpt) else None
+        note = None
+        extra = {"trial_id": tid, "trial": os.path.basename(tdir)}
+        try:
+            s = train_run(cfg, tdir, resume=resume, threads=threads, progress=False,
+                          complete=True, extra=dict(extra, resumed=bool(resume)))
+        except CheckpointError as e:
+            if resume is None:
+                raise
+            aside = f"{ckpt}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+            os.replace(ckpt, aside)
+            note = (f"{ckpt}: cannot be resumed ({str(e)[len(ckpt) + 2:][:300]}); moved aside "
+                    f"to {os.path.basename(aside)}, the trial restarted from scratch")
+            with open(os.path.join(tdir, "attempts.log"), "a") as f:
+                f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} pid {os.getpid()} {note}\n")
+            resume = None
+            s = train_run(cfg, tdir, resume=None, threads=threads, progress=False,
+                          complete=True, extra=dict(extra, resumed=False, restarted=note))
+    return dict(_metrics(s, tdir), skipped=False, resumed=bool(resume),
+                **({"note": note} if note else {}))
 
 
-def _worker_init(threads):
-    """Local pool worker: Ctrl-C is the parent's to handle; the thread budget."""
+def _die_with(parent):
+    """Linux: this process gets SIGKILL when the process that started it dies (even by
+    SIGKILL), so no worker keeps training for a sweep that is gone."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)          # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+    if os.getppid() != parent:                            # it died before the prctl
+        os._exit(1)
+
+
+def _worker_init(threads, parent=None):
+    """Local pool worker: Ctrl-C is the parent's to handle; dies with the parent; the
+    thread budget."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent is not None:
+        _die_with(parent)
     for k in _THREAD_ENV:
         os.environ[k] = str(threads)
-    salnp.set_num_threads(threads)
+    set_num_threads(threads)
 
 
 def _attempts(t):
@@ -269,7 +385,9 @@ class _Progress:
         if self.bar is not None:
             self.bar.update(1)
         acc = row.get("test_acc_hard") if row.get("test_acc_hard") is not None else row.get("test_acc")
-        self.show(f"{name}: accuracy {acc:.4f}, {row.get('wall_s') or 0:.1f} s"
+        acc = f"{acc:.4f}" if isinstance(acc, (int, float)) else "n/a"
+        wall = row.get("wall_s") if isinstance(row.get("wall_s"), (int, float)) else 0
+        self.show(f"{name}: accuracy {acc}, {wall:.1f} s"
                   + (" (resumed)" if row.get("resumed") else ""))
 
     def fail(self, name, err):
@@ -306,6 +424,52 @@ def _kill_pool(ex):
             pass
     for p in procs:
         p.join(5)
+
+
+class _Signalled(BaseException):
+    """Raised in the main thread by SIGTERM / SIGHUP during a sweep: unwinds through the
+    finally blocks that stop the workers (not an Exception: nothing catches it on the way)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_stop_the_sweep():
+    """SIGTERM (Slurm, `timeout`, `docker stop`) and SIGHUP (a closed terminal) stop the
+    sweep like Ctrl-C does: the worker processes are killed (their trials resume from
+    their checkpoints on a rerun), then the signal is delivered again under the handler
+    that was there before (by default the process ends with it).  Only in the main
+    thread, and not for a signal that was ignored (nohup)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {}
+
+    def handler(signum, frame):
+        raise _Signalled(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        prev = signal.getsignal(sig)
+        if prev in (signal.SIG_IGN, None):
+            continue
+        old[sig] = prev
+        signal.signal(sig, handler)
+    try:
+        yield
+    except _Signalled as e:
+        for sig, prev in old.items():
+            signal.signal(sig, prev)
+        old = {}
+        name = signal.Signals(e.signum).name
+        print(f"sweep: {name}: the workers were stopped; a rerun with the same out= resumes "
+              "the unfinished trials", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), e.signum)
+        raise KeyboardInterrupt(f"sweep: stopped by {name}") from None
+    finally:
+        for sig, prev in old.items():
+            signal.signal(sig, prev)
 
 
 def _check_count(name, v, cores):
@@ -348,7 +512,8 @@ def _run_local(todo, workers, threads, retries, deadline, done, fail):
                     "workers' messages above")
             barren += 1
             ex = cf.ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
-                                        initializer=_worker_init, initargs=(threads,))
+                                        initializer=_worker_init,
+                                        initargs=(threads, os.getpid()))
             clean = False
             try:
                 futs = {ex.submit(run_trial, t.cfg, t.dir, threads): t for t in pending}
@@ -419,28 +584,86 @@ def _run_dask(client, todo, threads, retries, deadline, done, fail):
         raise
 
 
+def _jsonl_rows(text, path, warn=True):
+    """The JSON objects of the lines of text; other lines (a line cut by a crash, JSON
+    that is not an object) are skipped, the latter with a warning."""
+    rows, foreign = [], 0
+    for line in text.splitlines():
+        try:
+            r = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(r, dict):
+            rows.append(r)
+        else:
+            foreign += 1
+    if foreign and warn:
+        _warn(f"{path}: {foreign} line(s) are not JSON objects (not rows of a sweep): skipped")
+    return rows
+
+
+@contextlib.contextmanager
+def _locked_file(path):
+    """The file opened for reading and appending, under an exclusive flock (sweeps that
+    share a folder append one at a time)."""
+    import fcntl      # POSIX only: imported where a sweep needs it
+
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_fd(fd):
+    size = os.fstat(fd).st_size
+    parts, got = [], 0
+    while got < size:
+        b = os.pread(fd, size - got, got)
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
 def _append_jsonl(path, rows):
+    """Append rows (dicts with a trial_id) to the JSON-lines file path, each as one whole
+    line in one write, under a lock; rows whose trial_id is already logged are left out.
+    A torn last line (a crash mid-append: no newline at its end) is cut first, with a
+    warning; its trial's row is logged again from its summary."""
     if not rows:
         return
-    with open(path, "a") as f:
+    with _locked_file(path) as fd:
+        data = _read_fd(fd)
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            _warn(f"{path}: a torn last line ({len(data) - keep} bytes, a crash mid-append) "
+                  "was cut")
+            os.ftruncate(fd, keep)
+            data = data[:keep]
+        logged = {r.get("trial_id") for r in
+                  _jsonl_rows(data.decode("utf-8", "replace"), path, warn=False)}
+        out = []
         for r in rows:
-            f.write(json.dumps(r, default=float, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+            if r.get("trial_id") not in logged:
+                logged.add(r.get("trial_id"))
+                out.append(json.dumps(r, default=float, sort_keys=True) + "\n")
+        buf = "".join(out).encode()
+        while buf:
+            n = os.write(fd, buf)
+            buf = buf[n:]
+        os.fsync(fd)
 
 
 def _logged_ids(path):
-    ids = set()
     try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    ids.add(json.loads(line).get("trial_id"))
-                except ValueError:
-                    pass   # a line cut by a crash
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
     except OSError:
-        pass
-    return ids
+        return set()
+    return {r.get("trial_id") for r in _jsonl_rows(text, path)}
 
 
 def _row(t, columns, metrics):
@@ -511,6 +734,8 @@ def sweep(configs, client=None, out=None, workers=None, threads_per_trial=None, 
     result.skipped = [t.dir for t in trials if t.id in rows]
 
     def done(t, metrics):
+        if metrics.get("note"):
+            _warn(f"sweep: {t.name}: {metrics['note']}")
         row = _row(t, columns, metrics)
         rows[t.id] = row
         _append_jsonl(log_path, [dict(row, trial_id=t.id)])
@@ -530,17 +755,16 @@ def sweep(configs, client=None, out=None, workers=None, threads_per_trial=None, 
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         if todo:
-            if client is None:
-                _run_local(todo, workers, threads, retries, deadline, done, fail)
-            else:
-                _run_dask(client, todo, threads, retries, deadline, done, fail)
+            with _signals_stop_the_sweep():
+                if client is None:
+                    _run_local(todo, workers, threads, retries, deadline, done, fail)
+                else:
+                    _run_dask(client, todo, threads, retries, deadline, done, fail)
     finally:
         prog.close()
     result.extend(rows[t.id] for t in trials if t.id in rows)
     result.to_csv(os.path.join(out, "results.csv"))
     if result.failed:
-        import warnings
-
         warnings.warn(f"sweep: {len(result.failed)} of {len(trials)} trials failed (see "
                       f"result.failed and their error.txt); a rerun retries them",
                       RuntimeWarning, stacklevel=2)
@@ -551,11 +775,21 @@ def load(out) -> "SweepResult":
     """The table of the sweep in folder out (its last call's configs), from the trials'
     summary.json files; unfinished trials are left out."""
     out = os.path.abspath(os.fspath(out))
+    path = os.path.join(out, "sweep.json")
     try:
-        with open(os.path.join(out, "sweep.json")) as f:
+        with open(path) as f:
             spec = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"load: {out} holds no sweep (no sweep.json)") from None
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"load: {path}: not valid JSON ({e})") from None
+    ok = (isinstance(spec, dict) and isinstance(spec.get("columns"), list)
+          and isinstance(spec.get("trials"), list)
+          and all(isinstance(c, dict) and isinstance(c.get("trial_id"), str)
+                  and isinstance(c.get("dir"), str) for c in spec["trials"]))
+    if not ok:
+        raise ValueError(f"load: {path}: not the description of a sweep (an object with "
+                         "'columns' and 'trials', each trial with its trial_id and dir)")
     result = SweepResult(columns=spec["columns"], out=out)
     for cfg in spec["trials"]:
         tid, tdir = cfg.pop("trial_id"), cfg.pop("dir")
@@ -570,20 +804,6 @@ def load(out) -> "SweepResult":
 
 
 # ---------------------------------------------------------------- the table
-def _stats(vals):
-    v = [float(x) for x in vals if x is not None and not (isinstance(x, float) and math.isnan(x))]
-    if not v:
-        return None, None
-    m = math.fsum(v) / len(v)
-    if len(v) < 2:
-        return m, None
-    return m, math.sqrt(math.fsum((x - m) ** 2 for x in v) / (len(v) - 1))
-
-
-def _hashable(v):
-    return tuple(v) if isinstance(v, list) else v
-
-
 class SweepResult(list):
     """The rows of a sweep (a list of dicts), with ``columns`` (the config keys of the
     rows), ``out`` (the sweep folder), ``ran`` / ``skipped`` (trial folders trained by
@@ -636,17 +856,11 @@ class SweepResult(list):
         the group's keys, n, seeds, and <metric>_mean, <metric>_std."""
         metrics = tuple(self.metrics if metrics is None else metrics)
         keys = [c for c in self.columns if c != "seed"]
-        groups = {}
-        for r in self:
-            groups.setdefault(tuple(_hashable(r.get(k)) for k in keys), []).append(r)
         rows = []
-        for members in groups.values():
-            row = {k: members[0].get(k) for k in keys}
-            row["n"] = len(members)
-            row["seeds"] = [m.get("seed") for m in members]
+        for g in seed_groups(self, keys, metrics):
             for m in metrics:
-                row[f"{m}_mean"], row[f"{m}_std"] = _stats(m_.get(m) for m_ in members)
-            rows.append(row)
+                g[f"{m}_mean"], g[f"{m}_std"] = g.pop(m)
+            rows.append(g)
         res = SweepResult(rows, columns=keys, out=self.out, metrics=metrics)
         res._grouped = True
         return res
@@ -699,16 +913,20 @@ def read_grid(path) -> list:
         with open(path) as f:
             spec = json.load(f)
     except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
     if isinstance(spec, list):
         return spec
     if isinstance(spec, dict):
         extra = set(spec) - {"axes", "seeds", "fixed"}
         if extra:
-            raise ValueError(f"{path}: unknown keys {sorted(extra)}: a grid file holds a list of "
-                             'configs or {"axes": {...}, "seeds": [...], "fixed": {...}}')
-        return grid(spec.get("axes"), spec.get("seeds", [0]), **spec.get("fixed", {}))
-    raise ValueError(f"{path}: must hold a list of configs or a grid object")
+            raise ConfigError(f"{path}: unknown keys {sorted(extra)}: a grid file holds a list "
+                              'of configs or {"axes": {...}, "seeds": [...], "fixed": {...}}')
+        fixed = spec.get("fixed", {})
+        if not isinstance(fixed, dict):
+            raise ConfigError(f"{path}: \"fixed\" must be an object of option: value, got "
+                              f"{type(fixed).__name__}")
+        return grid(spec.get("axes"), spec.get("seeds", [0]), **fixed)
+    raise ConfigError(f"{path}: must hold a list of configs or a grid object")
 
 
 def run_cli(args) -> int:
@@ -718,7 +936,7 @@ def run_cli(args) -> int:
         try:
             from distributed import Client
         except ImportError:
-            raise SystemExit("--scheduler needs dask.distributed: pip install 'salnp[sweep]'")
+            raise ConfigError("--scheduler needs dask.distributed: pip install 'salnp[sweep]'")
         client = Client(args.scheduler, timeout=60)
         print(f"sweep: Dask scheduler {args.scheduler}: {len(client.nthreads())} workers",
               file=sys.stderr)

@@ -30,6 +30,8 @@ the tensor shapes; mismatched or missing names and shapes raise errors that list
 """
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,10 +43,12 @@ try:
 except ImportError as e:     # pragma: no cover - the message is the point
     raise ImportError("salnp.torch needs PyTorch: pip install 'salnp[torch]' (or torch)") from e
 
-from .export import (IFIELDS, IOP_ADD, IOP_CONV, IOP_GATHER, IOP_LINEAR, IOP_POOL, IOP_SHIFT,
-                     InferenceNet)
+from ._core import BN_EPS
+from ._core import TAP_THRESHOLD_DEFAULT as _TAP_THRESHOLD_DEFAULT
+from .infer import InferenceNet
 from .models import ResNet as NpResNet
 from .models import default_shift_offsets, resnet
+from .program import ADD, BN, CONV, FIELDS, GATHER, LINEAR, POOL, SHIFT, Program
 
 __all__ = ["to_torch", "from_torch", "ResNet", "PrunedResNet", "SALConv2d", "Shift",
            "ActiveShift", "BasicBlock", "ShiftBlock", "ActiveShiftBlock", "PreActASLBlock",
@@ -90,6 +94,9 @@ def shift(x, offsets, stride=1):
     integer rows (dy, dx).  One slice per distinct offset; differentiable in x."""
     off = np.asarray(offsets.cpu() if torch.is_tensor(offsets) else offsets, np.int64).reshape(-1, 2)
     n, c, h, w = x.shape
+    # beyond the input a shift samples only zeros: clamped to (h, w) it stays exact and
+    # the padding below never exceeds the input
+    off = np.stack([np.clip(off[:, 0], -h, h), np.clip(off[:, 1], -w, w)], 1)
     ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
     m = int(np.abs(off).max(initial=0))
     xp = F.pad(x, (m, m, m, m)) if m else x
@@ -128,8 +135,9 @@ def active_shift(x, off):
 # ---------------------------------------------------------------- training-form modules
 class SALConv2d(nn.Module):
     """Shift Attention Layer, 3x3, padding 1, no bias: parameters weight (O, C, 3, 3) and
-    logits (O|1, C, 9) (the authors' attentionWeights), buffers mask (0/1, logits' shape)
-    and beta (the inverse temperature, a 0-d tensor)."""
+    logits (O|1, C, 9) (the authors' attentionWeights), buffers mask (0/1, logits' shape),
+    beta (the inverse temperature, a 0-d tensor) and tap_threshold (salnp's sparse training
+    setting, carried so that a round trip keeps it; PyTorch computes every tap)."""
 
     def __init__(self, cin, cout, stride=1, shared=False, beta=1.0):
         super().__init__()
@@ -138,6 +146,7 @@ class SALConv2d(nn.Module):
         self.logits = nn.Parameter(torch.empty(1 if shared else cout, cin, 9))
         self.register_buffer("mask", torch.ones(1 if shared else cout, cin, 9))
         self.register_buffer("beta", torch.tensor(float(beta)))
+        self.register_buffer("tap_threshold", torch.tensor(_TAP_THRESHOLD_DEFAULT))
         self.hard = False
         nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
         nn.init.uniform_(self.logits)
@@ -344,12 +353,13 @@ class PrunedSAL(nn.Module):
     """A binarised unshared SAL layer with its BN folded: only the kept weights.
     weight (P,), pairs int32 (P, 4) = (o, i, dy, dx), bias (O,); 3x3, padding 1."""
 
-    def __init__(self, pairs, weight, bias, in_channels, stride):
+    def __init__(self, pairs, weight, bias, in_channels, stride, out_channels=None):
         super().__init__()
+        out_channels = len(bias) if out_channels is None else out_channels
         self.weight = nn.Parameter(torch.as_tensor(np.array(weight, np.float32)))
-        self.bias = nn.Parameter(torch.as_tensor(np.array(bias, np.float32)))
+        self.bias = None if bias is None else nn.Parameter(torch.as_tensor(np.array(bias, np.float32)))
         self.register_buffer("pairs", torch.as_tensor(np.array(pairs, np.int32).reshape(-1, 4)))
-        self.in_channels, self.out_channels, self.stride = in_channels, len(bias), stride
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
     def dense_weight(self):
         p = self.pairs.long()
@@ -389,20 +399,19 @@ class PrunedResNet(nn.Module):
     def __init__(self, inf):
 
         super().__init__()
-        F_ = {f: i for i, f in enumerate(IFIELDS)}
+        F_ = {f: i for i, f in enumerate(FIELDS)}
         self.config = dict(inf.config)
         self.info = dict(inf.info)
         # the program, to run it and to rebuild the InferenceNet (from_torch)
         self._ops = inf.ops.copy()
         self._names = list(inf.names)
         self._channels = list(inf.channels)
-        # a copy without libsal engines (C handles): the module deep-copies and pickles
-        self._template = type(inf)(inf.ops, inf.channels, inf.shifts, inf.pairs, inf.weights,
-                                   inf.names, inf.config, inf.info)
+        # a copy (its libsal engines are made on use): the module deep-copies and pickles
+        self._template = InferenceNet(inf.program, inf.weights.copy(), inf.config, inf.info)
         W = inf.weights
         made = {}
         steps = []
-        shapes = inf._shapes((inf.in_channels, 32, 32))
+        shapes = inf.program.shapes((inf.in_channels, 32, 32))
         for row, name in zip(inf.ops, inf.names):
             kind = int(row[F_["kind"]])
             cin = shapes[row[F_["inp"]]][0]
@@ -410,7 +419,7 @@ class PrunedResNet(nn.Module):
             o, k = int(row[F_["o"]]), int(row[F_["k"]])
             s = int(row[F_["stride"]])
             mod_name = None
-            if kind == IOP_CONV:
+            if kind == CONV:
                 # no bias when p1 < 0 (a conv whose output no BN folded into: ASNet)
                 m = nn.Conv2d(cin, o, k, s, int(row[F_["pad"]]), bias=bool(row[F_["p1"]] >= 0))
                 with torch.no_grad():
@@ -419,20 +428,29 @@ class PrunedResNet(nn.Module):
                     if m.bias is not None:
                         m.bias.copy_(torch.from_numpy(W[row[F_["p1"]]:row[F_["p1"]] + o]))
                 mod_name = name
-            elif kind == IOP_GATHER:
+            elif kind == GATHER:
                 n = int(row[F_["npair"]])
+                # no bias when p1 < 0 (a gather whose output no BN folded into)
                 m = PrunedSAL(inf.pairs[row[F_["ioff"]]:row[F_["ioff"]] + n],
-                              W[row[F_["p0"]]:row[F_["p0"]] + n], W[row[F_["p1"]]:row[F_["p1"]] + o],
-                              cin, s)
+                              W[row[F_["p0"]]:row[F_["p0"]] + n],
+                              W[row[F_["p1"]]:row[F_["p1"]] + o] if row[F_["p1"]] >= 0 else None,
+                              cin, s, out_channels=o)
                 mod_name = name
-            elif kind == IOP_LINEAR:
+            elif kind == BN:
+                m = nn.BatchNorm2d(cin, eps=BN_EPS).eval()
+                with torch.no_grad():
+                    for t, f in ((m.weight, "p0"), (m.bias, "p1"), (m.running_mean, "b0"),
+                                 (m.running_var, "b1")):
+                        t.copy_(torch.from_numpy(W[row[F_[f]]:row[F_[f]] + cin]))
+                mod_name = name
+            elif kind == LINEAR:
                 m = nn.Linear(cin, o)
                 with torch.no_grad():
                     m.weight.copy_(torch.from_numpy(W[row[F_["p0"]]:row[F_["p0"]] + o * cin]
                                                     .reshape(o, cin)))
                     m.bias.copy_(torch.from_numpy(W[row[F_["p1"]]:row[F_["p1"]] + o]))
                 mod_name = name
-            elif kind == IOP_SHIFT:
+            elif kind == SHIFT:
                 m = PrunedShift(inf.shifts[row[F_["ioff"]]:row[F_["ioff"]] + cout], s)
                 mod_name = name
             if mod_name is not None:
@@ -472,9 +490,9 @@ class PrunedResNet(nn.Module):
         y = x
         for kind, inp, out, res, rl, post, name, j in self._steps:
             h = bufs[inp]
-            if kind == IOP_POOL:
+            if kind == POOL:
                 y = h.mean((2, 3), keepdim=True)
-            elif kind == IOP_ADD:
+            elif kind == ADD:
                 y = h + bufs[res]
                 y = F.relu(y) if rl else y
             else:
@@ -515,10 +533,84 @@ def to_torch(net, beta=None):
 
 
 _WRAPPERS = ("net", "state_dict", "model", "model_state_dict")
+# torch dtypes that float32 holds exactly: converted with .float() before numpy sees them
+_SHORT_FLOATS = tuple(getattr(torch, n) for n in ("bfloat16", "float16", "float8_e4m3fn",
+                                                  "float8_e5m2", "float8_e4m3fnuz",
+                                                  "float8_e5m2fnuz") if hasattr(torch, n))
+
+
+def _shape(v):
+    """The shape a state value declares (a tensor's or array's; () for a number), read
+    without converting or copying anything."""
+    if torch.is_tensor(v) or isinstance(v, np.ndarray):
+        return tuple(int(s) for s in v.shape)
+    return tuple(np.shape(v)) if isinstance(v, (int, float, bool, np.number, list, tuple)) else None
+
+
+def _as_array(k, v):
+    """A state value as a numpy array without changing a value: tensors of dtypes that
+    float32 holds exactly (bfloat16, float16, float8) become float32; sparse, meta,
+    quantized and complex tensors, and values that are no arrays, are refused naming k."""
+    if torch.is_tensor(v):
+        if v.layout != torch.strided:
+            raise ValueError(f"from_torch: {k}: a {v.layout} (sparse) tensor: expected a dense "
+                             "one (.to_dense())")
+        if v.device.type == "meta":
+            raise ValueError(f"from_torch: {k}: a meta tensor holds no values")
+        if v.is_quantized or v.is_complex():
+            raise ValueError(f"from_torch: {k}: dtype {v.dtype}: expected real values")
+        v = v.detach().cpu()
+        return (v.float() if v.dtype in _SHORT_FLOATS else v).numpy()
+    if _shape(v) is None:
+        raise ValueError(f"from_torch: {k}: a {type(v).__name__}, not a tensor or an array")
+    a = np.asarray(v)
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"from_torch: {k}: dtype {a.dtype}: expected real values")
+    return a
+
+
+def _exact(k, v, dtype):
+    """v (a state value) as a numpy array of dtype when every value converts exactly
+    (NaN to NaN); ValueError naming k and the first value that would change otherwise."""
+    a = _as_array(k, v)
+    dtype = np.dtype(dtype)
+    if a.dtype == dtype:
+        return a
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = a.astype(dtype)
+        back = c.astype(a.dtype)
+    same = (back == a) | (np.isnan(a) & np.isnan(back)) if a.dtype.kind == "f" and \
+        dtype.kind == "f" else back == a
+    if not np.all(same):
+        i = np.unravel_index(int(np.argmin(same)), a.shape) if a.ndim else ()
+        raise ValueError(f"from_torch: {k}: {a.dtype} values not exactly {dtype} (at index "
+                         f"{tuple(int(j) for j in i)}: {a[i]!r} -> {c[i]!r}); convert the "
+                         f"module or state first if the rounding is intended (.float())")
+    return c
+
+
+def _beta_value(k, v, arg=False):
+    """A beta (a buffer k, or the argument beta= when arg) as a float: a real number,
+    finite and >= 0."""
+    if torch.is_tensor(v) or isinstance(v, np.ndarray):
+        if _shape(v) != () or v.dtype in (torch.bool, np.bool_) or \
+                (torch.is_tensor(v) and (v.is_complex() or v.device.type == "meta")) or \
+                (isinstance(v, np.ndarray) and v.dtype.kind not in "iuf"):
+            raise ValueError(f"from_torch: {k}: a 0-d real tensor expected, got "
+                             f"{getattr(v, 'dtype', type(v).__name__)} {_shape(v)}")
+        v = float(v)
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"from_torch: {k}={v!r}: must be a real number")
+    v = float(v)
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"from_torch: {k}{'=' if arg else ' = '}{v}: must be finite and >= 0 "
+                         "(the SAL inverse temperature)")
+    return v
 
 
 def _as_state(obj):
-    """(state dict of numpy arrays, betas found, hint config or None, training or None)."""
+    """(state: name -> the value as given, betas, hint config or None, training or None);
+    nothing is converted yet (shapes are checked first)."""
     cfg, training, mbeta = None, None, None
     if isinstance(obj, nn.Module):
         cfg = getattr(obj, "config", None)
@@ -539,18 +631,14 @@ def _as_state(obj):
     state, betas = {}, {}
     for k, v in obj.items():
         k = str(k)
-        if torch.is_tensor(v):
-            v = v.detach().cpu().numpy()
-        else:
-            v = np.asarray(v)
         if k.endswith(".attentionWeights"):
             k = k[:-len("attentionWeights")] + "logits"
-        if k.endswith(".beta") and v.ndim == 0:       # SALConv2d's inverse temperature
-            betas[k] = float(v)
+        if k.endswith(".beta") and _shape(v) == ():     # SALConv2d's inverse temperature
+            betas[k] = _beta_value(k, v)
             continue
         state[k] = v
     if not betas and mbeta is not None:
-        betas["beta"] = mbeta
+        betas["beta"] = _beta_value("beta", mbeta)
     return state, betas, cfg, training
 
 
@@ -560,13 +648,19 @@ def _infer_config(state):
         if k not in state:
             raise KeyError(f"from_torch: key {k!r} missing: not a salnp/CIFAR ResNet state dict "
                            f"(keys start {sorted(state)[:6]})")
-        return state[k]
+        s = _shape(state[k])
+        if s is None:
+            raise ValueError(f"from_torch: {k}: a {type(state[k]).__name__}, not a tensor")
+        return s
 
     w0 = need("conv1.weight")
-    if w0.ndim != 4:
-        raise ValueError(f"from_torch: conv1.weight has shape {w0.shape}, expected (width, C, 3, 3)")
-    width, cin = int(w0.shape[0]), int(w0.shape[1])
-    num_classes = int(need("linear.weight").shape[0])
+    if len(w0) != 4:
+        raise ValueError(f"from_torch: conv1.weight has shape {w0}, expected (width, C, 3, 3)")
+    width, cin = int(w0[0]), int(w0[1])
+    lw = need("linear.weight")
+    if len(lw) != 2:
+        raise ValueError(f"from_torch: linear.weight has shape {lw}, expected (classes, C)")
+    num_classes = int(lw[0])
     n = {}
     for s in (1, 2, 3):
         idx = {int(k.split(".")[1]) for k in state if k.startswith(f"layer{s}.")
@@ -587,19 +681,137 @@ def _infer_config(state):
                in_channels=cin)
     if layer == "sal":
         lg = need("layer1.0.conv1.logits")
-        cfg["shared"] = bool(lg.shape[0] == 1 and need("layer1.0.conv1.weight").shape[0] > 1)
+        cfg["shared"] = bool(len(lg) == 3 and lg[0] == 1 and need("layer1.0.conv1.weight")[0] > 1)
     if layer in ("sl", "asl", "asl-post"):
-        mid = int(need("layer1.0.conv1.weight").shape[0])
+        mid = int(need("layer1.0.conv1.weight")[0])
         e = mid / width
         cfg["expansion"] = int(e) if float(e).is_integer() else e
     return cfg
 
 
-def _pruned_from_torch(mod):
-    """The InferenceNet of a PrunedResNet, with the module's current weights."""
+def _meta_state(cfg):
+    """{name: shape} of the torch ResNet of cfg (its SAL beta buffers left out), built on
+    the meta device: nothing is allocated, however large the config."""
+    keys = ("depth", "width", "layer", "shared", "expansion", "num_classes", "in_channels")
+    with torch.device("meta"):
+        t = ResNet(**{k: cfg[k] for k in keys if k in cfg})
+    return {k: tuple(v.shape) for k, v in t.state_dict().items()
+            if not (k.endswith(".beta") and isinstance(t.get_submodule(k.rsplit(".", 1)[0]),
+                                                       SALConv2d))}
 
-    F_ = {f: i for i, f in enumerate(IFIELDS)}
+
+def _memory_bytes():
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 62
+
+
+def _check_keys(state, cfg):
+    """Every key and shape the architecture of cfg needs, compared with the state before
+    anything is built: names first (from a width-1 copy of the architecture: the names
+    do not depend on the widths), then the size the state declares (at most this
+    machine's memory), then every shape (the architecture on the meta device)."""
+    try:
+        resnet(**dict(cfg, width=1, num_classes=1, in_channels=1))    # the config's rules
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"from_torch: config {cfg} does not make a salnp network: {e}") from None
+    names = _meta_state(dict(cfg, width=1, num_classes=1, in_channels=1))
+    optional = {k for k in names if k.endswith((".mask", ".tap_threshold"))}
+    missing = [k for k in names if k not in state and k not in optional]
+    unexpected = [k for k in state if k not in names]
+    parts = []
+    if missing:
+        parts.append(f"missing keys {missing}")
+    if unexpected:
+        parts.append(f"unexpected keys {unexpected}")
+    if not parts:
+        declared = sum(math.prod(_shape(state[k]) or ()) for k in names if k in state)
+        if 4 * declared > _memory_bytes():
+            raise ValueError(f"from_torch: the state dict declares {declared} values "
+                             f"({4 * declared / 2**30:.0f} GiB as float32), more than this "
+                             f"machine's memory ({_memory_bytes() / 2**30:.0f} GiB); not built")
+        want = _meta_state(cfg)
+        shapes = [f"{k}: {_shape(state[k])}, expected {want[k]}" for k in want
+                  if k in state and _shape(state[k]) != want[k]]
+        if shapes:
+            parts.append("shape mismatch: " + "; ".join(shapes))
+    if parts:
+        raise ValueError(f"from_torch: the state dict does not fit a salnp ResNet {cfg}: "
+                         + "; ".join(parts))
+
+
+def _pruned_expected(mod, tpl):
+    """{module path: (type, {name: shape}, {attribute: value})} the exported program
+    needs of a PrunedResNet's modules."""
+    F_ = {f: i for i, f in enumerate(FIELDS)}
+    shapes = tpl.program.shapes((tpl.in_channels, 32, 32))
+    want = {}
+    for (kind, *_rest, name, j), row in zip(mod._steps, tpl.ops):
+        if name is None:
+            continue
+        path = mod._paths[name][j]
+        cin, o = shapes[int(row[F_["inp"]])][0], int(row[F_["o"]])
+        s, bias = int(row[F_["stride"]]), int(row[F_["p1"]]) >= 0
+        if kind == CONV:
+            k, p = int(row[F_["k"]]), int(row[F_["pad"]])
+            params = {"weight": (o, cin, k, k)} | ({"bias": (o,)} if bias else {})
+            want[path] = (nn.Conv2d, params, dict(stride=(s, s), padding=(p, p),
+                                                  dilation=(1, 1), groups=1,
+                                                  padding_mode="zeros", in_channels=cin,
+                                                  out_channels=o, kernel_size=(k, k)))
+        elif kind == GATHER:
+            n = int(row[F_["npair"]])
+            params = {"weight": (n,), "pairs": (n, 4)} | ({"bias": (o,)} if bias else {})
+            want[path] = (PrunedSAL, params, dict(stride=s, in_channels=cin, out_channels=o))
+        elif kind == BN:
+            want[path] = (nn.BatchNorm2d, {"weight": (cin,), "bias": (cin,),
+                                           "running_mean": (cin,), "running_var": (cin,),
+                                           "num_batches_tracked": ()},
+                          dict(num_features=cin, eps=BN_EPS, affine=True,
+                               track_running_stats=True))
+        elif kind == LINEAR:
+            want[path] = (nn.Linear, {"weight": (o, cin), "bias": (o,)},
+                          dict(in_features=cin, out_features=o))
+        elif kind == SHIFT:
+            want[path] = (PrunedShift, {"shifts": (shapes[int(row[F_["out"]])][0], 3)},
+                          dict(stride=s))
+    return want
+
+
+def _pruned_from_torch(mod):
+    """The InferenceNet of a PrunedResNet, with the module's current weights.  Its
+    structure must be the exported program's: every module's type and settings, every
+    parameter's presence and shape (a bias removed or added, a conv replaced by another
+    shape or stride is refused, naming it); values must convert to float32 exactly."""
+
+    F_ = {f: i for i, f in enumerate(FIELDS)}
     tpl = mod._template
+    want = _pruned_expected(mod, tpl)
+    sd = mod.state_dict()
+    keys = {f"{p}.{n}": s for p, (_, params, _) in want.items() for n, s in params.items()}
+    missing = [k for k in keys if k not in sd]
+    unexpected = [k for k in sd if k not in keys]
+    shapes = [f"{k}: {tuple(sd[k].shape)}, expected {s}" for k, s in keys.items()
+              if k in sd and tuple(sd[k].shape) != s]
+    if missing or unexpected or shapes:
+        parts = ([f"missing keys {missing}"] if missing else []) + \
+            ([f"unexpected keys {unexpected}"] if unexpected else []) + \
+            (["shape mismatch: " + "; ".join(shapes)] if shapes else [])
+        raise ValueError("from_torch: the module's structure differs from the exported "
+                         "program's (the pruned form is fixed; fine-tune weights only): "
+                         + "; ".join(parts))
+    for path, (cls, _, attrs) in want.items():
+        m = mod.get_submodule(path)
+        if type(m) is not cls:
+            raise ValueError(f"from_torch: {path}: a {type(m).__name__}, expected the "
+                             f"exported program's {cls.__name__}")
+        for a, v in attrs.items():
+            got = getattr(m, a, None)
+            got = tuple(got) if isinstance(got, list) else got
+            if got != v:
+                raise ValueError(f"from_torch: {path}: {a} {got!r}, expected {v!r} (the "
+                                 "exported program's)")
     weights = tpl.weights.copy()
     pairs, shifts = tpl.pairs.copy(), tpl.shifts.copy()
     for (kind, *_rest, name, j), row in zip(mod._steps, tpl.ops):
@@ -609,7 +821,7 @@ def _pruned_from_torch(mod):
         m = mod.get_submodule(path)
 
         def put(off, t, what):
-            a = t.detach().cpu().numpy().astype(np.float32).reshape(-1)
+            a = _exact(f"{path}.{what}", t, np.float32).reshape(-1)
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"from_torch: {path}.{what} contains NaN or inf")
             weights[off:off + a.size] = a
@@ -629,8 +841,11 @@ def _pruned_from_torch(mod):
         put(int(row[F_["p0"]]), m.weight, "weight")
         if m.bias is not None:
             put(int(row[F_["p1"]]), m.bias, "bias")
-    return InferenceNet(tpl.ops, tpl.channels, shifts, pairs, weights, tpl.names, tpl.config,
-                        tpl.info)
+        if isinstance(m, nn.BatchNorm2d):
+            put(int(row[F_["b0"]]), m.running_mean, "running_mean")
+            put(int(row[F_["b1"]]), m.running_var, "running_var")
+    prog = Program.from_tables(tpl.ops, tpl.channels, shifts, pairs, tpl.names)
+    return InferenceNet(prog, weights, tpl.config, tpl.info)
 
 
 def from_torch(module_or_state_dict, beta=None, **config):
@@ -641,42 +856,34 @@ def from_torch(module_or_state_dict, beta=None, **config):
     read from the shapes (``config`` keywords override or complete it, e.g. seed=);
     beta: the SAL inverse temperature (default: the layers' beta buffers, else 1.0).
     Pruned form (salnp.torch.PrunedResNet from to_torch(inf)): a salnp.export.InferenceNet
-    with the module's weights.  Errors name every missing, unexpected or mis-shaped key."""
+    with the module's weights.  Errors name every missing, unexpected or mis-shaped key
+    (checked before anything is built, so a small state dict declaring a huge network
+    is refused without allocating it), a beta that is not finite and >= 0, and a value
+    that its salnp dtype does not hold exactly (bfloat16, float16: converted; float64:
+    only float32 values; complex, sparse, meta tensors: refused)."""
 
     if isinstance(module_or_state_dict, PrunedResNet):
         return _pruned_from_torch(module_or_state_dict)
+    if beta is not None:
+        beta = _beta_value("beta", beta, arg=True)
     state, betas, hint, training = _as_state(module_or_state_dict)
     cfg = dict(hint) if hint else _infer_config(state)
     cfg.update(config)
+    _check_keys(state, cfg)
     try:
         net = resnet(**cfg)
     except (TypeError, ValueError) as e:
         raise ValueError(f"from_torch: config {cfg} does not make a salnp network: {e}") from None
     own = dict(net.named_parameters())
     own.update(net.named_buffers())
-    optional = {k for k in own if k.endswith(".mask")}
-    missing = [k for k in own if k not in state and k not in optional]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: {tuple(state[k].shape)}, expected {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if shapes:
-            parts.append("shape mismatch: " + "; ".join(shapes))
-        raise ValueError(f"from_torch: the state dict does not fit a salnp ResNet {cfg}: "
-                         + "; ".join(parts))
-    net.load_state_dict(state, strict=False)
+    net.load_state_dict({k: _exact(k, v, own[k].dtype) for k, v in state.items()}, strict=False)
     if beta is None:
         vals = sorted(set(betas.values()))
         if len(vals) > 1:
             raise ValueError(f"from_torch: SAL layers have different beta buffers {vals}: salnp "
                              "uses one global beta; pass beta=")
         beta = vals[0] if vals else 1.0
-    net.beta = float(beta)
+    net.beta = beta
     if training is not None:
         net.train(training)
     return net

@@ -17,21 +17,31 @@ import logging
 import math
 import os
 import platform
+import signal
+import threading
 import time
 
 import numpy as np
 
 from . import _core, ops
 from .data import Dataset
-from .io import (NpzReader, _fspath, _target_for_save, check_finite_state, expected_state_shapes,
-                 save_npz_atomic)
-from .models import ActiveShift, ResNet, SALConv2d
+from .io import NpzReader, _fspath, _target_for_save, check_finite_state, save_npz_atomic
+from .attention import kept_taps
+from .models import ActiveShift, ResNet, SALConv2d, expected_state_shapes
+from .runconfig import RunConfig, solver_of
+from .nn import check_beta
 from .prune import default_keep, prune_step
 from ._threads import restores_threads, set_num_threads
 
 log = logging.getLogger("salnp")
 
-__all__ = ["fit", "evaluate", "SGD", "lr_at", "beta_at", "attention_stats"]
+__all__ = ["fit", "evaluate", "SGD", "lr_at", "beta_at", "attention_stats", "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """fit(resume=path): the checkpoint cannot be resumed from (truncated, corrupted, not
+    a salnp training checkpoint, or another network's); the message starts with its path.
+    Nothing of it was loaded: the network is as it was."""
 # stepwise hard pruning: salnp.prune (prune_step, default_keep); fit(prune_epochs=...)
 
 
@@ -82,6 +92,66 @@ def lr_at(epoch, epochs, lr, schedule="step", milestones=(1 / 3, 2 / 3), gamma=0
         ms = [m * epochs if m < 1 else m for m in milestones]
         return lr * gamma ** sum(epoch >= m for m in ms)
     raise ValueError(f"fit: lr_schedule={schedule!r}: must be 'step', 'cosine', 'constant' or callable")
+
+
+BETA_SCHEDULES = ("geometric", "linear", "cosine")
+
+
+def _check_dataset(name, ds, net):
+    """What fit needs of a data set, checked before the first step (a test set that does
+    not fit the network was found only after an epoch of training)."""
+    C, K = net.config["in_channels"], net.config["num_classes"]
+    if len(ds) < 1:
+        raise ValueError(f"fit: {name} is empty")
+    if ds.images.ndim != 4 or ds.images.shape[1] != C:
+        raise ValueError(f"fit: {name} has {ds.images.shape[1]} channels, the network {C}")
+    lab = np.asarray(ds.labels)
+    if lab.shape != (len(ds),) or lab.dtype.kind not in "iu":
+        raise ValueError(f"fit: {name}.labels must be {len(ds)} integers, got {lab.dtype} "
+                         f"{lab.shape}")
+    lo, hi = int(lab.min()), int(lab.max())
+    if lo < 0:
+        raise ValueError(f"fit: {name} has a label {lo}: labels must be >= 0")
+    if hi >= K or ds.num_classes > K:
+        raise ValueError(f"fit: {name} has labels up to {hi} ({ds.num_classes} classes), the "
+                         f"network {K} outputs")
+
+
+class _Snapshot:
+    """The trained state of a network (parameters, buffers, momentum, beta) and the
+    optimiser's step count, to put back after an interrupt or a divergence."""
+
+    def __init__(self, net, opt):
+        a = net.arena
+        self.net, self.opt = net, opt
+        self.arrays = (a.params.copy(), a.buffers.copy(), a.momentum.copy())
+        self.beta, self.steps = net.beta, opt.steps
+
+    def restore(self):
+        a = self.net.arena
+        for dst, src in zip((a.params, a.buffers, a.momentum), self.arrays):
+            dst[...] = src
+        self.net.beta, self.opt.steps = self.beta, self.steps
+
+
+class _SigintDeferred:
+    """Ctrl-C (SIGINT) held back for the block and raised at its end: the block runs
+    whole (an epoch's checkpoint, history record and snapshot agree).  Main thread only;
+    elsewhere a no-op."""
+
+    def __enter__(self):
+        self.old, self.hit = None, False
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self.old = signal.signal(signal.SIGINT, lambda *_: setattr(self, "hit", True))
+        return self
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            if self.hit and exc[0] is None:
+                raise KeyboardInterrupt
+        return False
 
 
 def beta_at(step, total_steps, beta0, beta1, schedule="geometric"):
@@ -183,6 +253,16 @@ def _load_state(path, net, opt):
     state are validated before the network is touched."""
 
     path = _fspath(path, "fit")
+    try:
+        return _load_checked(path, net, opt)
+    except FileNotFoundError:
+        raise
+    except ValueError as e:
+        msg = str(e)
+        raise CheckpointError(msg if msg.startswith(path) else f"{path}: {msg}") from None
+
+
+def _load_checked(path, net, opt):
     arch = lambda c: {k: v for k, v in (c if isinstance(c, dict) else {}).items() if k != "seed"}
     with NpzReader(path, kind="training") as z:
         cfg = z.config
@@ -207,10 +287,9 @@ def _load_state(path, net, opt):
             run = cfg.get("run", {})
             ok = (all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62
                       for v in (epoch, steps))
-                  and isinstance(beta, (int, float)) and not isinstance(beta, bool)
-                  and math.isfinite(beta) and beta >= 0
                   and isinstance(history, list) and isinstance(run, dict))
-        except KeyError:
+            beta = check_beta(beta, "beta")
+        except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
             raise ValueError(f"{path}: corrupted training state (epoch, optim_steps, beta, "
@@ -226,16 +305,21 @@ def _load_state(path, net, opt):
         raise ValueError(f"{path}: {e}") from None
     net.arena.momentum[...] = mom32
     opt.steps = int(steps)
-    net.beta = float(beta)
+    net.beta = beta
     return int(epoch), list(history), run
 
 
+_D = RunConfig()     # fit's defaults are the run configuration's
+
+
 @restores_threads
-def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
-        nesterov=None, lr_schedule="step", milestones=None, lr_gamma=0.1,
-        beta=(20.0, 70.0), beta_schedule="geometric", augment=True, seed=0, eval_hard=None,
-        eval_batch_size=500, checkpoint=None, resume=None, progress=True, threads=None,
-        callback=None, prune_epochs=None, prune_keep=None, skip_nonfinite=False):
+def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D.lr,
+        momentum=_D.momentum, weight_decay=_D.weight_decay, nesterov=_D.nesterov,
+        lr_schedule=_D.lr_schedule, milestones=_D.milestones, lr_gamma=0.1,
+        beta=(_D.beta0, _D.beta1), beta_schedule=_D.beta_schedule, augment=_D.augment,
+        seed=_D.seed, eval_hard=None, eval_batch_size=500, checkpoint=None, resume=None,
+        progress=_D.progress, threads=_D.threads, callback=None, prune_epochs=_D.prune_epochs,
+        prune_keep=_D.prune_keep, skip_nonfinite=False, reset_momentum=_D.reset_momentum):
     """Train `net` on the Dataset `train`, evaluating on `test` after every epoch.
 
     Returns the history: one dict per epoch (epoch, lr, beta, train_loss, train_acc,
@@ -244,10 +328,14 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     checkpoint to continue from; callback(record) runs after every epoch (after the
     checkpoint) and a True result stops training there.
 
-    nesterov, milestones: None takes the layer family's reference solver (``net.solver``,
-    salnp.models.SOLVERS): ASL (Jeon & Kim) Nesterov with lr x0.1 at 1/2 and 3/4 of the
-    run; CL, SL, SAL plain momentum with steps at 1/3 and 2/3 (the SAL recipe's epochs
-    100 and 200 of 300).  Milestones are fractions of the run, or epoch numbers when >= 1.
+    The keywords are the fields of salnp.RunConfig of the same names, with its defaults
+    (beta = (beta0, beta1)).  nesterov, milestones: None takes the layer family's reference
+    solver (salnp.runconfig.solver_of, sources in salnp.recipes): ASL (Jeon & Kim) Nesterov
+    with lr x0.1 at 1/2 and 3/4 of the run; SL at 1/2 and 3/4 (Wu et al.); CL and SAL plain
+    momentum with steps at 1/3 and 2/3 (the SAL recipe's epochs 100 and 200 of 300).
+    Milestones are fractions of the run, or epoch numbers when >= 1.  reset_momentum: zero
+    momentum at the start of every epoch (the SAL authors' code makes a new optimiser per
+    epoch).
     Per-parameter weight-decay and learning-rate multipliers come from the modules (no
     decay on ASL's BN, FC bias and shifts; shift lr x 0.01).
 
@@ -266,8 +354,15 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     ValueError naming the batch (1-based, within its epoch) and the step, before it
     reaches the network (BN running statistics are never updated from it); with
     skip_nonfinite=True such batches are skipped with a warning instead, and counted in
-    the record's "skipped_batches".  Ctrl-C returns the history so far (the checkpoint
-    of the last finished epoch stays resumable)."""
+    the record's "skipped_batches".  Finite parameters whose outputs are NaN or inf (a
+    huge learning rate: inf logits), checked at the end of every epoch on its last batch
+    in eval mode and by the test loss, are a divergence too: FloatingPointError, the
+    network put back to the last finished epoch.  Both data sets (channels, labels within
+    the network's classes) and the beta schedule (a geometric one needs a finite ratio)
+    are checked before the first step.  Ctrl-C returns the history so far, with the
+    network put back to the end of the last finished epoch: the network, the history and
+    the checkpoint (still resumable) describe one state.  An epoch's checkpoint, history
+    record and that state are committed together (a Ctrl-C then waits for the commit)."""
     if not isinstance(net, ResNet):
         raise TypeError(f"fit: net must be a salnp network (salnp.models.ResNet), got "
                         f"{type(net).__name__}")
@@ -303,29 +398,27 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
         raise ValueError(f"fit: epochs={epochs!r}: must be an integer >= 1")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: batch_size={batch_size!r}: must be an integer >= 1")
-    if len(train) < 1:
-        raise ValueError("fit: train is empty")
-    if train.images.shape[1] != net.config["in_channels"]:
-        raise ValueError(f"fit: train has {train.images.shape[1]} channels, the network "
-                         f"{net.config['in_channels']}")
-    if train.num_classes > net.config["num_classes"]:
-        raise ValueError(f"fit: train has {train.num_classes} classes, the network "
-                         f"{net.config['num_classes']} outputs")
-    try:
-        bb = tuple(beta) if isinstance(beta, (tuple, list, np.ndarray)) else (beta, beta)
-        if len(bb) != 2 or any(isinstance(v, (str, bytes, complex)) for v in bb):
-            raise TypeError
-        b0, b1 = float(bb[0]), float(bb[1])
-    except (TypeError, ValueError):
-        raise ValueError(f"fit: beta={beta!r}: must be a number or a pair (start, end) of "
-                         f"numbers") from None
-    if not (math.isfinite(b0) and math.isfinite(b1) and b0 >= 0 and b1 >= 0):
-        raise ValueError(f"fit: beta={beta!r}: must be finite and >= 0")
-    solver = getattr(net, "solver", None) or {}
+    _check_dataset("train", train, net)
+    if test is not None:
+        _check_dataset("test", test, net)
+    bb = tuple(beta) if isinstance(beta, (tuple, list, np.ndarray)) else (beta, beta)
+    if len(bb) != 2:
+        raise ValueError(f"fit: beta={beta!r}: must be a number or a pair (start, end) of numbers")
+    b0, b1 = check_beta(bb[0], "fit: beta[0]"), check_beta(bb[1], "fit: beta[1]")
+    if beta_schedule not in BETA_SCHEDULES:
+        raise ValueError(f"fit: beta_schedule={beta_schedule!r}: must be one of {BETA_SCHEDULES}")
+    if net.config["layer"] == "sal" and beta_schedule == "geometric" and not math.isfinite(b1 / b0):
+        # every beta of the run lies between b0 and b1 only when the ratio is finite
+        # (1e300 / 1e-300 overflowed to inf: beta was inf after the first step)
+        raise ValueError(f"fit: beta={beta!r}: geometric annealing needs a finite ratio "
+                         f"beta1 / beta0 (got {b1 / b0})")
+    if not isinstance(reset_momentum, (bool, np.bool_)):
+        raise TypeError(f"fit: reset_momentum={reset_momentum!r}: must be True or False")
+    solver = solver_of(net.config["layer"])
     if nesterov is None:
-        nesterov = bool(solver.get("nesterov", False))
+        nesterov = bool(solver["nesterov"])
     if milestones is None:
-        milestones = tuple(solver.get("milestones", (1 / 3, 2 / 3)))
+        milestones = tuple(solver["milestones"])
     try:
         milestones = tuple(float(m) for m in milestones)
         ok = all(math.isfinite(m) and m > 0 for m in milestones)
@@ -345,6 +438,7 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
     run_cfg = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                    weight_decay=weight_decay, nesterov=nesterov, lr_schedule=str(lr_schedule),
                    milestones=list(milestones), lr_gamma=lr_gamma, beta=[b0, b1],
+                   reset_momentum=bool(reset_momentum),
                    beta_schedule=beta_schedule, augment=augment, seed=seed,
                    prune_epochs=sorted(prune_plan), prune_keep=[prune_plan[e] for e in sorted(prune_plan)],
                    train=getattr(train, "name", "?"), train_size=len(train),
@@ -356,6 +450,10 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
         log.info("resumed from %s at epoch %d", resume, start_epoch)
     else:
         net.beta = beta_at(0, total_steps, b0, b1, beta_schedule) if is_sal else net.beta
+    taps_start = kept_taps(net) if is_sal else None     # the taps at step 0
+    # the state of the last finished epoch (or the start): an interrupt or a divergence
+    # puts the network back to it, so the network always matches the history returned
+    good = _Snapshot(net, opt)
     net.train()
     try:
         from tqdm.auto import tqdm
@@ -368,6 +466,8 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                 kept = prune_step(net, prune_plan[epoch + 1])
                 log.info("epoch %d: pruned SAL slices to %d position(s): %s", epoch + 1,
                          prune_plan[epoch + 1], kept)
+            if reset_momentum:       # a new optimiser per epoch, as the SAL authors' code
+                net.arena.momentum[...] = 0.0
             t0 = time.perf_counter()
             loss_sum, correct, seen, skipped = 0.0, 0, 0, 0
             batches = train.batches(batch_size, shuffle=True, augment=augment, seed=seed,
@@ -429,32 +529,60 @@ def fit(net, train, test=None, epochs=1, batch_size=128, lr=0.1, momentum=0.9, w
                 loss_sum += loss * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
+                # (a skipped batch may later overwrite the reused buffer: keep a copy)
+                last_x = x.copy() if skip_nonfinite else x
                 if tqdm and progress:
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                                     img_s=f"{seen / (time.perf_counter() - t0):.0f}")
             if seen == 0:
                 raise ValueError(f"fit: every training batch of epoch {epoch + 1} was skipped "
                                  "(NaN or inf inputs)")
+            # finite parameters can still give inf logits (lr 1e30: huge weights): the
+            # network the epoch ends with must compute finite outputs (eval mode, the last
+            # training batch), else it is a divergence like the others
+            if not np.all(np.isfinite(net.forward(last_x, train=False))):
+                _diverged(good, epoch, opt.steps, where(), "after")
             train_time = time.perf_counter() - t0
             rec = {"epoch": epoch + 1, "lr": lr_e, "beta": net.beta if is_sal else None,
                    "train_loss": loss_sum / seen, "train_acc": correct / seen}
             if test is not None:
                 rec["test_loss"], rec["test_acc"] = evaluate(net, test, eval_batch_size)
+                if not math.isfinite(rec["test_loss"]):
+                    _diverged(good, epoch, opt.steps, where(), "on the test set after")
                 rec["test_acc_hard"] = evaluate(net, test, eval_batch_size, True)[1] if eval_hard else None
             rec["attn_maxp"], rec["attn_onehot"] = attention_stats(net)
+            if is_sal:     # the taps training computes per slice, per layer, at the step
+                rec["step"], rec["taps_kept"] = opt.steps, kept_taps(net)
+                if epoch == 0:
+                    rec["taps_kept_start"] = taps_start
             rec["attn_allowed"] = _allowed_mean(net)
             rec["time_s"] = time.perf_counter() - t0
             rec["images_per_s"] = seen / train_time
             if skip_nonfinite:
                 rec["skipped_batches"] = skipped
-            history.append(rec)
+            # the epoch's commit: checkpoint, record and snapshot together (Ctrl-C waits)
+            with _SigintDeferred():
+                if checkpoint is not None:
+                    _save_state(checkpoint, net, opt, epoch + 1, history + [rec], run_cfg)
+                history.append(rec)
+                good = _Snapshot(net, opt)
             log.info("epoch %d: %s", epoch + 1, {k: v for k, v in rec.items() if k != "epoch"})
-            if checkpoint is not None:
-                _save_state(checkpoint, net, opt, epoch + 1, history, run_cfg)
             if callback is not None and callback(rec):
                 break
     except KeyboardInterrupt:
-        log.warning("fit interrupted; %d epoch(s) finished%s", len(history),
+        good.restore()
+        log.warning("fit interrupted; %d epoch(s) finished%s; the network is that of the "
+                    "last finished epoch", len(history),
                     f", resumable from {checkpoint}" if checkpoint else "")
     net.eval()
     return history
+
+
+def _diverged(good, epoch, step, where, when):
+    """A network whose outputs are NaN or inf: put back to the last good state, raised."""
+    good.restore()
+    back = "its state after the last finished epoch" if good.steps else "its initial state"
+    raise FloatingPointError(
+        f"fit: the network's outputs are NaN or inf {when} epoch {epoch + 1} (step {step}) "
+        f"though its parameters are finite (a learning rate too large?); {where}; the "
+        f"network was put back to {back}")

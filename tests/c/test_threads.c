@@ -1,4 +1,4 @@
-/* One network, several threads (sal/net.h and sal/infer.h, "Threads"): a forward (or
+/* One network, several threads (sal/net.h, "Threads"): a forward (or
  * backward) that starts while another runs on the same network is refused with
  * SAL_EINVAL and a message, never run on the shared buffers.  Every call that runs gives
  * the sequential result for its batch; none crashes (ctest runs this under ASan/UBSan).
@@ -8,30 +8,24 @@
 #include <string.h>
 
 #include "check.h"
-#include "sal/infer.h"
+#include "programs.h"
 #include "sal/net.h"
 
 enum { C = 3, H = 6, W = 6, O = 4, NT = 4, ROUNDS = 300, MAXN = 5 };
 
-static sal_infer *inet;
+static sal_net *inet;
 static float wts[O * C * 9 + O + O * C + O];
 static float xs[MAXN][MAXN * C * H * W];
 static float ref[MAXN][MAXN * O];
 static int ran[NT], refused[NT], wrong[NT], other[NT];
 
-static sal_iop iop(int64_t kind, int64_t in, int64_t out) {
-    sal_iop op;
-    memset(&op, 0, sizeof op);
-    op.kind = kind, op.in = in, op.out = out, op.res = -1, op.p0 = -1, op.p1 = -1, op.ioff = -1;
-    return op;
-}
 
 static void *worker(void *arg) {
     const int t = (int)(intptr_t)arg;
     float logits[MAXN * O];
     for (int r = 0; r < ROUNDS; r++) {
         const int n = 1 + (t + r) % MAXN;
-        sal_status s = sal_infer_forward(inet, logits, xs[n - 1], (sal_act){n, C, H, W, SAL_NCHW}, wts);
+        sal_status s = sal_net_forward(inet, logits, xs[n - 1], (sal_act){n, C, H, W, SAL_NCHW}, wts, wts, 0, 0, 1.0);
         if (s == SAL_OK) {
             ran[t]++;
             if (memcmp(logits, ref[n - 1], sizeof(float) * (size_t)(n * O)) != 0) wrong[t]++;
@@ -47,16 +41,17 @@ static void *worker(void *arg) {
 static void test_infer_shared(void) {
     /* conv 3x3 (C -> O) + bias, ReLU; pool */
     int64_t shapes[3][3] = {{C, H, W}, {O, H, W}, {O, 1, 1}};
-    sal_iop ops[2] = {iop(SAL_IOP_CONV, 0, 1), iop(SAL_IOP_POOL, 1, 2)};
+    sal_op ops[2] = {op_of(SAL_OP_CONV, 0, 1), op_of(SAL_OP_POOL, 1, 2)};
     ops[0].o = O, ops[0].k = 3, ops[0].stride = 1, ops[0].pad = 1, ops[0].p0 = 0;
     ops[0].p1 = O * C * 9, ops[0].relu = 1;
     fill_uniform(wts, (int64_t)(sizeof wts / sizeof *wts));
-    CHECK(sal_infer_create(&inet, &shapes[0][0], 3, ops, 2, NULL, 0, NULL, 0,
-                           (int64_t)(sizeof wts / sizeof *wts)) == SAL_OK, "create: %s", sal_last_error());
+    const int64_t nw = (int64_t)(sizeof wts / sizeof *wts);
+    CHECK(sal_net_create(&inet, &shapes[0][0], 3, ops, 2, NULL, 0, NULL, 0, nw, nw) == SAL_OK,
+          "create: %s", sal_last_error());
     if (!inet) return;
     for (int n = 1; n <= MAXN; n++) {
         fill_uniform(xs[n - 1], n * C * H * W);
-        CHECK(sal_infer_forward(inet, ref[n - 1], xs[n - 1], (sal_act){n, C, H, W, SAL_NCHW}, wts) == SAL_OK,
+        CHECK(sal_net_forward(inet, ref[n - 1], xs[n - 1], (sal_act){n, C, H, W, SAL_NCHW}, wts, wts, 0, 0, 1.0) == SAL_OK,
               "reference n=%d: %s", n, sal_last_error());
     }
     pthread_t th[NT];
@@ -72,9 +67,9 @@ static void test_infer_shared(void) {
     printf("test_threads: infer: %d forwards ran, %d refused as concurrent\n", tot_ran, tot_ref);
     /* the network is intact afterwards */
     float logits[MAXN * O];
-    CHECK(sal_infer_forward(inet, logits, xs[2], (sal_act){3, C, H, W, SAL_NCHW}, wts) == SAL_OK &&
+    CHECK(sal_net_forward(inet, logits, xs[2], (sal_act){3, C, H, W, SAL_NCHW}, wts, wts, 0, 0, 1.0) == SAL_OK &&
               memcmp(logits, ref[2], sizeof(float) * 3 * O) == 0, "after: %s", sal_last_error());
-    sal_infer_free(inet);
+    sal_net_free(inet);
 }
 
 /* the training network: conv -> BN+ReLU -> pool -> linear (eval-mode forwards share it) */
@@ -109,18 +104,11 @@ static void *net_worker(void *arg) {
 }
 
 static void test_net_shared(void) {
-    int64_t shapes[5][3] = {{3, 9, 7}, {4, 5, 4}, {4, 5, 4}, {4, 1, 1}, {6, 1, 1}};
+    int64_t shapes[5][3];
     sal_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0] = (sal_op){.kind = SAL_OP_CONV, .in = 0, .out = 1, .res = -1, .o = 4, .k = 3,
-                      .stride = 2, .pad = 1, .p0 = 0, .ioff = -1};
-    ops[1] = (sal_op){.kind = SAL_OP_BN, .in = 1, .out = 2, .res = -1, .relu = 1, .p0 = 108,
-                      .p1 = 112, .b0 = 0, .b1 = 4, .ioff = -1};
-    ops[2] = (sal_op){.kind = SAL_OP_POOL, .in = 2, .out = 3, .res = -1, .ioff = -1};
-    ops[3] = (sal_op){.kind = SAL_OP_LINEAR, .in = 3, .out = 4, .res = -1, .o = 6, .p0 = 116,
-                      .p1 = 140, .ioff = -1};
-    CHECK(sal_net_create(&tnet, &shapes[0][0], 5, ops, 4, NULL, 0, 146, 8) == SAL_OK, "create: %s",
-          sal_last_error());
+    conv_bn_pool_linear(shapes, ops);
+    CHECK(sal_net_create(&tnet, &shapes[0][0], 5, ops, 4, NULL, 0, NULL, 0, 146, 8) == SAL_OK,
+          "create: %s", sal_last_error());
     if (!tnet) return;
     fill_uniform(tparams, 146);
     for (int c = 0; c < 4; c++) tbuf[c] = 0.1f * (float)c, tbuf[4 + c] = 1.0f + 0.5f * (float)c;

@@ -103,18 +103,32 @@ write("conv", "kernel_too_big", conv(1, 1, 3, 3, 1, 6, 1, 1))
 write("conv", "stride_huge", conv(1, 1, 4, 4, 1, 3, 2**63 - 1, 1))
 
 
-# ---- infer: [options] + nbuf, nops, nshift, npairs, nweights, shapes, op rows, shift rows,
-# pair rows, every value a raw fuzz_size encoding.  Seeds are real exported programs
-# (salnp.export of tiny CL / SL / SAL / shared-SAL networks, 8x8 inputs) when salnp is
-# importable, plus hand-made edge programs.
-def infer(opt, shapes, ops, shifts, pairs, nweights):
-    # the harness decodes res, p1 and the shift/pair offsets as (value - 1): encode + 1
-    ops = [[v + 1 if j in (3, 11) else v for j, v in enumerate(r)] for r in ops]
+# ---- net: [options] + nbuf, nops, nshift, npairs, nweights, shapes, op rows, shift rows,
+# pair rows, every value a raw fuzz_size encoding.  Seeds are real programs (the training
+# programs and the exports of tiny CL / SL / SAL / shared-SAL networks, 8x8 inputs) when
+# salnp is importable, plus hand-made edge programs.
+FIELDS = ("kind", "in", "out", "res", "relu", "res_post", "o", "k", "stride", "pad", "p0", "p1",
+          "b0", "b1", "shared", "ioff", "npair", "index_bits")
+KINDS = dict(conv=0, sal=1, gather=2, shift=3, ashift=4, bn=5, add=6, pool=7, linear=8)
+PLUS1 = ("res", "p0", "p1", "b0", "b1", "ioff")    # decoded as (value - 1): -1 is 0
+
+
+def op(kind, inp, out, **f):
+    row = dict.fromkeys(FIELDS, 0)
+    row.update(res=-1, p0=-1, p1=-1, b0=-1, b1=-1, ioff=-1)
+    row.update(f, kind=KINDS[kind], **{"in": inp, "out": out})
+    return [row[k] for k in FIELDS]
+
+
+def net(opt, shapes, ops, shifts, pairs, nweights, segments=()):
+    ops = [[v + 1 if FIELDS[j] in PLUS1 else v for j, v in enumerate(r)] for r in ops]
     shifts = [[r[0], r[1] + 1, r[2] + 1] for r in shifts]
     pairs = [[r[0], r[1], r[2] + 1, r[3] + 1] for r in pairs]
     vals = [len(shapes), len(ops), len(shifts), len(pairs), nweights]
     vals += [v for s in shapes for v in s] + [v for r in ops for v in r]
     vals += [v for r in shifts for v in r] + [v for r in pairs for v in r]
+    if opt & 32:                  # checkpointed segments (first op, end op)
+        vals += [len(segments)] + [v for seg in segments for v in seg]
     return bytes([opt]) + b"".join(raw(int(v)) for v in vals)
 
 
@@ -122,39 +136,60 @@ try:
     import salnp
 
     for name, layer, shared in (("cl", "cl", False), ("sl", "sl", False), ("sal", "sal", False),
-                                ("sal_shared", "sal", True)):
-        net = salnp.models.resnet(8, 2, layer, shared=shared, num_classes=3, seed=1).eval()
+                                ("sal_shared", "sal", True), ("asl", "asl", False)):
+        m = salnp.models.resnet(8, 2, layer, shared=shared, num_classes=3, seed=1).eval()
         if layer == "sal":
-            net.beta = 50.0
-        inf = salnp.export(net)
-        shapes = inf._shapes((3, 8, 8))
-        write("infer", f"export_{name}", infer(0x0E, shapes, inf.ops.tolist(), inf.shifts.tolist(),
-                                               inf.pairs.tolist(), inf.weights.size))
+            m.beta = 50.0
+        for what, prog, nw in (("train", m.program, m.arena.params.size),
+                               ("export", None, None)):
+            if what == "export":
+                inf = salnp.export(m)
+                prog, nw = inf.program, inf.weights.size
+            # the training program reads two arenas; the harness passes one of nweights, whose
+            # values are no 0/1 mask: the SAL ops run without their masks
+            nw = max(nw, m.arena.buffers.size) if what == "train" else nw
+            rows = prog.table()
+            rows[rows[:, FIELDS.index("kind")] == KINDS["sal"], FIELDS.index("b0")] = -1
+            write("net", f"{what}_{name}", net(0x1E if what == "train" else 0x0E,
+                                               prog.shapes((3, 8, 8)), rows.tolist(),
+                                               prog.shift_table().tolist(),
+                                               prog.pair_table().tolist(), nw))
+            if what == "train":   # the same with each residual block checkpointed
+                m.checkpointing = "blocks"
+                segs = m.engine._checkpoints.tolist()
+                write("net", f"{what}_{name}_checkpointed",
+                      net(0x3E, prog.shapes((3, 8, 8)), rows.tolist(),
+                          prog.shift_table().tolist(), prog.pair_table().tolist(), nw, segs))
 except ImportError:     # salnp not built: the hand-made seeds below still cover every op
     pass
 
 # conv 3x3 -> pool -> linear, 1 channel 4x4
-CONV = [0, 0, 1, -1, 1, 0, 2, 3, 1, 1, 0, 18, -1, 0, 0]
-POOL = [4, 1, 2, -1, 0, 0, 0, 0, 0, 0, -1, -1, -1, 0, 0]
-LIN = [5, 2, 3, -1, 0, 0, 3, 0, 0, 0, 20, 26, -1, 0, 0]
-write("infer", "conv_pool_linear", infer(0x0F, [(1, 4, 4), (2, 4, 4), (2, 1, 1), (3, 1, 1)],
-                                         [CONV, POOL, LIN], [], [], 29))
+CONV = op("conv", 0, 1, o=2, k=3, stride=1, pad=1, p0=0)
+POOL = op("pool", 1, 2)
+LIN = op("linear", 2, 3, o=3, p0=18, p1=24)
+write("net", "conv_pool_linear", net(0x1F, [(1, 4, 4), (2, 4, 4), (2, 1, 1), (3, 1, 1)],
+                                     [CONV, POOL, LIN], [], [], 29))
 # shift (stride 2) -> gather -> pool
-SH = [2, 0, 1, -1, 0, 0, 0, 0, 2, 0, -1, -1, 0, 0, 4]
-GA = [1, 1, 2, -1, 1, 0, 2, 3, 1, 1, 0, 3, 0, 3, 0]
-write("infer", "shift_gather_pool", infer(0x05, [(2, 5, 5), (2, 3, 3), (2, 3, 3), (2, 1, 1)],
-                                          [SH, GA, [4, 2, 3] + POOL[3:]],
-                                          [(1, -1, 1), (0, 1, 0)],
-                                          [(0, 0, -1, 1), (0, 1, 0, 0), (1, 1, 1, -1)], 5))
+SH = op("shift", 0, 1, stride=2, ioff=0, index_bits=4)
+GA = op("gather", 1, 2, relu=1, o=2, k=3, stride=1, pad=1, p0=0, p1=3, ioff=0, npair=3)
+write("net", "shift_gather_pool", net(0x05, [(2, 5, 5), (2, 3, 3), (2, 3, 3), (2, 1, 1)],
+                                      [SH, GA, op("pool", 2, 3)], [(1, -1, 1), (0, 1, 0)],
+                                      [(0, 0, -1, 1), (0, 1, 0, 0), (1, 1, 1, -1)], 5))
+# SAL (masked) -> BN+ReLU -> pool, trained
+SAL = op("sal", 0, 1, o=2, stride=1, pad=1, p0=0, p1=36)
+BN = op("bn", 1, 2, relu=1, p0=108, p1=110, b0=112, b1=114)
+write("net", "sal_bn_pool_train", net(0x1B, [(2, 4, 4), (2, 4, 4), (2, 4, 4), (2, 1, 1)],
+                                      [SAL, BN, op("pool", 2, 3)], [], [], 116))
 # the overflow shapes the checked loader must refuse: p0 near INT64_MAX, ioff + npair
 # wrapping, a huge stride in a gather (scratch size S*S), a buffer of 2**62 elements
-write("infer", "p0_overflow", infer(0x00, [(1, 4, 4), (2, 4, 4), (2, 1, 1)],
-                                    [CONV[:10] + [2**63 - 5] + CONV[11:], POOL], [], [], 29))
-write("infer", "pairs_wrap", infer(0x00, [(2, 3, 3), (2, 3, 3), (2, 1, 1)],
-                                   [GA[:1] + [0, 1] + GA[3:12] + [2**63 - 2, 4, 0],
-                                    [4, 1, 2] + POOL[3:]], [], [(0, 0, 0, 0)] * 3, 5))
-write("infer", "gather_stride_huge", infer(0x00, [(2, 3, 3), (2, 1, 1), (2, 1, 1)],
-                                           [GA[:1] + [0, 1] + GA[3:8] + [2**62] + GA[9:],
-                                            [4, 1, 2] + POOL[3:]], [], [(0, 0, 0, 0)] * 3, 5))
-write("infer", "buffer_2p62", infer(0x00, [(1, 4, 4), (2**31, 2**31, 1), (2, 1, 1)],
-                                    [CONV, POOL], [], [], 29))
+write("net", "p0_overflow", net(0x00, [(1, 4, 4), (2, 4, 4), (2, 1, 1)],
+                                [op("conv", 0, 1, o=2, k=3, stride=1, pad=1, p0=2**63 - 5), POOL],
+                                [], [], 29))
+write("net", "pairs_wrap", net(0x00, [(2, 3, 3), (2, 3, 3), (2, 1, 1)],
+                               [op("gather", 0, 1, o=2, stride=1, p0=0, ioff=2**63 - 2, npair=4),
+                                op("pool", 1, 2)], [], [(0, 0, 0, 0)] * 3, 5))
+write("net", "gather_stride_huge", net(0x00, [(2, 3, 3), (2, 1, 1), (2, 1, 1)],
+                                       [op("gather", 0, 1, o=2, stride=2**62, p0=0, ioff=0,
+                                           npair=0), op("pool", 1, 2)], [], [(0, 0, 0, 0)] * 3, 5))
+write("net", "buffer_2p62", net(0x00, [(1, 4, 4), (2**31, 2**31, 1), (2, 1, 1)],
+                                [CONV, POOL], [], [], 29))

@@ -25,7 +25,48 @@ typedef struct {
                            1 = position allowed, 0 = pruned; every slice keeps >= 1.
                            See "Masks" below. */
     int threads;        /* as sal_conv_desc.threads (0: the current thread count) */
+    double tap_threshold; /* 0: every call runs the dense 3x3 convolution (bit for bit the
+                           path before this field existed); t in (0, 1]: taps with
+                           p < t * p_max of their slice are skipped ("Sparse taps" below);
+                           SAL_TAP_THRESHOLD_DEFAULT is the exact choice.  Last field, so
+                           a positional initialiser without it gets 0. */
 } sal_sal_desc;
+
+/* Sparse taps (issue 19).  Once beta has grown, most of a slice's softmax weights are
+ * zero to float32 precision; with tap_threshold t > 0 every call recomputes, from the
+ * logits, beta and the mask, the KEPT taps of each slice,
+ *     K = {q : p_q > 0 and p_q >= t * p_max}        (p_max = max_q p_q; masked: p_q = 0),
+ * in the same pass that computes p (a compare per tap), and runs the convolution, its
+ * input gradient and its weight gradient over the kept taps only (libsal/src/taps.c).
+ *
+ * The default, t = 2^-27 = u / 8 with u = 2^-24 the unit roundoff of float32:
+ * at most 8 of a slice's 9 taps are skipped, each has p_q < t * p_max, so the skipped
+ * weight sum_{q not in K} p_q < 8 t p_max = u * p_max.  The output a slice contributes,
+ * sum_q p_q w_q x_q, then changes by less than u * p_max * max_q |w_q x_q|: less than the
+ * rounding error of storing the largest single term p_max w x in float32.  Skipping thus
+ * changes the slice's effective kernel W_eff = p * w by less than rounding it to float32
+ * already does, and the result agrees with the dense path to float32 rounding (the order
+ * of the additions differs, as between any two convolution algorithms).
+ *
+ * The logit gradient keeps the std term exactly: v_q = p_q (u_q - sum_k p_k u_k) is
+ * formed over the kept taps (v_q = 0 for a skipped q, whose p_q is below float32
+ * resolution next to p_max; u_q = w_q dL/dW_eff,q is never computed there), and then
+ * dL/da_i = (beta/s) [v_i - (sum_j v_j a_j)(a_i - abar) / ((n-1) s^2)] for ALL nine i,
+ * so a skipped logit still gets its std-term gradient.  (For a slice with one kept tap the
+ * whole logit gradient is of the order of the skipped weight, u * p_max * |u_q| * beta/s,
+ * and is computed to that absolute accuracy.)
+ *
+ * A layer whose kept taps are dense enough runs the dense path instead (all nine taps,
+ * the full p): the choice is by the measured cost of the two paths (taps.c, "Crossover").
+ * Hard mode: K = {q : p_hard = 1}, exact.  t = 1 keeps the largest taps only (ties kept);
+ * t > 1 would drop the largest tap and is refused, as are negative, NaN and infinite t. */
+#define SAL_TAP_THRESHOLD_DEFAULT 7.450580596923828125e-9   /* 2^-27 */
+
+/* Which path a call with tap_threshold > 0 takes: "auto" (by measured cost, the default),
+ * "sparse" or "dense" (always), process-wide; for tests and benchmarks, like sal_set_isa.
+ * Returns SAL_EINVAL for another name. */
+sal_status sal_set_taps_path(const char *name);
+const char *sal_get_taps_path(void);
 
 /* Masks (stepwise hard pruning, salnp's extension: the paper anneals beta only).  A
  * slice with allowed set S (n = |S| >= 1): s = the unbiased std of ALL 9 logits (as
@@ -41,6 +82,8 @@ typedef struct {
 
 /* fills *y with the output geometry (N, O, Ho, Wo), same layout as x */
 sal_status sal_sal_check(const sal_sal_desc *d, sal_act *y);
+/* SAL_EINVAL unless t is a valid tap_threshold (finite, 0 <= t <= 1) */
+sal_status sal_tap_threshold_check(const char *fn, double t);
 /* floats of scratch that sal_sal_fwd and sal_sal_bwd need */
 size_t sal_sal_scratch(const sal_sal_desc *d);
 
@@ -51,6 +94,10 @@ sal_status sal_attn_probs(float *p, const float *a, int64_t l, double beta, int 
 /* the same restricted to a mask m (L,9) of allowed positions (NULL: all); see "Masks" */
 sal_status sal_attn_probs_masked(float *p, const float *a, const float *m, int64_t l,
                                  double beta, int hard);
+/* kept (L,9) = 1 where tap q of slice l is kept at threshold t > 0 (see "Sparse taps"),
+ * else 0; m: mask (L,9) or NULL.  Returns the number of kept taps in *nkept (may be NULL). */
+sal_status sal_attn_kept(uint8_t *kept, const float *a, const float *m, int64_t l, double beta,
+                         int hard, double t, int64_t *nkept);
 
 /* y (N,O,Ho,Wo) = conv(x (N,C,H,W), p (O|1,C,3,3) * w (O,C,3,3), stride S, padding 1),
  * p from logits a (O|1, C, 9); scratch: sal_sal_scratch(d) floats */

@@ -7,8 +7,10 @@
 #include "sal/conv.h"
 #include "sal/count.h"
 #include "sal/data.h"
-#include "sal/infer.h"
+#include "sal/gather.h"
 #include "sal/layers.h"
 #include "sal/net.h"
 #include "sal/shift.h"
+#include "sal/shiftconv.h"
+#include "sal/taps.h"
 #endif

@@ -25,6 +25,14 @@ sal_status sal_shift_check(const sal_shift_desc *d, sal_act *y);
 sal_status sal_shift_fwd(float *y, const float *x, const int32_t *off, const sal_shift_desc *d);
 /* dx (N,C,H,W) += shift^T(dy (N,C,Ho,Wo)), the exact adjoint of sal_shift_fwd */
 sal_status sal_shift_bwd(float *dx, const float *dy, const int32_t *off, const sal_shift_desc *d);
+/* The same with rows (Co, 3) int32 = (src, dy, dx): output channel c is input channel src_c
+ * shifted (a layer may drop or reorder channels: the exported shift of shared SAL).
+ * y (N,Co,Ho,Wo) from x (N,C,H,W); every src in [0, C). */
+sal_status sal_shift_rows_fwd(float *y, const float *x, const int32_t *rows, int64_t co,
+                              const sal_shift_desc *d);
+/* dx (N,C,H,W) += the adjoint, for rows (C, 3) whose sources are the identity (src_c = c) */
+sal_status sal_shift_rows_bwd(float *dx, const float *dy, const int32_t *rows,
+                              const sal_shift_desc *d);
 /* off (C,2): the fixed 3x3 assignment of Wu et al.: for c < 9*(C/9), dx = c%3 - 1,
  * dy = (c/3)%3 - 1; the last C%9 channels get (0, 0) */
 sal_status sal_shift_default_offsets(int32_t *off, int64_t c);

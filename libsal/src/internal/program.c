@@ -1,4 +1,4 @@
-/* The runtime shared by the training and the inference program (see program.h). */
+/* The runtime of the network program: buffers, scratch, the input copy (see program.h). */
 #include "internal/program.h"
 
 #include <stdlib.h>
@@ -16,7 +16,11 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
     SAL_REQUIRE(narena >= 0, fn, "%s: arena size %lld: must be >= 0", arena, (long long)narena);
     p->shapes = malloc((size_t)nbuf * 3 * sizeof *p->shapes);
     p->act = calloc((size_t)nbuf, sizeof *p->act);
-    if (!p->shapes || !p->act) return sal_fail(SAL_ENOMEM, fn, "out of memory");
+    p->share = malloc((size_t)nbuf * sizeof *p->share);
+    p->share_off = calloc((size_t)nbuf, sizeof *p->share_off);
+    if (!p->shapes || !p->act || !p->share || !p->share_off)
+        return sal_fail(SAL_ENOMEM, fn, "out of memory");
+    for (int64_t b = 0; b < nbuf; b++) p->share[b] = b;
     memcpy(p->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
     for (int64_t b = 0; b < nbuf; b++) {
         int64_t tot;
@@ -32,7 +36,7 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
 static void free_act(sal_program *p) {
     if (p->act)
         for (int64_t b = 0; b < p->nbuf; b++) {
-            free(p->act[b]);
+            if (p->share[b] == b && p->act[b]) free(p->act[b] - p->cap * p->share_off[b]);
             p->act[b] = NULL;
         }
     free(p->scratch);
@@ -41,10 +45,19 @@ static void free_act(sal_program *p) {
     p->cap = 0;
 }
 
+void sal_program_release(sal_program *p) {
+    free_act(p);
+    p->n = 0;
+}
+
 void sal_program_free(sal_program *p) {
     free_act(p);
     free(p->act);
     free(p->shapes);
+    free(p->share);
+    free(p->share_off);
+    p->share = NULL;
+    p->share_off = NULL;
     p->act = NULL;
     p->shapes = NULL;
 }
@@ -57,28 +70,6 @@ sal_status sal_program_check_io(const sal_program *p, int64_t i, int64_t in, int
                 (long long)i, (long long)in, (long long)out, (long long)B);
     SAL_REQUIRE(res >= -1 && res < B && res != out, p->fn,
                 "op %lld: res=%lld: must be -1 or another buffer", (long long)i, (long long)res);
-    return SAL_OK;
-}
-
-sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program_role role,
-                                    int64_t in, int64_t res, int64_t o, int64_t want[3],
-                                    int64_t *pw, int64_t *pb) {
-    const int64_t *si = p->shapes + 3 * in;
-    switch (role) {
-    case SAL_PROGRAM_ADD:
-        SAL_REQUIRE(res >= 0, p->fn, "op %lld: add needs a res buffer", (long long)i);
-        break;
-    case SAL_PROGRAM_POOL:
-        want[1] = want[2] = 1;
-        break;
-    case SAL_PROGRAM_LINEAR:
-        SAL_REQUIRE(si[1] == 1 && si[2] == 1 && o >= 1, p->fn,
-                    "op %lld: linear input must be pooled (C, 1, 1), O >= 1", (long long)i);
-        want[0] = o, want[1] = want[2] = 1;
-        SAL_TRY(sal_checked_prod(p->fn, "linear weights O*I", pw, 2, o, si[0]));
-        *pb = o;
-        break;
-    }
     return SAL_OK;
 }
 
@@ -136,8 +127,12 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
     float **act = calloc((size_t)p->nbuf, sizeof *act), *scr = NULL;
     sal_status s = act ? SAL_OK : sal_fail(SAL_ENOMEM, p->fn, "out of memory");
     for (int64_t b = 0; b < p->nbuf && s == SAL_OK; b++) {
-        int64_t numel;
-        s = sal_checked_prod(p->fn, "activation", &numel, 2, n, sal_program_numel(p, b, 1));
+        if (p->share[b] != b) continue;          /* its storage is another buffer's */
+        int64_t per = sal_program_numel(p, b, 1), numel;
+        for (int64_t o = 0; o < p->nbuf; o++)    /* the furthest end of the buffers in it */
+            if (p->share[o] == b && p->share_off[o] + sal_program_numel(p, o, 1) > per)
+                per = p->share_off[o] + sal_program_numel(p, o, 1);
+        s = sal_checked_prod(p->fn, "activation", &numel, 2, n, per);
         if (s == SAL_OK && !(act[b] = malloc((size_t)numel * sizeof(float))))
             s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
                          (long long)n);
@@ -151,7 +146,7 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
         return s;    /* p untouched */
     }
     free_act(p);
-    for (int64_t b = 0; b < p->nbuf; b++) p->act[b] = act[b];
+    for (int64_t b = 0; b < p->nbuf; b++) p->act[b] = act[p->share[b]] + n * p->share_off[b];
     free(act);
     p->scratch = scr;
     p->scratch_n = scratch;

@@ -1,12 +1,11 @@
-/* The runtime both network programs share: the training program (net.c, sal/net.h) and
- * the inference program (infer.c, sal/infer.h).
+/* The runtime of the network program (net.c, sal/net.h): buffers and memory.
  *
  * A program is a list of ops over activation buffers.  Buffer b holds, per sample, a
  * (C, H, W) = shapes[3b .. 3b+3) activation, channel-major (CNHW) for the whole batch;
  * buffer 0 is the input.  The runtime owns the shapes (validated and copied), checks
  * the buffer and arena references every op makes, allocates the activations and one
  * scratch block once per batch size (again when the thread count changes), and moves
- * the caller's NCHW input into buffer 0.  net.c and infer.c keep only their op sets. */
+ * the caller's NCHW input into buffer 0.  net.c keeps the op table and the executor. */
 #ifndef SAL_PROGRAM_H
 #define SAL_PROGRAM_H
 
@@ -16,8 +15,8 @@
 #include "internal/internal.h"
 
 typedef struct {
-    const char *fn;      /* the runtime's name in messages: "sal_net" or "sal_infer" */
-    const char *arena;   /* what its float arena holds: "parameters" or "weights" */
+    const char *fn;      /* the runtime's name in messages: "sal_net" */
+    const char *arena;   /* what its float arena holds: "parameters" */
     int64_t nbuf;
     int64_t *shapes;     /* (nbuf, 3) per-sample C, H, W */
     int64_t narena;      /* floats in the arena that ops index with p0, p1 */
@@ -25,6 +24,11 @@ typedef struct {
     int64_t n;           /* batch size of the last complete forward (0: none) */
     int threads;         /* thread count the scratch is sized for */
     float **act;         /* per buffer, cap * C * H * W floats */
+    int64_t *share;      /* per buffer: the buffer whose allocation it uses (itself: its own) */
+    int64_t *share_off;  /* per buffer: its offset in that allocation, floats per sample (the
+                            allocation holds cap times the per-sample layout); both set by
+                            net.c (replayed BN outputs, checkpointed segments) before the
+                            activations are allocated, or followed by sal_program_release */
     float *scratch;
     size_t scratch_n;
     atomic_int busy;     /* a forward/backward is running (sal_program_enter) */
@@ -36,7 +40,7 @@ static inline bool sal_span_ok(int64_t off, int64_t len, int64_t total) {
     return off >= 0 && len >= 0 && total >= 0 && off <= total && len <= total - off;
 }
 
-/* One call at a time per program (sal/net.h, sal/infer.h: "Threads"): enter fails with
+/* One call at a time per program (sal/net.h: "Threads"): enter fails with
  * SAL_EINVAL and a message when another forward/backward is running on it; a call that
  * entered leaves with sal_program_leave on every path. */
 sal_status sal_program_enter(sal_program *p, const char *what);
@@ -50,6 +54,9 @@ static inline void sal_program_leave(sal_program *p) { atomic_store(&p->busy, 0)
 sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
                             const int64_t *shapes, int64_t nbuf, int64_t nops, int64_t narena);
 void sal_program_free(sal_program *p);
+/* frees the activations and scratch (the next forward allocates them again): after the
+ * buffers' sharing changed; leaves no forward to differentiate */
+void sal_program_release(sal_program *p);
 
 /* buffer b for batch n: its geometry (CNHW) and element count */
 static inline sal_act sal_program_act(const sal_program *p, int64_t b, int64_t n) {
@@ -69,14 +76,6 @@ sal_status sal_program_check_io(const sal_program *p, int64_t i, int64_t in, int
 sal_status sal_program_check_fit(const sal_program *p, int64_t i, int64_t out, int64_t res,
                                  const int64_t want[3], int64_t p0, int64_t pw, int64_t p1,
                                  int64_t pb);
-
-/* Ops of the same meaning in both programs: ADD (out = in + res), POOL (out (N, C) =
- * global average of in), LINEAR (out (N, O) = in (N, I) W^T + b, in pooled).  Sets the
- * per-sample output shape want and the arena floats of the weight (pw) and bias (pb). */
-typedef enum { SAL_PROGRAM_ADD, SAL_PROGRAM_POOL, SAL_PROGRAM_LINEAR } sal_program_role;
-sal_status sal_program_check_shared(const sal_program *p, int64_t i, sal_program_role role,
-                                    int64_t in, int64_t res, int64_t o, int64_t want[3],
-                                    int64_t *pw, int64_t *pb);
 
 /* scratch floats op i needs at batch n (the runtime takes the largest); SIZE_MAX when the
  * size does not fit (the runtime then refuses the batch) */

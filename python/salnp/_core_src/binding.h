@@ -6,8 +6,9 @@
  *   conv.c    sal/conv.h
  *   layers.c  sal/layers.h: batch norm, ReLU, add, pooling, Linear, cross-entropy, SGD
  *   shift.c   sal/shift.h: SL shift, ASL active shift, SAL
+ *   shiftconv.c  sal/shiftconv.h: shift + 1x1 convolution in one kernel
  *   data.c    sal/data.h: dataset parsers and batches
- *   net.c     sal/net.h, sal/infer.h, sal/count.h: training and inference programs
+ *   net.c     sal/net.h, sal/count.h: network programs (training and exported) and their count
  *   module.c  the module: state, exception class, method tables, init
  *
  * Every function converts its array arguments to float32 (float64 for the reference
@@ -38,7 +39,7 @@ core_state *core_get_state(PyObject *module);
 /* ---- method tables, one per file (module.c adds them all) ---------------------- */
 
 extern PyMethodDef core_lib_methods[], core_conv_methods[], core_layers_methods[],
-    core_shift_methods[], core_data_methods[], core_net_methods[];
+    core_shift_methods[], core_data_methods[], core_net_methods[], core_shiftconv_methods[];
 
 /* a METH_VARARGS | METH_KEYWORDS entry */
 #define KW_METHOD(name, func, doc) \

@@ -23,24 +23,25 @@ static int add_names(PyObject *m, const char *name, const char *const *v, int64_
     return r;
 }
 
-/* The program tables' self-description (sal/net.h, sal/infer.h) and the constants the
- * Python side must agree with: NET_FIELDS, NET_KINDS, INFER_FIELDS, INFER_KINDS,
- * BN_EPS, BN_MOMENTUM. */
+/* The program table's self-description (sal/net.h) and the constants the Python side must
+ * agree with: NET_FIELDS, NET_KINDS, BN_EPS, BN_MOMENTUM, TAP_THRESHOLD_DEFAULT
+ * (sal/attention.h). */
 static int add_program_tables(PyObject *m) {
     int64_t n;
     const char *const *v;
     if ((v = sal_net_op_fields(&n), add_names(m, "NET_FIELDS", v, n)) < 0 ||
-        (v = sal_net_op_kinds(&n), add_names(m, "NET_KINDS", v, n)) < 0 ||
-        (v = sal_infer_op_fields(&n), add_names(m, "INFER_FIELDS", v, n)) < 0 ||
-        (v = sal_infer_op_kinds(&n), add_names(m, "INFER_KINDS", v, n)) < 0)
+        (v = sal_net_op_kinds(&n), add_names(m, "NET_KINDS", v, n)) < 0)
         return -1;
     PyObject *eps = PyFloat_FromDouble(SAL_BN_EPS), *mom = PyFloat_FromDouble(SAL_BN_MOMENTUM);
-    int r = eps && mom && PyModule_AddObjectRef(m, "BN_EPS", eps) == 0 &&
-                    PyModule_AddObjectRef(m, "BN_MOMENTUM", mom) == 0
+    PyObject *thr = PyFloat_FromDouble(SAL_TAP_THRESHOLD_DEFAULT);
+    int r = eps && mom && thr && PyModule_AddObjectRef(m, "BN_EPS", eps) == 0 &&
+                    PyModule_AddObjectRef(m, "BN_MOMENTUM", mom) == 0 &&
+                    PyModule_AddObjectRef(m, "TAP_THRESHOLD_DEFAULT", thr) == 0
                 ? 0
                 : -1;
     Py_XDECREF(eps);
     Py_XDECREF(mom);
+    Py_XDECREF(thr);
     return r;
 }
 
@@ -54,8 +55,9 @@ static int core_exec(PyObject *m) {
     if (PyModule_AddObjectRef(m, "SalError", st->error) < 0) return -1;
     if (PyModule_AddStringConstant(m, "__version__", SAL_VERSION_STR) < 0) return -1;
     if (add_program_tables(m) < 0) return -1;
-    PyMethodDef *tables[] = {core_lib_methods,    core_conv_methods, core_layers_methods,
-                             core_shift_methods,  core_data_methods, core_net_methods};
+    PyMethodDef *tables[] = {core_lib_methods,   core_conv_methods, core_layers_methods,
+                             core_shift_methods, core_data_methods, core_net_methods,
+                             core_shiftconv_methods};
     for (size_t i = 0; i < sizeof tables / sizeof *tables; i++)
         if (PyModule_AddFunctions(m, tables[i]) < 0) return -1;
     sal_status s = sal_init();

@@ -1,18 +1,13 @@
-/* salnp._core: network programs: training (sal/net.h), inference (sal/infer.h) and their
+/* salnp._core: network programs (sal/net.h), training and exported alike, and their
  * accounting (sal/count.h).  An engine is a capsule owning the C object. */
 #include "binding.h"
 
 #include <string.h>
 
 #define NET_CAPSULE "salnp._core.net"
-#define INFER_CAPSULE "salnp._core.infer"
 
 static void net_capsule_free(PyObject *cap) {
     sal_net_free((sal_net *)PyCapsule_GetPointer(cap, NET_CAPSULE));
-}
-
-static void infer_capsule_free(PyObject *cap) {
-    sal_infer_free((sal_infer *)PyCapsule_GetPointer(cap, INFER_CAPSULE));
 }
 
 /* the engine inside cap, made by maker; TypeError otherwise */
@@ -61,20 +56,19 @@ static int check_arena_sizes(const sal_net *net, PyArrayObject *params, PyArrayO
     return 0;
 }
 
-/* What the second arena of a call is: the buffers (required or optional) or the grads. */
-enum { BUFFERS, BUFFERS_OPTIONAL, GRADS };
+/* What the second arena of a call is: the buffers or the grads. */
+enum { BUFFERS, GRADS };
 
 /* The engine in cap and its arenas, checked against it: *params and *second are new
- * references to float32 arrays used in place (never copies); *second stays NULL for
- * BUFFERS_OPTIONAL when osecond is None. */
+ * references to float32 arrays used in place (never copies).  An exported network passes
+ * its one weight arena as both params and buffers. */
 static sal_net *net_arenas(PyObject *cap, PyObject *oparams, PyObject *osecond, int role,
                            PyArrayObject **params, PyArrayObject **second, const char *fn) {
     *params = *second = NULL;
     sal_net *net = engine_of(cap, NET_CAPSULE, "net_create", fn);
     if (!net || !(*params = as_inplace(oparams, NPY_FLOAT32, fn, "params", -1, "")))
         return NULL;
-    if (!(role == BUFFERS_OPTIONAL && osecond == Py_None) &&
-        !(*second = as_inplace(osecond, NPY_FLOAT32, fn, role == GRADS ? "grads" : "buffers", -1,
+    if (!(*second = as_inplace(osecond, NPY_FLOAT32, fn, role == GRADS ? "grads" : "buffers", -1,
                                "")))
         return NULL;
     if (role == GRADS ? check_arena_sizes(net, *params, NULL, fn) ||
@@ -84,35 +78,72 @@ static sal_net *net_arenas(PyObject *cap, PyObject *oparams, PyObject *osecond, 
     return net;
 }
 
+/* shapes (B, 3) int64 of every buffer for an input (C, H, W), from the op rows and the
+ * buffers' channel counts (sal_net_shapes: the ops' own size rules) */
+static PyObject *core_net_shapes(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"ops", "channels", "input_shape", NULL};
+    const char *fn = "net_shapes";
+    PyObject *oops, *ochan, *oin;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &oops, &ochan, &oin)) return NULL;
+    const int nf = (int)(sizeof(sal_op) / sizeof(int64_t));
+    PyArrayObject *ops = NULL, *chan = NULL, *in = NULL, *shapes = NULL;
+    PyObject *ret = NULL;
+    ops = (PyArrayObject *)PyArray_FROMANY(oops, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    chan = ops ? (PyArrayObject *)PyArray_FROMANY(ochan, NPY_INT64, 1, 1, NPY_ARRAY_IN_ARRAY) : NULL;
+    in = chan ? (PyArrayObject *)PyArray_FROMANY(oin, NPY_INT64, 1, 1, NPY_ARRAY_IN_ARRAY) : NULL;
+    if (!in) goto done;
+    if (PyArray_DIM(ops, 1) != nf || PyArray_DIM(in, 0) != 3 || PyArray_DIM(chan, 0) < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: ops (n, %d), channels (B,) and input_shape (3,) "
+                     "expected", fn, nf);
+        goto done;
+    }
+    npy_intp dims[2] = {PyArray_DIM(chan, 0), 3};
+    if (!(shapes = new_empty(2, dims, NPY_INT64))) goto done;
+    if (failed(m, sal_net_shapes(PyArray_DATA(shapes), PyArray_DATA(in), PyArray_DATA(chan),
+                                 PyArray_DIM(chan, 0), PyArray_DATA(ops), PyArray_DIM(ops, 0)), fn))
+        goto done;
+    ret = (PyObject *)shapes;
+    shapes = NULL;
+done:
+    Py_XDECREF(ops); Py_XDECREF(chan); Py_XDECREF(in); Py_XDECREF(shapes);
+    return ret;
+}
+PyDoc_STRVAR(net_shapes_doc,
+    DOC("net_shapes(ops, channels, input_shape)", " -> shapes",
+        "Per-buffer (C, H, W) int64 (B, 3) for an input of per-sample shape (C, H, W), from\n"
+        "the op rows and every buffer's channel count, by the ops' own size rules."));
+
 static PyObject *core_net_create(PyObject *m, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"shapes", "ops", "offsets", "nparams", "nbuffers", NULL};
+    static char *kwlist[] = {"shapes", "ops", "shifts", "pairs", "nparams", "nbuffers", NULL};
     const char *fn = "net_create";
-    PyObject *in[3];
+    PyObject *in[4];
     long long nparams, nbuffers;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOLL", kwlist, &in[0], &in[1], &in[2], &nparams,
-                                     &nbuffers))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOLL", kwlist, &in[0], &in[1], &in[2], &in[3],
+                                     &nparams, &nbuffers))
         return NULL;
     PyObject *ret = NULL;
-    PyArrayObject *t[3] = {NULL, NULL, NULL};
+    PyArrayObject *t[4] = {NULL, NULL, NULL, NULL};
     const int nf = (int)(sizeof(sal_op) / sizeof(int64_t));
-    const int types[3] = {NPY_INT64, NPY_INT64, NPY_INT32}, cols[3] = {3, nf, 2};
-    char what[96];
-    snprintf(what, sizeof what, "shapes (B, 3), ops (n, %d) and offsets (M, 2)", nf);
-    if (program_tables(t, in, types, cols, 3, fn, what)) goto done;
+    const int types[4] = {NPY_INT64, NPY_INT64, NPY_INT32, NPY_INT32}, cols[4] = {3, nf, 3, 4};
+    char what[128];
+    snprintf(what, sizeof what, "shapes (B, 3), ops (n, %d), shifts (M, 3) and pairs (P, 4)", nf);
+    if (program_tables(t, in, types, cols, 4, fn, what)) goto done;
     sal_net *net = NULL;
     if (failed(m, sal_net_create(&net, PyArray_DATA(t[0]), PyArray_DIM(t[0], 0),
                                  PyArray_DATA(t[1]), PyArray_DIM(t[1], 0), PyArray_DATA(t[2]),
-                                 PyArray_DIM(t[2], 0), nparams, nbuffers), fn))
+                                 PyArray_DIM(t[2], 0), PyArray_DATA(t[3]), PyArray_DIM(t[3], 0),
+                                 nparams, nbuffers), fn))
         goto done;
     ret = PyCapsule_New(net, NET_CAPSULE, net_capsule_free);
     if (!ret) sal_net_free(net);
 done:
-    for (int k = 0; k < 3; k++) Py_XDECREF(t[k]);
+    for (int k = 0; k < 4; k++) Py_XDECREF(t[k]);
     return ret;
 }
 PyDoc_STRVAR(net_create_doc,
-    DOC("net_create(shapes, ops, offsets, nparams, nbuffers)", " -> engine",
-        "A network program (see salnp.models): buffer shapes (B, 3), op rows, int32 shift offsets."));
+    DOC("net_create(shapes, ops, shifts, pairs, nparams, nbuffers)", " -> engine",
+        "A network program (salnp.program): buffer shapes (B, 3), op rows (sal_op), int32 shift\n"
+        "rows (src, dy, dx), int32 SAL pairs (o, i, dy, dx), the two arena sizes."));
 
 static PyObject *core_net_forward(PyObject *m, PyObject *args, PyObject *kw) {
     static char *kwlist[] = {"net", "params", "buffers", "x", "train", "hard", "beta", NULL};
@@ -204,130 +235,70 @@ static PyObject *count_result(const sal_count_row *rows, int64_t nops) {
     return ret;
 }
 
-static PyObject *core_net_count(PyObject *m, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"net", "params", "beta", "inference", "buffers", NULL};
+static PyObject *core_net_count(PyObject *m, PyObject *cap) {
     const char *fn = "count";
-    PyObject *cap, *oparams, *obeta = NULL, *obufs = Py_None;
-    double beta = 1.0;
-    int inference = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OpO", kwlist, &cap, &oparams, &obeta, &inference,
-                                     &obufs) ||
-        f64_arg(obeta, fn, "beta", &beta))
-        return NULL;
-    PyArrayObject *params, *bufs;
-    PyObject *ret = NULL;
-    sal_count_row *rows = NULL;
-    sal_net *net = net_arenas(cap, oparams, obufs, BUFFERS_OPTIONAL, &params, &bufs, fn);
-    if (!net) goto done;
+    sal_net *net = engine_of(cap, NET_CAPSULE, "net_create", fn);
+    if (!net) return NULL;
     int64_t nops;
-    sal_net_program(net, NULL, NULL, NULL, &nops, NULL, NULL);
-    rows = PyMem_RawMalloc((size_t)nops * sizeof *rows);
-    if (!rows) { PyErr_NoMemory(); goto done; }
-    sal_status s;
-    CALL_NOGIL(s, sal_net_count(net, PyArray_DATA(params), data_or_null(bufs), beta,
-                                inference ? SAL_COUNT_INFER : SAL_COUNT_TRAIN, rows));
-    if (!failed(m, s, fn)) ret = count_result(rows, nops);
-done:
-    PyMem_RawFree(rows);
-    Py_XDECREF(params); Py_XDECREF(bufs);
-    return ret;
-}
-PyDoc_STRVAR(net_count_doc,
-    DOC("net_count(net, params, beta=1.0, inference=False, buffers=None)", " -> (ints, params)",
-        "Accounting of a network program per op (sal/count.h): ints int64 (nops, 13) with\n"
-        "columns op, kind, in C, H, W, out C, H, W, train_only, kept, macs, bwd_macs,\n"
-        "shift_moves (per image); params float64 (nops,).  inference=True: the network export\n"
-        "builds (BN folded, SAL binarised with beta from the logits in params and the masks\n"
-        "in buffers, needed when a SAL op has one)."));
-
-/* ---- inference programs ---------------------------------------------------------------- */
-
-static PyObject *core_infer_create(PyObject *m, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"shapes", "ops", "shifts", "pairs", "nweights", NULL};
-    const char *fn = "infer_create";
-    PyObject *in[4];
-    long long nweights;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOL", kwlist, &in[0], &in[1], &in[2], &in[3],
-                                     &nweights))
-        return NULL;
-    PyObject *ret = NULL;
-    PyArrayObject *t[4] = {NULL, NULL, NULL, NULL};
-    const int nf = (int)(sizeof(sal_iop) / sizeof(int64_t));
-    const int types[4] = {NPY_INT64, NPY_INT64, NPY_INT32, NPY_INT32}, cols[4] = {3, nf, 3, 4};
-    char what[128];
-    snprintf(what, sizeof what, "shapes (B, 3), ops (n, %d), shifts (M, 3) and pairs (P, 4)", nf);
-    if (program_tables(t, in, types, cols, 4, fn, what)) goto done;
-    sal_infer *net = NULL;
-    if (failed(m, sal_infer_create(&net, PyArray_DATA(t[0]), PyArray_DIM(t[0], 0),
-                                   PyArray_DATA(t[1]), PyArray_DIM(t[1], 0), PyArray_DATA(t[2]),
-                                   PyArray_DIM(t[2], 0), PyArray_DATA(t[3]), PyArray_DIM(t[3], 0),
-                                   nweights), fn))
-        goto done;
-    ret = PyCapsule_New(net, INFER_CAPSULE, infer_capsule_free);
-    if (!ret) sal_infer_free(net);
-done:
-    for (int k = 0; k < 4; k++) Py_XDECREF(t[k]);
-    return ret;
-}
-PyDoc_STRVAR(infer_create_doc,
-    DOC("infer_create(shapes, ops, shifts, pairs, nweights)", " -> engine",
-        "An inference program (see salnp.export): buffer shapes (B, 3), op rows (sal_iop),\n"
-        "int32 shift rows (src, dy, dx), int32 SAL pairs (o, i, dy, dx)."));
-
-static PyObject *core_infer_forward(PyObject *m, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"net", "weights", "x", NULL};
-    const char *fn = "forward";
-    PyObject *cap, *ow, *ox;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO", kwlist, &cap, &ow, &ox)) return NULL;
-    sal_infer *net = engine_of(cap, INFER_CAPSULE, "infer_create", fn);
-    PyArrayObject *w = NULL, *x = NULL, *y = NULL;
-    PyObject *ret = NULL;
-    if (!net) return NULL;
-    w = as_f32(ow, fn, "weights", 1, "(nweights,)");
-    if (!w) goto done;
-    if (PyArray_SIZE(w) != sal_infer_num_weights(net)) {
-        PyErr_Format(PyExc_ValueError, "%s: weights has %lld values, the engine was built for %lld",
-                     fn, (long long)PyArray_SIZE(w), (long long)sal_infer_num_weights(net));
-        goto done;
-    }
-    x = as_f32(ox, fn, "x", 4, "(N, C, H, W)");
-    if (!x) goto done;
-    sal_act xg;
-    y = logits_for(x, sal_infer_output_width(net), &xg);
-    if (!y) goto done;
-    sal_status s;
-    CALL_NOGIL(s, sal_infer_forward(net, PyArray_DATA(y), PyArray_DATA(x), xg, PyArray_DATA(w)));
-    ret = take_result(m, s, fn, &y);
-done:
-    Py_XDECREF(w); Py_XDECREF(x); Py_XDECREF(y);
-    return ret;
-}
-PyDoc_STRVAR(infer_forward_doc,
-    DOC("infer_forward(net, weights, x)", " -> logits",
-        "Run the inference program on x (N, C, H, W) with the weight arena."));
-
-static PyObject *core_infer_count(PyObject *m, PyObject *cap) {
-    const char *fn = "count";
-    sal_infer *net = engine_of(cap, INFER_CAPSULE, "infer_create", fn);
-    if (!net) return NULL;
-    const int64_t nops = sal_infer_num_ops(net);
+    sal_net_program(net, NULL, NULL, NULL, &nops);
     sal_count_row *rows = PyMem_RawMalloc((size_t)nops * sizeof *rows);
     if (!rows) return PyErr_NoMemory();
     PyObject *ret = NULL;
-    if (!failed(m, sal_infer_count(net, rows), fn)) ret = count_result(rows, nops);
+    if (!failed(m, sal_net_count(net, rows), fn)) ret = count_result(rows, nops);
     PyMem_RawFree(rows);
     return ret;
 }
-PyDoc_STRVAR(infer_count_doc,
-    DOC("infer_count(net)", " -> (ints, params)",
-        "Accounting of an inference program, as net_count."));
+PyDoc_STRVAR(net_count_doc,
+    DOC("net_count(net)", " -> (ints, params)",
+        "Accounting of a network program per op (sal/count.h): ints int64 (nops, 13) with\n"
+        "columns op, kind, in C, H, W, out C, H, W, train_only, kept, macs, bwd_macs,\n"
+        "shift_moves (per image); params float64 (nops,)."));
+
+static PyObject *core_net_info(PyObject *m, PyObject *cap) {
+    sal_net *net = engine_of(cap, NET_CAPSULE, "net_create", "net_info");
+    if (!net) return NULL;
+    int64_t why, nparams, nbuffers;
+    const int trainable = sal_net_trainable(net, &why);
+    sal_net_arena_sizes(net, &nparams, &nbuffers);
+    return Py_BuildValue("{s:L,s:O,s:L,s:L,s:L}", "macs", (long long)sal_net_macs(net),
+                         "trainable", trainable ? Py_True : Py_False, "untrainable_op",
+                         (long long)why, "nparams", (long long)nparams, "nbuffers",
+                         (long long)nbuffers);
+}
+PyDoc_STRVAR(net_info_doc,
+    DOC("net_info(net)", " -> dict",
+        "macs per image, trainable (whether backward is defined) and the first op that forbids\n"
+        "it (untrainable_op, -1: none), the arena sizes."));
+
+static PyObject *core_net_set_checkpoints(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "bounds", NULL};
+    const char *fn = "set_checkpoints";
+    PyObject *cap, *ob;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO", kwlist, &cap, &ob)) return NULL;
+    sal_net *net = engine_of(cap, NET_CAPSULE, "net_create", fn);
+    if (!net) return NULL;
+    PyArrayObject *b = (PyArrayObject *)PyArray_FROMANY(ob, NPY_INT64, 2, 2, NPY_ARRAY_IN_ARRAY);
+    if (!b) return NULL;
+    PyObject *ret = NULL;
+    if (PyArray_DIM(b, 1) != 2) {
+        PyErr_Format(PyExc_ValueError, "%s: bounds must have shape (nseg, 2)", fn);
+    } else if (!failed(m, sal_net_set_checkpoints(net, PyArray_DATA(b), PyArray_DIM(b, 0)), fn)) {
+        ret = Py_NewRef(Py_None);
+    }
+    Py_DECREF(b);
+    return ret;
+}
+PyDoc_STRVAR(net_set_checkpoints_doc,
+    DOC("net_set_checkpoints(net, bounds)", "",
+        "Activation checkpointing: bounds int64 (nseg, 2), [first op, end op) of each segment\n"
+        "whose inner activations backward recomputes instead of keeping (sal/net.h)."));
 
 PyMethodDef core_net_methods[] = {
+    KW_METHOD("net_set_checkpoints", core_net_set_checkpoints, net_set_checkpoints_doc),
+    KW_METHOD("net_shapes", core_net_shapes, net_shapes_doc),
     KW_METHOD("net_create", core_net_create, net_create_doc),
     KW_METHOD("net_forward", core_net_forward, net_forward_doc),
     KW_METHOD("net_backward", core_net_backward, net_backward_doc),
-    KW_METHOD("net_count", core_net_count, net_count_doc),
-    KW_METHOD("infer_create", core_infer_create, infer_create_doc),
-    KW_METHOD("infer_forward", core_infer_forward, infer_forward_doc),
-    {"infer_count", core_infer_count, METH_O, infer_count_doc},
+    {"net_count", core_net_count, METH_O, net_count_doc},
+    {"net_info", core_net_info, METH_O, net_info_doc},
     {NULL, NULL, 0, NULL}};

@@ -330,25 +330,60 @@ static int mask_arg(PyObject *om, PyArrayObject *logits, const char *fn, PyArray
     return 0;
 }
 
+/* tap_threshold: omitted -> SAL_TAP_THRESHOLD_DEFAULT; a real number in [0, 1], else a
+ * ValueError that names the value (non-numeric ones included) */
+static int tap_threshold_arg(PyObject *obj, const char *fn, double *out) {
+    *out = SAL_TAP_THRESHOLD_DEFAULT;
+    if (obj == NULL) return 0;
+    double v = -1.0;
+    if (!PyBool_Check(obj) && !PyComplex_Check(obj) && !PyUnicode_Check(obj) &&
+        !PyBytes_Check(obj) && obj != Py_None)
+        v = PyFloat_AsDouble(obj);
+    if (PyBool_Check(obj) || PyComplex_Check(obj) || PyUnicode_Check(obj) ||
+        PyBytes_Check(obj) || obj == Py_None || (v == -1.0 && PyErr_Occurred())) {
+        PyErr_Clear();
+        char def[32];
+        snprintf(def, sizeof def, "%g", SAL_TAP_THRESHOLD_DEFAULT);
+        PyErr_Format(PyExc_ValueError, "%s: tap_threshold=%R: must be a real number in [0, 1] "
+                     "(0: dense; default %s)", fn, obj, def);
+        return -1;
+    }
+    if (sal_tap_threshold_check(fn, v) != SAL_OK) {
+        PyErr_SetString(PyExc_ValueError, sal_last_error());
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
 static int sal_args_parse(PyObject *m, sal_args *a, PyObject *args, PyObject *kw, int typenum,
                           const char *fn, int backward) {
-    static char *kw_fwd[] = {"x", "w", "logits", "beta", "stride", "padding", "hard", "mask",
-                             NULL};
-    static char *kw_bwd[] = {"x",      "w",       "logits", "beta", "grad_y",
-                             "stride", "padding", "hard",   "mask", NULL};
+    /* the float32 kernels take tap_threshold; the float64 references are always dense */
+    static char *kw_fwd32[] = {"x", "w", "logits", "beta", "stride", "padding", "hard", "mask",
+                               "tap_threshold", NULL};
+    static char *kw_bwd32[] = {"x",      "w",       "logits", "beta", "grad_y",
+                               "stride", "padding", "hard",   "mask", "tap_threshold", NULL};
+    static char *kw_fwd64[] = {"x", "w", "logits", "beta", "stride", "padding", "hard", "mask",
+                               NULL};
+    static char *kw_bwd64[] = {"x",      "w",       "logits", "beta", "grad_y",
+                               "stride", "padding", "hard",   "mask", NULL};
     PyObject *ox, *ow, *oa, *obeta, *ogy = NULL, *ostride = NULL, *opadding = NULL;
-    PyObject *omask = Py_None;
-    double beta = 0.0;
+    PyObject *omask = Py_None, *othr = NULL;
+    double beta = 0.0, thr = 0.0;
     long long stride = 1, padding = 1;
     int hard = 0;
     memset(a, 0, sizeof *a);
-    int ok = backward ? PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|OOpO", kw_bwd, &ox, &ow, &oa,
-                                                    &obeta, &ogy, &ostride, &opadding, &hard,
-                                                    &omask)
-                      : PyArg_ParseTupleAndKeywords(args, kw, "OOOO|OOpO", kw_fwd, &ox, &ow, &oa,
-                                                    &obeta, &ostride, &opadding, &hard, &omask);
+    const int f32 = typenum == NPY_FLOAT32;
+    char **kw_fwd = f32 ? kw_fwd32 : kw_fwd64, **kw_bwd = f32 ? kw_bwd32 : kw_bwd64;
+    int ok = backward ? PyArg_ParseTupleAndKeywords(args, kw, f32 ? "OOOOO|OOpOO" : "OOOOO|OOpO",
+                                                    kw_bwd, &ox, &ow, &oa, &obeta, &ogy, &ostride,
+                                                    &opadding, &hard, &omask, &othr)
+                      : PyArg_ParseTupleAndKeywords(args, kw, f32 ? "OOOO|OOpOO" : "OOOO|OOpO",
+                                                    kw_fwd, &ox, &ow, &oa, &obeta, &ostride,
+                                                    &opadding, &hard, &omask, &othr);
     if (!ok || f64_arg(obeta, fn, "beta", &beta) || i64_arg(ostride, fn, "stride", &stride) ||
-        i64_arg(opadding, fn, "padding", &padding) || check_int_arg(stride, 1, fn, "stride"))
+        i64_arg(opadding, fn, "padding", &padding) || check_int_arg(stride, 1, fn, "stride") ||
+        (f32 && tap_threshold_arg(othr, fn, &thr)))
         return -1;
     if (padding != 1) {
         PyErr_Format(PyExc_ValueError,
@@ -373,7 +408,7 @@ static int sal_args_parse(PyObject *m, sal_args *a, PyObject *args, PyObject *kw
     npy_intp want_a[3] = {A0 == 1 ? 1 : O, C, 9};
     if (require_shape(a->a, 3, want_a, fn, "logits", expect)) return -1;
     a->d = (sal_sal_desc){act_nchw(a->x), O, stride, padding, A0 == 1 && O > 1, hard != 0, beta,
-                          NULL, sal_get_num_threads()};  /* scratch is sized for these threads */
+                          NULL, sal_get_num_threads(), thr};  /* scratch: for these threads */
     if (mask_arg(omask, a->a, fn, &a->mask)) return -1;
     if (a->mask) a->d.mask = PyArray_DATA(a->mask);
     if (failed(m, sal_sal_check(&a->d, &a->y), fn)) return -1;
@@ -442,20 +477,26 @@ done:
 
 WRAP(sal_conv2d, sal_forward, NPY_FLOAT32)
 PyDoc_STRVAR(sal_conv2d_doc,
-    DOC("sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False, mask=None)", " -> y",
+    DOC("sal_conv2d(x, w, logits, beta, stride=1, padding=1, hard=False, mask=None, tap_threshold=TAP_THRESHOLD_DEFAULT)", " -> y",
         "Shift attention layer: p = softmax(beta * a / std(a)) over the 9 positions of each\n"
         "slice (unbiased std, no mean subtraction; std 0 or beta 0 give 1/9), hard: p > 0.5;\n"
         "y = conv2d(x, p * w, stride, padding 1).  x (N, C, H, W), w (O, C, 3, 3), logits\n"
         "(O, C, 9) unshared or (1, C, 9) shared, beta finite >= 0 -> y (N, O, Ho, Wo).\n"
         "mask: None, or 0/1 of the logits' shape: the allowed positions of each slice (>= 1);\n"
-        "mean, std and softmax then run over the allowed positions only, p = 0 elsewhere."));
+        "the softmax runs over the allowed positions only (std(a) stays that of all 9), p = 0\n"
+        "elsewhere.  tap_threshold t in [0, 1]: the taps with p < t * p_max of their slice are\n"
+        "skipped (sparse kernels, when that is faster); 0: the dense path.  The default 2**-27\n"
+        "keeps the skipped weight of a slice below float32's unit roundoff times p_max, so the\n"
+        "result equals the dense one to rounding (libsal/include/sal/attention.h)."));
 
 WRAP(sal_conv2d_backward, sal_backward, NPY_FLOAT32)
 PyDoc_STRVAR(sal_conv2d_backward_doc,
-    DOC("sal_conv2d_backward(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False, mask=None)", " -> (grad_x, grad_w, grad_logits)",
+    DOC("sal_conv2d_backward(x, w, logits, beta, grad_y, stride=1, padding=1, hard=False, mask=None, tap_threshold=TAP_THRESHOLD_DEFAULT)", " -> (grad_x, grad_w, grad_logits)",
         "Gradients of sal_conv2d given grad_y = dL/dy.  grad_logits has the shape of logits;\n"
-        "it is zero where std(a) = 0, for beta = 0, in hard mode (a step function) and at\n"
-        "masked positions."));
+        "it is zero where std(a) = 0, for beta = 0 and in hard mode (a step function); masked\n"
+        "positions get the std term only.  tap_threshold as in sal_conv2d: skipped taps get\n"
+        "no weight gradient (p * dL/dW_eff is below float32 resolution there) and their\n"
+        "logits the std term of the gradient."));
 
 WRAP(ref_sal_conv2d_f64, sal_forward, NPY_FLOAT64)
 PyDoc_STRVAR(ref_sal_conv2d_f64_doc,
@@ -513,6 +554,76 @@ PyDoc_STRVAR(ref_sal_probs_f64_doc,
     DOC("ref_sal_probs_f64(logits, beta, hard=False, mask=None)", " -> p",
         "Naive float64 reference (tests)."));
 
+
+static PyObject *core_sal_kept_taps(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"logits", "beta", "tap_threshold", "hard", "mask", NULL};
+    const char *fn = "sal_kept_taps";
+    PyObject *oa, *obeta, *othr = NULL, *omask = Py_None;
+    double beta = 0.0, thr = 0.0;
+    int hard = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|OpO", kwlist, &oa, &obeta, &othr, &hard,
+                                     &omask) ||
+        f64_arg(obeta, fn, "beta", &beta) || check_beta(beta, fn) ||
+        tap_threshold_arg(othr, fn, &thr))
+        return NULL;
+    if (thr == 0.0) {
+        PyErr_Format(PyExc_ValueError, "%s: tap_threshold=0: the dense path keeps every tap; "
+                     "pass a threshold > 0", fn);
+        return NULL;
+    }
+    PyArrayObject *a = as_real(oa, NPY_FLOAT32, fn, "logits", -1, "(..., 9)");
+    PyArrayObject *k = NULL, *mk = NULL;
+    PyObject *ret = NULL;
+    if (!a || mask_arg(omask, a, fn, &mk)) goto done;
+    int nd = PyArray_NDIM(a);
+    if (nd < 1 || PyArray_DIM(a, nd - 1) != 9 || PyArray_SIZE(a) == 0) {
+        char sh[96];
+        shape_str(sh, sizeof sh, a);
+        PyErr_Format(PyExc_ValueError, "%s: logits must have shape (..., 9) with at least one "
+                     "slice, got %s", fn, nd ? sh : "()");
+        goto done;
+    }
+    k = new_empty(nd, PyArray_DIMS(a), NPY_BOOL);
+    if (!k) goto done;
+    sal_status s;
+    CALL_NOGIL(s, sal_attn_kept(PyArray_DATA(k), PyArray_DATA(a), data_or_null(mk),
+                                (int64_t)(PyArray_SIZE(a) / 9), beta, hard, thr, NULL));
+    ret = take_result(m, s, fn, &k);
+done:
+    Py_XDECREF(mk); Py_XDECREF(a); Py_XDECREF(k);
+    return ret;
+}
+PyDoc_STRVAR(sal_kept_taps_doc,
+    DOC("sal_kept_taps(logits, beta, tap_threshold=TAP_THRESHOLD_DEFAULT, hard=False, mask=None)", " -> kept",
+        "The taps sal_conv2d keeps at this threshold: a bool array of the logits' shape (..., 9),\n"
+        "True where p > 0 and p >= tap_threshold * max(p) over the slice (p as in sal_probs)."));
+
+static PyObject *core_get_taps_path(PyObject *m, PyObject *Py_UNUSED(ignored)) {
+    return PyUnicode_FromString(sal_get_taps_path());
+}
+PyDoc_STRVAR(get_taps_path_doc,
+    DOC("get_taps_path()", " -> str",
+        "The path SAL calls with tap_threshold > 0 take: 'auto', 'sparse' or 'dense'."));
+
+static PyObject *core_set_taps_path(PyObject *m, PyObject *arg) {
+    if (!PyUnicode_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "set_taps_path: name must be a str, got %.80s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (!name) return NULL;
+    if (sal_set_taps_path(name) != SAL_OK) {
+        PyErr_SetString(PyExc_ValueError, sal_last_error());
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+PyDoc_STRVAR(set_taps_path_doc,
+    DOC("set_taps_path(name)", "",
+        "Make SAL calls with tap_threshold > 0 take the 'sparse' or the 'dense' path always, or\n"
+        "choose by measured cost ('auto', the default); process-wide, for tests and benchmarks."));
+
 PyMethodDef core_shift_methods[] = {
     KW_METHOD("shift", core_shift, shift_doc),
     KW_METHOD("shift_backward", core_shift_backward, shift_backward_doc),
@@ -529,5 +640,8 @@ PyMethodDef core_shift_methods[] = {
     KW_METHOD("ref_sal_conv2d_backward_f64", core_ref_sal_conv2d_backward_f64,
               ref_sal_conv2d_backward_f64_doc),
     KW_METHOD("sal_probs", core_sal_probs, sal_probs_doc),
+    KW_METHOD("sal_kept_taps", core_sal_kept_taps, sal_kept_taps_doc),
+    {"get_taps_path", core_get_taps_path, METH_NOARGS, get_taps_path_doc},
+    {"set_taps_path", core_set_taps_path, METH_O, set_taps_path_doc},
     KW_METHOD("ref_sal_probs_f64", core_ref_sal_probs_f64, ref_sal_probs_f64_doc),
     {NULL, NULL, 0, NULL}};

@@ -1,20 +1,16 @@
-/* The inference program: GATHER (binarised unshared SAL) against the naive reference with
- * every epilogue, sizes around the tile, strides 1-3; accounting; bad programs. */
+/* The network program (sal/net.h): an exported-style program with GATHER (binarised
+ * unshared SAL) against the naive reference with every epilogue, sizes around the tile,
+ * strides 1-3, on every ISA the CPU has; shapes derived by sal_net_shapes; accounting; bad
+ * programs; backward refused for inference-only forms; gradient slots. */
 #include <string.h>
 
 #include "check.h"
+#include "programs.h"
 #include "sal/count.h"
-#include "sal/infer.h"
+#include "sal/gather.h"
 #include "sal/net.h"
 
-enum { NF = sizeof(sal_iop) / sizeof(int64_t) };
-
-static sal_iop iop(int64_t kind, int64_t in, int64_t out) {
-    sal_iop op;
-    memset(&op, 0, sizeof op);
-    op.kind = kind, op.in = in, op.out = out, op.res = -1, op.p0 = -1, op.p1 = -1, op.ioff = -1;
-    return op;
-}
+/* an op of kind with every optional field at its "none" value */
 
 /* program: b1 = conv1x1_S(x) (the residual), b2 = epi(GATHER(x)), b3 = pool(b2) */
 static void gather_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t S,
@@ -33,30 +29,34 @@ static void gather_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, i
     float *wts = malloc((size_t)nw * 4);
     fill_uniform(wts, nw);
     int64_t shapes[4][3] = {{C, H, W}, {O, Ho, Wo}, {O, Ho, Wo}, {O, 1, 1}};
-    sal_iop ops[3] = {iop(SAL_IOP_CONV, 0, 1), iop(SAL_IOP_GATHER, 0, 2), iop(SAL_IOP_POOL, 2, 3)};
+    sal_op ops[3] = {op_of(SAL_OP_CONV, 0, 1), op_of(SAL_OP_GATHER, 0, 2), op_of(SAL_OP_POOL, 2, 3)};
     ops[0].o = O, ops[0].k = 1, ops[0].stride = S, ops[0].p0 = 0;
     ops[1].o = O, ops[1].stride = S, ops[1].p0 = O * C, ops[1].p1 = O * C + np;
     ops[1].ioff = 0, ops[1].npair = np, ops[1].relu = relu;
     ops[1].res = resmode ? 1 : -1, ops[1].res_post = resmode == 2;
-    sal_infer *net = NULL;
-    sal_status s = sal_infer_create(&net, &shapes[0][0], 4, ops, 3, NULL, 0, pairs, np, nw);
+    /* the shapes as the program derives them */
+    int64_t channels[4] = {C, O, O, O}, derived[4][3], in_chw[3] = {C, H, W};
+    CHECK(sal_net_shapes(&derived[0][0], in_chw, channels, 4, ops, 3) == SAL_OK &&
+              memcmp(derived, shapes, sizeof shapes) == 0, "shapes: %s", sal_last_error());
+    sal_net *net = NULL;
+    sal_status s = sal_net_create(&net, &shapes[0][0], 4, ops, 3, NULL, 0, pairs, np, nw, nw);
     CHECK(s == SAL_OK, "create: %s", sal_last_error());
     if (s != SAL_OK) { free(pairs); free(wts); return; }
     const int64_t nx = N * C * H * W, ny = N * O * Ho * Wo;
     float *x = malloc((size_t)nx * 4), *ref = malloc((size_t)ny * 4), *logits = malloc((size_t)(N * O) * 4);
     fill_uniform(x, nx);
-    CHECK(sal_infer_forward(net, logits, x, (sal_act){N, C, H, W, SAL_NCHW}, wts) == SAL_OK,
+    CHECK(sal_net_forward(net, logits, x, (sal_act){N, C, H, W, SAL_NCHW}, wts, wts, 0, 0, 1.0) == SAL_OK,
           "forward: %s", sal_last_error());
     /* twice: the second run reuses the buffers (and must not depend on stale data) */
-    CHECK(sal_infer_forward(net, logits, x, (sal_act){N, C, H, W, SAL_NCHW}, wts) == SAL_OK,
+    CHECK(sal_net_forward(net, logits, x, (sal_act){N, C, H, W, SAL_NCHW}, wts, wts, 0, 0, 1.0) == SAL_OK,
           "forward 2: %s", sal_last_error());
     sal_act xa = {N, C, H, W, SAL_NCHW};
     CHECK(sal_ref_gather_fwd(ref, x, xa, O, S, pairs, wts + O * C, np, wts + O * C + np) == SAL_OK,
           "ref: %s", sal_last_error());
     const float *res, *got;
     sal_act g1, g2;
-    CHECK(sal_infer_buffer(net, 1, &res, &g1) == SAL_OK, "buffer 1: %s", sal_last_error());
-    CHECK(sal_infer_buffer(net, 2, &got, &g2) == SAL_OK, "buffer 2: %s", sal_last_error());
+    CHECK(sal_net_buffer(net, 1, &res, &g1) == SAL_OK, "buffer 1: %s", sal_last_error());
+    CHECK(sal_net_buffer(net, 2, &got, &g2) == SAL_OK, "buffer 2: %s", sal_last_error());
     double worst = 0.0;
     int64_t bad = -1;
     for (int64_t n = 0; n < N; n++)
@@ -74,79 +74,81 @@ static void gather_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, i
           "err %g at %lld", (long long)N, (long long)C, (long long)H, (long long)W, (long long)O,
           (long long)S, (long long)np, relu, resmode, worst, (long long)bad);
     sal_count_row rows[3];
-    CHECK(sal_infer_count(net, rows) == SAL_OK, "count: %s", sal_last_error());
+    CHECK(sal_net_count(net, rows) == SAL_OK, "count: %s", sal_last_error());
     CHECK(rows[1].kept == np && rows[1].macs == np * Ho * Wo &&
               rows[1].params == (double)np * 36.0 / 32.0 + (double)O && rows[1].shift_moves == 0,
           "gather count: kept %lld macs %lld params %g", (long long)rows[1].kept,
           (long long)rows[1].macs, rows[1].params);
     CHECK(rows[0].macs == O * C * Ho * Wo && rows[0].params == (double)(O * C),
           "conv count: macs %lld params %g", (long long)rows[0].macs, rows[0].params);
-    sal_infer_free(net);
+    sal_net_free(net);
     free(pairs); free(wts); free(x); free(ref); free(logits);
 }
 
 static void bad_programs(void) {
     int64_t shapes[3][3] = {{2, 5, 5}, {3, 5, 5}, {3, 1, 1}};
     int32_t pairs[2][4] = {{1, 0, 0, 0}, {0, 1, 1, -1}};   /* not sorted by o */
-    sal_iop ops[2] = {iop(SAL_IOP_GATHER, 0, 1), iop(SAL_IOP_POOL, 1, 2)};
+    sal_op ops[2] = {op_of(SAL_OP_GATHER, 0, 1), op_of(SAL_OP_POOL, 1, 2)};
     ops[0].o = 3, ops[0].stride = 1, ops[0].p0 = 0, ops[0].ioff = 0, ops[0].npair = 2;
-    sal_infer *net = NULL;
-    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2) == SAL_EINVAL
+    sal_net *net = NULL;
+    CHECK(sal_net_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2, 0) == SAL_EINVAL
               && strstr(sal_last_error(), "sorted"), "unsorted pairs: %s", sal_last_error());
     pairs[0][0] = 0, pairs[1][0] = 1, pairs[1][2] = 2;   /* |dy| = 2 */
-    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2) == SAL_EINVAL,
+    CHECK(sal_net_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2, 0) == SAL_EINVAL,
           "dy=2 accepted");
     pairs[1][2] = 1;
-    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 1) == SAL_EINVAL
+    CHECK(sal_net_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 1, 0) == SAL_EINVAL
               && strstr(sal_last_error(), "arena"), "weights past the arena: %s", sal_last_error());
     ops[0].npair = 3;
-    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 3) == SAL_EINVAL,
+    CHECK(sal_net_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 3, 0) == SAL_EINVAL,
           "pairs past the table accepted");
     ops[0].npair = 2, ops[0].stride = 2;   /* output 3x3, buffer says 5x5 */
-    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2) == SAL_EINVAL
+    CHECK(sal_net_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2, 0) == SAL_EINVAL
               && strstr(sal_last_error(), "out buffer"), "wrong out shape: %s", sal_last_error());
     ops[0].stride = 1;
-    CHECK(sal_infer_create(&net, &shapes[0][0], 2, ops, 1, NULL, 0, &pairs[0][0], 2, 2) == SAL_EINVAL
+    CHECK(sal_net_create(&net, &shapes[0][0], 2, ops, 1, NULL, 0, &pairs[0][0], 2, 2, 0) == SAL_EINVAL
               && strstr(sal_last_error(), "last op"), "no pool at the end: %s", sal_last_error());
-    CHECK(sal_infer_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2) == SAL_OK,
+    CHECK(sal_net_create(&net, &shapes[0][0], 3, ops, 2, NULL, 0, &pairs[0][0], 2, 2, 0) == SAL_OK,
           "valid program refused: %s", sal_last_error());
     float x[2 * 5 * 5] = {0}, w[2] = {1, 1}, lg[3];
-    CHECK(sal_infer_forward(net, lg, x, (sal_act){1, 2, 6, 5, SAL_NCHW}, w) == SAL_EINVAL,
+    CHECK(sal_net_forward(net, lg, x, (sal_act){1, 2, 6, 5, SAL_NCHW}, w, w, 0, 0, 1.0) == SAL_EINVAL,
           "wrong input size accepted");
-    CHECK(sal_infer_forward(net, lg, x, (sal_act){1, 2, 5, 5, SAL_NCHW}, w) == SAL_OK,
+    CHECK(sal_net_forward(net, lg, x, (sal_act){1, 2, 5, 5, SAL_NCHW}, w, w, 0, 0, 1.0) == SAL_OK,
           "forward: %s", sal_last_error());
-    sal_infer_free(net);
+    float g[2] = {0}, dl[3] = {1, 1, 1};
+    int64_t why = -2;
+    CHECK(!sal_net_trainable(net, &why) && why == 0, "gather program trainable (why %lld)",
+          (long long)why);
+    CHECK(sal_net_backward(net, g, dl, w) == SAL_EINVAL && strstr(sal_last_error(), "op 0 (gather)"),
+          "backward through a gather: %s", sal_last_error());
+    sal_net_free(net);
 }
 
-/* the training-program count: conv -> BN+ReLU -> pool -> linear, both modes */
+/* the count of a training program: conv -> BN+ReLU -> pool -> linear */
 static void net_count_case(void) {
-    int64_t shapes[5][3] = {{3, 9, 7}, {4, 5, 4}, {4, 5, 4}, {4, 1, 1}, {6, 1, 1}};
+    int64_t shapes[5][3];
     sal_op ops[4];
-    memset(ops, 0, sizeof ops);
-    ops[0] = (sal_op){.kind = SAL_OP_CONV, .in = 0, .out = 1, .res = -1, .o = 4, .k = 3,
-                      .stride = 2, .pad = 1, .p0 = 0, .ioff = -1};
-    ops[1] = (sal_op){.kind = SAL_OP_BN, .in = 1, .out = 2, .res = -1, .relu = 1, .p0 = 108,
-                      .p1 = 112, .b0 = 0, .b1 = 4, .ioff = -1};
-    ops[2] = (sal_op){.kind = SAL_OP_POOL, .in = 2, .out = 3, .res = -1, .ioff = -1};
-    ops[3] = (sal_op){.kind = SAL_OP_LINEAR, .in = 3, .out = 4, .res = -1, .o = 6, .p0 = 116,
-                      .p1 = 140, .ioff = -1};
+    conv_bn_pool_linear(shapes, ops);
     sal_net *net = NULL;
-    CHECK(sal_net_create(&net, &shapes[0][0], 5, ops, 4, NULL, 0, 146, 8) == SAL_OK, "create: %s",
-          sal_last_error());
+    CHECK(sal_net_create(&net, &shapes[0][0], 5, ops, 4, NULL, 0, NULL, 0, 146, 8) == SAL_OK,
+          "create: %s", sal_last_error());
     if (!net) return;
     sal_count_row r[4];
-    CHECK(sal_net_count(net, NULL, NULL, 1.0, SAL_COUNT_TRAIN, r) == SAL_OK, "count: %s", sal_last_error());
+    CHECK(sal_net_count(net, r) == SAL_OK, "count: %s", sal_last_error());
     CHECK(r[0].macs == 4 * 3 * 9 * 20 && r[0].params == 108 && r[0].bwd_macs == r[0].macs,
           "conv row: macs %lld params %g bwd %lld", (long long)r[0].macs, r[0].params,
           (long long)r[0].bwd_macs);
     CHECK(r[1].params == 8 && r[1].macs == 0, "bn row: params %g", r[1].params);
     CHECK(r[3].params == 30 && r[3].macs == 24 && r[3].bwd_macs == 48, "linear row");
-    CHECK(sal_net_count(net, NULL, NULL, 1.0, SAL_COUNT_INFER, r) == SAL_EINVAL, "infer without params");
-    float params[146] = {0};
-    CHECK(sal_net_count(net, params, NULL, 1.0, SAL_COUNT_INFER, r) == SAL_OK, "count: %s", sal_last_error());
-    CHECK(r[0].params == 112 && r[1].params == 0 && r[0].bwd_macs == 0,
-          "folded BN: conv %g bn %g", r[0].params, r[1].params);
-    CHECK(sal_net_count(net, NULL, NULL, 1.0, (sal_count_mode)7, r) == SAL_EINVAL, "mode 7 accepted");
+    CHECK(sal_net_trainable(net, NULL), "training program refused for backward");
+    sal_net_free(net);
+    /* the same conv with a bias and a ReLU (the exported form): O more params, no backward */
+    ops[0].p1 = 146, ops[0].relu = 1;
+    CHECK(sal_net_create(&net, &shapes[0][0], 5, ops, 4, NULL, 0, NULL, 0, 150, 8) == SAL_OK,
+          "create: %s", sal_last_error());
+    if (!net) return;
+    CHECK(sal_net_count(net, r) == SAL_OK && r[0].params == 112 && r[0].bwd_macs == 0,
+          "conv with bias: params %g bwd %lld", r[0].params, (long long)r[0].bwd_macs);
     sal_net_free(net);
 }
 
@@ -165,14 +167,18 @@ static void net_grad_slots_case(void) {
         int64_t shapes[6][3] = {{1, 2, 2}, {1, 2, 2}, {1, 2, 2}, {1, 2, 2}, {1, 1, 1}, {2, 1, 1}};
         sal_op ops[5];
         memset(ops, 0, sizeof ops);
-        ops[0] = (sal_op){.kind = SAL_OP_CONV, .in = 0, .out = 1, .res = -1, .o = 1, .k = 1, .stride = 1, .p0 = 0, .ioff = -1};
-        ops[1] = (sal_op){.kind = SAL_OP_CONV, .in = 1, .out = 2, .res = -1, .o = 1, .k = 1, .stride = 1, .p0 = 1, .ioff = -1};
-        ops[2] = (sal_op){.kind = SAL_OP_ADD, .in = 2, .out = 3, .res = 1, .ioff = -1};
-        ops[3] = (sal_op){.kind = SAL_OP_POOL, .in = 3, .out = 4, .res = -1, .ioff = -1};
-        ops[4] = (sal_op){.kind = SAL_OP_LINEAR, .in = 4, .out = 5, .res = -1, .o = 2, .p0 = 2, .p1 = 4, .ioff = -1};
+        ops[0] = op_of(SAL_OP_CONV, 0, 1);
+        ops[0].o = 1, ops[0].k = 1, ops[0].stride = 1, ops[0].p0 = 0;
+        ops[1] = op_of(SAL_OP_CONV, 1, 2);
+        ops[1].o = 1, ops[1].k = 1, ops[1].stride = 1, ops[1].p0 = 1;
+        ops[2] = op_of(SAL_OP_ADD, 2, 3);
+        ops[2].res = 1;
+        ops[3] = op_of(SAL_OP_POOL, 3, 4);
+        ops[4] = op_of(SAL_OP_LINEAR, 4, 5);
+        ops[4].o = 2, ops[4].p0 = 2, ops[4].p1 = 4;
         sal_net *net = NULL;
-        CHECK(sal_net_create(&net, &shapes[0][0], 6, ops, 5, NULL, 0, 6, 0) == SAL_OK, "create (a): %s",
-              sal_last_error());
+        CHECK(sal_net_create(&net, &shapes[0][0], 6, ops, 5, NULL, 0, NULL, 0, 6, 0) == SAL_OK,
+              "create (a): %s", sal_last_error());
         if (!net) return;
         const float params[6] = {0.5f, -1.5f, 0.25f, 0.75f, 0, 0};
         float logits[4], grads[6] = {0};
@@ -191,11 +197,13 @@ static void net_grad_slots_case(void) {
         int64_t shapes[4][3] = {{1, 2, 2}, {1, 1, 1}, {1, 2, 2}, {2, 1, 1}};
         sal_op ops[3];
         memset(ops, 0, sizeof ops);
-        ops[0] = (sal_op){.kind = SAL_OP_POOL, .in = 2, .out = 1, .res = -1, .ioff = -1};
-        ops[1] = (sal_op){.kind = SAL_OP_CONV, .in = 0, .out = 2, .res = -1, .o = 1, .k = 1, .stride = 1, .p0 = 0, .ioff = -1};
-        ops[2] = (sal_op){.kind = SAL_OP_LINEAR, .in = 1, .out = 3, .res = -1, .o = 2, .p0 = 1, .p1 = 3, .ioff = -1};
+        ops[0] = op_of(SAL_OP_POOL, 2, 1);
+        ops[1] = op_of(SAL_OP_CONV, 0, 2);
+        ops[1].o = 1, ops[1].k = 1, ops[1].stride = 1, ops[1].p0 = 0;
+        ops[2] = op_of(SAL_OP_LINEAR, 1, 3);
+        ops[2].o = 2, ops[2].p0 = 1, ops[2].p1 = 3;
         sal_net *net = NULL;
-        if (sal_net_create(&net, &shapes[0][0], 4, ops, 3, NULL, 0, 5, 0) != SAL_OK) return;  /* refused: fine */
+        if (sal_net_create(&net, &shapes[0][0], 4, ops, 3, NULL, 0, NULL, 0, 5, 0) != SAL_OK) return;  /* refused: fine */
         const float params[5] = {0.5f, 1, 1, 0, 0};
         float logits[4], grads[5] = {0};
         if (sal_net_forward(net, logits, x, xg, params, NULL, 1, 0, 0.0) == SAL_OK &&
@@ -205,7 +213,7 @@ static void net_grad_slots_case(void) {
     }
 }
 
-int main(void) {
+static void gather_cases(void) {
     sal_set_num_threads(2);
     /* sizes 1, odd, prime; flat extents around the tile widths (32, 96, 128); strides 1, 2, 3 */
     const int64_t hw[][2] = {{1, 1}, {2, 3}, {5, 5}, {7, 9}, {8, 8}, {13, 11}, {16, 16}, {31, 32}};
@@ -228,8 +236,17 @@ int main(void) {
     /* stride 3 on 3 x 3 inputs: one output per image and phase-plane rows of width 1, so
      * every position of a tile is a run of its own (a block holds 16 x 96 runs) */
     gather_case(900, 1, 3, 3, 2, 3, 1.0, 1, 1);
+}
+
+int main(void) {
+    /* the GATHER kernels of every ISA this CPU runs (the dispatch table, capped) */
+    const char *isas[] = {"base", "avx2", "avx512"};
+    for (int k = 0; k < 3; k++)
+        if (sal_set_isa(isas[k]) == SAL_OK) gather_cases();
+    sal_set_isa(NULL);
+    sal_set_num_threads(2);
     bad_programs();
     net_count_case();
     net_grad_slots_case();
-    return check_done("test_infer");
+    return check_done("test_net");
 }

@@ -1,19 +1,23 @@
-/* libFuzzer target: the exported-program loader and runtime (sal_infer_create,
- * sal_infer_forward, sal_infer_count), i.e. what salnp.export.load hands to libsal from
- * a file.  Structure-aware: the input decodes into a whole program -- counts, buffer
+/* libFuzzer target: the network program's loader and executor (sal_net_create,
+ * sal_net_forward, sal_net_backward, sal_net_count), i.e. what salnp.export.load hands to
+ * libsal from a file.  Structure-aware: the input decodes into a whole program -- counts, buffer
  * shapes, op rows, shift and pair tables -- so mutations land on fields (an offset, a
  * count, a stride, a buffer index) rather than on a file format.
  *
  * Input: one byte of options (bits 0-1: batch n - 1; bit 2: a second forward with
- * another batch size; bit 3: also count), then, each as a fuzz_size encoding (a selector
- * byte: mostly a small value, sometimes an edge value such as 2**62 or INT64_MAX, or raw
- * 64 bits): nbuf, nops, nshift, npairs, nweights; nbuf shapes (C, H, W); nops rows of the
- * 15 sal_iop fields; nshift rows (src, dy, dx); npairs rows (o, i, dy, dx).  Counts that
+ * another batch size; bit 3: also count; bit 4: forwards in training mode, each followed by
+ * a backward; bit 5: activation checkpointing over segments read at the end of the input:
+ * a count, then (first op, end op) pairs), then, each as a fuzz_size encoding (a selector byte: mostly a small value,
+ * sometimes an edge value such as 2**62 or INT64_MAX, or raw 64 bits): nbuf, nops, nshift,
+ * npairs, nweights; nbuf shapes (C, H, W); nops rows of the 18 sal_op fields (res, p0, p1,
+ * b0, b1 and ioff encoded + 1, so that -1 is 0); nshift rows (src, dy, dx); npairs rows
+ * (o, i, dy, dx).  The weight arena is also the buffer arena (as an exported network's).  Counts that
  * decode negative are passed as they are (the library must refuse them); positive counts
  * are reduced to what the harness allocates.  Weights and the input are deterministic.
  * Properties: no out-of-bounds access, overflow or other UB anywhere; create either
  * succeeds or fails with a message; a created program runs forward (or refuses with a
- * message) at any batch size, repeatedly; count succeeds on a created program. */
+ * message) at any batch size, repeatedly; a backward succeeds or refuses with a message
+ * (an inference-only op); count succeeds on a created program. */
 #include "fuzz_input.h"
 #include "sal/sal.h"
 
@@ -40,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const int64_t nshift = count_of(&in, 40, MAX_ROWS), npairs = count_of(&in, 60, MAX_ROWS);
     const int64_t nweights = count_of(&in, 4096, MAX_WEIGHTS);
     int64_t *shapes = calloc(3 * (size_t)(nbuf > 0 ? nbuf : 1), sizeof *shapes);
-    sal_iop *ops = calloc((size_t)(nops > 0 ? nops : 1), sizeof *ops);
+    sal_op *ops = calloc((size_t)(nops > 0 ? nops : 1), sizeof *ops);
     int32_t *shifts = calloc(3 * (size_t)(nshift > 0 ? nshift : 1), sizeof *shifts);
     int32_t *pairs = calloc(4 * (size_t)(npairs > 0 ? npairs : 1), sizeof *pairs);
     float *weights = malloc(sizeof(float) * (size_t)(nweights > 0 ? nweights : 1));
@@ -48,8 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int64_t i = 0; i < 3 * (nbuf > 0 ? nbuf : 0); i++) shapes[i] = fuzz_size(&in, 12);
     const int64_t B = nbuf > 0 ? nbuf : 1;
     for (int64_t i = 0; i < (nops > 0 ? nops : 0); i++) {
-        sal_iop *op = &ops[i];
-        op->kind = field(&in, 7);
+        sal_op *op = &ops[i];
+        op->kind = field(&in, 10);
         op->in = field(&in, B);
         op->out = field(&in, B);
         op->res = minus1(field(&in, B + 1));
@@ -59,9 +63,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         op->k = field(&in, 6);
         op->stride = field(&in, 4);
         op->pad = field(&in, 3);
-        op->p0 = field(&in, nweights + 1);
+        op->p0 = minus1(field(&in, nweights + 2));
         op->p1 = minus1(field(&in, nweights + 2));
-        op->ioff = field(&in, (nshift > npairs ? nshift : npairs) + 1);
+        op->b0 = minus1(field(&in, nweights + 2));
+        op->b1 = minus1(field(&in, nweights + 2));
+        op->shared = field(&in, 2);
+        op->ioff = minus1(field(&in, (nshift > npairs ? nshift : npairs) + 2));
         op->npair = field(&in, npairs + 1);
         op->index_bits = field(&in, 5);
     }
@@ -69,9 +76,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int64_t i = 0; i < 4 * (npairs > 0 ? npairs : 0); i++) pairs[i] = (int32_t)(i % 4 >= 2 ? minus1(fuzz_size(&in, 12)) : fuzz_size(&in, 12));
     for (int64_t i = 0; i < (nweights > 0 ? nweights : 0); i++) weights[i] = (float)((i * 37) % 17 - 8) / 16.0f;
 
-    sal_infer *net = NULL;
-    sal_status s = sal_infer_create(&net, shapes, nbuf, ops, nops, nshift ? shifts : NULL, nshift,
-                                    npairs ? pairs : NULL, npairs, nweights);
+    sal_net *net = NULL;
+    sal_status s = sal_net_create(&net, shapes, nbuf, ops, nops, nshift ? shifts : NULL, nshift,
+                                  npairs ? pairs : NULL, npairs, nweights, nweights);
     if (getenv("FUZZ_VERBOSE"))
         fprintf(stderr, "create: %s\n", s == SAL_OK ? "ok" : sal_last_error());
     if (s != SAL_OK) {
@@ -85,7 +92,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         for (int64_t b = 0; b < nbuf; b++)
             per += (unsigned __int128)shapes[3 * b] * (uint64_t)shapes[3 * b + 1] * (uint64_t)shapes[3 * b + 2];
         const int64_t n1 = (opt & 3) + 1, n2 = n1 == 1 ? 3 : n1 - 1;
-        const int64_t K = sal_infer_output_width(net);
+        const int64_t K = sal_net_output_width(net);
+        const int train = (opt & 16) != 0;
+        if (opt & 32) {           /* checkpointed segments: refused or taken, never a crash */
+            int64_t nseg = count_of(&in, 4, 16), bounds[32];
+            if (nseg < 0) nseg = 0;
+            for (int64_t k = 0; k < 2 * nseg; k++) bounds[k] = fuzz_size(&in, nops + 1);
+            sal_status c = sal_net_set_checkpoints(net, nseg ? bounds : NULL, nseg);
+            if (c != SAL_OK) FUZZ_ASSERT(sal_last_error()[0] != '\0', "checkpoints refused silently");
+        }
+        float *grads = calloc((size_t)(nweights > 0 ? nweights : 1), sizeof *grads);
+        if (!grads) abort();
         FUZZ_ASSERT(K >= 1, "output width %lld", (long long)K);
         for (int pass = 0; pass < ((opt & 4) ? 3 : 1); pass++) {
             const int64_t n = pass == 1 ? n2 : n1;
@@ -96,20 +113,30 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (!x || !logits) abort();
             for (int64_t i = 0; i < n * C * H * W; i++) x[i] = (float)(i % 11) / 8.0f - 0.5f;
             sal_act xg = {n, C, H, W, SAL_NCHW};
-            sal_status f = sal_infer_forward(net, logits, x, xg, weights);
+            sal_status f = sal_net_forward(net, logits, x, xg, weights, weights, train, 0, 20.0);
             if (getenv("FUZZ_VERBOSE"))
                 fprintf(stderr, "forward n=%lld: %s\n", (long long)n, f == SAL_OK ? "ok" : sal_last_error());
             if (f != SAL_OK) FUZZ_ASSERT(sal_last_error()[0] != '\0', "forward failed silently");
+            if (f == SAL_OK && train) {   /* the logits as their own gradient */
+                sal_status b = sal_net_backward(net, grads, logits, weights);
+                if (getenv("FUZZ_VERBOSE"))
+                    fprintf(stderr, "backward: %s\n", b == SAL_OK ? "ok" : sal_last_error());
+                if (b != SAL_OK) FUZZ_ASSERT(sal_last_error()[0] != '\0', "backward failed silently");
+                FUZZ_ASSERT(b == SAL_OK || !sal_net_trainable(net, NULL) || b == SAL_ENOMEM ||
+                                b == SAL_ENONFINITE,
+                            "backward of a trainable program refused: %s", sal_last_error());
+            }
             free(x);
             free(logits);
         }
         if (opt & 8) {
             sal_count_row *rows = calloc((size_t)nops, sizeof *rows);
             if (!rows) abort();
-            FUZZ_ASSERT(sal_infer_count(net, rows) == SAL_OK, "count failed: %s", sal_last_error());
+            FUZZ_ASSERT(sal_net_count(net, rows) == SAL_OK, "count failed: %s", sal_last_error());
             free(rows);
         }
-        sal_infer_free(net);
+        free(grads);
+        sal_net_free(net);
     }
     free(shapes);
     free(ops);

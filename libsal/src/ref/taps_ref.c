@@ -1,0 +1,48 @@
+/* Scalar reference twins of the sparse-tap kernels (internal/taps.h): plain loops over
+ * the positions, no tiles, no vectors.  They are the SAL_ISA_BASE entries of taps.c's
+ * kernel table, and the tests compare the vector kernels with them (set_isa("base")). */
+#include <string.h>
+
+#include "internal/taps.h"
+
+void sal_ref_taps_fwd(const taps_fwd_job *j) {
+    const int64_t npos = j->npos;
+    float *acc = j->tmp;
+    for (int64_t k = j->k0; k < j->k1; k++) {
+        memset(acc, 0, (size_t)npos * sizeof *acc);
+        for (int64_t e = j->rowptr[k * j->nb]; e < j->rowptr[(k + 1) * j->nb]; e++) {
+            const float *s = j->buf + j->off[e];
+            const float w = j->w[e];
+            for (int64_t p = 0; p < npos; p++) acc[p] += w * s[p];
+        }
+        float *d = j->dst + (k - j->k0) * j->dstride;
+        const float *r = j->res ? j->res + (k - j->k0) * j->dstride : NULL;
+        const float b = j->bias ? j->bias[k] : 0.0f;
+        for (int64_t p = 0; p < npos; p++) {
+            if (j->mode == TAPS_EPI_STORE) {
+                d[p] = acc[p];
+            } else if (j->mode == TAPS_EPI_ACC) {
+                d[p] += acc[p];
+            } else {
+                float v = acc[p] + b;
+                if (r && !j->res_post) v += r[p];
+                if (j->relu) v = v > 0.0f ? v : 0.0f;
+                if (r && j->res_post) v += r[p];
+                d[p] = v;
+            }
+        }
+    }
+}
+
+void sal_ref_taps_sddmm(const taps_sddmm_job *j) {
+    for (int64_t k = j->k0; k < j->k1; k++)
+        for (int64_t e = j->rowptr[k * j->nb]; e < j->rowptr[(k + 1) * j->nb]; e++) {
+            float acc = 0.0f;
+            for (int64_t m = 0; m < j->nimg; m++) {
+                const float *dy = j->dy + k * j->dystride + m * j->dyis;
+                const float *s = j->buf + j->off[e] + m * j->bis;
+                for (int64_t p = 0; p < j->npos; p++) acc += dy[p] * s[p];
+            }
+            j->g[e] += acc;
+        }
+}
