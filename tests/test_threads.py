@@ -109,7 +109,10 @@ def test_one_and_two_threads_agree():
     salnp.set_num_threads(2)
     r2 = _work(np.random.default_rng(11), n=12)
     for k in r1:
-        np.testing.assert_allclose(r2[k], r1[k], rtol=1e-5, atol=1e-4, err_msg=k)
+        # the 3x3 / stride 1 / padding 1 convolution runs Winograd F(4x4, 3x3): its blocks of
+        # tiles depend on the thread count and its error reaches ~1e-5 of the largest value
+        atol = max(1e-4, 3e-5 * float(np.abs(r1[k]).max()))
+        np.testing.assert_allclose(r2[k], r1[k], rtol=1e-5, atol=atol, err_msg=k)
 
 
 def test_network_step_one_and_two_threads_agree():

@@ -7,6 +7,8 @@
  *
  *   col (C*K*K, B*Ho*Wo):  col[(c*K + ky)*K + kx][b*Ho*Wo + oy*Wo + ox]
  *                          = x[n0 + b, c, oy*S + ky - P, ox*S + kx - P]   (0 outside) */
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal/conv_internal.h"
@@ -47,6 +49,85 @@ static bool conv_is_pointwise(const sal_conv_desc *d) {
     return d->k == 1 && d->stride == 1 && d->pad == 0;
 }
 
+/* ---- which algorithm runs a pass ------------------------------------------------------
+ * The rule, measured on a 2-core Zen 4 (bench/bench_conv3x3.py, bench/RESULTS_conv.md),
+ * batch 128, one thread:
+ * - 3x3 / stride 1 / padding 1: Winograd F(4x4, 3x3) from 8 input and output channels on
+ *   (2-3.3x the direct kernel); below that the direct kernel (the stem's 3 input channels
+ *   would leave 13 of 16 lanes of the transforms and of a blocked kernel empty: 1.6 ms
+ *   forward direct against 1.9 blocked), but for up to 4 input channels the weight
+ *   gradient runs the stem kernel of dconv.c (vectors over outputs, every tap in registers:
+ *   2.0 ms against 2.8 direct).
+ * - 3x3 / stride 2 / padding 1: the blocked direct kernel (16 -> 32 channels, 32x32:
+ *   3.6 / 4.3 / 3.6 ms against im2col + GEMM's 9.4 / 7.5 / 10.3 ms).
+ * - 1x1 / stride 2: im2col + GEMM for the forward and input gradient (1.0 / 1.2 ms against
+ *   1.2 / 2.0), the blocked kernel for the weight gradient (1.0 against 2.4 ms). */
+typedef enum { ALGO_GEMM1X1, ALGO_IM2COL, ALGO_DIRECT3X3, ALGO_WINOGRAD, ALGO_BLOCKED } conv_algo;
+static const char *const ALGO_NAMES[] = {"gemm1x1", "im2col-gemm", "direct3x3", "winograd4x4",
+                                         "blocked-direct"};
+
+enum { FORCE_AUTO = 0, FORCE_WINOGRAD = 1, FORCE_DIRECT = 2, FORCE_IM2COL = 3, FORCE_COUNT };
+static const char *const FORCE_NAMES[FORCE_COUNT] = {"auto", "winograd", "direct", "im2col"};
+static atomic_int conv_force = -1;   /* -1: SAL_CONV_ALGO not read yet */
+
+#define WINO_MIN_CHANNELS 8
+
+static int force_get(void) {
+    int f = atomic_load(&conv_force);
+    if (f >= 0) return f;
+    const char *s = getenv("SAL_CONV_ALGO");
+    int want = FORCE_AUTO;
+    if (s)
+        for (int i = 0; i < FORCE_COUNT; i++)
+            if (strcmp(s, FORCE_NAMES[i]) == 0) want = i;
+    int expect = -1;
+    atomic_compare_exchange_strong(&conv_force, &expect, want);
+    return atomic_load(&conv_force);
+}
+
+sal_status sal_conv_set_algo(const char *name) {
+    if (!name) name = "auto";
+    for (int i = 0; i < FORCE_COUNT; i++)
+        if (strcmp(name, FORCE_NAMES[i]) == 0) {
+            (void)force_get();   /* the environment is read before it is overridden */
+            atomic_store(&conv_force, i);
+            return SAL_OK;
+        }
+    return sal_fail(SAL_EINVAL, "sal_conv_set_algo",
+                    "name=\"%s\": must be \"auto\", \"winograd\", \"direct\" or \"im2col\"", name);
+}
+
+const char *sal_conv_get_algo(void) { return FORCE_NAMES[force_get()]; }
+
+/* the algorithm of pass `pass` of a valid descriptor */
+static conv_algo conv_choose(const sal_conv_desc *d, int pass) {
+    if (conv_is_pointwise(d)) return ALGO_GEMM1X1;
+    const int f = force_get();
+    if (f == FORCE_IM2COL) return ALGO_IM2COL;
+    const bool wino = sal_wino_applies(d), direct = sal_conv3x3_applies(d);
+    const bool blocked = sal_dconv_applies(d);
+    if (f == FORCE_WINOGRAD && wino) return ALGO_WINOGRAD;
+    if (f == FORCE_DIRECT) {
+        if (pass == SAL_CONV_WEIGHT_GRAD && sal_dconv_stem_applies(d)) return ALGO_BLOCKED;
+        return direct ? ALGO_DIRECT3X3 : blocked ? ALGO_BLOCKED : ALGO_IM2COL;
+    }
+    if (wino && (f == FORCE_WINOGRAD || (d->x.c >= WINO_MIN_CHANNELS && d->o >= WINO_MIN_CHANNELS)))
+        return ALGO_WINOGRAD;
+    if (pass == SAL_CONV_WEIGHT_GRAD && sal_dconv_stem_applies(d)) return ALGO_BLOCKED;
+    if (direct) return ALGO_DIRECT3X3;
+    /* stride 2: the blocked kernel, but for a 1x1 kernel only its weight gradient (its
+     * forward and input gradient interleave 4x the positions they use) */
+    if (blocked && d->stride == 2 && (d->k == 3 || pass == SAL_CONV_WEIGHT_GRAD))
+        return ALGO_BLOCKED;
+    return ALGO_IM2COL;
+}
+
+const char *sal_conv_algo(const sal_conv_desc *d, int pass) {
+    if (pass < SAL_CONV_FORWARD || pass > SAL_CONV_WEIGHT_GRAD) return NULL;
+    if (sal_conv_check(d, NULL) != SAL_OK) return NULL;
+    return ALGO_NAMES[conv_choose(d, pass)];
+}
+
 /* images per im2col chunk */
 static int64_t conv_chunk(const sal_conv_desc *d, const sal_act *y) {
     if (d->x.layout == SAL_NCHW) return 1;
@@ -55,11 +136,17 @@ static int64_t conv_chunk(const sal_conv_desc *d, const sal_act *y) {
     return b < 1 ? 1 : (b > d->x.n ? d->x.n : b);
 }
 
+/* the most any algorithm that may run this descriptor needs (a forced choice fits too) */
 size_t sal_conv_scratch(const sal_conv_desc *d) {
     sal_act y;
     if (sal_conv_check(d, &y) != SAL_OK || conv_is_pointwise(d)) return 0;
-    if (sal_conv3x3_applies(d)) return sal_conv3x3_scratch(d);
-    return (size_t)(conv_chunk(d, &y) * d->x.c * d->k * d->k * y.h * y.w);
+    size_t most = (size_t)(conv_chunk(d, &y) * d->x.c * d->k * d->k * y.h * y.w);
+    if (sal_conv3x3_applies(d) && sal_conv3x3_scratch(d) > most) most = sal_conv3x3_scratch(d);
+    if (sal_wino_applies(d) && sal_wino_scratch(d) > most) most = sal_wino_scratch(d);
+    if (sal_dconv_applies(d) && sal_dconv_scratch(d) > most) most = sal_dconv_scratch(d);
+    if (sal_dconv_stem_applies(d) && sal_dconv_stem_scratch(d) > most)
+        most = sal_dconv_stem_scratch(d);
+    return most;
 }
 
 /* first and one-past-last output column whose input column ox*S + kx - P is inside [0, W) */
@@ -180,8 +267,17 @@ sal_status sal_conv_fwd(float *y, const float *x, const float *w, const sal_conv
     }
     SAL_REQUIRE(scratch != NULL, "sal_conv_fwd", "scratch=NULL: needs %zu floats",
                 sal_conv_scratch(d));
-    if (sal_conv3x3_applies(d)) {
+    const conv_algo algo = conv_choose(d, SAL_CONV_FORWARD);
+    if (algo == ALGO_WINOGRAD) {
+        sal_wino_fwd(y, x, w, d, scratch);
+        return SAL_OK;
+    }
+    if (algo == ALGO_DIRECT3X3) {
         sal_conv3x3_run(y, 0, x, d->x, O, w, 0, scratch, sal_conv3x3_threads(d));
+        return SAL_OK;
+    }
+    if (algo == ALGO_BLOCKED) {
+        sal_dconv_fwd(y, x, w, d, scratch);
         return SAL_OK;
     }
     const int64_t chunk = conv_chunk(d, &ya);
@@ -219,14 +315,24 @@ sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, c
     if (!dx && !dw) return SAL_OK;
     SAL_REQUIRE(scratch != NULL, "sal_conv_bwd", "scratch=NULL: needs %zu floats",
                 sal_conv_scratch(d));
-    if (sal_conv3x3_applies(d)) {
-        const int t = sal_conv3x3_threads(d);
-        if (dw) sal_conv3x3_wgrad(dw, dy, x, d->x, O, scratch, t);
-        if (dx) sal_conv3x3_run(dx, 1, dy, ya, C, w, 1, scratch, t);
+    const conv_algo adw = dw ? conv_choose(d, SAL_CONV_WEIGHT_GRAD) : ALGO_IM2COL;
+    const conv_algo adx = dx ? conv_choose(d, SAL_CONV_INPUT_GRAD) : ALGO_IM2COL;
+    const int t = sal_conv3x3_threads(d);
+    if (dw && dx && adw == ALGO_WINOGRAD && adx == ALGO_WINOGRAD) {
+        sal_wino_bwd(dx, dw, dy, x, w, d, scratch);   /* dy transposed once for both */
         return SAL_OK;
     }
+    if (dw && adw == ALGO_WINOGRAD) sal_wino_bwd_weights(dw, dy, x, d, scratch);
+    if (dw && adw == ALGO_DIRECT3X3) sal_conv3x3_wgrad(dw, dy, x, d->x, O, scratch, t);
+    if (dx && adx == ALGO_WINOGRAD) sal_wino_bwd_data(dx, dy, w, d, scratch);
+    if (dx && adx == ALGO_DIRECT3X3) sal_conv3x3_run(dx, 1, dy, ya, C, w, 1, scratch, t);
+    if (dw && adw == ALGO_BLOCKED && d->stride == 1) sal_dconv_stem_wgrad(dw, dy, x, d, scratch);
+    if (dw && adw == ALGO_BLOCKED && d->stride == 2) sal_dconv_bwd_weights(dw, dy, x, d, scratch);
+    if (dx && adx == ALGO_BLOCKED) sal_dconv_bwd_data(dx, dy, w, d, scratch);
+    if (dw && adw != ALGO_IM2COL) dw = NULL;   /* done */
+    if (dx && adx != ALGO_IM2COL) dx = NULL;
     const int64_t chunk = conv_chunk(d, &ya);
-    for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    for (int64_t n0 = 0; n0 < N && (dw || dx); n0 += chunk) {
         const int64_t B = N - n0 < chunk ? N - n0 : chunk, cols = B * HWo;
         const float *dyn = dy + n0 * ysn;
         if (dw) {  /* dW (O, CKK) += dY (O, cols) col^T (cols, CKK) */

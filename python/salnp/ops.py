@@ -35,6 +35,7 @@ from ._core import (
     batch_norm_relu,
     batch_norm_relu_backward,
     conv2d,
+    conv2d_algo,
     conv2d_backward,
     cross_entropy,
     cross_entropy_backward,
@@ -59,7 +60,7 @@ from ._core import (
 )
 
 __all__ = [
-    "conv2d", "conv2d_backward",
+    "conv2d", "conv2d_backward", "conv2d_algo",
     "shift", "shift_backward", "default_shift_offsets",
     "shift_conv1x1", "shift_conv1x1_backward",
     "active_shift", "active_shift_backward", "normalize_shift_grad",

@@ -1,12 +1,12 @@
-/* Private interface of the convolution family (libsal/src/conv.c, conv3x3.c): the direct
- * 3x3 kernel that conv.c dispatches to.  Public API: sal/conv.h. */
+/* Private interface of the convolution family (libsal/src/conv.c, conv3x3.c, winograd.c):
+ * the kernels that conv.c chooses among.  Public API: sal/conv.h. */
 #ifndef SAL_CONV_INTERNAL_H
 #define SAL_CONV_INTERNAL_H
 
 #include "internal/internal.h"
 #include "sal/conv.h"
 
-/* Direct 3x3 / stride 1 / padding 1 convolution (conv3x3.c), used by conv.c. */
+/* Direct 3x3 / stride 1 / padding 1 convolution (conv3x3.c). */
 bool sal_conv3x3_applies(const sal_conv_desc *d);
 size_t sal_conv3x3_scratch(const sal_conv_desc *d);
 int sal_conv3x3_threads(const sal_conv_desc *d);
@@ -14,5 +14,36 @@ void sal_conv3x3_run(float *out, int accumulate, const float *in, sal_act ina, i
                      const float *w, int grad, float *scratch, int t);
 void sal_conv3x3_wgrad(float *dw, const float *dy, const float *x, sal_act xa, int64_t o,
                        float *scratch, int t);
+
+/* Winograd F(4x4, 3x3), 3x3 / stride 1 / padding 1 (winograd.c).  Scratch: the most any
+ * pass needs at any ISA's vector width, for the descriptor's threads. */
+bool sal_wino_applies(const sal_conv_desc *d);
+size_t sal_wino_scratch(const sal_conv_desc *d);
+void sal_wino_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                  float *scratch);
+/* dx += the input gradient; dw += the weight gradient */
+void sal_wino_bwd_data(float *dx, const float *dy, const float *w, const sal_conv_desc *d,
+                       float *scratch);
+void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
+                          float *scratch);
+/* both, dy transposed once (dx and dw must both be given) */
+void sal_wino_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                  const sal_conv_desc *d, float *scratch);
+
+/* Blocked direct convolution, K = 1 or 3 with padding K/2, stride 2 (dconv.c). */
+bool sal_dconv_applies(const sal_conv_desc *d);
+size_t sal_dconv_scratch(const sal_conv_desc *d);
+void sal_dconv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                   float *scratch);
+void sal_dconv_bwd_data(float *dx, const float *dy, const float *w, const sal_conv_desc *d,
+                        float *scratch);
+void sal_dconv_bwd_weights(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
+                           float *scratch);
+/* the weight gradient of a 3x3 / stride 1 / padding 1 convolution of few (<= 4) input
+ * channels, vectors over output channels (dconv.c) */
+bool sal_dconv_stem_applies(const sal_conv_desc *d);
+size_t sal_dconv_stem_scratch(const sal_conv_desc *d);
+void sal_dconv_stem_wgrad(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
+                          float *scratch);
 
 #endif
