@@ -799,7 +799,7 @@ def main(argv=None):
     ap.add_argument("--traj-seed", type=int, default=0, help="stage A seed")
     ap.add_argument("--threads", type=int, default=1,
                     help="stage A threads (2 only on an otherwise idle machine: under load, "
-                         "PyTorch's OpenMP at 2 threads ran 5-13x slower than at 1)")
+                         "PyTorch's OpenMP at 2 threads ran 5-8x slower than at 1)")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--lr", type=float, default=0.1)
