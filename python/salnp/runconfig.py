@@ -110,6 +110,9 @@ class RunConfig:
                               "t x the slice's largest; default 2^-27: the skipped taps cannot "
                               "change a float32 result; 0: every tap (the dense convolution)",
                               "SAL")
+    freeze_attention: bool = _f(False, "SAL: keep the attention logits at their initial values "
+                                "(learning rate 0, no weight decay on them), a control for "
+                                "whether the learned attention matters", "SAL")
     # ---- run
     seed: int = _f(0, "seed of the initial weights, the data order and the augmentation",
                    "run")
@@ -136,6 +139,9 @@ class RunConfig:
             raise ConfigError(f"depth={self.depth}: must be 6n+2 (20, 32, 44, 56, 110)")
         if self.shared and self.layer != "sal":
             raise ConfigError(f"shared=True: applies to layer='sal' only, not {self.layer!r}")
+        if self.freeze_attention and self.layer != "sal":
+            raise ConfigError(f"freeze_attention=True: applies to layer='sal' only, not "
+                              f"{self.layer!r}")
         if self.beta_schedule == "geometric":   # every beta of the schedule finite and > 0
             for t in (0.0, 1.0):
                 b = self.beta0 * (self.beta1 / self.beta0) ** t

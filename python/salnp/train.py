@@ -49,9 +49,12 @@ class SGD:
     """torch.optim.SGD over the network's flat arenas (one C loop per step).
 
     Per-parameter multipliers come from the module declarations (ASL shifts: lr x 0.01,
-    no weight decay); ASL offset gradients are normalised per channel before the step."""
+    no weight decay); ASL offset gradients are normalised per channel before the step.
+    frozen: names of parameters (``net.arena.offsets`` keys, e.g. "layer1.0.conv1.logits")
+    whose learning-rate and weight-decay multipliers are 0: the step leaves them bit for
+    bit as they are (fit's freeze_attention)."""
 
-    def __init__(self, net, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False):
+    def __init__(self, net, lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False, frozen=()):
         for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"SGD: {name}={v!r}: must be a finite number >= 0")
@@ -61,6 +64,12 @@ class SGD:
         a = net.arena
         # runs of equal (lr_mult, wd_mult) over the flat arena
         keys = np.stack([a.lr_scale, a.decay], 1)
+        self.frozen = tuple(frozen)
+        for name in self.frozen:
+            if name not in a.offsets or name not in dict(net.named_parameters()):
+                raise ValueError(f"SGD: frozen={name!r}: not a parameter of the network")
+            start, shape = a.offsets[name]
+            keys[start:start + int(np.prod(shape))] = 0.0
         change = np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1
         starts = np.concatenate([[0], change])
         ends = np.concatenate([change, [a.params.size]])
@@ -319,7 +328,8 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
         beta=(_D.beta0, _D.beta1), beta_schedule=_D.beta_schedule, augment=_D.augment,
         seed=_D.seed, eval_hard=None, eval_batch_size=500, checkpoint=None, resume=None,
         progress=_D.progress, threads=_D.threads, callback=None, prune_epochs=_D.prune_epochs,
-        prune_keep=_D.prune_keep, skip_nonfinite=False, reset_momentum=_D.reset_momentum):
+        prune_keep=_D.prune_keep, skip_nonfinite=False, reset_momentum=_D.reset_momentum,
+        freeze_attention=_D.freeze_attention):
     """Train `net` on the Dataset `train`, evaluating on `test` after every epoch.
 
     Returns the history: one dict per epoch (epoch, lr, beta, train_loss, train_acc,
@@ -335,7 +345,9 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
     momentum with steps at 1/3 and 2/3 (the SAL recipe's epochs 100 and 200 of 300).
     Milestones are fractions of the run, or epoch numbers when >= 1.  reset_momentum: zero
     momentum at the start of every epoch (the SAL authors' code makes a new optimiser per
-    epoch).
+    epoch).  freeze_attention (SAL): the attention logits keep their initial values bit for
+    bit (learning rate and weight decay 0 on them; a control for whether the learned
+    attention matters).
     Per-parameter weight-decay and learning-rate multipliers come from the modules (no
     decay on ASL's BN, FC bias and shifts; shift lr x 0.01).
 
@@ -414,6 +426,11 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
                          f"beta1 / beta0 (got {b1 / b0})")
     if not isinstance(reset_momentum, (bool, np.bool_)):
         raise TypeError(f"fit: reset_momentum={reset_momentum!r}: must be True or False")
+    if not isinstance(freeze_attention, (bool, np.bool_)):
+        raise TypeError(f"fit: freeze_attention={freeze_attention!r}: must be True or False")
+    if freeze_attention and net.config["layer"] != "sal":
+        raise ValueError(f"fit: freeze_attention=True: applies to SAL networks (layer='sal') "
+                         f"only, not {net.config['layer']!r}")
     solver = solver_of(net.config["layer"])
     if nesterov is None:
         nesterov = bool(solver["nesterov"])
@@ -432,13 +449,15 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
     is_sal = net.config["layer"] == "sal"
     eval_hard = is_sal if eval_hard is None else bool(eval_hard)
     prune_plan = _prune_plan(prune_epochs, prune_keep, epochs, is_sal)
-    opt = SGD(net, lr, momentum, weight_decay, nesterov)
+    frozen = [f"{n}.logits" for n, m in net.named_modules()
+              if isinstance(m, SALConv2d)] if freeze_attention else []
+    opt = SGD(net, lr, momentum, weight_decay, nesterov, frozen=frozen)
     steps_per_epoch = train.num_batches(batch_size, drop_last=False)
     total_steps = epochs * steps_per_epoch
     run_cfg = dict(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                    weight_decay=weight_decay, nesterov=nesterov, lr_schedule=str(lr_schedule),
                    milestones=list(milestones), lr_gamma=lr_gamma, beta=[b0, b1],
-                   reset_momentum=bool(reset_momentum),
+                   reset_momentum=bool(reset_momentum), freeze_attention=bool(freeze_attention),
                    beta_schedule=beta_schedule, augment=augment, seed=seed,
                    prune_epochs=sorted(prune_plan), prune_keep=[prune_plan[e] for e in sorted(prune_plan)],
                    train=getattr(train, "name", "?"), train_size=len(train),
