@@ -1292,19 +1292,23 @@ static const uint16_t *kept_oc(const unshared_plan *u, const uint16_t *kept,
 /* Crossover.  The sparse path runs when the fraction of kept taps (nkept / (9 L)) is below
  * the break-even fraction at which the sparse and the dense path take the same time,
  * measured with bench/bench_taps.c (thread CPU time, 1 thread, batch 128, CNHW, the
- * ResNet-20 SAL layers 16x32x32, 16->32 stride 2, 32x16x16, 32->64 stride 2, 64x8x8, the
- * logits U[0, 1) with beta 1 .. 20 for kept fractions 1.0 .. 0.35; 2026-12, Zen 4, AVX-512):
- *   forward, stride 1:  0.72 - 0.78 (unshared), 0.68 - 0.8 (shared)        -> 0.7
- *   forward, stride 2:  0.8 (32->64 unshared), >= 1 (the others: the dense stride-2
- *                       convolution is im2col + GEMM)                          -> 0.8
- *   backward:           > 1: the sparse path is faster even with all 9 taps kept (0.6 -
- *                       1.0x the dense time at fraction 1; the dense backward is the
- *                       direct 3x3 kernel's weight gradient plus its input gradient)
- *                                                                               -> always
- * Re-measure when the dense convolution changes (Winograd, issue 18): bench_taps prints
- * both paths' times over a sweep of beta. */
-#define CROSSOVER_FWD_S1 0.7
-#define CROSSOVER_FWD_S2 0.8
+ * ResNet-20 SAL layers, logits U[0, 1), beta 1 .. 70; 2026-12-05, Zen 4, AVX-512), after
+ * the dense 3x3 convolution became Winograd F(4x4, 3x3) at stride 1 and the blocked direct
+ * kernel at stride 2 (conv.c).  The sparse time is a fixed part plus a part per kept tap
+ * (fitted on beta 20 / 70, kept 3.3 / 1.7 per slice: 16x32x32 forward 1.9 ms + 0.93 ms per
+ * tap against dense 3.35; backward 4.1 + 2.0 against 6.6), so the break-even is
+ * (dense - fixed) / per-tap / 9:
+ *   forward, stride 1:  0.14 - 0.18  (16x32x32, 32x16x16, 64x8x8; shared alike)  -> 0.16
+ *   forward, stride 2:  0.28 - 0.29  (16->32, 32->64)                            -> 0.28
+ *   backward, stride 1: 0.10 - 0.14                                              -> 0.12
+ *   backward, stride 2: 0.29 - 0.30                                              -> 0.29
+ * (a slice keeps at least 1 tap: a fraction >= 1/9 = 0.11).  Before Winograd (the direct 3x3
+ * kernel) they were 0.7 / 0.8 forward and "always" backward.  Re-measure when either path
+ * changes: bench_taps prints both paths' times over a sweep of beta. */
+#define CROSSOVER_FWD_S1 0.16
+#define CROSSOVER_FWD_S2 0.28
+#define CROSSOVER_BWD_S1 0.12
+#define CROSSOVER_BWD_S2 0.29
 static const char *const PATHS[] = {"auto", "sparse", "dense"};
 static atomic_int path_mode = 0;
 
@@ -1323,9 +1327,9 @@ const char *sal_get_taps_path(void) { return PATHS[atomic_load(&path_mode)]; }
 int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd) {
     const int mode = atomic_load(&path_mode);
     if (mode) return mode == 1;
-    if (bwd) return 1;
     const int64_t all = (d->shared ? d->x.c : d->o * d->x.c) * KK;
-    const double crossover = d->stride == 1 ? CROSSOVER_FWD_S1 : CROSSOVER_FWD_S2;
+    const double crossover = bwd ? (d->stride == 1 ? CROSSOVER_BWD_S1 : CROSSOVER_BWD_S2)
+                                 : (d->stride == 1 ? CROSSOVER_FWD_S1 : CROSSOVER_FWD_S2);
     return (double)nkept < crossover * (double)all;
 }
 
