@@ -89,7 +89,7 @@ def configs(models, seeds, root, epochs, train, test):
     for m in models:
         for s in seeds:
             c = dict(SCHEDULE, root=os.path.abspath(root), epochs=epochs, subset=train,
-                     test_subset=test, seed=s, name=m)
+                     test_subset=test, seed=s, name=m, eval_every=epochs)  # the last epoch
             c.update(MODELS[m])
             out.append(c)
     return out

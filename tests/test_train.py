@@ -77,6 +77,26 @@ def test_fit_bad_arguments():
         salnp.fit(net, train, epochs=1, beta=(float("nan"), 1.0))
 
 
+def test_eval_every():
+    """eval_every=2 over 3 epochs: test entries after epochs 2 and 3 (the last) only, the same
+    numbers as evaluating every epoch (evaluation does not change the training)."""
+    train, test = _cifar(True, 64), _cifar(False, 32)
+    hists = []
+    for every in (1, 2):
+        net = salnp.models.resnet(8, 4, "sal", seed=4)
+        hists.append(salnp.fit(net, train, test, epochs=3, batch_size=32, progress=False,
+                               eval_every=every))
+    assert [("test_acc" in h) for h in hists[1]] == [False, True, True]
+    for a, b in zip(hists[0][1:], hists[1][1:]):
+        assert (a["test_acc"], a["test_loss"], a["train_loss"]) == (b["test_acc"], b["test_loss"],
+                                                                     b["train_loss"])
+    for bad in (0, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="eval_every="):
+            salnp.fit(salnp.models.resnet(8, 4, "cl"), train, epochs=1, eval_every=bad)
+    with pytest.raises(salnp.runconfig.ConfigError, match="eval_every=0"):
+        salnp.RunConfig(eval_every=0)
+
+
 def test_nan_loss_stops_with_step(monkeypatch):
     train = _cifar(True, 64)
     net = salnp.models.resnet(20, 4, "cl")

@@ -125,6 +125,8 @@ class RunConfig:
                   "inference.npz, curves.png, attention.png, train.log", "run", identity=False)
     resume: str = _f(None, "continue from DIR/checkpoint.npz (or a checkpoint path)", "run",
                      identity=False)
+    eval_every: int = _f(1, "evaluate on the test set every N epochs and after the last one "
+                         "(evaluation does not change the training)", "run", identity=False)
     threads: int = _f(None, "threads of libsal (default: the CPUs this process may use)",
                       "run", identity=False)
     progress: bool = _f(True, "progress bars", "run", flag="no", identity=False)
@@ -229,7 +231,7 @@ _IDENTITY = tuple(f.name for f in dataclasses.fields(RunConfig) if f.metadata["i
 _DEFAULTS = {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
              for f in dataclasses.fields(RunConfig)}
 
-_INTS = {"depth": 1, "width": 1, "epochs": 1, "batch_size": 1, "subset": 0, "test_subset": 0,
+_INTS = {"depth": 1, "width": 1, "epochs": 1, "eval_every": 1, "batch_size": 1, "subset": 0, "test_subset": 0,
          "seed": 0, "threads": 1}
 _POSITIVE = ("lr", "expansion")
 _NONNEG = ("momentum", "weight_decay")

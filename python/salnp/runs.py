@@ -198,7 +198,7 @@ def _train_run(cfg, out, resume, progress, figure, verbose, complete, export_net
                   beta_schedule=cfg.beta_schedule, augment=cfg.augment, seed=cfg.seed,
                   checkpoint=ckpt, resume=resume, prune_epochs=cfg.prune_epochs,
                   prune_keep=cfg.prune_keep, reset_momentum=cfg.reset_momentum,
-                  freeze_attention=cfg.freeze_attention,
+                  freeze_attention=cfg.freeze_attention, eval_every=cfg.eval_every,
                   progress=progress, callback=per_epoch)
     wall = time.perf_counter() - t0
     if not history:

@@ -329,8 +329,9 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
         seed=_D.seed, eval_hard=None, eval_batch_size=500, checkpoint=None, resume=None,
         progress=_D.progress, threads=_D.threads, callback=None, prune_epochs=_D.prune_epochs,
         prune_keep=_D.prune_keep, skip_nonfinite=False, reset_momentum=_D.reset_momentum,
-        freeze_attention=_D.freeze_attention):
-    """Train `net` on the Dataset `train`, evaluating on `test` after every epoch.
+        freeze_attention=_D.freeze_attention, eval_every=_D.eval_every):
+    """Train `net` on the Dataset `train`, evaluating on `test` after every epoch (every
+    eval_every epochs and after the last one: the other records have no test entries).
 
     Returns the history: one dict per epoch (epoch, lr, beta, train_loss, train_acc,
     test_loss, test_acc, test_acc_hard (SAL), attn_maxp, attn_onehot, time_s,
@@ -408,6 +409,8 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
         raise ValueError(f"fit: seed={seed!r}: must be an integer in [0, 2**64)")
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"fit: epochs={epochs!r}: must be an integer >= 1")
+    if not isinstance(eval_every, int) or isinstance(eval_every, bool) or eval_every < 1:
+        raise ValueError(f"fit: eval_every={eval_every!r}: must be an integer >= 1")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"fit: batch_size={batch_size!r}: must be an integer >= 1")
     _check_dataset("train", train, net)
@@ -564,7 +567,7 @@ def fit(net, train, test=None, epochs=_D.epochs, batch_size=_D.batch_size, lr=_D
             train_time = time.perf_counter() - t0
             rec = {"epoch": epoch + 1, "lr": lr_e, "beta": net.beta if is_sal else None,
                    "train_loss": loss_sum / seen, "train_acc": correct / seen}
-            if test is not None:
+            if test is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
                 rec["test_loss"], rec["test_acc"] = evaluate(net, test, eval_batch_size)
                 if not math.isfinite(rec["test_loss"]):
                     _diverged(good, epoch, opt.steps, where(), "on the test set after")
