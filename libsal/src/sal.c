@@ -4,9 +4,10 @@
  *   s = std(a) (unbiased, no mean subtraction), p = softmax(beta * a / s)
  *   (s = 0 or beta = 0: p = 1/9; the max is subtracted before exp), hard: p <- (p > 0.5);
  *   with a mask (d->mask, stepwise pruning) s stays the std of all 9 logits and the
- *   softmax runs over the allowed positions only, p = 0 elsewhere (sal/shift.h, "Masks");
+ *   softmax runs over the allowed positions only, p = 0 elsewhere (sal/attention.h, "Masks");
  *   W_eff[o,c,q] = p[o|0, c, q] * w[o,c,q];  y = conv3x3(x, W_eff, stride S, padding 1).
- * The convolution is sal_conv_fwd / sal_conv_bwd (im2col + GEMM); the attention adds
+ * The convolution is sal_conv_fwd / sal_conv_bwd (Winograd at stride 1, the blocked direct
+ * kernel at stride 2: conv.c's rule); the attention adds
  * O(O*C*9) work next to the O(N*Ho*Wo*O*C*9) of the convolution.
  *
  * Backward (DESIGN.md 1.4), with g = dL/dW_eff from sal_conv_bwd, n = 9, abar = mean(a):
@@ -89,7 +90,7 @@ size_t sal_sal_scratch(const sal_sal_desc *d) {
 }
 
 /* mean and unbiased std of the 9 logits a (a mask does not change them: see "Masks" in
- * sal/shift.h) */
+ * sal/attention.h) */
 static double slice_std(const float *a, double *mean_out) {
     double mean = 0.0, var = 0.0;
     for (int q = 0; q < SAL_KK; q++) mean += a[q];
