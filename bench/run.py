@@ -615,6 +615,13 @@ def report(args, data, mach, sz):
         cells.append(f"{gf:.1f} ({100 * gf / peak:.1f} %)")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    if data.get("conv3x3"):
+        lines.append("### The convolutions of a CL ResNet-20, layer by layer "
+                     f"(`PYTHONPATH=python python bench/bench_conv3x3.py --threads {args.threads} "
+                     f"--repeats {sz['repeats']}`, in the same run)")
+        lines.append("")
+        lines.append(data["conv3x3"].strip().replace("\n### ", "\n#### "))
+        lines.append("")
     lines.append("### Peak RSS growth of training steps (MiB; a fresh process each: network, "
                  "batch and optimiser built, VmHWM reset, then the first 3 steps; growth = peak "
                  "- RSS before them, so salnp's buffers allocated once are counted)")
@@ -735,6 +742,15 @@ def main():
     for th in args.infer_threads:
         a = argparse.Namespace(**{**vars(args), "threads": th})
         data["infer"] += spawn(a, "infer", extra, preload=pre)["infer"]
+    # 2b. the convolutions of a CL ResNet-20 layer by layer (bench/bench_conv3x3.py)
+    if not args.quick:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([SALNP_PATH, os.environ.get("PYTHONPATH", "")]))
+        if pre:
+            env["LD_PRELOAD"] = pre
+        data["conv3x3"] = subprocess.run(
+            [sys.executable, os.path.join(HERE, "bench_conv3x3.py"), "--threads",
+             str(args.threads), "--repeats", str(sz["repeats"])], env=env, check=True,
+            stdout=subprocess.PIPE, text=True, timeout=7200).stdout
     # 3. peak RSS growth
     data["rss"] = {}
     for key in ("cl", "sal"):
