@@ -3,18 +3,24 @@ import statistics
 import time
 
 
-def interleaved(fns, repeats=15, warmup=2):
-    """Time each callable in fns, round-robin, `repeats` times; returns median seconds each."""
+def interleave(fns, repeats=15, warmup=2, clock=time.perf_counter):
+    """Time each callable in fns, round-robin, `repeats` times after `warmup` calls each;
+    returns the list of seconds of each."""
     for f in fns:
         for _ in range(warmup):
             f()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):
-            t = time.perf_counter()
+            t = clock()
             f()
-            times[i].append(time.perf_counter() - t)
-    return [statistics.median(t) for t in times]
+            times[i].append(clock() - t)
+    return times
+
+
+def interleaved(fns, repeats=15, warmup=2):
+    """Time each callable in fns, round-robin, `repeats` times; returns median seconds each."""
+    return [statistics.median(t) for t in interleave(fns, repeats, warmup)]
 
 
 def table(header, rows):

@@ -37,6 +37,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+from common import interleave  # noqa: E402  (bench/common.py)
 try:                      # the installed salnp, or the one on PYTHONPATH
     import salnp as _salnp
 except ImportError:       # else the development tree (bash scripts/dev-build.sh)
@@ -129,18 +130,6 @@ def stats(times, n_images):
     return {"median": statistics.median(rates), "lo": rates[0], "hi": rates[-1],
             "ms": 1e3 * statistics.median(times)}
 
-
-def interleave(fns, repeats, warmup):
-    for f in fns:
-        for _ in range(warmup):
-            f()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            t = time.perf_counter()
-            f()
-            times[i].append(time.perf_counter() - t)
-    return times
 
 
 def sizes(quick):
