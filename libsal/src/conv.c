@@ -289,8 +289,52 @@ sal_status sal_conv_fwd_epi(float *y, const float *x, const float *w, const sal_
     return conv_fwd(y, x, w, d, scratch, epi);
 }
 
+/* A call of fewer multiply-adds than this (direct convolution's count, N O C K^2 Ho Wo)
+ * runs on the calling thread alone.  Handing work to the pool and waiting for it costs
+ * 18-30 us on the 2-core machine (an empty sal_parallel at 2 threads, loaded), while a
+ * batch-1 ResNet-20 layer (2.4M multiply-adds) takes 16-28 us on one thread: split over
+ * two threads it took 130-150 us (median; best 32-41 us) on the loaded machine
+ * (bench/RESULTS_conv.md).  2^22 keeps every batch-1 layer of a CIFAR ResNet on one
+ * thread; on that loaded machine two threads lost up to batch 16, which a quiet machine
+ * would not show, so the bound stays where half the work plus a hand-off of ~10 us
+ * about equals the whole. */
+#define CONV_SERIAL_MACS ((int64_t)1 << 22)
+
+static int64_t conv_macs(const sal_conv_desc *d, const sal_act *ya) {
+    int64_t m = d->x.n;   /* sal_conv_check bounded every factor: saturate, never wrap */
+    const int64_t f[5] = {d->o, d->x.c, d->k * d->k, ya->h, ya->w};
+    for (int i = 0; i < 5; i++)
+        if (!sal_mul_ok(m, f[i], &m)) return INT64_MAX;
+    return m;
+}
+
+/* *one: d with one thread, when the call is too small to share (CONV_SERIAL_MACS): the
+ * pass then runs serially (sal_serial_begin); returns d or one */
+static const sal_conv_desc *conv_small(const sal_conv_desc *d, const sal_act *ya,
+                                       sal_conv_desc *one) {
+    if (conv_macs(d, ya) >= CONV_SERIAL_MACS) return d;
+    *one = *d;
+    one->threads = 1;
+    return one;
+}
+
+static sal_status conv_fwd_run(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                               float *scratch, const sal_conv_epi *epi);
+
 static sal_status conv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
                            float *scratch, const sal_conv_epi *epi) {
+    sal_act ya;
+    SAL_TRY(sal_conv_check(d, &ya));
+    sal_conv_desc one;
+    const sal_conv_desc *dd = conv_small(d, &ya, &one);
+    const int serial = dd == d ? -1 : sal_serial_begin();
+    const sal_status s = conv_fwd_run(y, x, w, dd, scratch, epi);
+    if (serial >= 0) sal_serial_end(serial);
+    return s;
+}
+
+static sal_status conv_fwd_run(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                               float *scratch, const sal_conv_epi *epi) {
     sal_act ya;
     SAL_TRY(sal_conv_check(d, &ya));
     const int nt = sal_threads();
@@ -334,9 +378,24 @@ static sal_status conv_fwd(float *y, const float *x, const float *w, const sal_c
     return SAL_OK;
 }
 
+static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const sal_conv_desc *d, float *scratch);
+
 /* dx (N,C,H,W) += dL/dx, dw (O,C,K,K) += dL/dw, from dy (N,O,Ho,Wo); either may be NULL */
 sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
                         const sal_conv_desc *d, float *scratch) {
+    sal_act ya;
+    SAL_TRY(sal_conv_check(d, &ya));
+    sal_conv_desc one;
+    const sal_conv_desc *dd = conv_small(d, &ya, &one);
+    const int serial = dd == d ? -1 : sal_serial_begin();
+    const sal_status s = conv_bwd_run(dx, dw, dy, x, w, dd, scratch);
+    if (serial >= 0) sal_serial_end(serial);
+    return s;
+}
+
+static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const sal_conv_desc *d, float *scratch) {
     sal_act ya;
     SAL_TRY(sal_conv_check(d, &ya));
     const int nt = sal_threads();
