@@ -516,6 +516,90 @@ def test_winograd_training_matches_direct(conv_algo):
     assert dev[0] <= 1e-5 * direct[0], (wino, direct)   # the same forward, to rounding
     assert np.all(dev <= 2 * envelope + 1e-5), (dev, envelope)
     assert np.any(dev > 0)                               # the two runs took different paths
+# ---------------------------------------------------------------- the weights cache
+# Evaluation forwards keep each Winograd / blocked layer's prepared weights (sal/conv.h,
+# "The weights cache"), keyed by address and checked against a digest of the weights.
+# The tests change the weights in place -- the address stays the cached one -- and compare
+# with a network that never saw the old weights: bit for bit, since the same kernels run
+# on the same values.  A cache that missed a change would return the old weights' result.
+
+def _fresh_eval(net, x):
+    other = salnp.models.resnet(8, 16, layer="cl", seed=99)
+    other.load_state_dict(net.state_dict())
+    return other.forward(x, train=False)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_weights_cache_sees_every_change(isa, threads, rng):
+    salnp.set_num_threads(threads)
+    net = salnp.models.resnet(8, 16, layer="cl", seed=1)
+    x = rng.standard_normal((3, 3, 32, 32), dtype=np.float32)
+    # the layers it caches: Winograd (16 channels, 32x32; 32, 16x16) and blocked (stride 2)
+    assert ops.conv2d_algo((16, 3, 32, 32), (16, 16, 3, 3), 1, 1, layout="CNHW")["forward"] \
+        == "winograd4x4"
+    assert ops.conv2d_algo((16, 3, 32, 32), (32, 16, 3, 3), 2, 1, layout="CNHW")["forward"] \
+        == "blocked-direct"
+    y0 = net.forward(x, train=False)
+    np.testing.assert_array_equal(net.forward(x, train=False), y0)   # from the cache
+    np.testing.assert_array_equal(y0, _fresh_eval(net, x))
+    # a training step (the optimiser writes the arena in place)
+    opt = salnp.train.SGD(net, lr=0.05)
+    xb = rng.standard_normal((4, 3, 32, 32), dtype=np.float32)
+    net.zero_grad()
+    logits = net.forward(xb, train=True)
+    net.backward(rng.standard_normal(logits.shape, dtype=np.float32) / 4)
+    opt.step()
+    y1 = net.forward(x, train=False)
+    assert np.any(y1 != y0)
+    np.testing.assert_array_equal(y1, _fresh_eval(net, x))
+    # one weight of a Winograd layer and one of a blocked one, through NumPy views; a
+    # 1-ulp change too (the digest sees any one changed float)
+    params = dict(net.named_parameters())
+    for name, idx in (("layer1.0.conv2.weight", (5, 7, 2, 1)),
+                      ("layer2.0.conv1.weight", (31, 15, 2, 2)),
+                      ("layer2.0.conv2.weight", (0, 0, 0, 0))):
+        for change in ("big", "ulp"):
+            p = params[name]
+            y_before = net.forward(x, train=False)
+            p[idx] = p[idx] + 0.5 if change == "big" else np.nextafter(p[idx], np.float32(1))
+            y = net.forward(x, train=False)
+            if change == "big":
+                assert np.any(y != y_before), name
+            np.testing.assert_array_equal(y, _fresh_eval(net, x), err_msg=f"{name} {change}")
+    # load_state_dict into the same arena
+    state = salnp.models.resnet(8, 16, layer="cl", seed=7).state_dict()
+    net.load_state_dict(state)
+    np.testing.assert_array_equal(net.forward(x, train=False), _fresh_eval(net, x))
+
+
+def test_weights_cache_exported_network(isa, rng):
+    """An exported network's weights written in place (InferenceNet.weights), in each
+    cached layer (Winograd, blocked stride 2): the next forward equals a copy's that never
+    ran the old weights (the copies are kept, so that no copy reuses a freed address)."""
+    import copy
+    net = salnp.models.resnet(8, 16, layer="cl", seed=3)
+    for _ in range(2):
+        net.forward(rng.standard_normal((8, 3, 32, 32), dtype=np.float32), train=True)
+    inf = salnp.export(net)
+    x = rng.standard_normal((1, 3, 32, 32), dtype=np.float32)
+    y = inf.forward(x)
+    np.testing.assert_array_equal(inf.forward(x), y)
+    f = {k: i for i, k in enumerate(salnp.program.FIELDS)}
+    convs = [r for r in inf.ops if r[f["kind"]] == salnp.program.KINDS.index("conv")
+             and r[f["k"]] == 3 and (r[f["stride"]] == 2 or r[f["o"]] >= 16)]
+    assert len(convs) >= 4
+    copies = []
+    for r in convs:
+        cin = inf.channels[r[f["inp"]]]
+        at = int(r[f["p0"]]) + int(rng.integers(0, r[f["o"]] * cin * 9 - 1))
+        y_before = y
+        inf.weights[at] += np.float32(0.5)
+        y = inf.forward(x)
+        copies.append(copy.deepcopy(inf))
+        assert np.any(y != y_before), at
+        np.testing.assert_array_equal(y, copies[-1].forward(x), err_msg=f"weight {at}")
+
+
 # ---------------------------------------------------------------- the bad-input matrix
 # Every argument replaced by a bad or unusual value; the variant families and their
 # expected outcomes are in tests/hostile.py.

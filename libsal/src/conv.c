@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "internal/conv_internal.h"
+#include "internal/epilogue.h"
 
 #define SAL_CONV_SCRATCH_CAP ((int64_t)1 << 22)  /* floats of im2col per chunk (16 MiB) */
 
@@ -248,9 +249,92 @@ static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, con
     sal_parallel_for(d->x.c, sal_threads(), col2im_channels, &t);
 }
 
+/* the epilogue as a pass over a finished y (the kernels that do not fuse it) */
+static void conv_epilogue_pass(float *y, const sal_act *ya, const sal_conv_epi *e) {
+    if (!e || (!e->bias && !e->res && !e->relu)) return;
+    const int64_t hw = ya->h * ya->w;
+    if (ya->layout == SAL_CNHW) {   /* O planes of N*Ho*Wo */
+        sal_epilogue_planes(y, ya->c, ya->n * hw, e->bias, e->res, e->relu, e->res_post);
+        return;
+    }
+    for (int64_t n = 0; n < ya->n; n++)   /* NCHW: per image, O planes of Ho*Wo */
+        sal_epilogue_planes(y + n * ya->c * hw, ya->c, hw, e->bias,
+                            e->res ? e->res + n * ya->c * hw : NULL, e->relu, e->res_post);
+}
+
+static sal_status conv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                           float *scratch, const sal_conv_epi *epi);
+
 /* y (N,O,Ho,Wo) = conv(x (N,C,H,W), w (O,C,K,K)); scratch: sal_conv_scratch(d) floats */
 sal_status sal_conv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
                         float *scratch) {
+    return conv_fwd(y, x, w, d, scratch, NULL);
+}
+
+/* y = epi(conv(x, w)) (sal/conv.h) */
+sal_status sal_conv_fwd_epi(float *y, const float *x, const float *w, const sal_conv_epi *epi,
+                            const sal_conv_desc *d, float *scratch) {
+    const char *fn = "sal_conv_fwd_epi";
+    if (epi) {
+        SAL_REQUIRE(epi->relu == 0 || epi->relu == 1, fn, "epi.relu=%d: must be 0 or 1",
+                    epi->relu);
+        SAL_REQUIRE(epi->res_post == 0 || epi->res_post == 1, fn,
+                    "epi.res_post=%d: must be 0 or 1", epi->res_post);
+        SAL_REQUIRE(epi->reuse == 0 || epi->reuse == 1, fn, "epi.reuse=%d: must be 0 or 1",
+                    epi->reuse);
+        SAL_REQUIRE(!epi->res || epi->res != y, fn,
+                    "epi.res=y: the residual must not be the output (the kernels write y "
+                    "while they read it)");
+    }
+    return conv_fwd(y, x, w, d, scratch, epi);
+}
+
+/* A call of fewer multiply-adds than this (direct convolution's count, N O C K^2 Ho Wo)
+ * runs on the calling thread alone.  Handing work to the pool and waiting for it costs
+ * 18-30 us on the 2-core machine (an empty sal_parallel at 2 threads, loaded), while a
+ * batch-1 ResNet-20 layer (2.4M multiply-adds) takes 16-28 us on one thread: split over
+ * two threads it took 130-150 us (median; best 32-41 us) on the loaded machine
+ * (bench/RESULTS_conv.md).  2^22 keeps every batch-1 layer of a CIFAR ResNet on one
+ * thread; on that loaded machine two threads lost up to batch 16, which a quiet machine
+ * would not show, so the bound stays where half the work plus a hand-off of ~10 us
+ * about equals the whole. */
+#define CONV_SERIAL_MACS ((int64_t)1 << 22)
+
+static int64_t conv_macs(const sal_conv_desc *d, const sal_act *ya) {
+    int64_t m = d->x.n;   /* sal_conv_check bounded every factor: saturate, never wrap */
+    const int64_t f[5] = {d->o, d->x.c, d->k * d->k, ya->h, ya->w};
+    for (int i = 0; i < 5; i++)
+        if (!sal_mul_ok(m, f[i], &m)) return INT64_MAX;
+    return m;
+}
+
+/* *one: d with one thread, when the call is too small to share (CONV_SERIAL_MACS): the
+ * pass then runs serially (sal_serial_begin); returns d or one */
+static const sal_conv_desc *conv_small(const sal_conv_desc *d, const sal_act *ya,
+                                       sal_conv_desc *one) {
+    if (conv_macs(d, ya) >= CONV_SERIAL_MACS) return d;
+    *one = *d;
+    one->threads = 1;
+    return one;
+}
+
+static sal_status conv_fwd_run(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                               float *scratch, const sal_conv_epi *epi);
+
+static sal_status conv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                           float *scratch, const sal_conv_epi *epi) {
+    sal_act ya;
+    SAL_TRY(sal_conv_check(d, &ya));
+    sal_conv_desc one;
+    const sal_conv_desc *dd = conv_small(d, &ya, &one);
+    const int serial = dd == d ? -1 : sal_serial_begin();
+    const sal_status s = conv_fwd_run(y, x, w, dd, scratch, epi);
+    if (serial >= 0) sal_serial_end(serial);
+    return s;
+}
+
+static sal_status conv_fwd_run(float *y, const float *x, const float *w, const sal_conv_desc *d,
+                               float *scratch, const sal_conv_epi *epi) {
     sal_act ya;
     SAL_TRY(sal_conv_check(d, &ya));
     const int nt = sal_threads();
@@ -259,25 +343,28 @@ sal_status sal_conv_fwd(float *y, const float *x, const float *w, const sal_conv
     const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
     if (conv_is_pointwise(d)) {
         if (d->x.layout == SAL_CNHW)  /* Y (O, N*HW) = W (O, C) X (C, N*HW) */
-            return sal_sgemm(O, N * HWo, C, 1.0f, w, C, 1, x, xsc, 1, 0.0f, y, ysc, 1, nt);
-        for (int64_t n = 0; n < N; n++)
-            SAL_TRY(sal_sgemm(O, HWo, C, 1.0f, w, C, 1, x + n * xsn, xsc, 1, 0.0f, y + n * ysn,
-                              ysc, 1, nt));
+            SAL_TRY(sal_sgemm(O, N * HWo, C, 1.0f, w, C, 1, x, xsc, 1, 0.0f, y, ysc, 1, nt));
+        else
+            for (int64_t n = 0; n < N; n++)
+                SAL_TRY(sal_sgemm(O, HWo, C, 1.0f, w, C, 1, x + n * xsn, xsc, 1, 0.0f,
+                                  y + n * ysn, ysc, 1, nt));
+        conv_epilogue_pass(y, &ya, epi);
         return SAL_OK;
     }
     SAL_REQUIRE(scratch != NULL, "sal_conv_fwd", "scratch=NULL: needs %zu floats",
                 sal_conv_scratch(d));
     const conv_algo algo = conv_choose(d, SAL_CONV_FORWARD);
-    if (algo == ALGO_WINOGRAD) {
-        sal_wino_fwd(y, x, w, d, scratch);
+    if (algo == ALGO_WINOGRAD) {   /* the epilogue fused */
+        sal_wino_fwd(y, x, w, d, scratch, epi);
+        return SAL_OK;
+    }
+    if (algo == ALGO_BLOCKED) {
+        sal_dconv_fwd(y, x, w, d, scratch, epi);
         return SAL_OK;
     }
     if (algo == ALGO_DIRECT3X3) {
         sal_conv3x3_run(y, 0, x, d->x, O, w, 0, scratch, sal_conv3x3_threads(d));
-        return SAL_OK;
-    }
-    if (algo == ALGO_BLOCKED) {
-        sal_dconv_fwd(y, x, w, d, scratch);
+        conv_epilogue_pass(y, &ya, epi);
         return SAL_OK;
     }
     const int64_t chunk = conv_chunk(d, &ya);
@@ -287,12 +374,28 @@ sal_status sal_conv_fwd(float *y, const float *x, const float *w, const sal_conv
         SAL_TRY(sal_sgemm(O, B * HWo, CKK, 1.0f, w, CKK, 1, scratch, B * HWo, 1, 0.0f,
                           y + n0 * ysn, ysc, 1, nt));
     }
+    conv_epilogue_pass(y, &ya, epi);
     return SAL_OK;
 }
+
+static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const sal_conv_desc *d, float *scratch);
 
 /* dx (N,C,H,W) += dL/dx, dw (O,C,K,K) += dL/dw, from dy (N,O,Ho,Wo); either may be NULL */
 sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
                         const sal_conv_desc *d, float *scratch) {
+    sal_act ya;
+    SAL_TRY(sal_conv_check(d, &ya));
+    sal_conv_desc one;
+    const sal_conv_desc *dd = conv_small(d, &ya, &one);
+    const int serial = dd == d ? -1 : sal_serial_begin();
+    const sal_status s = conv_bwd_run(dx, dw, dy, x, w, dd, scratch);
+    if (serial >= 0) sal_serial_end(serial);
+    return s;
+}
+
+static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const sal_conv_desc *d, float *scratch) {
     sal_act ya;
     SAL_TRY(sal_conv_check(d, &ya));
     const int nt = sal_threads();

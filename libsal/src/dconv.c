@@ -28,6 +28,9 @@ typedef struct {
                        int64_t y0, int64_t x0, int64_t nr, int64_t ncol);
     void (*deinterleave)(float *dst, int64_t sc, int nch, int64_t W, int64_t y0, int64_t x0,
                          const float *src, int64_t srow, int64_t nr, int64_t ncol, int acc);
+    void (*epi_rows)(float *dst, int64_t sc, int nch, int64_t W, int64_t y0, int64_t x0,
+                     int64_t nr, int64_t ncol, const float *bias, const float *res, int relu,
+                     int res_post);
     void (*row)(float *out, int64_t ogs, const float *in, int64_t igs, const float *wt,
                 int64_t C, int nq, const int64_t *toff, const int *tix, int ntw, int64_t op,
                 int64_t nx, int si, int so);
@@ -206,6 +209,7 @@ typedef struct {
     const float *w;
     int64_t c, o, kk, cp, op;
     int grad;
+    int nt;   /* threads that reorder them */
 } wt_task;
 
 /* forward: wt[c][q][o] (o padded to op) = w[o][c][q]; input gradient: wt[o][q][c] (c padded
@@ -226,6 +230,13 @@ static void dconv_weights(void *ctx, int64_t a0, int64_t a1, int tid) {
         }
 }
 
+/* the forward's weights into dst (sal_wcache_fill_fn) */
+static void dconv_weights_into(void *ctx, float *dst) {
+    wt_task *t = ctx;
+    t->wt = dst;
+    sal_parallel_for(t->c, t->nt, dconv_weights, t);
+}
+
 /* ---- forward ------------------------------------------------------------------------------ */
 
 typedef struct {
@@ -235,6 +246,7 @@ typedef struct {
     const float *in, *wt;
     float *scratch;
     int64_t c, o, xsn, xsc, ysn, ysc;   /* channels and strides of x and y (dx and dy) */
+    const sal_conv_epi *epi;            /* forward: the epilogue, or NULL */
 } run_task;
 
 static void dconv_fwd_blocks(void *ctx, int tid, int nt) {
@@ -268,28 +280,46 @@ static void dconv_fwd_blocks(void *ctx, int tid, int nt) {
                 k->row(yi + i * yimg + y * p->wo * wl, ni * yimg, xi + i * ximg + S * y * xc * wl,
                        ni * ximg, t->wt, t->c, (int)(K * K), toff, tix, (int)(K * K), p->op, p->wo,
                        (int)S, 1);
+        const sal_conv_epi *e = t->epi;
         for (int64_t og = 0; og < p->op / wl; og++) {
             const int nch = (int)imin(wl, t->o - og * wl);
-            for (int64_t i = 0; i < ni; i++)
-                k->deinterleave(t->out + (n0 + i) * t->ysn + og * wl * t->ysc, t->ysc, nch, p->wo,
-                                y0, 0, yi + (og * ni + i) * yimg, p->wo * wl, ny, p->wo, 0);
+            for (int64_t i = 0; i < ni; i++) {
+                const int64_t off = (n0 + i) * t->ysn + og * wl * t->ysc;
+                k->deinterleave(t->out + off, t->ysc, nch, p->wo, y0, 0,
+                                yi + (og * ni + i) * yimg, p->wo * wl, ny, p->wo, 0);
+                if (e)
+                    k->epi_rows(t->out + off, t->ysc, nch, p->wo, y0, 0, ny, p->wo,
+                                e->bias ? e->bias + og * wl : NULL, e->res ? e->res + off : NULL,
+                                e->relu, e->res_post);
+            }
         }
     }
 }
 
 void sal_dconv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
-                   float *scratch) {
+                   float *scratch, const sal_conv_epi *epi) {
     const int nt = dconv_threads(d);
     const dconv_kernels *k = DCONV[sal_cpu_isa()];
     dplan p;
     (void)dconv_plan(&p, d, DC_FWD, k->wl, nt);   /* true: sal_dconv_applies checked it */
     scratch = dconv_align(scratch);
     const sal_act ya = {d->x.n, d->o, p.ho, p.wo, d->x.layout};
-    wt_task wt = {scratch, w, d->x.c, d->o, p.k * p.k, p.cp, p.op, 0};
-    sal_parallel_for(d->x.c, nt, dconv_weights, &wt);
-    run_task rt = {k, &p, y, x, scratch, scratch + p.shared, d->x.c, d->o, sal_act_sn(d->x),
-                   sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya)};
+    wt_task wt = {scratch, w, d->x.c, d->o, p.k * p.k, p.cp, p.op, 0, nt};
+    const float *wp = NULL;
+    sal_wcache_entry *pin = NULL;
+    if (epi && epi->reuse) {
+        const sal_wcache_key key = {SAL_WC_DCONV_FWD, k->wl, d->x.c, d->o, d->k};
+        wp = sal_wcache_get(w, d->o * d->x.c * p.k * p.k, &key,
+                            (size_t)(d->x.c * p.k * p.k * p.op), dconv_weights_into, &wt, &pin);
+    }
+    if (!wp) {
+        dconv_weights_into(&wt, scratch);
+        wp = scratch;
+    }
+    run_task rt = {k, &p, y, x, wp, scratch + p.shared, d->x.c, d->o, sal_act_sn(d->x),
+                   sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya), epi};
     sal_parallel(p.nt, dconv_fwd_blocks, &rt);
+    sal_wcache_release(pin);
 }
 
 /* ---- input gradient ------------------------------------------------------------------------ */
@@ -354,10 +384,10 @@ void sal_dconv_bwd_data(float *dx, const float *dy, const float *w, const sal_co
     (void)dconv_plan(&p, d, DC_BWD_DATA, k->wl, nt);
     scratch = dconv_align(scratch);
     const sal_act ya = {d->x.n, d->o, p.ho, p.wo, d->x.layout};
-    wt_task wt = {scratch, w, d->x.c, d->o, p.k * p.k, p.cp, p.op, 1};
+    wt_task wt = {scratch, w, d->x.c, d->o, p.k * p.k, p.cp, p.op, 1, nt};
     sal_parallel_for(d->o, nt, dconv_weights, &wt);
     run_task rt = {k, &p, dx, dy, scratch, scratch + p.shared, d->x.c, d->o, sal_act_sn(d->x),
-                   sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya)};
+                   sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya), NULL};
     sal_parallel(p.nt, dconv_dgrad_blocks, &rt);
 }
 

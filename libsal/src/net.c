@@ -666,9 +666,8 @@ static sal_status forward_op(sal_net *net, int64_t i, const float *params, float
             break;
         }
         const sal_conv_desc d = conv_desc(op, si, n, threads);
-        SAL_TRY(sal_conv_fwd(y, in, params + op->p0, &d, scratch));
-        sal_epilogue_planes(y, op->o, sal_program_numel(&net->p, op->out, n) / op->o, bias,
-                            res, (int)op->relu, (int)op->res_post);
+        const sal_conv_epi e = {bias, res, (int)op->relu, (int)op->res_post, !net->train};
+        SAL_TRY(sal_conv_fwd_epi(y, in, params + op->p0, &e, &d, scratch));
         break;
     }
     case SAL_OP_SAL: {

@@ -35,6 +35,9 @@ typedef struct {
                        int64_t y0, int64_t x0, int64_t nr, int64_t ncol);
     void (*deinterleave)(float *dst, int64_t sc, int nch, int64_t W, int64_t y0, int64_t x0,
                          const float *src, int64_t srow, int64_t nr, int64_t ncol, int acc);
+    void (*epi_rows)(float *dst, int64_t sc, int nch, int64_t W, int64_t y0, int64_t x0,
+                     int64_t nr, int64_t ncol, const float *bias, const float *res, int relu,
+                     int res_post);
     void (*tf_in)(float *v, const float *xi, int64_t xrow, int64_t nty, int64_t ntx,
                   int64_t t0);
     void (*tf_out)(float *yi, int64_t yrow, const float *m, int64_t nty, int64_t ntx,
@@ -228,6 +231,7 @@ typedef struct {
     const float *du;
     int64_t ndu_stride;   /* floats between the threads' dU */
     int nparts;
+    int nt;         /* threads that transform the weights */
 } wts_task;
 
 /* the transformed weights of rows [a0, a1) (sal_range_fn) */
@@ -235,6 +239,13 @@ static void wino_weights_rows(void *ctx, int64_t a0, int64_t a1, int tid) {
     const wts_task *t = ctx;
     const wplan *p = t->p;
     t->k->weights(t->u, t->w, p->ci, p->co, p->cip, p->cop, t->flip, a0, a1);
+}
+
+/* U (36, cip, cop) into dst (sal_wcache_fill_fn) */
+static void wino_weights_into(void *ctx, float *dst) {
+    wts_task *t = ctx;
+    t->u = dst;
+    sal_parallel_for(t->p->cip, t->nt, wino_weights_rows, t);
 }
 
 /* ---- forward and input gradient ------------------------------------------------------- */
@@ -248,6 +259,7 @@ typedef struct {
     float *scratch;        /* per-thread buffers start here */
     int64_t isn, isc, osn, osc;
     int acc;
+    const sal_conv_epi *epi;   /* forward: the epilogue, or NULL */
 } run_task;
 
 static void wino_run_blocks(void *ctx, int tid, int nt) {
@@ -276,20 +288,27 @@ static void wino_run_blocks(void *ctx, int tid, int nt) {
                        (size_t)((p->tp - T) * 36 * wl) * sizeof(float));
         k->gemm(m, v, t->u, p->tp, p->ci, cip, cop);
         const int64_t nr = imin(4 * bk.nty, H - 4 * bk.ty0), nc = imin(4 * bk.ntx, W - 4 * bk.tx0);
+        const sal_conv_epi *e = t->epi;
         for (int64_t og = 0; og < cop / wl; og++) {
             const int nch = (int)imin(wl, p->co - og * wl);
             for (int64_t i = 0; i < bk.ni; i++) {
                 k->tf_out(yi, yrow, m + og * p->tp * 36 * wl, bk.nty, bk.ntx, i * per_img);
-                k->deinterleave(t->out + (bk.n0 + i) * t->osn + og * wl * t->osc, t->osc, nch, W,
-                                4 * bk.ty0, 4 * bk.tx0, yi, yrow, nr, nc, t->acc);
+                const int64_t off = (bk.n0 + i) * t->osn + og * wl * t->osc;
+                k->deinterleave(t->out + off, t->osc, nch, W, 4 * bk.ty0, 4 * bk.tx0, yi, yrow,
+                                nr, nc, t->acc);
+                if (e)
+                    k->epi_rows(t->out + off, t->osc, nch, W, 4 * bk.ty0, 4 * bk.tx0, nr, nc,
+                                e->bias ? e->bias + og * wl : NULL, e->res ? e->res + off : NULL,
+                                e->relu, e->res_post);
             }
         }
     }
 }
 
-/* out = (acc: +=) conv3x3(in) for the pass (forward, or input gradient with dy as input) */
+/* out = (acc: +=) conv3x3(in) for the pass (forward, or input gradient with dy as input);
+ * the forward's epilogue and weights cache: epi (or NULL) */
 static void wino_conv(float *out, const float *in, const float *w, const sal_conv_desc *d,
-                      float *scratch, int pass) {
+                      float *scratch, int pass, const sal_conv_epi *epi) {
     const int nt = wino_threads(d);
     const wino_kernels *k = WINO[sal_cpu_isa()];
     wplan p;
@@ -297,21 +316,33 @@ static void wino_conv(float *out, const float *in, const float *w, const sal_con
     scratch = wino_align(scratch);
     const sal_act xa = d->x, ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
     const sal_act ia = pass == WINO_BWD_DATA ? ya : xa, oa = pass == WINO_BWD_DATA ? xa : ya;
-    wts_task wt = {k, scratch, w, &p, d->x.c, pass == WINO_BWD_DATA, NULL, NULL, 0, 0};
-    sal_parallel_for(p.cip, nt, wino_weights_rows, &wt);
-    run_task rt = {k, &p, out, in, scratch, scratch + p.shared, sal_act_sn(ia), sal_act_sc(ia),
-                   sal_act_sn(oa), sal_act_sc(oa), pass == WINO_BWD_DATA};
+    wts_task wt = {k, scratch, w, &p, d->x.c, pass == WINO_BWD_DATA, NULL, NULL, 0, 0, nt};
+    const float *u = NULL;
+    sal_wcache_entry *pin = NULL;
+    if (epi && epi->reuse && pass == WINO_FWD) {
+        const sal_wcache_key key = {SAL_WC_WINO_FWD, k->wl, d->x.c, d->o, 3};
+        u = sal_wcache_get(w, d->o * d->x.c * 9, &key, (size_t)(36 * p.cip * p.cop),
+                           wino_weights_into, &wt, &pin);
+    }
+    if (!u) {
+        wino_weights_into(&wt, scratch);
+        u = scratch;
+    }
+    run_task rt = {k, &p, out, in, u, scratch + p.shared, sal_act_sn(ia), sal_act_sc(ia),
+                   sal_act_sn(oa), sal_act_sc(oa), pass == WINO_BWD_DATA,
+                   pass == WINO_FWD ? epi : NULL};
     sal_parallel(p.nt, wino_run_blocks, &rt);
+    sal_wcache_release(pin);
 }
 
 void sal_wino_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
-                  float *scratch) {
-    wino_conv(y, x, w, d, scratch, WINO_FWD);
+                  float *scratch, const sal_conv_epi *epi) {
+    wino_conv(y, x, w, d, scratch, WINO_FWD, epi);
 }
 
 void sal_wino_bwd_data(float *dx, const float *dy, const float *w, const sal_conv_desc *d,
                        float *scratch) {
-    wino_conv(dx, dy, w, d, scratch, WINO_BWD_DATA);
+    wino_conv(dx, dy, w, d, scratch, WINO_BWD_DATA, NULL);
 }
 
 /* ---- weight gradient --------------------------------------------------------------------- */
@@ -384,7 +415,7 @@ void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_
                   sal_act_sc(ya)};
     sal_parallel(p.nt, wino_wgrad_blocks, &gt);
     const float *du0 = scratch + p.nxi + p.nv + p.nm + p.nyi;
-    wts_task ft = {k, NULL, NULL, &p, d->x.c, 0, dw, du0, p.per, p.nt};
+    wts_task ft = {k, NULL, NULL, &p, d->x.c, 0, dw, du0, p.per, p.nt, nt};
     sal_parallel_for(d->o, nt, wino_wgrad_finish, &ft);
 }
 
@@ -469,13 +500,13 @@ void sal_wino_bwd(float *dx, float *dw, const float *dy, const float *x, const f
     pu.co = p.ci;
     pu.cip = p.cop;
     pu.cop = p.cip;
-    wts_task wt = {k, scratch, w, &pu, d->x.c, 1, NULL, NULL, 0, 0};
+    wts_task wt = {k, scratch, w, &pu, d->x.c, 1, NULL, NULL, 0, 0, nt};
     sal_parallel_for(pu.cip, nt, wino_weights_rows, &wt);
     const sal_act ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
     both_task bt = {k, &p, dx, x, dy, scratch, scratch + p.shared, sal_act_sn(d->x),
                     sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya)};
     sal_parallel(p.nt, wino_both_blocks, &bt);
     const float *du0 = scratch + p.shared + p.nxi + p.nv + p.nm + p.nyi;
-    wts_task ft = {k, NULL, NULL, &p, d->x.c, 0, dw, du0, p.per, p.nt};
+    wts_task ft = {k, NULL, NULL, &p, d->x.c, 0, dw, du0, p.per, p.nt, nt};
     sal_parallel_for(d->o, nt, wino_wgrad_finish, &ft);
 }

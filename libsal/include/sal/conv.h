@@ -29,6 +29,50 @@ sal_status sal_conv_fwd(float *y, const float *x, const float *w,
 sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x,
                         const float *w, const sal_conv_desc *d, float *scratch);
 
+/* ---- forward with a fused epilogue, and the weights cache ------------------------------
+ * y = epi(conv(x, w)): + bias per output channel, + a residual before or after a ReLU, as
+ * an exported layer computes (sal/net.h), fused into the kernels' stores where they have
+ * them (Winograd, the blocked direct kernels), a pass over y elsewhere; bit for bit what
+ * sal_conv_fwd followed by that pass computes.  epi NULL: sal_conv_fwd.
+ *
+ * reuse = 1 declares that the same weights will come again (an evaluation forward): the
+ * kernels then keep their prepared form of w (Winograd's transformed U, the blocked
+ * kernels' reordered weights) in the weights cache and use it on the next call instead of
+ * preparing it again -- at batch 1 that was a third of an exported ResNet-20's time.
+ * Nothing has to be told when the weights change: an entry is keyed by the weights'
+ * address, the layer's shape and the instruction set, and checked against a 2048-bit
+ * digest of the weights' bits on every call (one read of w; a change of any one float is
+ * always seen, several changes go unseen with probability about 2^-64; wcache.c).  The
+ * cache holds at most sal_conv_cache_limit bytes (default 64 MiB, or the environment's
+ * SAL_CONV_CACHE_MB, read once; 0: off), freeing the least recently used entries; it is
+ * shared by the process's threads (a mutex, never held while weights are prepared). */
+typedef struct {
+    const float *bias;   /* (O), or NULL */
+    const float *res;    /* (N, O, Ho, Wo) in y's layout, not y itself; or NULL */
+    int relu;            /* 0 or 1 */
+    int res_post;        /* 0: y = relu(conv + bias + res); 1: y = relu(conv + bias) + res */
+    int reuse;           /* 0 or 1: keep the prepared weights in the weights cache */
+} sal_conv_epi;
+
+sal_status sal_conv_fwd_epi(float *y, const float *x, const float *w, const sal_conv_epi *epi,
+                            const sal_conv_desc *d, float *scratch);
+
+typedef struct {
+    int64_t limit, bytes, entries;   /* bytes the cache may hold, holds; entries */
+    int64_t hits, misses;            /* lookups since the last clear */
+} sal_conv_cache_info;
+/* bytes in [0, 2^50]: the most the cache holds (0: off; lowering it frees entries) */
+sal_status sal_conv_cache_limit(int64_t bytes);
+void sal_conv_cache_stats(sal_conv_cache_info *info);
+/* frees every entry no call is using, and zeroes the counts */
+void sal_conv_cache_clear(void);
+/* the cache's digest of nw floats (32 lanes of 64 bits, defined in ref/wcache_ref.c) as
+ * the current ISA computes it, and its scalar twin: for tests */
+#define SAL_CONV_DIGEST_LANES 32
+void sal_conv_cache_digest(const float *w, int64_t nw, uint64_t out[SAL_CONV_DIGEST_LANES]);
+void sal_ref_conv_cache_digest(const float *w, int64_t nw,
+                               uint64_t out[SAL_CONV_DIGEST_LANES]);
+
 /* ---- algorithm of each pass ------------------------------------------------
  * sal_conv_fwd / sal_conv_bwd choose per pass among
  *   "gemm1x1"      1x1 / stride 1 / no padding: the convolution is one GEMM, no copy
