@@ -626,3 +626,27 @@ OPS_ROWS = _matrix_ops(OPS_SPECS)
 @pytest.mark.parametrize("row", OPS_ROWS, ids=[f"{r[0].name}-{r[1]}-{r[2]}" for r in OPS_ROWS])
 def test_ops_matrix(row):
     check_ops_row(row)
+
+
+def test_conv_cache_binding(rng):
+    """salnp._core.conv_cache: an evaluation forward fills the weights cache, clear empties
+    it, limit 0 turns it off with the same outputs; a bad limit names the rule."""
+    from salnp import _core
+    old = _core.conv_cache()["limit"]
+    try:
+        net = salnp.models.resnet(8, 8, "cl", seed=1)
+        x = rng.standard_normal((2, 3, 16, 16), dtype=np.float32)
+        _core.conv_cache(clear=True)
+        y0 = net.forward(x, train=False)
+        info = _core.conv_cache()
+        assert info["entries"] >= 1 and 0 < info["bytes"] <= info["limit"]
+        assert _core.conv_cache(clear=True)["entries"] == 0
+        assert _core.conv_cache(limit=0) == {"limit": 0, "bytes": 0, "entries": 0}
+        np.testing.assert_array_equal(net.forward(x, train=False), y0)
+        assert _core.conv_cache()["entries"] == 0
+        with pytest.raises(ValueError, match=r"bytes=-1: must be in \[0, 2\^50\]"):
+            _core.conv_cache(limit=-1)
+        with pytest.raises(TypeError, match="limit must be an integer"):
+            _core.conv_cache(limit="1")
+    finally:
+        _core.conv_cache(limit=old)

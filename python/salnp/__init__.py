@@ -57,6 +57,7 @@ def config() -> dict:
     info["salnp"] = __version__
     info["numpy"] = numpy.__version__
     info["python"] = platform.python_version()
+    info["conv_cache"] = _core.conv_cache()
     return info
 
 
@@ -72,3 +73,6 @@ def show_config() -> None:
     print(f"kernels: {c['isa']} (SAL_ISA=avx2|base caps them)")
     print(f"threads: {c['threads']} (libsal's pthread pool: loops and GEMMs, BLIS called with "
           f"1 thread; salnp.set_num_threads)")
+    cc = c["conv_cache"]
+    print(f"convolution weights cache: {cc['entries']} entries, {cc['bytes'] / 2**20:.1f} of "
+          f"{cc['limit'] / 2**20:.0f} MiB (salnp._core.conv_cache; SAL_CONV_CACHE_MB)")

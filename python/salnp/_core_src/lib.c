@@ -64,7 +64,38 @@ PyDoc_STRVAR(set_isa_doc,
         "Cap libsal's kernels at 'base', 'avx2' or 'avx512' (None or 'auto': the CPU's best); "
         "for tests and benchmarks."));
 
+static PyObject *core_conv_cache(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"limit", "clear", NULL};
+    PyObject *olimit = Py_None;
+    int clear = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|O$p:conv_cache", kwlist, &olimit, &clear))
+        return NULL;
+    if (olimit != Py_None) {
+        long long bytes = 0;
+        if (i64_arg(olimit, "conv_cache", "limit", &bytes)) return NULL;
+        sal_status s = sal_conv_cache_limit(bytes);
+        if (s != SAL_OK) {
+            PyErr_SetString(PyExc_ValueError, sal_last_error());
+            return NULL;
+        }
+    }
+    if (clear) sal_conv_cache_clear();
+    sal_conv_cache_info ci;
+    sal_conv_cache_stats(&ci);
+    return Py_BuildValue("{s:L,s:L,s:L}", "limit", (long long)ci.limit, "bytes",
+                         (long long)ci.bytes, "entries", (long long)ci.entries);
+}
+PyDoc_STRVAR(conv_cache_doc,
+    DOC("conv_cache(limit=None, *, clear=False)", " -> dict",
+        "The convolutions' weights cache (sal/conv.h: evaluation forwards keep Winograd's\n"
+        "transformed and the stride-2 kernels' reordered weights, checked against a digest of\n"
+        "the weights on every call): limit sets the most bytes it may hold (0: off; default\n"
+        "64 MiB or SAL_CONV_CACHE_MB), clear=True empties it.  Returns its limit, bytes and\n"
+        "entries after that."));
+
 PyMethodDef core_lib_methods[] = {
+    {"conv_cache", (PyCFunction)(void (*)(void))core_conv_cache, METH_VARARGS | METH_KEYWORDS,
+     conv_cache_doc},
     {"get_isa", core_get_isa, METH_NOARGS, get_isa_doc},
     {"set_isa", core_set_isa, METH_O, set_isa_doc},
     {"blas_info", core_blas_info, METH_NOARGS, blas_info_doc},
