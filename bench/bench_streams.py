@@ -5,6 +5,7 @@ op over the whole batch, the activations through DRAM between ops), and onnxrunt
 
     PYTHONPATH=python python bench/bench_streams.py [--models sal,sal-shared,sl,asl]
         [--threads 1,2] [--batches 1,128] [--repeats 7] [--chunks 1,4] [--pause 0.01]
+        [--clock wall|cpu] [--profile]
 
 Per (family, batch, threads) the callables run round-robin `repeats` times after a warm-up;
 each round gives one ratio onnxruntime time / salnp time (above 1: salnp faster); the
@@ -16,6 +17,11 @@ onnxruntime's pool threads spin-wait after a run (session.intra_op.allow_spinnin
 default: we leave its default, its best setting for latency), and a spinning thread
 would steal a core from the next callable in the round.  Every call is therefore followed
 by a pause (--pause seconds, untimed) for every runtime alike, longer than the spin.
+--clock cpu times process CPU seconds instead of wall time, at 1 thread only (both
+runtimes then run on the calling thread): a figure a loaded host barely disturbs, since
+it does not count the time other processes hold the core.  --profile prints salnp's
+per-op thread CPU time per image (sal_net_profile) at 1 thread, by op kind and shape.
+
 Networks as bench_onnx.py builds them; every output is checked first against salnp's
 whole-batch forward (<= 1e-4 of the largest logit).
 """
@@ -35,7 +41,7 @@ from bench_onnx import MODELS, build  # noqa: E402
 from common import table  # noqa: E402
 
 
-def rounds(fns, repeats, warmup, pause):
+def rounds(fns, repeats, warmup, pause, clock=time.perf_counter):
     """times[i][r]: seconds of callable i in round r (round-robin, a pause after each)."""
     for f in fns:
         for _ in range(warmup):
@@ -44,11 +50,37 @@ def rounds(fns, repeats, warmup, pause):
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):
-            t = time.perf_counter()
+            t = clock()
             f()
-            times[i].append(time.perf_counter() - t)
+            times[i].append(clock() - t)
             time.sleep(pause)
     return times
+
+
+KINDS = None
+
+
+def profile(inf, eng, x, reps=5):
+    """salnp's per-op thread CPU microseconds per image at 1 thread, summed by op kind and
+    shape: [(label, ops, us)] largest first, and the total."""
+    global KINDS
+    KINDS = KINDS or _core.NET_KINDS
+    salnp.set_num_threads(1)
+    _core.net_set_streams(eng, -1)
+    inf.forward(x)
+    _core.net_profile(eng, True)
+    for _ in range(reps):
+        inf.forward(x)
+    sec = _core.net_profile(eng, False) * 1e6 / reps / len(x)
+    prog = inf.engine.program
+    shapes, table = prog.shapes(x.shape[1:]), prog.table()
+    agg = {}
+    for i, us in enumerate(sec):
+        kind, si, so = KINDS[int(table[i][0])], shapes[int(table[i][1])], shapes[int(table[i][2])]
+        label = f"{kind} {si[0]}>{so[0]} {si[1]}x{si[2]}>{so[1]}x{so[2]}"
+        n, t = agg.get(label, (0, 0.0))
+        agg[label] = (n + 1, t + us)
+    return sorted(((k, n, t) for k, (n, t) in agg.items()), key=lambda r: -r[2]), sec.sum()
 
 
 def main():
@@ -59,7 +91,12 @@ def main():
     ap.add_argument("--repeats", type=int, default=7, help="batch >= 16; smaller ones 5x")
     ap.add_argument("--chunks", default="", help="also fixed chunk sizes, e.g. 1,2,4,8")
     ap.add_argument("--pause", type=float, default=0.01)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.clock == "cpu" and args.threads != "1":
+        raise SystemExit("--clock cpu: CPU time is a latency only at --threads 1")
     import onnxruntime as ort
     rng = np.random.default_rng(0)
     load0 = os.getloadavg()
@@ -95,7 +132,7 @@ def main():
                     err = float(np.abs(f() - ref).max())
                     assert err <= 1e-4 * scale + 1e-6, (key, n, nt, name, err)
                 reps = args.repeats * (5 if n < 16 else 1)
-                times = rounds(list(fns.values()), reps, 2, args.pause)
+                times = rounds(list(fns.values()), reps, 2, args.pause, clock)
                 t_ort = times[-1]
                 for name, ts in zip(fns, times):
                     ratio = [o / t for o, t in zip(t_ort, ts)]
@@ -103,10 +140,15 @@ def main():
                                  f"{statistics.median(ratio):.2f}x",
                                  f"{min(ratio):.2f}-{max(ratio):.2f}"])
                     print("  ".join(str(v) for v in rows[-1]), flush=True)
+                if args.profile and nt == 1:
+                    prof, total = profile(inf, eng, x)
+                    print(f"profile {key} batch {n}: {total:.1f} us per image (thread CPU)")
+                    for label, k, us in prof[:12]:
+                        print(f"    {label:34s} x{k:<3d} {us:8.1f} us  {100 * us / total:5.1f} %")
     print(f"\nISA {_core.get_isa()}, onnxruntime {ort.__version__}, load average before "
           f"{tuple(round(v, 1) for v in load0)}, after "
           f"{tuple(round(v, 1) for v in os.getloadavg())}, {reps} rounds (batch < 16: 5x), "
-          f"pause {args.pause} s after every call")
+          f"pause {args.pause} s after every call, clock {args.clock}")
     print(table(["model", "batch", "threads", "runtime", "ms / batch (median)",
                  "onnxruntime / this (median)", "range over rounds"], rows))
 

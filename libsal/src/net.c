@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal/epilogue.h"
 #include "internal/layers_internal.h"
@@ -78,6 +79,9 @@ struct sal_net {
     size_t kept_cap;            /* floats kept_x holds */
     sal_act kept_g;
     const float *fwd_params;
+    /* sal_net_profile: per thread of the forward (SAL_MAX_THREADS rows of nops), the thread
+     * CPU seconds each op took, summed over forwards; NULL: off */
+    double *prof;
 };
 
 /* Where an op runs: the activations and scratch of a frame (program.h: the whole batch,
@@ -530,6 +534,7 @@ void sal_net_free(sal_net *net) {
     free(net->sc);
     free(net->sc_rows);
     free(net->kept_x);
+    free(net->prof);
     free(net);
 }
 
@@ -709,6 +714,19 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
 static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
                              float *buffers, int64_t n, int again);
 
+/* forward_op, its thread CPU time added to prof[i] when prof is not NULL (the whole-batch
+ * forward: the calling thread's, its workers' not counted) */
+static sal_status timed_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
+                           float *buffers, int64_t n, double *prof) {
+    if (!prof) return forward_op(net, ctx, i, params, buffers, n, 0);
+    struct timespec a, b;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    const sal_status s = forward_op(net, ctx, i, params, buffers, n, 0);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+    prof[i] += (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    return s;
+}
+
 /* the whole-batch frame of the program */
 static run_ctx whole_ctx(sal_net *net) {
     return (run_ctx){net->p.act, net->p.scratch, net->stats, net->p.threads, 1};
@@ -726,27 +744,29 @@ static sal_status forward_whole(sal_net *net, const float *x, sal_act xg, const 
     const run_ctx ctx = whole_ctx(net);
     sal_status s = SAL_OK;
     for (int64_t i = 0; i < net->nops && s == SAL_OK; i++)
-        s = forward_op(net, &ctx, i, params, buffers, n, 0);
+        s = timed_op(net, &ctx, i, params, buffers, n, net->prof);
     if (serial >= 0) sal_serial_end(serial);
     if (s == SAL_OK) net->p.n = n;
     return s;
 }
 
-/* Images per chunk of a streamed evaluation forward of batch n on nt threads, 0: the
- * whole batch at once (sal/net.h "Streams"). */
-static int64_t stream_chunk(const sal_net *net, int64_t n, int nt) {
+/* The frames' capacity (*cap, images) and the images per chunk of a streamed evaluation
+ * forward of batch n on nt threads; 0: the whole batch at once (sal/net.h "Streams"). */
+static int64_t stream_chunk(const sal_net *net, int64_t n, int nt, int64_t *cap) {
     if (net->train || net->stream_mode == 0) return 0;
-    if (net->stream_mode > 0) return net->stream_mode < n ? net->stream_mode : n;
-    int64_t big = 1;     /* the largest per-image buffer, floats */
-    for (int64_t b = 0; b < net->p.nbuf; b++) {
-        const int64_t v = sal_program_numel(&net->p, b, 1);
-        if (v > big) big = v;
+    int64_t c = net->stream_mode;
+    if (c < 0) {
+        int64_t big = 1;     /* the largest per-image buffer, floats */
+        for (int64_t b = 0; b < net->p.nbuf; b++) {
+            const int64_t v = sal_program_numel(&net->p, b, 1);
+            if (v > big) big = v;
+        }
+        const int64_t fit = STREAM_BYTES / ((int64_t)sizeof(float) * big);
+        c = fit < 1 ? 1 : fit > STREAM_MAX ? STREAM_MAX : fit;
     }
-    const int64_t fit = STREAM_BYTES / ((int64_t)sizeof(float) * big);
-    int64_t c = fit < 1 ? 1 : fit > STREAM_MAX ? STREAM_MAX : fit;
-    if (n <= c && (nt < 2 || n < 2)) return 0;   /* one chunk on one thread: the batch */
-    if (nt > 1 && n < nt * c) c = (n + nt - 1) / nt;   /* every thread a chunk */
-    return c;
+    *cap = c;
+    if (net->stream_mode < 0 && nt > 1 && n < nt * c) c = (n + nt - 1) / nt;  /* every thread a chunk */
+    return c < n ? c : n;
 }
 
 typedef struct {
@@ -775,8 +795,9 @@ static void stream_run(void *arg, int tid, int nt) {
         const int64_t n0 = k * t->c, n = t->n - n0 < t->c ? t->n - n0 : t->c;
         sal_program_load(&net->p, f, t->x, n0, n);
         sal_status s = SAL_OK;
+        double *prof = net->prof ? net->prof + (size_t)tid * (size_t)net->nops : NULL;
         for (int64_t i = 0; i < net->nops && s == SAL_OK; i++)
-            s = forward_op(net, &ctx, i, t->params, t->buffers, n, 0);
+            s = timed_op(net, &ctx, i, t->params, t->buffers, n, prof);
         if (s != SAL_OK) {
             int idle = 0;
             if (atomic_compare_exchange_strong(&t->failed, &idle, 1)) {
@@ -793,7 +814,8 @@ static void stream_run(void *arg, int tid, int nt) {
 /* The streamed forward: chunks of c images, each run through every op on one thread in
  * that thread's frame; x kept for a later whole-batch forward (backward, sal_net_buffer). */
 static sal_status forward_streams(sal_net *net, float *logits, const float *x, sal_act xg,
-                                  const float *params, float *buffers, int64_t c, int nt) {
+                                  const float *params, float *buffers, int64_t c, int64_t cap,
+                                  int nt) {
     const int64_t nchunks = (xg.n + c - 1) / c;
     int64_t numel;
     SAL_TRY(sal_act_check(FN, "x", xg));
@@ -803,8 +825,8 @@ static sal_status forward_streams(sal_net *net, float *logits, const float *x, s
                 "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
                 (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
                 (long long)s0[1], (long long)s0[2]);
+    SAL_TRY(sal_program_frames(&net->p, nt, cap, (size_t)net->nstats, net->nops, op_scratch, net));
     if (nt > nchunks) nt = (int)nchunks;
-    SAL_TRY(sal_program_frames(&net->p, nt, c, (size_t)net->nstats, net->nops, op_scratch, net));
     if ((size_t)numel > net->kept_cap) {
         float *k = malloc((size_t)numel * sizeof(float));
         if (!k) return sal_fail(SAL_ENOMEM, FN, "input copy of %lld floats: out of memory",
@@ -849,9 +871,10 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
         net->fwd_params = params;
         net->p.n = 0, net->streamed = 0;   /* no forward to differentiate until this completes */
         const int nt = sal_threads();
-        const int64_t c = xg.n >= 1 ? stream_chunk(net, xg.n, nt) : 0;
+        int64_t cap = 0;
+        const int64_t c = xg.n >= 1 ? stream_chunk(net, xg.n, nt, &cap) : 0;
         if (c > 0) {
-            s = forward_streams(net, logits, x, xg, params, buffers, c, nt);
+            s = forward_streams(net, logits, x, xg, params, buffers, c, cap, nt);
         } else {
             s = forward_whole(net, x, xg, params, buffers);
             if (s == SAL_OK) {
@@ -874,6 +897,27 @@ sal_status sal_net_set_streams(sal_net *net, int64_t chunk) {
     net->stream_mode = chunk;
     sal_program_leave(&net->p);
     return SAL_OK;
+}
+
+sal_status sal_net_profile(sal_net *net, int on, double *seconds) {
+    SAL_REQUIRE(net, FN, "net must not be NULL");
+    SAL_TRY(sal_program_enter(&net->p, "profile"));
+    sal_status s = SAL_OK;
+    const size_t rows = (size_t)SAL_MAX_THREADS * (size_t)net->nops;
+    if (seconds) {
+        for (int64_t i = 0; i < net->nops; i++) seconds[i] = 0.0;
+        for (size_t r = 0; net->prof && r < rows; r++) seconds[r % (size_t)net->nops] += net->prof[r];
+    }
+    if (!on) {
+        free(net->prof);
+        net->prof = NULL;
+    } else if (!net->prof && !(net->prof = calloc(rows, sizeof *net->prof))) {
+        s = sal_fail(SAL_ENOMEM, FN, "profile: out of memory");
+    } else {
+        memset(net->prof, 0, rows * sizeof *net->prof);
+    }
+    sal_program_leave(&net->p);
+    return s;
 }
 
 /* Op i forward at batch n in the frame of ctx.  again: a checkpointed segment's second run

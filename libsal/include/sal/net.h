@@ -98,9 +98,9 @@ void sal_net_free(sal_net *net);
  * never corrupt memory.  Callers that share a network serialise the calls (salnp holds
  * a per-network lock); different networks run in parallel.  A failed forward (bad input,
  * out of memory) leaves no forward to differentiate: the next backward fails with a
- * message, and the buffers of earlier batches stay consistent.  An evaluation forward of
- * fewer than 2^25 MACs that is not streamed runs on the calling thread alone (waking the
- * pool costs more). */
+ * message, and the buffers of earlier batches stay consistent.  A whole-batch evaluation
+ * forward (streams off, or run again for backward or sal_net_buffer) of fewer than 2^25
+ * MACs runs on the calling thread alone (waking the pool costs more). */
 
 /* Streams.  An evaluation forward (train = 0) of a large batch runs as streams: the batch
  * is cut into chunks of c images, and each of the sal_threads() threads takes chunk after
@@ -111,9 +111,12 @@ void sal_net_free(sal_net *net);
  * thread runs a chunk: results are deterministic for a given thread count (and chunk), and
  * agree with the whole-batch forward within float32 rounding (bit for bit where a kernel's
  * sums do not depend on the batch size).
- *   Auto (the default): c = clamp(512 KiB / the largest per-image buffer, 1, 16), then
- * lowered to ceil(N / threads) when N < threads * c; a batch of at most c images on one
- * thread (or of 1 image) runs as one whole-batch forward.  Training forwards never stream.
+ *   Auto (the default): frames of c = clamp(512 KiB / the largest per-image buffer, 1, 16)
+ * images; chunks of c, lowered to ceil(N / threads) when N < threads * c so that every
+ * thread gets one, and to N.  Every evaluation forward streams, batch 1 too: a frame's
+ * buffers share storage by liveness (a few buffers' worth per image, not the whole
+ * network's), so even one image's activations stay in the L2 cache.  Training forwards
+ * never stream.
  *   A streamed forward writes the logits only: the whole-batch activations are neither
  * allocated nor written, but the input is kept (a copy).  sal_net_backward and
  * sal_net_buffer after it first run the whole-batch evaluation forward of that input, with
@@ -143,6 +146,13 @@ sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, co
  * about one more forward of the segments.  Frees the activations (the next forward
  * allocates them again); no forward to differentiate afterwards. */
 sal_status sal_net_set_checkpoints(sal_net *net, const int64_t *bounds, int64_t nseg);
+
+/* Profile of evaluation and training forwards, per op (bench/bench_streams.py --profile):
+ * seconds (nops, may be NULL) receives the thread CPU seconds each op took, summed over
+ * the forwards since profiling was turned on and over the threads that ran streams (a
+ * whole-batch op's pool workers are not counted: profile at 1 thread); then on = 1
+ * restarts the sums from zero, on = 0 stops profiling (two clock reads per op). */
+sal_status sal_net_profile(sal_net *net, int on, double *seconds);
 
 /* width K of the output (N, K); batch size of the last forward (0: none); arena sizes;
  * whether backward is defined (1) or the op that forbids it (*why, may be NULL) */
