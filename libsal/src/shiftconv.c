@@ -391,7 +391,7 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
                 _Pragma("GCC unroll 4") for (int i = 0; i < (NV); i++) {                          \
                     if (!tail[i]) break;                                                          \
                     __m512 v = _mm512_add_ps(acc[j][i], b);                                       \
-                    const float *r = t->res + at + 16 * i;                                        \
+                    const float *r = t->has_res ? t->res + at + 16 * i : NULL;                    \
                     if (t->has_res && !t->res_post)                                               \
                         v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tail[i], r));                  \
                     if (t->relu) v = _mm512_max_ps(v, zero);                                      \
@@ -469,7 +469,7 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
                     if (p0 + 8 * i >= t->M) break;                                                \
                     const int full = p0 + 8 * i + 8 <= t->M; /* vmaskmovps stores are slow */     \
                     __m256 v = _mm256_add_ps(acc[j][i], b);                                       \
-                    const float *r = t->res + at + 8 * i;                                         \
+                    const float *r = t->has_res ? t->res + at + 8 * i : NULL;                     \
                     __m256 rv = _mm256_setzero_ps();                                              \
                     if (t->has_res)                                                               \
                         rv = full ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, tail[i]);          \
