@@ -523,10 +523,59 @@ typedef struct {
     int64_t N, H, W, S, Ho, Wo, xsn, xsc, pl_stride, img_stride;
 } phase_task;
 
+/* Stride 2's rows: dst[v] = src[2 v] for v < n, reading src[0 .. 2n - 1) only (masked
+ * loads past it); one table by ISA, the portable loop its reference twin. */
+typedef void (*deint2_fn)(float *dst, const float *src, int64_t n);
+
+static void deint2_base(float *dst, const float *src, int64_t n) {
+    for (int64_t v = 0; v < n; v++) dst[v] = src[2 * v];
+}
+
+#if SC_X86
+__attribute__((target("avx512f"))) static void deint2_avx512(float *dst, const float *src,
+                                                             int64_t n) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+    for (int64_t v = 0; v < n; v += 16) {
+        const int64_t m = n - v < 16 ? n - v : 16, len = 2 * m - 1;   /* floats to read */
+        const __mmask16 lo = len >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << len) - 1);
+        const __mmask16 hi = len <= 16 ? (__mmask16)0 : (__mmask16)((1u << (len - 16)) - 1);
+        const __m512 a = _mm512_maskz_loadu_ps(lo, src + 2 * v);
+        const __m512 b = _mm512_maskz_loadu_ps(hi, src + 2 * v + 16);
+        _mm512_mask_storeu_ps(dst + v, (__mmask16)((1u << m) - 1),
+                              _mm512_permutex2var_ps(a, even, b));
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void deint2_avx2(float *dst, const float *src,
+                                                            int64_t n) {
+    int64_t v = 0;
+    for (; v + 8 < n; v += 8) {   /* reads src[2v .. 2v + 16) <= 2n - 2 */
+        const __m256 a = _mm256_loadu_ps(src + 2 * v), b = _mm256_loadu_ps(src + 2 * v + 8);
+        const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));   /* a0 a2 b0 b2 | a4 a6 b4 b6 */
+        _mm256_storeu_ps(dst + v, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                                      _mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+    for (; v < n; v++) dst[v] = src[2 * v];
+}
+#endif
+
+static const deint2_fn DEINT2[SAL_ISA_COUNT] = {
+    [SAL_ISA_BASE] = deint2_base,
+#if SC_X86
+    [SAL_ISA_AVX2] = deint2_avx2,
+    [SAL_ISA_AVX512] = deint2_avx512,
+#else
+    [SAL_ISA_AVX2] = deint2_base,
+    [SAL_ISA_AVX512] = deint2_base,
+#endif
+};
+
 /* idx in [0, nplane * N): plane j = idx / N, image n = idx % N */
 static void phase_run(void *p, int64_t lo, int64_t hi, int tid) {
     const phase_task *t = p;
     const int64_t N = t->N, H = t->H, W = t->W, S = t->S, Ho = t->Ho, Wo = t->Wo;
+    const deint2_fn deint2 = DEINT2[sal_cpu_isa()];
     for (int64_t idx = lo; idx < hi; idx++) {
         const int64_t j = idx / N, n = idx % N;
         const int64_t src = t->plist[3 * j], a = t->plist[3 * j + 1], b = t->plist[3 * j + 2];
@@ -540,7 +589,9 @@ static void phase_run(void *p, int64_t lo, int64_t hi, int tid) {
                 continue;
             }
             const float *row = xp + iy * W + b;
-            for (int64_t v = 0; v < vhi; v++) dst[v] = row[S * v];
+            if (S == 2) deint2(dst, row, vhi);
+            else
+                for (int64_t v = 0; v < vhi; v++) dst[v] = row[S * v];
             for (int64_t v = vhi; v < Wo; v++) dst[v] = 0.0f;
         }
     }
