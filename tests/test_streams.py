@@ -186,3 +186,21 @@ def test_set_streams_refuses_bad_chunk(exported):
         _core.net_set_streams(eng, -2)
     with pytest.raises(TypeError, match="engine"):
         _core.net_set_streams("net", 1)
+
+
+def test_weights_changed_between_streamed_forwards(exported, rng):
+    """The stream frames keep each GATHER's plan (its pairs sorted, with their weights) for
+    the chunks of one forward only: weights changed in place between two forwards are
+    those the second one uses (against streams off with the same weights)."""
+    inf = exported["sal"]
+    salnp.set_num_threads(2)
+    x = rng.standard_normal((12, 3, 16, 16), dtype=np.float32)   # whole chunks: no remainder
+    saved = inf.weights.copy()
+    try:
+        first = _forward(inf, x, 3)
+        inf.weights[...] *= np.float32(0.5)
+        second = _forward(inf, x, 3)
+        np.testing.assert_array_equal(second, _forward(inf, x, 0))
+        assert not np.array_equal(first, second)
+    finally:
+        inf.weights[...] = saved

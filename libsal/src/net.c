@@ -19,6 +19,7 @@
 #include "sal/net.h"
 #include "sal/shift.h"
 #include "sal/shiftconv.h"
+#include "sal/taps.h"
 
 struct sal_net {
     sal_program p;      /* shapes, activations (act), scratch, batch sizes; arena = params */
@@ -82,6 +83,15 @@ struct sal_net {
     /* sal_net_profile: per thread of the forward (SAL_MAX_THREADS rows of nops), the thread
      * CPU seconds each op took, summed over forwards; NULL: off */
     double *prof;
+    /* The GATHER plans of the stream frames (sal/taps.h sal_taps_gather_fwd_plan): per op
+     * its offset in a frame's extra floats after the BN statistics (-1: not a GATHER), for
+     * chunks of up to plan_cap images, plan_total floats in all; per frame and op whether
+     * the plan is built and for which chunk size (rebuilt at the start of every streamed
+     * forward: the weights may have changed in between). */
+    int64_t *plan_off, plan_cap, plan_total;
+    int *plan_built;
+    int64_t *plan_n;
+    int plan_frames;
 };
 
 /* Where an op runs: the activations and scratch of a frame (program.h: the whole batch,
@@ -90,6 +100,9 @@ struct sal_net {
 typedef struct {
     float **act, *scratch, *stats;
     int threads, whole;
+    float *plan;            /* a stream frame's GATHER plans (plan_off), NULL: none */
+    int *built;             /* per op (nops) */
+    int64_t *built_n;
 } run_ctx;
 
 static const char *FN = "sal_net";
@@ -535,6 +548,9 @@ void sal_net_free(sal_net *net) {
     free(net->sc_rows);
     free(net->kept_x);
     free(net->prof);
+    free(net->plan_off);
+    free(net->plan_built);
+    free(net->plan_n);
     free(net);
 }
 
@@ -729,7 +745,7 @@ static sal_status timed_op(sal_net *net, const run_ctx *ctx, int64_t i, const fl
 
 /* the whole-batch frame of the program */
 static run_ctx whole_ctx(sal_net *net) {
-    return (run_ctx){net->p.act, net->p.scratch, net->stats, net->p.threads, 1};
+    return (run_ctx){net->p.act, net->p.scratch, net->stats, net->p.threads, 1, NULL, NULL, NULL};
 }
 
 /* The whole-batch forward of x (N, C, H, W) NCHW: every op over the whole batch, its
@@ -787,7 +803,9 @@ static void stream_run(void *arg, int tid, int nt) {
     stream_task *t = arg;
     sal_net *net = t->net;
     const sal_frame *f = &net->p.frames[tid];
-    const run_ctx ctx = {f->act, f->scratch, f->extra, 1, 0};
+    const size_t row = (size_t)tid * (size_t)net->nops;
+    const run_ctx ctx = {f->act, f->scratch, f->extra, 1, 0, f->extra + net->nstats,
+                         net->plan_built + row, net->plan_n + row};
     const int64_t last = net->ops[net->nops - 1].out;
     for (;;) {
         const int64_t k = atomic_fetch_add(&t->next, 1);
@@ -811,6 +829,38 @@ static void stream_run(void *arg, int tid, int nt) {
     }
 }
 
+/* The GATHER plans' places in the stream frames for chunks of up to cap images on nt
+ * frames (net->plan_off, see struct sal_net) */
+static sal_status plan_gathers(sal_net *net, int64_t cap, int nt) {
+    if (net->plan_off && net->plan_cap == cap && net->plan_frames == nt) return SAL_OK;
+    const size_t rows = (size_t)nt * (size_t)net->nops;
+    int64_t *off = malloc((size_t)net->nops * sizeof *off);
+    int *built = calloc(rows, sizeof *built);
+    int64_t *bn = calloc(rows, sizeof *bn);
+    if (!off || !built || !bn) {
+        free(off), free(built), free(bn);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    int64_t total = 0;
+    for (int64_t i = 0; i < net->nops; i++) {
+        const sal_op *op = &net->ops[i];
+        off[i] = -1;
+        if (op->kind != SAL_OP_GATHER) continue;
+        size_t big = 0;
+        for (int64_t n = 1; n <= cap; n++) {
+            const size_t f = sal_taps_gather_plan_floats(act_of(net->p.shapes + 3 * op->in, n),
+                                                         op->o, op->stride, op->npair, 1);
+            if (f > big) big = f;
+        }
+        off[i] = total;
+        total += (int64_t)(big + 15) / 16 * 16;   /* every plan on a cache line */
+    }
+    free(net->plan_off), free(net->plan_built), free(net->plan_n);
+    net->plan_off = off, net->plan_built = built, net->plan_n = bn;
+    net->plan_cap = cap, net->plan_total = total, net->plan_frames = nt;
+    return SAL_OK;
+}
+
 /* The streamed forward: chunks of c images, each run through every op on one thread in
  * that thread's frame; x kept for a later whole-batch forward (backward, sal_net_buffer). */
 static sal_status forward_streams(sal_net *net, float *logits, const float *x, sal_act xg,
@@ -825,7 +875,10 @@ static sal_status forward_streams(sal_net *net, float *logits, const float *x, s
                 "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
                 (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
                 (long long)s0[1], (long long)s0[2]);
-    SAL_TRY(sal_program_frames(&net->p, nt, cap, (size_t)net->nstats, net->nops, op_scratch, net));
+    SAL_TRY(plan_gathers(net, cap, nt));
+    SAL_TRY(sal_program_frames(&net->p, nt, cap, (size_t)(net->nstats + net->plan_total),
+                               net->nops, op_scratch, net));
+    memset(net->plan_built, 0, (size_t)nt * (size_t)net->nops * sizeof *net->plan_built);
     if (nt > nchunks) nt = (int)nchunks;
     if ((size_t)numel > net->kept_cap) {
         float *k = malloc((size_t)numel * sizeof(float));
@@ -952,9 +1005,19 @@ static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const 
         break;
     }
     case SAL_OP_GATHER: {
+        const float *bias = op->p1 >= 0 ? params + op->p1 : NULL;
+        if (ctx->plan) {   /* a stream frame: its plan built by the first chunk (checked at create) */
+            if (ctx->built_n[i] != n) ctx->built[i] = 0, ctx->built_n[i] = n;
+            SAL_TRY(sal_taps_gather_fwd_plan(y, in, xa, op->o, op->stride,
+                                             op->npair ? net->pairs + 4 * op->ioff : NULL,
+                                             params + op->p0, op->npair, bias, res,
+                                             (int)op->relu, (int)op->res_post, threads, scratch,
+                                             ctx->plan + net->plan_off[i], &ctx->built[i]));
+            break;
+        }
         const sal_gather_desc d = gather_desc(net, op, si, n, threads);
-        SAL_TRY(sal_gather_fwd(y, in, params + op->p0, op->p1 >= 0 ? params + op->p1 : NULL,
-                               res, (int)op->relu, (int)op->res_post, &d, scratch));
+        SAL_TRY(sal_gather_fwd(y, in, params + op->p0, bias, res, (int)op->relu,
+                               (int)op->res_post, &d, scratch));
         break;
     }
     case SAL_OP_SHIFT: {
