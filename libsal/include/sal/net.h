@@ -117,8 +117,10 @@ void sal_net_free(sal_net *net);
  * buffers share storage by liveness (a few buffers' worth per image, not the whole
  * network's), so even one image's activations stay in the L2 cache.  Training forwards
  * never stream.
- *   A streamed forward writes the logits only: the whole-batch activations are neither
- * allocated nor written, but the input is kept (a copy).  sal_net_backward and
+ *   A streamed forward writes the logits only: it neither allocates nor writes the
+ * whole-batch activations (an earlier whole-batch forward's stay allocated), but keeps a
+ * copy of the input.  Its frames also keep each GATHER's entry lists (sal/taps.h
+ * sal_taps_gather_fwd_plan) from the first chunk to the last of one forward.  sal_net_backward and
  * sal_net_buffer after it first run the whole-batch evaluation forward of that input, with
  * the params and buffers arenas of the streamed forward (which must still be alive and
  * unchanged, as the SAL masks for backward), so they see exactly what a whole-batch
