@@ -338,6 +338,27 @@ static sal_status check_op(sal_net *net, int64_t i, const sal_op *op) {
     return sal_program_check_fit(&net->p, i, op->out, op->res, want, op->p0, pw, op->p1, pb);
 }
 
+/* Every buffer an op reads (its input, its residual) is the input or written by an earlier
+ * op (sal_net_shapes' rule): otherwise a forward would read memory no op wrote, and the
+ * whole-batch and streamed forwards (whose buffers share storage by liveness) would read
+ * different garbage. */
+static sal_status check_order(const sal_net *net) {
+    char *written = calloc((size_t)net->p.nbuf, 1);
+    if (!written) return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    written[0] = 1;
+    sal_status s = SAL_OK;
+    for (int64_t i = 0; i < net->nops && s == SAL_OK; i++) {
+        const sal_op *op = &net->ops[i];
+        const int64_t b = !written[op->in] ? op->in : op->res >= 0 && !written[op->res] ? op->res : -1;
+        if (b >= 0)
+            s = sal_fail(SAL_EINVAL, FN, "op %lld (%s): reads buffer %lld before any op writes it",
+                         (long long)i, kind_name(op->kind), (long long)b);
+        written[op->out] = 1;
+    }
+    free(written);
+    return s;
+}
+
 /* ---- create / free ---------------------------------------------------------------------- */
 static sal_status plan_grads(sal_net *net);
 
@@ -595,6 +616,7 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     }
     for (int64_t i = 0; i < nops && s == SAL_OK; i++)
         s = check_op(net, i, &net->ops[i]);
+    if (s == SAL_OK) s = check_order(net);
     int64_t nstats = 0;
     if (s == SAL_OK) {
         for (int64_t i = 0; i < nops; i++) {    /* mean, invstd and (dm, scale): 4 C per BN */

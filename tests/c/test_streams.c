@@ -170,7 +170,25 @@ static void backward_after_streams(void) {
     sal_net_free(net);
 }
 
+/* a program that reads a buffer no earlier op wrote is refused at create (its forwards
+ * would read memory no op wrote: garbage that differs between whole batch and streams) */
+static void read_before_write(void) {
+    int64_t shapes[4][3] = {{2, 5, 5}, {2, 5, 5}, {2, 5, 5}, {2, 1, 1}};
+    sal_op ops[3] = {op_of(SAL_OP_ADD, 0, 1), op_of(SAL_OP_ADD, 1, 2), op_of(SAL_OP_POOL, 2, 3)};
+    ops[0].res = 2;   /* buffer 2 is written only by op 1 */
+    ops[1].res = 0;
+    sal_net *net = NULL;
+    CHECK(sal_net_create(&net, &shapes[0][0], 4, ops, 3, NULL, 0, NULL, 0, 0, 0) == SAL_EINVAL &&
+              strstr(sal_last_error(), "op 0 (add): reads buffer 2 before any op writes it"),
+          "read before write: %s", sal_last_error());
+    ops[0].res = 0;
+    CHECK(sal_net_create(&net, &shapes[0][0], 4, ops, 3, NULL, 0, NULL, 0, 0, 0) == SAL_OK,
+          "valid program refused: %s", sal_last_error());
+    sal_net_free(net);
+}
+
 int main(void) {
+    read_before_write();
     mixed();
     backward_after_streams();
     if (check_failures) fprintf(stderr, "%d check(s) failed\n", check_failures);
