@@ -34,7 +34,7 @@ if [ $# -eq 0 ]; then
   # (the bad-input matrices sit in the subject files: models, train and io included for them)
   set -- tests/test_conv.py tests/test_shift.py tests/test_sal.py tests/test_layers.py \
          tests/test_models.py tests/test_train.py tests/test_io.py tests/test_export.py \
-         tests/test_count.py tests/test_data.py tests/test_seams.py \
+         tests/test_count.py tests/test_data.py tests/test_seams.py tests/test_streams.py \
          tests/test_fuzz_ops.py tests/test_fuzz_npz.py tests/test_reliability.py -m "not slow" -k "not kill9"
 fi
 echo "== pytest under ASan+UBSan ($pkg) =="

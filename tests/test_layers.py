@@ -235,7 +235,8 @@ def test_global_avg_pool_matches_torch(shape, rng):
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("nio", [(1, 1, 1), (1, 64, 10), (5, 7, 3), (128, 64, 10), (13, 83, 100)],
+@pytest.mark.parametrize("nio", [(1, 1, 1), (1, 64, 10), (5, 7, 3), (128, 64, 10), (13, 83, 100),
+                                 (3, 200, 97)],   # O*I > 2**14: the GEMM path (linear.c)
                          ids=ids)
 def test_linear_matches_torch(nio, bias, rng):
     N, I, O = nio

@@ -22,6 +22,7 @@ SHAPES = [
     (2, 7, 11, 5, 3),
     (5, 3, 1, 1, 1),
     (1, 16, 9, 9, 2),
+    (2, 3, 5, 37, 2),    # stride-2 rows of 19 outputs: whole vectors and a tail (phase planes)
 ]
 SHAPE_IDS = ["x".join(map(str, s)) for s in SHAPES]
 # R and O around the kernels' tiles (8 and 6 channels, 16 and 32 positions)

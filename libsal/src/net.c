@@ -2,8 +2,11 @@
  * forward and a backward switch.  Buffers and scratch: internal/program.c; the kernels:
  * one file per layer family (conv.c, sal.c, gather.c, shift.c, active_shift.c, bn.c, ...).
  * All activations are channel-major (CNHW). */
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal/epilogue.h"
 #include "internal/layers_internal.h"
@@ -16,6 +19,7 @@
 #include "sal/net.h"
 #include "sal/shift.h"
 #include "sal/shiftconv.h"
+#include "sal/taps.h"
 
 struct sal_net {
     sal_program p;      /* shapes, activations (act), scratch, batch sizes; arena = params */
@@ -65,13 +69,43 @@ struct sal_net {
         int skip;
     } *sc;
     int32_t *sc_rows;
+    int64_t nstats;             /* floats of stats */
+    /* Streams (sal/net.h): chunk setting (-1 auto, 0 never, k >= 1 always k images); the
+     * last forward was streamed (its whole-batch activations not written: backward and
+     * sal_net_buffer run the whole-batch forward first, from kept_x, the input of that
+     * forward, with its arenas); stream_n its batch. */
+    int64_t stream_mode, stream_n;
+    int streamed;
+    float *kept_x;
+    size_t kept_cap;            /* floats kept_x holds */
+    sal_act kept_g;
+    const float *fwd_params;
+    /* sal_net_profile: per thread of the forward (SAL_MAX_THREADS rows of nops), the thread
+     * CPU seconds each op took, summed over forwards; NULL: off */
+    double *prof;
+    /* The GATHER plans of the stream frames (sal/taps.h sal_taps_gather_fwd_plan): per op
+     * its offset in a frame's extra floats after the BN statistics (-1: not a GATHER), for
+     * chunks of up to plan_cap images, plan_total floats in all; per frame and op whether
+     * the plan is built and for which chunk size (rebuilt at the start of every streamed
+     * forward: the weights may have changed in between). */
+    int64_t *plan_off, plan_cap, plan_total;
+    int *plan_built;
+    int64_t *plan_n;
+    int plan_frames;
 };
 
-static const char *FN = "sal_net";
+/* Where an op runs: the activations and scratch of a frame (program.h: the whole batch,
+ * or one stream's chunk), the BN statistics it writes, the thread count of its kernels;
+ * whole: the whole-batch frame (the replayed BN output it leaves is tracked in net->live) */
+typedef struct {
+    float **act, *scratch, *stats;
+    int threads, whole;
+    float *plan;            /* a stream frame's GATHER plans (plan_off), NULL: none */
+    int *built;             /* per op (nops) */
+    int64_t *built_n;
+} run_ctx;
 
-/* an evaluation forward of fewer MACs than this runs on the calling thread alone: waking
- * the pool's workers costs some 10-20 us per op, more than a batch-1 ResNet-20 op takes */
-#define SERIAL_MACS ((int64_t)1 << 25)
+static const char *FN = "sal_net";
 
 static const char *const OP_FIELDS[] = {"kind", "in", "out", "res", "relu", "res_post", "o", "k",
                                         "stride", "pad", "p0", "p1", "b0", "b1", "shared", "ioff",
@@ -110,10 +144,10 @@ static sal_sal_desc sal_desc(const sal_op *op, const int64_t *si, int64_t n, int
 }
 
 static sal_gather_desc gather_desc(const sal_net *net, const sal_op *op, const int64_t *si,
-                                   int64_t n) {
+                                   int64_t n, int threads) {
     return (sal_gather_desc){.x = act_of(si, n), .o = op->o, .stride = op->stride,
                              .pairs = op->npair ? net->pairs + 4 * op->ioff : NULL,
-                             .npair = op->npair, .threads = net->p.threads};
+                             .npair = op->npair, .threads = threads};
 }
 
 /* ---- shapes --------------------------------------------------------------------------- */
@@ -247,7 +281,7 @@ static sal_status check_op(sal_net *net, int64_t i, const sal_op *op) {
         SAL_REQUIRE(sal_span_ok(op->ioff, op->npair, net->npairs), FN,
                     "op %lld: ioff=%lld npair=%lld: outside the pair table (%lld rows)",
                     (long long)i, (long long)op->ioff, (long long)op->npair, (long long)net->npairs);
-        const sal_gather_desc d = gather_desc(net, op, si, 1);
+        const sal_gather_desc d = gather_desc(net, op, si, 1, 0);
         SAL_TRY(sal_gather_check(&d, NULL));
         /* p0 is the base of the pair weights even with no pairs: inside the arena */
         SAL_REQUIRE(sal_span_ok(op->p0, op->npair, net->p.narena), FN,
@@ -302,6 +336,27 @@ static sal_status check_op(sal_net *net, int64_t i, const sal_op *op) {
         net->macs = macs > ((int64_t)1 << 62) - net->macs ? (int64_t)1 << 62 : net->macs + macs;
     }
     return sal_program_check_fit(&net->p, i, op->out, op->res, want, op->p0, pw, op->p1, pb);
+}
+
+/* Every buffer an op reads (its input, its residual) is the input or written by an earlier
+ * op (sal_net_shapes' rule): otherwise a forward would read memory no op wrote, and the
+ * whole-batch and streamed forwards (whose buffers share storage by liveness) would read
+ * different garbage. */
+static sal_status check_order(const sal_net *net) {
+    char *written = calloc((size_t)net->p.nbuf, 1);
+    if (!written) return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    written[0] = 1;
+    sal_status s = SAL_OK;
+    for (int64_t i = 0; i < net->nops && s == SAL_OK; i++) {
+        const sal_op *op = &net->ops[i];
+        const int64_t b = !written[op->in] ? op->in : op->res >= 0 && !written[op->res] ? op->res : -1;
+        if (b >= 0)
+            s = sal_fail(SAL_EINVAL, FN, "op %lld (%s): reads buffer %lld before any op writes it",
+                         (long long)i, kind_name(op->kind), (long long)b);
+        written[op->out] = 1;
+    }
+    free(written);
+    return s;
 }
 
 /* ---- create / free ---------------------------------------------------------------------- */
@@ -405,11 +460,76 @@ static sal_status plan_shiftconv(sal_net *net) {
     return SAL_OK;
 }
 
-static sal_shiftconv_desc sc_desc(const sal_net *net, int64_t i, int64_t n) {
+/* The sharing of the stream frames (program.h fshare): in an evaluation forward a buffer
+ * lives from the op that writes it to the last op that reads it (the GEMMs read their
+ * folded SHIFT's input; a skipped SHIFT neither reads nor writes), the input from the
+ * start and the logits to the end; every buffer gets an offset (floats per image) in one
+ * allocation, first fit, so that buffers whose lives overlap never overlap in memory (a
+ * buffer is placed before the buffers its writer reads are released).  A chunk's frame is
+ * then a few buffers' worth, not the whole network's.  A program that writes a buffer
+ * twice keeps one allocation per buffer. */
+static sal_status plan_streams(sal_net *net) {
+    sal_program *p = &net->p;
+    const int64_t nb = p->nbuf, nops = net->nops;
+    int64_t *born = malloc((size_t)nb * sizeof *born), *dies = malloc((size_t)nb * sizeof *dies);
+    int64_t *live = malloc((size_t)nb * sizeof *live);    /* the live buffers, by offset */
+    if (!born || !dies || !live) {
+        free(born), free(dies), free(live);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    int ssa = 1;
+    for (int64_t b = 0; b < nb; b++) born[b] = b == 0 ? -1 : nops, dies[b] = -1;
+    for (int64_t i = 0; i < nops; i++) {
+        const sal_op *op = &net->ops[i];
+        if (op->kind == SAL_OP_SHIFT && net->sc[i].skip) continue;
+        const int64_t in = net->sc[i].rows >= 0 ? net->sc[i].in : op->in;
+        if (dies[in] < i) dies[in] = i;
+        if (op->res >= 0 && dies[op->res] < i) dies[op->res] = i;
+        if (born[op->out] != nops) ssa = 0;
+        born[op->out] = i;
+        if (dies[op->out] < i) dies[op->out] = i;
+    }
+    dies[net->ops[nops - 1].out] = nops;
+    for (int64_t b = 0; b < nb; b++) {
+        p->fshare[b] = b, p->fshare_off[b] = 0;
+        if (born[b] < nops && born[b] > dies[b]) ssa = 0;   /* read before it is written */
+    }
+    if (ssa) {
+        int64_t nlive = 0;
+        for (int64_t i = -1; i < nops; i++) {
+            for (int64_t b = 0; b < nb; b++) {                  /* births at op i */
+                if (born[b] != i) continue;
+                const int64_t len = sal_program_numel(p, b, 1);
+                int64_t off = 0, at = 0;                        /* first gap that fits */
+                for (; at < nlive; at++) {
+                    const int64_t o = live[at];
+                    if (p->fshare_off[o] - off >= len) break;
+                    const int64_t end = p->fshare_off[o] + sal_program_numel(p, o, 1);
+                    if (end > off) off = end;
+                }
+                memmove(live + at + 1, live + at, (size_t)(nlive - at) * sizeof *live);
+                live[at] = b, nlive++;
+                p->fshare[b] = 0, p->fshare_off[b] = off;
+            }
+            int64_t k = 0;                                      /* deaths after op i */
+            for (int64_t a = 0; a < nlive; a++)
+                if (dies[live[a]] > i) live[k++] = live[a];
+            nlive = k;
+        }
+        for (int64_t b = 0; b < nb; b++)                        /* never born: unused */
+            if (born[b] == nops && b != 0) p->fshare[b] = 0, p->fshare_off[b] = 0;
+        /* the owner of the one allocation is buffer 0, at offset 0 or not: frame_make
+         * sizes it to the furthest end */
+    }
+    free(born), free(dies), free(live);
+    return SAL_OK;
+}
+
+static sal_shiftconv_desc sc_desc(const sal_net *net, int64_t i, int64_t n, int threads) {
     const struct sc_op *c = &net->sc[i];
     return (sal_shiftconv_desc){.x = act_of(net->p.shapes + 3 * c->in, n), .o = net->ops[i].o,
                                 .r = c->r, .rows = net->sc_rows + 3 * c->rows,
-                                .stride = c->stride, .threads = net->p.threads};
+                                .stride = c->stride, .threads = threads};
 }
 
 /* the replayed buffer b (replay[b] >= 0) recomputed into the shared allocation, unless it
@@ -447,6 +567,11 @@ void sal_net_free(sal_net *net) {
     free(net->seg_hi);
     free(net->sc);
     free(net->sc_rows);
+    free(net->kept_x);
+    free(net->prof);
+    free(net->plan_off);
+    free(net->plan_built);
+    free(net->plan_n);
     free(net);
 }
 
@@ -465,6 +590,7 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     if (!net) return sal_fail(SAL_ENOMEM, FN, "out of memory");
     net->nops = nops, net->nshift = nshift, net->npairs = npairs, net->nbuffers = nbuffers;
     net->untrainable = -1;
+    net->stream_mode = -1;
     sal_status s = sal_program_init(&net->p, FN, "parameters", shapes, nbuf, nops, nparams);
     if (s == SAL_OK) {
         net->ops = malloc((size_t)nops * sizeof *net->ops);
@@ -490,6 +616,7 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     }
     for (int64_t i = 0; i < nops && s == SAL_OK; i++)
         s = check_op(net, i, &net->ops[i]);
+    if (s == SAL_OK) s = check_order(net);
     int64_t nstats = 0;
     if (s == SAL_OK) {
         for (int64_t i = 0; i < nops; i++) {    /* mean, invstd and (dm, scale): 4 C per BN */
@@ -501,11 +628,13 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
         plan_sharing(net);
         s = plan_shiftconv(net);
     }
+    if (s == SAL_OK) s = plan_streams(net);
     if (s == SAL_OK) {
         const int64_t *sl = shapes + 3 * net->ops[nops - 1].out;
         if (sl[1] != 1 || sl[2] != 1)
             s = sal_fail(SAL_EINVAL, FN, "the last op must produce (N, F) (a pool or a linear)");
     }
+    net->nstats = nstats;
     if (s == SAL_OK && !(net->stats = malloc((size_t)(nstats ? nstats : 1) * sizeof *net->stats)))
         s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     if (s == SAL_OK) s = plan_grads(net);
@@ -581,28 +710,28 @@ static void free_grads(sal_net *net) {
     net->grad_cap = 0;
 }
 
-/* scratch floats of op i at batch n (sal_program_scratch_fn) */
-static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
+/* scratch floats of op i at batch n on `threads` threads (sal_program_scratch_fn) */
+static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
     const sal_net *net = owner;
     const sal_op *op = &net->ops[i];
     const int64_t *si = net->p.shapes + 3 * op->in;
     switch (op->kind) {
     case SAL_OP_CONV: {
-        const sal_conv_desc d = conv_desc(op, si, n, net->p.threads);
+        const sal_conv_desc d = conv_desc(op, si, n, threads);
         size_t need = sal_conv_scratch(&d);
         if (net->sc[i].rows >= 0) {       /* its evaluation forward's GEMM */
-            const sal_shiftconv_desc g = sc_desc(net, i, n);
+            const sal_shiftconv_desc g = sc_desc(net, i, n, threads);
             const size_t f = sal_shiftconv_scratch(&g);
             need = f > need ? f : need;
         }
         return need;
     }
     case SAL_OP_SAL: {
-        const sal_sal_desc d = sal_desc(op, si, n, net->p.threads, NULL, 0, 1.0);
+        const sal_sal_desc d = sal_desc(op, si, n, threads, NULL, 0, 1.0);
         return sal_sal_scratch(&d);
     }
     case SAL_OP_GATHER: {
-        const sal_gather_desc d = gather_desc(net, op, si, n);
+        const sal_gather_desc d = gather_desc(net, op, si, n, threads);
         return sal_gather_scratch(&d);
     }
     default:
@@ -611,7 +740,195 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n) {
 }
 
 /* ---- forward ------------------------------------------------------------------------- */
-static sal_status forward_ops(sal_net *net, const float *params, float *buffers, int64_t n);
+/* an evaluation forward of fewer MACs than this runs on the calling thread alone: waking
+ * the pool's workers costs some 10-20 us per op, more than a batch-1 ResNet-20 op takes */
+#define SERIAL_MACS ((int64_t)1 << 25)
+
+/* Streams: the L2 cache a chunk's largest buffer may fill, and the most images a chunk
+ * holds (sal/net.h "Streams"; bench/bench_streams.py measures the choice) */
+#define STREAM_BYTES ((int64_t)512 << 10)
+#define STREAM_MAX 16
+
+static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
+                             float *buffers, int64_t n, int again);
+
+/* forward_op, its thread CPU time added to prof[i] when prof is not NULL (the whole-batch
+ * forward: the calling thread's, its workers' not counted) */
+static sal_status timed_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
+                           float *buffers, int64_t n, double *prof) {
+    if (!prof) return forward_op(net, ctx, i, params, buffers, n, 0);
+    struct timespec a, b;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
+    const sal_status s = forward_op(net, ctx, i, params, buffers, n, 0);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
+    prof[i] += (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    return s;
+}
+
+/* the whole-batch frame of the program */
+static run_ctx whole_ctx(sal_net *net) {
+    return (run_ctx){net->p.act, net->p.scratch, net->stats, net->p.threads, 1, NULL, NULL, NULL};
+}
+
+/* The whole-batch forward of x (N, C, H, W) NCHW: every op over the whole batch, its
+ * activations kept (backward, sal_net_buffer).  Sets p.n on success. */
+static sal_status forward_whole(sal_net *net, const float *x, sal_act xg, const float *params,
+                                float *buffers) {
+    net->live = -1;
+    SAL_TRY(sal_program_start(&net->p, x, xg, net->nops, op_scratch, net));
+    if (net->grad_cap != net->p.cap) free_grads(net);  /* backward makes them for p.cap */
+    const int64_t n = xg.n;
+    const int serial = !net->train && net->macs < SERIAL_MACS / n ? sal_serial_begin() : -1;
+    const run_ctx ctx = whole_ctx(net);
+    sal_status s = SAL_OK;
+    for (int64_t i = 0; i < net->nops && s == SAL_OK; i++)
+        s = timed_op(net, &ctx, i, params, buffers, n, net->prof);
+    if (serial >= 0) sal_serial_end(serial);
+    if (s == SAL_OK) net->p.n = n;
+    return s;
+}
+
+/* The frames' capacity (*cap, images) and the images per chunk of a streamed evaluation
+ * forward of batch n on nt threads; 0: the whole batch at once (sal/net.h "Streams"). */
+static int64_t stream_chunk(const sal_net *net, int64_t n, int nt, int64_t *cap) {
+    if (net->train || net->stream_mode == 0) return 0;
+    int64_t c = net->stream_mode;
+    if (c < 0) {
+        int64_t big = 1;     /* the largest per-image buffer, floats */
+        for (int64_t b = 0; b < net->p.nbuf; b++) {
+            const int64_t v = sal_program_numel(&net->p, b, 1);
+            if (v > big) big = v;
+        }
+        const int64_t fit = STREAM_BYTES / ((int64_t)sizeof(float) * big);
+        c = fit < 1 ? 1 : fit > STREAM_MAX ? STREAM_MAX : fit;
+    }
+    *cap = c;
+    if (net->stream_mode < 0 && nt > 1 && n < nt * c) c = (n + nt - 1) / nt;  /* every thread a chunk */
+    return c < n ? c : n;
+}
+
+typedef struct {
+    sal_net *net;
+    const float *params, *x;
+    float *buffers, *logits;
+    int64_t n, c, nchunks, width;
+    atomic_llong next;       /* the next chunk to claim */
+    atomic_int failed;       /* the first failure claims status and msg */
+    sal_status status;
+    char msg[512];
+} stream_task;
+
+/* thread tid: claims chunks (fixed boundaries, whatever thread runs them: the result does
+ * not depend on the claiming order) and runs every op on each in its own frame */
+static void stream_run(void *arg, int tid, int nt) {
+    (void)nt;
+    stream_task *t = arg;
+    sal_net *net = t->net;
+    const sal_frame *f = &net->p.frames[tid];
+    const size_t row = (size_t)tid * (size_t)net->nops;
+    const run_ctx ctx = {f->act, f->scratch, f->extra, 1, 0, f->extra + net->nstats,
+                         net->plan_built + row, net->plan_n + row};
+    const int64_t last = net->ops[net->nops - 1].out;
+    for (;;) {
+        const int64_t k = atomic_fetch_add(&t->next, 1);
+        if (k >= t->nchunks || atomic_load(&t->failed)) return;
+        const int64_t n0 = k * t->c, n = t->n - n0 < t->c ? t->n - n0 : t->c;
+        sal_program_load(&net->p, f, t->x, n0, n);
+        sal_status s = SAL_OK;
+        double *prof = net->prof ? net->prof + (size_t)tid * (size_t)net->nops : NULL;
+        for (int64_t i = 0; i < net->nops && s == SAL_OK; i++)
+            s = timed_op(net, &ctx, i, t->params, t->buffers, n, prof);
+        if (s != SAL_OK) {
+            int idle = 0;
+            if (atomic_compare_exchange_strong(&t->failed, &idle, 1)) {
+                t->status = s;
+                snprintf(t->msg, sizeof t->msg, "%s", sal_last_error());
+            }
+            return;
+        }
+        /* the last buffer is (N, K) row-major (a pool or a linear) */
+        memcpy(t->logits + n0 * t->width, f->act[last], (size_t)(n * t->width) * sizeof(float));
+    }
+}
+
+/* The GATHER plans' places in the stream frames for chunks of up to cap images on nt
+ * frames (net->plan_off, see struct sal_net) */
+static sal_status plan_gathers(sal_net *net, int64_t cap, int nt) {
+    if (net->plan_off && net->plan_cap == cap && net->plan_frames == nt) return SAL_OK;
+    const size_t rows = (size_t)nt * (size_t)net->nops;
+    int64_t *off = malloc((size_t)net->nops * sizeof *off);
+    int *built = calloc(rows, sizeof *built);
+    int64_t *bn = calloc(rows, sizeof *bn);
+    if (!off || !built || !bn) {
+        free(off), free(built), free(bn);
+        return sal_fail(SAL_ENOMEM, FN, "out of memory");
+    }
+    int64_t total = 0;
+    for (int64_t i = 0; i < net->nops; i++) {
+        const sal_op *op = &net->ops[i];
+        off[i] = -1;
+        if (op->kind != SAL_OP_GATHER) continue;
+        size_t big = 0;
+        for (int64_t n = 1; n <= cap; n++) {
+            const size_t f = sal_taps_gather_plan_floats(act_of(net->p.shapes + 3 * op->in, n),
+                                                         op->o, op->stride, op->npair, 1);
+            if (f > big) big = f;
+        }
+        off[i] = total;
+        total += (int64_t)(big + 15) / 16 * 16;   /* every plan on a cache line */
+    }
+    free(net->plan_off), free(net->plan_built), free(net->plan_n);
+    net->plan_off = off, net->plan_built = built, net->plan_n = bn;
+    net->plan_cap = cap, net->plan_total = total, net->plan_frames = nt;
+    return SAL_OK;
+}
+
+/* The streamed forward: chunks of c images, each run through every op on one thread in
+ * that thread's frame; x kept for a later whole-batch forward (backward, sal_net_buffer). */
+static sal_status forward_streams(sal_net *net, float *logits, const float *x, sal_act xg,
+                                  const float *params, float *buffers, int64_t c, int64_t cap,
+                                  int nt) {
+    const int64_t nchunks = (xg.n + c - 1) / c;
+    int64_t numel;
+    SAL_TRY(sal_act_check(FN, "x", xg));
+    SAL_TRY(sal_checked_prod(FN, "x", &numel, 4, xg.n, xg.c, xg.h, xg.w));
+    const int64_t *s0 = net->p.shapes;
+    SAL_REQUIRE(xg.layout == SAL_NCHW && xg.c == s0[0] && xg.h == s0[1] && xg.w == s0[2], FN,
+                "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
+                (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
+                (long long)s0[1], (long long)s0[2]);
+    SAL_TRY(plan_gathers(net, cap, nt));
+    SAL_TRY(sal_program_frames(&net->p, nt, cap, (size_t)(net->nstats + net->plan_total),
+                               net->nops, op_scratch, net));
+    memset(net->plan_built, 0, (size_t)nt * (size_t)net->nops * sizeof *net->plan_built);
+    if (nt > nchunks) nt = (int)nchunks;
+    if ((size_t)numel > net->kept_cap) {
+        float *k = malloc((size_t)numel * sizeof(float));
+        if (!k) return sal_fail(SAL_ENOMEM, FN, "input copy of %lld floats: out of memory",
+                                (long long)numel);
+        free(net->kept_x);
+        net->kept_x = k, net->kept_cap = (size_t)numel;
+    }
+    stream_task t = {.net = net, .params = params, .x = x, .buffers = buffers, .logits = logits,
+                     .n = xg.n, .c = c, .nchunks = nchunks,
+                     .width = sal_net_output_width(net)};
+    atomic_init(&t.next, 0);
+    atomic_init(&t.failed, 0);
+    sal_parallel(nt, stream_run, &t);
+    if (atomic_load(&t.failed)) return sal_fail(t.status, FN, "streamed forward: %s", t.msg);
+    memcpy(net->kept_x, x, (size_t)numel * sizeof(float));
+    net->kept_g = xg;
+    net->streamed = 1, net->stream_n = xg.n;
+    return SAL_OK;
+}
+
+/* after a streamed forward: the whole-batch forward of its input, so that the activations
+ * are those of that forward (backward, sal_net_buffer) */
+static sal_status materialise(sal_net *net) {
+    if (!net->streamed) return SAL_OK;
+    net->streamed = 0;
+    return forward_whole(net, net->kept_x, net->kept_g, net->fwd_params, (float *)net->buffers);
+}
 
 /* one call at a time per network (sal/net.h, "Threads") */
 sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act xg,
@@ -626,31 +943,64 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
                      (long long)net->nbuffers);
     if (s == SAL_OK) {
         net->train = train != 0, net->hard = hard != 0, net->beta = beta, net->buffers = buffers;
-        net->live = -1;
-        s = sal_program_start(&net->p, x, xg, net->nops, op_scratch, net);
-    }
-    if (s == SAL_OK) {
-        if (net->grad_cap != net->p.cap) free_grads(net);  /* backward makes them for p.cap */
-        const int64_t n = xg.n;
-        const int serial = !train && net->macs < SERIAL_MACS / n ? sal_serial_begin() : -1;
-        s = forward_ops(net, params, buffers, n);
-        if (serial >= 0) sal_serial_end(serial);
-    }
-    if (s == SAL_OK) {
-        const int64_t last = net->ops[net->nops - 1].out;
-        memcpy(logits, net->p.act[last], (size_t)sal_program_numel(&net->p, last, xg.n) * sizeof(float));
-        net->p.n = xg.n;
+        net->fwd_params = params;
+        net->p.n = 0, net->streamed = 0;   /* no forward to differentiate until this completes */
+        const int nt = sal_threads();
+        int64_t cap = 0;
+        const int64_t c = xg.n >= 1 ? stream_chunk(net, xg.n, nt, &cap) : 0;
+        if (c > 0) {
+            s = forward_streams(net, logits, x, xg, params, buffers, c, cap, nt);
+        } else {
+            s = forward_whole(net, x, xg, params, buffers);
+            if (s == SAL_OK) {
+                const int64_t last = net->ops[net->nops - 1].out;
+                memcpy(logits, net->p.act[last],
+                       (size_t)sal_program_numel(&net->p, last, xg.n) * sizeof(float));
+            }
+        }
     }
     sal_program_leave(&net->p);
     return s;
 }
 
-/* Op i forward at batch n.  again: a checkpointed segment's second run in backward: its
- * BN applies the (dm, scale) of the first run, touching no statistics. */
-static sal_status forward_op(sal_net *net, int64_t i, const float *params, float *buffers,
-                             int64_t n, int again) {
-    float **act = net->p.act, *scratch = net->p.scratch;
-    const int threads = net->p.threads;
+sal_status sal_net_set_streams(sal_net *net, int64_t chunk) {
+    SAL_REQUIRE(net, FN, "net must not be NULL");
+    SAL_REQUIRE(chunk >= -1 && chunk <= ((int64_t)1 << 40), FN,
+                "set_streams: chunk=%lld: must be -1 (auto), 0 (never) or an image count >= 1",
+                (long long)chunk);
+    SAL_TRY(sal_program_enter(&net->p, "set_streams"));
+    net->stream_mode = chunk;
+    sal_program_leave(&net->p);
+    return SAL_OK;
+}
+
+sal_status sal_net_profile(sal_net *net, int on, double *seconds) {
+    SAL_REQUIRE(net, FN, "net must not be NULL");
+    SAL_TRY(sal_program_enter(&net->p, "profile"));
+    sal_status s = SAL_OK;
+    const size_t rows = (size_t)SAL_MAX_THREADS * (size_t)net->nops;
+    if (seconds) {
+        for (int64_t i = 0; i < net->nops; i++) seconds[i] = 0.0;
+        for (size_t r = 0; net->prof && r < rows; r++) seconds[r % (size_t)net->nops] += net->prof[r];
+    }
+    if (!on) {
+        free(net->prof);
+        net->prof = NULL;
+    } else if (!net->prof && !(net->prof = calloc(rows, sizeof *net->prof))) {
+        s = sal_fail(SAL_ENOMEM, FN, "profile: out of memory");
+    } else {
+        memset(net->prof, 0, rows * sizeof *net->prof);
+    }
+    sal_program_leave(&net->p);
+    return s;
+}
+
+/* Op i forward at batch n in the frame of ctx.  again: a checkpointed segment's second run
+ * in backward: its BN applies the (dm, scale) of the first run, touching no statistics. */
+static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
+                             float *buffers, int64_t n, int again) {
+    float **act = ctx->act, *scratch = ctx->scratch;
+    const int threads = ctx->threads;
     const sal_op *op = &net->ops[i];
     const int64_t *si = net->p.shapes + 3 * op->in;
     const sal_act xa = act_of(si, n);
@@ -660,7 +1010,7 @@ static sal_status forward_op(sal_net *net, int64_t i, const float *params, float
     case SAL_OP_CONV: {
         const float *bias = op->p1 >= 0 ? params + op->p1 : NULL;
         if (!net->train && net->sc[i].rows >= 0) {   /* the shifted-row GEMM, epilogue fused */
-            const sal_shiftconv_desc g = sc_desc(net, i, n);
+            const sal_shiftconv_desc g = sc_desc(net, i, n, threads);
             const sal_shiftconv_epi e = {bias, res, (int)op->relu, (int)op->res_post};
             SAL_TRY(sal_shiftconv_fwd(y, act[net->sc[i].in], params + op->p0, &e, &g, scratch));
             break;
@@ -676,9 +1026,19 @@ static sal_status forward_op(sal_net *net, int64_t i, const float *params, float
         break;
     }
     case SAL_OP_GATHER: {
-        const sal_gather_desc d = gather_desc(net, op, si, n);
-        SAL_TRY(sal_gather_fwd(y, in, params + op->p0, op->p1 >= 0 ? params + op->p1 : NULL,
-                               res, (int)op->relu, (int)op->res_post, &d, scratch));
+        const float *bias = op->p1 >= 0 ? params + op->p1 : NULL;
+        if (ctx->plan) {   /* a stream frame: its plan built by the first chunk (checked at create) */
+            if (ctx->built_n[i] != n) ctx->built[i] = 0, ctx->built_n[i] = n;
+            SAL_TRY(sal_taps_gather_fwd_plan(y, in, xa, op->o, op->stride,
+                                             op->npair ? net->pairs + 4 * op->ioff : NULL,
+                                             params + op->p0, op->npair, bias, res,
+                                             (int)op->relu, (int)op->res_post, threads, scratch,
+                                             ctx->plan + net->plan_off[i], &ctx->built[i]));
+            break;
+        }
+        const sal_gather_desc d = gather_desc(net, op, si, n, threads);
+        SAL_TRY(sal_gather_fwd(y, in, params + op->p0, bias, res, (int)op->relu,
+                               (int)op->res_post, &d, scratch));
         break;
     }
     case SAL_OP_SHIFT: {
@@ -695,13 +1055,14 @@ static sal_status forward_op(sal_net *net, int64_t i, const float *params, float
     }
     case SAL_OP_BN: {
         const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
-        float *sm = net->stats + net->stat_off[i], *sv = sm + xa.c, *affine = sv + xa.c;
+        float *sm = ctx->stats + net->stat_off[i], *sv = sm + xa.c, *affine = sv + xa.c;
         if (again)
             SAL_TRY(sal_bn_replay(y, in, affine, params + op->p1, res, (int)op->relu, &d));
         else
             SAL_TRY(sal_bn_fwd_affine(y, sm, sv, buffers + op->b0, buffers + op->b1, affine, in,
                                       params + op->p0, params + op->p1, res, (int)op->relu, &d));
-        if (net->replay[op->out] == i) net->live = op->out;   /* kept until the next op only */
+        if (ctx->whole && net->replay[op->out] == i)
+            net->live = op->out;   /* kept until the next op only */
         break;
     }
     case SAL_OP_ADD:
@@ -715,11 +1076,6 @@ static sal_status forward_op(sal_net *net, int64_t i, const float *params, float
         SAL_TRY(sal_linear_fwd(y, in, params + op->p0, params + op->p1, n, xa.c, op->o));
         break;
     }
-    return SAL_OK;
-}
-
-static sal_status forward_ops(sal_net *net, const float *params, float *buffers, int64_t n) {
-    for (int64_t i = 0; i < net->nops; i++) SAL_TRY(forward_op(net, i, params, buffers, n, 0));
     return SAL_OK;
 }
 
@@ -755,6 +1111,7 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
                             : op->kind == SAL_OP_SHIFT ? " that moves channels"
                             : op->kind == SAL_OP_ADD ? " with a ReLU" : "");
     }
+    SAL_TRY(materialise(net));   /* after a streamed forward: its activations */
     SAL_REQUIRE(net->p.n >= 1, FN, "backward: no forward pass to differentiate");
     const int64_t n = net->p.n;
     float **act = net->p.act, *scratch = net->p.scratch;
@@ -784,8 +1141,10 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
         zero_born(net, i, n);
         const int64_t sg = net->seg[i];
         if (sg >= 0 && i == net->seg_hi[sg] - 1)   /* entering a checkpointed segment */
-            for (int64_t j = net->seg_lo[sg]; j < net->seg_hi[sg]; j++)
-                SAL_TRY(forward_op(net, j, params, (float *)net->buffers, n, 1));
+            for (int64_t j = net->seg_lo[sg]; j < net->seg_hi[sg]; j++) {
+                const run_ctx ctx = whole_ctx(net);
+                SAL_TRY(forward_op(net, &ctx, j, params, (float *)net->buffers, n, 1));
+            }
         /* the replayed outputs this op's backward reads: its input, residual, and a BN's own
          * output (its ReLU mask) */
         SAL_TRY(replay_buffer(net, op->in, params, n));
@@ -876,6 +1235,7 @@ sal_status sal_net_set_checkpoints(sal_net *net, const int64_t *bounds, int64_t 
     free(net->seg_lo), free(net->seg_hi);
     net->seg_lo = lo, net->seg_hi = hi, net->nseg = nseg;
     sal_program_release(&net->p);     /* the sharing changed: allocated again by the next forward */
+    net->streamed = 0;
     free_grads(net);
     plan_sharing(net);
     sal_program_leave(&net->p);
@@ -883,16 +1243,22 @@ sal_status sal_net_set_checkpoints(sal_net *net, const int64_t *bounds, int64_t 
 }
 
 /* ---- inspection ---------------------------------------------------------------------- */
-sal_status sal_net_buffer(const sal_net *net, int64_t b, const float **act, sal_act *geom) {
+sal_status sal_net_buffer(sal_net *net, int64_t b, const float **act, sal_act *geom) {
     SAL_REQUIRE(net, FN, "net, act, geom must not be NULL");
-    return sal_program_buffer(&net->p, b, act, geom);
+    SAL_TRY(sal_program_enter(&net->p, "buffer"));
+    sal_status s = materialise(net);  /* after a streamed forward: its activations */
+    if (s == SAL_OK) s = sal_program_buffer(&net->p, b, act, geom);
+    sal_program_leave(&net->p);
+    return s;
 }
 
 int64_t sal_net_output_width(const sal_net *net) {
     return sal_program_numel(&net->p, net->ops[net->nops - 1].out, 1);
 }
 
-int64_t sal_net_last_batch(const sal_net *net) { return net->p.n; }
+int64_t sal_net_last_batch(const sal_net *net) {
+    return net->streamed ? net->stream_n : net->p.n;
+}
 
 void sal_net_arena_sizes(const sal_net *net, int64_t *nparams, int64_t *nbuffers) {
     if (nparams) *nparams = net->p.narena;

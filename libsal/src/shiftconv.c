@@ -41,7 +41,7 @@
 #include "internal/internal.h"
 #include "sal/shiftconv.h"
 
-#define TMAX 48          /* positions per tile, the most of any kernel */
+#define TMAX 64          /* positions per tile, the most of any kernel */
 #define LANE_OFF (-(1 << 30)) /* a lane past the segment: Y + dy < 0 for every class */
 
 static const char *FN = "sal_shiftconv";
@@ -391,7 +391,7 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
                 _Pragma("GCC unroll 4") for (int i = 0; i < (NV); i++) {                          \
                     if (!tail[i]) break;                                                          \
                     __m512 v = _mm512_add_ps(acc[j][i], b);                                       \
-                    const float *r = t->res + at + 16 * i;                                        \
+                    const float *r = t->has_res ? t->res + at + 16 * i : NULL;                    \
                     if (t->has_res && !t->res_post)                                               \
                         v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(tail[i], r));                  \
                     if (t->relu) v = _mm512_max_ps(v, zero);                                      \
@@ -469,7 +469,7 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
                     if (p0 + 8 * i >= t->M) break;                                                \
                     const int full = p0 + 8 * i + 8 <= t->M; /* vmaskmovps stores are slow */     \
                     __m256 v = _mm256_add_ps(acc[j][i], b);                                       \
-                    const float *r = t->res + at + 8 * i;                                         \
+                    const float *r = t->has_res ? t->res + at + 8 * i : NULL;                     \
                     __m256 rv = _mm256_setzero_ps();                                              \
                     if (t->has_res)                                                               \
                         rv = full ? _mm256_loadu_ps(r) : _mm256_maskload_ps(r, tail[i]);          \
@@ -489,6 +489,13 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
  * 32x32 9.2 -> 8.3 us, SL expand 16>96 50.8 -> 44.2 us; at 8x8 the wide tile lost 33 %). */
 SC_KERNEL_AVX512(run_avx512, 8, 2)
 SC_KERNEL_AVX512(run_avx512_wide, 8, 3)
+/* The tall tile (64 positions x 6 channels) for expand-shaped layers (O >= 4 R: few rows,
+ * many outputs, the SL expand 1x1s), read in place (direct mode): four loads per row feed
+ * 24 FMAs, six broadcasts; whole 8x8 planes.  Measured, 1 thread, batch 1, thread CPU
+ * minima of 3 x 300 calls interleaved with the narrow/wide pair: SL expand 16>96 32x32
+ * 43.3 -> 41.2 us, 32>192 16x16 37.7 -> 35.1, 64>384 8x8 34.9 -> 32.6; on the reduce and
+ * shared-SAL shapes (O <= R) it lost 2-17 % (a 6-channel block wastes lanes of 16 or 32). */
+SC_KERNEL_AVX512(run_avx512_tall, 6, 4)
 SC_KERNEL_AVX2(run_avx2, 6, 2)
 SC_KERNEL_AVX2(run_avx2_wide, 4, 3)
 #endif
@@ -514,6 +521,15 @@ static const sc_kernel KERNELS[SAL_ISA_COUNT][2] = {   /* narrow, wide */
 /* the kernel for segments of M positions (BLOCK_UNIT is a multiple of every tile) */
 static sc_kernel pick_kernel(int64_t M) { return KERNELS[sal_cpu_isa()][M >= WIDE_MIN]; }
 
+/* direct mode's kernel: the tall tile for expand-shaped layers where the ISA has one */
+static sc_kernel pick_direct(int64_t M, int64_t R, int64_t O) {
+#if SC_X86
+    if (sal_cpu_isa() == SAL_ISA_AVX512 && O >= 4 * R) return (sc_kernel){run_avx512_tall, 64, 6};
+#endif
+    (void)R, (void)O;
+    return pick_kernel(M);
+}
+
 /* ---- stride > 1: phase planes ---------------------------------------------------------- */
 
 typedef struct {
@@ -523,10 +539,59 @@ typedef struct {
     int64_t N, H, W, S, Ho, Wo, xsn, xsc, pl_stride, img_stride;
 } phase_task;
 
+/* Stride 2's rows: dst[v] = src[2 v] for v < n, reading src[0 .. 2n - 1) only (masked
+ * loads past it); one table by ISA, the portable loop its reference twin. */
+typedef void (*deint2_fn)(float *dst, const float *src, int64_t n);
+
+static void deint2_base(float *dst, const float *src, int64_t n) {
+    for (int64_t v = 0; v < n; v++) dst[v] = src[2 * v];
+}
+
+#if SC_X86
+__attribute__((target("avx512f"))) static void deint2_avx512(float *dst, const float *src,
+                                                             int64_t n) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                           28, 30);
+    for (int64_t v = 0; v < n; v += 16) {
+        const int64_t m = n - v < 16 ? n - v : 16, len = 2 * m - 1;   /* floats to read */
+        const __mmask16 lo = len >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << len) - 1);
+        const __mmask16 hi = len <= 16 ? (__mmask16)0 : (__mmask16)((1u << (len - 16)) - 1);
+        const __m512 a = _mm512_maskz_loadu_ps(lo, src + 2 * v);
+        const __m512 b = _mm512_maskz_loadu_ps(hi, src + 2 * v + 16);
+        _mm512_mask_storeu_ps(dst + v, (__mmask16)((1u << m) - 1),
+                              _mm512_permutex2var_ps(a, even, b));
+    }
+}
+
+__attribute__((target("avx2,fma"))) static void deint2_avx2(float *dst, const float *src,
+                                                            int64_t n) {
+    int64_t v = 0;
+    for (; v + 8 < n; v += 8) {   /* reads src[2v .. 2v + 16) <= 2n - 2 */
+        const __m256 a = _mm256_loadu_ps(src + 2 * v), b = _mm256_loadu_ps(src + 2 * v + 8);
+        const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));   /* a0 a2 b0 b2 | a4 a6 b4 b6 */
+        _mm256_storeu_ps(dst + v, _mm256_castpd_ps(_mm256_permute4x64_pd(
+                                      _mm256_castps_pd(e), _MM_SHUFFLE(3, 1, 2, 0))));
+    }
+    for (; v < n; v++) dst[v] = src[2 * v];
+}
+#endif
+
+static const deint2_fn DEINT2[SAL_ISA_COUNT] = {
+    [SAL_ISA_BASE] = deint2_base,
+#if SC_X86
+    [SAL_ISA_AVX2] = deint2_avx2,
+    [SAL_ISA_AVX512] = deint2_avx512,
+#else
+    [SAL_ISA_AVX2] = deint2_base,
+    [SAL_ISA_AVX512] = deint2_base,
+#endif
+};
+
 /* idx in [0, nplane * N): plane j = idx / N, image n = idx % N */
 static void phase_run(void *p, int64_t lo, int64_t hi, int tid) {
     const phase_task *t = p;
     const int64_t N = t->N, H = t->H, W = t->W, S = t->S, Ho = t->Ho, Wo = t->Wo;
+    const deint2_fn deint2 = DEINT2[sal_cpu_isa()];
     for (int64_t idx = lo; idx < hi; idx++) {
         const int64_t j = idx / N, n = idx % N;
         const int64_t src = t->plist[3 * j], a = t->plist[3 * j + 1], b = t->plist[3 * j + 2];
@@ -540,7 +605,9 @@ static void phase_run(void *p, int64_t lo, int64_t hi, int tid) {
                 continue;
             }
             const float *row = xp + iy * W + b;
-            for (int64_t v = 0; v < vhi; v++) dst[v] = row[S * v];
+            if (S == 2) deint2(dst, row, vhi);
+            else
+                for (int64_t v = 0; v < vhi; v++) dst[v] = row[S * v];
             for (int64_t v = vhi; v < Wo; v++) dst[v] = 0.0f;
         }
     }
@@ -683,7 +750,7 @@ sal_status sal_shiftconv_fwd(float *y, const float *x, const float *w,
         src_seg = cnhw ? 0 : nplane * pl_stride;
     }
     const int64_t M = cnhw ? N * HWo : HWo, nseg = cnhw ? 1 : N;
-    const sc_kernel K = pick_kernel(M);
+    const sc_kernel K = L.panel_mode ? pick_kernel(M) : pick_direct(M, R, O);
     const int64_t ntile = (M + K.tile - 1) / K.tile, nob = (O + K.mr - 1) / K.mr;
     sc_task t = {y, src, epi->res, w, epi->bias, off, cls, cdy, cdx, base + L.masks,
                  L.mask_bytes, R, O, ncls, Ho, Wo, M, ntile, nob, src_seg,

@@ -1408,9 +1408,12 @@ sal_status sal_taps_bwd(float *dx, float *g, const float *dy, const float *x, co
 }
 
 /* ---- deployment: the one-tap GATHER (sal/taps.h) --------------------------------------- */
+/* The geometry of a GATHER call and its memory: the entry lists (its plan) carved from
+ * plan_base (then *plan_floats their size) or, plan_base and plan_floats NULL, from base
+ * with the per-thread areas; *floats: the scratch size (base NULL: the sizes only). */
 static sal_status gather_geom(const char *fn, sal_act xa, int64_t o, int64_t stride,
                               int64_t npair, int threads, unshared_plan *u, size_t *floats,
-                              float *base) {
+                              float *base, float *plan_base, size_t *plan_floats) {
     SAL_TRY(sal_act_check(fn, "x", xa));
     SAL_REQUIRE(o >= 1 && stride >= 1 && npair >= 0 && threads >= 0 && threads <= 1024, fn,
                 "O=%lld stride=%lld npair=%lld threads=%d: need O >= 1, stride >= 1, "
@@ -1429,15 +1432,17 @@ static sal_status gather_geom(const char *fn, sal_act xa, int64_t o, int64_t str
     SAL_TRY(sal_checked_prod(fn, "chunk buffer", &t, 3, u->gf.Cs, (int64_t)u->gf.ncopy,
                              u->gf.cstride));
     list_blocks(&u->lf, xa.c, block_channels(xa.c, u->gf.ncopy, TILE_REF + 2 * u->gf.Wg));
-    carver c = carver_at(base);
-    u->lf.rowptr = carve(&c, (size_t)(o * u->lf.nb + 1) * sizeof(int64_t));
-    u->lf.off = carve(&c, (size_t)(npair > 0 ? npair : 1) * sizeof(int64_t));
-    u->lf.w = carve(&c, (size_t)(npair > 0 ? npair : 1) * sizeof(float));
-    u->usef = carve(&c, (size_t)xa.c * sizeof(uint16_t));
-    u->blk = carve(&c, (size_t)xa.c * sizeof(int32_t));
+    carver c = carver_at(base), cp = carver_at(plan_base);
+    carver *lists = plan_floats ? &cp : &c;
+    u->lf.rowptr = carve(lists, (size_t)(o * u->lf.nb + 1) * sizeof(int64_t));
+    u->lf.off = carve(lists, (size_t)(npair > 0 ? npair : 1) * sizeof(int64_t));
+    u->lf.w = carve(lists, (size_t)(npair > 0 ? npair : 1) * sizeof(float));
+    u->usef = carve(lists, (size_t)xa.c * sizeof(uint16_t));
+    u->blk = carve(lists, (size_t)xa.c * sizeof(int32_t));
     thread_sizes(u, grid_buf_floats(&u->gf), u->gf.R * u->gf.Wg, o, 0, 0);
     u->thr = carve(&c, (size_t)u->per * (size_t)u->nt * sizeof(float));
     *floats = c.used + 16;
+    if (plan_floats) *plan_floats = cp.used + 16;
     return SAL_OK;
 }
 
@@ -1445,26 +1450,50 @@ size_t sal_taps_gather_scratch(sal_act xa, int64_t o, int64_t stride, int64_t np
                                int threads) {
     unshared_plan u;
     size_t f = 0;
-    if (gather_geom("sal_taps_gather", xa, o, stride, npair, threads, &u, &f, NULL) != SAL_OK)
+    if (gather_geom("sal_taps_gather", xa, o, stride, npair, threads, &u, &f, NULL, NULL,
+                    NULL) != SAL_OK)
         return 0;
     return f;
+}
+
+size_t sal_taps_gather_plan_floats(sal_act xa, int64_t o, int64_t stride, int64_t npair,
+                                   int threads) {
+    unshared_plan u;
+    size_t f = 0, pf = 0;
+    if (gather_geom("sal_taps_gather", xa, o, stride, npair, threads, &u, &f, NULL, NULL,
+                    &pf) != SAL_OK)
+        return 0;
+    return pf;
 }
 
 sal_status sal_taps_gather_fwd(float *y, const float *x, sal_act xa, int64_t o, int64_t stride,
                                const int32_t *pairs, const float *w, int64_t npair,
                                const float *bias, const float *res, int relu, int res_post,
                                int threads, float *scratch) {
+    int built = 0;
+    return sal_taps_gather_fwd_plan(y, x, xa, o, stride, pairs, w, npair, bias, res, relu,
+                                    res_post, threads, scratch, NULL, &built);
+}
+
+sal_status sal_taps_gather_fwd_plan(float *y, const float *x, sal_act xa, int64_t o,
+                                    int64_t stride, const int32_t *pairs, const float *w,
+                                    int64_t npair, const float *bias, const float *res,
+                                    int relu, int res_post, int threads, float *scratch,
+                                    float *plan, int *built) {
     const char *fn = "sal_taps_gather_fwd";
     unshared_plan u;
-    size_t need = 0;
-    SAL_TRY(gather_geom(fn, xa, o, stride, npair, threads, &u, &need, NULL));
-    SAL_REQUIRE(y && x && scratch && (npair == 0 || (pairs && w)), fn,
-                "y, x, scratch, pairs and w must not be NULL (scratch: %zu floats)", need);
+    size_t need = 0, pf = 0;
+    SAL_TRY(gather_geom(fn, xa, o, stride, npair, threads, &u, &need, NULL, NULL, NULL));
+    SAL_REQUIRE(y && x && scratch && built && (npair == 0 || (pairs && w)), fn,
+                "y, x, scratch, built, pairs and w must not be NULL (scratch: %zu floats)", need);
     SAL_REQUIRE((relu == 0 || relu == 1) && (res_post == 0 || res_post == 1), fn,
                 "relu=%d res_post=%d: must be 0 or 1", relu, res_post);
-    SAL_TRY(gather_geom(fn, xa, o, stride, npair, threads, &u, &need, scratch));
+    SAL_TRY(gather_geom(fn, xa, o, stride, npair, threads, &u, &need, scratch, plan,
+                        plan ? &pf : NULL));
     const taps_grid *g = &u.gf;
     taps_list *l = &u.lf;
+    l->nrow = o, l->ne = npair;
+    if (plan && *built) goto run;   /* the lists of the call that built them */
     /* rows o, blocks of input channels: count (validating), prefix sums, fill; pairs are
      * sorted by o only, within a row's block they keep their order */
     for (int64_t i = 0; i < xa.c; i++) u.blk[i] = (int32_t)(i / l->cb);
@@ -1490,7 +1519,8 @@ sal_status sal_taps_gather_fwd(float *y, const float *x, sal_act xa, int64_t o, 
     }
     for (int64_t r = o * l->nb; r > 0; r--) l->rowptr[r] = l->rowptr[r - 1];   /* back */
     l->rowptr[0] = 0;
-    l->nrow = o, l->ne = npair;
+    *built = plan != NULL;
+run:
     u.gf.src = x;
     const sal_act ya = {xa.n, o, g->Hg, g->Wg, xa.layout};
     const chunk_task t = units((chunk_task){&u, &u.gf, l, 1, 0, u.usef, y, sal_act_sn(ya),

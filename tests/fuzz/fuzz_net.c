@@ -18,6 +18,8 @@
  * succeeds or fails with a message; a created program runs forward (or refuses with a
  * message) at any batch size, repeatedly; a backward succeeds or refuses with a message
  * (an inference-only op); count succeeds on a created program. */
+#include <math.h>
+
 #include "fuzz_input.h"
 #include "sal/sal.h"
 
@@ -101,6 +103,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             sal_status c = sal_net_set_checkpoints(net, nseg ? bounds : NULL, nseg);
             if (c != SAL_OK) FUZZ_ASSERT(sal_last_error()[0] != '\0', "checkpoints refused silently");
         }
+        /* evaluation forwards: streams of 1-2 images, never, or auto (sal/net.h "Streams");
+         * opt2 & 4: after one, sal_net_buffer and backward (the whole-batch forward again) */
+        const uint8_t opt2 = fuzz_u8(&in);
+        const int64_t chunk = (opt2 & 3) == 3 ? -1 : (opt2 & 3) == 2 ? 0 : (opt2 & 3) + 1;
+        FUZZ_ASSERT(sal_net_set_streams(net, chunk) == SAL_OK, "set_streams: %s", sal_last_error());
         float *grads = calloc((size_t)(nweights > 0 ? nweights : 1), sizeof *grads);
         if (!grads) abort();
         FUZZ_ASSERT(K >= 1, "output width %lld", (long long)K);
@@ -117,6 +124,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             if (getenv("FUZZ_VERBOSE"))
                 fprintf(stderr, "forward n=%lld: %s\n", (long long)n, f == SAL_OK ? "ok" : sal_last_error());
             if (f != SAL_OK) FUZZ_ASSERT(sal_last_error()[0] != '\0', "forward failed silently");
+            if (f == SAL_OK && !train && (opt2 & 4)) {   /* what a streamed forward leaves */
+                const float *act;
+                sal_act g;
+                const int64_t b = fuzz_size(&in, nbuf);
+                sal_status v = sal_net_buffer(net, b, &act, &g);
+                if (v != SAL_OK) FUZZ_ASSERT(sal_last_error()[0] != '\0', "buffer failed silently");
+                FUZZ_ASSERT(v != SAL_OK || (g.n == n && g.c == shapes[3 * b]),
+                            "buffer %lld: batch %lld", (long long)b, (long long)g.n);
+                if (v == SAL_OK && b == ops[nops - 1].out)   /* the logits' buffer: (N, K) */
+                    for (int64_t e = 0; e < n * K; e++)
+                        FUZZ_ASSERT(!isfinite(logits[e]) || !isfinite(act[e]) ||
+                                        fabs((double)act[e] - logits[e]) <=
+                                            1e-3 * (1.0 + fabs((double)logits[e])),
+                                    "logit %lld: %g after streams, %g whole batch", (long long)e,
+                                    (double)logits[e], (double)act[e]);
+                sal_status bw = sal_net_backward(net, grads, logits, weights);
+                if (bw != SAL_OK) FUZZ_ASSERT(sal_last_error()[0] != '\0', "backward failed silently");
+            }
             if (f == SAL_OK && train) {   /* the logits as their own gradient */
                 sal_status b = sal_net_backward(net, grads, logits, weights);
                 if (getenv("FUZZ_VERBOSE"))

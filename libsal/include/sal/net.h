@@ -98,8 +98,36 @@ void sal_net_free(sal_net *net);
  * never corrupt memory.  Callers that share a network serialise the calls (salnp holds
  * a per-network lock); different networks run in parallel.  A failed forward (bad input,
  * out of memory) leaves no forward to differentiate: the next backward fails with a
- * message, and the buffers of earlier batches stay consistent.  An evaluation forward of
- * fewer than 2^25 MACs runs on the calling thread alone (waking the pool costs more). */
+ * message, and the buffers of earlier batches stay consistent.  A whole-batch evaluation
+ * forward (streams off, or run again for backward or sal_net_buffer) of fewer than 2^25
+ * MACs runs on the calling thread alone (waking the pool costs more). */
+
+/* Streams.  An evaluation forward (train = 0) of a large batch runs as streams: the batch
+ * is cut into chunks of c images, and each of the sal_threads() threads takes chunk after
+ * chunk and runs every op on it, one thread per kernel, in a frame of its own (the
+ * activations and scratch of c images, allocated once per (c, threads)): a chunk's
+ * activations stay in the L2 cache from op to op, where the whole batch would stream
+ * every activation through DRAM between ops.  The chunk boundaries do not depend on which
+ * thread runs a chunk: results are deterministic for a given thread count (and chunk), and
+ * agree with the whole-batch forward within float32 rounding (bit for bit where a kernel's
+ * sums do not depend on the batch size).
+ *   Auto (the default): frames of c = clamp(512 KiB / the largest per-image buffer, 1, 16)
+ * images; chunks of c, lowered to ceil(N / threads) when N < threads * c so that every
+ * thread gets one, and to N.  Every evaluation forward streams, batch 1 too: a frame's
+ * buffers share storage by liveness (a few buffers' worth per image, not the whole
+ * network's), so even one image's activations stay in the L2 cache.  Training forwards
+ * never stream.
+ *   A streamed forward writes the logits only: it neither allocates nor writes the
+ * whole-batch activations (an earlier whole-batch forward's stay allocated), but keeps a
+ * copy of the input.  Its frames also keep each GATHER's entry lists (sal/taps.h
+ * sal_taps_gather_fwd_plan) from the first chunk to the last of one forward.  sal_net_backward and
+ * sal_net_buffer after it first run the whole-batch evaluation forward of that input, with
+ * the params and buffers arenas of the streamed forward (which must still be alive and
+ * unchanged, as the SAL masks for backward), so they see exactly what a whole-batch
+ * forward would have left.
+ * chunk: -1 auto, 0 never (every forward over the whole batch), k >= 1: every evaluation
+ * forward streams chunks of k images (benchmarks and tests). */
+sal_status sal_net_set_streams(sal_net *net, int64_t chunk);
 
 /* logits (N, K) from x (N, C, H, W) NCHW; (C, H, W) must be the program's input shape.
  * train: batch statistics and running-stat update (buffers written); hard: binarised SAL
@@ -121,6 +149,13 @@ sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, co
  * allocates them again); no forward to differentiate afterwards. */
 sal_status sal_net_set_checkpoints(sal_net *net, const int64_t *bounds, int64_t nseg);
 
+/* Profile of evaluation and training forwards, per op (bench/bench_streams.py --profile):
+ * seconds (nops, may be NULL) receives the thread CPU seconds each op took, summed over
+ * the forwards since profiling was turned on and over the threads that ran streams (a
+ * whole-batch op's pool workers are not counted: profile at 1 thread); then on = 1
+ * restarts the sums from zero, on = 0 stops profiling (two clock reads per op). */
+sal_status sal_net_profile(sal_net *net, int on, double *seconds);
+
 /* width K of the output (N, K); batch size of the last forward (0: none); arena sizes;
  * whether backward is defined (1) or the op that forbids it (*why, may be NULL) */
 int64_t sal_net_output_width(const sal_net *net);
@@ -132,7 +167,9 @@ int64_t sal_net_macs(const sal_net *net);
 /* (C, H, W) of buffer b, for inspection; activations of the last forward (CNHW).  A BN + ReLU
  * output whose one reader is the next op shares its allocation with the others of its kind
  * (backward recomputes it): after a forward it holds the last of them. */
-sal_status sal_net_buffer(const sal_net *net, int64_t b, const float **act, sal_act *geom);
+/* After a streamed forward it first runs the whole-batch forward of that input (see
+ * "Streams"); one call at a time per network, like forward. */
+sal_status sal_net_buffer(sal_net *net, int64_t b, const float **act, sal_act *geom);
 /* read-only views of the program as validated and copied by sal_net_create; any output
  * pointer may be NULL */
 void sal_net_program(const sal_net *net, const int64_t **shapes, int64_t *nbuf,

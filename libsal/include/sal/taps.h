@@ -28,6 +28,22 @@ sal_status sal_taps_gather_fwd(float *y, const float *x, sal_act xa, int64_t o, 
                                const float *bias, const float *res, int relu, int res_post,
                                int threads, float *scratch);
 
+/* The same with its entry lists (the plan: the pairs sorted into the kernel's order, with
+ * their offsets and weights) kept between calls, for a caller that runs one layer on many
+ * chunks of a batch (sal/net.h "Streams"): plan holds sal_taps_gather_plan_floats(...)
+ * floats (the largest over the batch sizes N it runs); with
+ * *built = 0 the call builds the lists there (checking the pairs) and sets *built = 1;
+ * with *built = 1 it runs the lists as they are: the caller keeps x's geometry, threads,
+ * the pairs and the weights of the call that built them.  plan NULL: as
+ * sal_taps_gather_fwd. */
+size_t sal_taps_gather_plan_floats(sal_act xa, int64_t o, int64_t stride, int64_t npair,
+                                   int threads);
+sal_status sal_taps_gather_fwd_plan(float *y, const float *x, sal_act xa, int64_t o,
+                                    int64_t stride, const int32_t *pairs, const float *w,
+                                    int64_t npair, const float *bias, const float *res,
+                                    int relu, int res_post, int threads, float *scratch,
+                                    float *plan, int *built);
+
 #ifdef __cplusplus
 }
 #endif

@@ -18,9 +18,11 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
     p->act = calloc((size_t)nbuf, sizeof *p->act);
     p->share = malloc((size_t)nbuf * sizeof *p->share);
     p->share_off = calloc((size_t)nbuf, sizeof *p->share_off);
-    if (!p->shapes || !p->act || !p->share || !p->share_off)
+    p->fshare = malloc((size_t)nbuf * sizeof *p->fshare);
+    p->fshare_off = calloc((size_t)nbuf, sizeof *p->fshare_off);
+    if (!p->shapes || !p->act || !p->share || !p->share_off || !p->fshare || !p->fshare_off)
         return sal_fail(SAL_ENOMEM, fn, "out of memory");
-    for (int64_t b = 0; b < nbuf; b++) p->share[b] = b;
+    for (int64_t b = 0; b < nbuf; b++) p->share[b] = p->fshare[b] = b;
     memcpy(p->shapes, shapes, (size_t)nbuf * 3 * sizeof *shapes);
     for (int64_t b = 0; b < nbuf; b++) {
         int64_t tot;
@@ -33,16 +35,44 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
     return SAL_OK;
 }
 
-static void free_act(sal_program *p) {
-    if (p->act)
+/* frees the storage frame_make made with the sharing (share, off), not f's table of
+ * buffer pointers (left NULL): they point into the allocations of the buffers that own
+ * storage (share[b] == b) */
+static void frame_free_storage(const sal_program *p, sal_frame *f, const int64_t *share,
+                               const int64_t *off) {
+    if (f->act)
         for (int64_t b = 0; b < p->nbuf; b++) {
-            if (p->share[b] == b && p->act[b]) free(p->act[b] - p->cap * p->share_off[b]);
-            p->act[b] = NULL;
+            if (share[b] == b && f->act[b]) free(f->act[b] - f->cap * off[b]);
+            f->act[b] = NULL;
         }
-    free(p->scratch);
+    free(f->scratch);
+    f->scratch = f->extra = NULL;
+    f->scratch_n = 0;
+    f->cap = 0;
+}
+
+static void frame_free(const sal_program *p, sal_frame *f, const int64_t *share,
+                       const int64_t *off) {
+    frame_free_storage(p, f, share, off);
+    free(f->act);
+    *f = (sal_frame){0};
+}
+
+static void frames_free(sal_program *p) {
+    for (int k = 0; k < p->nframes; k++) frame_free(p, &p->frames[k], p->fshare, p->fshare_off);
+    free(p->frames);
+    p->frames = NULL;
+    p->nframes = 0;
+}
+
+/* the whole-batch frame's storage (its table stays) and the stream frames */
+static void free_act(sal_program *p) {
+    sal_frame f = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL};
+    frame_free_storage(p, &f, p->share, p->share_off);
     p->scratch = NULL;
     p->scratch_n = 0;
     p->cap = 0;
+    frames_free(p);
 }
 
 void sal_program_release(sal_program *p) {
@@ -51,11 +81,14 @@ void sal_program_release(sal_program *p) {
 }
 
 void sal_program_free(sal_program *p) {
-    free_act(p);
+    if (p->share && p->fshare) free_act(p);   /* init may have failed before the tables */
     free(p->act);
     free(p->shapes);
     free(p->share);
     free(p->share_off);
+    free(p->fshare);
+    free(p->fshare_off);
+    p->fshare = p->fshare_off = NULL;
     p->share = NULL;
     p->share_off = NULL;
     p->act = NULL;
@@ -106,6 +139,57 @@ sal_status sal_program_enter(sal_program *p, const char *what) {
     return SAL_OK;
 }
 
+/* A frame for n images with the sharing (share, off), its scratch sized for `threads`
+ * threads, plus extra floats, all or nothing: on failure *f is left empty and nothing
+ * stays allocated. */
+static sal_status frame_make(const sal_program *p, sal_frame *f, int64_t n, int threads,
+                             size_t extra, const int64_t *share, const int64_t *off,
+                             int64_t nops, sal_program_scratch_fn need, const void *owner) {
+    *f = (sal_frame){0};
+    size_t scratch = 0;
+    for (int64_t i = 0; i < nops; i++) {
+        size_t s = need(owner, i, n, threads);
+        if (s > scratch) scratch = s;
+    }
+    if (scratch > (((size_t)1 << 62) / sizeof(float)) - extra)
+        return sal_fail(SAL_EOVERFLOW, p->fn, "scratch for batch %lld: size does not fit",
+                        (long long)n);
+    float **act = calloc((size_t)p->nbuf, sizeof *act), *scr = NULL;
+    sal_status s = act ? SAL_OK : sal_fail(SAL_ENOMEM, p->fn, "out of memory");
+    for (int64_t b = 0; b < p->nbuf && s == SAL_OK; b++) {
+        if (share[b] != b) continue;             /* its storage is another buffer's */
+        int64_t per = off[b] + sal_program_numel(p, b, 1), numel;
+        for (int64_t o = 0; o < p->nbuf; o++)    /* the furthest end of the buffers in it */
+            if (share[o] == b && off[o] + sal_program_numel(p, o, 1) > per)
+                per = off[o] + sal_program_numel(p, o, 1);
+        s = sal_checked_prod(p->fn, "activation", &numel, 2, n, per);
+        if (s == SAL_OK && !(act[b] = malloc((size_t)numel * sizeof(float))))
+            s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
+                         (long long)n);
+    }
+    if (s == SAL_OK && !(scr = malloc((scratch + extra ? scratch + extra : 1) * sizeof(float))))
+        s = sal_fail(SAL_ENOMEM, p->fn, "scratch of %zu floats: out of memory", scratch + extra);
+    if (s != SAL_OK) {
+        if (act)
+            for (int64_t b = 0; b < p->nbuf; b++) free(act[b]);
+        free(act);
+        return s;
+    }
+    /* every buffer points into its owner's allocation: owners first (their pointers are
+     * needed by the others) */
+    float **own = malloc((size_t)p->nbuf * sizeof *own);
+    if (!own) {
+        for (int64_t b = 0; b < p->nbuf; b++) free(act[b]);
+        free(act), free(scr);
+        return sal_fail(SAL_ENOMEM, p->fn, "out of memory");
+    }
+    memcpy(own, act, (size_t)p->nbuf * sizeof *own);
+    for (int64_t b = 0; b < p->nbuf; b++) act[b] = own[share[b]] + n * off[b];
+    free(own);
+    *f = (sal_frame){act, n, threads, scr, scratch, scr + scratch};
+    return SAL_OK;
+}
+
 /* Activations and scratch for batch size n, all or nothing: the new blocks are allocated
  * first and replace the old ones only when every allocation succeeded, so a failure
  * leaves the previous capacity and buffers as they were. */
@@ -113,46 +197,46 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
                           const void *owner) {
     if (n <= p->cap && p->threads == sal_threads()) return SAL_OK;
     if (n < p->cap) n = p->cap;  /* a thread-count change keeps the capacity */
-    const int threads = sal_threads(), old_threads = p->threads;
-    p->threads = threads;        /* the scratch functions size for it */
-    size_t scratch = 0;
-    for (int64_t i = 0; i < nops; i++) {
-        size_t s = need(owner, i, n);
-        if (s > scratch) scratch = s;
-    }
-    p->threads = old_threads;
-    if (scratch > (((size_t)1 << 62) / sizeof(float)))
-        return sal_fail(SAL_EOVERFLOW, p->fn, "scratch for batch %lld: size does not fit",
-                        (long long)n);
-    float **act = calloc((size_t)p->nbuf, sizeof *act), *scr = NULL;
-    sal_status s = act ? SAL_OK : sal_fail(SAL_ENOMEM, p->fn, "out of memory");
-    for (int64_t b = 0; b < p->nbuf && s == SAL_OK; b++) {
-        if (p->share[b] != b) continue;          /* its storage is another buffer's */
-        int64_t per = sal_program_numel(p, b, 1), numel;
-        for (int64_t o = 0; o < p->nbuf; o++)    /* the furthest end of the buffers in it */
-            if (p->share[o] == b && p->share_off[o] + sal_program_numel(p, o, 1) > per)
-                per = p->share_off[o] + sal_program_numel(p, o, 1);
-        s = sal_checked_prod(p->fn, "activation", &numel, 2, n, per);
-        if (s == SAL_OK && !(act[b] = malloc((size_t)numel * sizeof(float))))
-            s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
-                         (long long)n);
-    }
-    if (s == SAL_OK && !(scr = malloc((scratch ? scratch : 1) * sizeof(float))))
-        s = sal_fail(SAL_ENOMEM, p->fn, "scratch of %zu floats: out of memory", scratch);
-    if (s != SAL_OK) {
-        if (act)
-            for (int64_t b = 0; b < p->nbuf; b++) free(act[b]);
-        free(act);
-        return s;    /* p untouched */
-    }
-    free_act(p);
-    for (int64_t b = 0; b < p->nbuf; b++) p->act[b] = act[p->share[b]] + n * p->share_off[b];
-    free(act);
-    p->scratch = scr;
-    p->scratch_n = scratch;
-    p->threads = threads;
+    sal_frame f;
+    SAL_TRY(frame_make(p, &f, n, sal_threads(), 0, p->share, p->share_off, nops, need, owner));
+    sal_frame old = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL};
+    frame_free(p, &old, p->share, p->share_off);          /* its table too: the new frame brings its own */
+    p->act = f.act;
+    p->scratch = f.scratch;
+    p->scratch_n = f.scratch_n;
+    p->threads = f.threads;
     p->cap = n;
     return SAL_OK;
+}
+
+sal_status sal_program_frames(sal_program *p, int nt, int64_t c, size_t extra, int64_t nops,
+                              sal_program_scratch_fn need, const void *owner) {
+    if (p->frames && p->nframes == nt && p->frames[0].cap == c && p->frame_extra == extra)
+        return SAL_OK;
+    sal_frame *fr = calloc((size_t)nt, sizeof *fr);
+    if (!fr) return sal_fail(SAL_ENOMEM, p->fn, "out of memory");
+    sal_status s = SAL_OK;
+    for (int k = 0; k < nt && s == SAL_OK; k++)
+        s = frame_make(p, &fr[k], c, 1, extra, p->fshare, p->fshare_off, nops, need, owner);
+    if (s != SAL_OK) {
+        for (int k = 0; k < nt; k++) frame_free(p, &fr[k], p->fshare, p->fshare_off);
+        free(fr);
+        return s;
+    }
+    frames_free(p);
+    p->frames = fr;
+    p->nframes = nt;
+    p->frame_extra = extra;
+    return SAL_OK;
+}
+
+void sal_program_load(const sal_program *p, const sal_frame *f, const float *x, int64_t n0,
+                      int64_t n) {
+    const int64_t c = p->shapes[0], hw = p->shapes[1] * p->shapes[2];
+    for (int64_t ci = 0; ci < c; ci++)
+        for (int64_t k = 0; k < n; k++)
+            memcpy(f->act[0] + (ci * n + k) * hw, x + ((n0 + k) * c + ci) * hw,
+                   (size_t)hw * sizeof(float));
 }
 
 typedef struct {

@@ -5,7 +5,13 @@
  * buffer 0 is the input.  The runtime owns the shapes (validated and copied), checks
  * the buffer and arena references every op makes, allocates the activations and one
  * scratch block once per batch size (again when the thread count changes), and moves
- * the caller's NCHW input into buffer 0.  net.c keeps the op table and the executor. */
+ * the caller's NCHW input into buffer 0.  net.c keeps the op table and the executor.
+ *
+ * Frames.  Every buffer's activations for some number of images, laid out as the
+ * program's sharing says, plus one scratch block sized for some thread count: the
+ * whole-batch activations (act, cap, threads, scratch) are one frame, and a streamed
+ * evaluation forward (sal/net.h "Streams") gives each of its threads a frame of its own
+ * for a chunk of images (frames), all made by one allocator. */
 #ifndef SAL_PROGRAM_H
 #define SAL_PROGRAM_H
 
@@ -13,6 +19,15 @@
 #include <stdbool.h>
 
 #include "internal/internal.h"
+
+typedef struct {
+    float **act;         /* per buffer: cap images (program.h share, share_off) */
+    int64_t cap;         /* images it holds (0: none) */
+    int threads;         /* thread count its scratch is sized for */
+    float *scratch;
+    size_t scratch_n;
+    float *extra;        /* extra floats per frame the owner asked for (e.g. BN statistics) */
+} sal_frame;
 
 typedef struct {
     const char *fn;      /* the runtime's name in messages: "sal_net" */
@@ -31,6 +46,12 @@ typedef struct {
                             activations are allocated, or followed by sal_program_release */
     float *scratch;
     size_t scratch_n;
+    int64_t *fshare;     /* the sharing of the stream frames, as share and share_off: set by */
+    int64_t *fshare_off; /* net.c (buffers whose lives do not overlap in an evaluation
+                            forward share storage) before any frame is made */
+    sal_frame *frames;   /* per stream thread (nframes), NULL: none */
+    int nframes;
+    size_t frame_extra;  /* the extra floats each of them has */
     atomic_int busy;     /* a forward/backward is running (sal_program_enter) */
 } sal_program;
 
@@ -54,8 +75,8 @@ static inline void sal_program_leave(sal_program *p) { atomic_store(&p->busy, 0)
 sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
                             const int64_t *shapes, int64_t nbuf, int64_t nops, int64_t narena);
 void sal_program_free(sal_program *p);
-/* frees the activations and scratch (the next forward allocates them again): after the
- * buffers' sharing changed; leaves no forward to differentiate */
+/* frees the activations, scratch and frames (the next forward allocates them again):
+ * after the buffers' sharing changed; leaves no forward to differentiate */
 void sal_program_release(sal_program *p);
 
 /* buffer b for batch n: its geometry (CNHW) and element count */
@@ -77,9 +98,9 @@ sal_status sal_program_check_fit(const sal_program *p, int64_t i, int64_t out, i
                                  const int64_t want[3], int64_t p0, int64_t pw, int64_t p1,
                                  int64_t pb);
 
-/* scratch floats op i needs at batch n (the runtime takes the largest); SIZE_MAX when the
- * size does not fit (the runtime then refuses the batch) */
-typedef size_t (*sal_program_scratch_fn)(const void *owner, int64_t i, int64_t n);
+/* scratch floats op i needs at batch n on `threads` threads (the runtime takes the
+ * largest); SIZE_MAX when the size does not fit (the runtime then refuses the batch) */
+typedef size_t (*sal_program_scratch_fn)(const void *owner, int64_t i, int64_t n, int threads);
 
 /* Starts a forward: x (N, C, H, W) NCHW must match buffer 0; activations and scratch for
  * batch N (reallocated, with their contents lost, when N exceeds the capacity or the
@@ -89,6 +110,15 @@ typedef size_t (*sal_program_scratch_fn)(const void *owner, int64_t i, int64_t n
  * old ones only once every allocation succeeded. */
 sal_status sal_program_start(sal_program *p, const float *x, sal_act xg, int64_t nops,
                              sal_program_scratch_fn scratch, const void *owner);
+
+/* Frames for a streamed forward: nt frames of c images each, their scratch sized for one
+ * thread, extra floats each (kept when nt, c and extra are those of the frames there are).
+ * All or nothing, like the whole-batch activations; never touches those. */
+sal_status sal_program_frames(sal_program *p, int nt, int64_t c, size_t extra, int64_t nops,
+                              sal_program_scratch_fn scratch, const void *owner);
+/* images [n0, n0 + n) of x (N, C, H, W) NCHW into buffer 0 of frame f (C, n, H, W) */
+void sal_program_load(const sal_program *p, const sal_frame *f, const float *x, int64_t n0,
+                      int64_t n);
 
 /* activations of buffer b after the last forward */
 sal_status sal_program_buffer(const sal_program *p, int64_t b, const float **act, sal_act *geom);

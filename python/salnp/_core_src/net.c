@@ -293,7 +293,54 @@ PyDoc_STRVAR(net_set_checkpoints_doc,
         "Activation checkpointing: bounds int64 (nseg, 2), [first op, end op) of each segment\n"
         "whose inner activations backward recomputes instead of keeping (sal/net.h)."));
 
+static PyObject *core_net_set_streams(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "chunk", NULL};
+    const char *fn = "set_streams";
+    PyObject *cap;
+    long long chunk;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OL", kwlist, &cap, &chunk)) return NULL;
+    sal_net *net = engine_of(cap, NET_CAPSULE, "net_create", fn);
+    if (!net) return NULL;
+    if (chunk < -1) {
+        PyErr_Format(PyExc_ValueError, "%s: chunk=%lld: must be -1 (auto), 0 (never) or an "
+                     "image count >= 1", fn, chunk);
+        return NULL;
+    }
+    if (failed(m, sal_net_set_streams(net, chunk), fn)) return NULL;
+    return Py_NewRef(Py_None);
+}
+PyDoc_STRVAR(net_set_streams_doc,
+    DOC("net_set_streams(net, chunk)", "",
+        "Streamed evaluation forwards (sal/net.h \"Streams\"): chunk -1 auto (the default),\n"
+        "0 never (every forward over the whole batch), k >= 1 always chunks of k images."));
+
+static PyObject *core_net_profile(PyObject *m, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"net", "on", NULL};
+    const char *fn = "net_profile";
+    PyObject *cap;
+    int on;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "Op", kwlist, &cap, &on)) return NULL;
+    sal_net *net = engine_of(cap, NET_CAPSULE, "net_create", fn);
+    if (!net) return NULL;
+    int64_t nops;
+    sal_net_program(net, NULL, NULL, NULL, &nops);
+    npy_intp dims[1] = {(npy_intp)nops};
+    PyArrayObject *out = new_empty(1, dims, NPY_FLOAT64);
+    if (!out) return NULL;
+    if (failed(m, sal_net_profile(net, on, PyArray_DATA(out)), fn)) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return (PyObject *)out;
+}
+PyDoc_STRVAR(net_profile_doc,
+    DOC("net_profile(net, on)", " -> seconds",
+        "Per-op thread CPU seconds of the forwards since profiling was turned on (float64\n"
+        "(nops,)); then on=True restarts the sums, on=False stops profiling (sal/net.h)."));
+
 PyMethodDef core_net_methods[] = {
+    KW_METHOD("net_profile", core_net_profile, net_profile_doc),
+    KW_METHOD("net_set_streams", core_net_set_streams, net_set_streams_doc),
     KW_METHOD("net_set_checkpoints", core_net_set_checkpoints, net_set_checkpoints_doc),
     KW_METHOD("net_shapes", core_net_shapes, net_shapes_doc),
     KW_METHOD("net_create", core_net_create, net_create_doc),
