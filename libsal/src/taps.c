@@ -1263,13 +1263,18 @@ static sal_status shared_bwd(float *dx, float *g, const float *dy, const float *
 }
 
 /* ---- direct path: stride 1, no copies (internal/taps.h, "Direct kernels") ------------ */
-/* Rows of width W = 16 * RV (RV = 1, 2, 4 vectors) in tiles of TR = 8 / RV rows (8
- * accumulators), or W = 8 in tiles of 16 rows (a vector holds two rows).  Per tile the rows
- * a tap may read are known per row shift dy (bits ok[dy + 1]: inside the segment and the
- * image); per entry one broadcast, then per row RV aligned-or-not loads (a row outside:
- * zeros), the column shift as a lane rotation (valignd) with the edge lane zeroed, RV FMAs.
- * Entries come sorted by dx (sal.c order is free: the lists carry their own index), so the
- * three-way branch on dx is taken in runs. */
+/* Rows of width W = 16 * RV (RV = 1, 2, 4 vectors) in tiles of TR = 16 / RV rows (16
+ * accumulators: 16 vs 8 measured 4 % faster on 32x16x16, the same on 16x32x32).  Per tile
+ * the rows a tap may read are known per row shift dy (bits ok[dy + 1]: inside the segment
+ * and the image; computed for blocks of tiles once per call); per entry one broadcast, then
+ * per row RV loads (a row outside: zeros), the column shift as a lane rotation (valignd)
+ * with the edge lane zeroed, RV FMAs.  The lists come sorted by dx (they carry their own
+ * index into g), so the three-way branch on dx is taken in runs.
+ * Where the time goes (16x32x32, batch 128, 1 thread): 1.0 ms fixed + 0.91 ms per kept tap
+ * forward, i.e. ~74 GFLOP/s per tap: a shifted vector costs a load, a valignd and an FMA,
+ * and the valignd competes with the FMA for the FP pipes (dx = 0, a third of the taps, has
+ * none).  A tile buffer of the shifted rows shared by all outputs (each shifted row serves
+ * ~O/2 entries) would take most valignds out of the inner loop: not done. */
 #define TAPD_ZEROS 64
 static const float tapd_zeros[TAPD_ZEROS] __attribute__((aligned(64)));
 
@@ -1280,6 +1285,15 @@ static inline unsigned tapd_rows_ok(int64_t r0, int tr, int64_t nrows, int64_t h
     for (int r = 0; r < tr && r0 + r < nrows; r++, y = y + 1 == h ? 0 : y + 1)
         b |= (unsigned)(y + dy >= 0 && y + dy < h) << r;
     return b;
+}
+
+/* the ok bits of tiles [t0, t1) of TR rows, okt[3 * (t - t0) + dy + 1] */
+#define TAPD_TBLK 64
+static void tapd_tiles_ok(unsigned *okt, int64_t t0, int64_t t1, int tr, int64_t nrows,
+                          int64_t h) {
+    for (int64_t t = t0; t < t1; t++)
+        for (int k = 0; k < 3; k++)
+            okt[3 * (t - t0) + k] = tapd_rows_ok(t * tr, tr, nrows, h, k - 1);
 }
 
 /* sv[0 .. RV) = the row at rp shifted by DX columns (0 outside it) */
@@ -1308,7 +1322,7 @@ static inline unsigned tapd_rows_ok(int64_t r0, int tr, int64_t nrows, int64_t h
 
 /* the forward's FMAs of one entry over a tile, the column shift DX fixed */
 #define TAPD_FWD_ROWS(RV, TR, W, DX)                                                          \
-    _Pragma("GCC unroll 8") for (int r = 0; r < (TR); r++) {                                  \
+    _Pragma("GCC unroll 16") for (int r = 0; r < (TR); r++) {                                  \
         const float *rp = (okb >> r & 1u) ? s + r * (W) : tapd_zeros;                         \
         __m512 sv[RV];                                                                        \
         TAPD_SHIFT(sv, rp, RV, DX);                                                           \
@@ -1318,7 +1332,7 @@ static inline unsigned tapd_rows_ok(int64_t r0, int tr, int64_t nrows, int64_t h
 
 /* the weight gradient's products of one entry over a tile */
 #define TAPD_DOT_ROWS(RV, TR, W, DX)                                                          \
-    _Pragma("GCC unroll 8") for (int r = 0; r < (TR); r++) {                                  \
+    _Pragma("GCC unroll 16") for (int r = 0; r < (TR); r++) {                                  \
         const float *rp = (okb >> r & 1u) ? s + r * (W) : tapd_zeros;                         \
         __m512 sv[RV];                                                                        \
         TAPD_SHIFT(sv, rp, RV, DX);                                                           \
@@ -1328,23 +1342,27 @@ static inline unsigned tapd_rows_ok(int64_t r0, int tr, int64_t nrows, int64_t h
         }                                                                                     \
     }
 
+#define TAPD_NV 16   /* accumulators (vectors) per tile */
 #define TAPD_WIDE(RV)                                                                         \
     __attribute__((target("avx512f"))) static void tapd_fwd_w##RV(const tapd_job *j) {       \
-        enum { TR = 8 / (RV), W = 16 * (RV) };                                                \
+        enum { TR = TAPD_NV / (RV), W = 16 * (RV) };                                                \
         const int64_t nrows = j->nrows, h = j->h;                                             \
         const int64_t *const rowptr = j->rowptr, *const off = j->off;                         \
         const uint8_t *const tap = j->tap;                                                    \
         const float *const src = j->src, *const wt = j->wt;                                   \
         const int stream = j->mode == TAPS_EPI_STREAM, add = j->mode == TAPS_EPI_ACC;         \
+        const int64_t nt = (nrows + TR - 1) / TR;                                             \
+        unsigned okt[3 * TAPD_TBLK];                                                          \
+        for (int64_t tb = 0; tb < nt; tb += TAPD_TBLK) {                                      \
+        const int64_t te = nt - tb < TAPD_TBLK ? nt : tb + TAPD_TBLK;                         \
+        tapd_tiles_ok(okt, tb, te, TR, nrows, h);                                             \
         for (int64_t kk = j->k0; kk < j->k1; kk++) {                                          \
             float *d = j->dst + (kk - j->k0) * j->dstride;                                    \
             const int64_t e0 = rowptr[kk], e1 = rowptr[kk + 1];                               \
-            for (int64_t r0 = 0; r0 < nrows; r0 += TR) {                                      \
-                const unsigned ok[3] = {tapd_rows_ok(r0, TR, nrows, h, -1),                   \
-                                        tapd_rows_ok(r0, TR, nrows, h, 0),                    \
-                                        tapd_rows_ok(r0, TR, nrows, h, 1)};                   \
-                __m512 acc[8];                                                                \
-                _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) acc[i] =                  \
+            for (int64_t r0 = tb * TR; r0 < te * TR; r0 += TR) {                              \
+                const unsigned *ok = okt + 3 * (r0 / TR - tb);                                \
+                __m512 acc[TAPD_NV];                                                                \
+                _Pragma("GCC unroll 16") for (int i = 0; i < TAPD_NV; i++) acc[i] =                  \
                     _mm512_setzero_ps();                                                      \
                 for (int64_t e = e0; e < e1; e++) {                                           \
                     const int q = tap[e], dx = q % 3 - 1;                                     \
@@ -1361,7 +1379,7 @@ static inline unsigned tapd_rows_ok(int64_t r0, int tr, int64_t nrows, int64_t h
                 }                                                                             \
                 float *dt = d + r0 * W;                                                       \
                 const int rows = nrows - r0 < TR ? (int)(nrows - r0) : TR;                    \
-                _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) {                         \
+                _Pragma("GCC unroll 16") for (int i = 0; i < TAPD_NV; i++) {                         \
                     if (i / (RV) >= rows) break;                                              \
                     float *p = dt + 16 * i;                                                   \
                     if (add) _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), acc[i]));  \
@@ -1370,27 +1388,31 @@ static inline unsigned tapd_rows_ok(int64_t r0, int tr, int64_t nrows, int64_t h
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \
+        }                                                                                     \
         if (stream) _mm_sfence();                                                             \
     }                                                                                         \
     __attribute__((target("avx512f"))) static void tapd_sddmm_w##RV(const tapd_job *j) {     \
-        enum { TR = 8 / (RV), W = 16 * (RV) };                                                \
+        enum { TR = TAPD_NV / (RV), W = 16 * (RV) };                                                \
         const int64_t nrows = j->nrows, h = j->h;                                             \
         const int64_t *const rowptr = j->rowptr, *const off = j->off;                         \
         const uint8_t *const tap = j->tap;                                                    \
         const float *const src = j->src;                                                      \
         float *const accv = j->accv;                                                          \
+        const int64_t nt = (nrows + TR - 1) / TR;                                             \
+        unsigned okt[3 * TAPD_TBLK];                                                          \
+        for (int64_t tb = 0; tb < nt; tb += TAPD_TBLK) {                                      \
+        const int64_t te = nt - tb < TAPD_TBLK ? nt : tb + TAPD_TBLK;                         \
+        tapd_tiles_ok(okt, tb, te, TR, nrows, h);                                             \
         for (int64_t kk = j->k0; kk < j->k1; kk++) {                                          \
             const float *dyk = j->dy + (kk - j->k0) * j->dystride;                            \
             const int64_t e0 = rowptr[kk], e1 = rowptr[kk + 1];                               \
             if (e0 == e1) continue;                                                           \
             memset(accv, 0, (size_t)((e1 - e0) * 16) * sizeof *accv);                         \
-            for (int64_t r0 = 0; r0 < nrows; r0 += TR) {                                      \
-                const unsigned ok[3] = {tapd_rows_ok(r0, TR, nrows, h, -1),                   \
-                                        tapd_rows_ok(r0, TR, nrows, h, 0),                    \
-                                        tapd_rows_ok(r0, TR, nrows, h, 1)};                   \
+            for (int64_t r0 = tb * TR; r0 < te * TR; r0 += TR) {                              \
+                const unsigned *ok = okt + 3 * (r0 / TR - tb);                                \
                 const int rows = nrows - r0 < TR ? (int)(nrows - r0) : TR;                    \
-                __m512 gv[8];                                                                 \
-                _Pragma("GCC unroll 8") for (int i = 0; i < 8; i++) gv[i] =                   \
+                __m512 gv[TAPD_NV];                                                                 \
+                _Pragma("GCC unroll 16") for (int i = 0; i < TAPD_NV; i++) gv[i] =                   \
                     i / (RV) < rows ? _mm512_loadu_ps(dyk + r0 * W + 16 * i)                  \
                                     : _mm512_setzero_ps();                                    \
                 for (int64_t e = e0; e < e1; e++) {                                           \
@@ -1412,6 +1434,7 @@ static inline unsigned tapd_rows_ok(int64_t r0, int tr, int64_t nrows, int64_t h
             }                                                                                 \
             for (int64_t e = e0; e < e1; e++)                                                 \
                 j->g[e] += _mm512_reduce_add_ps(_mm512_loadu_ps(accv + (e - e0) * 16));       \
+        }                                                                                     \
         }                                                                                     \
     }
 
@@ -1440,9 +1463,10 @@ static int tapd_class(int64_t w) { return w == 16 ? 0 : w == 32 ? 1 : w == 64 ? 
 static int aligned64(const float *p) { return p == NULL || (uintptr_t)p % 64 == 0; }
 
 /* Whether a layer runs on the direct kernels: stride 1, a row width they have, an ISA that
- * has them, and the buffers (x and y, or x, dy and dx; NULL: not used) 64-byte aligned (a
- * row then starts a cache line: with rows 16 bytes off, every load crosses a line and the
- * direct forward measured 3.66 against 2.29 ms, slower than the copy path). */
+ * has them, and the sources the kernels read rows of (x; the backward x and dy) 64-byte
+ * aligned: a row then starts a cache line (with rows 16 bytes off every load crosses a line,
+ * and the direct forward measured 3.66 against 2.29 ms, slower than the copy path).  y and
+ * dx may lie anywhere (y's non-temporal stores need it aligned, else plain stores). */
 int sal_taps_direct(const sal_sal_desc *d, const float *a, const float *b, const float *c) {
     const int k = tapd_class(d->x.w);
     return d->stride == 1 && k >= 0 && TAPD[sal_cpu_isa()][k].fwd != NULL && aligned64(a) &&
@@ -1743,7 +1767,7 @@ static sal_status direct_fwd(float *y, const float *x, const float *weff, const 
     direct_lists(&p, kept, weff, 1, 0);
     direct_task t = {&p, TAPD[sal_cpu_isa()][tapd_class(p.W)], direct_splits(&p, p.O), x, NULL,
                      y, NULL, 0, 0};
-    t.stream = DIRECT_STREAM && t.kern.fwd != sal_ref_tapd_fwd;   /* y, its rows: aligned */
+    t.stream = DIRECT_STREAM && t.kern.fwd != sal_ref_tapd_fwd && aligned64(y);   /* rows too */
     sal_parallel_for(p.nchunk * t.ks, p.nt, direct_fwd_units, &t);
     return SAL_OK;
 }
@@ -1821,23 +1845,33 @@ static const uint16_t *kept_oc(const unshared_plan *u, const uint16_t *kept,
 /* Crossover.  The sparse path runs when the fraction of kept taps (nkept / (9 L)) is below
  * the break-even fraction at which the sparse and the dense path take the same time,
  * measured with bench/bench_taps.c (thread CPU time, 1 thread, batch 128, CNHW, the
- * ResNet-20 SAL layers, logits U[0, 1), beta 1 .. 70; 2026-12-05, Zen 4, AVX-512), after
- * the dense 3x3 convolution became Winograd F(4x4, 3x3) at stride 1 and the blocked direct
- * kernel at stride 2 (conv.c).  The sparse time is a fixed part plus a part per kept tap
- * (fitted on beta 20 / 70, kept 3.3 / 1.7 per slice: 16x32x32 forward 1.9 ms + 0.93 ms per
- * tap against dense 3.35; backward 4.1 + 2.0 against 6.6), so the break-even is
- * (dense - fixed) / per-tap / 9:
+ * ResNet-20 SAL layers, logits U[0, 1), beta 1 .. 200; Zen 4, AVX-512), the dense 3x3
+ * convolution being Winograd F(4x4, 3x3) at stride 1 and the blocked direct kernel at
+ * stride 2 (conv.c).  The sparse time is a fixed part plus a part per kept tap.
+ * Copy path (2026-12-05, fitted on beta 20 / 70, kept 3.3 / 1.7 per slice: 16x32x32
+ * forward 1.9 ms + 0.93 ms per tap against dense 3.35; backward 4.1 + 2.0 against 6.6):
  *   forward, stride 1:  0.14 - 0.18  (16x32x32, 32x16x16, 64x8x8; shared alike)  -> 0.16
  *   forward, stride 2:  0.28 - 0.29  (16->32, 32->64)                            -> 0.28
  *   backward, stride 1: 0.10 - 0.14                                              -> 0.12
  *   backward, stride 2: 0.29 - 0.30                                              -> 0.29
+ * Direct path (stride 1, aligned buffers; 2026-12-05, beta 20 .. 200, unshared and shared;
+ * 16x32x32 forward 1.0 ms + 0.91 ms per tap against dense 3.2, e.g. kept 1.62: 2.54 against
+ * 3.19 ms forward, 5.10 against 6.01 ms backward):
+ *   forward,  W = 32:   kept 2.2 - 2.3 of 9 -> 0.24;   W = 16: 1.6 - 1.75 -> 0.18
+ *   backward, W = 32:   kept 1.85 - 2.0     -> 0.21;   W = 16: 1.4 - 1.6  -> 0.16
+ *   (W = 64, no ResNet-20 layer: as W = 32)
  * (a slice keeps at least 1 tap: a fraction >= 1/9 = 0.11).  Before Winograd (the direct 3x3
- * kernel) they were 0.7 / 0.8 forward and "always" backward.  Re-measure when either path
- * changes: bench_taps prints both paths' times over a sweep of beta. */
+ * kernel) the copy path's were 0.7 / 0.8 forward and "always" backward.  Re-measure when
+ * either path changes: bench_taps prints both paths' times over a sweep of beta (its offset
+ * argument 0: aligned buffers, the direct path; 4: the copy path). */
 #define CROSSOVER_FWD_S1 0.16
 #define CROSSOVER_FWD_S2 0.28
 #define CROSSOVER_BWD_S1 0.12
 #define CROSSOVER_BWD_S2 0.29
+#define CROSSOVER_DIRECT_FWD_W16 0.18
+#define CROSSOVER_DIRECT_FWD_W32 0.24
+#define CROSSOVER_DIRECT_BWD_W16 0.16
+#define CROSSOVER_DIRECT_BWD_W32 0.21
 static const char *const PATHS[] = {"auto", "sparse", "dense"};
 static atomic_int path_mode = 0;
 
@@ -1857,15 +1891,22 @@ int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd, int direct) {
     const int mode = atomic_load(&path_mode);
     if (mode) return mode == 1;
     const int64_t all = (d->shared ? d->x.c : d->o * d->x.c) * KK;
-    const double crossover = bwd ? (d->stride == 1 ? CROSSOVER_BWD_S1 : CROSSOVER_BWD_S2)
-                                 : (d->stride == 1 ? CROSSOVER_FWD_S1 : CROSSOVER_FWD_S2);
+    double crossover;
+    if (direct) {
+        const int narrow = d->x.w == 16;
+        crossover = bwd ? (narrow ? CROSSOVER_DIRECT_BWD_W16 : CROSSOVER_DIRECT_BWD_W32)
+                        : (narrow ? CROSSOVER_DIRECT_FWD_W16 : CROSSOVER_DIRECT_FWD_W32);
+    } else {
+        crossover = bwd ? (d->stride == 1 ? CROSSOVER_BWD_S1 : CROSSOVER_BWD_S2)
+                        : (d->stride == 1 ? CROSSOVER_FWD_S1 : CROSSOVER_FWD_S2);
+    }
     return (double)nkept < crossover * (double)all;
 }
 
 sal_status sal_taps_fwd(float *y, const float *x, const float *weff, const uint16_t *kept,
                         const sal_sal_desc *d, float *scratch) {
     if (d->shared && shared_by_gemm(d, 0)) return shared_fwd(y, x, weff, kept, d, scratch);
-    if (sal_taps_direct(d, x, y, NULL)) return direct_fwd(y, x, weff, kept, d, scratch);
+    if (sal_taps_direct(d, x, NULL, NULL)) return direct_fwd(y, x, weff, kept, d, scratch);
     unshared_plan u;
     unshared_layout(&u, d, scratch, 0);
     kept = kept_oc(&u, kept, d);
@@ -1885,7 +1926,7 @@ sal_status sal_taps_bwd(float *dx, float *g, const float *dy, const float *x, co
                         const uint16_t *kept, const sal_sal_desc *d, float *scratch) {
     if (d->shared && shared_by_gemm(d, 1))
         return shared_bwd(dx, g, dy, x, weff, kept, d, scratch);
-    if (sal_taps_direct(d, x, dy, dx)) return direct_bwd(dx, g, dy, x, weff, kept, d, scratch);
+    if (sal_taps_direct(d, x, dy, NULL)) return direct_bwd(dx, g, dy, x, weff, kept, d, scratch);
     unshared_plan u;
     /* stride 1: both gradients chunk by chunk, dy read once (paired runs, 1 thread, batch
      * 128: 4-9 % faster on 32x32 and 16x16 planes, the same on 8x8) */

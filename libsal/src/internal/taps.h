@@ -104,8 +104,8 @@ void sal_ref_tapd_sddmm(const tapd_job *j);
 /* floats of scratch the sparse paths need (beyond sal.c's p, W_eff, g, kept) */
 size_t sal_taps_scratch(const sal_sal_desc *d);
 /* 1 when the layer's sparse path runs on the direct kernels (stride 1, row width 16, 32 or
- * 64, an ISA that has them, the buffers a, b, c 64-byte aligned; NULL: not used): the
- * forward passes (x, y, NULL), the backward (x, dy, dx) */
+ * 64, an ISA that has them, the sources a, b, c 64-byte aligned; NULL: none): the forward
+ * passes (x, NULL, NULL), the backward (x, dy, NULL) */
 int sal_taps_direct(const sal_sal_desc *d, const float *a, const float *b, const float *c);
 /* 1 when the sparse path is expected to be faster than the dense one for a layer with
  * nkept kept (slice, tap) pairs (per output channel for unshared: the sum over o), for the
