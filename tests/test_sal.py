@@ -518,15 +518,18 @@ def test_kept_taps(beta, rng):
         assert salnp._core.sal_kept_taps(a, beta).all()
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_sparse_threads_deterministic(threads, rng, sparse_path):
-    """The same thread count gives the same bits; 1 and 2 threads agree to rounding."""
+def test_sparse_threads_deterministic(threads, stride, rng, sparse_path):
+    """The same thread count gives the same bits; 1 and 2 threads agree to rounding
+    (stride 1 with aligned x and grad_y: the direct kernels; stride 2: the copy path)."""
     x, w, a = make(rng, 5, 9, 16, 16, 10, False)
-    gy = rng.standard_normal((5, 10, 8, 8), dtype=np.float32)
+    x = placed(x, True)
+    gy = placed(rng.standard_normal((5, 10, 16 // stride, 16 // stride), dtype=np.float32), True)
 
     def run():
-        return [ops.sal_conv2d(x, w, a, 20.0, stride=2),
-                *ops.sal_conv2d_backward(x, w, a, 20.0, gy, stride=2)]
+        return [ops.sal_conv2d(x, w, a, 20.0, stride=stride),
+                *ops.sal_conv2d_backward(x, w, a, 20.0, gy, stride=stride)]
 
     salnp.set_num_threads(1)
     ref = run()

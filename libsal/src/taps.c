@@ -1868,6 +1868,12 @@ static const uint16_t *kept_oc(const unshared_plan *u, const uint16_t *kept,
 #define CROSSOVER_FWD_S2 0.28
 #define CROSSOVER_BWD_S1 0.12
 #define CROSSOVER_BWD_S2 0.29
+/* Shared SAL on the restricted-im2col GEMM (64 outputs and more), stride 2 (32x16x16 -> 64,
+ * beta 3 .. 20, copy path buffers): forward kept 4.3 - 5.7 of 9 -> 0.55 (kept 4.28: 2.75
+ * against 3.30 ms), backward 4.3 - 5.7 -> 0.50 (6.88 against 7.12 ms).  At stride 1 (64x8x8,
+ * backward) the GEMM does not pay at 0.2 (5.06 against 4.38 ms): the copy path's 0.12. */
+#define CROSSOVER_GEMM_FWD_S2 0.55
+#define CROSSOVER_GEMM_BWD_S2 0.50
 #define CROSSOVER_DIRECT_FWD_W16 0.18
 #define CROSSOVER_DIRECT_FWD_W32 0.24
 #define CROSSOVER_DIRECT_BWD_W16 0.16
@@ -1892,7 +1898,9 @@ int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd, int direct) {
     if (mode) return mode == 1;
     const int64_t all = (d->shared ? d->x.c : d->o * d->x.c) * KK;
     double crossover;
-    if (direct) {
+    if (d->shared && shared_by_gemm(d, bwd) && d->stride >= 2) {
+        crossover = bwd ? CROSSOVER_GEMM_BWD_S2 : CROSSOVER_GEMM_FWD_S2;
+    } else if (direct) {
         const int narrow = d->x.w == 16;
         crossover = bwd ? (narrow ? CROSSOVER_DIRECT_BWD_W16 : CROSSOVER_DIRECT_BWD_W32)
                         : (narrow ? CROSSOVER_DIRECT_FWD_W16 : CROSSOVER_DIRECT_FWD_W32);
