@@ -22,10 +22,15 @@
  *                    dense x dense product): entries in groups with register accumulators
  *                    over a chunk, or per tile with dy's tile in registers;
  *   stride 1:        both gradients in one pass over the chunks (dy read once).
+ * Direct path (stride 1, rows 16, 32 or 64 wide, AVX-512, the sources 64-byte aligned):
+ * the same lists without the copies: rows read in place, the column shift made in registers
+ * (section "direct path" below).  It removes the copies' fixed cost (16x32x32, batch 128:
+ * 1.9 ms of a 3.4 ms forward at beta 70 on the copy path, 1.0 ms of 2.5 direct).
  * Shared SAL is the case where every output keeps its input channel's taps: it runs on the
  * same kernels, or (64 outputs and more, where that measured faster) as one GEMM over the
  * (channel, tap) rows of an im2col restricted to the kept taps (sal_sgemm), its gradients
- * two more.
+ * two more; its forward on small planes (stride 1, rows < 32 wide) and with 64 outputs and
+ * more at stride 2 is shift + 1x1 on sal_shiftconv (one row per kept (channel, tap)).
  *
  * Kernels: one table indexed by ISA (internal/cpu.h): AVX-512 (16-float vectors; 8-float
  * vectors with its 32 registers when Wo is not a multiple of 16, so that loads stay
@@ -38,6 +43,7 @@
  * Crossover (sal_taps_pays): see the measurements before that function. */
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -47,6 +53,7 @@
 #include "internal/cpu.h"
 #include "internal/range.h"
 #include "internal/taps.h"
+#include "sal/shiftconv.h"
 #include "sal/taps.h"
 
 #define KK 9
@@ -1098,9 +1105,43 @@ typedef struct {
     int32_t *ri, *rq;       /* row r: input channel, tap (sorted by channel) */
     int64_t nr;
     float *wr, *gr, *col;   /* W_R (O, R), G_R (O, R), col (R, cols) */
+    int32_t *rows;          /* the forward as shift + 1x1: rows (c, dy, dx) */
+    float *sc;              /* its sal_shiftconv scratch */
     int64_t chunk;          /* images per GEMM (CNHW), 1 (NCHW) */
     int nt;
 } shared_plan;
+
+/* Shared SAL's forward is a shift then a 1x1 convolution: sal_shiftconv with one row
+ * (c, dy, dx) per kept tap (sal/shiftconv.h, its masked loads of the shifted rows, several
+ * outputs per load).  Measured (1 thread, batch 128, beta 20 / 70, ms, against this file's
+ * entry kernels and GEMM): 32x16x16 s1 3.26 / 2.02 vs 3.75 / 2.16; 64x8x8 s1 2.85 / 1.68 vs
+ * 3.55 / 2.03; 32x16x16 -> 64 s2 2.56 / 1.48 vs (GEMM) 3.15 / 1.66; but 16x32x32 s1 3.68 /
+ * 2.27 vs 3.78 / 2.32 (the same) and 16 -> 32 s2 4.84 / 3.31 vs 3.20 / 2.20 (slower).  Its
+ * backward measured 2-3x slower than the paths below and is not used. */
+static int shared_by_shiftconv(const sal_sal_desc *d) {
+    return d->shared && ((d->stride == 1 && d->x.w < 32) || (d->stride >= 2 && d->o >= 64));
+}
+
+/* floats of sal_shiftconv scratch for any number of rows up to 9 C (its size need not grow
+ * with the rows: the largest over all counts); 0 where the forward does not use it */
+static size_t shiftconv_floats(const sal_sal_desc *d) {
+    if (!shared_by_shiftconv(d)) return 0;
+    const int64_t R = d->x.c * KK;
+    int32_t *rows = malloc((size_t)(3 * R) * sizeof *rows);
+    if (!rows) return SIZE_MAX / 8;   /* an allocation the caller cannot make either */
+    for (int64_t k = 0; k < R; k++)
+        rows[3 * k] = (int32_t)(k / KK), rows[3 * k + 1] = (int32_t)(k % KK / 3 - 1),
+        rows[3 * k + 2] = (int32_t)(k % 3 - 1);
+    size_t most = 0;
+    for (int64_t r = 1; r <= R; r++) {
+        const sal_shiftconv_desc sd = {d->x, d->o, r, rows, d->stride, d->threads,
+                                       SAL_SHIFTCONV_AUTO};
+        const size_t f = sal_shiftconv_scratch(&sd);
+        most = f > most ? f : most;
+    }
+    free(rows);
+    return most;
+}
 
 static size_t shared_layout(shared_plan *s, const sal_sal_desc *d, float *base) {
     const int64_t O = d->o, C = d->x.c, Rmax = C * KK;
@@ -1119,7 +1160,10 @@ static size_t shared_layout(shared_plan *s, const sal_sal_desc *d, float *base) 
     s->wr = carve(&c, (size_t)(O * Rmax) * sizeof(float));
     s->gr = carve(&c, (size_t)(O * Rmax) * sizeof(float));
     s->col = carve(&c, (size_t)(Rmax * s->chunk * hw) * sizeof(float));
-    return c.used + 16;
+    s->rows = carve(&c, (size_t)(3 * Rmax) * sizeof(int32_t));
+    /* the last piece: its size (a search over row counts) only for the size query */
+    s->sc = carve(&c, base ? 0 : shiftconv_floats(d) * sizeof(float));
+    return c.used + 16;   /* (with base: without the last piece) */
 }
 
 typedef struct {
@@ -1225,6 +1269,20 @@ static sal_status shared_fwd(float *y, const float *x, const float *weff, const 
                           ysc, 1, s.nt));
     }
     return SAL_OK;
+}
+
+static sal_status shared_shiftconv_fwd(float *y, const float *x, const float *weff,
+                                       const uint16_t *kept, const sal_sal_desc *d,
+                                       float *scratch) {
+    shared_plan s;
+    shared_layout(&s, d, scratch);
+    shared_rows(&s, kept, weff, d->o, d->x.c);
+    for (int64_t k = 0; k < s.nr; k++)
+        s.rows[3 * k] = s.ri[k], s.rows[3 * k + 1] = s.rq[k] / 3 - 1,
+        s.rows[3 * k + 2] = s.rq[k] % 3 - 1;
+    const sal_shiftconv_desc sd = {d->x, d->o, s.nr, s.rows, d->stride, d->threads,
+                                   SAL_SHIFTCONV_AUTO};
+    return sal_shiftconv_fwd(y, x, s.wr, NULL, &sd, s.sc);
 }
 
 static sal_status shared_bwd(float *dx, float *g, const float *dy, const float *x,
@@ -1872,6 +1930,11 @@ static const uint16_t *kept_oc(const unshared_plan *u, const uint16_t *kept,
  * beta 3 .. 20, copy path buffers): forward kept 4.3 - 5.7 of 9 -> 0.55 (kept 4.28: 2.75
  * against 3.30 ms), backward 4.3 - 5.7 -> 0.50 (6.88 against 7.12 ms).  At stride 1 (64x8x8,
  * backward) the GEMM does not pay at 0.2 (5.06 against 4.38 ms): the copy path's 0.12. */
+/* Shared SAL's forward as shift + 1x1 (sal_shiftconv; beta 20 / 70, kept 3.1-3.4 / 1.6-1.7):
+ * stride 1 (32x16x16, 64x8x8) kept 1.75 - 1.9 -> 0.20 (64x8x8 at beta 70: 1.86 against
+ * 2.0 ms); stride 2 (32x16x16 -> 64) as the GEMM it replaces, 0.55 (beta 20: 2.83 against
+ * 3.1 ms). */
+#define CROSSOVER_SHIFTCONV_FWD_S1 0.20
 #define CROSSOVER_GEMM_FWD_S2 0.55
 #define CROSSOVER_GEMM_BWD_S2 0.50
 #define CROSSOVER_DIRECT_FWD_W16 0.18
@@ -1898,7 +1961,9 @@ int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd, int direct) {
     if (mode) return mode == 1;
     const int64_t all = (d->shared ? d->x.c : d->o * d->x.c) * KK;
     double crossover;
-    if (d->shared && shared_by_gemm(d, bwd) && d->stride >= 2) {
+    if (!bwd && shared_by_shiftconv(d)) {
+        crossover = d->stride == 1 ? CROSSOVER_SHIFTCONV_FWD_S1 : CROSSOVER_GEMM_FWD_S2;
+    } else if (d->shared && shared_by_gemm(d, bwd) && d->stride >= 2) {
         crossover = bwd ? CROSSOVER_GEMM_BWD_S2 : CROSSOVER_GEMM_FWD_S2;
     } else if (direct) {
         const int narrow = d->x.w == 16;
@@ -1913,6 +1978,7 @@ int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd, int direct) {
 
 sal_status sal_taps_fwd(float *y, const float *x, const float *weff, const uint16_t *kept,
                         const sal_sal_desc *d, float *scratch) {
+    if (shared_by_shiftconv(d)) return shared_shiftconv_fwd(y, x, weff, kept, d, scratch);
     if (d->shared && shared_by_gemm(d, 0)) return shared_fwd(y, x, weff, kept, d, scratch);
     if (sal_taps_direct(d, x, NULL, NULL)) return direct_fwd(y, x, weff, kept, d, scratch);
     unshared_plan u;
