@@ -2,7 +2,8 @@
 authors' dense expression, at the layer level, for the ResNet-20 SAL layers.
 
     PYTHONPATH=python python bench/bench_sal.py [--batch 128] [--betas 20,35,70]
-        [--threads 1,2] [--repeats 7] [--shared] [--layers all] [--clock wall|cpu] [--write]
+        [--threads 1,2] [--repeats 7] [--shared] [--layers all] [--clock wall|cpu]
+        [--align 64|16] [--write]
 
 Layers (C_in x H x W -> C_out, stride): 16x32x32->16 s1, 16x32x32->32 s2, 32x16x16->32 s1,
 32x16x16->64 s2, 64x8x8->64 s1; batch 128; logits U[0, 1) (the paper's initialisation:
@@ -23,6 +24,9 @@ thread): a figure a loaded host barely disturbs (the caches are still shared), m
 repeats.  The salnp ops work on NCHW arrays and
 allocate their outputs and scratch per call, as a user's script does; the network
 (CNHW, scratch once) is measured by bench/bench_taps.c and bench/bench_training.py.
+--align: x and grad_y start on a 64-byte boundary (the default: the stride-1 layers then run
+the direct sparse kernels, taps.c) or 16 bytes past one (as glibc places a large block: the
+copy path).
 --write records the table in bench/RESULTS.md ("## SAL layer (sparse taps)").
 """
 import argparse
@@ -45,6 +49,15 @@ from common import table  # noqa: E402
 LAYERS = {"16x32-16s1": (16, 32, 16, 1), "16x32-32s2": (16, 32, 32, 2),
           "32x16-32s1": (32, 16, 32, 1), "32x16-64s2": (32, 16, 64, 2),
           "64x8-64s1": (64, 8, 64, 1)}
+
+
+def placed(a, align):
+    """a copy of a starting on a 64-byte boundary (align 64) or 16 bytes past one (16)"""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    off = (-buf.ctypes.data) % 64 + (0 if align == 64 else 16)
+    v = buf[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    v[...] = a
+    return v
 
 
 def torch_step(x, w, a, beta, gy, stride):
@@ -100,6 +113,8 @@ def main():
     ap.add_argument("--layers", default="all", help="comma-separated keys of " + ",".join(LAYERS))
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: the thread's CPU time (1 thread only)")
+    ap.add_argument("--align", type=int, choices=[64, 16], default=64,
+                    help="x and grad_y 64-byte aligned, or 16 bytes past (the copy path)")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
 
@@ -117,11 +132,11 @@ def main():
         for key in keys:
             C, H, O, s = LAYERS[key]
             rng = np.random.default_rng(0)
-            x = rng.standard_normal((N, C, H, H), dtype=np.float32)
+            x = placed(rng.standard_normal((N, C, H, H), dtype=np.float32), args.align)
             w = (rng.standard_normal((O, C, 3, 3)) / np.sqrt(9 * C)).astype(np.float32)
             a = rng.random((1 if args.shared else O, C, 9), dtype=np.float32)
             Ho = (H - 1) // s + 1
-            gy = rng.standard_normal((N, O, Ho, Ho), dtype=np.float32)
+            gy = placed(rng.standard_normal((N, O, Ho, Ho), dtype=np.float32), args.align)
             xt, wt, at = (torch.tensor(v, requires_grad=True) for v in (x, w, a))
             xc = torch.tensor(x).contiguous(memory_format=torch.channels_last).requires_grad_()
             gyt = torch.tensor(gy)
@@ -155,6 +170,7 @@ def main():
     result = table(header, rows)
     env = (f"{platform.processor() or platform.machine()}, isa {salnp._core.get_isa()}, "
            f"batch {N}, {'shared' if args.shared else 'unshared'}, "
+           f"x and grad_y {'64-byte aligned' if args.align == 64 else '16 bytes past 64'}, "
            f"{'wall-clock medians' if args.clock == 'wall' else 'thread CPU time, minima'}, "
            f"torch {torch.__version__}, "
            f"salnp {salnp.__version__} (BLIS {cfg['blis_version']} {cfg['arch']}), "
@@ -166,7 +182,8 @@ def main():
         path = os.path.join(HERE, "RESULTS.md")
         text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
         cmd = (f"PYTHONPATH=python python bench/bench_sal.py --batch {N} --betas {args.betas} "
-               f"--threads {args.threads} --repeats {args.repeats} --clock {args.clock}"
+               f"--threads {args.threads} --repeats {args.repeats} --clock {args.clock} "
+               f"--align {args.align}"
                + (" --shared" if args.shared else "") + " --write")
         title = ("## SAL layer (sparse taps)" + (", shared" if args.shared else "")
                  + (", CPU time" if args.clock == "cpu" else ""))

@@ -6,6 +6,13 @@
  *         $(grep -o '/[^ ;]*libblis.so[.0-9]*' build/dev/CMakeCache.txt | head -1) -lpthread -lm \
  *         -o build/dev/bench_taps
  *     build/dev/bench_taps [threads=2] [repeats=9] [shared=0] [batch=128] [betas=20,35,70]
+ *                          [layers=01234] [paths=ds] [offset=0]
+ *
+ * layers: the indices of the shapes below to run; paths: d (dense) and / or s (sparse), the
+ * other's columns then read 0 (a profile of one path: perf record -g build/dev/bench_taps 1 20
+ * 0 128 70 0 s).  offset: floats by which x, y, dx and dy start past a 64-byte boundary (0:
+ * aligned, the stride-1 sparse path then runs on the direct kernels; 4: as glibc's malloc
+ * places a large block, 16 bytes past one, the copy path).
  *
  * Shapes: the ResNet-20 SAL layers (16x32x32, 16->32 stride 2, 32x16x16, 32->64 stride 2,
  * 64x8x8).  Logits U[0, 1).  Columns: milliseconds (median, min) of the forward and of the
@@ -58,17 +65,21 @@ int main(int argc, char **argv) {
         nb = 0;
         for (char *s = strtok(argv[5], ","); s && nb < 8; s = strtok(NULL, ",")) betas[nb++] = atof(s);
     }
+    const char *layers = argc > 6 ? argv[6] : "01234", *pathsel = argc > 7 ? argv[7] : "ds";
+    const int64_t offset = argc > 8 ? atoll(argv[8]) : 0;
     sal_set_num_threads(nt);
     cpu_clock = nt == 1;
     if (sal_init() != SAL_OK) die("init");
     const int64_t shapes[][4] = {{16, 32, 16, 1}, {16, 32, 32, 2}, {32, 16, 32, 1},
                                  {32, 16, 64, 2}, {64, 8, 64, 1}};   /* C, H=W, O, S */
-    printf("# %d threads, isa %s, batch %lld, %s, CNHW; ms median (min), %s\n", nt,
-           sal_get_isa(), (long long)N, shared ? "shared" : "unshared",
+    printf("# %d threads, isa %s, batch %lld, %s, CNHW, buffers %lld floats past 64 bytes; "
+           "ms median (min), %s\n", nt, sal_get_isa(), (long long)N,
+           shared ? "shared" : "unshared", (long long)offset,
            cpu_clock ? "thread CPU time" : "wall clock");
     printf("| layer | beta | kept/9 | fwd dense | fwd sparse | bwd dense | bwd sparse | "
            "sparse fwd GF/s | sparse bwd GF/s |\n|---|---|---|---|---|---|---|---|---|\n");
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        if (!strchr(layers, (int)('0' + si))) continue;
         const int64_t C = shapes[si][0], H = shapes[si][1], O = shapes[si][2], S = shapes[si][3];
         const int64_t L = shared ? C : O * C;
         sal_sal_desc d = {{N, C, H, H, SAL_CNHW}, O, S, 1, shared, 0, 20.0, NULL, nt,
@@ -76,7 +87,9 @@ int main(int argc, char **argv) {
         sal_act ya;
         if (sal_sal_check(&d, &ya) != SAL_OK) die("check");
         const int64_t nx = N * C * H * H, ny = N * O * ya.h * ya.w;
-        float *x = malloc(nx * 4), *dx = malloc(nx * 4), *y = malloc(ny * 4), *dy = malloc(ny * 4);
+        float *xb = aligned_alloc(64, (nx + 16) * 4), *dxb = aligned_alloc(64, (nx + 16) * 4);
+        float *yb = aligned_alloc(64, (ny + 16) * 4), *dyb = aligned_alloc(64, (ny + 16) * 4);
+        float *x = xb + offset, *dx = dxb + offset, *y = yb + offset, *dy = dyb + offset;
         float *w = malloc(O * C * 9 * 4), *dw = malloc(O * C * 9 * 4), *a = malloc(L * 9 * 4);
         float *da = malloc(L * 9 * 4);
         uint8_t *kept = malloc(L * 9);
@@ -91,10 +104,11 @@ int main(int argc, char **argv) {
             int64_t nk;
             if (sal_attn_kept(kept, a, NULL, L, d.beta, 0, d.tap_threshold, &nk) != SAL_OK)
                 die("kept");
-            double t[4][64];
+            double t[4][64] = {{0}};
             const char *paths[2] = {"dense", "sparse"};
             for (int r = 0; r < reps + 1; r++)
                 for (int p = 0; p < 2; p++) {
+                    if (!strchr(pathsel, paths[p][0])) continue;
                     sal_set_taps_path(paths[p]);
                     double t0 = now();
                     if (sal_sal_fwd(y, x, w, a, &d, sc) != SAL_OK) die("fwd");
@@ -119,7 +133,7 @@ int main(int argc, char **argv) {
                    2 * macs / med[1] / 1e6, 4 * macs / med[3] / 1e6);
             fflush(stdout);
         }
-        free(x), free(dx), free(y), free(dy), free(w), free(dw), free(a), free(da), free(kept),
+        free(xb), free(dxb), free(yb), free(dyb), free(w), free(dw), free(a), free(da), free(kept),
             free(sc);
     }
     sal_set_taps_path("auto");

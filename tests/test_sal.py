@@ -335,6 +335,11 @@ TAP_SHAPES = [
     (2, 6, 16, 16, 11, 2),
     (2, 12, 32, 32, 9, 1),
     (2, 5, 9, 10, 65, 2),     # >= 64 outputs: shared SAL on the restricted-im2col GEMM
+    # stride 1, rows 16, 32, 64 wide: the direct kernels when x and grad_y are 64-byte
+    # aligned (odd heights, a partial last tile of rows, channels not divisible by 8 or 9)
+    (3, 7, 16, 16, 5, 1),
+    (1, 5, 9, 64, 6, 1),
+    (2, 10, 17, 32, 3, 1),
 ]
 TAP_SHAPE_IDS = ["x".join(map(str, s)) for s in TAP_SHAPES]
 TAP_BETAS = [1.0, 20.0, 70.0, 200.0]
@@ -360,19 +365,36 @@ def f64(*arrays):
     return [np.asarray(t, np.float64) for t in arrays]
 
 
+def placed(a, aligned):
+    """A copy of a whose data starts on a 64-byte boundary (aligned) or 16 bytes past one:
+    the sparse path of a stride-1 layer with rows 16, 32 or 64 wide runs on the direct
+    kernels when x and grad_y are aligned, on the copy path otherwise (tests/c/test_taps.c
+    checks which path runs)."""
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    off = (-buf.ctypes.data) % 64 + (0 if aligned else 16)
+    v = buf[off:off + a.nbytes].view(a.dtype).reshape(a.shape)
+    v[...] = a
+    assert (v.ctypes.data % 64 == 0) == aligned
+    return v
+
+
+@pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "off16"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("shared", [False, True], ids=["unshared", "shared"])
 @pytest.mark.parametrize("shape", TAP_SHAPES, ids=TAP_SHAPE_IDS)
-def test_sparse_taps_equal_dense_and_f64(shape, shared, masked, isa, rng, sparse_path):
+def test_sparse_taps_equal_dense_and_f64(shape, shared, masked, aligned, isa, rng, sparse_path):
     """Outputs and every gradient of the sparse path equal the dense path's within the
-    PyTorch tolerances of test_sal_matches_torch, and the float64 reference (threshold 0)."""
+    PyTorch tolerances of test_sal_matches_torch, and the float64 reference (threshold 0);
+    x and grad_y on a 64-byte boundary or 16 bytes past one (the direct kernels or the copy
+    path at stride 1)."""
     N, C, H, W, O, s = shape
     x, w, a = make(rng, N, C, H, W, O, shared)
+    x = placed(x, aligned)
     mask = random_mask(rng, a.shape) if masked else None
     for beta in TAP_BETAS:
         kw = dict(stride=s, mask=mask)
         y = ops.sal_conv2d(x, w, a, beta, tap_threshold=T_DEFAULT, **kw)
-        gy = rng.standard_normal(y.shape, dtype=np.float32)
+        gy = placed(rng.standard_normal(y.shape, dtype=np.float32), aligned)
         got = [y, *ops.sal_conv2d_backward(x, w, a, beta, gy, tap_threshold=T_DEFAULT, **kw)]
         dense = [ops.sal_conv2d(x, w, a, beta, tap_threshold=0, **kw),
                  *ops.sal_conv2d_backward(x, w, a, beta, gy, tap_threshold=0, **kw)]
@@ -384,6 +406,10 @@ def test_sparse_taps_equal_dense_and_f64(shape, shared, masked, isa, rng, sparse
                                        atols):
             assert_close(g, d, atol=atol, what=f"{name} beta={beta} vs dense")
             assert_close(g, r, atol=atol, what=f"{name} beta={beta} vs float64 reference")
+        if not masked:   # PyTorch autograd (float64) on the authors' formulation
+            tr = torch_sal(x, w, a, beta, gy, s)
+            for g, r, name, atol in zip(got, tr, ["y", "grad_x", "grad_w", "grad_logits"], atols):
+                assert_close(g, r, atol=atol, what=f"{name} beta={beta} vs PyTorch")
         if beta >= 20:   # the path skipped something (else it would prove nothing)
             kept = salnp._core.sal_kept_taps(a, beta, mask=mask)
             assert kept.sum() < kept.size
@@ -492,15 +518,18 @@ def test_kept_taps(beta, rng):
         assert salnp._core.sal_kept_taps(a, beta).all()
 
 
+@pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_sparse_threads_deterministic(threads, rng, sparse_path):
-    """The same thread count gives the same bits; 1 and 2 threads agree to rounding."""
+def test_sparse_threads_deterministic(threads, stride, rng, sparse_path):
+    """The same thread count gives the same bits; 1 and 2 threads agree to rounding
+    (stride 1 with aligned x and grad_y: the direct kernels; stride 2: the copy path)."""
     x, w, a = make(rng, 5, 9, 16, 16, 10, False)
-    gy = rng.standard_normal((5, 10, 8, 8), dtype=np.float32)
+    x = placed(x, True)
+    gy = placed(rng.standard_normal((5, 10, 16 // stride, 16 // stride), dtype=np.float32), True)
 
     def run():
-        return [ops.sal_conv2d(x, w, a, 20.0, stride=2),
-                *ops.sal_conv2d_backward(x, w, a, 20.0, gy, stride=2)]
+        return [ops.sal_conv2d(x, w, a, 20.0, stride=stride),
+                *ops.sal_conv2d_backward(x, w, a, 20.0, gy, stride=stride)]
 
     salnp.set_num_threads(1)
     ref = run()

@@ -290,7 +290,7 @@ sal_status sal_sal_fwd(float *y, const float *x, const float *w, const float *a,
     const sal_parts s = parts_of(d, scratch);
     int64_t nkept;
     SAL_TRY(sal_weights(s.p, s.weff, s.kept, &nkept, w, a, d, fn));
-    if (d->tap_threshold > 0.0 && sal_taps_pays(d, nkept, 0))
+    if (d->tap_threshold > 0.0 && sal_taps_pays(d, nkept, 0, sal_taps_direct(d, x, NULL, NULL)))
         return sal_taps_fwd(y, x, s.weff, s.kept, d, scratch);
     return sal_conv_fwd(y, x, s.weff, &cd, scratch);
 }
@@ -353,7 +353,8 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
     int64_t nkept;
     SAL_TRY(sal_weights(p, weff, s.kept, &nkept, w, a, d, fn));
     if (dw || da) memset(g, 0, (size_t)(O * C * SAL_KK) * sizeof *g);
-    const int sparse = d->tap_threshold > 0.0 && sal_taps_pays(d, nkept, 1);
+    const int sparse = d->tap_threshold > 0.0 &&
+                       sal_taps_pays(d, nkept, 1, sal_taps_direct(d, x, dy, NULL));
     if (sparse) SAL_TRY(sal_taps_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, s.kept, d, scratch));
     else SAL_TRY(sal_conv_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, &cd, scratch));
     if (dw)

@@ -22,10 +22,15 @@
  *                    dense x dense product): entries in groups with register accumulators
  *                    over a chunk, or per tile with dy's tile in registers;
  *   stride 1:        both gradients in one pass over the chunks (dy read once).
+ * Direct path (stride 1, rows 16, 32 or 64 wide, AVX-512, the sources 64-byte aligned):
+ * the same lists without the copies: rows read in place, the column shift made in registers
+ * (section "direct path" below).  It removes the copies' fixed cost (16x32x32, batch 128:
+ * 1.9 ms of a 3.4 ms forward at beta 70 on the copy path, 1.0 ms of 2.5 direct).
  * Shared SAL is the case where every output keeps its input channel's taps: it runs on the
  * same kernels, or (64 outputs and more, where that measured faster) as one GEMM over the
  * (channel, tap) rows of an im2col restricted to the kept taps (sal_sgemm), its gradients
- * two more.
+ * two more; its forward on small planes (stride 1, rows < 32 wide) and with 64 outputs and
+ * more at stride 2 is shift + 1x1 on sal_shiftconv (one row per kept (channel, tap)).
  *
  * Kernels: one table indexed by ISA (internal/cpu.h): AVX-512 (16-float vectors; 8-float
  * vectors with its 32 registers when Wo is not a multiple of 16, so that loads stay
@@ -38,11 +43,17 @@
  * Crossover (sal_taps_pays): see the measurements before that function. */
 #include <math.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "internal/cpu.h"
 #include "internal/range.h"
 #include "internal/taps.h"
+#include "sal/shiftconv.h"
 #include "sal/taps.h"
 
 #define KK 9
@@ -1094,9 +1105,43 @@ typedef struct {
     int32_t *ri, *rq;       /* row r: input channel, tap (sorted by channel) */
     int64_t nr;
     float *wr, *gr, *col;   /* W_R (O, R), G_R (O, R), col (R, cols) */
+    int32_t *rows;          /* the forward as shift + 1x1: rows (c, dy, dx) */
+    float *sc;              /* its sal_shiftconv scratch */
     int64_t chunk;          /* images per GEMM (CNHW), 1 (NCHW) */
     int nt;
 } shared_plan;
+
+/* Shared SAL's forward is a shift then a 1x1 convolution: sal_shiftconv with one row
+ * (c, dy, dx) per kept tap (sal/shiftconv.h, its masked loads of the shifted rows, several
+ * outputs per load).  Measured (1 thread, batch 128, beta 20 / 70, ms, against this file's
+ * entry kernels and GEMM): 32x16x16 s1 3.26 / 2.02 vs 3.75 / 2.16; 64x8x8 s1 2.85 / 1.68 vs
+ * 3.55 / 2.03; 32x16x16 -> 64 s2 2.56 / 1.48 vs (GEMM) 3.15 / 1.66; but 16x32x32 s1 3.68 /
+ * 2.27 vs 3.78 / 2.32 (the same) and 16 -> 32 s2 4.84 / 3.31 vs 3.20 / 2.20 (slower).  Its
+ * backward measured 2-3x slower than the paths below and is not used. */
+static int shared_by_shiftconv(const sal_sal_desc *d) {
+    return d->shared && ((d->stride == 1 && d->x.w < 32) || (d->stride >= 2 && d->o >= 64));
+}
+
+/* floats of sal_shiftconv scratch for any number of rows up to 9 C (its size need not grow
+ * with the rows: the largest over all counts); 0 where the forward does not use it */
+static size_t shiftconv_floats(const sal_sal_desc *d) {
+    if (!shared_by_shiftconv(d)) return 0;
+    const int64_t R = d->x.c * KK;
+    int32_t *rows = malloc((size_t)(3 * R) * sizeof *rows);
+    if (!rows) return SIZE_MAX / 8;   /* an allocation the caller cannot make either */
+    for (int64_t k = 0; k < R; k++)
+        rows[3 * k] = (int32_t)(k / KK), rows[3 * k + 1] = (int32_t)(k % KK / 3 - 1),
+        rows[3 * k + 2] = (int32_t)(k % 3 - 1);
+    size_t most = 0;
+    for (int64_t r = 1; r <= R; r++) {
+        const sal_shiftconv_desc sd = {d->x, d->o, r, rows, d->stride, d->threads,
+                                       SAL_SHIFTCONV_AUTO};
+        const size_t f = sal_shiftconv_scratch(&sd);
+        most = f > most ? f : most;
+    }
+    free(rows);
+    return most;
+}
 
 static size_t shared_layout(shared_plan *s, const sal_sal_desc *d, float *base) {
     const int64_t O = d->o, C = d->x.c, Rmax = C * KK;
@@ -1115,7 +1160,10 @@ static size_t shared_layout(shared_plan *s, const sal_sal_desc *d, float *base) 
     s->wr = carve(&c, (size_t)(O * Rmax) * sizeof(float));
     s->gr = carve(&c, (size_t)(O * Rmax) * sizeof(float));
     s->col = carve(&c, (size_t)(Rmax * s->chunk * hw) * sizeof(float));
-    return c.used + 16;
+    s->rows = carve(&c, (size_t)(3 * Rmax) * sizeof(int32_t));
+    /* the last piece: its size (a search over row counts) only for the size query */
+    s->sc = carve(&c, base ? 0 : shiftconv_floats(d) * sizeof(float));
+    return c.used + 16;   /* (with base: without the last piece) */
 }
 
 typedef struct {
@@ -1223,6 +1271,20 @@ static sal_status shared_fwd(float *y, const float *x, const float *weff, const 
     return SAL_OK;
 }
 
+static sal_status shared_shiftconv_fwd(float *y, const float *x, const float *weff,
+                                       const uint16_t *kept, const sal_sal_desc *d,
+                                       float *scratch) {
+    shared_plan s;
+    shared_layout(&s, d, scratch);
+    shared_rows(&s, kept, weff, d->o, d->x.c);
+    for (int64_t k = 0; k < s.nr; k++)
+        s.rows[3 * k] = s.ri[k], s.rows[3 * k + 1] = s.rq[k] / 3 - 1,
+        s.rows[3 * k + 2] = s.rq[k] % 3 - 1;
+    const sal_shiftconv_desc sd = {d->x, d->o, s.nr, s.rows, d->stride, d->threads,
+                                   SAL_SHIFTCONV_AUTO};
+    return sal_shiftconv_fwd(y, x, s.wr, NULL, &sd, s.sc);
+}
+
 static sal_status shared_bwd(float *dx, float *g, const float *dy, const float *x,
                              const float *weff, const uint16_t *kept, const sal_sal_desc *d,
                              float *scratch) {
@@ -1258,12 +1320,563 @@ static sal_status shared_bwd(float *dx, float *g, const float *dy, const float *
     return SAL_OK;
 }
 
+/* ---- direct path: stride 1, no copies (internal/taps.h, "Direct kernels") ------------ */
+/* Rows of width W = 16 * RV (RV = 1, 2, 4 vectors) in tiles of TR = 16 / RV rows (16
+ * accumulators: 16 vs 8 measured 4 % faster on 32x16x16, the same on 16x32x32).  Per tile
+ * the rows a tap may read are known per row shift dy (bits ok[dy + 1]: inside the segment
+ * and the image; computed for blocks of tiles once per call); per entry one broadcast, then
+ * per row RV loads (a row outside: zeros), the column shift as a lane rotation (valignd)
+ * with the edge lane zeroed, RV FMAs.  The lists come sorted by dx (they carry their own
+ * index into g), so the three-way branch on dx is taken in runs.
+ * Where the time goes (16x32x32, batch 128, 1 thread): 1.0 ms fixed + 0.91 ms per kept tap
+ * forward, i.e. ~74 GFLOP/s per tap: a shifted vector costs a load, a valignd and an FMA,
+ * and the valignd competes with the FMA for the FP pipes (dx = 0, a third of the taps, has
+ * none).  A tile buffer of the shifted rows shared by all outputs (each shifted row serves
+ * ~O/2 entries) would take most valignds out of the inner loop: not done. */
+#define TAPD_ZEROS 64
+static const float tapd_zeros[TAPD_ZEROS] __attribute__((aligned(64)));
+
+/* bit r: row r0 + r of the segment is inside it, and row (r0 + r) % h + dy of its image */
+static inline unsigned tapd_rows_ok(int64_t r0, int tr, int64_t nrows, int64_t h, int dy) {
+    unsigned b = 0;
+    int64_t y = r0 % h;
+    for (int r = 0; r < tr && r0 + r < nrows; r++, y = y + 1 == h ? 0 : y + 1)
+        b |= (unsigned)(y + dy >= 0 && y + dy < h) << r;
+    return b;
+}
+
+/* the ok bits of tiles [t0, t1) of TR rows, okt[3 * (t - t0) + dy + 1] */
+#define TAPD_TBLK 64
+static void tapd_tiles_ok(unsigned *okt, int64_t t0, int64_t t1, int tr, int64_t nrows,
+                          int64_t h) {
+    for (int64_t t = t0; t < t1; t++)
+        for (int k = 0; k < 3; k++)
+            okt[3 * (t - t0) + k] = tapd_rows_ok(t * tr, tr, nrows, h, k - 1);
+}
+
+/* sv[0 .. RV) = the row at rp shifted by DX columns (0 outside it) */
+#define TAPD_SHIFT(sv, rp, RV, DX)                                                            \
+    do {                                                                                      \
+        __m512 v_[RV];                                                                        \
+        _Pragma("GCC unroll 4") for (int k_ = 0; k_ < (RV); k_++) v_[k_] =                    \
+            _mm512_loadu_ps((rp) + 16 * k_);                                                  \
+        if ((DX) == 0) {                                                                      \
+            _Pragma("GCC unroll 4") for (int k_ = 0; k_ < (RV); k_++) sv[k_] = v_[k_];        \
+        } else if ((DX) < 0) {                                                                \
+            sv[0] = _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(                            \
+                0xFFFE, _mm512_castps_si512(v_[0]), _mm512_castps_si512(v_[0]), 15));         \
+            _Pragma("GCC unroll 4") for (int k_ = 1; k_ < (RV); k_++) sv[k_] =                \
+                _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v_[k_]),          \
+                                                        _mm512_castps_si512(v_[k_ - 1]), 15)); \
+        } else {                                                                              \
+            _Pragma("GCC unroll 4") for (int k_ = 0; k_ + 1 < (RV); k_++) sv[k_] =            \
+                _mm512_castsi512_ps(_mm512_alignr_epi32(_mm512_castps_si512(v_[k_ + 1]),      \
+                                                        _mm512_castps_si512(v_[k_]), 1));     \
+            sv[(RV) - 1] = _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(                     \
+                0x7FFF, _mm512_castps_si512(v_[(RV) - 1]), _mm512_castps_si512(v_[(RV) - 1]), \
+                1));                                                                          \
+        }                                                                                     \
+    } while (0)
+
+/* the forward's FMAs of one entry over a tile, the column shift DX fixed */
+#define TAPD_FWD_ROWS(RV, TR, W, DX)                                                          \
+    _Pragma("GCC unroll 16") for (int r = 0; r < (TR); r++) {                                  \
+        const float *rp = (okb >> r & 1u) ? s + r * (W) : tapd_zeros;                         \
+        __m512 sv[RV];                                                                        \
+        TAPD_SHIFT(sv, rp, RV, DX);                                                           \
+        _Pragma("GCC unroll 4") for (int k = 0; k < (RV); k++) acc[r * (RV) + k] =            \
+            _mm512_fmadd_ps(wv, sv[k], acc[r * (RV) + k]);                                    \
+    }
+
+/* the weight gradient's products of one entry over a tile */
+#define TAPD_DOT_ROWS(RV, TR, W, DX)                                                          \
+    _Pragma("GCC unroll 16") for (int r = 0; r < (TR); r++) {                                  \
+        const float *rp = (okb >> r & 1u) ? s + r * (W) : tapd_zeros;                         \
+        __m512 sv[RV];                                                                        \
+        TAPD_SHIFT(sv, rp, RV, DX);                                                           \
+        _Pragma("GCC unroll 4") for (int k = 0; k < (RV); k++) {                              \
+            if ((r * (RV) + k) % 2) s1 = _mm512_fmadd_ps(gv[r * (RV) + k], sv[k], s1);        \
+            else s0 = _mm512_fmadd_ps(gv[r * (RV) + k], sv[k], s0);                           \
+        }                                                                                     \
+    }
+
+#define TAPD_NV 16   /* accumulators (vectors) per tile */
+#define TAPD_WIDE(RV)                                                                         \
+    __attribute__((target("avx512f"))) static void tapd_fwd_w##RV(const tapd_job *j) {       \
+        enum { TR = TAPD_NV / (RV), W = 16 * (RV) };                                                \
+        const int64_t nrows = j->nrows, h = j->h;                                             \
+        const int64_t *const rowptr = j->rowptr, *const off = j->off;                         \
+        const uint8_t *const tap = j->tap;                                                    \
+        const float *const src = j->src, *const wt = j->wt;                                   \
+        const int stream = j->mode == TAPS_EPI_STREAM, add = j->mode == TAPS_EPI_ACC;         \
+        const int64_t nt = (nrows + TR - 1) / TR;                                             \
+        unsigned okt[3 * TAPD_TBLK];                                                          \
+        for (int64_t tb = 0; tb < nt; tb += TAPD_TBLK) {                                      \
+        const int64_t te = nt - tb < TAPD_TBLK ? nt : tb + TAPD_TBLK;                         \
+        tapd_tiles_ok(okt, tb, te, TR, nrows, h);                                             \
+        for (int64_t kk = j->k0; kk < j->k1; kk++) {                                          \
+            float *d = j->dst + (kk - j->k0) * j->dstride;                                    \
+            const int64_t e0 = rowptr[kk], e1 = rowptr[kk + 1];                               \
+            for (int64_t r0 = tb * TR; r0 < te * TR; r0 += TR) {                              \
+                const unsigned *ok = okt + 3 * (r0 / TR - tb);                                \
+                __m512 acc[TAPD_NV];                                                                \
+                _Pragma("GCC unroll 16") for (int i = 0; i < TAPD_NV; i++) acc[i] =                  \
+                    _mm512_setzero_ps();                                                      \
+                for (int64_t e = e0; e < e1; e++) {                                           \
+                    const int q = tap[e], dx = q % 3 - 1;                                     \
+                    const unsigned okb = ok[q / 3];                                           \
+                    const float *s = src + off[e] + r0 * W;                                   \
+                    const __m512 wv = _mm512_set1_ps(wt[e]);                                  \
+                    if (dx == 0) {                                                            \
+                        TAPD_FWD_ROWS(RV, TR, W, 0)                                           \
+                    } else if (dx < 0) {                                                      \
+                        TAPD_FWD_ROWS(RV, TR, W, -1)                                          \
+                    } else {                                                                  \
+                        TAPD_FWD_ROWS(RV, TR, W, 1)                                           \
+                    }                                                                         \
+                }                                                                             \
+                float *dt = d + r0 * W;                                                       \
+                const int rows = nrows - r0 < TR ? (int)(nrows - r0) : TR;                    \
+                _Pragma("GCC unroll 16") for (int i = 0; i < TAPD_NV; i++) {                         \
+                    if (i / (RV) >= rows) break;                                              \
+                    float *p = dt + 16 * i;                                                   \
+                    if (add) _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), acc[i]));  \
+                    else if (stream) _mm512_stream_ps(p, acc[i]);                             \
+                    else _mm512_storeu_ps(p, acc[i]);                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        }                                                                                     \
+        if (stream) _mm_sfence();                                                             \
+    }                                                                                         \
+    __attribute__((target("avx512f"))) static void tapd_sddmm_w##RV(const tapd_job *j) {     \
+        enum { TR = TAPD_NV / (RV), W = 16 * (RV) };                                                \
+        const int64_t nrows = j->nrows, h = j->h;                                             \
+        const int64_t *const rowptr = j->rowptr, *const off = j->off;                         \
+        const uint8_t *const tap = j->tap;                                                    \
+        const float *const src = j->src;                                                      \
+        float *const accv = j->accv;                                                          \
+        const int64_t nt = (nrows + TR - 1) / TR;                                             \
+        unsigned okt[3 * TAPD_TBLK];                                                          \
+        for (int64_t tb = 0; tb < nt; tb += TAPD_TBLK) {                                      \
+        const int64_t te = nt - tb < TAPD_TBLK ? nt : tb + TAPD_TBLK;                         \
+        tapd_tiles_ok(okt, tb, te, TR, nrows, h);                                             \
+        for (int64_t kk = j->k0; kk < j->k1; kk++) {                                          \
+            const float *dyk = j->dy + (kk - j->k0) * j->dystride;                            \
+            const int64_t e0 = rowptr[kk], e1 = rowptr[kk + 1];                               \
+            if (e0 == e1) continue;                                                           \
+            memset(accv, 0, (size_t)((e1 - e0) * 16) * sizeof *accv);                         \
+            for (int64_t r0 = tb * TR; r0 < te * TR; r0 += TR) {                              \
+                const unsigned *ok = okt + 3 * (r0 / TR - tb);                                \
+                const int rows = nrows - r0 < TR ? (int)(nrows - r0) : TR;                    \
+                __m512 gv[TAPD_NV];                                                                 \
+                _Pragma("GCC unroll 16") for (int i = 0; i < TAPD_NV; i++) gv[i] =                   \
+                    i / (RV) < rows ? _mm512_loadu_ps(dyk + r0 * W + 16 * i)                  \
+                                    : _mm512_setzero_ps();                                    \
+                for (int64_t e = e0; e < e1; e++) {                                           \
+                    const int q = tap[e], dx = q % 3 - 1;                                     \
+                    const unsigned okb = ok[q / 3];                                           \
+                    const float *s = src + off[e] + r0 * W;                                   \
+                    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();                \
+                    if (dx == 0) {                                                            \
+                        TAPD_DOT_ROWS(RV, TR, W, 0)                                           \
+                    } else if (dx < 0) {                                                      \
+                        TAPD_DOT_ROWS(RV, TR, W, -1)                                          \
+                    } else {                                                                  \
+                        TAPD_DOT_ROWS(RV, TR, W, 1)                                           \
+                    }                                                                         \
+                    float *av = accv + (e - e0) * 16;                                         \
+                    _mm512_storeu_ps(av, _mm512_add_ps(_mm512_loadu_ps(av),                   \
+                                                       _mm512_add_ps(s0, s1)));               \
+                }                                                                             \
+            }                                                                                 \
+            for (int64_t e = e0; e < e1; e++)                                                 \
+                j->g[e] += _mm512_reduce_add_ps(_mm512_loadu_ps(accv + (e - e0) * 16));       \
+        }                                                                                     \
+        }                                                                                     \
+    }
+
+TAPD_WIDE(1)
+TAPD_WIDE(2)
+TAPD_WIDE(4)
+
+/* per ISA, per row width class (W = 16, 32, 64); NULL: no direct kernels (AVX2: the copy
+ * path).  W = 8 (the direct kernel with two rows per vector, row shifts by half a vector)
+ * measured slower than the copy path (64x8x8 -> 64, beta 70, batch 128: forward 3.43 vs
+ * 2.72 ms, backward 7.56 vs 6.60 ms) and is not kept. */
+typedef struct {
+    tapd_fn fwd, sddmm;
+} tapd_kern;
+static const tapd_kern TAPD[SAL_ISA_COUNT][3] = {
+    [SAL_ISA_BASE] = {{sal_ref_tapd_fwd, sal_ref_tapd_sddmm},
+                      {sal_ref_tapd_fwd, sal_ref_tapd_sddmm},
+                      {sal_ref_tapd_fwd, sal_ref_tapd_sddmm}},
+    [SAL_ISA_AVX512] = {{tapd_fwd_w1, tapd_sddmm_w1},
+                        {tapd_fwd_w2, tapd_sddmm_w2},
+                        {tapd_fwd_w4, tapd_sddmm_w4}},
+};
+
+static int tapd_class(int64_t w) { return w == 16 ? 0 : w == 32 ? 1 : w == 64 ? 2 : -1; }
+
+static int aligned64(const float *p) { return p == NULL || (uintptr_t)p % 64 == 0; }
+
+/* Whether a layer runs on the direct kernels: stride 1, a row width they have, an ISA that
+ * has them, and the sources the kernels read rows of (x; the backward x and dy) 64-byte
+ * aligned: a row then starts a cache line (with rows 16 bytes off every load crosses a line,
+ * and the direct forward measured 3.66 against 2.29 ms, slower than the copy path).  y and
+ * dx may lie anywhere (y's non-temporal stores need it aligned, else plain stores). */
+int sal_taps_direct(const sal_sal_desc *d, const float *a, const float *b, const float *c) {
+    const int k = tapd_class(d->x.w);
+    return d->stride == 1 && k >= 0 && TAPD[sal_cpu_isa()][k].fwd != NULL && aligned64(a) &&
+           aligned64(b) && aligned64(c);
+}
+
+/* Chunks: whole images (CNHW: several, one segment; NCHW: one), the chunk's x, dy and dx
+ * within DIRECT_BYTES (they stay in L2 while every row of the lists sweeps them), and at
+ * least 2 chunks per thread when the batch allows. */
+#define DIRECT_BYTES ((int64_t)384 << 10)
+typedef struct {
+    int64_t O, C, N, H, W, HW;
+    int64_t nimg, nchunk;
+    int64_t xsn, xsc, ysn, ysc;       /* x (and dx), y (and dy) strides */
+    taps_list lf, lb;                 /* rows o: (i, q); rows i: (o, mirrored q) */
+    uint8_t *tapf, *tapb;
+    int64_t *eidx;                    /* forward entry e is (o*C + i)*9 + q */
+    uint16_t *kexp;                   /* shared SAL: kept (O, C) */
+    float *g, *thr;                   /* g (E); per thread [accv | partial g] */
+    int64_t accn, per;
+    int nt;
+} direct_plan;
+
+static size_t direct_layout(direct_plan *p, const sal_sal_desc *d, float *base) {
+    const int64_t O = d->o, C = d->x.c, Emax = O * C * KK;
+    memset(p, 0, sizeof *p);
+    p->O = O, p->C = C, p->N = d->x.n, p->H = d->x.h, p->W = d->x.w, p->HW = d->x.h * d->x.w;
+    p->nt = task_threads(d->threads);
+    const sal_act ya = {d->x.n, O, d->x.h, d->x.w, d->x.layout};
+    p->xsn = sal_act_sn(d->x), p->xsc = sal_act_sc(d->x);
+    p->ysn = sal_act_sn(ya), p->ysc = sal_act_sc(ya);
+    p->nimg = 1;
+    if (d->x.layout == SAL_CNHW) {
+        const int64_t per_img = (2 * C + O) * p->HW * (int64_t)sizeof(float);
+        int64_t ni = DIRECT_BYTES / per_img, par = p->N / (2 * (int64_t)p->nt);
+        ni = ni < par ? ni : par;
+        p->nimg = ni < 1 ? 1 : ni;
+    }
+    p->nchunk = (p->N + p->nimg - 1) / p->nimg;
+    carver c = carver_at(base);
+    p->lf.rowptr = carve(&c, (size_t)(O + 1) * sizeof(int64_t));
+    p->lf.off = carve(&c, (size_t)Emax * sizeof(int64_t));
+    p->lf.w = carve(&c, (size_t)Emax * sizeof(float));
+    p->tapf = carve(&c, (size_t)Emax);
+    p->eidx = carve(&c, (size_t)Emax * sizeof(int64_t));
+    p->lb.rowptr = carve(&c, (size_t)(C + 1) * sizeof(int64_t));
+    p->lb.off = carve(&c, (size_t)Emax * sizeof(int64_t));
+    p->lb.w = carve(&c, (size_t)Emax * sizeof(float));
+    p->tapb = carve(&c, (size_t)Emax);
+    p->kexp = carve(&c, (size_t)(O * C) * sizeof(uint16_t));
+    p->g = carve(&c, (size_t)Emax * sizeof(float));
+    p->accn = (C * KK * 16 + 15) / 16 * 16;
+    p->per = p->accn + (Emax + 15) / 16 * 16;
+    p->thr = carve(&c, (size_t)p->per * (size_t)p->nt * sizeof(float));
+    return c.used + 16;
+}
+
+/* the lists: rows o with entries (i, q) (source x: off = i * xsc + dy * W), and rows i with
+ * entries (o, 8 - q) (source dy: off = o * ysc - dy * W), each row's entries by column
+ * shift, then channel (the kernels branch on dx once per run) */
+static void direct_lists(direct_plan *p, const uint16_t *kept, const float *weff, int fwd,
+                         int bwd) {
+    const int64_t O = p->O, C = p->C, W = p->W;
+    int64_t e = 0;
+    if (fwd) {
+        for (int64_t o = 0; o < O; o++) {
+            p->lf.rowptr[o] = e;
+            for (int cx = 0; cx < 3; cx++)
+                for (int64_t i = 0; i < C; i++) {
+                    const unsigned m = kept[o * C + i];
+                    for (int q = cx; q < KK; q += 3) {
+                        if (!(m >> q & 1u)) continue;
+                        p->lf.off[e] = i * p->xsc + (q / 3 - 1) * W;
+                        p->lf.w[e] = weff[(o * C + i) * KK + q];
+                        p->tapf[e] = (uint8_t)q;
+                        p->eidx[e++] = (o * C + i) * KK + q;
+                    }
+                }
+        }
+        p->lf.rowptr[O] = e;
+        p->lf.ne = e;
+    }
+    if (bwd) {
+        e = 0;
+        for (int64_t i = 0; i < C; i++) {
+            p->lb.rowptr[i] = e;
+            for (int cx = 0; cx < 3; cx++)   /* the mirrored tap's column shift: 1 - cx */
+                for (int64_t o = 0; o < O; o++) {
+                    const unsigned m = kept[o * C + i];
+                    for (int q = 2 - cx; q < KK; q += 3) {
+                        if (!(m >> q & 1u)) continue;
+                        p->lb.off[e] = o * p->ysc - (q / 3 - 1) * W;
+                        p->lb.w[e] = weff[(o * C + i) * KK + q];
+                        p->tapb[e++] = (uint8_t)(KK - 1 - q);
+                    }
+                }
+        }
+        p->lb.rowptr[C] = e;
+        p->lb.ne = e;
+    }
+}
+
+/* A prefetch stream: planes of a later chunk (bytes [b0, b1) of each plane (channel ch,
+ * image n) of images [n0, n1)), asked into L2 a few lines at a time between the kernel
+ * calls of the current chunk, so that memory works while the FMA units do: the hardware
+ * prefetcher stays within a page and cannot run ahead from one channel's plane to the next
+ * (N*H*W floats apart in CNHW). */
+typedef struct {
+    const char *base;       /* NULL: nothing left */
+    int64_t sn, sc;         /* bytes between images, channels */
+    int64_t n0, n1, nch;
+    int64_t b0, b1;
+    int write;              /* asked for with the intent to write (dx) */
+    int64_t n, ch, b;       /* the cursor */
+} pf_stream;
+
+static pf_stream pf_planes(const float *base, int64_t sn, int64_t sc, int64_t nch, int64_t n0,
+                           int64_t n1, int64_t floats, int write) {
+    pf_stream f = {0};
+    if (!base || n1 <= n0 || floats <= 0) return f;
+    f.base = (const char *)base;
+    f.sn = sn * (int64_t)sizeof(float), f.sc = sc * (int64_t)sizeof(float);
+    f.n0 = n0, f.n1 = n1, f.nch = nch;
+    f.b0 = 0, f.b1 = floats * (int64_t)sizeof(float);
+    f.write = write;
+    f.n = n0, f.ch = 0, f.b = 0;
+    return f;
+}
+
+static int64_t pf_lines(const pf_stream *f) {
+    return f->base ? (f->n1 - f->n0) * f->nch * ((f->b1 - f->b0 + 63) / 64) : 0;
+}
+
+/* up to k more lines of f; returns how many */
+static int64_t pf_issue(pf_stream *f, int64_t k) {
+    int64_t done = 0;
+    while (f->base && done < k) {
+        const char *p = f->base + f->n * f->sn + f->ch * f->sc + f->b;
+        if (f->write) __builtin_prefetch(p, 1, 2);
+        else __builtin_prefetch(p, 0, 2);
+        done++;
+        if ((f->b += 64) < f->b1) continue;
+        f->b = f->b0;
+        if (++f->n < f->n1) continue;
+        f->n = f->n0;
+        if (++f->ch == f->nch) f->base = NULL;
+    }
+    return done;
+}
+
+/* a chunk's prefetches, spread over `steps` calls of pf_step */
+typedef struct {
+    pf_stream s[3];
+    int64_t per;
+} pf_plan;
+
+static void pf_start(pf_plan *p, int64_t steps) {
+    int64_t tot = 0;
+    for (int i = 0; i < 3; i++) tot += pf_lines(&p->s[i]);
+    p->per = steps > 0 ? (tot + steps - 1) / steps : tot;
+}
+
+static void pf_step(pf_plan *p) {
+    int64_t k = p->per;
+    for (int i = 0; i < 3 && k > 0; i++) k -= pf_issue(&p->s[i], k);
+}
+
+#define PF_GROUPS 8   /* kernel calls per work unit and pass, a prefetch step before each */
+
+typedef struct {
+    const direct_plan *p;
+    tapd_kern kern;
+    int64_t ks;             /* work unit = (chunk, one of ks ranges of rows) */
+    const float *x, *dy;
+    float *y, *dx;          /* forward: y; backward: dx (may be NULL) */
+    int do_g, stream;
+} direct_task;
+
+/* chunk j: images [*n0, *n0 + *ni) */
+static void direct_chunk(const direct_plan *p, int64_t j, int64_t *n0, int64_t *ni) {
+    *n0 = j * p->nimg;
+    *ni = p->N - *n0 < p->nimg ? p->N - *n0 : p->nimg;
+}
+
+/* the segments of chunk j: CNHW one of ni * H rows, NCHW one per image */
+static int64_t direct_segs(const direct_plan *p, int64_t ni) {
+    return p->nimg > 1 || p->xsn == p->HW ? 1 : ni;
+}
+
+/* the next chunk's planes (x; the backward also dy and dx) when this thread does it next */
+static void direct_prefetch(pf_plan *pf, const direct_task *t, int64_t j, int64_t v,
+                            int64_t v1, int64_t steps) {
+    const direct_plan *p = t->p;
+    memset(pf, 0, sizeof *pf);
+    if (v1 <= (j + 1) * t->ks) return;
+    int64_t n0, ni;
+    direct_chunk(p, j + 1, &n0, &ni);
+    pf->s[0] = pf_planes(t->x, p->xsn, p->xsc, p->C, n0, n0 + ni, p->HW, 0);
+    if (t->dy) pf->s[1] = pf_planes(t->dy, p->ysn, p->ysc, p->O, n0, n0 + ni, p->HW, 0);
+    if (t->dx) pf->s[2] = pf_planes(t->dx, p->xsn, p->xsc, p->C, n0, n0 + ni, p->HW, 1);
+    const int64_t units = ((j + 1) * t->ks < v1 ? (j + 1) * t->ks : v1) - v;
+    pf_start(pf, units * steps);
+}
+
+static void direct_fwd_units(void *q, int64_t v0, int64_t v1, int tid) {
+    const direct_task *t = q;
+    const direct_plan *p = t->p;
+    pf_plan pf = {0};
+    for (int64_t v = v0; v < v1; v++) {
+        const int64_t j = v / t->ks, r = v % t->ks;
+        const int64_t k0 = p->O * r / t->ks, k1 = p->O * (r + 1) / t->ks;
+        int64_t n0, ni;
+        direct_chunk(p, j, &n0, &ni);
+        const int64_t ns = direct_segs(p, ni), rows = (ns == 1 ? ni : 1) * p->H;
+        const int64_t ng = k1 - k0 < PF_GROUPS ? k1 - k0 : PF_GROUPS;
+        if (v == v0 || r == 0) direct_prefetch(&pf, t, j, v, v1, ns * ng);
+        for (int64_t sg = 0; sg < ns; sg++)
+            for (int64_t gi = 0; gi < ng; gi++) {
+                pf_step(&pf);
+                const int64_t n = n0 + sg, a = k0 + (k1 - k0) * gi / ng;
+                const int64_t b = k0 + (k1 - k0) * (gi + 1) / ng;
+                const tapd_job job = {t->x + n * p->xsn, p->xsc, p->W, p->H, rows,
+                                      p->lf.rowptr, p->lf.off, p->tapf, p->lf.w, a, b,
+                                      t->y + n * p->ysn + a * p->ysc, p->ysc,
+                                      t->stream ? TAPS_EPI_STREAM : TAPS_EPI_STORE, NULL, 0,
+                                      NULL, NULL};
+                t->kern.fwd(&job);
+            }
+    }
+}
+
+/* the backward, chunk by chunk: the weight gradient at the kept taps (rows o, into this
+ * thread's partial g), then the input gradient (rows i, added into dx), the chunk's x, dy
+ * and dx in L2 between the two */
+static void direct_bwd_units(void *q, int64_t v0, int64_t v1, int tid) {
+    const direct_task *t = q;
+    const direct_plan *p = t->p;
+    float *accv = p->thr + tid * p->per, *gp = accv + p->accn;
+    if (t->do_g) memset(gp, 0, (size_t)p->lf.ne * sizeof *gp);
+    pf_plan pf = {0};
+    for (int64_t v = v0; v < v1; v++) {
+        const int64_t j = v / t->ks, r = v % t->ks;
+        const int64_t o0 = t->do_g ? p->O * r / t->ks : 0;
+        const int64_t o1 = t->do_g ? p->O * (r + 1) / t->ks : 0;
+        const int64_t i0 = t->dx ? p->C * r / t->ks : 0, i1 = t->dx ? p->C * (r + 1) / t->ks : 0;
+        int64_t n0, ni;
+        direct_chunk(p, j, &n0, &ni);
+        const int64_t ns = direct_segs(p, ni), rows = (ns == 1 ? ni : 1) * p->H;
+        const int64_t go = o1 - o0 < PF_GROUPS ? o1 - o0 : PF_GROUPS;
+        const int64_t gi = i1 - i0 < PF_GROUPS ? i1 - i0 : PF_GROUPS;
+        if (v == v0 || r == 0) direct_prefetch(&pf, t, j, v, v1, ns * (go + gi));
+        for (int64_t sg = 0; sg < ns; sg++) {
+            const int64_t n = n0 + sg;
+            for (int64_t g = 0; g < go; g++) {
+                pf_step(&pf);
+                const int64_t a = o0 + (o1 - o0) * g / go, b = o0 + (o1 - o0) * (g + 1) / go;
+                const tapd_job job = {t->x + n * p->xsn, p->xsc, p->W, p->H, rows, p->lf.rowptr,
+                                      p->lf.off, p->tapf, NULL, a, b, NULL, 0, 0,
+                                      t->dy + n * p->ysn + a * p->ysc, p->ysc, gp, accv};
+                t->kern.sddmm(&job);
+            }
+            for (int64_t g = 0; g < gi; g++) {
+                pf_step(&pf);
+                const int64_t a = i0 + (i1 - i0) * g / gi, b = i0 + (i1 - i0) * (g + 1) / gi;
+                const tapd_job job = {t->dy + n * p->ysn, p->ysc, p->W, p->H, rows,
+                                      p->lb.rowptr, p->lb.off, p->tapb, p->lb.w, a, b,
+                                      t->dx + n * p->xsn + a * p->xsc, p->xsc, TAPS_EPI_ACC,
+                                      NULL, 0, NULL, NULL};
+                t->kern.fwd(&job);
+            }
+        }
+    }
+}
+
+/* row ranges per chunk: 1, or enough for 2 units per thread when the chunks are fewer */
+static int64_t direct_splits(const direct_plan *p, int64_t rows) {
+    const int64_t want = 2 * (int64_t)p->nt;
+    if (p->nchunk >= want || p->nt <= 1) return 1;
+    const int64_t ks = (want + p->nchunk - 1) / p->nchunk, most = rows / 4 < 1 ? 1 : rows / 4;
+    return ks < most ? ks : most;
+}
+
+static const uint16_t *direct_kept(const direct_plan *p, const uint16_t *kept, int shared) {
+    if (!shared) return kept;
+    for (int64_t o = 0; o < p->O; o++)
+        memcpy(p->kexp + o * p->C, kept, (size_t)p->C * sizeof *kept);
+    return p->kexp;
+}
+
+/* Non-temporal stores for y when it is 64-byte aligned (its rows then are): y (8 MB for
+ * 16x32x32 at batch 128) does not stay in L2 anyway, and the stores then skip reading the
+ * lines first (prototype, 16x32x32, b128, beta 70: 2.36 - 2.54 ms with them, 2.73 - 3.10
+ * without).  Not measured in the network, where BN reads y next. */
+#define DIRECT_STREAM 1
+static sal_status direct_fwd(float *y, const float *x, const float *weff, const uint16_t *kept,
+                             const sal_sal_desc *d, float *scratch) {
+    direct_plan p;
+    direct_layout(&p, d, scratch);
+    kept = direct_kept(&p, kept, d->shared);
+    direct_lists(&p, kept, weff, 1, 0);
+    direct_task t = {&p, TAPD[sal_cpu_isa()][tapd_class(p.W)], direct_splits(&p, p.O), x, NULL,
+                     y, NULL, 0, 0};
+    t.stream = DIRECT_STREAM && t.kern.fwd != sal_ref_tapd_fwd && aligned64(y);   /* rows too */
+    sal_parallel_for(p.nchunk * t.ks, p.nt, direct_fwd_units, &t);
+    return SAL_OK;
+}
+
+typedef struct {
+    const direct_plan *p;
+    int nparts;
+} dgsum_task;
+
+static void direct_gsum(void *q, int64_t e0, int64_t e1, int tid) {
+    const dgsum_task *t = q;
+    const direct_plan *p = t->p;
+    for (int64_t e = e0; e < e1; e++) {
+        float s = 0.0f;
+        for (int i = 0; i < t->nparts; i++) s += p->thr[i * p->per + p->accn + e];
+        p->g[e] = s;
+    }
+}
+
+static sal_status direct_bwd(float *dx, float *g, const float *dy, const float *x,
+                             const float *weff, const uint16_t *kept, const sal_sal_desc *d,
+                             float *scratch) {
+    direct_plan p;
+    direct_layout(&p, d, scratch);
+    kept = direct_kept(&p, kept, d->shared);
+    direct_lists(&p, kept, weff, g != NULL, dx != NULL);
+    direct_task t = {&p, TAPD[sal_cpu_isa()][tapd_class(p.W)],
+                     direct_splits(&p, p.O > p.C ? p.O : p.C), x, dy, NULL, dx, g != NULL, 0};
+    const int64_t nv = p.nchunk * t.ks;
+    sal_parallel_for(nv, p.nt, direct_bwd_units, &t);
+    if (g) {
+        dgsum_task gt = {&p, (int)(nv < p.nt ? nv : p.nt)};
+        sal_parallel_for(p.lf.ne, p.nt, direct_gsum, &gt);
+        for (int64_t e = 0; e < p.lf.ne; e++) g[p.eidx[e]] += p.g[e];
+    }
+    return SAL_OK;
+}
+
 /* ---- training entry points (internal/taps.h) ------------------------------------------ */
 size_t sal_taps_scratch(const sal_sal_desc *d) {
     if (sal_sal_check(d, NULL) != SAL_OK) return 0;
     unshared_plan u;
     const size_t e0 = unshared_layout(&u, d, NULL, 0), e1 = unshared_layout(&u, d, NULL, 1);
-    const size_t e = e0 > e1 ? e0 : e1;
+    size_t e = e0 > e1 ? e0 : e1;
+    if (d->stride == 1 && tapd_class(d->x.w) >= 0) {   /* the direct path (any ISA) */
+        direct_plan p;
+        const size_t e2 = direct_layout(&p, d, NULL);
+        e = e2 > e ? e2 : e;
+    }
     if (!d->shared) return e;
     shared_plan s;
     const size_t g = shared_layout(&s, d, NULL);
@@ -1292,23 +1905,44 @@ static const uint16_t *kept_oc(const unshared_plan *u, const uint16_t *kept,
 /* Crossover.  The sparse path runs when the fraction of kept taps (nkept / (9 L)) is below
  * the break-even fraction at which the sparse and the dense path take the same time,
  * measured with bench/bench_taps.c (thread CPU time, 1 thread, batch 128, CNHW, the
- * ResNet-20 SAL layers, logits U[0, 1), beta 1 .. 70; 2026-12-05, Zen 4, AVX-512), after
- * the dense 3x3 convolution became Winograd F(4x4, 3x3) at stride 1 and the blocked direct
- * kernel at stride 2 (conv.c).  The sparse time is a fixed part plus a part per kept tap
- * (fitted on beta 20 / 70, kept 3.3 / 1.7 per slice: 16x32x32 forward 1.9 ms + 0.93 ms per
- * tap against dense 3.35; backward 4.1 + 2.0 against 6.6), so the break-even is
- * (dense - fixed) / per-tap / 9:
+ * ResNet-20 SAL layers, logits U[0, 1), beta 1 .. 200; Zen 4, AVX-512), the dense 3x3
+ * convolution being Winograd F(4x4, 3x3) at stride 1 and the blocked direct kernel at
+ * stride 2 (conv.c).  The sparse time is a fixed part plus a part per kept tap.
+ * Copy path (2026-12-05, fitted on beta 20 / 70, kept 3.3 / 1.7 per slice: 16x32x32
+ * forward 1.9 ms + 0.93 ms per tap against dense 3.35; backward 4.1 + 2.0 against 6.6):
  *   forward, stride 1:  0.14 - 0.18  (16x32x32, 32x16x16, 64x8x8; shared alike)  -> 0.16
  *   forward, stride 2:  0.28 - 0.29  (16->32, 32->64)                            -> 0.28
  *   backward, stride 1: 0.10 - 0.14                                              -> 0.12
  *   backward, stride 2: 0.29 - 0.30                                              -> 0.29
+ * Direct path (stride 1, aligned buffers; 2026-12-05, beta 20 .. 200, unshared and shared;
+ * 16x32x32 forward 1.0 ms + 0.91 ms per tap against dense 3.2, e.g. kept 1.62: 2.54 against
+ * 3.19 ms forward, 5.10 against 6.01 ms backward):
+ *   forward,  W = 32:   kept 2.2 - 2.3 of 9 -> 0.24;   W = 16: 1.6 - 1.75 -> 0.18
+ *   backward, W = 32:   kept 1.85 - 2.0     -> 0.21;   W = 16: 1.4 - 1.6  -> 0.16
+ *   (W = 64, no ResNet-20 layer: as W = 32)
  * (a slice keeps at least 1 tap: a fraction >= 1/9 = 0.11).  Before Winograd (the direct 3x3
- * kernel) they were 0.7 / 0.8 forward and "always" backward.  Re-measure when either path
- * changes: bench_taps prints both paths' times over a sweep of beta. */
+ * kernel) the copy path's were 0.7 / 0.8 forward and "always" backward.  Re-measure when
+ * either path changes: bench_taps prints both paths' times over a sweep of beta (its offset
+ * argument 0: aligned buffers, the direct path; 4: the copy path). */
 #define CROSSOVER_FWD_S1 0.16
 #define CROSSOVER_FWD_S2 0.28
 #define CROSSOVER_BWD_S1 0.12
 #define CROSSOVER_BWD_S2 0.29
+/* Shared SAL on the restricted-im2col GEMM (64 outputs and more), stride 2 (32x16x16 -> 64,
+ * beta 3 .. 20, copy path buffers): forward kept 4.3 - 5.7 of 9 -> 0.55 (kept 4.28: 2.75
+ * against 3.30 ms), backward 4.3 - 5.7 -> 0.50 (6.88 against 7.12 ms).  At stride 1 (64x8x8,
+ * backward) the GEMM does not pay at 0.2 (5.06 against 4.38 ms): the copy path's 0.12. */
+/* Shared SAL's forward as shift + 1x1 (sal_shiftconv; beta 20 / 70, kept 3.1-3.4 / 1.6-1.7):
+ * stride 1 (32x16x16, 64x8x8) kept 1.75 - 1.9 -> 0.20 (64x8x8 at beta 70: 1.86 against
+ * 2.0 ms); stride 2 (32x16x16 -> 64) as the GEMM it replaces, 0.55 (beta 20: 2.83 against
+ * 3.1 ms). */
+#define CROSSOVER_SHIFTCONV_FWD_S1 0.20
+#define CROSSOVER_GEMM_FWD_S2 0.55
+#define CROSSOVER_GEMM_BWD_S2 0.50
+#define CROSSOVER_DIRECT_FWD_W16 0.18
+#define CROSSOVER_DIRECT_FWD_W32 0.24
+#define CROSSOVER_DIRECT_BWD_W16 0.16
+#define CROSSOVER_DIRECT_BWD_W32 0.21
 static const char *const PATHS[] = {"auto", "sparse", "dense"};
 static atomic_int path_mode = 0;
 
@@ -1324,18 +1958,31 @@ sal_status sal_set_taps_path(const char *name) {
 
 const char *sal_get_taps_path(void) { return PATHS[atomic_load(&path_mode)]; }
 
-int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd) {
+int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd, int direct) {
     const int mode = atomic_load(&path_mode);
     if (mode) return mode == 1;
     const int64_t all = (d->shared ? d->x.c : d->o * d->x.c) * KK;
-    const double crossover = bwd ? (d->stride == 1 ? CROSSOVER_BWD_S1 : CROSSOVER_BWD_S2)
-                                 : (d->stride == 1 ? CROSSOVER_FWD_S1 : CROSSOVER_FWD_S2);
+    double crossover;
+    if (!bwd && shared_by_shiftconv(d)) {
+        crossover = d->stride == 1 ? CROSSOVER_SHIFTCONV_FWD_S1 : CROSSOVER_GEMM_FWD_S2;
+    } else if (d->shared && shared_by_gemm(d, bwd) && d->stride >= 2) {
+        crossover = bwd ? CROSSOVER_GEMM_BWD_S2 : CROSSOVER_GEMM_FWD_S2;
+    } else if (direct) {
+        const int narrow = d->x.w == 16;
+        crossover = bwd ? (narrow ? CROSSOVER_DIRECT_BWD_W16 : CROSSOVER_DIRECT_BWD_W32)
+                        : (narrow ? CROSSOVER_DIRECT_FWD_W16 : CROSSOVER_DIRECT_FWD_W32);
+    } else {
+        crossover = bwd ? (d->stride == 1 ? CROSSOVER_BWD_S1 : CROSSOVER_BWD_S2)
+                        : (d->stride == 1 ? CROSSOVER_FWD_S1 : CROSSOVER_FWD_S2);
+    }
     return (double)nkept < crossover * (double)all;
 }
 
 sal_status sal_taps_fwd(float *y, const float *x, const float *weff, const uint16_t *kept,
                         const sal_sal_desc *d, float *scratch) {
+    if (shared_by_shiftconv(d)) return shared_shiftconv_fwd(y, x, weff, kept, d, scratch);
     if (d->shared && shared_by_gemm(d, 0)) return shared_fwd(y, x, weff, kept, d, scratch);
+    if (sal_taps_direct(d, x, NULL, NULL)) return direct_fwd(y, x, weff, kept, d, scratch);
     unshared_plan u;
     unshared_layout(&u, d, scratch, 0);
     kept = kept_oc(&u, kept, d);
@@ -1355,6 +2002,7 @@ sal_status sal_taps_bwd(float *dx, float *g, const float *dy, const float *x, co
                         const uint16_t *kept, const sal_sal_desc *d, float *scratch) {
     if (d->shared && shared_by_gemm(d, 1))
         return shared_bwd(dx, g, dy, x, weff, kept, d, scratch);
+    if (sal_taps_direct(d, x, dy, NULL)) return direct_bwd(dx, g, dy, x, weff, kept, d, scratch);
     unshared_plan u;
     /* stride 1: both gradients chunk by chunk, dy read once (paired runs, 1 thread, batch
      * 128: 4-9 % faster on 32x32 and 16x16 planes, the same on 8x8) */

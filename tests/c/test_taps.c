@@ -12,6 +12,9 @@
 
 static const char *const ISAS[] = {"base", "avx2", "avx512"};
 
+/* internal/taps.h: whether the layer's sparse path runs on the direct kernels */
+int sal_taps_direct(const sal_sal_desc *d, const float *a, const float *b, const float *c);
+
 static int64_t numel(sal_act a) { return a.n * a.c * a.h * a.w; }
 
 /* worst |a - b| / (atol + rtol |b|) > 1: a CHECK failure naming what */
@@ -25,8 +28,17 @@ static void close_to(const float *a, const float *b, int64_t n, double atol, dou
 
 /* one layer: the sparse path (forced), the dense path (tap_threshold 0) and the reference;
  * the logits U[0, 1) as in the paper, so that beta >= 20 skips most taps */
-static void sal_case(const char *isa, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
-                     int64_t S, int shared, int hard, double beta, sal_layout L, int masked) {
+/* offset: floats past a 64-byte boundary at which every activation buffer starts (0: the
+ * stride-1 sparse path of widths 16, 32, 64 runs on the direct kernels, 4: the copy path) */
+static float *act_alloc(int64_t n, int64_t offset) {
+    float *p = aligned_alloc(64, (size_t)((n + offset + 15) / 16 * 16) * 4);
+    return p ? p + offset : NULL;
+}
+static void act_free(float *p, int64_t offset) { free(p ? p - offset : NULL); }
+
+static void sal_case_at(const char *isa, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
+                        int64_t S, int shared, int hard, double beta, sal_layout L, int masked,
+                        int64_t off) {
     sal_sal_desc d = {{N, C, H, W, L}, O, S, 1, shared, hard, beta, NULL, 0,
                       SAL_TAP_THRESHOLD_DEFAULT};
     sal_act y;
@@ -36,19 +48,28 @@ static void sal_case(const char *isa, int64_t N, int64_t C, int64_t H, int64_t W
     }
     char ctx[160];
     snprintf(ctx, sizeof ctx, "isa=%s N=%lld C=%lld H=%lld W=%lld O=%lld S=%lld sh=%d hard=%d "
-             "beta=%g L=%d mask=%d", isa, (long long)N, (long long)C, (long long)H, (long long)W,
-             (long long)O, (long long)S, shared, hard, beta, (int)L, masked);
+             "beta=%g L=%d mask=%d off=%lld direct=%d", isa, (long long)N, (long long)C,
+             (long long)H, (long long)W, (long long)O, (long long)S, shared, hard, beta, (int)L,
+             masked, (long long)off, 0);
+    char *dflag = strstr(ctx, "direct=0");
     const int64_t nx = N * C * H * W, ny = numel(y), nw = O * C * 9, na = (shared ? 1 : O) * C * 9;
     sal_sal_desc dd = d;
     dd.tap_threshold = 0.0;
     const size_t ns = sal_sal_scratch(&d), nsd = sal_sal_scratch(&dd);
     CHECK(ns > 0 && nsd > 0, "scratch sizes %zu %zu", ns, nsd);
-    float *x = malloc(nx * 4), *w = malloc(nw * 4), *a = malloc(na * 4), *g = malloc(ny * 4);
-    float *ys = malloc(ny * 4), *yd = malloc(ny * 4), *yr = malloc(ny * 4);
+    float *x = act_alloc(nx, off), *w = malloc(nw * 4), *a = malloc(na * 4);
+    float *g = act_alloc(ny, off), *ys = act_alloc(ny, off), *yd = act_alloc(ny, off);
+    float *yr = malloc(ny * 4);
     float *sc = malloc((ns > nsd ? ns : nsd) * 4 + 4);   /* + 4: an unaligned scratch */
     float *dx[3], *dw[3], *da[3];
     for (int k = 0; k < 3; k++)
-        dx[k] = malloc(nx * 4), dw[k] = malloc(nw * 4), da[k] = malloc(na * 4);
+        dx[k] = act_alloc(nx, off), dw[k] = malloc(nw * 4), da[k] = malloc(na * 4);
+    /* the direct kernels run where they should (so that these cases test them) */
+    const int direct = sal_taps_direct(&d, x, NULL, NULL) && sal_taps_direct(&d, x, g, NULL);
+    const int want = S == 1 && (W == 16 || W == 32 || W == 64) && off == 0 &&
+                     strcmp(isa, "avx2") != 0;
+    CHECK(direct == want, "direct path %d, expected %d: %s", direct, want, ctx);
+    if (dflag) dflag[7] = (char)('0' + direct);
     fill_uniform(x, nx), fill_uniform(w, nw), fill_uniform(g, ny);
     for (int64_t i = 0; i < na; i++) a[i] = (rng_uniform() + 1.0f) / 2.0f;
     float *mk = NULL;
@@ -90,8 +111,16 @@ static void sal_case(const char *isa, int64_t N, int64_t C, int64_t H, int64_t W
         close_to(dw[0], dw[r], nw, 1e-4 * big, 1e-4, "dw", c2);
         close_to(da[0], da[r], na, fa, 1e-3, "da", c2);
     }
-    free(x), free(w), free(a), free(g), free(ys), free(yd), free(yr), free(sc), free(mk);
-    for (int k = 0; k < 3; k++) free(dx[k]), free(dw[k]), free(da[k]);
+    act_free(x, off), free(w), free(a), act_free(g, off), act_free(ys, off), act_free(yd, off);
+    free(yr), free(sc), free(mk);
+    for (int k = 0; k < 3; k++) act_free(dx[k], off), free(dw[k]), free(da[k]);
+}
+
+/* every case with aligned buffers and with buffers 16 bytes past a 64-byte boundary */
+static void sal_case(const char *isa, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O,
+                     int64_t S, int shared, int hard, double beta, sal_layout L, int masked) {
+    for (int64_t off = 0; off <= 4; off += 4)
+        sal_case_at(isa, N, C, H, W, O, S, shared, hard, beta, L, masked, off);
 }
 
 /* the exported GATHER: random pairs (one per (o, i) kept with probability 0.8, plus a few
@@ -223,7 +252,11 @@ int main(void) {
             {1, 3, 7, 5, 4, 1},    {2, 5, 11, 13, 7, 2}, {3, 10, 5, 4, 3, 1},
             {1, 17, 8, 8, 19, 1},  {2, 7, 9, 9, 6, 3},   {1, 4, 33, 35, 5, 1},
             {2, 6, 16, 16, 11, 2}, {1, 1, 1, 1, 1, 1},   {2, 12, 32, 32, 9, 1},
-            {2, 5, 9, 10, 65, 2},  {1, 6, 8, 8, 64, 1}};   /* >= 64 outputs: shared by GEMM */
+            {2, 5, 9, 10, 65, 2},  {1, 6, 8, 8, 64, 1},   /* >= 64 outputs: shared by GEMM */
+            /* stride 1, widths 16, 32, 64 (direct kernels when aligned): odd heights, a
+             * partial last tile, batch 1, channels not divisible by 8 or 9, >= 64 outputs */
+            {3, 7, 16, 16, 5, 1},  {1, 5, 9, 64, 6, 1},  {2, 10, 17, 32, 3, 1},
+            {1, 3, 5, 16, 70, 1},  {4, 11, 3, 32, 13, 1}};
         for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
             for (int sh = 0; sh < 2; sh++)
                 for (int L = 0; L < 2; L++) {

@@ -67,13 +67,50 @@ typedef void (*taps_sddmm_fn)(const taps_sddmm_job *j);
 void sal_ref_taps_fwd(const taps_fwd_job *j);
 void sal_ref_taps_sddmm(const taps_sddmm_job *j);
 
+/* Direct kernels (stride 1, training): no copies.  The source is read in place, one
+ * segment of whole rows per call: rows r = 0 .. nrows-1 of width w of every source channel
+ * ch at src + ch * ssc + r * w (the images of a CNHW chunk follow each other; row r is row
+ * r % h of its image).  An entry of row k is a source channel and a tap q = (dy+1)*3 + dx+1
+ * with off = ch * ssc + dy * w: output position (r, c) reads src[off + r * w + c + dx] when
+ * 0 <= r % h + dy < h and 0 <= c + dx < w, else 0.  The kernels load whole aligned rows
+ * and make the column shift in registers (a lane rotation with the edge lane zeroed); a row
+ * outside the image reads a row of zeros.
+ *   forward:  dst row k (nrows * w floats) = (STORE, STREAM: non-temporal) or += (ACC)
+ *             sum over the entries e of row k of w[e] * (the shifted source);
+ *   sddmm:    g[e] += sum over the positions of dy row k * (the shifted source), entry e of
+ *             row k (accv: per entry TAPS_VMAX floats of scratch). */
+enum { TAPS_EPI_STREAM = 3 };
+typedef struct {
+    const float *src;
+    int64_t ssc, w, h, nrows;
+    const int64_t *rowptr;   /* row k: entries [rowptr[k], rowptr[k + 1]) */
+    const int64_t *off;      /* per entry: ch * ssc + dy * w */
+    const uint8_t *tap;      /* per entry: q */
+    const float *wt;         /* forward: per entry its weight */
+    int64_t k0, k1;
+    float *dst;              /* forward: row k at dst + (k - k0) * dstride */
+    int64_t dstride;
+    int mode;                /* TAPS_EPI_STORE, TAPS_EPI_STREAM or TAPS_EPI_ACC */
+    const float *dy;         /* sddmm: row k at dy + (k - k0) * dystride */
+    int64_t dystride;
+    float *g;                /* sddmm: per entry, accumulated */
+    float *accv;             /* sddmm: >= (most entries of a row) * TAPS_VMAX floats */
+} tapd_job;
+typedef void (*tapd_fn)(const tapd_job *j);
+void sal_ref_tapd_fwd(const tapd_job *j);
+void sal_ref_tapd_sddmm(const tapd_job *j);
+
 /* ---- training (sal.c) ----------------------------------------------------------------- */
 /* floats of scratch the sparse paths need (beyond sal.c's p, W_eff, g, kept) */
 size_t sal_taps_scratch(const sal_sal_desc *d);
+/* 1 when the layer's sparse path runs on the direct kernels (stride 1, row width 16, 32 or
+ * 64, an ISA that has them, the sources a, b, c 64-byte aligned; NULL: none): the forward
+ * passes (x, NULL, NULL), the backward (x, dy, NULL) */
+int sal_taps_direct(const sal_sal_desc *d, const float *a, const float *b, const float *c);
 /* 1 when the sparse path is expected to be faster than the dense one for a layer with
  * nkept kept (slice, tap) pairs (per output channel for unshared: the sum over o), for the
- * forward (bwd = 0) or the backward (bwd = 1) */
-int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd);
+ * forward (bwd = 0) or the backward (bwd = 1), on the direct kernels (direct = 1) or not */
+int sal_taps_pays(const sal_sal_desc *d, int64_t nkept, int bwd, int direct);
 /* y = the SAL convolution over the kept taps; kept (L) 9-bit masks, weff (O,C,9) */
 sal_status sal_taps_fwd(float *y, const float *x, const float *weff, const uint16_t *kept,
                         const sal_sal_desc *d, float *scratch);

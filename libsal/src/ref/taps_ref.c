@@ -1,5 +1,5 @@
-/* Scalar reference twins of the sparse-tap kernels (internal/taps.h): plain loops over
- * the positions, no tiles, no vectors.  They are the SAL_ISA_BASE entries of taps.c's
+/* Scalar reference twins of the sparse-tap kernels (internal/taps.h), the copy path's and
+ * the direct path's: plain loops over the positions, no tiles, no vectors.  They are the SAL_ISA_BASE entries of taps.c's
  * kernel table, and the tests compare the vector kernels with them (set_isa("base")). */
 #include <string.h>
 
@@ -45,4 +45,38 @@ void sal_ref_taps_sddmm(const taps_sddmm_job *j) {
             }
             j->g[e] += acc;
         }
+}
+
+/* the value the direct kernels read for output (r, c) through an entry (off, q) */
+static float tapd_src(const tapd_job *j, int64_t off, int q, int64_t r, int64_t c) {
+    const int64_t dy = q / 3 - 1, dx = q % 3 - 1, y = r % j->h;
+    if (y + dy < 0 || y + dy >= j->h || c + dx < 0 || c + dx >= j->w) return 0.0f;
+    return j->src[off + r * j->w + c + dx];
+}
+
+void sal_ref_tapd_fwd(const tapd_job *j) {
+    for (int64_t k = j->k0; k < j->k1; k++) {
+        float *d = j->dst + (k - j->k0) * j->dstride;
+        for (int64_t r = 0; r < j->nrows; r++)
+            for (int64_t c = 0; c < j->w; c++) {
+                float acc = 0.0f;
+                for (int64_t e = j->rowptr[k]; e < j->rowptr[k + 1]; e++)
+                    acc += j->wt[e] * tapd_src(j, j->off[e], j->tap[e], r, c);
+                if (j->mode == TAPS_EPI_ACC) d[r * j->w + c] += acc;
+                else d[r * j->w + c] = acc;
+            }
+    }
+}
+
+void sal_ref_tapd_sddmm(const tapd_job *j) {
+    for (int64_t k = j->k0; k < j->k1; k++) {
+        const float *dy = j->dy + (k - j->k0) * j->dystride;
+        for (int64_t e = j->rowptr[k]; e < j->rowptr[k + 1]; e++) {
+            float acc = 0.0f;
+            for (int64_t r = 0; r < j->nrows; r++)
+                for (int64_t c = 0; c < j->w; c++)
+                    acc += dy[r * j->w + c] * tapd_src(j, j->off[e], j->tap[e], r, c);
+            j->g[e] += acc;
+        }
+    }
 }
