@@ -391,7 +391,7 @@ static void plan_sharing(sal_net *net) {
                 continue;
             if (seg_owner < 0) seg_owner = b;
             net->p.share[b] = seg_owner, net->p.share_off[b] = off;
-            off += sal_program_numel(&net->p, b, 1);
+            off += sal_program_span(&net->p, b);
         }
     }
     for (int64_t i = 0; i + 1 < nops; i++) {
@@ -499,12 +499,12 @@ static sal_status plan_streams(sal_net *net) {
         for (int64_t i = -1; i < nops; i++) {
             for (int64_t b = 0; b < nb; b++) {                  /* births at op i */
                 if (born[b] != i) continue;
-                const int64_t len = sal_program_numel(p, b, 1);
+                const int64_t len = sal_program_span(p, b);
                 int64_t off = 0, at = 0;                        /* first gap that fits */
                 for (; at < nlive; at++) {
                     const int64_t o = live[at];
                     if (p->fshare_off[o] - off >= len) break;
-                    const int64_t end = p->fshare_off[o] + sal_program_numel(p, o, 1);
+                    const int64_t end = p->fshare_off[o] + sal_program_span(p, o);
                     if (end > off) off = end;
                 }
                 memmove(live + at + 1, live + at, (size_t)(nlive - at) * sizeof *live);
@@ -1119,7 +1119,7 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
     net->grad_cap = net->p.cap;
     for (int64_t s = 0; s < net->nslot; s++)
         if (!net->slot[s]) {
-            net->slot[s] = malloc((size_t)(net->p.cap * net->slot_len[s]) * sizeof(float));
+            net->slot[s] = sal_alloc_floats((size_t)(net->p.cap * net->slot_len[s]));
             if (!net->slot[s]) return sal_fail(SAL_ENOMEM, FN, "gradients: out of memory");
         }
     for (int64_t b = 0; b < net->p.nbuf; b++)

@@ -53,6 +53,7 @@
 #include "internal/cpu.h"
 #include "internal/range.h"
 #include "internal/taps.h"
+#include "sal/conv.h"
 #include "sal/shiftconv.h"
 #include "sal/taps.h"
 
@@ -712,6 +713,13 @@ static void *carve(carver *c, size_t bytes) {
 
 static int task_threads(int threads) { return threads > 0 ? threads : sal_threads(); }
 
+/* d's geometry checks and y's geometry: the convolution's (the attention's own fields are
+ * sal.c's to check, sal_sal_check, before any call here) */
+static sal_status taps_check(const sal_sal_desc *d, sal_act *y) {
+    SAL_REQUIRE(d != NULL && d->pad == 1, "sal_taps", "desc: must be a 3x3 layer with pad 1");
+    const sal_conv_desc cd = {d->x, d->o, 3, d->stride, d->pad, d->threads};
+    return sal_conv_check(&cd, y);
+}
 /* ---- unshared: entry lists ------------------------------------------------------------ */
 #define L1_FLOATS ((int64_t)6144)   /* the source planes a kernel should find in L1 (24 KiB) */
 #define TILE_REF 128                /* the tile the blocks are sized for (every ISA's, so
@@ -822,7 +830,7 @@ static void thread_sizes(unshared_plan *u, int64_t bufn, int64_t npos, int64_t n
 static size_t unshared_layout(unshared_plan *u, const sal_sal_desc *d, float *base, int fused) {
     const int64_t O = d->o, C = d->x.c, S = d->stride, Emax = O * C * KK;
     sal_act ya;
-    sal_sal_check(d, &ya);
+    taps_check(d, &ya);
     fused = fused && S == 1;
     u->nt = task_threads(d->threads);
     u->fused = fused;
@@ -1146,7 +1154,7 @@ static size_t shiftconv_floats(const sal_sal_desc *d) {
 static size_t shared_layout(shared_plan *s, const sal_sal_desc *d, float *base) {
     const int64_t O = d->o, C = d->x.c, Rmax = C * KK;
     sal_act ya;
-    sal_sal_check(d, &ya);
+    taps_check(d, &ya);
     const int64_t hw = ya.h * ya.w;
     s->nt = task_threads(d->threads);
     s->chunk = 1;
@@ -1251,7 +1259,7 @@ static sal_status shared_fwd(float *y, const float *x, const float *weff, const 
     shared_plan s;
     shared_layout(&s, d, scratch);
     sal_act ya;
-    SAL_TRY(sal_sal_check(d, &ya));
+    SAL_TRY(taps_check(d, &ya));
     const int64_t O = d->o, N = d->x.n, hw = ya.h * ya.w;
     const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
     shared_rows(&s, kept, weff, O, d->x.c);
@@ -1291,7 +1299,7 @@ static sal_status shared_bwd(float *dx, float *g, const float *dy, const float *
     shared_plan s;
     shared_layout(&s, d, scratch);
     sal_act ya;
-    SAL_TRY(sal_sal_check(d, &ya));
+    SAL_TRY(taps_check(d, &ya));
     const int64_t O = d->o, C = d->x.c, N = d->x.n, hw = ya.h * ya.w;
     const int64_t ysn = sal_act_sn(ya), ysc = sal_act_sc(ya);
     shared_rows(&s, kept, weff, O, C);
@@ -1868,7 +1876,7 @@ static sal_status direct_bwd(float *dx, float *g, const float *dy, const float *
 
 /* ---- training entry points (internal/taps.h) ------------------------------------------ */
 size_t sal_taps_scratch(const sal_sal_desc *d) {
-    if (sal_sal_check(d, NULL) != SAL_OK) return 0;
+    if (taps_check(d, NULL) != SAL_OK) return 0;
     unshared_plan u;
     const size_t e0 = unshared_layout(&u, d, NULL, 0), e1 = unshared_layout(&u, d, NULL, 1);
     size_t e = e0 > e1 ? e0 : e1;
@@ -1987,7 +1995,7 @@ sal_status sal_taps_fwd(float *y, const float *x, const float *weff, const uint1
     unshared_layout(&u, d, scratch, 0);
     kept = kept_oc(&u, kept, d);
     sal_act ya;
-    SAL_TRY(sal_sal_check(d, &ya));
+    SAL_TRY(taps_check(d, &ya));
     list_fwd(&u.lf, &u.gf, u.fcopy, u.fro, kept, weff, d->o, d->x.c, u.usef);
     u.gf.src = x;
     const chunk_task t = units((chunk_task){&u, &u.gf, &u.lf, 1, 0, u.usef, y, sal_act_sn(ya),
@@ -2010,7 +2018,7 @@ sal_status sal_taps_bwd(float *dx, float *g, const float *dy, const float *x, co
     unshared_layout(&u, d, scratch, fused);
     kept = kept_oc(&u, kept, d);
     sal_act ya;
-    SAL_TRY(sal_sal_check(d, &ya));
+    SAL_TRY(taps_check(d, &ya));
     const int64_t O = d->o, C = d->x.c;
     if (g) list_fwd(&u.lw, &u.gf, u.fcopy, u.fro, kept, weff, O, C, u.usef);
     if (dx) list_bwd(&u.lb, &u.gb, u.bcopy, u.bro, u.bph, u.nph, kept, weff, O, C, u.useb);

@@ -2,6 +2,7 @@
  * unshared SAL) against the naive reference with every epilogue, sizes around the tile,
  * strides 1-3, on every ISA the CPU has; shapes derived by sal_net_shapes; accounting; bad
  * programs; backward refused for inference-only forms; gradient slots. */
+#include <stdint.h>
 #include <string.h>
 
 #include "check.h"
@@ -238,6 +239,44 @@ static void gather_cases(void) {
     gather_case(900, 1, 3, 3, 2, 3, 1.0, 1, 1);
 }
 
+/* Every activation starts on a 64-byte boundary (the direct sparse-tap kernels read their
+ * sources in place only then): per-sample sizes of 105 floats, batch 3, two buffers
+ * sharing one checkpointed segment's allocation (the second at 3 x its offset) */
+static void net_alignment_case(void) {
+    int64_t shapes[6][3] = {{3, 5, 7}, {3, 5, 7}, {3, 5, 7}, {3, 5, 7}, {3, 1, 1}, {2, 1, 1}};
+    sal_op ops[5];
+    for (int i = 0; i < 3; i++) {
+        ops[i] = op_of(SAL_OP_CONV, i, i + 1);
+        ops[i].o = 3, ops[i].k = 3, ops[i].stride = 1, ops[i].pad = 1, ops[i].p0 = 81 * i;
+    }
+    ops[3] = op_of(SAL_OP_POOL, 3, 4);
+    ops[4] = op_of(SAL_OP_LINEAR, 4, 5);
+    ops[4].o = 2, ops[4].p0 = 243, ops[4].p1 = 249;
+    sal_net *net = NULL;
+    CHECK(sal_net_create(&net, &shapes[0][0], 6, ops, 5, NULL, 0, NULL, 0, 251, 0) == SAL_OK,
+          "create: %s", sal_last_error());
+    if (!net) return;
+    const int64_t bounds[2] = {0, 3};
+    CHECK(sal_net_set_checkpoints(net, bounds, 1) == SAL_OK, "checkpoints: %s", sal_last_error());
+    float x[3 * 105], params[251], logits[6];
+    for (int i = 0; i < 3 * 105; i++) x[i] = (float)((i * 37) % 11) - 5.0f;
+    for (int i = 0; i < 251; i++) params[i] = (float)((i * 13) % 7) * 0.05f - 0.15f;
+    const sal_act xg = {3, 3, 5, 7, SAL_NCHW};
+    for (int train = 0; train < 2; train++) {
+        CHECK(sal_net_forward(net, logits, x, xg, params, NULL, train, 0, 0.0) == SAL_OK,
+              "forward: %s", sal_last_error());
+        for (int64_t b = 0; b < 6; b++) {
+            const float *a = NULL;
+            sal_act g;
+            CHECK(sal_net_buffer(net, b, &a, &g) == SAL_OK, "buffer %lld: %s", (long long)b,
+                  sal_last_error());
+            CHECK(a && (uintptr_t)a % 64 == 0, "train %d buffer %lld at %p: not 64-byte aligned",
+                  train, (long long)b, (const void *)a);
+        }
+    }
+    sal_net_free(net);
+}
+
 int main(void) {
     /* the GATHER kernels of every ISA this CPU runs (the dispatch table, capped) */
     const char *isas[] = {"base", "avx2", "avx512"};
@@ -248,5 +287,6 @@ int main(void) {
     bad_programs();
     net_count_case();
     net_grad_slots_case();
+    net_alignment_case();
     return check_done("test_net");
 }

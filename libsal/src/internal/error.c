@@ -1,6 +1,7 @@
-/* Errors and checked sizes (the thread count: internal/pool.c). */
+/* Errors, checked sizes and aligned allocations (the thread count: internal/pool.c). */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "internal/internal.h"
 
@@ -45,6 +46,12 @@ sal_status sal_checked_prod(const char *func, const char *what, int64_t *out, in
     if (!ok) return sal_fail(SAL_EOVERFLOW, func, "%s: size product overflows int64", what);
     *out = p;
     return SAL_OK;
+}
+
+void *sal_alloc_floats(size_t n) {
+    if (n > (SIZE_MAX - 63) / sizeof(float)) return NULL;
+    const size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+    return aligned_alloc(64, bytes ? bytes : 64);
 }
 
 sal_status sal_act_check(const char *func, const char *name, sal_act a) {

@@ -31,6 +31,15 @@ sal_status sal_checked_prod(const char *func, const char *what, int64_t *out, in
 sal_status sal_act_check(const char *func, const char *name, sal_act a);
 static inline int64_t sal_act_numel(sal_act a) { return a.n * a.c * a.h * a.w; }
 
+/* Activations, gradients and scratch start on a 64-byte boundary (one cache line, one
+ * AVX-512 vector): the direct sparse-tap kernels (taps.c) read their sources in place only
+ * when aligned.  sal_alloc_floats(n): n floats (at least one line), free() releases it. */
+#define SAL_ALIGN_FLOATS 16
+static inline int64_t sal_align_floats(int64_t n) {
+    return (n + SAL_ALIGN_FLOATS - 1) / SAL_ALIGN_FLOATS * SAL_ALIGN_FLOATS;
+}
+void *sal_alloc_floats(size_t n);
+
 /* Threads (internal/pool.c): a persistent pthread pool, fork-safe, workers sleep when idle.
  * sal_threads(): the count our loops and GEMMs use (sal_set_num_threads, else
  * SAL_NUM_THREADS, OMP_NUM_THREADS, else the CPUs this process may run on). */

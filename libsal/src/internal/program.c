@@ -163,11 +163,11 @@ static sal_status frame_make(const sal_program *p, sal_frame *f, int64_t n, int 
             if (share[o] == b && off[o] + sal_program_numel(p, o, 1) > per)
                 per = off[o] + sal_program_numel(p, o, 1);
         s = sal_checked_prod(p->fn, "activation", &numel, 2, n, per);
-        if (s == SAL_OK && !(act[b] = malloc((size_t)numel * sizeof(float))))
+        if (s == SAL_OK && !(act[b] = sal_alloc_floats((size_t)numel)))
             s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
                          (long long)n);
     }
-    if (s == SAL_OK && !(scr = malloc((scratch + extra ? scratch + extra : 1) * sizeof(float))))
+    if (s == SAL_OK && !(scr = sal_alloc_floats(scratch + extra)))
         s = sal_fail(SAL_ENOMEM, p->fn, "scratch of %zu floats: out of memory", scratch + extra);
     if (s != SAL_OK) {
         if (act)

@@ -88,6 +88,11 @@ static inline int64_t sal_program_numel(const sal_program *p, int64_t b, int64_t
     const int64_t *s = p->shapes + 3 * b;
     return n * s[0] * s[1] * s[2];
 }
+/* the floats per image buffer b takes when it shares an allocation: its size rounded up to
+ * 16, so that every buffer of a frame of any batch starts on a 64-byte boundary */
+static inline int64_t sal_program_span(const sal_program *p, int64_t b) {
+    return sal_align_floats(sal_program_numel(p, b, 1));
+}
 
 /* Op i reads in (and res, -1: none) and writes out: distinct buffers, out not the input. */
 sal_status sal_program_check_io(const sal_program *p, int64_t i, int64_t in, int64_t out,
