@@ -19,14 +19,17 @@ runs="${2:-50000000}"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 # clang + the compiler-rt runtimes (libFuzzer, ASan, UBSan) on Debian bookworm; libomp only
-# for its omp.h header (the openmp flavour's blis.h includes it): libsal links no OpenMP
-pkgs=(clang libclang-rt-14-dev libomp-14-dev libblis-dev cmake ninja-build)
+# for its omp.h header (the openmp flavour's blis.h includes it): libsal links no OpenMP;
+# llvm-14 for llvm-symbolizer (sanitizer stack traces).  Without recommends: clang-14
+# recommends llvm-14-dev, whose llvm-14-tools put python3-pygments and python3-yaml into the
+# system Python (seen on a fresh Debian 12), and the fuzz build needs none of it.
+pkgs=(clang libclang-rt-14-dev libomp-14-dev llvm-14 libblis-dev cmake ninja-build)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "fuzz: apt-get install ${missing[*]}"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 echo "== fuzz: building the libFuzzer targets (clang, build/fuzz) =="
