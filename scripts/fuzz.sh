@@ -4,6 +4,7 @@
 #
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET [MAX_RUNS_PER_TARGET]]    (defaults 60, 50000000)
 #   FUZZ_TARGETS="cifar idx" bash scripts/fuzz.sh 30                   (a subset)
+#   SAL_FUZZ_SEED=1 bash scripts/fuzz.sh 300 20000                     (reproducible)
 #
 # Each target starts from its seed corpus tests/fuzz/corpus/<target>/ (read only); inputs
 # the fuzzer finds go to build/fuzz/work/<target>/, crashing inputs to
@@ -55,7 +56,9 @@ for t in $targets; do
   maxlen=4096
   [ "$t" = cifar ] && maxlen=16384   # room for a few 3073-byte records
   [ "$t" = net ] && maxlen=16384   # exported seeds (whole programs) reach 6.5 kB
-  cmd="$bin -max_total_time=$secs -runs=$runs -max_len=$maxlen -timeout=20 -rss_limit_mb=2048 \
+  seed=""
+  [ -n "${SAL_FUZZ_SEED:-}" ] && seed="-seed=$SAL_FUZZ_SEED"
+  cmd="$bin $seed -max_total_time=$secs -runs=$runs -max_len=$maxlen -timeout=20 -rss_limit_mb=2048 \
 -print_final_stats=1 -artifact_prefix=$art/ $work tests/fuzz/corpus/$t"
   echo "== fuzz: $t: $cmd"
   set +e

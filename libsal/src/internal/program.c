@@ -139,18 +139,30 @@ sal_status sal_program_enter(sal_program *p, const char *what) {
     return SAL_OK;
 }
 
-/* A frame for n images with the sharing (share, off), its scratch sized for `threads`
- * threads, plus extra floats, all or nothing: on failure *f is left empty and nothing
- * stays allocated. */
-static sal_status frame_make(const sal_program *p, sal_frame *f, int64_t n, int threads,
-                             size_t extra, const int64_t *share, const int64_t *off,
-                             int64_t nops, sal_program_scratch_fn need, const void *owner) {
-    *f = (sal_frame){0};
+/* scratch floats the ops need at batch n on `threads` threads: the largest over the ops
+ * (SIZE_MAX: does not fit).  Not monotone in n (a kernel's plan splits a batch by its size:
+ * the sparse-tap layouts of 8 16x16 channels need 177 k floats at 8 images, 288 k at 7),
+ * so a frame is sized for every batch it will run, not only its capacity. */
+static size_t scratch_need(int64_t n, int threads, int64_t nops, sal_program_scratch_fn need,
+                           const void *owner) {
     size_t scratch = 0;
     for (int64_t i = 0; i < nops; i++) {
         size_t s = need(owner, i, n, threads);
         if (s > scratch) scratch = s;
     }
+    return scratch;
+}
+
+/* A frame for n images with the sharing (share, off), its scratch sized for `threads`
+ * threads and at least `floor` floats, plus extra floats, all or nothing: on failure *f
+ * is left empty and nothing stays allocated. */
+static sal_status frame_make(const sal_program *p, sal_frame *f, int64_t n, int threads,
+                             size_t extra, size_t floor, const int64_t *share,
+                             const int64_t *off, int64_t nops, sal_program_scratch_fn need,
+                             const void *owner) {
+    *f = (sal_frame){0};
+    size_t scratch = scratch_need(n, threads, nops, need, owner);
+    if (floor > scratch) scratch = floor;
     if (scratch > (((size_t)1 << 62) / sizeof(float)) - extra)
         return sal_fail(SAL_EOVERFLOW, p->fn, "scratch for batch %lld: size does not fit",
                         (long long)n);
@@ -195,10 +207,12 @@ static sal_status frame_make(const sal_program *p, sal_frame *f, int64_t n, int 
  * leaves the previous capacity and buffers as they were. */
 static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_scratch_fn need,
                           const void *owner) {
-    if (n <= p->cap && p->threads == sal_threads()) return SAL_OK;
+    const int threads = sal_threads();
+    const size_t want = scratch_need(n, threads, nops, need, owner);   /* this batch's */
+    if (n <= p->cap && p->threads == threads && want <= p->scratch_n) return SAL_OK;
     if (n < p->cap) n = p->cap;  /* a thread-count change keeps the capacity */
     sal_frame f;
-    SAL_TRY(frame_make(p, &f, n, sal_threads(), 0, p->share, p->share_off, nops, need, owner));
+    SAL_TRY(frame_make(p, &f, n, threads, 0, want, p->share, p->share_off, nops, need, owner));
     sal_frame old = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL};
     frame_free(p, &old, p->share, p->share_off);          /* its table too: the new frame brings its own */
     p->act = f.act;
@@ -213,11 +227,17 @@ sal_status sal_program_frames(sal_program *p, int nt, int64_t c, size_t extra, i
                               sal_program_scratch_fn need, const void *owner) {
     if (p->frames && p->nframes == nt && p->frames[0].cap == c && p->frame_extra == extra)
         return SAL_OK;
+    size_t floor = 0;    /* every chunk size up to c: the last chunk is a remainder */
+    for (int64_t m = 1; m < c; m++) {
+        const size_t s = scratch_need(m, 1, nops, need, owner);
+        if (s > floor) floor = s;
+    }
     sal_frame *fr = calloc((size_t)nt, sizeof *fr);
     if (!fr) return sal_fail(SAL_ENOMEM, p->fn, "out of memory");
     sal_status s = SAL_OK;
     for (int k = 0; k < nt && s == SAL_OK; k++)
-        s = frame_make(p, &fr[k], c, 1, extra, p->fshare, p->fshare_off, nops, need, owner);
+        s = frame_make(p, &fr[k], c, 1, extra, floor, p->fshare, p->fshare_off, nops, need,
+                       owner);
     if (s != SAL_OK) {
         for (int k = 0; k < nt; k++) frame_free(p, &fr[k], p->fshare, p->fshare_off);
         free(fr);
