@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import itertools
 import json
 import math
@@ -415,7 +416,11 @@ def outcome(args, commit):
             if not os.path.exists(_run_path(args.out, a, s))]
     env = dict(os.environ, **{k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                "MKL_NUM_THREADS", "BLIS_NUM_THREADS")})
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), HERE]
+    # the workers import the salnp this process would (an installed one in CI, where the
+    # source tree's python/ has no compiled _core), the source tree's only without one
+    spec = importlib.util.find_spec("salnp")
+    pkg = os.path.dirname(os.path.dirname(spec.origin)) if spec else os.path.join(ROOT, "python")
+    env["PYTHONPATH"] = os.pathsep.join([pkg, HERE]
                                         + [p for p in env.get("PYTHONPATH", "").split(os.pathsep)
                                            if p])
     running, t0 = [], time.perf_counter()
