@@ -38,23 +38,7 @@ sys.path.insert(0, HERE)
 import salnp  # noqa: E402
 from salnp import _core  # noqa: E402
 from bench_onnx import MODELS, build  # noqa: E402
-from common import table  # noqa: E402
-
-
-def rounds(fns, repeats, warmup, pause, clock=time.perf_counter):
-    """times[i][r]: seconds of callable i in round r (round-robin, a pause after each)."""
-    for f in fns:
-        for _ in range(warmup):
-            f()
-            time.sleep(pause)
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            t = clock()
-            f()
-            times[i].append(clock() - t)
-            time.sleep(pause)
-    return times
+from common import interleave, table  # noqa: E402
 
 
 KINDS = None
@@ -132,7 +116,7 @@ def main():
                     err = float(np.abs(f() - ref).max())
                     assert err <= 1e-4 * scale + 1e-6, (key, n, nt, name, err)
                 reps = args.repeats * (5 if n < 16 else 1)
-                times = rounds(list(fns.values()), reps, 2, args.pause, clock)
+                times = interleave(list(fns.values()), reps, 2, clock, args.pause)
                 t_ort = times[-1]
                 for name, ts in zip(fns, times):
                     ratio = [o / t for o, t in zip(t_ort, ts)]

@@ -3,18 +3,23 @@ import statistics
 import time
 
 
-def interleave(fns, repeats=15, warmup=2, clock=time.perf_counter):
+def interleave(fns, repeats=15, warmup=2, clock=time.perf_counter, pause=0.0):
     """Time each callable in fns, round-robin, `repeats` times after `warmup` calls each;
-    returns the list of seconds of each."""
+    returns times[i][r], the seconds of callable i in round r.  pause: seconds slept, untimed,
+    after every call (onnxruntime's threads spin for a while after a call returns)."""
     for f in fns:
         for _ in range(warmup):
             f()
+            if pause:
+                time.sleep(pause)
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):
             t = clock()
             f()
             times[i].append(clock() - t)
+            if pause:
+                time.sleep(pause)
     return times
 
 
