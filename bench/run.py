@@ -45,6 +45,8 @@ except ImportError:       # else the development tree (bash scripts/dev-build.sh
     import salnp as _salnp
 SALNP_PATH = os.path.dirname(os.path.dirname(os.path.abspath(_salnp.__file__)))
 
+INFER_PAUSE = 0.01   # seconds after each timed inference call at 2+ threads (worker_infer)
+
 ALLOCATORS = {
     "none": None,
     "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
@@ -384,7 +386,12 @@ def worker_infer(args, sz, out):
                 names.append("onnxruntime")
                 fns.append(lambda x=x: sess.run(None, {"input": x}))
             reps = sz["repeats"] * (10 if batch == 1 else 2)
-            times = interleave(fns, reps, sz["warmup"] * 3)
+            # every call followed by an untimed pause at 2+ threads: onnxruntime's pool
+            # threads (and PyTorch's OpenMP ones) spin-wait after a call and took a core
+            # from the next callable of the round (salnp's shared SAL at batch 128 measured
+            # 6,466 images/s at 2 threads, its 1-thread rate, instead of 13,200 alone)
+            pause = INFER_PAUSE if args.threads > 1 else 0.0
+            times = interleave(fns, reps, sz["warmup"] * 3, pause=pause)
             res = {n: stats(tt, batch) for n, tt in zip(names, times)}
             rows.append({"key": key, "label": label, "batch": batch, "threads": args.threads,
                          "flops": 2 * cnt.macs, "ort_max_abs_diff": ort_err,
@@ -587,7 +594,11 @@ def report(args, data, mach, sz):
                  "(salnp.export.to_onnx, the file a user would export; outputs checked to agree "
                  "within 1e-4 of the largest logit), with the same threads, every graph "
                  "optimisation on.  PyTorch: eval mode, BN folded, SAL as dense convolutions of "
-                 "the binarised weights (no ASNet twin).")
+                 "the binarised weights (no ASNet twin).  At 2 threads every call is followed "
+                 f"by an untimed pause of {INFER_PAUSE * 1e3:.0f} ms, for every runtime alike: "
+                 "onnxruntime's and PyTorch's threads spin-wait after a call and would take a "
+                 "core from the next one.  % peak: of the whole machine's measured peak, at 1 "
+                 "thread too.")
     lines.append("")
     lines.append("| network | threads | batch | salnp export | onnxruntime | salnp / onnxruntime | best PyTorch | salnp / PyTorch | salnp GFLOP/s (% peak) |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
