@@ -46,6 +46,7 @@ except ImportError:       # else the development tree (bash scripts/dev-build.sh
 SALNP_PATH = os.path.dirname(os.path.dirname(os.path.abspath(_salnp.__file__)))
 
 INFER_PAUSE = 0.01   # seconds after each timed inference call at 2+ threads (worker_infer)
+TRAIN_PAUSE = 0.05   # seconds after each timed training step (worker_train)
 
 ALLOCATORS = {
     "none": None,
@@ -226,7 +227,9 @@ def worker_train(args, sz, out):
         opt = SGD(net, lr=0.05)
         names.insert(0, "salnp")
         fns.insert(0, lambda net=net, opt=opt: salnp_step(net, opt, x, y))
-        times = interleave(fns, sz["repeats"], sz["warmup"])
+        # a pause after every step: a torch.compile contender's threads took CPU from the
+        # next contender of the round (salnp CL 883 -> 759 images/s with it in the round)
+        times = interleave(fns, sz["repeats"], sz["warmup"], pause=TRAIN_PAUSE)
         res = {n: stats(t, sz["batch"]) for n, t in zip(names, times)}
         rows.append({"key": key, "label": label, "train_flops": 2 * cnt.train_macs,
                      "results": res})
@@ -538,7 +541,11 @@ def report(args, data, mach, sz):
     lines.append("")
     lines.append("Medians of interleaved repeats with (min–max); ratio = salnp / the faster "
                  "PyTorch layout.  GFLOP/s counts 2 x MACs (salnp.count: training = forward + "
-                 "backward MACs; inference = the exported network's MACs) at the median rate.")
+                 "backward MACs; inference = the exported network's MACs) at the median rate.  "
+                 f"Training steps are followed by an untimed pause of {TRAIN_PAUSE * 1e3:.0f} ms "
+                 "(a torch.compile contender's threads slowed the next contender of the round: "
+                 "salnp's CL step 883 images/s without it in the round, 759 with it, 804 with "
+                 "it and the pause).")
     lines.append("")
     lines.append(f"### Training step, ResNet-{sz['depth']} w={sz['width']}, batch {sz['batch']}, "
                  f"{sz['hw']}x{sz['hw']}, images/s")
