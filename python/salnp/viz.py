@@ -627,7 +627,7 @@ def kept_taps(history, ax=None):
     ax.set_ylim(0, 9.6)
     ax.set_xlabel("optimiser step")
     ax.set_ylabel("taps computed per slice (mean)")
-    ax.set_title("SAL training gets cheaper as it prunes", fontsize=9)
+    ax.set_title("Taps SAL training computes as the attention sharpens", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center right")
     return ax
