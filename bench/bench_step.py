@@ -13,10 +13,10 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (bench/run.py: models, twins, step functions)
+from common import interleave  # noqa: E402
 
 
 def main():
@@ -51,15 +51,7 @@ def main():
         for cl in (False, True):
             step, _, _ = run.torch_trainer(torch_fast.build(net, 20.0).train(), cl, x, y)
             fns.append(step)
-        for f in fns:
-            f()
-            f()
-        ts = [[] for _ in fns]
-        for _ in range(args.steps):
-            for i, f in enumerate(fns):
-                t = time.perf_counter()
-                f()
-                ts[i].append(time.perf_counter() - t)
+        ts = interleave(fns, args.steps, warmup=2)
         b = sz["batch"]
         med = [b / statistics.median(t) for t in ts]
         best = [b / min(t) for t in ts]

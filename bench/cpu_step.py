@@ -15,6 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (bench/run.py: models, twins, step functions)
+from common import interleave  # noqa: E402
 
 
 def main():
@@ -50,14 +51,7 @@ def main():
         for cl in (False, True)[:0 if args.salnp_only else 2]:
             step, _, _ = run.torch_trainer(torch_fast.build(net, 20.0).train(), cl, x, y)
             fns.append(step)
-        for f in fns:
-            f()
-        cpu = [[] for _ in fns]
-        for _ in range(args.steps):
-            for i, f in enumerate(fns):
-                t = time.process_time()
-                f()
-                cpu[i].append(time.process_time() - t)
+        cpu = interleave(fns, args.steps, warmup=1, clock=time.process_time)
         m = [statistics.median(c) for c in cpu]
         if args.salnp_only:
             print(f"| {label} | {m[0]:.2f} s | | | |", flush=True)

@@ -178,10 +178,6 @@ static void dconv_block(const dplan *p, int64_t b, int64_t *n0, int64_t *ni, int
     *ny = imin(p->ky, p->ho - *y0);
 }
 
-static float *dconv_align(float *scratch) {
-    return (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-}
-
 size_t sal_dconv_scratch(const sal_conv_desc *d) {
     const int nt = dconv_threads(d);
     size_t most = 0;
@@ -302,7 +298,7 @@ void sal_dconv_fwd(float *y, const float *x, const float *w, const sal_conv_desc
     const dconv_kernels *k = DCONV[sal_cpu_isa()];
     dplan p;
     (void)dconv_plan(&p, d, DC_FWD, k->wl, nt);   /* true: sal_dconv_applies checked it */
-    scratch = dconv_align(scratch);
+    scratch = sal_align64(scratch);
     const sal_act ya = {d->x.n, d->o, p.ho, p.wo, d->x.layout};
     wt_task wt = {scratch, w, d->x.c, d->o, p.k * p.k, p.cp, p.op, 0, nt};
     const float *wp = NULL;
@@ -382,7 +378,7 @@ void sal_dconv_bwd_data(float *dx, const float *dy, const float *w, const sal_co
     const dconv_kernels *k = DCONV[sal_cpu_isa()];
     dplan p;
     (void)dconv_plan(&p, d, DC_BWD_DATA, k->wl, nt);
-    scratch = dconv_align(scratch);
+    scratch = sal_align64(scratch);
     const sal_act ya = {d->x.n, d->o, p.ho, p.wo, d->x.layout};
     wt_task wt = {scratch, w, d->x.c, d->o, p.k * p.k, p.cp, p.op, 1, nt};
     sal_parallel_for(d->o, nt, dconv_weights, &wt);
@@ -457,7 +453,7 @@ void sal_dconv_bwd_weights(float *dw, const float *dy, const float *x, const sal
     const dconv_kernels *k = DCONV[sal_cpu_isa()];
     dplan p;
     (void)dconv_plan(&p, d, DC_BWD_WEIGHTS, k->wl, nt);
-    scratch = dconv_align(scratch);
+    scratch = sal_align64(scratch);
     const sal_act ya = {d->x.n, d->o, p.ho, p.wo, d->x.layout};
     wg_task gt = {k, &p, x, dy, scratch, dw, d->x.c, d->o, sal_act_sn(d->x), sal_act_sc(d->x),
                   sal_act_sn(ya), sal_act_sc(ya)};
@@ -557,7 +553,7 @@ void sal_dconv_stem_wgrad(float *dw, const float *dy, const float *x, const sal_
     const dconv_kernels *k = DCONV[sal_cpu_isa()];
     splan p;
     stem_plan(&p, d, k->wl, nt);
-    scratch = dconv_align(scratch);
+    scratch = sal_align64(scratch);
     const sal_act ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
     stem_task st = {k, &p, x, dy, scratch, dw, d->x.c, d->o, d->x.h, d->x.w, d->x.n,
                     sal_act_sn(d->x), sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya)};

@@ -696,7 +696,7 @@ sal_status sal_shiftconv_fwd(float *y, const float *x, const float *w,
     SAL_REQUIRE(need != SIZE_MAX, FN, "scratch for stride %lld: size does not fit",
                 (long long)d->stride);
     SAL_REQUIRE(scratch != NULL, FN, "scratch=NULL: needs %zu floats", need);
-    char *base = (char *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    char *base = sal_align64(scratch);
     int64_t *off = (int64_t *)(base + L.off), *hkey = (int64_t *)(base + L.hkey);
     int32_t *cls = (int32_t *)(base + L.cls), *cdy = (int32_t *)(base + L.cdy),
             *cdx = (int32_t *)(base + L.cdx), *hval = (int32_t *)(base + L.hval),
@@ -886,7 +886,7 @@ sal_status sal_shiftconv_bwd(float *dx, float *dw, const float *dy, const float 
     float *P = scratch, *wt = P + R * B, *dwt = wt + R * O;
     int64_t *off = (int64_t *)(((uintptr_t)(dwt + R * O) + 7) & ~(uintptr_t)7);
     int32_t *cls = (int32_t *)(off + O), *byc = cls + O;
-    char *masks = (char *)(((uintptr_t)(byc + R) + 63) & ~(uintptr_t)63);
+    char *masks = sal_align64(byc + R);
     int64_t *cs = (int64_t *)(masks + (size_t)nt * 2 * TMAX * 4);
     for (int64_t c = 0; c <= C; c++) cs[c] = 0;   /* counting sort of the rows by channel */
     for (int64_t k = 0; k < R; k++) cs[d->rows[3 * k] + 1]++;

@@ -1093,18 +1093,19 @@ static void bwd1_units(void *p, int64_t v0, int64_t v1, int tid) {
 }
 
 typedef struct {
-    const unshared_plan *u;
+    const float *part;   /* thread i's partials at part + i * stride */
+    int64_t stride;
+    float *g;
     int nparts;
 } gsum_task;
 
-/* g[e] = the thread partials in thread order */
+/* g[e] = the thread partials in thread order (both backward paths) */
 static void gsum_run(void *p, int64_t e0, int64_t e1, int tid) {
     const gsum_task *t = p;
-    const unshared_plan *u = t->u;
     for (int64_t e = e0; e < e1; e++) {
         float s = 0.0f;
-        for (int i = 0; i < t->nparts; i++) s += u->thr[i * u->per + u->gpart + e];
-        u->g[e] = s;
+        for (int i = 0; i < t->nparts; i++) s += t->part[i * t->stride + e];
+        t->g[e] = s;
     }
 }
 
@@ -1840,21 +1841,6 @@ static sal_status direct_fwd(float *y, const float *x, const float *weff, const 
     return SAL_OK;
 }
 
-typedef struct {
-    const direct_plan *p;
-    int nparts;
-} dgsum_task;
-
-static void direct_gsum(void *q, int64_t e0, int64_t e1, int tid) {
-    const dgsum_task *t = q;
-    const direct_plan *p = t->p;
-    for (int64_t e = e0; e < e1; e++) {
-        float s = 0.0f;
-        for (int i = 0; i < t->nparts; i++) s += p->thr[i * p->per + p->accn + e];
-        p->g[e] = s;
-    }
-}
-
 static sal_status direct_bwd(float *dx, float *g, const float *dy, const float *x,
                              const float *weff, const uint16_t *kept, const sal_sal_desc *d,
                              float *scratch) {
@@ -1867,8 +1853,8 @@ static sal_status direct_bwd(float *dx, float *g, const float *dy, const float *
     const int64_t nv = p.nchunk * t.ks;
     sal_parallel_for(nv, p.nt, direct_bwd_units, &t);
     if (g) {
-        dgsum_task gt = {&p, (int)(nv < p.nt ? nv : p.nt)};
-        sal_parallel_for(p.lf.ne, p.nt, direct_gsum, &gt);
+        gsum_task gt = {p.thr + p.accn, p.per, p.g, (int)(nv < p.nt ? nv : p.nt)};
+        sal_parallel_for(p.lf.ne, p.nt, gsum_run, &gt);
         for (int64_t e = 0; e < p.lf.ne; e++) g[p.eidx[e]] += p.g[e];
     }
     return SAL_OK;
@@ -2044,7 +2030,7 @@ sal_status sal_taps_bwd(float *dx, float *g, const float *dy, const float *x, co
         sal_parallel_for(nv, u.nt, wg_units, (void *)&t);
     }
     if (g) {
-        gsum_task gt = {&u, (int)(nv < u.nt ? nv : u.nt)};
+        gsum_task gt = {u.thr + u.gpart, u.per, u.g, (int)(nv < u.nt ? nv : u.nt)};
         sal_parallel_for(u.lw.ne, u.nt, gsum_run, &gt);
         /* the entries in their order (o, i, q): blocks split i in order */
         int64_t e = 0;

@@ -156,8 +156,7 @@ const float *sal_wcache_get(const float *w, int64_t nw, const sal_wcache_key *ke
             return NULL;
         }
         e = calloc(1, sizeof *e);
-        const size_t al = ((size_t)bytes + 63) / 64 * 64;
-        float *data = e ? aligned_alloc(64, al ? al : 64) : NULL;
+        float *data = e ? sal_alloc_floats((size_t)n) : NULL;
         if (!data) {
             free(e);
             pthread_mutex_unlock(&wc_mu);

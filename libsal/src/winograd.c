@@ -193,12 +193,6 @@ static int wino_threads(const sal_conv_desc *d) {
     return d->threads > 0 ? d->threads : sal_threads();
 }
 
-/* the first 64-byte boundary in the caller's scratch: every buffer below starts on a
- * cache line (a vector access that straddles two lines costs two) */
-static float *wino_align(float *scratch) {
-    return (float *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
-}
-
 /* floats of scratch of the three passes at every ISA's vector width (+ 15 for the
  * alignment); SIZE_MAX when too big */
 size_t sal_wino_scratch(const sal_conv_desc *d) {
@@ -313,7 +307,7 @@ static void wino_conv(float *out, const float *in, const float *w, const sal_con
     const wino_kernels *k = WINO[sal_cpu_isa()];
     wplan p;
     (void)wino_plan(&p, d, pass, k->wl, nt);   /* true: sal_wino_applies checked it */
-    scratch = wino_align(scratch);
+    scratch = sal_align64(scratch);
     const sal_act xa = d->x, ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
     const sal_act ia = pass == WINO_BWD_DATA ? ya : xa, oa = pass == WINO_BWD_DATA ? xa : ya;
     wts_task wt = {k, scratch, w, &p, d->x.c, pass == WINO_BWD_DATA, NULL, NULL, 0, 0, nt};
@@ -409,7 +403,7 @@ void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_
     const wino_kernels *k = WINO[sal_cpu_isa()];
     wplan p;
     (void)wino_plan(&p, d, WINO_BWD_WEIGHTS, k->wl, nt);
-    scratch = wino_align(scratch);
+    scratch = sal_align64(scratch);
     const sal_act ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
     wg_task gt = {k, &p, x, dy, scratch, sal_act_sn(d->x), sal_act_sc(d->x), sal_act_sn(ya),
                   sal_act_sc(ya)};
@@ -493,7 +487,7 @@ void sal_wino_bwd(float *dx, float *dw, const float *dy, const float *x, const f
     const wino_kernels *k = WINO[sal_cpu_isa()];
     wplan p;
     (void)wino_plan(&p, d, WINO_BWD_BOTH, k->wl, nt);
-    scratch = wino_align(scratch);
+    scratch = sal_align64(scratch);
     /* the input gradient's weights: from dy's O channels (rows, cop) to x's C (cip) */
     wplan pu = p;
     pu.ci = p.co;

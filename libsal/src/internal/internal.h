@@ -39,6 +39,11 @@ static inline int64_t sal_align_floats(int64_t n) {
     return (n + SAL_ALIGN_FLOATS - 1) / SAL_ALIGN_FLOATS * SAL_ALIGN_FLOATS;
 }
 void *sal_alloc_floats(size_t n);
+/* the first 64-byte boundary at or after p: a caller's scratch with its buffers on cache
+ * lines (a vector access that straddles two lines costs two) */
+static inline void *sal_align64(void *p) {
+    return (void *)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
 
 /* Threads (internal/pool.c): a persistent pthread pool, fork-safe, workers sleep when idle.
  * sal_threads(): the count our loops and GEMMs use (sal_set_num_threads, else
