@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 
 import salnp
 from salnp import ops
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (bench/common.py)
 
 N = 128
 # (name, count in ResNet-20, C, O, H (input), K, stride)
@@ -86,15 +90,14 @@ def check(got, ref, name, scale):
         raise AssertionError(f"{name}: salnp differs from PyTorch by {err:.3g} (scale {scale:.3g})")
 
 
-def times(fns, repeats, stat, clock):
-    for f in fns:
-        f()
-    ts = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, f in enumerate(fns):
-            t = clock()
-            f()
-            ts[i].append(clock() - t)
+# Untimed seconds slept after every call at 2+ threads: PyTorch's OpenMP threads spin-wait
+# after a call and took a core from the next callable (salnp's 16->32 stride-2 forward
+# measured 3.7 ms interleaved without it, 2.0 ms alone).
+PAUSE = 0.01
+
+
+def times(fns, repeats, stat, clock, threads):
+    ts = common.interleave(fns, repeats, warmup=1, clock=clock, pause=PAUSE if threads > 1 else 0)
     return [stat(t) for t in ts]
 
 
@@ -117,7 +120,7 @@ def run(threads, repeats, rng, stat, clock):
                 continue
             ref = tf[0][ps]()
             check(sf[ps](), ref, f"{name} {ps}", float(np.max(np.abs(ref.numpy()))) + 1.0)
-            t_s, t_nchw, t_cl = times([sf[ps], tf[0][ps], tf[1][ps]], repeats, stat, clock)
+            t_s, t_nchw, t_cl = times([sf[ps], tf[0][ps], tf[1][ps]], repeats, stat, clock, threads)
             t_t = min(t_nchw, t_cl)
             rows.append({"threads": threads, "layer": name, "count": count, "pass": ps,
                          "algo": algo[ps], "salnp_s": t_s, "torch_nchw_s": t_nchw,

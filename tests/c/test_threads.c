@@ -6,6 +6,7 @@
  * buffers (segfault or a glibc abort) and with equal sizes about 1 output in 10 was wrong. */
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
 #include "programs.h"
@@ -139,7 +140,56 @@ static void test_net_shared(void) {
     sal_net_free(tnet);
 }
 
+/* ---- the pool itself (internal/pool.c): every task of a call has run, once, when the call
+ * returns, whether the workers were polling (back-to-back calls), asleep (after a pause
+ * longer than the polling) or more than the CPUs (no polling); nested calls run serially */
+typedef void (*task_fn)(void *ctx, int tid, int nt);
+void sal_parallel(int nt, task_fn fn, void *ctx);   /* internal/internal.h */
+
+typedef struct {
+    int round, nested;
+    int seen[16];
+    int count[16];
+} pool_ctx;
+
+static void pool_inner(void *p, int tid, int nt) {
+    pool_ctx *c = p;
+    c->nested++;   /* serial inside a task (tid 0 runs all three): no race */
+}
+
+static void pool_task(void *p, int tid, int nt) {
+    pool_ctx *c = p;
+    c->seen[tid] = c->round;
+    c->count[tid]++;
+    if (tid == 0 && c->round % 97 == 0) sal_parallel(3, pool_inner, c);
+}
+
+static void test_pool(void) {
+    pool_ctx c;
+    memset(&c, 0, sizeof c);
+    int total[16] = {0}, nested = 0;
+    for (int r = 1; r <= 3000; r++) {
+        const int nt = 1 + r % 6;   /* up to 6 threads: more than the CPUs of a small machine */
+        c.round = r;
+        sal_parallel(nt, pool_task, &c);
+        for (int t = 0; t < nt; t++) {
+            total[t]++;
+            CHECK(c.seen[t] == r, "round %d: task %d of %d had not run when the call returned", r,
+                  t, nt);
+        }
+        if (r % 97 == 0) nested += 3;
+        if (r % 500 == 0) {   /* longer than the polling: the workers fall asleep */
+            struct timespec ts = {0, 2000000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    for (int t = 0; t < 6; t++)
+        CHECK(c.count[t] == total[t], "task %d ran %d times, want %d", t, c.count[t], total[t]);
+    CHECK(c.nested == nested, "nested calls ran %d tasks, want %d", c.nested, nested);
+}
+
 int main(void) {
+    test_pool();
     test_infer_shared();
     test_net_shared();
     if (check_failures) fprintf(stderr, "test_threads: %d failure(s)\n", check_failures);
