@@ -57,7 +57,7 @@ def bn_inputs(rng, shape, offset=0.0):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", BN_SHAPES, ids=ids)
-def test_batch_norm_matches_torch(shape, training, rng):
+def test_batch_norm_matches_torch(shape, training, rng, isa):
     x, g, b, rm, rv, gy = bn_inputs(rng, shape, offset=3.0)
     trm, trv = torch.tensor(rm), torch.tensor(rv)
     y, smean, sinv = ops.batch_norm(x, g, b, rm, rv, training=training)
@@ -119,7 +119,7 @@ def test_batch_norm_without_running_stats_or_affine(rng):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [(1, 3, 7, 5), (2, 1, 11, 13), (4, 10, 6, 7), (8, 16, 16, 16)],
                          ids=ids)
-def test_batch_norm_relu_matches_torch(shape, training, residual, rng):
+def test_batch_norm_relu_matches_torch(shape, training, residual, rng, isa):
     x, g, b, rm, rv, gy = bn_inputs(rng, shape)
     r = rng.standard_normal(shape).astype(np.float32) if residual else None
     trm, trv = torch.tensor(rm), torch.tensor(rv)
@@ -192,7 +192,7 @@ def test_batch_norm_finite_differences_f64(shape, training, rng):
     assert_close(gb32, gb, what="float32 grad_beta vs f64")
 
 
-def test_batch_norm_large_mean_keeps_variance(rng):
+def test_batch_norm_large_mean_keeps_variance(rng, isa):
     """x = 1000 + small noise: a naive E[x^2] - E[x]^2 in float32 would lose the variance."""
     x = (1000 + 0.01 * rng.standard_normal((4, 3, 9, 9))).astype(np.float32)
     y, _, _ = ops.batch_norm(x, None, None)
@@ -563,7 +563,7 @@ def test_failed_update_leaves_state_unchanged():
     np.testing.assert_array_equal(rm, np.zeros(3))
 
 
-def test_relu_and_fused_bn_relu_propagate_nan():
+def test_relu_and_fused_bn_relu_propagate_nan(isa):
     """PyTorch's relu keeps NaN; hiding it would mask a diverged run."""
     x = np.array([[[[np.nan, -1.0], [2.0, 0.5]]]], np.float32)
     assert np.isnan(salnp.ops.relu(x)[0, 0, 0, 0])

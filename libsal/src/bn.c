@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "internal/cpu.h"
 #include "internal/layers_internal.h"
 
 #define LANES 16
@@ -45,71 +46,6 @@ sal_status sal_bn_fwd_args(const char *fn, const sal_bn_desc *d, const float *y,
     return SAL_OK;
 }
 
-/* s1 += sum (x - k), s2 += sum (x - k)^2 over a run of L values */
-static inline void run_moments(const float *x, int64_t L, float k, double *s1, double *s2) {
-    float a1[LANES] = {0}, a2[LANES] = {0};
-    int64_t i = 0;
-    for (; i + LANES <= L; i += LANES)
-        for (int j = 0; j < LANES; j++) {
-            const float t = x[i + j] - k;
-            a1[j] += t;
-            a2[j] += t * t;
-        }
-    double r1 = 0, r2 = 0;
-    for (; i < L; i++) {
-        const double t = (double)x[i] - k;
-        r1 += t;
-        r2 += t * t;
-    }
-    for (int j = 0; j < LANES; j++) { r1 += a1[j]; r2 += a2[j]; }
-    *s1 += r1;
-    *s2 += r2;
-}
-
-/* d where y > 0, else +0: as bits (d & -(y > 0)), so that loops have no branch and
- * vectorise (a ternary here stays a branch once GCC unrolls or versions the loop) */
-static inline float relu_mask(float d, float y) {
-    uint32_t b;
-    memcpy(&b, &d, sizeof b);
-    b &= -(uint32_t)(y > 0.0f);
-    float r;
-    memcpy(&r, &b, sizeof r);
-    return r;
-}
-
-/* s1 += sum dz, s2 += sum dz (x - mean), dz = dy masked by y > 0 when y != NULL */
-static inline void run_grad_sums(const float *dy, const float *y, const float *x, float mean,
-                                 int64_t L, double *s1, double *s2) {
-    float a1[LANES] = {0}, a2[LANES] = {0};
-    int64_t i = 0;
-    if (y) {
-        for (; i + LANES <= L; i += LANES) {
-            float g[LANES];
-            for (int j = 0; j < LANES; j++) g[j] = relu_mask(dy[i + j], y[i + j]);
-            for (int j = 0; j < LANES; j++) {
-                a1[j] += g[j];
-                a2[j] += g[j] * (x[i + j] - mean);
-            }
-        }
-    } else {
-        for (; i + LANES <= L; i += LANES)
-            for (int j = 0; j < LANES; j++) {
-                const float g = dy[i + j];
-                a1[j] += g;
-                a2[j] += g * (x[i + j] - mean);
-            }
-    }
-    double r1 = 0, r2 = 0;
-    for (; i < L; i++) {
-        const double g = (y && !(y[i] > 0.0f)) ? 0.0 : dy[i];
-        r1 += g;
-        r2 += g * ((double)x[i] - mean);
-    }
-    for (int j = 0; j < LANES; j++) { r1 += a1[j]; r2 += a2[j]; }
-    *s1 += r1;
-    *s2 += r2;
-}
-
 typedef struct {
     float *y, *save_mean, *save_invstd, *running_mean, *running_var;
     float *save_affine;          /* (2C) dm, scale per channel, or NULL */
@@ -121,70 +57,71 @@ typedef struct {
     double mom, eps;
 } bn_fwd_task;
 
-static void bn_fwd_channels(void *p, int64_t c0, int64_t c1, int tid) {
-    const bn_fwd_task *t = p;
-    float *y = t->y, *save_mean = t->save_mean, *save_invstd = t->save_invstd;
-    float *running_mean = t->running_mean, *running_var = t->running_var;
-    const float *x = t->x, *gamma = t->gamma, *beta = t->beta, *residual = t->residual;
-    const sal_act a = t->a;
-    const int64_t N = a.n, HW = a.h * a.w, sn = sal_act_sn(a), sc = sal_act_sc(a), M = t->M;
-    const int training = t->training, relu = t->relu;
-    const double mom = t->mom, eps = t->eps;
-    for (int64_t c = c0; c < c1; c++) {
-        double mean = 0.0, invstd = 0.0;
-        float k = 0.0f;  /* the shift: x - k is exact for x near k (float32 near a large mean) */
-        if (t->replay) {
-            k = training ? x[c * sc] : 0.0f;
-        } else if (training) {
-            k = x[c * sc];
-            double s1 = 0.0, s2 = 0.0;
-            for (int64_t n = 0; n < N; n++) run_moments(x + n * sn + c * sc, HW, k, &s1, &s2);
-            const double dm = s1 / (double)M;
-            double var = s2 / (double)M - dm * dm;
-            if (var < 0.0) var = 0.0;
-            mean = k + dm;
-            invstd = 1.0 / sqrt(var + eps);
-            if (running_mean) {
-                running_mean[c] = (float)((1.0 - mom) * running_mean[c] + mom * mean);
-                running_var[c] = (float)((1.0 - mom) * running_var[c] +
-                                         mom * var * (double)M / (double)(M - 1));
-            }
-        } else {
-            mean = running_mean[c];
-            invstd = 1.0 / sqrt((double)running_var[c] + eps);
-        }
-        if (save_mean && !t->replay) save_mean[c] = (float)mean;
-        if (save_invstd && !t->replay) save_invstd[c] = (float)invstd;
-        /* y = ((x - k) - (mean - k)) scale + shift: centring before scaling, about the
-         * shift k, keeps a large mean from cancelling the information in x */
-        const double g = gamma ? gamma[c] : 1.0;
-        const float dm = t->replay ? t->replay[2 * c] : (float)(mean - k);
-        const float scale = t->replay ? t->replay[2 * c + 1] : (float)(g * invstd);
-        if (t->save_affine) t->save_affine[2 * c] = dm, t->save_affine[2 * c + 1] = scale;
-        const float shift = beta ? beta[c] : 0.0f;
-        for (int64_t n = 0; n < N; n++) {
-            const int64_t off = n * sn + c * sc;
-            const float *xr = x + off;
-            float *yr = y + off;
-            if (residual) {
-                const float *rr = residual + off;
-                if (relu)
-                    for (int64_t i = 0; i < HW; i++) {
-                        const float v = (xr[i] - k - dm) * scale + shift + rr[i];
-                        yr[i] = v < 0.0f ? 0.0f : v;
-                    }
-                else
-                    for (int64_t i = 0; i < HW; i++) yr[i] = (xr[i] - k - dm) * scale + shift + rr[i];
-            } else if (relu) {
-                for (int64_t i = 0; i < HW; i++) {
-                    const float v = (xr[i] - k - dm) * scale + shift;
-                    yr[i] = v < 0.0f ? 0.0f : v;
-                }
-            } else {
-                for (int64_t i = 0; i < HW; i++) yr[i] = (xr[i] - k - dm) * scale + shift;
-            }
-        }
+typedef struct {
+    float *dx, *dgamma, *dbeta, *dresidual;
+    const float *dy, *y, *x, *gamma, *save_mean, *save_invstd;
+    sal_act a;
+    int64_t M;
+    int training, need_sums;
+} bn_bwd_task;
+
+/* ---- the kernels of each instruction set (bn_isa.inc), chosen by sal_cpu_isa() ---- */
+typedef void (*bn_channels_fn)(void *p, int64_t c0, int64_t c1, int tid);
+
+#define BN(n) n##_base
+#include "bn_isa.inc"
+#undef BN
+
+#if defined(__x86_64__) || defined(__i386__)
+#define BN_X86 1
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+#define BN(n) n##_avx2
+#include "bn_isa.inc"
+#undef BN
+#ifdef __clang__
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"))), \
+                             apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma")
+#endif
+#define BN(n) n##_avx512
+#include "bn_isa.inc"
+#undef BN
+#ifdef __clang__
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+static bn_channels_fn bn_fwd_channels(void) {
+#ifdef BN_X86
+    switch (sal_cpu_isa()) {
+    case SAL_ISA_AVX512: return bn_fwd_channels_avx512;
+    case SAL_ISA_AVX2: return bn_fwd_channels_avx2;
+    default: break;
     }
+#endif
+    return bn_fwd_channels_base;
+}
+
+static bn_channels_fn bn_bwd_channels(void) {
+#ifdef BN_X86
+    switch (sal_cpu_isa()) {
+    case SAL_ISA_AVX512: return bn_bwd_channels_avx512;
+    case SAL_ISA_AVX2: return bn_bwd_channels_avx2;
+    default: break;
+    }
+#endif
+    return bn_bwd_channels_base;
 }
 
 /* the forward of sal_bn_fwd (relu 0, residual NULL) and sal_bn_relu_fwd (relu 1) */
@@ -197,7 +134,7 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
     SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
     bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, NULL, NULL, x, gamma,
                      beta, residual, d->x, M, relu, d->training, d->momentum, d->eps};
-    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
+    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels(), &t);
     return SAL_OK;
 }
 
@@ -212,7 +149,7 @@ sal_status sal_bn_fwd_affine(float *y, float *save_mean, float *save_invstd, flo
     SAL_REQUIRE_PTR(affine, fn, "affine", "2*C floats");
     bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, affine, NULL, x, gamma,
                      beta, residual, d->x, M, relu != 0, d->training, d->momentum, d->eps};
-    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
+    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels(), &t);
     return SAL_OK;
 }
 
@@ -224,64 +161,8 @@ sal_status sal_bn_replay(float *y, const float *x, const float *affine, const fl
     SAL_REQUIRE(y && x && affine, fn, "y, x and affine must not be NULL");
     bn_fwd_task t = {y, NULL, NULL, NULL, NULL, NULL, affine, x, NULL, beta, residual, d->x, M,
                      relu != 0, d->training, d->momentum, d->eps};
-    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels, &t);
+    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels(), &t);
     return SAL_OK;
-}
-
-typedef struct {
-    float *dx, *dgamma, *dbeta, *dresidual;
-    const float *dy, *y, *x, *gamma, *save_mean, *save_invstd;
-    sal_act a;
-    int64_t M;
-    int training, need_sums;
-} bn_bwd_task;
-
-static void bn_bwd_channels(void *p, int64_t c0, int64_t c1, int tid) {
-    const bn_bwd_task *t = p;
-    float *dx = t->dx, *dgamma = t->dgamma, *dbeta = t->dbeta, *dresidual = t->dresidual;
-    const float *dy = t->dy, *y = t->y, *x = t->x, *gamma = t->gamma;
-    const float *save_mean = t->save_mean, *save_invstd = t->save_invstd;
-    const sal_act a = t->a;
-    const int64_t N = a.n, HW = a.h * a.w, sn = sal_act_sn(a), sc = sal_act_sc(a), M = t->M;
-    const int training = t->training, need_sums = t->need_sums;
-    for (int64_t c = c0; c < c1; c++) {
-        const float mean = save_mean[c];
-        const double invstd = save_invstd[c], g = gamma ? gamma[c] : 1.0;
-        double s1 = 0.0, s2 = 0.0;  /* sum dz, sum dz (x - mean) */
-        if (need_sums)
-            for (int64_t n = 0; n < N; n++) {
-                const int64_t off = n * sn + c * sc;
-                run_grad_sums(dy + off, y ? y + off : NULL, x + off, mean, HW, &s1, &s2);
-            }
-        if (dgamma) dgamma[c] += (float)(s2 * invstd);
-        if (dbeta) dbeta[c] += (float)s1;
-        /* dx = k1 dz - k2 (x - mean) - k3 */
-        const float k1 = (float)(g * invstd);
-        const float k2 = training ? (float)(g * invstd * invstd * invstd * s2 / (double)M) : 0.0f;
-        const float k3 = training ? (float)(g * invstd * s1 / (double)M) : 0.0f;
-        for (int64_t n = 0; n < N && (dx || dresidual); n++) {
-            const int64_t off = n * sn + c * sc;
-            const float *dyr = dy + off, *xr = x + off, *yr = y ? y + off : NULL;
-            if (dx) {
-                float *dxr = dx + off;
-                if (yr)
-                    for (int64_t i = 0; i < HW; i++) {
-                        const float dz = relu_mask(dyr[i], yr[i]);
-                        dxr[i] += k1 * dz - k2 * (xr[i] - mean) - k3;
-                    }
-                else
-                    for (int64_t i = 0; i < HW; i++)
-                        dxr[i] += k1 * dyr[i] - k2 * (xr[i] - mean) - k3;
-            }
-            if (dresidual) {
-                float *drr = dresidual + off;
-                if (yr)
-                    for (int64_t i = 0; i < HW; i++) drr[i] += relu_mask(dyr[i], yr[i]);
-                else
-                    for (int64_t i = 0; i < HW; i++) drr[i] += dyr[i];
-            }
-        }
-    }
 }
 
 /* the backward of sal_bn_bwd (y NULL) and sal_bn_relu_bwd (y: the fused output, mask y > 0) */
@@ -299,7 +180,7 @@ static sal_status bn_backward(const char *fn, float *dx, float *dgamma, float *d
     const int need_sums = training ? dx != NULL || dgamma || dbeta : dgamma || dbeta;
     bn_bwd_task t = {dx, dgamma, dbeta, dresidual, dy, y, x, gamma, save_mean, save_invstd,
                      d->x, M, training, need_sums};
-    sal_parallel_for(d->x.c, sal_threads(), bn_bwd_channels, &t);
+    sal_parallel_for(d->x.c, sal_threads(), bn_bwd_channels(), &t);
     return SAL_OK;
 }
 
