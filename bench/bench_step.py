@@ -51,7 +51,7 @@ def main():
         for cl in (False, True):
             step, _, _ = run.torch_trainer(torch_fast.build(net, 20.0).train(), cl, x, y)
             fns.append(step)
-        ts = interleave(fns, args.steps, warmup=2)
+        ts = interleave(fns, args.steps, warmup=2, pause=run.TRAIN_PAUSE)   # as run.py
         b = sz["batch"]
         med = [b / statistics.median(t) for t in ts]
         best = [b / min(t) for t in ts]
