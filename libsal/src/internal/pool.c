@@ -17,7 +17,11 @@
  *     meanwhile (or a task that calls one from inside the pool) runs its tasks itself,
  *     one after the other: correct, never a deadlock;
  *   - tasks never wait for one another (no barriers): an op that needs two phases makes
- *     two calls, so a preempted thread delays only the call it belongs to.
+ *     two calls, so a preempted thread delays only the call it belongs to;
+ *   - each thread of a call takes its own task id, then any id nobody took (run_claimed):
+ *     a worker that wakes late (200 us after the whole VM was idle, measured) or not at
+ *     all leaves its id to the caller instead of stalling it.  Results do not depend on
+ *     which thread ran an id, only on the count nt.
  * BLIS is only ever called with one thread (internal/blas.c splits a large GEMM over
  * these workers), so no other thread runtime runs inside or beside ours. */
 #define _GNU_SOURCE
@@ -40,7 +44,7 @@ static pthread_cond_t done_cv = PTHREAD_COND_INITIALIZER;     /* the caller wait
 static pthread_mutex_t owner_mu = PTHREAD_MUTEX_INITIALIZER;  /* one caller owns the pool */
 static int n_workers;             /* started workers (thread ids 1 .. n_workers) */
 static atomic_ulong generation;   /* bumped for every task (under pool_mu; polled without) */
-static atomic_int pending;        /* workers still running the current task */
+static atomic_int pending;        /* tasks of the current call not yet finished */
 static int sleepers;              /* workers asleep on work_cv */
 static sal_task_fn task_fn;
 static void *task_ctx;
@@ -112,6 +116,38 @@ typedef struct {
     unsigned long seen;
 } worker_arg;
 
+/* taken[i] == g: task id i of call g has a thread.  Generations only grow, so an id whose
+ * mark is older than the call is free, and a late worker holding an older call's fn finds
+ * every id of a newer call marked with a larger generation: it takes nothing. */
+static atomic_ulong taken[POOL_MAX];
+
+static bool take(unsigned long gen, int i) {
+    unsigned long v = atomic_load_explicit(&taken[i], memory_order_relaxed);
+    while (v < gen)
+        if (atomic_compare_exchange_weak_explicit(&taken[i], &v, gen, memory_order_acq_rel,
+                                                  memory_order_relaxed))
+            return true;
+    return false;
+}
+
+/* Run the task ids of call `gen` nobody has taken, this thread's own id (self) first, then
+ * any other.  The ids, not the threads, own the work and its scratch, so which thread runs
+ * an id changes nothing in the results; a worker slow to wake costs nothing, the caller
+ * runs its id; and in the common case every thread runs its own id, call after call, near
+ * the data its id touched in the call before. */
+static void run_claimed(unsigned long gen, sal_task_fn fn, void *ctx, int nt, int self) {
+    for (int k = 0; k < nt; k++) {
+        const int i = (self + k) % nt;
+        if (!take(gen, i)) continue;
+        fn(ctx, i, nt);
+        if (atomic_fetch_sub_explicit(&pending, 1, memory_order_acq_rel) == 1 && self != 0) {
+            pthread_mutex_lock(&pool_mu);   /* the caller checks pending under the lock */
+            pthread_cond_signal(&done_cv);
+            pthread_mutex_unlock(&pool_mu);
+        }
+    }
+}
+
 static void *worker_main(void *p) {
     worker_arg *wa = p;
     const int id = wa->id;
@@ -131,13 +167,7 @@ static void *worker_main(void *p) {
         sal_task_fn fn = task_fn;
         void *ctx = task_ctx;
         pthread_mutex_unlock(&pool_mu);
-        if (id >= nt) continue;  /* not needed for this task */
-        fn(ctx, id, nt);
-        if (atomic_fetch_sub_explicit(&pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&pool_mu);   /* the caller checks pending under the lock */
-            pthread_cond_signal(&done_cv);
-            pthread_mutex_unlock(&pool_mu);
-        }
+        if (id < nt) run_claimed(seen, fn, ctx, nt, id);   /* else not needed for this call */
     }
     return NULL;
 }
@@ -156,6 +186,7 @@ static void atfork_child(void) {
     n_workers = 0;
     sleepers = 0;
     atomic_store(&pending, 0);
+    for (int i = 0; i < POOL_MAX; i++) atomic_store(&taken[i], 0);
     atomic_store(&generation, 0);
     task_fn = NULL;
     task_ctx = NULL;
@@ -202,20 +233,19 @@ void sal_parallel(int nt, sal_task_fn fn, void *ctx) {
     pthread_once(&spin_once, spin_init);
     pthread_mutex_lock(&pool_mu);
     grow(nt - 1);
-    const int run = n_workers + 1 < nt ? n_workers + 1 : nt;  /* threads that take part */
     task_fn = fn;
     task_ctx = ctx;
-    task_nt = run;
+    task_nt = nt;
     /* more threads than CPUs: a polling thread would hold a CPU another one needs */
+    const int run = n_workers + 1 < nt ? n_workers + 1 : nt;  /* threads that may take part */
     atomic_store_explicit(&spin_on, run <= spin_cpus, memory_order_relaxed);
-    atomic_store(&pending, run - 1);
-    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    atomic_store(&pending, nt);
+    const unsigned long gen = atomic_load(&generation) + 1;
+    atomic_store_explicit(&generation, gen, memory_order_release);
     if (run > 1 && sleepers > 0) pthread_cond_broadcast(&work_cv);
     pthread_mutex_unlock(&pool_mu);
     in_task = 1;
-    fn(ctx, 0, nt);
-    /* ids run .. nt-1 had no worker (thread creation failed): the caller takes them */
-    for (int i = run; i < nt; i++) fn(ctx, i, nt);
+    run_claimed(gen, fn, ctx, nt, 0);   /* with the workers; every id a worker did not take */
     in_task = 0;
     if (!spin_done()) {
         pthread_mutex_lock(&pool_mu);
