@@ -2,17 +2,17 @@
 batch 1 and 128, robust to a loaded machine (issue 21, the inference target).
 
     PYTHONPATH=python python bench/bench_infer.py [--models cl] [--threads 1]
-        [--rounds 15] [--clock cpu|wall] [--batches 1,128] [--pause 0.01]
+        [--rounds 15] [--clock cpu|wall] [--batches 1,128] [--pause 0.1] [--block 5]
 
 Each round times every runtime once per batch, round-robin, so a load change hits all of
 them alike.  --clock cpu (the default at one thread): time.thread_time of the calling
 thread, which onnxruntime with intra_op_num_threads=1 and salnp at one thread both run
 on, so other processes on the machine do not inflate it; a sample is then as many calls
 as take >= 20 ms.  --clock wall: time.perf_counter (needed at 2 threads), one call per
-sample and a pause after every call (--pause seconds, untimed, for every runtime alike):
-onnxruntime's pool threads spin-wait after a run (its default, its best setting for
-latency), and a spinning thread would take a core from the next call of the other
-runtime.  Prints the median and the range (min - max) of ms per batch and the ratio
+sample, --block calls of a runtime in a row and then a pause (--pause seconds, untimed, for
+every runtime alike): onnxruntime's pool thread spin-waits 30-50 ms after a run (its
+default, its best setting for latency), and a spinning thread would take a core from the
+next runtime's calls.  Prints the median and the range (min - max) of ms per batch and the ratio
 onnxruntime / salnp of the medians, and of the minima.  Every output is checked against
 salnp's first.
 Networks as bench/bench_onnx.py builds them (ResNet-20 w=16, random BN, beta 70).
@@ -39,7 +39,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--clock", choices=("cpu", "wall"), default=None)
     ap.add_argument("--batches", default="1,128")
-    ap.add_argument("--pause", type=float, default=0.01, help="--clock wall: seconds after a call")
+    ap.add_argument("--pause", type=float, default=0.1, help="--clock wall: seconds after a block")
+    ap.add_argument("--block", type=int, default=5, help="--clock wall: calls in a row, each timed")
     args = ap.parse_args()
     clock = args.clock or ("cpu" if args.threads == 1 else "wall")
     if clock == "cpu" and args.threads != 1:
@@ -75,10 +76,11 @@ def main():
             samples = [[], []]
             for _ in range(args.rounds):
                 for i, f in enumerate(fns):
-                    t = now()
-                    for _ in range(calls):
-                        f()
-                    samples[i].append((now() - t) / calls)
+                    for _ in range(args.block if clock == "wall" else 1):
+                        t = now()
+                        for _ in range(calls):
+                            f()
+                        samples[i].append((now() - t) / calls)
                     if clock == "wall":
                         time.sleep(args.pause)
             med = [statistics.median(s) for s in samples]
@@ -89,7 +91,7 @@ def main():
                              f"{med[1] / med[0]:.2f}x" if name == "onnxruntime" else "",
                              f"{lo[1] / lo[0]:.2f}x" if name == "onnxruntime" else ""])
     print(f"{nt} thread(s) each, clock {clock}"
-          + (f" (pause {args.pause} s after every call)" if clock == "wall" else "")
+          + (f" ({args.block} calls in a row, then a pause of {args.pause} s)" if clock == "wall" else "")
           + f", {args.rounds} rounds, onnxruntime "
           f"{ort.__version__}, load average {tuple(round(v, 1) for v in load0)} before, "
           f"{tuple(round(v, 1) for v in os.getloadavg())} after")

@@ -4,7 +4,7 @@ evaluation forwards for large batches, sal/net.h "Streams"), salnp with streams 
 op over the whole batch, the activations through DRAM between ops), and onnxruntime.
 
     PYTHONPATH=python python bench/bench_streams.py [--models sal,sal-shared,sl,asl]
-        [--threads 1,2] [--batches 1,128] [--repeats 7] [--chunks 1,4] [--pause 0.01]
+        [--threads 1,2] [--batches 1,128] [--repeats 7] [--chunks 1,4] [--pause 0.1]
         [--clock wall|cpu] [--profile]
 
 Per (family, batch, threads) the callables run round-robin `repeats` times after a warm-up;
@@ -74,7 +74,7 @@ def main():
     ap.add_argument("--batches", default="1,128")
     ap.add_argument("--repeats", type=int, default=7, help="batch >= 16; smaller ones 5x")
     ap.add_argument("--chunks", default="", help="also fixed chunk sizes, e.g. 1,2,4,8")
-    ap.add_argument("--pause", type=float, default=0.01)
+    ap.add_argument("--pause", type=float, default=0.1)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()

@@ -3,21 +3,24 @@ import statistics
 import time
 
 
-def interleave(fns, repeats=15, warmup=2, clock=time.perf_counter, pause=0.0):
-    """Time each callable in fns, round-robin, `repeats` times after `warmup` calls each;
-    returns times[i][r], the seconds of callable i in round r.  pause: seconds slept, untimed,
-    after every call (onnxruntime's threads spin for a while after a call returns)."""
+def interleave(fns, repeats=15, warmup=2, clock=time.perf_counter, pause=0.0, block=1):
+    """Time each callable in fns, round-robin, `repeats` rounds after `warmup` calls each;
+    returns times[i][k], the seconds of the k-th timed call of callable i.  block: calls of
+    one callable in a row per round, each timed; pause: seconds slept, untimed, after every
+    block (onnxruntime's pool thread spins 30-50 ms after a run, PyTorch's OpenMP threads
+    for a while too: the next callable must not share its cores with them)."""
     for f in fns:
         for _ in range(warmup):
             f()
-            if pause:
-                time.sleep(pause)
+        if pause:
+            time.sleep(pause)
     times = [[] for _ in fns]
     for _ in range(repeats):
         for i, f in enumerate(fns):
-            t = clock()
-            f()
-            times[i].append(clock() - t)
+            for _ in range(block):
+                t = clock()
+                f()
+                times[i].append(clock() - t)
             if pause:
                 time.sleep(pause)
     return times

@@ -45,7 +45,12 @@ except ImportError:       # else the development tree (bash scripts/dev-build.sh
     import salnp as _salnp
 SALNP_PATH = os.path.dirname(os.path.dirname(os.path.abspath(_salnp.__file__)))
 
-INFER_PAUSE = 0.01   # seconds after each timed inference call at 2+ threads (worker_infer)
+# seconds after each timed inference call at 2+ threads (worker_infer): onnxruntime's pool
+# thread spins 30-50 ms after a run (measured: busy 30 ms of the 100 ms that start 20 ms
+# after a run, idle from 50 ms on), and with 10 ms it still held a core during salnp's next
+# call (exported shared SAL, batch 128: 19.8 ms against 9.7 ms alone, process CPU 40 ms)
+INFER_PAUSE = 0.1
+INFER_BLOCK = (2, 10)   # calls in a row per runtime and round at 2+ threads: batch 128, batch 1
 TRAIN_PAUSE = 0.05   # seconds after each timed training step (worker_train)
 
 ALLOCATORS = {
@@ -389,12 +394,14 @@ def worker_infer(args, sz, out):
                 names.append("onnxruntime")
                 fns.append(lambda x=x: sess.run(None, {"input": x}))
             reps = sz["repeats"] * (10 if batch == 1 else 2)
-            # every call followed by an untimed pause at 2+ threads: onnxruntime's pool
-            # threads (and PyTorch's OpenMP ones) spin-wait after a call and took a core
-            # from the next callable of the round (salnp's shared SAL at batch 128 measured
-            # 6,466 images/s at 2 threads, its 1-thread rate, instead of 13,200 alone)
+            # at 2+ threads each runtime makes a block of calls in a row (each timed), then an
+            # untimed pause: onnxruntime's pool threads (and PyTorch's OpenMP ones) spin-wait
+            # after a call and took a core from the next runtime (INFER_PAUSE); within a
+            # block every runtime runs back to back, as a serving loop does
+            block = 1 if args.threads == 1 else INFER_BLOCK[batch == 1]
             pause = INFER_PAUSE if args.threads > 1 else 0.0
-            times = interleave(fns, reps, sz["warmup"] * 3, pause=pause)
+            times = interleave(fns, max(1, reps // block), sz["warmup"] * 3, pause=pause,
+                               block=block)
             res = {n: stats(tt, batch) for n, tt in zip(names, times)}
             rows.append({"key": key, "label": label, "batch": batch, "threads": args.threads,
                          "flops": 2 * cnt.macs, "ort_max_abs_diff": ort_err,
@@ -601,10 +608,11 @@ def report(args, data, mach, sz):
                  "(salnp.export.to_onnx, the file a user would export; outputs checked to agree "
                  "within 1e-4 of the largest logit), with the same threads, every graph "
                  "optimisation on.  PyTorch: eval mode, BN folded, SAL as dense convolutions of "
-                 "the binarised weights (no ASNet twin).  At 2 threads every call is followed "
-                 f"by an untimed pause of {INFER_PAUSE * 1e3:.0f} ms, for every runtime alike: "
-                 "onnxruntime's and PyTorch's threads spin-wait after a call and would take a "
-                 "core from the next one.  % peak: of the whole machine's measured peak, at 1 "
+                 "the binarised weights (no ASNet twin).  At 2 threads each runtime makes "
+                 f"{INFER_BLOCK[1]} calls in a row at batch 1 ({INFER_BLOCK[0]} at batch 128), each "
+                 f"timed, then an untimed pause of {INFER_PAUSE * 1e3:.0f} ms, for every runtime "
+                 "alike: onnxruntime's pool thread spins 30-50 ms after a run (PyTorch's "
+                 "OpenMP threads spin too) and would take a core from the next runtime.  % peak: of the whole machine's measured peak, at 1 "
                  "thread too.")
     lines.append("")
     lines.append("| network | threads | batch | salnp export | onnxruntime | salnp / onnxruntime | best PyTorch | salnp / PyTorch | salnp GFLOP/s (% peak) |")
