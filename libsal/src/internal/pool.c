@@ -97,6 +97,7 @@ static bool spin_gen(unsigned long seen) {
             cpu_relax();
         }
         if (now_ns() > end) return false;
+        sched_yield();   /* another process's runnable thread goes first */
     }
 }
 static bool spin_done(void) {
@@ -108,6 +109,7 @@ static bool spin_done(void) {
             cpu_relax();
         }
         if (now_ns() > end) return false;
+        sched_yield();
     }
 }
 
