@@ -102,27 +102,21 @@ typedef void (*bn_channels_fn)(void *p, int64_t c0, int64_t c1, int tid);
 #endif
 #endif
 
-static bn_channels_fn bn_fwd_channels(void) {
-#ifdef BN_X86
-    switch (sal_cpu_isa()) {
-    case SAL_ISA_AVX512: return bn_fwd_channels_avx512;
-    case SAL_ISA_AVX2: return bn_fwd_channels_avx2;
-    default: break;
-    }
-#endif
-    return bn_fwd_channels_base;
-}
+typedef struct {
+    bn_channels_fn fwd, bwd;
+} bn_kernels;
 
-static bn_channels_fn bn_bwd_channels(void) {
 #ifdef BN_X86
-    switch (sal_cpu_isa()) {
-    case SAL_ISA_AVX512: return bn_bwd_channels_avx512;
-    case SAL_ISA_AVX2: return bn_bwd_channels_avx2;
-    default: break;
-    }
+static const bn_kernels BN_KERNELS[SAL_ISA_COUNT] = {
+    [SAL_ISA_BASE] = {bn_fwd_channels_base, bn_bwd_channels_base},
+    [SAL_ISA_AVX2] = {bn_fwd_channels_avx2, bn_bwd_channels_avx2},
+    [SAL_ISA_AVX512] = {bn_fwd_channels_avx512, bn_bwd_channels_avx512}};
+#else
+static const bn_kernels BN_KERNELS[SAL_ISA_COUNT] = {
+    [SAL_ISA_BASE] = {bn_fwd_channels_base, bn_bwd_channels_base},
+    [SAL_ISA_AVX2] = {bn_fwd_channels_base, bn_bwd_channels_base},
+    [SAL_ISA_AVX512] = {bn_fwd_channels_base, bn_bwd_channels_base}};
 #endif
-    return bn_bwd_channels_base;
-}
 
 /* the forward of sal_bn_fwd (relu 0, residual NULL) and sal_bn_relu_fwd (relu 1) */
 static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *save_invstd,
@@ -134,7 +128,7 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
     SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
     bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, NULL, NULL, x, gamma,
                      beta, residual, d->x, M, relu, d->training, d->momentum, d->eps};
-    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels(), &t);
+    sal_parallel_for(d->x.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].fwd, &t);
     return SAL_OK;
 }
 
@@ -149,7 +143,7 @@ sal_status sal_bn_fwd_affine(float *y, float *save_mean, float *save_invstd, flo
     SAL_REQUIRE_PTR(affine, fn, "affine", "2*C floats");
     bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, affine, NULL, x, gamma,
                      beta, residual, d->x, M, relu != 0, d->training, d->momentum, d->eps};
-    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels(), &t);
+    sal_parallel_for(d->x.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].fwd, &t);
     return SAL_OK;
 }
 
@@ -161,7 +155,7 @@ sal_status sal_bn_replay(float *y, const float *x, const float *affine, const fl
     SAL_REQUIRE(y && x && affine, fn, "y, x and affine must not be NULL");
     bn_fwd_task t = {y, NULL, NULL, NULL, NULL, NULL, affine, x, NULL, beta, residual, d->x, M,
                      relu != 0, d->training, d->momentum, d->eps};
-    sal_parallel_for(d->x.c, sal_threads(), bn_fwd_channels(), &t);
+    sal_parallel_for(d->x.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].fwd, &t);
     return SAL_OK;
 }
 
@@ -180,7 +174,7 @@ static sal_status bn_backward(const char *fn, float *dx, float *dgamma, float *d
     const int need_sums = training ? dx != NULL || dgamma || dbeta : dgamma || dbeta;
     bn_bwd_task t = {dx, dgamma, dbeta, dresidual, dy, y, x, gamma, save_mean, save_invstd,
                      d->x, M, training, need_sums};
-    sal_parallel_for(d->x.c, sal_threads(), bn_bwd_channels(), &t);
+    sal_parallel_for(d->x.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].bwd, &t);
     return SAL_OK;
 }
 

@@ -86,26 +86,18 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-/* poll for at most spin_ns until a task newer than `seen` is posted (spin_gen) or every worker
- * has finished the current one (spin_done); true if it happened */
-static bool spin_gen(unsigned long seen) {
+/* Poll for at most spin_ns until a call newer than `seen` is posted (a waiting worker;
+ * done = 0) or every task of the current call has finished (the caller; done = 1); true if
+ * it happened.  Between rounds of 64 pauses the thread yields: another process's runnable
+ * thread goes first. */
+static bool spin_until(int done, unsigned long seen) {
     if (spin_ns <= 0 || !atomic_load_explicit(&spin_on, memory_order_relaxed)) return false;
     const int64_t end = now_ns() + spin_ns;
     for (;;) {
         for (int i = 0; i < 64; i++) {
-            if (atomic_load_explicit(&generation, memory_order_acquire) != seen) return true;
-            cpu_relax();
-        }
-        if (now_ns() > end) return false;
-        sched_yield();   /* another process's runnable thread goes first */
-    }
-}
-static bool spin_done(void) {
-    if (spin_ns <= 0 || !atomic_load_explicit(&spin_on, memory_order_relaxed)) return false;
-    const int64_t end = now_ns() + spin_ns;
-    for (;;) {
-        for (int i = 0; i < 64; i++) {
-            if (atomic_load_explicit(&pending, memory_order_acquire) == 0) return true;
+            if (done ? atomic_load_explicit(&pending, memory_order_acquire) == 0
+                     : atomic_load_explicit(&generation, memory_order_acquire) != seen)
+                return true;
             cpu_relax();
         }
         if (now_ns() > end) return false;
@@ -157,7 +149,7 @@ static void *worker_main(void *p) {
     free(wa);
     in_task = 1;  /* everything a worker runs is inside a task */
     for (;;) {
-        (void)spin_gen(seen);
+        (void)spin_until(0, seen);
         pthread_mutex_lock(&pool_mu);
         while (atomic_load(&generation) == seen) {
             sleepers++;
@@ -249,7 +241,7 @@ void sal_parallel(int nt, sal_task_fn fn, void *ctx) {
     in_task = 1;
     run_claimed(gen, fn, ctx, nt, 0);   /* with the workers; every id a worker did not take */
     in_task = 0;
-    if (!spin_done()) {
+    if (!spin_until(1, 0)) {
         pthread_mutex_lock(&pool_mu);
         while (atomic_load(&pending) > 0) pthread_cond_wait(&done_cv, &pool_mu);
         pthread_mutex_unlock(&pool_mu);
