@@ -188,19 +188,24 @@ def test_set_streams_refuses_bad_chunk(exported):
         _core.net_set_streams("net", 1)
 
 
-def test_weights_changed_between_streamed_forwards(exported, rng):
-    """The stream frames keep each GATHER's plan (its pairs sorted, with their weights) for
-    the chunks of one forward only: weights changed in place between two forwards are
-    those the second one uses (against streams off with the same weights)."""
+@pytest.mark.parametrize("n, chunk", [(12, 3), (1, -1)])
+def test_weights_changed_between_streamed_forwards(exported, rng, n, chunk):
+    """The stream frames keep each GATHER's plan (its pairs sorted) from forward to forward
+    and take the weights afresh each call: weights changed in place between two forwards
+    are those the second one uses (against streams off with the same weights).  12 images
+    in chunks of 3 on 2 frames; 1 image on 2 threads: one stream whose ops use both."""
     inf = exported["sal"]
     salnp.set_num_threads(2)
-    x = rng.standard_normal((12, 3, 16, 16), dtype=np.float32)   # whole chunks: no remainder
+    x = rng.standard_normal((n, 3, 16, 16), dtype=np.float32)   # whole chunks: no remainder
     saved = inf.weights.copy()
     try:
-        first = _forward(inf, x, 3)
+        first = _forward(inf, x, chunk)
+        np.testing.assert_array_equal(_forward(inf, x, chunk), first)   # the kept plans
         inf.weights[...] *= np.float32(0.5)
-        second = _forward(inf, x, 3)
+        second = _forward(inf, x, chunk)
         np.testing.assert_array_equal(second, _forward(inf, x, 0))
         assert not np.array_equal(first, second)
+        inf.weights[...] = saved
+        np.testing.assert_array_equal(_forward(inf, x, chunk), first)
     finally:
         inf.weights[...] = saved

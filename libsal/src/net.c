@@ -85,10 +85,11 @@ struct sal_net {
     double *prof;
     /* The GATHER plans of the stream frames (sal/taps.h sal_taps_gather_fwd_plan): per op
      * its offset in a frame's extra floats after the BN statistics (-1: not a GATHER), for
-     * chunks of up to plan_cap images, plan_total floats in all; per frame and op whether
-     * the plan is built and for which chunk size (rebuilt at the start of every streamed
-     * forward: the weights may have changed in between). */
-    int64_t *plan_off, plan_cap, plan_total;
+     * chunks of up to plan_cap images, plan_total floats in all;
+     * per frame and op whether the plan is built and for which chunk size (built once per
+     * set of frames, plan_made = p.frames_made; a built plan takes the weights of each call
+     * afresh). */
+    int64_t *plan_off, plan_cap, plan_total, plan_made;
     int *plan_built;
     int64_t *plan_n;
     int plan_frames;
@@ -748,6 +749,13 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
  * holds (sal/net.h "Streams"; bench/bench_streams.py measures the choice) */
 #define STREAM_BYTES ((int64_t)512 << 10)
 #define STREAM_MAX 16
+/* A stream's GATHER runs on one thread, also when a batch smaller than the threads gives
+ * one stream all of them (forward_streams): split over 2 threads at batch 1 (by rows of
+ * the output, or by its channels with each thread copying the input) every GATHER of
+ * SAL-ResNet-20 took longer than on one (32x32: 13 -> 17 us, 8x8: 13 -> 16 us).  Two
+ * cores writing parts of the same 4 KiB page run 2-3x slower on this machine than one
+ * core writing both, while the shift + 1x1 GEMM's split gains 1.5x. */
+#define STREAM_GATHER_THREADS 1
 
 static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
                              float *buffers, int64_t n, int again);
@@ -826,7 +834,7 @@ static void stream_run(void *arg, int tid, int nt) {
     sal_net *net = t->net;
     const sal_frame *f = &net->p.frames[tid];
     const size_t row = (size_t)tid * (size_t)net->nops;
-    const run_ctx ctx = {f->act, f->scratch, f->extra, 1, 0, f->extra + net->nstats,
+    const run_ctx ctx = {f->act, f->scratch, f->extra, f->threads, 0, f->extra + net->nstats,
                          net->plan_built + row, net->plan_n + row};
     const int64_t last = net->ops[net->nops - 1].out;
     for (;;) {
@@ -871,7 +879,8 @@ static sal_status plan_gathers(sal_net *net, int64_t cap, int nt) {
         size_t big = 0;
         for (int64_t n = 1; n <= cap; n++) {
             const size_t f = sal_taps_gather_plan_floats(act_of(net->p.shapes + 3 * op->in, n),
-                                                         op->o, op->stride, op->npair, 1);
+                                                         op->o, op->stride, op->npair,
+                                                         STREAM_GATHER_THREADS);
             if (f > big) big = f;
         }
         off[i] = total;
@@ -884,7 +893,9 @@ static sal_status plan_gathers(sal_net *net, int64_t cap, int nt) {
 }
 
 /* The streamed forward: chunks of c images, each run through every op on one thread in
- * that thread's frame; x kept for a later whole-batch forward (backward, sal_net_buffer). */
+ * that thread's frame; x kept for a later whole-batch forward (backward, sal_net_buffer).
+ * Fewer chunks than threads (a batch smaller than the threads: batch 1 on 2): one frame,
+ * one stream on the calling thread, each op split over the nt threads by its kernel. */
 static sal_status forward_streams(sal_net *net, float *logits, const float *x, sal_act xg,
                                   const float *params, float *buffers, int64_t c, int64_t cap,
                                   int nt) {
@@ -897,10 +908,15 @@ static sal_status forward_streams(sal_net *net, float *logits, const float *x, s
                 "x: (C, H, W) = (%lld, %lld, %lld): the network was built for (%lld, %lld, %lld) NCHW",
                 (long long)xg.c, (long long)xg.h, (long long)xg.w, (long long)s0[0],
                 (long long)s0[1], (long long)s0[2]);
+    const int wide = nchunks < nt ? nt : 1;   /* threads per stream */
+    if (wide > 1) nt = 1;
     SAL_TRY(plan_gathers(net, cap, nt));
-    SAL_TRY(sal_program_frames(&net->p, nt, cap, (size_t)(net->nstats + net->plan_total),
+    SAL_TRY(sal_program_frames(&net->p, nt, cap, wide, (size_t)(net->nstats + net->plan_total),
                                net->nops, op_scratch, net));
-    memset(net->plan_built, 0, (size_t)nt * (size_t)net->nops * sizeof *net->plan_built);
+    if (net->plan_made != net->p.frames_made) {   /* new frames: no plan in them yet */
+        memset(net->plan_built, 0, (size_t)nt * (size_t)net->nops * sizeof *net->plan_built);
+        net->plan_made = net->p.frames_made;
+    }
     if (nt > nchunks) nt = (int)nchunks;
     if ((size_t)numel > net->kept_cap) {
         float *k = malloc((size_t)numel * sizeof(float));
@@ -914,7 +930,10 @@ static sal_status forward_streams(sal_net *net, float *logits, const float *x, s
                      .width = sal_net_output_width(net)};
     atomic_init(&t.next, 0);
     atomic_init(&t.failed, 0);
-    sal_parallel(nt, stream_run, &t);
+    if (nt > 1)
+        sal_parallel(nt, stream_run, &t);
+    else
+        stream_run(&t, 0, 1);   /* its ops may use the pool (wide) */
     if (atomic_load(&t.failed)) return sal_fail(t.status, FN, "streamed forward: %s", t.msg);
     memcpy(net->kept_x, x, (size_t)numel * sizeof(float));
     net->kept_g = xg;
@@ -1027,12 +1046,14 @@ static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const 
     }
     case SAL_OP_GATHER: {
         const float *bias = op->p1 >= 0 ? params + op->p1 : NULL;
-        if (ctx->plan) {   /* a stream frame: its plan built by the first chunk (checked at create) */
+        if (ctx->plan) {   /* a stream frame: its plan built by the first chunk (checked at
+                              create), on one thread (STREAM_GATHER_THREADS) */
             if (ctx->built_n[i] != n) ctx->built[i] = 0, ctx->built_n[i] = n;
             SAL_TRY(sal_taps_gather_fwd_plan(y, in, xa, op->o, op->stride,
                                              op->npair ? net->pairs + 4 * op->ioff : NULL,
                                              params + op->p0, op->npair, bias, res,
-                                             (int)op->relu, (int)op->res_post, threads, scratch,
+                                             (int)op->relu, (int)op->res_post,
+                                             STREAM_GATHER_THREADS, scratch,
                                              ctx->plan + net->plan_off[i], &ctx->built[i]));
             break;
         }

@@ -805,6 +805,7 @@ typedef struct {
     taps_list lf, lw, lb;   /* forward, weight gradient, input gradient */
     uint16_t *usef, *useb;
     int32_t *blk;           /* the gather: the block of each input channel */
+    int64_t *wsrc;          /* the gather: per entry, its pair (whose weight it holds) */
     uint16_t *kexp;         /* shared SAL on these kernels: kept (O, C), row o = kept (C) */
     float *g;               /* (E) the weight gradient at the entries */
     float *thr;             /* per-thread areas of `per` floats */
@@ -2081,6 +2082,7 @@ static sal_status gather_geom(const char *fn, sal_act xa, int64_t o, int64_t str
     u->lf.w = carve(lists, (size_t)(npair > 0 ? npair : 1) * sizeof(float));
     u->usef = carve(lists, (size_t)xa.c * sizeof(uint16_t));
     u->blk = carve(lists, (size_t)xa.c * sizeof(int32_t));
+    u->wsrc = carve(lists, (size_t)(npair > 0 ? npair : 1) * sizeof(int64_t));
     thread_sizes(u, grid_buf_floats(&u->gf), u->gf.R * u->gf.Wg, o, 0, 0);
     u->thr = carve(&c, (size_t)u->per * (size_t)u->nt * sizeof(float));
     *floats = c.used + 16;
@@ -2135,7 +2137,10 @@ sal_status sal_taps_gather_fwd_plan(float *y, const float *x, sal_act xa, int64_
     const taps_grid *g = &u.gf;
     taps_list *l = &u.lf;
     l->nrow = o, l->ne = npair;
-    if (plan && *built) goto run;   /* the lists of the call that built them */
+    if (plan && *built) {   /* the lists of the call that built them, today's weights */
+        for (int64_t e = 0; e < npair; e++) l->w[e] = w[u.wsrc[e]];
+        goto run;
+    }
     /* rows o, blocks of input channels: count (validating), prefix sums, fill; pairs are
      * sorted by o only, within a row's block they keep their order */
     for (int64_t i = 0; i < xa.c; i++) u.blk[i] = (int32_t)(i / l->cb);
@@ -2157,6 +2162,7 @@ sal_status sal_taps_gather_fwd_plan(float *y, const float *x, sal_act xa, int64_
         const int64_t e = l->rowptr[r[0] * l->nb + u.blk[r[1]]]++;
         l->off[e] = (r[1] * g->ncopy + u.fcopy[q]) * g->cstride + (1 + u.fro[q]) * g->Wg;
         l->w[e] = w[k];
+        u.wsrc[e] = k;
         u.usef[r[1]] |= (uint16_t)(1u << u.fcopy[q]);
     }
     for (int64_t r = o * l->nb; r > 0; r--) l->rowptr[r] = l->rowptr[r - 1];   /* back */

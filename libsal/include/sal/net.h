@@ -115,12 +115,16 @@ void sal_net_free(sal_net *net);
  * images; chunks of c, lowered to ceil(N / threads) when N < threads * c so that every
  * thread gets one, and to N.  Every evaluation forward streams, batch 1 too: a frame's
  * buffers share storage by liveness (a few buffers' worth per image, not the whole
- * network's), so even one image's activations stay in the L2 cache.  Training forwards
- * never stream.
+ * network's), so even one image's activations stay in the L2 cache.  A batch smaller
+ * than the threads (batch 1 on 2) runs as one stream on the calling thread whose ops
+ * split over all the threads where that pays (the shift + 1x1 GEMMs; a GATHER stays on
+ * one thread, small convolutions too, see conv.c).  Training forwards never stream.
  *   A streamed forward writes the logits only: it neither allocates nor writes the
  * whole-batch activations (an earlier whole-batch forward's stay allocated), but keeps a
  * copy of the input.  Its frames also keep each GATHER's entry lists (sal/taps.h
- * sal_taps_gather_fwd_plan) from the first chunk to the last of one forward.  sal_net_backward and
+ * sal_taps_gather_fwd_plan) for as long as the frames live, taking the weights afresh
+ * from the params arena on every call (a batch-1 forward no longer sorts them: 1.4x
+ * faster for SAL-ResNet-20).  sal_net_backward and
  * sal_net_buffer after it first run the whole-batch evaluation forward of that input, with
  * the params and buffers arenas of the streamed forward (which must still be alive and
  * unchanged, as the SAL masks for backward), so they see exactly what a whole-batch

@@ -223,20 +223,21 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
     return SAL_OK;
 }
 
-sal_status sal_program_frames(sal_program *p, int nt, int64_t c, size_t extra, int64_t nops,
-                              sal_program_scratch_fn need, const void *owner) {
-    if (p->frames && p->nframes == nt && p->frames[0].cap == c && p->frame_extra == extra)
+sal_status sal_program_frames(sal_program *p, int nt, int64_t c, int threads, size_t extra,
+                              int64_t nops, sal_program_scratch_fn need, const void *owner) {
+    if (p->frames && p->nframes == nt && p->frames[0].cap == c &&
+        p->frames[0].threads == threads && p->frame_extra == extra)
         return SAL_OK;
     size_t floor = 0;    /* every chunk size up to c: the last chunk is a remainder */
     for (int64_t m = 1; m < c; m++) {
-        const size_t s = scratch_need(m, 1, nops, need, owner);
+        const size_t s = scratch_need(m, threads, nops, need, owner);
         if (s > floor) floor = s;
     }
     sal_frame *fr = calloc((size_t)nt, sizeof *fr);
     if (!fr) return sal_fail(SAL_ENOMEM, p->fn, "out of memory");
     sal_status s = SAL_OK;
     for (int k = 0; k < nt && s == SAL_OK; k++)
-        s = frame_make(p, &fr[k], c, 1, extra, floor, p->fshare, p->fshare_off, nops, need,
+        s = frame_make(p, &fr[k], c, threads, extra, floor, p->fshare, p->fshare_off, nops, need,
                        owner);
     if (s != SAL_OK) {
         for (int k = 0; k < nt; k++) frame_free(p, &fr[k], p->fshare, p->fshare_off);
@@ -246,6 +247,7 @@ sal_status sal_program_frames(sal_program *p, int nt, int64_t c, size_t extra, i
     frames_free(p);
     p->frames = fr;
     p->nframes = nt;
+    p->frames_made++;
     p->frame_extra = extra;
     return SAL_OK;
 }

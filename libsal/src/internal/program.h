@@ -51,6 +51,8 @@ typedef struct {
                             forward share storage) before any frame is made */
     sal_frame *frames;   /* per stream thread (nframes), NULL: none */
     int nframes;
+    int64_t frames_made; /* counts the frame sets made: what their owner built in them (the
+                            extra floats) is stale when it changes */
     size_t frame_extra;  /* the extra floats each of them has */
     atomic_int busy;     /* a forward/backward is running (sal_program_enter) */
 } sal_program;
@@ -116,11 +118,13 @@ typedef size_t (*sal_program_scratch_fn)(const void *owner, int64_t i, int64_t n
 sal_status sal_program_start(sal_program *p, const float *x, sal_act xg, int64_t nops,
                              sal_program_scratch_fn scratch, const void *owner);
 
-/* Frames for a streamed forward: nt frames of c images each, their scratch sized for one
- * thread, extra floats each (kept when nt, c and extra are those of the frames there are).
- * All or nothing, like the whole-batch activations; never touches those. */
-sal_status sal_program_frames(sal_program *p, int nt, int64_t c, size_t extra, int64_t nops,
-                              sal_program_scratch_fn scratch, const void *owner);
+/* Frames for a streamed forward: nt frames of c images each, their scratch sized for
+ * `threads` threads (1: a frame per stream thread; nt = 1 and more threads: one stream
+ * whose ops split over the pool), extra floats each (kept when nt, c, threads and extra
+ * are those of the frames there are).  All or nothing, like the whole-batch activations;
+ * never touches those. */
+sal_status sal_program_frames(sal_program *p, int nt, int64_t c, int threads, size_t extra,
+                              int64_t nops, sal_program_scratch_fn scratch, const void *owner);
 /* images [n0, n0 + n) of x (N, C, H, W) NCHW into buffer 0 of frame f (C, n, H, W) */
 void sal_program_load(const sal_program *p, const sal_frame *f, const float *x, int64_t n0,
                       int64_t n);
