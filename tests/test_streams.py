@@ -67,6 +67,20 @@ def test_streams_equal_whole_batch(exported, family, threads, isa, rng):
     _core.net_set_streams(_engine(inf, 16), -1)
 
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_batch_smaller_than_threads_same_logits_every_call(exported, family, rng):
+    """Batch 1 on 2 threads runs one stream whose ops use both threads or one, chosen by
+    timing both on the first forwards and again every 256 (net.c WIDE_TRIALS,
+    WIDE_RETUNE): 300 forwards in a row, every one bit for bit the whole-batch forward's."""
+    inf = exported[family]
+    salnp.set_num_threads(2)
+    x = rng.standard_normal((1, 3, 16, 16), dtype=np.float32)
+    ref = _forward(inf, x, 0)
+    _core.net_set_streams(_engine(inf, 16), -1)
+    for k in range(300):
+        np.testing.assert_array_equal(inf.forward(x), ref, err_msg=f"{family} call {k}")
+
+
 @pytest.mark.parametrize("family", ["sal", "sal-shared", "sl", "asl"])
 def test_streams_batch_128_against_torch_and_onnxruntime(exported, family, rng):
     """Batch 128 at 32x32 (the automatic chunk of the benchmarks) at 2 threads: the

@@ -2,6 +2,7 @@
  * forward and a backward switch.  Buffers and scratch: internal/program.c; the kernels:
  * one file per layer family (conv.c, sal.c, gather.c, shift.c, active_shift.c, bn.c, ...).
  * All activations are channel-major (CNHW). */
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +76,14 @@ struct sal_net {
      * sal_net_buffer run the whole-batch forward first, from kept_x, the input of that
      * forward, with its arenas); stream_n its batch. */
     int64_t stream_mode, stream_n;
+    /* A batch smaller than the threads (forward_streams): whether its one stream's ops use
+     * all the threads (wide) or one, decided by timing both on the first forwards of each
+     * set of frames (wide_made = p.frames_made): WIDE_TRIALS of each, alternating, the
+     * fastest of each kept (wide_best, seconds); wide_pick 0 while undecided, else the
+     * threads per op.  Both give the same logits bit for bit. */
+    int64_t wide_made, wide_trials;
+    double wide_best[2];
+    int wide_pick;
     int streamed;
     float *kept_x;
     size_t kept_cap;            /* floats kept_x holds */
@@ -756,6 +765,14 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
  * cores writing parts of the same 4 KiB page run 2-3x slower on this machine than one
  * core writing both, while the shift + 1x1 GEMM's split gains 1.5x. */
 #define STREAM_GATHER_THREADS 1
+/* forwards of each kind timed before a batch smaller than the threads picks wide or not:
+ * wide was 1.6x faster than one thread for ShiftResNet-20 at batch 1 on 2 threads in one
+ * process and 1.3x slower in another (with NumPy's huge-page advice on), so it is measured
+ * in the process that runs it */
+#define WIDE_TRIALS 4
+/* and again after this many forwards: the faster one changed within a process (1.05 ms
+ * wide against 0.8 on one thread, then 0.5 wide a second later) */
+#define WIDE_RETUNE 256
 
 static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
                              float *buffers, int64_t n, int again);
@@ -820,6 +837,7 @@ typedef struct {
     const float *params, *x;
     float *buffers, *logits;
     int64_t n, c, nchunks, width;
+    int op_threads;          /* > 0: the ops' threads instead of the frame's */
     atomic_llong next;       /* the next chunk to claim */
     atomic_int failed;       /* the first failure claims status and msg */
     sal_status status;
@@ -834,7 +852,8 @@ static void stream_run(void *arg, int tid, int nt) {
     sal_net *net = t->net;
     const sal_frame *f = &net->p.frames[tid];
     const size_t row = (size_t)tid * (size_t)net->nops;
-    const run_ctx ctx = {f->act, f->scratch, f->extra, f->threads, 0, f->extra + net->nstats,
+    const int threads = t->op_threads > 0 ? t->op_threads : f->threads;
+    const run_ctx ctx = {f->act, f->scratch, f->extra, threads, 0, f->extra + net->nstats,
                          net->plan_built + row, net->plan_n + row};
     const int64_t last = net->ops[net->nops - 1].out;
     for (;;) {
@@ -930,10 +949,37 @@ static sal_status forward_streams(sal_net *net, float *logits, const float *x, s
                      .width = sal_net_output_width(net)};
     atomic_init(&t.next, 0);
     atomic_init(&t.failed, 0);
-    if (nt > 1)
+    if (nt > 1) {
         sal_parallel(nt, stream_run, &t);
-    else
-        stream_run(&t, 0, 1);   /* its ops may use the pool (wide) */
+    } else if (wide == 1) {
+        stream_run(&t, 0, 1);
+    } else {   /* one stream on the calling thread, its ops on `wide` threads or on one */
+        if (net->wide_made != net->p.frames_made) {
+            net->wide_made = net->p.frames_made;
+            net->wide_trials = 0, net->wide_pick = 0;
+            net->wide_best[0] = net->wide_best[1] = INFINITY;
+        }
+        if (net->wide_pick && ++net->wide_trials % WIDE_RETUNE == 0) {   /* measure again */
+            net->wide_trials = 0, net->wide_pick = 0;
+            net->wide_best[0] = net->wide_best[1] = INFINITY;
+        }
+        if (net->wide_pick) {
+            t.op_threads = net->wide_pick;
+            stream_run(&t, 0, 1);
+        } else {
+            const int k = (int)(net->wide_trials++ % 2);   /* 0: one thread, 1: wide */
+            t.op_threads = k ? wide : 1;
+            struct timespec a, b;
+            clock_gettime(CLOCK_MONOTONIC, &a);
+            stream_run(&t, 0, 1);
+            clock_gettime(CLOCK_MONOTONIC, &b);
+            const double sec = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+            if (sec < net->wide_best[k]) net->wide_best[k] = sec;
+            if (net->wide_trials >= 2 * WIDE_TRIALS)
+                net->wide_pick = net->wide_best[1] < net->wide_best[0] ? wide : 1,
+                net->wide_trials = 0;
+        }
+    }
     if (atomic_load(&t.failed)) return sal_fail(t.status, FN, "streamed forward: %s", t.msg);
     memcpy(net->kept_x, x, (size_t)numel * sizeof(float));
     net->kept_g = xg;
