@@ -42,6 +42,13 @@ struct sal_net {
     int64_t *slot_len;          /* per slot: floats per sample */
     float **slot;               /* per slot, p.cap * slot_len floats, made by backward */
     float **grad;               /* per buffer: its slot during a backward */
+    /* Gradients hosted in dead activations (plan_grads): a gradient born when activations
+     * no later backward reads span enough of the whole-batch storage (program.h store)
+     * lives there instead of in a slot: ghost[b], its offset in floats per sample (-1: a
+     * slot).  A backward that hosted any sets clobbered: another backward or sal_net_buffer
+     * before the next forward first recomputes the activations (restore). */
+    int64_t *ghost;
+    int clobbered;
     int64_t grad_cap;           /* batch size the slots are allocated for */
     float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops, and the
                                    (dm, scale) pairs (2 C) of a replayed one */
@@ -566,6 +573,7 @@ void sal_net_free(sal_net *net) {
     free(net->pairs);
     free(net->grad);
     free(net->gslot);
+    free(net->ghost);
     free(net->gborn);
     free(net->slot_len);
     free(net->slot);
@@ -608,13 +616,14 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
         net->pairs = malloc((size_t)(npairs ? npairs : 1) * 4 * sizeof *net->pairs);
         net->grad = calloc((size_t)nbuf, sizeof *net->grad);
         net->gslot = malloc((size_t)nbuf * sizeof *net->gslot);
+        net->ghost = malloc((size_t)nbuf * sizeof *net->ghost);
         net->gborn = malloc((size_t)nbuf * sizeof *net->gborn);
         net->slot_len = calloc((size_t)nbuf, sizeof *net->slot_len);
         net->slot = calloc((size_t)nbuf, sizeof *net->slot);
         net->stat_off = malloc((size_t)nops * sizeof *net->stat_off);
         net->replay = malloc((size_t)nbuf * sizeof *net->replay);
         net->seg = malloc((size_t)nops * sizeof *net->seg);
-        if (!net->ops || !net->shifts || !net->pairs || !net->grad || !net->gslot ||
+        if (!net->ops || !net->shifts || !net->pairs || !net->grad || !net->gslot || !net->ghost ||
             !net->gborn || !net->slot_len || !net->slot || !net->stat_off || !net->replay ||
             !net->seg)
             s = sal_fail(SAL_ENOMEM, FN, "out of memory");
@@ -656,22 +665,64 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     return SAL_OK;
 }
 
-/* Assigns every activation gradient a slot by replaying backward: before op i's backward
+/* Where a gradient of len floats per sample can live before op i's backward (births)
+ * in the whole-batch storage: the first offset at which [off, off + len) lies inside
+ * storage no later backward reads (owners o with last[o] > i, each [boff[o], end[o]))
+ * and overlaps no hosted gradient still alive (live[b]); -1: nowhere. */
+static int64_t host_fit(const sal_net *net, int64_t i, int64_t len, const int64_t *boff,
+                        const int64_t *end, const int64_t *last, const char *live) {
+    const int64_t nbuf = net->p.nbuf;
+    for (int64_t c = 0; c < nbuf; c++) {   /* candidate starts: dead storage, then ends of
+                                              hosted gradients */
+        for (int pass = 0; pass < 2; pass++) {
+            int64_t at;
+            if (pass == 0) {
+                if (net->p.share[c] != c || last[c] <= i) continue;
+                at = boff[c];
+            } else {
+                if (!live[c]) continue;
+                at = net->ghost[c] + sal_program_span(&net->p, c);
+            }
+            int64_t covered = at, ok = 1;   /* dead storage runs on from `at` ... */
+            for (int64_t o = 0; o < nbuf && covered < at + len; o++)
+                if (net->p.share[o] == o && last[o] > i && boff[o] <= covered &&
+                    end[o] > covered)
+                    covered = end[o], o = -1;   /* restart: owners are not sorted */
+            if (covered < at + len) continue;
+            for (int64_t g = 0; g < nbuf && ok; g++)   /* ... and no live gradient there */
+                if (live[g] && net->ghost[g] < at + len &&
+                    at < net->ghost[g] + sal_program_span(&net->p, g))
+                    ok = 0;
+            if (ok) return at;
+        }
+    }
+    return -1;
+}
+
+/* Assigns every activation gradient a place by replaying backward: before op i's backward
  * the gradients of its inputs are born (those whose last reader is op i), after it the
- * gradient of its output dies; a birth takes a free slot (the smallest that is large enough,
- * else the largest, which grows) or a new one.  A buffer no op reads (the logits) is born
- * before the first op.  If some buffer is written by two ops, every gradient keeps a slot
- * of its own and is zeroed before the first op. */
+ * gradient of its output dies.  A birth goes into activations no later backward reads
+ * when enough of them lie side by side (host_fit; not with checkpointed segments, whose
+ * backward writes activations again), else takes a free slot (the smallest that is large
+ * enough, else the largest, which grows) or a new one.  A buffer no op reads (the logits)
+ * is born before the first op.  If some buffer is written by two ops, every gradient keeps
+ * a slot of its own and is zeroed before the first op.  The activations of buffer b are
+ * read last by the backward of op min{i : op i reads or writes b} (a replayed BN output's
+ * source, the BN's input, is read by that BN's op and the next, after it). */
 static sal_status plan_grads(sal_net *net) {
     const int64_t nbuf = net->p.nbuf, nops = net->nops;
     int64_t *writer = malloc((size_t)nbuf * sizeof *writer);
     int64_t *owner = malloc((size_t)nbuf * sizeof *owner);  /* slot -> live buffer, -1: free */
-    if (!writer || !owner) {
-        free(writer), free(owner);
+    int64_t *boff = malloc((size_t)nbuf * sizeof *boff), *end = malloc((size_t)nbuf * sizeof *end);
+    int64_t *last = malloc((size_t)nbuf * sizeof *last);   /* owner -> its last reader */
+    char *live = calloc((size_t)nbuf, 1);                   /* hosted and alive */
+    if (!writer || !owner || !boff || !end || !last || !live) {
+        free(writer), free(owner), free(boff), free(end), free(last), free(live);
         return sal_fail(SAL_ENOMEM, FN, "out of memory");
     }
     int ssa = 1;
-    for (int64_t b = 0; b < nbuf; b++) writer[b] = -1, net->gborn[b] = nops, net->gslot[b] = -1;
+    for (int64_t b = 0; b < nbuf; b++)
+        writer[b] = -1, net->gborn[b] = nops, net->gslot[b] = -1, net->ghost[b] = -1;
     for (int64_t i = 0; i < nops; i++) {
         const sal_op *op = &net->ops[i];
         if (writer[op->out] >= 0) ssa = 0;
@@ -685,12 +736,32 @@ static sal_status plan_grads(sal_net *net) {
     for (int64_t b = 0; b < nbuf; b++)
         if (!ssa) net->gborn[b] = nops;
         else if (writer[b] > net->gborn[b]) net->gborn[b] = writer[b];
+    /* the storage layout, and when each owner's storage is last read */
+    const int64_t total = sal_program_layout(&net->p, net->p.share, net->p.share_off, boff);
+    for (int64_t o = 0; o < nbuf; o++) {
+        end[o] = total, last[o] = nops;
+        for (int64_t q = 0; q < nbuf; q++)
+            if (net->p.share[q] == q && boff[q] > boff[o] && boff[q] < end[o]) end[o] = boff[q];
+    }
+    for (int64_t i = nops - 1; i >= 0; i--) {
+        const sal_op *op = &net->ops[i];
+        const int64_t touched[3] = {op->in, op->out, op->res};
+        for (int k = 0; k < 3; k++)
+            if (touched[k] >= 0) last[net->p.share[touched[k]]] = i;
+    }
+    const int host = ssa && net->nseg == 0;
     net->nslot = 0;
     for (int64_t s = 0; s < nbuf; s++) owner[s] = -1;
     for (int64_t i = nops; i >= 0; i--) {
         for (int64_t b = 1; b < nbuf; b++) {              /* births before op i */
             if (net->gborn[b] != i) continue;
             const int64_t len = sal_program_numel(&net->p, b, 1);
+            const int64_t at = host ? host_fit(net, i, sal_program_span(&net->p, b), boff, end,
+                                               last, live) : -1;
+            if (at >= 0) {
+                net->ghost[b] = at, live[b] = 1;
+                continue;
+            }
             int64_t fit = -1, big = -1;                   /* smallest >= len, largest */
             for (int64_t s = 0; s < net->nslot && ssa; s++) {
                 if (owner[s] >= 0) continue;
@@ -706,9 +777,10 @@ static sal_status plan_grads(sal_net *net) {
         if (i < nops && ssa) {                            /* death after op i */
             const int64_t out = net->ops[i].out, sl = net->gslot[out];
             if (sl >= 0 && owner[sl] == out) owner[sl] = -1;
+            live[out] = 0;
         }
     }
-    free(writer), free(owner);
+    free(writer), free(owner), free(boff), free(end), free(last), free(live);
     return SAL_OK;
 }
 
@@ -995,6 +1067,19 @@ static sal_status materialise(sal_net *net) {
     return forward_whole(net, net->kept_x, net->kept_g, net->fwd_params, (float *)net->buffers);
 }
 
+/* after a backward that kept gradients in dead activations (clobbered): the activations
+ * of the last whole-batch forward again, recomputed from its input (buffer 0, never
+ * lent) with params, a training forward's BN as replays of the statistics it used (no
+ * running-statistics update), bit for bit what that forward wrote when params are its */
+static sal_status restore(sal_net *net, const float *params) {
+    if (!net->clobbered) return SAL_OK;
+    const run_ctx ctx = whole_ctx(net);
+    for (int64_t i = 0; i < net->nops; i++)
+        SAL_TRY(forward_op(net, &ctx, i, params, (float *)net->buffers, net->p.n, net->train));
+    net->clobbered = 0;
+    return SAL_OK;
+}
+
 /* one call at a time per network (sal/net.h, "Threads") */
 sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act xg,
                            const float *params, float *buffers, int train, int hard, double beta) {
@@ -1010,6 +1095,7 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
         net->train = train != 0, net->hard = hard != 0, net->beta = beta, net->buffers = buffers;
         net->fwd_params = params;
         net->p.n = 0, net->streamed = 0;   /* no forward to differentiate until this completes */
+        net->clobbered = 0;
         const int nt = sal_threads();
         int64_t cap = 0;
         const int64_t c = xg.n >= 1 ? stream_chunk(net, xg.n, nt, &cap) : 0;
@@ -1180,6 +1266,7 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
     }
     SAL_TRY(materialise(net));   /* after a streamed forward: its activations */
     SAL_REQUIRE(net->p.n >= 1, FN, "backward: no forward pass to differentiate");
+    SAL_TRY(restore(net, params));   /* a second backward of one forward */
     const int64_t n = net->p.n;
     float **act = net->p.act, *scratch = net->p.scratch;
     const int threads = net->p.threads;
@@ -1189,8 +1276,13 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
             net->slot[s] = sal_alloc_floats((size_t)(net->p.cap * net->slot_len[s]));
             if (!net->slot[s]) return sal_fail(SAL_ENOMEM, FN, "gradients: out of memory");
         }
-    for (int64_t b = 0; b < net->p.nbuf; b++)
+    int hosted = 0;
+    for (int64_t b = 0; b < net->p.nbuf; b++) {
         net->grad[b] = net->gslot[b] >= 0 ? net->slot[net->gslot[b]] : NULL;
+        if (net->ghost[b] >= 0)
+            net->grad[b] = net->p.store + net->p.cap * net->ghost[b], hosted = 1;
+    }
+    net->clobbered = hosted;   /* from here on, whether the backward completes or not */
     zero_born(net, net->nops, n);
     if (!net->train)      /* an evaluation forward skipped the SHIFTs folded into GEMMs */
         for (int64_t i = 0; i < net->nops; i++)
@@ -1305,8 +1397,9 @@ sal_status sal_net_set_checkpoints(sal_net *net, const int64_t *bounds, int64_t 
     net->streamed = 0;
     free_grads(net);
     plan_sharing(net);
+    const sal_status s = plan_grads(net);   /* the layout changed */
     sal_program_leave(&net->p);
-    return SAL_OK;
+    return s;
 }
 
 /* ---- inspection ---------------------------------------------------------------------- */
@@ -1314,6 +1407,7 @@ sal_status sal_net_buffer(sal_net *net, int64_t b, const float **act, sal_act *g
     SAL_REQUIRE(net, FN, "net, act, geom must not be NULL");
     SAL_TRY(sal_program_enter(&net->p, "buffer"));
     sal_status s = materialise(net);  /* after a streamed forward: its activations */
+    if (s == SAL_OK && net->p.n >= 1) s = restore(net, net->fwd_params);   /* after a backward */
     if (s == SAL_OK) s = sal_program_buffer(&net->p, b, act, geom);
     sal_program_leave(&net->p);
     return s;

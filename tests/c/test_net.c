@@ -316,6 +316,65 @@ static void net_scratch_case(void) {
     sal_net_free(net);
 }
 
+/* Gradients kept in activations backward no longer reads (net.c plan_grads, host_fit):
+ * x (1, 4, 4) -> conv 3x3 -> conv 3x3 -> conv 3x3 (2 channels each) -> pool -> linear.  The
+ * second conv's output gradient (2 x 16 floats per image) is born after the backward of
+ * the pool and the linear, whose outputs' storage (16 floats each, side by side) it then
+ * takes.  So backward overwrites the pool's output (checked, else the rest proves
+ * nothing); sal_net_buffer after it gives every activation of the forward again, bit for
+ * bit, and a second backward of the same forward the same gradients. */
+static void net_hosted_grads_case(void) {
+    int64_t shapes[6][3] = {{1, 4, 4}, {2, 4, 4}, {2, 4, 4}, {2, 4, 4}, {2, 1, 1}, {2, 1, 1}};
+    sal_op ops[5];
+    memset(ops, 0, sizeof ops);
+    for (int i = 0; i < 3; i++) {
+        ops[i] = op_of(SAL_OP_CONV, i, i + 1);
+        ops[i].o = 2, ops[i].k = 3, ops[i].stride = 1, ops[i].pad = 1;
+        ops[i].p0 = i == 0 ? 0 : 18 + 36 * (i - 1);
+    }
+    ops[3] = op_of(SAL_OP_POOL, 3, 4);
+    ops[4] = op_of(SAL_OP_LINEAR, 4, 5);
+    ops[4].o = 2, ops[4].p0 = 90, ops[4].p1 = 94;
+    sal_net *net = NULL;
+    CHECK(sal_net_create(&net, &shapes[0][0], 6, ops, 5, NULL, 0, NULL, 0, 96, 0) == SAL_OK,
+          "create: %s", sal_last_error());
+    if (!net) return;
+    float x[3 * 16], params[96], logits[6], dl[6] = {1, -2, 0.5f, 3, -1, 0.25f};
+    float g1[96], g2[96], saved[6][3 * 32];
+    const float *at[6];
+    for (int i = 0; i < 48; i++) x[i] = (float)((i * 37) % 11) * 0.2f - 1.0f;
+    for (int i = 0; i < 96; i++) params[i] = (float)((i * 13) % 7) * 0.1f - 0.3f;
+    const sal_act xg = {3, 1, 4, 4, SAL_NCHW};
+    CHECK(sal_net_forward(net, logits, x, xg, params, NULL, 1, 0, 0.0) == SAL_OK, "forward: %s",
+          sal_last_error());
+    for (int64_t b = 0; b < 6; b++) {
+        sal_act g;
+        CHECK(sal_net_buffer(net, b, &at[b], &g) == SAL_OK, "buffer %lld", (long long)b);
+        memcpy(saved[b], at[b], (size_t)(g.n * g.c * g.h * g.w) * sizeof(float));
+    }
+    memset(g1, 0, sizeof g1);
+    CHECK(sal_net_backward(net, g1, dl, params) == SAL_OK, "backward: %s", sal_last_error());
+    CHECK(memcmp(at[4], saved[4], 6 * sizeof(float)) != 0,
+          "the pool's output is what the forward wrote: no gradient was kept in it");
+    for (int64_t b = 0; b < 6; b++) {
+        const float *a = NULL;
+        sal_act g;
+        CHECK(sal_net_buffer(net, b, &a, &g) == SAL_OK, "buffer %lld after backward: %s",
+              (long long)b, sal_last_error());
+        CHECK(a && memcmp(a, saved[b], (size_t)(g.n * g.c * g.h * g.w) * sizeof(float)) == 0,
+              "buffer %lld after backward: not the forward's activations", (long long)b);
+    }
+    memset(g2, 0, sizeof g2);
+    CHECK(sal_net_backward(net, g2, dl, params) == SAL_OK, "second backward: %s",
+          sal_last_error());
+    CHECK(memcmp(g1, g2, sizeof g1) == 0, "second backward of one forward: other gradients");
+    memset(g2, 0, sizeof g2);   /* a third, without sal_net_buffer in between */
+    CHECK(sal_net_backward(net, g2, dl, params) == SAL_OK, "third backward: %s",
+          sal_last_error());
+    CHECK(memcmp(g1, g2, sizeof g1) == 0, "third backward of one forward: other gradients");
+    sal_net_free(net);
+}
+
 int main(void) {
     /* the GATHER kernels of every ISA this CPU runs (the dispatch table, capped) */
     const char *isas[] = {"base", "avx2", "avx512"};
@@ -328,5 +387,6 @@ int main(void) {
     net_grad_slots_case();
     net_alignment_case();
     net_scratch_case();
+    net_hosted_grads_case();
     return check_done("test_net");
 }

@@ -144,7 +144,14 @@ sal_status sal_net_forward(sal_net *net, float *logits, const float *x, sal_act 
 /* grads (nparams) += dL/dparams for the last forward, given dlogits (N, K).  SAL masks are
  * read from the buffer arena passed to that forward: it must still be alive.  A program with
  * an inference-only op (GATHER, a CONV with an epilogue, a SHIFT that moves channels) is
- * refused with the op named. */
+ * refused with the op named.
+ *   Memory: a gradient born when enough activations that backward no longer reads lie side
+ * by side (the later stages' while the first stage's gradients are born) is kept in their
+ * storage instead of an allocation of its own: 18 MiB less for CL ResNet-20 at batch 128.
+ * Another backward of the same forward, or sal_net_buffer after a backward, first
+ * recomputes the forward's activations from its input with params (training BN replayed
+ * from the statistics the forward used, running statistics not updated again): bit for
+ * bit the forward's when params are unchanged. */
 sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, const float *params);
 
 /* Activation checkpointing: bounds (nseg, 2) = [first op, one past the last) of each segment,
@@ -175,7 +182,8 @@ int64_t sal_net_macs(const sal_net *net);
  * output whose one reader is the next op shares its allocation with the others of its kind
  * (backward recomputes it): after a forward it holds the last of them. */
 /* After a streamed forward it first runs the whole-batch forward of that input (see
- * "Streams"); one call at a time per network, like forward. */
+ * "Streams"), after a backward it recomputes the activations (see sal_net_backward); one
+ * call at a time per network, like forward. */
 sal_status sal_net_buffer(sal_net *net, int64_t b, const float **act, sal_act *geom);
 /* read-only views of the program as validated and copied by sal_net_create; any output
  * pointer may be NULL */

@@ -35,16 +35,31 @@ sal_status sal_program_init(sal_program *p, const char *fn, const char *arena,
     return SAL_OK;
 }
 
-/* frees the storage frame_make made with the sharing (share, off), not f's table of
- * buffer pointers (left NULL): they point into the allocations of the buffers that own
- * storage (share[b] == b) */
+int64_t sal_program_layout(const sal_program *p, const int64_t *share, const int64_t *off,
+                           int64_t *boff) {
+    int64_t total = 0;
+    for (int64_t b = 0; b < p->nbuf; b++) {
+        if (share[b] != b) continue;             /* its storage is another buffer's */
+        int64_t per = off[b] + sal_program_numel(p, b, 1);
+        for (int64_t o = 0; o < p->nbuf; o++)    /* the furthest end of the buffers in it */
+            if (share[o] == b && off[o] + sal_program_numel(p, o, 1) > per)
+                per = off[o] + sal_program_numel(p, o, 1);
+        boff[b] = total;
+        total += sal_align_floats(per);
+    }
+    for (int64_t b = 0; b < p->nbuf; b++) boff[b] = boff[share[b]];
+    return total;
+}
+
+/* frees the storage frame_make made, not f's table of buffer pointers (left NULL): they
+ * point into it */
 static void frame_free_storage(const sal_program *p, sal_frame *f, const int64_t *share,
                                const int64_t *off) {
+    (void)share, (void)off;
     if (f->act)
-        for (int64_t b = 0; b < p->nbuf; b++) {
-            if (share[b] == b && f->act[b]) free(f->act[b] - f->cap * off[b]);
-            f->act[b] = NULL;
-        }
+        for (int64_t b = 0; b < p->nbuf; b++) f->act[b] = NULL;
+    free(f->store);
+    f->store = NULL;
     free(f->scratch);
     f->scratch = f->extra = NULL;
     f->scratch_n = 0;
@@ -67,8 +82,9 @@ static void frames_free(sal_program *p) {
 
 /* the whole-batch frame's storage (its table stays) and the stream frames */
 static void free_act(sal_program *p) {
-    sal_frame f = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL};
+    sal_frame f = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL, p->store};
     frame_free_storage(p, &f, p->share, p->share_off);
+    p->store = NULL;
     p->scratch = NULL;
     p->scratch_n = 0;
     p->cap = 0;
@@ -166,39 +182,23 @@ static sal_status frame_make(const sal_program *p, sal_frame *f, int64_t n, int 
     if (scratch > (((size_t)1 << 62) / sizeof(float)) - extra)
         return sal_fail(SAL_EOVERFLOW, p->fn, "scratch for batch %lld: size does not fit",
                         (long long)n);
-    float **act = calloc((size_t)p->nbuf, sizeof *act), *scr = NULL;
-    sal_status s = act ? SAL_OK : sal_fail(SAL_ENOMEM, p->fn, "out of memory");
-    for (int64_t b = 0; b < p->nbuf && s == SAL_OK; b++) {
-        if (share[b] != b) continue;             /* its storage is another buffer's */
-        int64_t per = off[b] + sal_program_numel(p, b, 1), numel;
-        for (int64_t o = 0; o < p->nbuf; o++)    /* the furthest end of the buffers in it */
-            if (share[o] == b && off[o] + sal_program_numel(p, o, 1) > per)
-                per = off[o] + sal_program_numel(p, o, 1);
-        s = sal_checked_prod(p->fn, "activation", &numel, 2, n, per);
-        if (s == SAL_OK && !(act[b] = sal_alloc_floats((size_t)numel)))
-            s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
-                         (long long)n);
-    }
+    float **act = calloc((size_t)p->nbuf, sizeof *act), *scr = NULL, *store = NULL;
+    int64_t *boff = malloc((size_t)p->nbuf * sizeof *boff), numel = 0;
+    sal_status s = act && boff ? SAL_OK : sal_fail(SAL_ENOMEM, p->fn, "out of memory");
+    if (s == SAL_OK) s = sal_checked_prod(p->fn, "activation", &numel, 2, n,
+                                          sal_program_layout(p, share, off, boff));
+    if (s == SAL_OK && !(store = sal_alloc_floats((size_t)numel)))
+        s = sal_fail(SAL_ENOMEM, p->fn, "activations for batch %lld: out of memory",
+                     (long long)n);
     if (s == SAL_OK && !(scr = sal_alloc_floats(scratch + extra)))
         s = sal_fail(SAL_ENOMEM, p->fn, "scratch of %zu floats: out of memory", scratch + extra);
     if (s != SAL_OK) {
-        if (act)
-            for (int64_t b = 0; b < p->nbuf; b++) free(act[b]);
-        free(act);
+        free(act), free(boff), free(store);
         return s;
     }
-    /* every buffer points into its owner's allocation: owners first (their pointers are
-     * needed by the others) */
-    float **own = malloc((size_t)p->nbuf * sizeof *own);
-    if (!own) {
-        for (int64_t b = 0; b < p->nbuf; b++) free(act[b]);
-        free(act), free(scr);
-        return sal_fail(SAL_ENOMEM, p->fn, "out of memory");
-    }
-    memcpy(own, act, (size_t)p->nbuf * sizeof *own);
-    for (int64_t b = 0; b < p->nbuf; b++) act[b] = own[share[b]] + n * off[b];
-    free(own);
-    *f = (sal_frame){act, n, threads, scr, scratch, scr + scratch};
+    for (int64_t b = 0; b < p->nbuf; b++) act[b] = store + n * (boff[b] + off[b]);
+    free(boff);
+    *f = (sal_frame){act, n, threads, scr, scratch, scr + scratch, store};
     return SAL_OK;
 }
 
@@ -213,9 +213,10 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
     if (n < p->cap) n = p->cap;  /* a thread-count change keeps the capacity */
     sal_frame f;
     SAL_TRY(frame_make(p, &f, n, threads, 0, want, p->share, p->share_off, nops, need, owner));
-    sal_frame old = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL};
+    sal_frame old = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL, p->store};
     frame_free(p, &old, p->share, p->share_off);          /* its table too: the new frame brings its own */
     p->act = f.act;
+    p->store = f.store;
     p->scratch = f.scratch;
     p->scratch_n = f.scratch_n;
     p->threads = f.threads;

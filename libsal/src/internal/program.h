@@ -27,6 +27,8 @@ typedef struct {
     float *scratch;
     size_t scratch_n;
     float *extra;        /* extra floats per frame the owner asked for (e.g. BN statistics) */
+    float *store;        /* the one allocation every buffer's storage lies in
+                            (sal_program_layout) */
 } sal_frame;
 
 typedef struct {
@@ -44,6 +46,8 @@ typedef struct {
                             allocation holds cap times the per-sample layout); both set by
                             net.c (replayed BN outputs, checkpointed segments) before the
                             activations are allocated, or followed by sal_program_release */
+    float *store;        /* the whole-batch activations' one allocation: cap times the
+                            per-sample layout of sal_program_layout(share, share_off) */
     float *scratch;
     size_t scratch_n;
     int64_t *fshare;     /* the sharing of the stream frames, as share and share_off: set by */
@@ -125,6 +129,13 @@ sal_status sal_program_start(sal_program *p, const float *x, sal_act xg, int64_t
  * never touches those. */
 sal_status sal_program_frames(sal_program *p, int nt, int64_t c, int threads, size_t extra,
                               int64_t nops, sal_program_scratch_fn scratch, const void *owner);
+/* The per-sample layout of a frame's one allocation under the sharing (share, off): the
+ * storage of each buffer that owns some (share[b] == b), the furthest end of the buffers
+ * in it rounded up to 64 bytes, one after the other in buffer order; boff[b] (nbuf):
+ * floats per sample before the storage b lies in (its owner's).  Returns the floats per
+ * sample; a frame of n images holds buffer b at store + n * (boff[b] + off[b]). */
+int64_t sal_program_layout(const sal_program *p, const int64_t *share, const int64_t *off,
+                           int64_t *boff);
 /* images [n0, n0 + n) of x (N, C, H, W) NCHW into buffer 0 of frame f (C, n, H, W) */
 void sal_program_load(const sal_program *p, const sal_frame *f, const float *x, int64_t n0,
                       int64_t n);
