@@ -843,8 +843,9 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
  * in the process that runs it */
 #define WIDE_TRIALS 4
 /* and again after this many forwards: the faster one changed within a process (1.05 ms
- * wide against 0.8 on one thread, then 0.5 wide a second later) */
-#define WIDE_RETUNE 256
+ * wide against 0.8 on one thread, then 0.5 wide a second later), and a benchmark's first
+ * forwards, among other runtimes' calls, had picked one thread for good */
+#define WIDE_RETUNE 64
 
 static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
                              float *buffers, int64_t n, int again);

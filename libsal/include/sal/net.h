@@ -120,7 +120,7 @@ void sal_net_free(sal_net *net);
  * split over all the threads where that pays (the shift + 1x1 GEMMs; a GATHER stays on
  * one thread, small convolutions too, see conv.c), or on one thread: the first forwards
  * time both (4 each, alternating), the faster one runs, and both are timed again every
- * 256 forwards (which one wins changed within a process on the 2-core machine); the
+ * 64 forwards (which one wins changed within a process on the 2-core machine); the
  * logits are the same bit for bit either way.  Training forwards never stream.
  *   A streamed forward writes the logits only: it neither allocates nor writes the
  * whole-batch activations (an earlier whole-batch forward's stay allocated), but keeps a
