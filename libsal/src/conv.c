@@ -290,15 +290,15 @@ sal_status sal_conv_fwd_epi(float *y, const float *x, const float *w, const sal_
 }
 
 /* A call of fewer multiply-adds than this (direct convolution's count, N O C K^2 Ho Wo)
- * runs on the calling thread alone.  Handing work to the pool and waiting for it costs
- * 18-30 us on the 2-core machine (an empty sal_parallel at 2 threads, loaded), while a
- * batch-1 ResNet-20 layer (2.4M multiply-adds) takes 16-28 us on one thread: split over
- * two threads it took 130-150 us (median; best 32-41 us) on the loaded machine
- * (bench/RESULTS_conv.md).  2^22 keeps every batch-1 layer of a CIFAR ResNet on one
- * thread; on that loaded machine two threads lost up to batch 16, which a quiet machine
- * would not show, so the bound stays where half the work plus a hand-off of ~10 us
- * about equals the whole. */
-#define CONV_SERIAL_MACS ((int64_t)1 << 22)
+ * runs on the calling thread alone.  It was 2^22 (every batch-1 layer of a CIFAR ResNet on
+ * one thread) when handing work to the pool cost 18-30 us; the pool now polls before it
+ * sleeps (internal/pool.c), and a batch-1 Winograd layer on 2 threads took, against 1
+ * (a C probe, 30 x 100 calls, best, quiet machine): 16->16 32x32 22.9 -> 15.4 us, 32->32
+ * 16x16 16.3 -> 11.5, 64->64 8x8 16.1 -> 13.3.  2^20 keeps the stem (0.44M) and the
+ * smallest layers serial.  A batch-1 exported forward on 2 threads times its stream with
+ * and without the pool (net.c WIDE_TRIALS), so a machine where the split loses runs it on
+ * one. */
+#define CONV_SERIAL_MACS ((int64_t)1 << 20)
 
 static int64_t conv_macs(const sal_conv_desc *d, const sal_act *ya) {
     int64_t m = d->x.n;   /* sal_conv_check bounded every factor: saturate, never wrap */
