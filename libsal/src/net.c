@@ -827,8 +827,13 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
 #define SERIAL_MACS ((int64_t)1 << 25)
 
 /* Streams: the L2 cache a chunk's largest buffer may fill, and the most images a chunk
- * holds (sal/net.h "Streams"; bench/bench_streams.py measures the choice) */
-#define STREAM_BYTES ((int64_t)512 << 10)
+ * holds (sal/net.h "Streams"; bench/bench_streams.py measures the choice).  A quarter of
+ * the 1 MiB L2 of a Zen 4 core: an op reads and writes about three such buffers (input,
+ * output, residual).  At 512 KiB (8 images of a w=16 ResNet-20) batch 128 on 2 threads
+ * took 20.3 ms for SAL unshared and 17.0 for shared; at 4 images 16.2 and 10.2 (1 thread:
+ * 31.3 -> 31.2, 20.3 -> 19.2; CL 24.5 -> 24.0 on 2); ShiftResNet-20 e=6 (1 image either
+ * way) is fastest at 1. */
+#define STREAM_BYTES ((int64_t)256 << 10)
 #define STREAM_MAX 16
 /* A stream's GATHER runs on one thread, also when a batch smaller than the threads gives
  * one stream all of them (forward_streams): split over 2 threads at batch 1 (by rows of

@@ -111,7 +111,7 @@ void sal_net_free(sal_net *net);
  * thread runs a chunk: results are deterministic for a given thread count (and chunk), and
  * agree with the whole-batch forward within float32 rounding (bit for bit where a kernel's
  * sums do not depend on the batch size).
- *   Auto (the default): frames of c = clamp(512 KiB / the largest per-image buffer, 1, 16)
+ *   Auto (the default): frames of c = clamp(256 KiB / the largest per-image buffer, 1, 16)
  * images; chunks of c, lowered to ceil(N / threads) when N < threads * c so that every
  * thread gets one, and to N.  Every evaluation forward streams, batch 1 too: a frame's
  * buffers share storage by liveness (a few buffers' worth per image, not the whole
