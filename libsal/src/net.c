@@ -838,9 +838,9 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
 /* A stream's GATHER runs on one thread, also when a batch smaller than the threads gives
  * one stream all of them (forward_streams): split over 2 threads at batch 1 (by rows of
  * the output, or by its channels with each thread copying the input) every GATHER of
- * SAL-ResNet-20 took longer than on one (32x32: 13 -> 17 us, 8x8: 13 -> 16 us).  Two
- * cores writing parts of the same 4 KiB page run 2-3x slower on this machine than one
- * core writing both, while the shift + 1x1 GEMM's split gains 1.5x. */
+ * SAL-ResNet-20 took longer than on one (32x32: 13 -> 17 us, 8x8: 13 -> 16 us), while the
+ * shift + 1x1 GEMM's split gains 1.5x.  (Two cores writing parts of the same pages are a
+ * suspect: 2-3x slower than separate buffers in one probe, full speed in another.) */
 #define STREAM_GATHER_THREADS 1
 /* forwards of each kind timed before a batch smaller than the threads picks wide or not:
  * wide was 1.6x faster than one thread for ShiftResNet-20 at batch 1 on 2 threads in one
@@ -1032,12 +1032,9 @@ static sal_status forward_streams(sal_net *net, float *logits, const float *x, s
     } else if (wide == 1) {
         stream_run(&t, 0, 1);
     } else {   /* one stream on the calling thread, its ops on `wide` threads or on one */
-        if (net->wide_made != net->p.frames_made) {
+        const int fresh = net->wide_made != net->p.frames_made;
+        if (fresh || (net->wide_pick && ++net->wide_trials % WIDE_RETUNE == 0)) {   /* (again) */
             net->wide_made = net->p.frames_made;
-            net->wide_trials = 0, net->wide_pick = 0;
-            net->wide_best[0] = net->wide_best[1] = INFINITY;
-        }
-        if (net->wide_pick && ++net->wide_trials % WIDE_RETUNE == 0) {   /* measure again */
             net->wide_trials = 0, net->wide_pick = 0;
             net->wide_best[0] = net->wide_best[1] = INFINITY;
         }

@@ -53,9 +53,7 @@ int64_t sal_program_layout(const sal_program *p, const int64_t *share, const int
 
 /* frees the storage frame_make made, not f's table of buffer pointers (left NULL): they
  * point into it */
-static void frame_free_storage(const sal_program *p, sal_frame *f, const int64_t *share,
-                               const int64_t *off) {
-    (void)share, (void)off;
+static void frame_free_storage(const sal_program *p, sal_frame *f) {
     if (f->act)
         for (int64_t b = 0; b < p->nbuf; b++) f->act[b] = NULL;
     free(f->store);
@@ -66,15 +64,14 @@ static void frame_free_storage(const sal_program *p, sal_frame *f, const int64_t
     f->cap = 0;
 }
 
-static void frame_free(const sal_program *p, sal_frame *f, const int64_t *share,
-                       const int64_t *off) {
-    frame_free_storage(p, f, share, off);
+static void frame_free(const sal_program *p, sal_frame *f) {
+    frame_free_storage(p, f);
     free(f->act);
     *f = (sal_frame){0};
 }
 
 static void frames_free(sal_program *p) {
-    for (int k = 0; k < p->nframes; k++) frame_free(p, &p->frames[k], p->fshare, p->fshare_off);
+    for (int k = 0; k < p->nframes; k++) frame_free(p, &p->frames[k]);
     free(p->frames);
     p->frames = NULL;
     p->nframes = 0;
@@ -83,7 +80,7 @@ static void frames_free(sal_program *p) {
 /* the whole-batch frame's storage (its table stays) and the stream frames */
 static void free_act(sal_program *p) {
     sal_frame f = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL, p->store};
-    frame_free_storage(p, &f, p->share, p->share_off);
+    frame_free_storage(p, &f);
     p->store = NULL;
     p->scratch = NULL;
     p->scratch_n = 0;
@@ -214,7 +211,7 @@ static sal_status reserve(sal_program *p, int64_t n, int64_t nops, sal_program_s
     sal_frame f;
     SAL_TRY(frame_make(p, &f, n, threads, 0, want, p->share, p->share_off, nops, need, owner));
     sal_frame old = {p->act, p->cap, p->threads, p->scratch, p->scratch_n, NULL, p->store};
-    frame_free(p, &old, p->share, p->share_off);          /* its table too: the new frame brings its own */
+    frame_free(p, &old);          /* its table too: the new frame brings its own */
     p->act = f.act;
     p->store = f.store;
     p->scratch = f.scratch;
@@ -241,7 +238,7 @@ sal_status sal_program_frames(sal_program *p, int nt, int64_t c, int threads, si
         s = frame_make(p, &fr[k], c, threads, extra, floor, p->fshare, p->fshare_off, nops, need,
                        owner);
     if (s != SAL_OK) {
-        for (int k = 0; k < nt; k++) frame_free(p, &fr[k], p->fshare, p->fshare_off);
+        for (int k = 0; k < nt; k++) frame_free(p, &fr[k]);
         free(fr);
         return s;
     }
