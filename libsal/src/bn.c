@@ -62,7 +62,7 @@ typedef struct {
     const float *dy, *y, *x, *gamma, *save_mean, *save_invstd;
     sal_act a;
     int64_t M;
-    int training, need_sums;
+    int training, need_sums, assign;
 } bn_bwd_task;
 
 /* ---- the kernels of each instruction set (bn_isa.inc), chosen by sal_cpu_isa() ---- */
@@ -173,7 +173,7 @@ static sal_status bn_backward(const char *fn, float *dx, float *dgamma, float *d
     const int training = d->training;
     const int need_sums = training ? dx != NULL || dgamma || dbeta : dgamma || dbeta;
     bn_bwd_task t = {dx, dgamma, dbeta, dresidual, dy, y, x, gamma, save_mean, save_invstd,
-                     d->x, M, training, need_sums};
+                     d->x, M, training, need_sums, d->assign};
     sal_parallel_for(d->x.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].bwd, &t);
     return SAL_OK;
 }
@@ -186,7 +186,7 @@ sal_status sal_bn_fwd(float *y, float *save_mean, float *save_invstd, float *run
                       gamma, beta, NULL, 0, d);
 }
 
-/* dx (N,C,H,W), dgamma, dbeta (C) += from dy, x (N,C,H,W), gamma, save_mean, save_invstd (C) */
+/* dx (N,C,H,W), dgamma, dbeta (C) += (dx =: d->assign) from dy, x (N,C,H,W), gamma, save_mean, save_invstd (C) */
 sal_status sal_bn_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
                       const float *gamma, const float *save_mean, const float *save_invstd,
                       const sal_bn_desc *d) {
@@ -202,7 +202,7 @@ sal_status sal_bn_relu_fwd(float *y, float *save_mean, float *save_invstd, float
                       x, gamma, beta, residual, 1, d);
 }
 
-/* dx, dresidual (N,C,H,W), dgamma, dbeta (C) += from dy, y, x (N,C,H,W) and the saved pair */
+/* dx, dresidual (N,C,H,W), dgamma, dbeta (C) += (= where d->assign says) from dy, y, x (N,C,H,W) and the saved pair */
 sal_status sal_bn_relu_bwd(float *dx, float *dgamma, float *dbeta, float *dresidual,
                            const float *dy, const float *y, const float *x, const float *gamma,
                            const float *save_mean, const float *save_invstd,

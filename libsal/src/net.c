@@ -556,7 +556,7 @@ static sal_status replay_buffer(sal_net *net, int64_t b, const float *params, in
     const int64_t k = net->replay[b];
     const sal_op *bn = &net->ops[k];
     const sal_act xa = act_of(net->p.shapes + 3 * bn->in, n);
-    const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
+    const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, 0};
     SAL_TRY(sal_bn_replay(net->p.act[b], net->p.act[bn->in],
                           net->stats + net->stat_off[k] + 2 * xa.c, params + bn->p1, NULL, 1, &d));
     net->live = b;
@@ -1210,7 +1210,7 @@ static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const 
         break;
     }
     case SAL_OP_BN: {
-        const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
+        const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, 0};
         float *sm = ctx->stats + net->stat_off[i], *sv = sm + xa.c, *affine = sv + xa.c;
         if (again)
             SAL_TRY(sal_bn_replay(y, in, affine, params + op->p1, res, (int)op->relu, &d));
@@ -1247,11 +1247,28 @@ sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, co
     return s;
 }
 
-/* the gradients born before op i's backward (i = nops: before the first) start at zero */
+/* Which gradients op i's backward writes (=) rather than adds to: a BN's input and residual
+ * gradients born at it (its backward is the first to reach them, and writes every element),
+ * as SAL_BN_ASSIGN_* bits; 0 for every other op. */
+static int assigns(const sal_net *net, int64_t i) {
+    const sal_op *op = &net->ops[i];
+    if (op->kind != SAL_OP_BN || op->in == op->res) return 0;
+    int a = 0;
+    if (op->in != 0 && net->gborn[op->in] == i) a |= SAL_BN_ASSIGN_DX;
+    if (op->res >= 0 && net->gborn[op->res] == i) a |= SAL_BN_ASSIGN_DRES;
+    return a;
+}
+
+/* the gradients born before op i's backward (i = nops: before the first) start at zero,
+ * except those the op writes whole (assigns) */
 static void zero_born(sal_net *net, int64_t i, int64_t n) {
-    for (int64_t b = 1; b < net->p.nbuf; b++)
-        if (net->gborn[b] == i && net->grad[b])
-            memset(net->grad[b], 0, (size_t)sal_program_numel(&net->p, b, n) * sizeof(float));
+    const int a = i < net->nops ? assigns(net, i) : 0;
+    const int64_t in = i < net->nops ? net->ops[i].in : -1, res = i < net->nops ? net->ops[i].res : -1;
+    for (int64_t b = 1; b < net->p.nbuf; b++) {
+        if (net->gborn[b] != i || !net->grad[b]) continue;
+        if ((b == in && (a & SAL_BN_ASSIGN_DX)) || (b == res && (a & SAL_BN_ASSIGN_DRES))) continue;
+        memset(net->grad[b], 0, (size_t)sal_program_numel(&net->p, b, n) * sizeof(float));
+    }
 }
 
 static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
@@ -1340,7 +1357,7 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
             break;
         }
         case SAL_OP_BN: {
-            const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS};
+            const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, assigns(net, i)};
             const float *sm = net->stats + net->stat_off[i], *sv = sm + xa.c;
             if (op->relu)
                 SAL_TRY(sal_bn_relu_bwd(dx, grads + op->p0, grads + op->p1, dres, dy,

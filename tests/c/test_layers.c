@@ -29,7 +29,7 @@ static float *rand_f(int64_t n) {
 
 static void bn_case(int64_t N, int64_t C, int64_t H, int64_t W, sal_layout L, int training) {
     const int64_t T = N * C * H * W;
-    sal_bn_desc d = {{N, C, H, W, L}, training, 0.1, 1e-5};
+    sal_bn_desc d = {{N, C, H, W, L}, training, 0.1, 1e-5, 0};
     float *x = rand_f(T), *dy = rand_f(T), *res = rand_f(T);
     float *gamma = rand_f(C), *beta = rand_f(C);
     for (int64_t i = 0; i < T; i++) x[i] = 3.0f + 2.0f * x[i];   /* a mean far from 0 */
@@ -93,6 +93,38 @@ static void bn_case(int64_t N, int64_t C, int64_t H, int64_t W, sal_layout L, in
     if (mism == 0) {
         CLOSE(dgf, dgr, C, 1e-4, 1e-4, "fused dgamma");
         CLOSE(dbf, dbr, C, 1e-4, 1e-4, "fused dbeta");
+    }
+    /* assign (d.assign bits): dx and dresidual written, not added to, whatever the buffers
+     * held: the accumulation into zeros (dresidual bit for bit; dx to rounding, since the
+     * compiler may contract the two expressions into FMAs differently) */
+    {
+        float *za = alloc_f(T), *zb = alloc_f(T), *wa = rand_f(T), *wb = rand_f(T);
+        float *ga = alloc_f(C), *ba = alloc_f(C);
+        memset(ga, 0, (size_t)C * sizeof(float)), memset(ba, 0, (size_t)C * sizeof(float));
+        memset(za, 0, (size_t)T * sizeof(float)), memset(zb, 0, (size_t)T * sizeof(float));
+        for (int64_t i = 0; i < T; i++) wa[i] = 1e30f * wa[i], wb[i] = -7.0f;
+        sal_bn_desc da = d;
+        da.assign = SAL_BN_ASSIGN_DX | SAL_BN_ASSIGN_DRES;
+        CHECK(sal_bn_relu_bwd(za, ga, ba, zb, dy, yf, x, gamma, mf, sf, &d) == SAL_OK, "%s",
+              sal_last_error());
+        CHECK(sal_bn_relu_bwd(wa, ga, ba, wb, dy, yf, x, gamma, mf, sf, &da) == SAL_OK, "%s",
+              sal_last_error());
+        CLOSE(wa, za, T, 1e-6, 1e-6, "assigned fused dx");
+        CHECK(!memcmp(zb, wb, (size_t)T * sizeof(float)), "assigned fused dresidual differs");
+        for (int64_t i = 0; i < T; i++) wa[i] = 3.0f, wb[i] = 5.0f;
+        da.assign = SAL_BN_ASSIGN_DRES;     /* one bit: the other gradient still adds */
+        CHECK(sal_bn_relu_bwd(wa, ga, ba, wb, dy, yf, x, gamma, mf, sf, &da) == SAL_OK, "%s",
+              sal_last_error());
+        for (int64_t i = 0; i < T; i++) wa[i] -= 3.0f;
+        CLOSE(wa, za, T, 1e-5, 1e-5, "dx added to under the dresidual bit");
+        CHECK(!memcmp(zb, wb, (size_t)T * sizeof(float)), "assigned dresidual (one bit) differs");
+        memset(za, 0, (size_t)T * sizeof(float));
+        for (int64_t i = 0; i < T; i++) wa[i] = NAN;
+        da.assign = SAL_BN_ASSIGN_DX;
+        CHECK(sal_bn_bwd(za, ga, ba, dy, x, gamma, m1, s1, &d) == SAL_OK, "%s", sal_last_error());
+        CHECK(sal_bn_bwd(wa, ga, ba, dy, x, gamma, m1, s1, &da) == SAL_OK, "%s", sal_last_error());
+        CLOSE(wa, za, T, 1e-6, 1e-6, "assigned bn dx");
+        free(za), free(zb), free(wa), free(wb), free(ga), free(ba);
     }
     /* NULL gradients are skipped, and the kernels still run */
     CHECK(sal_bn_bwd(NULL, NULL, NULL, dy, x, gamma, m1, s1, &d) == SAL_OK, "%s",
@@ -218,10 +250,10 @@ static int has(const char *frag) { return strstr(sal_last_error(), frag) != NULL
 
 static void bad_inputs(void) {
     float v[64] = {0}, g[64] = {0};
-    sal_bn_desc d = {{1, 2, 1, 1, SAL_NCHW}, 1, 0.1, 1e-5};
+    sal_bn_desc d = {{1, 2, 1, 1, SAL_NCHW}, 1, 0.1, 1e-5, 0};
     CHECK(sal_bn_fwd(v, v, v, NULL, NULL, v, NULL, NULL, &d) == SAL_EINVAL, "M=1 accepted");
     CHECK(has("N*H*W=1") && has("sal_bn_fwd"), "message: %s", sal_last_error());
-    d = (sal_bn_desc){{2, 2, 2, 2, SAL_NCHW}, 1, 0.1, 0.0};
+    d = (sal_bn_desc){{2, 2, 2, 2, SAL_NCHW}, 1, 0.1, 0.0, 0};
     CHECK(sal_bn_fwd(v, v, v, NULL, NULL, v, NULL, NULL, &d) == SAL_EINVAL, "eps 0 accepted");
     CHECK(has("eps=0"), "message: %s", sal_last_error());
     d.eps = 1e-5;

@@ -26,7 +26,12 @@ typedef struct {
     int training;     /* 1: batch statistics (and running-stat update); 0: running statistics */
     double momentum;  /* running = (1 - momentum) * running + momentum * batch; PyTorch: 0.1 */
     double eps;       /* invstd = 1 / sqrt(var + eps); PyTorch: 1e-5 */
+    int assign;       /* backward: SAL_BN_ASSIGN_DX / _DRES bits: that gradient is written
+                       * (=) rather than accumulated (+=), so its caller need not zero it */
 } sal_bn_desc;
+
+#define SAL_BN_ASSIGN_DX 1
+#define SAL_BN_ASSIGN_DRES 2
 
 sal_status sal_bn_check(const sal_bn_desc *d);
 

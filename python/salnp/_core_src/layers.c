@@ -71,7 +71,7 @@ static PyObject *bn_forward(PyObject *m, PyObject *args, PyObject *kw, int varia
     if (channel_vec(&g, og, typenum, 1, C, fn, "gamma") ||
         channel_vec(&b, ob, typenum, 1, C, fn, "beta"))
         goto done;
-    sal_bn_desc d = {act_nchw(x), training, momentum, eps};
+    sal_bn_desc d = {act_nchw(x), training, momentum, eps, 0};
     if (refused(sal_bn_check(&d), fn) ||
         running_stats(&rm, &rv, orm, orv, training, typenum, C, fn))
         goto done;
@@ -127,7 +127,7 @@ static PyObject *bn_backward(PyObject *m, PyObject *args, PyObject *kw, int vari
     x = as_real(ox, typenum, fn, "x", 4, "(N, C, H, W)");
     if (!x) goto done;
     const npy_intp C = PyArray_DIM(x, 1);
-    sal_bn_desc d = {act_nchw(x), training, SAL_BN_MOMENTUM, SAL_BN_EPS};
+    sal_bn_desc d = {act_nchw(x), training, SAL_BN_MOMENTUM, SAL_BN_EPS, 0};
     if (refused(sal_bn_check(&d), fn)) goto done;
     char ex4[96];
     nchw_expect(ex4, sizeof ex4, d.x);
