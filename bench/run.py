@@ -132,6 +132,39 @@ def fma_peak(threads, isa):
     return best
 
 
+class CoreLatency:
+    """The cache-line round trip between two threads (bench/core_latency.c), in ns: on a
+    virtual machine the host may move its vCPUs between cores that share an L3 and cores
+    that do not, and a 2-thread result depends on which (see the C file); measured before
+    and after each timed worker.  None when there is no C compiler or only one CPU."""
+
+    def __init__(self):
+        import shutil
+        import tempfile
+        self.exe, self.dir = None, tempfile.TemporaryDirectory()
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if not cc or len(os.sched_getaffinity(0)) < 2:
+            return
+        exe = os.path.join(self.dir.name, "core_latency")
+        try:
+            subprocess.run([cc, "-O2", "-pthread", os.path.join(HERE, "core_latency.c"), "-o",
+                            exe], check=True, capture_output=True, timeout=120)
+            self.exe = exe
+        except (OSError, subprocess.SubprocessError):
+            pass
+
+    def __call__(self):
+        """the median of 3 runs, ns"""
+        if not self.exe:
+            return None
+        try:
+            runs = [float(subprocess.run([self.exe], check=True, capture_output=True, text=True,
+                                         timeout=20).stdout) for _ in range(3)]
+        except (OSError, subprocess.SubprocessError, ValueError):
+            return None
+        return statistics.median(runs)
+
+
 # ---------------------------------------------------------------- helpers
 def stats(times, n_images):
     rates = sorted(n_images / t for t in times)
@@ -544,7 +577,13 @@ def report(args, data, mach, sz):
                  f"(torch.set_num_threads). numpy {cfg['numpy']}, python {cfg['python']}  ")
     lines.append(f"Allocator preloaded for the run: **{data['allocator']}** "
                  f"(PyTorch CL channels_last step, images/s: "
-                 + ", ".join(f"{k} {v['median']:,.0f}" for k, v in data["probe"].items()) + ")")
+                 + ", ".join(f"{k} {v['median']:,.0f}" for k, v in data["probe"].items()) + ")  ")
+    if any(v is not None for pair in data.get("rtt", {}).values() for v in pair):
+        lines.append("Core-to-core round trip (bench/core_latency.c, ns, before / after each "
+                     "worker; 50-160 ns: the two vCPUs share an L3, 320-580: they do not, and "
+                     "2-thread figures run slower): " + "; ".join(
+                         f"{k} {' / '.join('–' if v is None else f'{v:.0f}' for v in pair)}"
+                         for k, pair in data["rtt"].items()) + "  ")
     lines.append("")
     lines.append("Medians of interleaved repeats with (min–max); ratio = salnp / the faster "
                  "PyTorch layout.  GFLOP/s counts 2 x MACs (salnp.count: training = forward + "
@@ -750,13 +789,23 @@ def main():
     over = ((["--repeats", str(args.repeats)] if args.repeats else [])
             + (["--steps-timed", str(args.steps_timed)] if args.steps_timed else []))
     extra += over
-    # 2. training and inference, interleaved within one process each
-    data["train"] = spawn(args, "train", extra, preload=pre)["train"]
-    data["sparse"] = spawn(args, "sparse", extra, preload=pre)["sparse"]
+    # 2. training and inference, interleaved within one process each; the core-to-core
+    # round trip before and after each (CoreLatency)
+    rtt = CoreLatency()
+    data["rtt"] = {}
+
+    def timed(name, a, worker):
+        before = rtt()
+        got = spawn(a, worker, extra, preload=pre)[worker]
+        data["rtt"][name] = [before, rtt()]
+        return got
+
+    data["train"] = timed("training", args, "train")
+    data["sparse"] = timed("training against beta", args, "sparse")
     data["infer"] = []
     for th in args.infer_threads:
         a = argparse.Namespace(**{**vars(args), "threads": th})
-        data["infer"] += spawn(a, "infer", extra, preload=pre)["infer"]
+        data["infer"] += timed(f"inference, {th} thread{'s' if th > 1 else ''}", a, "infer")
     # 2b. the convolutions of a CL ResNet-20 layer by layer (bench/bench_conv3x3.py)
     if not args.quick:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([SALNP_PATH, os.environ.get("PYTHONPATH", "")]))

@@ -21,3 +21,6 @@ def test_bench_run_quick():
     assert p.returncode == 0, p.stderr[-3000:]
     for part in ("Training step", "Exported inference", "Peak RSS", "Two processes"):
         assert part in p.stdout, p.stdout
+    import shutil
+    if (shutil.which("cc") or shutil.which("gcc")) and len(os.sched_getaffinity(0)) >= 2:
+        assert "Core-to-core round trip" in p.stdout, p.stdout
