@@ -109,6 +109,33 @@ def test_forward_matches_torch(isa, shape, sizes, rng):
         assert_close(got.transpose(1, 0, 2, 3), ref, 1e-5, 1e-5, what=f"{what} CNHW direct")
 
 
+# The kernels' lane coordinates (AVX-512: computed in vector registers, from a float
+# quotient corrected by one step): tiles that span many tiny images (CNHW), single rows and
+# columns, tails, sizes that give the wide 48-position tile (>= 512 positions per segment),
+# widths and heights whose float reciprocal rounds down far enough that q * (1/41) truncates
+# to one less at q = 41 (the quotient's upward correction runs), and a plane past the
+# vector path's limit (2^21 positions: the scalar walk).
+COORD_SHAPES = [(7, 2, 1, 1, 1), (5, 2, 1, 3, 1), (9, 2, 2, 2, 1), (3, 2, 5, 7, 2),
+                (1, 2, 64, 1, 1), (1, 2, 1, 100, 1), (1, 2, 3, 41, 1), (2, 2, 41, 3, 1),
+                (2, 2, 31, 33, 1), (3, 2, 13, 17, 1), (1, 1, 1, (1 << 21) + 5, 1)]
+
+
+@pytest.mark.parametrize("shape", COORD_SHAPES, ids=["x".join(map(str, s)) for s in COORD_SHAPES])
+def test_tile_coordinates_across_images(isa, shape, rng):
+    N, C, H, W, S = shape
+    R, O = (3, 2) if H * W > 1 << 20 else (9, 17)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    rows = random_rows(R, C, H, W, rng)
+    w = (rng.standard_normal((O, R)) / np.sqrt(R)).astype(np.float32)
+    ref = torch_shiftconv(x, rows, w, stride=S, relu=True)
+    for mode in ("direct", "panel"):
+        got = ops.shift_conv1x1(x, rows, w, stride=S, mode=mode, relu=True)
+        assert_close(got, ref, 1e-5, 1e-5, what=f"isa={isa} shape={shape} NCHW {mode}")
+        got = ops.shift_conv1x1(cnhw(x), rows, w, stride=S, layout="CNHW", mode=mode, relu=True)
+        assert_close(got.transpose(1, 0, 2, 3), ref, 1e-5, 1e-5,
+                     what=f"isa={isa} shape={shape} CNHW {mode}")
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 def test_reference_matches_torch(shape, rng):
     x, rows, w, bias, res, S = case(shape, (17, 3), rng)

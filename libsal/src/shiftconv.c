@@ -320,6 +320,47 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
 }
 
 #if SC_X86
+/* tile_coords for nv vectors of 16 lanes, in vector registers: lane l at in-image position
+ * q = y0*Wo + x0 + l has Y = (q / Wo) mod Ho and X = q mod Wo (the quotients from float
+ * estimates, corrected by one step: exact while q < 2^22, see COORD_VEC_MAX); lanes at or
+ * past M get LANE_OFF.  A tile's scalar walk was a tenth of the wide kernel's time on the
+ * K = 16 layers of shared SAL, where a tile is only 16 x 24 FMAs per block. */
+#define COORD_VEC_MAX ((int64_t)1 << 21)   /* H*W below which tiles take this path */
+
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))) static inline __m512i
+divmod_avx512(__m512i q, int32_t d, __m512 inv, __m512i *rem) {
+    const __m512i dv = _mm512_set1_epi32(d);
+    __m512i qt = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_cvtepi32_ps(q), inv));
+    __m512i r = _mm512_sub_epi32(q, _mm512_mullo_epi32(qt, dv));
+    const __mmask16 lo = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
+    qt = _mm512_mask_sub_epi32(qt, lo, qt, _mm512_set1_epi32(1));
+    r = _mm512_mask_add_epi32(r, lo, r, dv);
+    const __mmask16 hi = _mm512_cmpge_epi32_mask(r, dv);
+    qt = _mm512_mask_add_epi32(qt, hi, qt, _mm512_set1_epi32(1));
+    *rem = _mm512_mask_sub_epi32(r, hi, r, dv);
+    return qt;
+}
+
+__attribute__((target("avx512f,avx512dq,avx512bw,avx512vl"))) static inline void
+tile_coords_avx512(__m512i *yv, __m512i *xv, int nv, const unit_it *it, int64_t M, int64_t Ho,
+                   int64_t Wo) {
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 inv_w = _mm512_set1_ps(1.0f / (float)Wo), inv_h = _mm512_set1_ps(1.0f / (float)Ho);
+    const int32_t r0 = (int32_t)(it->y0 * Wo + it->x0);
+    const int64_t valid = M - it->p0;
+    for (int i = 0; i < nv; i++) {
+        const __m512i q = _mm512_add_epi32(_mm512_set1_epi32(r0 + 16 * i), lane);
+        __m512i x, y;
+        const __m512i row = divmod_avx512(q, (int32_t)Wo, inv_w, &x);
+        (void)divmod_avx512(row, (int32_t)Ho, inv_h, &y);
+        const __mmask16 past = valid >= 16 * (i + 1) ? 0
+                               : valid <= 16 * i     ? (__mmask16)0xFFFF
+                                                     : (__mmask16)~((1u << (valid - 16 * i)) - 1);
+        yv[i] = _mm512_mask_mov_epi32(y, past, _mm512_set1_epi32(LANE_OFF));
+        xv[i] = _mm512_maskz_mov_epi32((__mmask16)~past, x);
+    }
+}
+
 /* AVX-512: tiles of NV vectors of 16 positions, MR channels: MR*NV accumulators of the 32
  * zmm registers; per row NV masked loads and MR broadcasts (from w's rows) for MR*NV FMAs. */
 #define SC_KERNEL_AVX512(NAME, MR, NV)                                                            \
@@ -337,12 +378,16 @@ static void run_base(void *p, int64_t lo, int64_t hi, int tid) {
         for (int64_t u = lo, fresh = 1; u < hi; u++, fresh = unit_next(&it, t, T)) {              \
             const int64_t ob = it.ob, seg = it.seg, p0 = it.p0;                                   \
             if (fresh) {                                                                          \
-                int32_t Y[T], X[T];                                                               \
-                tile_coords(Y, X, &it, t->M, t->Ho, t->Wo, T);                                    \
                 __m512i yv[NV], xv[NV];                                                           \
-                for (int i = 0; i < (NV); i++) {                                                  \
-                    yv[i] = _mm512_loadu_si512(Y + 16 * i);                                       \
-                    xv[i] = _mm512_loadu_si512(X + 16 * i);                                       \
+                if (t->Ho * t->Wo < COORD_VEC_MAX) {                                              \
+                    tile_coords_avx512(yv, xv, (NV), &it, t->M, t->Ho, t->Wo);                    \
+                } else {                                                                          \
+                    int32_t Y[T], X[T];                                                           \
+                    tile_coords(Y, X, &it, t->M, t->Ho, t->Wo, T);                                \
+                    for (int i = 0; i < (NV); i++) {                                              \
+                        yv[i] = _mm512_loadu_si512(Y + 16 * i);                                   \
+                        xv[i] = _mm512_loadu_si512(X + 16 * i);                                   \
+                    }                                                                             \
                 }                                                                                 \
                 const __m512i ho = _mm512_set1_epi32((int)t->Ho);                                 \
                 const __m512i wo = _mm512_set1_epi32((int)t->Wo);                                 \
