@@ -379,23 +379,38 @@ static sal_status conv_fwd_run(float *y, const float *x, const float *w, const s
 }
 
 static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const float *x,
-                               const float *w, const sal_conv_desc *d, float *scratch);
+                               const float *w, const sal_conv_desc *d, float *scratch,
+                               int assign);
 
-/* dx (N,C,H,W) += dL/dx, dw (O,C,K,K) += dL/dw, from dy (N,O,Ho,Wo); either may be NULL */
-sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                        const sal_conv_desc *d, float *scratch) {
+static sal_status conv_bwd_any(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const sal_conv_desc *d, float *scratch,
+                               int assign) {
     sal_act ya;
     SAL_TRY(sal_conv_check(d, &ya));
     sal_conv_desc one;
     const sal_conv_desc *dd = conv_small(d, &ya, &one);
     const int serial = dd == d ? -1 : sal_serial_begin();
-    const sal_status s = conv_bwd_run(dx, dw, dy, x, w, dd, scratch);
+    const sal_status s = conv_bwd_run(dx, dw, dy, x, w, dd, scratch, assign);
     if (serial >= 0) sal_serial_end(serial);
     return s;
 }
 
-static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const float *x,
+/* dx (N,C,H,W) += dL/dx, dw (O,C,K,K) += dL/dw, from dy (N,O,Ho,Wo); either may be NULL */
+sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                        const sal_conv_desc *d, float *scratch) {
+    return conv_bwd_any(dx, dw, dy, x, w, d, scratch, 0);
+}
+
+/* the same with dx = dL/dx: written where the kernel writes every element once (Winograd,
+ * the direct 3x3 kernel, the 1x1 GEMM), zeroed and then added to elsewhere */
+sal_status sal_conv_bwd_assign(float *dx, float *dw, const float *dy, const float *x,
                                const float *w, const sal_conv_desc *d, float *scratch) {
+    return conv_bwd_any(dx, dw, dy, x, w, d, scratch, dx != NULL);
+}
+
+static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const sal_conv_desc *d, float *scratch,
+                               int assign) {
     sal_act ya;
     SAL_TRY(sal_conv_check(d, &ya));
     const int nt = sal_threads();
@@ -409,9 +424,9 @@ static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const floa
             const float *dyn = dy + n * ysn, *xn = x + n * xsn;
             if (dw)  /* dW (O, C) += dY (O, cols) X^T (cols, C) */
                 SAL_TRY(sal_sgemm(O, C, cols, 1.0f, dyn, ysc, 1, xn, 1, xsc, 1.0f, dw, C, 1, nt));
-            if (dx)  /* dX (C, cols) += W^T (C, O) dY (O, cols) */
-                SAL_TRY(sal_sgemm(C, cols, O, 1.0f, w, 1, C, dyn, ysc, 1, 1.0f, dx + n * xsn,
-                                  xsc, 1, nt));
+            if (dx)  /* dX (C, cols) += (assign: =) W^T (C, O) dY (O, cols) */
+                SAL_TRY(sal_sgemm(C, cols, O, 1.0f, w, 1, C, dyn, ysc, 1, assign ? 0.0f : 1.0f,
+                                  dx + n * xsn, xsc, 1, nt));
         }
         return SAL_OK;
     }
@@ -421,14 +436,18 @@ static sal_status conv_bwd_run(float *dx, float *dw, const float *dy, const floa
     const conv_algo adw = dw ? conv_choose(d, SAL_CONV_WEIGHT_GRAD) : ALGO_IM2COL;
     const conv_algo adx = dx ? conv_choose(d, SAL_CONV_INPUT_GRAD) : ALGO_IM2COL;
     const int t = sal_conv3x3_threads(d);
+    if (assign && adx != ALGO_WINOGRAD && adx != ALGO_DIRECT3X3) {   /* these add: from 0 */
+        memset(dx, 0, (size_t)(N * C * d->x.h * d->x.w) * sizeof(float));
+        assign = 0;
+    }
     if (dw && dx && adw == ALGO_WINOGRAD && adx == ALGO_WINOGRAD) {
-        sal_wino_bwd(dx, dw, dy, x, w, d, scratch);   /* dy transposed once for both */
+        sal_wino_bwd(dx, dw, dy, x, w, d, scratch, !assign);   /* dy transposed once for both */
         return SAL_OK;
     }
     if (dw && adw == ALGO_WINOGRAD) sal_wino_bwd_weights(dw, dy, x, d, scratch);
     if (dw && adw == ALGO_DIRECT3X3) sal_conv3x3_wgrad(dw, dy, x, d->x, O, scratch, t);
-    if (dx && adx == ALGO_WINOGRAD) sal_wino_bwd_data(dx, dy, w, d, scratch);
-    if (dx && adx == ALGO_DIRECT3X3) sal_conv3x3_run(dx, 1, dy, ya, C, w, 1, scratch, t);
+    if (dx && adx == ALGO_WINOGRAD) sal_wino_bwd_data(dx, dy, w, d, scratch, !assign);
+    if (dx && adx == ALGO_DIRECT3X3) sal_conv3x3_run(dx, !assign, dy, ya, C, w, 1, scratch, t);
     if (dw && adw == ALGO_BLOCKED && d->stride == 1) sal_dconv_stem_wgrad(dw, dy, x, d, scratch);
     if (dw && adw == ALGO_BLOCKED && d->stride == 2) sal_dconv_bwd_weights(dw, dy, x, d, scratch);
     if (dx && adx == ALGO_BLOCKED) sal_dconv_bwd_data(dx, dy, w, d, scratch);

@@ -1247,11 +1247,13 @@ sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, co
     return s;
 }
 
-/* Which gradients op i's backward writes (=) rather than adds to: a BN's input and residual
- * gradients born at it (its backward is the first to reach them, and writes every element),
- * as SAL_BN_ASSIGN_* bits; 0 for every other op. */
+/* Which gradients op i's backward writes (=) rather than adds to, as SAL_BN_ASSIGN_* bits:
+ * those born at it (its backward is the first to reach them) that it writes whole: a BN's
+ * input and residual gradients, a convolution's input gradient; 0 for every other op. */
 static int assigns(const sal_net *net, int64_t i) {
     const sal_op *op = &net->ops[i];
+    if (op->kind == SAL_OP_CONV)   /* sal_conv_bwd_assign */
+        return op->in != 0 && net->gborn[op->in] == i ? SAL_BN_ASSIGN_DX : 0;
     if (op->kind != SAL_OP_BN || op->in == op->res) return 0;
     int a = 0;
     if (op->in != 0 && net->gborn[op->in] == i) a |= SAL_BN_ASSIGN_DX;
@@ -1337,7 +1339,8 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
         switch (op->kind) {
         case SAL_OP_CONV: {
             const sal_conv_desc d = conv_desc(op, si, n, threads);
-            SAL_TRY(sal_conv_bwd(dx, grads + op->p0, dy, in, params + op->p0, &d, scratch));
+            SAL_TRY((assigns(net, i) ? sal_conv_bwd_assign : sal_conv_bwd)(
+                dx, grads + op->p0, dy, in, params + op->p0, &d, scratch));
             break;
         }
         case SAL_OP_SAL: {

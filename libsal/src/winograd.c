@@ -302,7 +302,7 @@ static void wino_run_blocks(void *ctx, int tid, int nt) {
 /* out = (acc: +=) conv3x3(in) for the pass (forward, or input gradient with dy as input);
  * the forward's epilogue and weights cache: epi (or NULL) */
 static void wino_conv(float *out, const float *in, const float *w, const sal_conv_desc *d,
-                      float *scratch, int pass, const sal_conv_epi *epi) {
+                      float *scratch, int pass, const sal_conv_epi *epi, int acc) {
     const int nt = wino_threads(d);
     const wino_kernels *k = WINO[sal_cpu_isa()];
     wplan p;
@@ -323,20 +323,19 @@ static void wino_conv(float *out, const float *in, const float *w, const sal_con
         u = scratch;
     }
     run_task rt = {k, &p, out, in, u, scratch + p.shared, sal_act_sn(ia), sal_act_sc(ia),
-                   sal_act_sn(oa), sal_act_sc(oa), pass == WINO_BWD_DATA,
-                   pass == WINO_FWD ? epi : NULL};
+                   sal_act_sn(oa), sal_act_sc(oa), acc, pass == WINO_FWD ? epi : NULL};
     sal_parallel(p.nt, wino_run_blocks, &rt);
     sal_wcache_release(pin);
 }
 
 void sal_wino_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
                   float *scratch, const sal_conv_epi *epi) {
-    wino_conv(y, x, w, d, scratch, WINO_FWD, epi);
+    wino_conv(y, x, w, d, scratch, WINO_FWD, epi, 0);
 }
 
 void sal_wino_bwd_data(float *dx, const float *dy, const float *w, const sal_conv_desc *d,
-                       float *scratch) {
-    wino_conv(dx, dy, w, d, scratch, WINO_BWD_DATA, NULL);
+                       float *scratch, int acc) {
+    wino_conv(dx, dy, w, d, scratch, WINO_BWD_DATA, NULL, acc);
 }
 
 /* ---- weight gradient --------------------------------------------------------------------- */
@@ -422,6 +421,7 @@ typedef struct {
     const float *x, *dy, *u;
     float *scratch;
     int64_t sn, sc, ysn, ysc;
+    int acc;               /* dx += (1) or = (0) */
 } both_task;
 
 static void wino_both_blocks(void *ctx, int tid, int nt) {
@@ -475,14 +475,14 @@ static void wino_both_blocks(void *ctx, int tid, int nt) {
             for (int64_t i = 0; i < bk.ni; i++) {
                 k->tf_out(yi, yrow, mdx + cg * p->tp * 36 * wl, bk.nty, bk.ntx, i * per_img);
                 k->deinterleave(t->dx + (bk.n0 + i) * t->sn + cg * wl * t->sc, t->sc, nch, W,
-                                4 * bk.ty0, 4 * bk.tx0, yi, yrow, nr, nc, 1);
+                                4 * bk.ty0, 4 * bk.tx0, yi, yrow, nr, nc, t->acc);
             }
         }
     }
 }
 
 void sal_wino_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                  const sal_conv_desc *d, float *scratch) {
+                  const sal_conv_desc *d, float *scratch, int acc) {
     const int nt = wino_threads(d);
     const wino_kernels *k = WINO[sal_cpu_isa()];
     wplan p;
@@ -498,7 +498,7 @@ void sal_wino_bwd(float *dx, float *dw, const float *dy, const float *x, const f
     sal_parallel_for(pu.cip, nt, wino_weights_rows, &wt);
     const sal_act ya = {d->x.n, d->o, d->x.h, d->x.w, d->x.layout};
     both_task bt = {k, &p, dx, x, dy, scratch, scratch + p.shared, sal_act_sn(d->x),
-                    sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya)};
+                    sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya), acc};
     sal_parallel(p.nt, wino_both_blocks, &bt);
     const float *du0 = scratch + p.shared + p.nxi + p.nv + p.nm + p.nyi;
     wts_task ft = {k, NULL, NULL, &p, d->x.c, 0, dw, du0, p.per, p.nt, nt};

@@ -159,6 +159,53 @@ static void epi_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int6
     free(x), free(w), free(b), free(r), free(acc), free(want), free(got), free(sc);
 }
 
+/* sal_conv_bwd_assign: dx written whatever it held (NaN here), equal to sal_conv_bwd into
+ * zeros (to rounding: the compiler may contract the two differently), dw accumulated as by
+ * sal_conv_bwd, under the algorithm `algo` ("auto", "winograd", "direct", "im2col") */
+static void assign_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
+                        int64_t S, int64_t P, sal_layout L, const char *algo) {
+    sal_conv_desc d = {{N, C, H, W, L}, O, K, S, P, 0};
+    sal_act ya;
+    if (sal_conv_check(&d, &ya) != SAL_OK) { CHECK(0, "check: %s", sal_last_error()); return; }
+    CHECK(sal_conv_set_algo(algo) == SAL_OK, "set_algo: %s", sal_last_error());
+    const int64_t nx = N * C * H * W, nw = O * C * K * K, ny = ya.n * ya.c * ya.h * ya.w;
+    float *x = malloc(nx * 4), *w = malloc(nw * 4), *dy = malloc(ny * 4);
+    float *dx0 = calloc(nx, 4), *dx1 = malloc(nx * 4), *dw0 = malloc(nw * 4), *dw1 = malloc(nw * 4);
+    float *sc = malloc(sal_conv_scratch(&d) * 4 + 4);
+    fill_uniform(x, nx), fill_uniform(w, nw), fill_uniform(dy, ny), fill_uniform(dw0, nw);
+    memcpy(dw1, dw0, nw * 4);
+    for (int64_t i = 0; i < nx; i++) dx1[i] = NAN;
+    CHECK(sal_conv_bwd(dx0, dw0, dy, x, w, &d, sc) == SAL_OK, "bwd: %s", sal_last_error());
+    CHECK(sal_conv_bwd_assign(dx1, dw1, dy, x, w, &d, sc) == SAL_OK, "assign: %s",
+          sal_last_error());
+    double e = 0, ew = 0;
+    for (int64_t i = 0; i < nx; i++) {
+        const double t = fabs((double)dx1[i] - dx0[i]) / (1e-5 + fabs(dx0[i]));
+        e = t > e || t != t ? t : e;
+    }
+    for (int64_t i = 0; i < nw; i++) {
+        const double t = fabs((double)dw1[i] - dw0[i]) / (1e-5 + fabs(dw0[i]));
+        ew = t > ew || t != t ? t : ew;
+    }
+    CHECK(e <= 1e-5 && ew <= 1e-5,
+          "assign %s (%s) N=%lld C=%lld H=%lld W=%lld O=%lld K=%lld S=%lld L=%d: dx err %g, dw err %g",
+          algo, sal_conv_algo(&d, SAL_CONV_INPUT_GRAD), (long long)N, (long long)C, (long long)H,
+          (long long)W, (long long)O, (long long)K, (long long)S, (int)L, e, ew);
+    /* dx only, no dw */
+    for (int64_t i = 0; i < nx; i++) dx1[i] = NAN;
+    CHECK(sal_conv_bwd_assign(dx1, NULL, dy, x, w, &d, sc) == SAL_OK, "assign dx: %s",
+          sal_last_error());
+    e = 0;
+    for (int64_t i = 0; i < nx; i++) {
+        const double t = fabs((double)dx1[i] - dx0[i]) / (1e-5 + fabs(dx0[i]));
+        e = t > e || t != t ? t : e;
+    }
+    CHECK(e <= 1e-5, "assign dx only %s K=%lld S=%lld L=%d: err %g", algo, (long long)K,
+          (long long)S, (int)L, e);
+    CHECK(sal_conv_set_algo("auto") == SAL_OK, "set_algo: %s", sal_last_error());
+    free(x), free(w), free(dy), free(dx0), free(dx1), free(dw0), free(dw1), free(sc);
+}
+
 /* NaN and -0 through the ReLU of every kernel's epilogue: a residual of NaN / -0 at
  * chosen places with zero weights (the accumulator is +0 there) */
 static void epi_relu_case(int64_t K, int64_t S, sal_layout L) {
@@ -352,6 +399,19 @@ int main(void) {
             int64_t K = rng_int(0, 1) * 2 + 1, P = K == 3 ? 1 : 0;
             one_case(rng_int(1, 3), rng_int(1, 10), rng_int(1, 12), rng_int(1, 12), rng_int(1, 9),
                      K, rng_int(1, 2), P, (sal_layout)L);
+        }
+    }
+    /* sal_conv_bwd_assign under every algorithm: Winograd, direct 3x3, the 1x1 GEMM (written
+     * in place), stride 2 (blocked) and im2col (zeroed, then added to) */
+    for (int L = 0; L < 2; L++) {
+        const char *algos[] = {"auto", "winograd", "direct", "im2col"};
+        for (int a = 0; a < 4; a++) {
+            assign_case(2, 5, 9, 7, 6, 3, 1, 1, (sal_layout)L, algos[a]);
+            assign_case(1, 17, 16, 16, 16, 3, 1, 1, (sal_layout)L, algos[a]);
+            assign_case(3, 7, 11, 9, 9, 3, 2, 1, (sal_layout)L, algos[a]);
+            assign_case(2, 13, 6, 6, 10, 1, 1, 0, (sal_layout)L, algos[a]);
+            assign_case(2, 4, 8, 8, 6, 1, 2, 0, (sal_layout)L, algos[a]);
+            assign_case(1, 2, 5, 3, 3, 5, 1, 2, (sal_layout)L, algos[a]);
         }
     }
     /* Winograd at every ISA this CPU runs: sizes off the 4x4 tile, batch 1, channels off

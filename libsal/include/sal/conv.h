@@ -28,6 +28,9 @@ sal_status sal_conv_fwd(float *y, const float *x, const float *w,
 /* dx (N,C,H,W) += dconv/dx, dw (O,C,K,K) += dconv/dw, given dy (N,O,Ho,Wo) */
 sal_status sal_conv_bwd(float *dx, float *dw, const float *dy, const float *x,
                         const float *w, const sal_conv_desc *d, float *scratch);
+/* the same, but dx (N,C,H,W) = dconv/dx: written, whatever it held (dw still += ) */
+sal_status sal_conv_bwd_assign(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const sal_conv_desc *d, float *scratch);
 
 /* ---- forward with a fused epilogue, and the weights cache ------------------------------
  * y = epi(conv(x, w)): + bias per output channel, + a residual before or after a ReLU, as

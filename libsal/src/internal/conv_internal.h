@@ -40,14 +40,14 @@ size_t sal_wino_scratch(const sal_conv_desc *d);
 /* epi may be NULL (no epilogue, no cache) */
 void sal_wino_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,
                   float *scratch, const sal_conv_epi *epi);
-/* dx += the input gradient; dw += the weight gradient */
+/* dx += the input gradient (acc 0: dx =); dw += the weight gradient */
 void sal_wino_bwd_data(float *dx, const float *dy, const float *w, const sal_conv_desc *d,
-                       float *scratch);
+                       float *scratch, int acc);
 void sal_wino_bwd_weights(float *dw, const float *dy, const float *x, const sal_conv_desc *d,
                           float *scratch);
-/* both, dy transposed once (dx and dw must both be given) */
+/* both, dy transposed once (dx and dw must both be given; acc as above) */
 void sal_wino_bwd(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                  const sal_conv_desc *d, float *scratch);
+                  const sal_conv_desc *d, float *scratch, int acc);
 
 /* Blocked direct convolution, K = 1 or 3 with padding K/2, stride 2 (dconv.c). */
 bool sal_dconv_applies(const sal_conv_desc *d);
