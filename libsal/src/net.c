@@ -1249,10 +1249,11 @@ sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, co
 
 /* Which gradients op i's backward writes (=) rather than adds to, as SAL_BN_ASSIGN_* bits:
  * those born at it (its backward is the first to reach them) that it writes whole: a BN's
- * input and residual gradients, a convolution's input gradient; 0 for every other op. */
+ * input and residual gradients, a convolution's or SAL layer's input gradient; 0 for every
+ * other op. */
 static int assigns(const sal_net *net, int64_t i) {
     const sal_op *op = &net->ops[i];
-    if (op->kind == SAL_OP_CONV)   /* sal_conv_bwd_assign */
+    if (op->kind == SAL_OP_CONV || op->kind == SAL_OP_SAL)   /* sal_{conv,sal}_bwd_assign */
         return op->in != 0 && net->gborn[op->in] == i ? SAL_BN_ASSIGN_DX : 0;
     if (op->kind != SAL_OP_BN || op->in == op->res) return 0;
     int a = 0;
@@ -1345,8 +1346,9 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
         }
         case SAL_OP_SAL: {
             const sal_sal_desc d = sal_desc(op, si, n, threads, net->buffers, net->hard, net->beta);
-            SAL_TRY(sal_sal_bwd(dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0,
-                                params + op->p1, &d, scratch));
+            SAL_TRY((assigns(net, i) ? sal_sal_bwd_assign : sal_sal_bwd)(
+                dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0, params + op->p1, &d,
+                scratch));
             break;
         }
         case SAL_OP_SHIFT: {

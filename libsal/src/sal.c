@@ -338,10 +338,26 @@ static void dlogit_rows(void *q, int64_t i0, int64_t i1, int tid) {
     }
 }
 
+static sal_status sal_bwd_any(float *dx, float *dw, float *da, const float *dy, const float *x,
+                              const float *w, const float *a, const sal_sal_desc *d,
+                              float *scratch, int assign, const char *fn);
+
 /* dx (N,C,H,W) += dL/dx, dw (O,C,3,3) += dL/dw, da (O|1,C,9) += dL/da from dy (N,O,Ho,Wo) */
 sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const float *x,
                        const float *w, const float *a, const sal_sal_desc *d, float *scratch) {
-    const char *fn = "sal_sal_bwd";
+    return sal_bwd_any(dx, dw, da, dy, x, w, a, d, scratch, 0, "sal_sal_bwd");
+}
+
+/* the same with dx = dL/dx (the dense path writes it; the sparse one zeroes it and adds) */
+sal_status sal_sal_bwd_assign(float *dx, float *dw, float *da, const float *dy, const float *x,
+                              const float *w, const float *a, const sal_sal_desc *d,
+                              float *scratch) {
+    return sal_bwd_any(dx, dw, da, dy, x, w, a, d, scratch, dx != NULL, "sal_sal_bwd_assign");
+}
+
+static sal_status sal_bwd_any(float *dx, float *dw, float *da, const float *dy, const float *x,
+                              const float *w, const float *a, const sal_sal_desc *d,
+                              float *scratch, int assign, const char *fn) {
     SAL_TRY(sal_sal_check(d, NULL));
     SAL_REQUIRE(scratch != NULL, fn, "scratch=NULL: needs %zu floats", sal_sal_scratch(d));
     if (d->hard) da = NULL;                         /* zero derivative */
@@ -355,8 +371,10 @@ sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const f
     if (dw || da) memset(g, 0, (size_t)(O * C * SAL_KK) * sizeof *g);
     const int sparse = d->tap_threshold > 0.0 &&
                        sal_taps_pays(d, nkept, 1, sal_taps_direct(d, x, dy, NULL));
+    if (sparse && assign) memset(dx, 0, (size_t)(d->x.n * C * d->x.h * d->x.w) * sizeof *dx);
     if (sparse) SAL_TRY(sal_taps_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, s.kept, d, scratch));
-    else SAL_TRY(sal_conv_bwd(dx, (dw || da) ? g : NULL, dy, x, weff, &cd, scratch));
+    else SAL_TRY((assign ? sal_conv_bwd_assign : sal_conv_bwd)(dx, (dw || da) ? g : NULL, dy, x,
+                                                               weff, &cd, scratch));
     if (dw)
         for (int64_t oc = 0; oc < O * C; oc++) {
             const float *pr = p + (d->shared ? oc % C : oc) * SAL_KK;

@@ -239,8 +239,46 @@ static void bad_thresholds(void) {
     free(sc);
 }
 
+/* sal_sal_bwd_assign: dx written whatever it held (NaN here), equal to sal_sal_bwd into
+ * zeros to rounding, dw and da accumulated alike; dense (threshold 0) and sparse */
+static void assign_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t S,
+                        int shared, double t) {
+    sal_sal_desc d = {{N, C, H, W, SAL_CNHW}, O, S, 1, shared, 0, 40.0, NULL, 0, t};
+    sal_act y;
+    if (sal_sal_check(&d, &y) != SAL_OK) { CHECK(0, "check: %s", sal_last_error()); return; }
+    const int64_t nx = N * C * H * W, ny = numel(y), nw = O * C * 9, na = (shared ? 1 : O) * C * 9;
+    float *x = malloc(nx * 4), *w = malloc(nw * 4), *a = malloc(na * 4), *g = malloc(ny * 4);
+    float *dx0 = calloc(nx, 4), *dx1 = malloc(nx * 4), *dw0 = calloc(nw, 4), *dw1 = calloc(nw, 4);
+    float *da0 = calloc(na, 4), *da1 = calloc(na, 4), *sc = malloc(sal_sal_scratch(&d) * 4 + 4);
+    fill_uniform(x, nx), fill_uniform(w, nw), fill_uniform(g, ny);
+    for (int64_t i = 0; i < na; i++) a[i] = (rng_uniform() + 1.0f) / 2.0f;
+    for (int64_t i = 0; i < nx; i++) dx1[i] = NAN;
+    CHECK(sal_sal_bwd(dx0, dw0, da0, g, x, w, a, &d, sc) == SAL_OK, "bwd: %s", sal_last_error());
+    CHECK(sal_sal_bwd_assign(dx1, dw1, da1, g, x, w, a, &d, sc) == SAL_OK, "assign: %s",
+          sal_last_error());
+    double e = 0;
+    for (int64_t i = 0; i < nx; i++) {
+        const double r = fabs((double)dx1[i] - dx0[i]) / (1e-5 + fabs(dx0[i]));
+        e = r > e || r != r ? r : e;
+    }
+    CHECK(e <= 1e-5 && !memcmp(dw0, dw1, nw * 4) && !memcmp(da0, da1, na * 4),
+          "sal assign N=%lld C=%lld H=%lld W=%lld O=%lld S=%lld shared=%d t=%g: dx err %g%s%s",
+          (long long)N, (long long)C, (long long)H, (long long)W, (long long)O, (long long)S,
+          shared, t, e, memcmp(dw0, dw1, nw * 4) ? ", dw differs" : "",
+          memcmp(da0, da1, na * 4) ? ", da differs" : "");
+    free(x), free(w), free(a), free(g), free(dx0), free(dx1), free(dw0), free(dw1), free(da0),
+        free(da1), free(sc);
+}
+
 int main(void) {
     sal_set_num_threads(2);
+    for (int sh = 0; sh < 2; sh++)
+        for (int k = 0; k < 2; k++) {
+            const double t = k ? SAL_TAP_THRESHOLD_DEFAULT : 0.0;
+            assign_case(2, 5, 9, 7, 6, 1, sh, t);
+            assign_case(1, 16, 16, 16, 16, 1, sh, t);
+            assign_case(3, 7, 11, 9, 9, 2, sh, t);
+        }
     const char *top = sal_get_isa();
     skip_case();
     bad_thresholds();

@@ -108,6 +108,10 @@ sal_status sal_sal_fwd(float *y, const float *x, const float *w, const float *a,
  * threshold has zero derivative) and dw = p_hard * dL/dW_eff. */
 sal_status sal_sal_bwd(float *dx, float *dw, float *da, const float *dy, const float *x,
                        const float *w, const float *a, const sal_sal_desc *d, float *scratch);
+/* the same, but dx = dL/dx: written, whatever it held (dw and da still +=) */
+sal_status sal_sal_bwd_assign(float *dx, float *dw, float *da, const float *dy, const float *x,
+                              const float *w, const float *a, const sal_sal_desc *d,
+                              float *scratch);
 
 /* ---- naive reference kernels, always built; float and double twins ---------------- */
 /* The SAL references allocate their own temporaries (SAL_ENOMEM when that fails) and
