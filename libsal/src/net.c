@@ -1247,18 +1247,21 @@ sal_status sal_net_backward(sal_net *net, float *grads, const float *dlogits, co
     return s;
 }
 
-/* Which gradients op i's backward writes (=) rather than adds to, as SAL_BN_ASSIGN_* bits:
+/* assigns() bits: the input's and the residual's gradient (for a BN op, its desc's bits) */
+enum { ASSIGN_IN = SAL_BN_ASSIGN_DX, ASSIGN_RES = SAL_BN_ASSIGN_DRES };
+
+/* Which gradients op i's backward writes (=) rather than adds to, as ASSIGN_* bits:
  * those born at it (its backward is the first to reach them) that it writes whole: a BN's
  * input and residual gradients, a convolution's or SAL layer's input gradient; 0 for every
  * other op. */
 static int assigns(const sal_net *net, int64_t i) {
     const sal_op *op = &net->ops[i];
     if (op->kind == SAL_OP_CONV || op->kind == SAL_OP_SAL)   /* sal_{conv,sal}_bwd_assign */
-        return op->in != 0 && net->gborn[op->in] == i ? SAL_BN_ASSIGN_DX : 0;
+        return op->in != 0 && net->gborn[op->in] == i ? ASSIGN_IN : 0;
     if (op->kind != SAL_OP_BN || op->in == op->res) return 0;
     int a = 0;
-    if (op->in != 0 && net->gborn[op->in] == i) a |= SAL_BN_ASSIGN_DX;
-    if (op->res >= 0 && net->gborn[op->res] == i) a |= SAL_BN_ASSIGN_DRES;
+    if (op->in != 0 && net->gborn[op->in] == i) a |= ASSIGN_IN;
+    if (op->res >= 0 && net->gborn[op->res] == i) a |= ASSIGN_RES;
     return a;
 }
 
@@ -1269,7 +1272,7 @@ static void zero_born(sal_net *net, int64_t i, int64_t n) {
     const int64_t in = i < net->nops ? net->ops[i].in : -1, res = i < net->nops ? net->ops[i].res : -1;
     for (int64_t b = 1; b < net->p.nbuf; b++) {
         if (net->gborn[b] != i || !net->grad[b]) continue;
-        if ((b == in && (a & SAL_BN_ASSIGN_DX)) || (b == res && (a & SAL_BN_ASSIGN_DRES))) continue;
+        if ((b == in && (a & ASSIGN_IN)) || (b == res && (a & ASSIGN_RES))) continue;
         memset(net->grad[b], 0, (size_t)sal_program_numel(&net->p, b, n) * sizeof(float));
     }
 }
