@@ -53,13 +53,16 @@ struct sal_net {
     float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops, and the
                                    (dm, scale) pairs (2 C) of a replayed one */
     int64_t *stat_off;          /* per op offset into stats, -1 if none */
-    /* Replayed BN outputs: a BN + ReLU output (no residual) whose one reader is the next op
-     * is kept no longer than that op needs it; all of them share one allocation, and
-     * backward recomputes the one it needs, bit for bit (sal_bn_relu_replay), from the BN's
-     * input and the (dm, scale) the forward applied.  A block's first BN + ReLU output:
-     * about a quarter of a ResNet's stored activations. */
+    /* Replayed BN outputs: a BN + ReLU output is not kept between forward and backward
+     * when backward can recompute it, bit for bit (sal_bn_replay), from the BN's input, its
+     * residual and the (dm, scale) the forward applied, just before the first backward that
+     * reads it.  Two shared allocations (plan_sharing): slot 0 holds the outputs without a
+     * residual (a block's first BN + ReLU), slot 1 those with one (a block's output); in
+     * each, the op ranges [writer, last reader] of its buffers are disjoint, so a slot
+     * holds at most the one buffer that forward and backward of any op need from it.
+     * About 40 % of a ResNet's stored activations. */
     int64_t *replay;            /* per buffer: the BN op that writes it if replayed, else -1 */
-    int64_t live;               /* the replayed buffer the shared allocation holds, -1: none */
+    int64_t live[2];            /* per slot, the replayed buffer it holds, -1: none */
     /* Checkpointed segments (sal_net_set_checkpoints): per op its segment, -1: none; a
      * segment's ops [seg_lo[s], seg_hi[s]); the buffers only a segment writes and reads
      * share one allocation with every other segment's (laid out per segment), and backward
@@ -113,7 +116,7 @@ struct sal_net {
 
 /* Where an op runs: the activations and scratch of a frame (program.h: the whole batch,
  * or one stream's chunk), the BN statistics it writes, the thread count of its kernels;
- * whole: the whole-batch frame (the replayed BN output it leaves is tracked in net->live) */
+ * whole: the whole-batch frame (the replayed BN outputs it leaves are tracked in net->live) */
 typedef struct {
     float **act, *scratch, *stats;
     int threads, whole;
@@ -388,15 +391,33 @@ static int inside(const sal_net *net, int64_t b, int64_t lo, int64_t hi) {
     return 1;
 }
 
+/* the last op that reads buffer b (-1: none) */
+static int64_t last_reader(const sal_net *net, int64_t b) {
+    int64_t last = -1;
+    for (int64_t j = 0; j < net->nops; j++)
+        if (net->ops[j].in == b || net->ops[j].res == b) last = j;
+    return last;
+}
+
+/* replay slot of buffer b (replay[b] >= 0): 1 when its BN adds a residual */
+static int replay_slot(const sal_net *net, int64_t b) {
+    return net->ops[net->replay[b]].res >= 0;
+}
+
 /* Which buffers share an allocation, and where in it (program.h share, share_off):
  * - the buffers only a checkpointed segment writes and reads, laid out one after the other
  *   per segment, every segment from offset 0 of one allocation;
- * - the replayed BN outputs (see struct sal_net) outside segments: written by a BN + ReLU
- *   without residual, read by exactly one op, the next one, and written by no other op;
- *   all at offset 0 of a second allocation. */
+ * - the replayed BN outputs (see struct sal_net) outside segments, at offset 0 of one of
+ *   two allocations: written by a BN + ReLU (op k) and by no other op, read after it only,
+ *   by ops outside segments up to its last reader h; neither the BN's input nor its
+ *   residual replayed (backward recomputes from them); taken in op order while [k, h] is
+ *   disjoint from the ranges its slot took already.  Slot 0 (no residual) takes only
+ *   outputs whose one reader is the next op, as a block's first BN + ReLU; slot 1 (with a
+ *   residual) any reader range: a block's output whose residual source is kept, so every
+ *   other block's output. */
 static void plan_sharing(sal_net *net) {
     const int64_t nbuf = net->p.nbuf, nops = net->nops;
-    int64_t seg_owner = -1, rep_owner = -1;
+    int64_t seg_owner = -1, rep_owner[2] = {-1, -1}, taken[2] = {-1, -1};
     for (int64_t b = 0; b < nbuf; b++)
         net->replay[b] = -1, net->p.share[b] = b, net->p.share_off[b] = 0;
     for (int64_t s = 0; s < net->nseg; s++) {
@@ -412,15 +433,23 @@ static void plan_sharing(sal_net *net) {
         }
     }
     for (int64_t i = 0; i + 1 < nops; i++) {
-        const sal_op *op = &net->ops[i], *next = &net->ops[i + 1];
-        if (op->kind != SAL_OP_BN || !op->relu || op->res >= 0 || net->seg[i] >= 0) continue;
-        if ((next->in != op->out && next->res != op->out) || !inside(net, op->out, i, i + 2))
+        const sal_op *op = &net->ops[i];
+        if (op->kind != SAL_OP_BN || !op->relu || op->out == op->res) continue;
+        const int slot = op->res >= 0;
+        const int64_t h = last_reader(net, op->out);
+        if (h <= i || !inside(net, op->out, i, h + 1) || i <= taken[slot] ||
+            (slot == 0 && h != i + 1) || net->replay[op->in] >= 0 ||
+            (op->res >= 0 && net->replay[op->res] >= 0))
             continue;
+        int outside = 0;
+        for (int64_t j = i; j <= h; j++) outside |= net->seg[j] >= 0;
+        if (outside) continue;
         net->replay[op->out] = i;
-        if (rep_owner < 0) rep_owner = op->out;
-        net->p.share[op->out] = rep_owner;
+        taken[slot] = h;
+        if (rep_owner[slot] < 0) rep_owner[slot] = op->out;
+        net->p.share[op->out] = rep_owner[slot];
     }
-    net->live = -1;
+    net->live[0] = net->live[1] = -1;
 }
 
 /* The shifted-row GEMMs of evaluation forwards (see struct sal_net): every 1x1 CONV without
@@ -549,17 +578,20 @@ static sal_shiftconv_desc sc_desc(const sal_net *net, int64_t i, int64_t n, int 
                                 .stride = c->stride, .threads = threads};
 }
 
-/* the replayed buffer b (replay[b] >= 0) recomputed into the shared allocation, unless it
+/* the replayed buffer b (replay[b] >= 0) recomputed into its slot's allocation, unless it
  * holds b already */
 static sal_status replay_buffer(sal_net *net, int64_t b, const float *params, int64_t n) {
-    if (b < 0 || net->replay[b] < 0 || net->live == b) return SAL_OK;
+    if (b < 0 || net->replay[b] < 0) return SAL_OK;
+    const int slot = replay_slot(net, b);
+    if (net->live[slot] == b) return SAL_OK;
     const int64_t k = net->replay[b];
     const sal_op *bn = &net->ops[k];
     const sal_act xa = act_of(net->p.shapes + 3 * bn->in, n);
     const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, 0};
     SAL_TRY(sal_bn_replay(net->p.act[b], net->p.act[bn->in],
-                          net->stats + net->stat_off[k] + 2 * xa.c, params + bn->p1, NULL, 1, &d));
-    net->live = b;
+                          net->stats + net->stat_off[k] + 2 * xa.c, params + bn->p1,
+                          bn->res >= 0 ? net->p.act[bn->res] : NULL, 1, &d));
+    net->live[slot] = b;
     return SAL_OK;
 }
 
@@ -708,7 +740,8 @@ static int64_t host_fit(const sal_net *net, int64_t i, int64_t len, const int64_
  * is born before the first op.  If some buffer is written by two ops, every gradient keeps
  * a slot of its own and is zeroed before the first op.  The activations of buffer b are
  * read last by the backward of op min{i : op i reads or writes b} (a replayed BN output's
- * source, the BN's input, is read by that BN's op and the next, after it). */
+ * sources, the BN's input and residual, are read by its replays, all in the backward of
+ * that BN's op or of a later one). */
 static sal_status plan_grads(sal_net *net) {
     const int64_t nbuf = net->p.nbuf, nops = net->nops;
     int64_t *writer = malloc((size_t)nbuf * sizeof *writer);
@@ -877,7 +910,7 @@ static run_ctx whole_ctx(sal_net *net) {
  * activations kept (backward, sal_net_buffer).  Sets p.n on success. */
 static sal_status forward_whole(sal_net *net, const float *x, sal_act xg, const float *params,
                                 float *buffers) {
-    net->live = -1;
+    net->live[0] = net->live[1] = -1;
     SAL_TRY(sal_program_start(&net->p, x, xg, net->nops, op_scratch, net));
     if (net->grad_cap != net->p.cap) free_grads(net);  /* backward makes them for p.cap */
     const int64_t n = xg.n;
@@ -1218,7 +1251,7 @@ static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const 
             SAL_TRY(sal_bn_fwd_affine(y, sm, sv, buffers + op->b0, buffers + op->b1, affine, in,
                                       params + op->p0, params + op->p1, res, (int)op->relu, &d));
         if (ctx->whole && net->replay[op->out] == i)
-            net->live = op->out;   /* kept until the next op only */
+            net->live[replay_slot(net, op->out)] = op->out;   /* until its last reader */
         break;
     }
     case SAL_OP_ADD:
@@ -1436,6 +1469,8 @@ sal_status sal_net_buffer(sal_net *net, int64_t b, const float **act, sal_act *g
     SAL_TRY(sal_program_enter(&net->p, "buffer"));
     sal_status s = materialise(net);  /* after a streamed forward: its activations */
     if (s == SAL_OK && net->p.n >= 1) s = restore(net, net->fwd_params);   /* after a backward */
+    if (s == SAL_OK && net->p.n >= 1 && b >= 0 && b < net->p.nbuf)
+        s = replay_buffer(net, b, net->fwd_params, net->p.n);   /* not kept by the forward */
     if (s == SAL_OK) s = sal_program_buffer(&net->p, b, act, geom);
     sal_program_leave(&net->p);
     return s;

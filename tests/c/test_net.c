@@ -2,6 +2,7 @@
  * unshared SAL) against the naive reference with every epilogue, sizes around the tile,
  * strides 1-3, on every ISA the CPU has; shapes derived by sal_net_shapes; accounting; bad
  * programs; backward refused for inference-only forms; gradient slots. */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -375,6 +376,103 @@ static void net_hosted_grads_case(void) {
     sal_net_free(net);
 }
 
+/* Replayed BN outputs (net.c plan_sharing): a chain of blocks on (2, 5, 5) images, 4
+ * channels, conv 3x3 -> BN + ReLU (replayed, slot 0) -> conv 3x3 -> BN + ReLU + residual.
+ * The block outputs 6 and 14 are replayed in slot 1; 10 is kept, since 14 is recomputed
+ * from it; the stem's 2 is kept (two readers, no residual).  After a forward, training or
+ * evaluation, and after a backward, every buffer sal_net_buffer gives is the forward's:
+ * each BN + ReLU output against relu(bn(in) + res) in double from the kept input and
+ * residual (batch statistics when training, running ones otherwise).  The slots are
+ * shared: 4, 8 and 12 in one allocation, 6 and 14 in another. */
+static void net_replay_case(void) {
+    enum { NB = 17, NOPS = 16, C = 4, N = 3, HW = 25 };
+    int64_t shapes[NB][3];
+    for (int b = 0; b < NB; b++) shapes[b][0] = C, shapes[b][1] = 5, shapes[b][2] = 5;
+    shapes[0][0] = 2;
+    shapes[15][1] = shapes[15][2] = 1;
+    shapes[16][0] = 3, shapes[16][1] = shapes[16][2] = 1;
+    sal_op ops[NOPS];
+    int64_t np = 0, nbuf = 0;
+    for (int i = 0; i < 14; i += 2) {
+        ops[i] = op_of(SAL_OP_CONV, i, i + 1);
+        ops[i].o = C, ops[i].k = 3, ops[i].stride = 1, ops[i].pad = 1, ops[i].p0 = np;
+        np += C * shapes[i][0] * 9;
+        ops[i + 1] = op_of(SAL_OP_BN, i + 1, i + 2);
+        ops[i + 1].relu = 1, ops[i + 1].p0 = np, ops[i + 1].p1 = np + C;
+        ops[i + 1].b0 = nbuf, ops[i + 1].b1 = nbuf + C;
+        np += 2 * C, nbuf += 2 * C;
+    }
+    ops[5].res = 2, ops[9].res = 6, ops[13].res = 10;
+    ops[14] = op_of(SAL_OP_POOL, 14, 15);
+    ops[15] = op_of(SAL_OP_LINEAR, 15, 16);
+    ops[15].o = 3, ops[15].p0 = np, ops[15].p1 = np + 3 * C;
+    np += 3 * C + 3;
+    sal_net *net = NULL;
+    CHECK(sal_net_create(&net, &shapes[0][0], NB, ops, NOPS, NULL, 0, NULL, 0, np, nbuf) == SAL_OK,
+          "create: %s", sal_last_error());
+    if (!net) return;
+    float *params = malloc((size_t)np * 4), *grads = calloc((size_t)np, 4), *bufs = malloc((size_t)nbuf * 4);
+    float x[N * 2 * HW], logits[N * 3], dl[N * 3];
+    fill_uniform(params, np), fill_uniform(x, N * 2 * HW), fill_uniform(dl, N * 3);
+    for (int i = 1; i < 14; i += 2)    /* running statistics: mean in [-1, 1], var in [0.5, 1.5] */
+        for (int c = 0; c < C; c++)
+            bufs[ops[i].b0 + c] = rng_uniform(), bufs[ops[i].b1 + c] = 1.0f + 0.5f * rng_uniform();
+    const sal_act xg = {N, 2, 5, 5, SAL_NCHW};
+    for (int round = 0; round < 3; round++) {   /* train forward, after its backward, eval forward */
+        const int train = round < 2;
+        if (round != 1)
+            CHECK(sal_net_forward(net, logits, x, xg, params, bufs, train, 0, 1.0) == SAL_OK,
+                  "forward: %s", sal_last_error());
+        else
+            CHECK(sal_net_backward(net, grads, dl, params) == SAL_OK, "backward: %s",
+                  sal_last_error());
+        for (int i = 1; i < 14; i += 2) {
+            const sal_op *op = &ops[i];
+            float in[C * N * HW], res[C * N * HW];
+            const float *a = NULL, *y = NULL;
+            sal_act g;
+            CHECK(sal_net_buffer(net, op->in, &a, &g) == SAL_OK, "buffer: %s", sal_last_error());
+            memcpy(in, a, sizeof in);
+            if (op->res >= 0) {
+                CHECK(sal_net_buffer(net, op->res, &a, &g) == SAL_OK, "buffer: %s", sal_last_error());
+                memcpy(res, a, sizeof res);
+            }
+            CHECK(sal_net_buffer(net, op->out, &y, &g) == SAL_OK, "buffer: %s", sal_last_error());
+            double worst = 0.0;
+            for (int c = 0; c < C; c++) {          /* CNHW: channel c's N * HW values in a row */
+                const float *xc = in + c * N * HW;
+                double mean = bufs[op->b0 + c], var = bufs[op->b1 + c];
+                if (train) {
+                    double s1 = 0.0, s2 = 0.0;
+                    for (int k = 0; k < N * HW; k++) s1 += xc[k];
+                    mean = s1 / (N * HW);
+                    for (int k = 0; k < N * HW; k++) s2 += (xc[k] - mean) * (xc[k] - mean);
+                    var = s2 / (N * HW);
+                }
+                const double inv = 1.0 / sqrt(var + 1e-5);
+                for (int k = 0; k < N * HW; k++) {
+                    double v = (xc[k] - mean) * inv * params[op->p0 + c] + params[op->p1 + c];
+                    if (op->res >= 0) v += res[c * N * HW + k];
+                    v = v > 0.0 ? v : 0.0;
+                    const double e = fabs(v - y[c * N * HW + k]);
+                    if (e > worst) worst = e;
+                }
+            }
+            CHECK(worst < 1e-4, "round %d: buffer %lld (BN op %d) off the forward's by %g", round,
+                  (long long)op->out, i, worst);
+        }
+        const float *b4, *b8, *b6, *b14, *b10;
+        sal_act g;
+        sal_net_buffer(net, 4, &b4, &g), sal_net_buffer(net, 8, &b8, &g);
+        sal_net_buffer(net, 6, &b6, &g), sal_net_buffer(net, 14, &b14, &g);
+        sal_net_buffer(net, 10, &b10, &g);
+        CHECK(b4 == b8 && b6 == b14 && b4 != b6 && b10 != b6 && b10 != b4,
+              "round %d: the replay slots are not shared as planned", round);
+    }
+    free(params), free(grads), free(bufs);
+    sal_net_free(net);
+}
+
 int main(void) {
     /* the GATHER kernels of every ISA this CPU runs (the dispatch table, capped) */
     const char *isas[] = {"base", "avx2", "avx512"};
@@ -388,5 +486,6 @@ int main(void) {
     net_alignment_case();
     net_scratch_case();
     net_hosted_grads_case();
+    net_replay_case();
     return check_done("test_net");
 }

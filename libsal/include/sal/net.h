@@ -179,8 +179,10 @@ int sal_net_trainable(const sal_net *net, int64_t *why);
 /* per image: forward multiply-adds of CONV, SAL (dense), GATHER and LINEAR ops (saturates at 2^62) */
 int64_t sal_net_macs(const sal_net *net);
 /* (C, H, W) of buffer b, for inspection; activations of the last forward (CNHW).  A BN + ReLU
- * output whose one reader is the next op shares its allocation with the others of its kind
- * (backward recomputes it): after a forward it holds the last of them. */
+ * output that backward recomputes (a block's first BN + ReLU, and every other block's output:
+ * net.c plan_sharing) shares its allocation with the others of its kind, so reading one
+ * recomputes it there: the pointer stays valid until the next call of sal_net_buffer,
+ * forward or backward. */
 /* After a streamed forward it first runs the whole-batch forward of that input (see
  * "Streams"), after a backward it recomputes the activations (see sal_net_backward); one
  * call at a time per network, like forward. */
