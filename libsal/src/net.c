@@ -1363,10 +1363,11 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
                 const run_ctx ctx = whole_ctx(net);
                 SAL_TRY(forward_op(net, &ctx, j, params, (float *)net->buffers, n, 1));
             }
-        /* the replayed outputs this op's backward reads: its input, residual, and a BN's own
-         * output (its ReLU mask) */
-        SAL_TRY(replay_buffer(net, op->in, params, n));
-        SAL_TRY(replay_buffer(net, op->res, params, n));
+        /* the replayed outputs this op's backward reads, recomputed just before (the
+         * residual's value no backward reads, a pool's, an add's or a shift's input
+         * neither): its input, and a BN's own output (its ReLU mask) */
+        if (op->kind != SAL_OP_POOL && op->kind != SAL_OP_ADD && op->kind != SAL_OP_SHIFT)
+            SAL_TRY(replay_buffer(net, op->in, params, n));
         if (op->kind == SAL_OP_BN) SAL_TRY(replay_buffer(net, op->out, params, n));
         const int64_t *si = net->p.shapes + 3 * op->in;
         const sal_act xa = act_of(si, n);
