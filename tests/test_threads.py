@@ -104,6 +104,21 @@ def test_idle_workers_sleep():
     assert cpu < 0.02, f"{cpu:.3f} s of CPU while idle for 0.5 s: a waiting thread spins"
 
 
+def test_woken_workers_keep_their_cpu_masks():
+    """A caller that wakes sleeping workers leaves its own CPU out of their masks for a
+    moment, so that the kernel wakes them on another CPU (pool.c move_sleepers_away); each
+    worker puts its mask back as soon as it runs.  After many such wakes every thread of
+    the process has the mask it started with: no thread stays pinned."""
+    salnp.set_num_threads(2)
+    mask = os.sched_getaffinity(0)                 # this thread's: the pool never changes it
+    for k in range(20):
+        _work(np.random.default_rng(k), n=16)      # wakes the workers (started by the first)
+        time.sleep(0.002)                          # > 100 us: they fall asleep again
+    time.sleep(0.05)                               # a worker woken last has run by now
+    for tid in os.listdir("/proc/self/task"):
+        assert os.sched_getaffinity(int(tid)) == mask, f"thread {tid} kept a narrowed CPU mask"
+
+
 def test_one_and_two_threads_agree():
     salnp.set_num_threads(1)
     r1 = _work(np.random.default_rng(11), n=12)

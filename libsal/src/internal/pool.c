@@ -11,6 +11,9 @@
  *     more than many of the ops of a training step, which follow each other within
  *     microseconds.  A pool nobody calls is asleep within SPIN_NS, and no thread polls
  *     when a task has more threads than the process has CPUs;
+ *   - a caller waking sleeping workers keeps them off its own CPU for that wake
+ *     (move_sleepers_away: the kernel of the 2-vCPU VM often woke the worker behind the
+ *     caller, and a 2-thread call then ran at one thread's speed); no thread stays pinned;
  *   - pthread_atfork resets the pool in a forked child, which then starts new workers
  *     on its first parallel call (the parent's workers do not exist there);
  *   - one caller at a time owns the workers: a second thread that calls a parallel op
@@ -59,6 +62,7 @@ static _Thread_local int in_task;  /* set while this thread runs a task */
 static long spin_ns = -1;        /* -1: SAL_SPIN_US not read yet */
 static int spin_cpus;            /* CPUs this process may run on, read with it */
 static atomic_int spin_on;       /* the current task's threads fit the CPUs: poll */
+static int wake_away = -1;       /* wake workers off the caller's CPU (SAL_WAKE_AWAY) */
 static pthread_once_t spin_once = PTHREAD_ONCE_INIT;
 static void spin_init(void) {
     const char *s = getenv("SAL_SPIN_US");
@@ -70,6 +74,8 @@ static void spin_init(void) {
     }
     spin_ns = v;
     spin_cpus = sal_cpu_count();
+    const char *w = getenv("SAL_WAKE_AWAY");
+    wake_away = !(w && w[0] == '0' && w[1] == '\0');
 }
 
 static int64_t now_ns(void) {
@@ -142,25 +148,68 @@ static void run_claimed(unsigned long gen, sal_task_fn fn, void *ctx, int nt, in
     }
 }
 
+/* Waking a sleeping worker away from its caller's CPU.  On the 2-vCPU VM the kernel
+ * often woke the worker onto the CPU its caller was running on (after a pause of the
+ * process, while the other vCPU stood idle): it then waits there behind the caller, which
+ * runs every task id itself, and a batch-1 forward on 2 threads ran at one thread's speed
+ * (the worker got 13-77 us of CPU per 400 us forward, /proc schedstat) for as long as
+ * the calls kept coming.  So a caller that wakes sleeping workers first takes its own CPU
+ * out of their CPU masks (when they have another CPU), which makes the kernel wake them
+ * elsewhere, and each worker puts its mask back as soon as it runs: no thread stays
+ * pinned, a mask the user set is kept (only the caller's CPU is left out, for
+ * microseconds).  SAL_WAKE_AWAY=0 turns it off. */
+static pid_t worker_tid[POOL_MAX];
+static cpu_set_t worker_mask[POOL_MAX];      /* the mask to put back */
+static atomic_int worker_moved[POOL_MAX];    /* 1: worker_mask to put back */
+static int asleep[POOL_MAX];                 /* on work_cv (under pool_mu): no put-back due */
+
+static void restore_mask(int id) {
+    if (atomic_load_explicit(&worker_moved[id], memory_order_acquire) &&
+        atomic_exchange(&worker_moved[id], 0))
+        (void)sched_setaffinity(0, sizeof worker_mask[id], &worker_mask[id]);
+}
+
+/* under pool_mu, before waking sleeping workers: their masks without the caller's CPU
+ * (only the asleep, whose last put-back is done, so a narrowed mask is never kept) */
+static void move_sleepers_away(int nt) {
+    const int cpu = sched_getcpu();
+    if (cpu < 0) return;
+    for (int id = 1; id <= n_workers && id < nt; id++) {
+        cpu_set_t m;
+        if (!asleep[id] || !worker_tid[id] || atomic_load(&worker_moved[id]) ||
+            sched_getaffinity(worker_tid[id], sizeof m, &m) != 0 || !CPU_ISSET(cpu, &m) ||
+            CPU_COUNT(&m) < 2)
+            continue;
+        worker_mask[id] = m;
+        CPU_CLR(cpu, &m);
+        if (sched_setaffinity(worker_tid[id], sizeof m, &m) == 0)
+            atomic_store_explicit(&worker_moved[id], 1, memory_order_release);
+    }
+}
+
 static void *worker_main(void *p) {
     worker_arg *wa = p;
     const int id = wa->id;
     unsigned long seen = wa->seen;
     free(wa);
     in_task = 1;  /* everything a worker runs is inside a task */
+    pthread_mutex_lock(&pool_mu);
+    worker_tid[id] = gettid();
+    pthread_mutex_unlock(&pool_mu);
     for (;;) {
         (void)spin_until(0, seen);
         pthread_mutex_lock(&pool_mu);
         while (atomic_load(&generation) == seen) {
-            sleepers++;
+            sleepers++, asleep[id] = 1;
             pthread_cond_wait(&work_cv, &pool_mu);
-            sleepers--;
+            sleepers--, asleep[id] = 0;
         }
         seen = atomic_load(&generation);
         const int nt = task_nt;
         sal_task_fn fn = task_fn;
         void *ctx = task_ctx;
         pthread_mutex_unlock(&pool_mu);
+        restore_mask(id);
         if (id < nt) run_claimed(seen, fn, ctx, nt, id);   /* else not needed for this call */
     }
     return NULL;
@@ -180,7 +229,11 @@ static void atfork_child(void) {
     n_workers = 0;
     sleepers = 0;
     atomic_store(&pending, 0);
-    for (int i = 0; i < POOL_MAX; i++) atomic_store(&taken[i], 0);
+    for (int i = 0; i < POOL_MAX; i++) {
+        atomic_store(&taken[i], 0);
+        atomic_store(&worker_moved[i], 0);
+        worker_tid[i] = 0, asleep[i] = 0;
+    }
     atomic_store(&generation, 0);
     task_fn = NULL;
     task_ctx = NULL;
@@ -236,7 +289,10 @@ void sal_parallel(int nt, sal_task_fn fn, void *ctx) {
     atomic_store(&pending, nt);
     const unsigned long gen = atomic_load(&generation) + 1;
     atomic_store_explicit(&generation, gen, memory_order_release);
-    if (run > 1 && sleepers > 0) pthread_cond_broadcast(&work_cv);
+    if (run > 1 && sleepers > 0) {
+        if (wake_away && run <= spin_cpus) move_sleepers_away(nt);
+        pthread_cond_broadcast(&work_cv);
+    }
     pthread_mutex_unlock(&pool_mu);
     in_task = 1;
     run_claimed(gen, fn, ctx, nt, 0);   /* with the workers; every id a worker did not take */
