@@ -70,8 +70,9 @@ def test_streams_equal_whole_batch(exported, family, threads, isa, rng):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_batch_smaller_than_threads_same_logits_every_call(exported, family, rng):
     """Batch 1 on 2 threads runs one stream whose ops use both threads or one, chosen by
-    timing both on the first forwards and again every 64 (net.c WIDE_TRIALS,
-    WIDE_RETUNE): 300 forwards in a row, every one bit for bit the whole-batch forward's."""
+    timing every forward (the first 4 alternate, every 16th after tries the other way:
+    net.c WIDE_TRIALS, WIDE_EXPLORE): 300 forwards in a row, so both ways many times,
+    every one bit for bit the whole-batch forward's."""
     inf = exported[family]
     salnp.set_num_threads(2)
     x = rng.standard_normal((1, 3, 16, 16), dtype=np.float32)

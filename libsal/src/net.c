@@ -87,12 +87,14 @@ struct sal_net {
      * forward, with its arenas); stream_n its batch. */
     int64_t stream_mode, stream_n;
     /* A batch smaller than the threads (forward_streams): whether its one stream's ops use
-     * all the threads (wide) or one, decided by timing both on the first forwards of each
-     * set of frames (wide_made = p.frames_made): WIDE_TRIALS of each, alternating, the
-     * fastest of each kept (wide_best, seconds); wide_pick 0 while undecided, else the
-     * threads per op.  Both give the same logits bit for bit. */
-    int64_t wide_made, wide_trials;
-    double wide_best[2];
+     * all the threads (wide) or one, decided by timing (wide_made = p.frames_made: the
+     * set of frames it was measured for): every such forward is timed, each way keeps its
+     * last WIDE_WINDOW times (wide_win, seconds; wide_n[k] forwards of way k so far), and
+     * the way whose fastest kept time is smaller runs (wide_pick, the threads per op);
+     * the first 2 * WIDE_TRIALS forwards alternate, then every WIDE_EXPLORE-th runs the
+     * other way.  Both give the same logits bit for bit. */
+    int64_t wide_made, wide_count, wide_n[2];
+    double wide_win[2][4];      /* WIDE_WINDOW <= 4 of them per way */
     int wide_pick;
     int streamed;
     float *kept_x;
@@ -875,15 +877,18 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
  * shift + 1x1 GEMM's split gains 1.5x.  (Two cores writing parts of the same pages are a
  * suspect: 2-3x slower than separate buffers in one probe, full speed in another.) */
 #define STREAM_GATHER_THREADS 1
-/* forwards of each kind timed before a batch smaller than the threads picks wide or not:
- * wide was 1.6x faster than one thread for ShiftResNet-20 at batch 1 on 2 threads in one
- * process and 1.3x slower in another (with NumPy's huge-page advice on), so it is measured
- * in the process that runs it */
-#define WIDE_TRIALS 4
-/* and again after this many forwards: the faster one changed within a process (1.05 ms
- * wide against 0.8 on one thread, then 0.5 wide a second later), and a benchmark's first
- * forwards, among other runtimes' calls, had picked one thread for good */
-#define WIDE_RETUNE 64
+/* Wide or one thread for a batch smaller than the threads (struct sal_net wide_*): wide
+ * was 1.6x faster than one thread for ShiftResNet-20 at batch 1 on 2 threads in one
+ * process and 1.3x slower in another, and which one wins changes within a process from
+ * one second to the next (the two vCPUs of this VM share an L3 in some minutes and not in
+ * others: bench/core_latency.c), so it is measured all the time in the process that runs
+ * it.  A window of times, not one, because the first call after a pause of the process
+ * takes about twice as long either way; the other way is tried every WIDE_EXPLORE-th
+ * forward, which costs at most (slower - faster) / WIDE_EXPLORE per forward. */
+#define WIDE_TRIALS 2
+#define WIDE_WINDOW 3
+#define WIDE_EXPLORE 16
+_Static_assert(WIDE_WINDOW <= 4, "struct sal_net wide_win holds 4 times per way");
 
 static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
                              float *buffers, int64_t n, int again);
@@ -1065,28 +1070,27 @@ static sal_status forward_streams(sal_net *net, float *logits, const float *x, s
     } else if (wide == 1) {
         stream_run(&t, 0, 1);
     } else {   /* one stream on the calling thread, its ops on `wide` threads or on one */
-        const int fresh = net->wide_made != net->p.frames_made;
-        if (fresh || (net->wide_pick && ++net->wide_trials % WIDE_RETUNE == 0)) {   /* (again) */
+        if (net->wide_made != net->p.frames_made) {   /* new frames: measure afresh */
             net->wide_made = net->p.frames_made;
-            net->wide_trials = 0, net->wide_pick = 0;
-            net->wide_best[0] = net->wide_best[1] = INFINITY;
+            net->wide_count = net->wide_n[0] = net->wide_n[1] = 0;
+            net->wide_pick = 1;
         }
-        if (net->wide_pick) {
-            t.op_threads = net->wide_pick;
-            stream_run(&t, 0, 1);
-        } else {
-            const int k = (int)(net->wide_trials++ % 2);   /* 0: one thread, 1: wide */
-            t.op_threads = k ? wide : 1;
-            struct timespec a, b;
-            clock_gettime(CLOCK_MONOTONIC, &a);
-            stream_run(&t, 0, 1);
-            clock_gettime(CLOCK_MONOTONIC, &b);
-            const double sec = (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
-            if (sec < net->wide_best[k]) net->wide_best[k] = sec;
-            if (net->wide_trials >= 2 * WIDE_TRIALS)
-                net->wide_pick = net->wide_best[1] < net->wide_best[0] ? wide : 1,
-                net->wide_trials = 0;
-        }
+        const int64_t call = net->wide_count++;
+        const int cur = net->wide_pick > 1;                  /* 0: one thread, 1: wide */
+        const int k = call < 2 * WIDE_TRIALS ? (int)(call % 2)
+                                             : (call % WIDE_EXPLORE == 0 ? !cur : cur);
+        t.op_threads = k ? wide : 1;
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        stream_run(&t, 0, 1);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        net->wide_win[k][net->wide_n[k]++ % WIDE_WINDOW] =
+            (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+        double best[2] = {INFINITY, INFINITY};
+        for (int w = 0; w < 2; w++)
+            for (int64_t j = 0; j < net->wide_n[w] && j < WIDE_WINDOW; j++)
+                if (net->wide_win[w][j] < best[w]) best[w] = net->wide_win[w][j];
+        if (net->wide_n[0] && net->wide_n[1]) net->wide_pick = best[1] < best[0] ? wide : 1;
     }
     if (atomic_load(&t.failed)) return sal_fail(t.status, FN, "streamed forward: %s", t.msg);
     memcpy(net->kept_x, x, (size_t)numel * sizeof(float));

@@ -118,10 +118,11 @@ void sal_net_free(sal_net *net);
  * network's), so even one image's activations stay in the L2 cache.  A batch smaller
  * than the threads (batch 1 on 2) runs as one stream on the calling thread whose ops
  * split over all the threads where that pays (the shift + 1x1 GEMMs; a GATHER stays on
- * one thread, small convolutions too, see conv.c), or on one thread: the first forwards
- * time both (4 each, alternating), the faster one runs, and both are timed again every
- * 64 forwards (which one wins changed within a process on the 2-core machine); the
- * logits are the same bit for bit either way.  Training forwards never stream.
+ * one thread, small convolutions too, see conv.c), or on one thread, whichever was
+ * faster lately: every such forward is timed, the first 4 alternate, then every 16th runs
+ * the other way, and the way with the smaller best of its last 3 times runs (which one
+ * wins changes from second to second on the 2-core VM); the logits are the same bit for
+ * bit either way.  Training forwards never stream.
  *   A streamed forward writes the logits only: it neither allocates nor writes the
  * whole-batch activations (an earlier whole-batch forward's stay allocated), but keeps a
  * copy of the input.  Its frames also keep each GATHER's entry lists (sal/taps.h
