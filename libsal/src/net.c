@@ -443,8 +443,9 @@ static void plan_sharing(sal_net *net) {
             (slot == 0 && h != i + 1) || net->replay[op->in] >= 0 ||
             (op->res >= 0 && net->replay[op->res] >= 0))
             continue;
-        int outside = 0;
+        int outside = 0;   /* an op of a segment in the range, or another writer */
         for (int64_t j = i; j <= h; j++) outside |= net->seg[j] >= 0;
+        for (int64_t j = 0; j < nops; j++) outside |= j != i && net->ops[j].out == op->out;
         if (outside) continue;
         net->replay[op->out] = i;
         taken[slot] = h;
