@@ -443,9 +443,10 @@ static void plan_sharing(sal_net *net) {
             (slot == 0 && h != i + 1) || net->replay[op->in] >= 0 ||
             (op->res >= 0 && net->replay[op->res] >= 0))
             continue;
-        int outside = 0;   /* an op of a segment in the range, or another writer */
-        for (int64_t j = i; j <= h; j++) outside |= net->seg[j] >= 0;
-        for (int64_t j = 0; j < nops; j++) outside |= j != i && net->ops[j].out == op->out;
+        int outside = 0;   /* an op of a segment in the range, or another writer (one
+                              outside the range fails inside()) */
+        for (int64_t j = i; j <= h; j++)
+            outside |= net->seg[j] >= 0 || (j != i && net->ops[j].out == op->out);
         if (outside) continue;
         net->replay[op->out] = i;
         taken[slot] = h;
@@ -1475,9 +1476,8 @@ sal_status sal_net_buffer(sal_net *net, int64_t b, const float **act, sal_act *g
     SAL_TRY(sal_program_enter(&net->p, "buffer"));
     sal_status s = materialise(net);  /* after a streamed forward: its activations */
     if (s == SAL_OK && net->p.n >= 1) s = restore(net, net->fwd_params);   /* after a backward */
-    if (s == SAL_OK && net->p.n >= 1 && b >= 0 && b < net->p.nbuf)
-        s = replay_buffer(net, b, net->fwd_params, net->p.n);   /* not kept by the forward */
-    if (s == SAL_OK) s = sal_program_buffer(&net->p, b, act, geom);
+    if (s == SAL_OK) s = sal_program_buffer(&net->p, b, act, geom);   /* b checked there */
+    if (s == SAL_OK) s = replay_buffer(net, b, net->fwd_params, net->p.n);   /* into *act */
     sal_program_leave(&net->p);
     return s;
 }

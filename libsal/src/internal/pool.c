@@ -176,7 +176,7 @@ static void move_sleepers_away(int nt) {
     if (cpu < 0) return;
     for (int id = 1; id <= n_workers && id < nt; id++) {
         cpu_set_t m;
-        if (!asleep[id] || !worker_tid[id] || atomic_load(&worker_moved[id]) ||
+        if (!asleep[id] || atomic_load(&worker_moved[id]) ||   /* tid set before asleep */
             sched_getaffinity(worker_tid[id], sizeof m, &m) != 0 || !CPU_ISSET(cpu, &m) ||
             CPU_COUNT(&m) < 2)
             continue;
