@@ -4,7 +4,9 @@
  * (NCHW: stride C*H*W between runs; CNHW: one contiguous run of N*H*W, walked as N runs).
  * Sums use 16 float lanes per run (vectorisable without -ffast-math), added into doubles
  * run by run; the statistics are taken about the channel's first value (shifted data),
- * so that a large mean does not cancel the variance. */
+ * so that a large mean does not cancel the variance.  A training forward given the moments
+ * (sal_bn_desc.moments: a network's convolution gathered them while it wrote x) skips that
+ * pass: it reads x once instead of twice. */
 #include <math.h>
 #include <string.h>
 
@@ -50,6 +52,8 @@ typedef struct {
     float *y, *save_mean, *save_invstd, *running_mean, *running_var;
     float *save_affine;          /* (2C) dm, scale per channel, or NULL */
     const float *replay;         /* (2C) dm, scale of an earlier forward: replay it, or NULL */
+    const double *moments;       /* training: (2C) mean, variance given (sal_bn_desc), or NULL */
+    double *moments_out;         /* sal_bn_moments: (2C) written, and nothing else */
     const float *x, *gamma, *beta, *residual;
     sal_act a;
     int64_t M;
@@ -126,8 +130,9 @@ static sal_status bn_forward(const char *fn, float *y, float *save_mean, float *
     int64_t M;
     SAL_TRY(sal_bn_check_fn(fn, d, &M));
     SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
-    bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, NULL, NULL, x, gamma,
-                     beta, residual, d->x, M, relu, d->training, d->momentum, d->eps};
+    bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, NULL, NULL,
+                     d->moments, NULL, x, gamma, beta, residual, d->x, M, relu, d->training,
+                     d->momentum, d->eps};
     sal_parallel_for(d->x.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].fwd, &t);
     return SAL_OK;
 }
@@ -141,8 +146,9 @@ sal_status sal_bn_fwd_affine(float *y, float *save_mean, float *save_invstd, flo
     SAL_TRY(sal_bn_check_fn(fn, d, &M));
     SAL_TRY(sal_bn_fwd_args(fn, d, y, x, running_mean, running_var));
     SAL_REQUIRE_PTR(affine, fn, "affine", "2*C floats");
-    bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, affine, NULL, x, gamma,
-                     beta, residual, d->x, M, relu != 0, d->training, d->momentum, d->eps};
+    bn_fwd_task t = {y, save_mean, save_invstd, running_mean, running_var, affine, NULL,
+                     d->moments, NULL, x, gamma, beta, residual, d->x, M, relu != 0,
+                     d->training, d->momentum, d->eps};
     sal_parallel_for(d->x.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].fwd, &t);
     return SAL_OK;
 }
@@ -153,10 +159,32 @@ sal_status sal_bn_replay(float *y, const float *x, const float *affine, const fl
     int64_t M;
     SAL_TRY(sal_bn_check_fn(fn, d, &M));
     SAL_REQUIRE(y && x && affine, fn, "y, x and affine must not be NULL");
-    bn_fwd_task t = {y, NULL, NULL, NULL, NULL, NULL, affine, x, NULL, beta, residual, d->x, M,
-                     relu != 0, d->training, d->momentum, d->eps};
+    bn_fwd_task t = {y, NULL, NULL, NULL, NULL, NULL, affine, NULL, NULL, x, NULL, beta,
+                     residual, d->x, M, relu != 0, d->training, d->momentum, d->eps};
     sal_parallel_for(d->x.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].fwd, &t);
     return SAL_OK;
+}
+
+void sal_bn_moments(double *moments, const float *x, sal_act a) {
+    bn_fwd_task t = {NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, moments, x, NULL, NULL,
+                     NULL, a, a.n * a.h * a.w, 0, 1, 0.0, 1.0};
+    sal_parallel_for(a.c, sal_threads(), BN_KERNELS[sal_cpu_isa()].fwd, &t);
+}
+
+void sal_moments_merge(double *moments, const double *part, int64_t nslot, int64_t c) {
+    for (int64_t ch = 0; ch < c; ch++) {
+        double n = 0.0, mean = 0.0, m2 = 0.0;
+        for (int64_t s = 0; s < nslot; s++) {
+            const double *q = part + 3 * (s * c + ch);
+            if (q[0] == 0.0) continue;
+            const double nn = n + q[0], dm = q[1] - mean;
+            mean += dm * (q[0] / nn);
+            m2 += q[2] + dm * dm * (n * q[0] / nn);
+            n = nn;
+        }
+        moments[2 * ch] = mean;
+        moments[2 * ch + 1] = n > 0.0 ? m2 / n : 0.0;
+    }
 }
 
 /* the backward of sal_bn_bwd (y NULL) and sal_bn_relu_bwd (y: the fused output, mask y > 0) */

@@ -249,8 +249,16 @@ static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, con
     sal_parallel_for(d->x.c, sal_threads(), col2im_channels, &t);
 }
 
-/* the epilogue as a pass over a finished y (the kernels that do not fuse it) */
+/* the epilogue as a pass over a finished y (the kernels that do not fuse it), then the
+ * moments as another */
 static void conv_epilogue_pass(float *y, const sal_act *ya, const sal_conv_epi *e) {
+    if (e && e->moments) {
+        sal_conv_epi plain = *e;
+        plain.moments = NULL;
+        conv_epilogue_pass(y, ya, &plain);
+        sal_bn_moments(e->moments, y, *ya);
+        return;
+    }
     if (!e || (!e->bias && !e->res && !e->relu)) return;
     const int64_t hw = ya->h * ya->w;
     if (ya->layout == SAL_CNHW) {   /* O planes of N*Ho*Wo */

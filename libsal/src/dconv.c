@@ -31,6 +31,8 @@ typedef struct {
     void (*epi_rows)(float *dst, int64_t sc, int nch, int64_t W, int64_t y0, int64_t x0,
                      int64_t nr, int64_t ncol, const float *bias, const float *res, int relu,
                      int res_post);
+    void (*rows_moments)(double *part, const float *dst, int64_t sc, int nch, int64_t W,
+                         int64_t y0, int64_t x0, int64_t nr, int64_t ncol);
     void (*row)(float *out, int64_t ogs, const float *in, int64_t igs, const float *wt,
                 int64_t C, int nq, const int64_t *toff, const int *tix, int ntw, int64_t op,
                 int64_t nx, int si, int so);
@@ -72,6 +74,8 @@ typedef struct {
     /* per block (at most): interleaved input rows x cols, dy rows x cols, dx rows x cols */
     int64_t xr, xc, dyr, dyc, dxr, dxc;
     int64_t nin, nout, ndw, per, shared;   /* floats */
+    int64_t nslot, umom;   /* forward: moment slots (blocks x images per block), and the float
+                              offset of their partials in shared, after the weights */
     int nt;
 } dplan;
 
@@ -150,7 +154,11 @@ static bool dconv_plan(dplan *p, const sal_conv_desc *d, int pass, int64_t wl, i
     nout = (nout + r16) & ~r16;
     ndw = (ndw + r16) & ~r16;
     const u128 per = nin + nout + ndw;
-    const u128 shared = pass == DC_BWD_WEIGHTS ? 0 : (((u128)(K * K) * p->cp * p->op + r16) & ~r16);
+    /* forward: the weights, then 3 doubles per slot and output channel (sal_conv_epi.moments) */
+    p->nslot = p->nblk * p->kimg;
+    const u128 nw = pass == DC_BWD_WEIGHTS ? 0 : (((u128)(K * K) * p->cp * p->op + r16) & ~r16);
+    const u128 nmom = pass == DC_FWD ? ((6 * (u128)p->nslot * (u128)d->o + r16) & ~r16) : 0;
+    const u128 shared = nw + nmom;
     const u128 lim = (u128)1 << 62;
     if (per > lim || shared + (u128)p->nt * per > lim) return false;
     p->nin = (int64_t)nin;
@@ -158,6 +166,7 @@ static bool dconv_plan(dplan *p, const sal_conv_desc *d, int pass, int64_t wl, i
     p->ndw = (int64_t)ndw;
     p->per = (int64_t)per;
     p->shared = (int64_t)shared;
+    p->umom = (int64_t)nw;
     return true;
 }
 
@@ -243,6 +252,7 @@ typedef struct {
     float *scratch;
     int64_t c, o, xsn, xsc, ysn, ysc;   /* channels and strides of x and y (dx and dy) */
     const sal_conv_epi *epi;            /* forward: the epilogue, or NULL */
+    double *part;                       /* forward: the moment partials, or NULL */
 } run_task;
 
 static void dconv_fwd_blocks(void *ctx, int tid, int nt) {
@@ -287,6 +297,9 @@ static void dconv_fwd_blocks(void *ctx, int tid, int nt) {
                     k->epi_rows(t->out + off, t->ysc, nch, p->wo, y0, 0, ny, p->wo,
                                 e->bias ? e->bias + og * wl : NULL, e->res ? e->res + off : NULL,
                                 e->relu, e->res_post);
+                if (t->part)   /* slot b * kimg + i: one image's part, written once */
+                    k->rows_moments(t->part + 3 * ((b * p->kimg + i) * t->o + og * wl),
+                                    t->out + off, t->ysc, nch, p->wo, y0, 0, ny, p->wo);
             }
         }
     }
@@ -312,10 +325,16 @@ void sal_dconv_fwd(float *y, const float *x, const float *w, const sal_conv_desc
         dconv_weights_into(&wt, scratch);
         wp = scratch;
     }
+    double *part = NULL;
+    if (epi && epi->moments) {
+        part = (double *)(void *)(scratch + p.umom);
+        memset(part, 0, (size_t)(3 * p.nslot * d->o) * sizeof *part);
+    }
     run_task rt = {k, &p, y, x, wp, scratch + p.shared, d->x.c, d->o, sal_act_sn(d->x),
-                   sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya), epi};
+                   sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya), epi, part};
     sal_parallel(p.nt, dconv_fwd_blocks, &rt);
     sal_wcache_release(pin);
+    if (part) sal_moments_merge(epi->moments, part, p.nslot, d->o);
 }
 
 /* ---- input gradient ------------------------------------------------------------------------ */
@@ -383,7 +402,7 @@ void sal_dconv_bwd_data(float *dx, const float *dy, const float *w, const sal_co
     wt_task wt = {scratch, w, d->x.c, d->o, p.k * p.k, p.cp, p.op, 1, nt};
     sal_parallel_for(d->o, nt, dconv_weights, &wt);
     run_task rt = {k, &p, dx, dy, scratch, scratch + p.shared, d->x.c, d->o, sal_act_sn(d->x),
-                   sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya), NULL};
+                   sal_act_sc(d->x), sal_act_sn(ya), sal_act_sc(ya), NULL, NULL};
     sal_parallel(p.nt, dconv_dgrad_blocks, &rt);
 }
 

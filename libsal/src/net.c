@@ -53,6 +53,8 @@ struct sal_net {
     float *stats;               /* per op: save_mean, save_invstd (2 C) for BN ops, and the
                                    (dm, scale) pairs (2 C) of a replayed one */
     int64_t *stat_off;          /* per op offset into stats, -1 if none */
+    double *moments;            /* (2 C, the most of any BN) a training CONV's output moments,
+                                   for the BN right after it (conv_feeds_moments) */
     /* Replayed BN outputs: a BN + ReLU output is not kept between forward and backward
      * when backward can recompute it, bit for bit (sal_bn_replay), from the BN's input, its
      * residual and the (dm, scale) the forward applied, just before the first backward that
@@ -157,12 +159,13 @@ static sal_conv_desc conv_desc(const sal_op *op, const int64_t *si, int64_t n, i
 
 /* the SAL mask of op (b0 >= 0: buffers[b0 ..]) in the buffer arena of the forward */
 static sal_sal_desc sal_desc(const sal_op *op, const int64_t *si, int64_t n, int threads,
-                             const float *buffers, int hard, double beta) {
+                             const float *buffers, int hard, double beta, double *moments) {
     return (sal_sal_desc){.x = act_of(si, n), .o = op->o, .stride = op->stride, .pad = op->pad,
                           .shared = (int)op->shared, .hard = hard, .beta = beta,
                           .mask = op->b0 >= 0 && buffers ? buffers + op->b0 : NULL,
                           .threads = threads,
-                          .tap_threshold = op->b1 >= 0 && buffers ? buffers[op->b1] : 0.0};
+                          .tap_threshold = op->b1 >= 0 && buffers ? buffers[op->b1] : 0.0,
+                          .moments = moments};
 }
 
 static sal_gather_desc gather_desc(const sal_net *net, const sal_op *op, const int64_t *si,
@@ -186,7 +189,7 @@ static sal_status op_shape(int64_t i, const sal_op *op, const int64_t *si, int64
         break;
     }
     case SAL_OP_SAL: {
-        const sal_sal_desc d = sal_desc(op, si, 1, 0, NULL, 0, 1.0);
+        const sal_sal_desc d = sal_desc(op, si, 1, 0, NULL, 0, 1.0, NULL);
         SAL_TRY(sal_sal_check(&d, &y));
         break;
     }
@@ -591,7 +594,7 @@ static sal_status replay_buffer(sal_net *net, int64_t b, const float *params, in
     const int64_t k = net->replay[b];
     const sal_op *bn = &net->ops[k];
     const sal_act xa = act_of(net->p.shapes + 3 * bn->in, n);
-    const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, 0};
+    const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, 0, NULL};
     SAL_TRY(sal_bn_replay(net->p.act[b], net->p.act[bn->in],
                           net->stats + net->stat_off[k] + 2 * xa.c, params + bn->p1,
                           bn->res >= 0 ? net->p.act[bn->res] : NULL, 1, &d));
@@ -614,6 +617,7 @@ void sal_net_free(sal_net *net) {
     free(net->slot_len);
     free(net->slot);
     free(net->stats);
+    free(net->moments);
     free(net->stat_off);
     free(net->replay);
     free(net->seg);
@@ -691,6 +695,12 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     }
     net->nstats = nstats;
     if (s == SAL_OK && !(net->stats = malloc((size_t)(nstats ? nstats : 1) * sizeof *net->stats)))
+        s = sal_fail(SAL_ENOMEM, FN, "out of memory");
+    int64_t most_c = 1;
+    for (int64_t i = 0; i < nops && s == SAL_OK; i++)
+        if (net->ops[i].kind == SAL_OP_BN && net->p.shapes[3 * net->ops[i].in] > most_c)
+            most_c = net->p.shapes[3 * net->ops[i].in];
+    if (s == SAL_OK && !(net->moments = malloc((size_t)(2 * most_c) * sizeof *net->moments)))
         s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     if (s == SAL_OK) s = plan_grads(net);
     if (s != SAL_OK) {
@@ -846,7 +856,7 @@ static size_t op_scratch(const void *owner, int64_t i, int64_t n, int threads) {
         return need;
     }
     case SAL_OP_SAL: {
-        const sal_sal_desc d = sal_desc(op, si, n, threads, NULL, 0, 1.0);
+        const sal_sal_desc d = sal_desc(op, si, n, threads, NULL, 0, 1.0, NULL);
         return sal_sal_scratch(&d);
     }
     case SAL_OP_GATHER: {
@@ -1188,6 +1198,19 @@ sal_status sal_net_profile(sal_net *net, int on, double *seconds) {
     return s;
 }
 
+/* Whether the training forward of op i, a CONV or SAL, gathers the moments of its output
+ * for op i + 1, a BN that reads it, while it writes it (sal_conv_epi.moments,
+ * sal_sal_desc.moments, into net->moments):
+ * the BN then makes no pass of its own over its input for them (about a third of a
+ * training BN forward's memory traffic).  Whole-batch forwards, the ops in order; not a
+ * checkpointed segment's second run (again), whose BN replays the first run's (dm, scale). */
+static bool conv_feeds_moments(const sal_net *net, const run_ctx *ctx, int64_t i, int again) {
+    if (!net->train || !ctx->whole || again || i < 0 || i + 1 >= net->nops) return false;
+    const sal_op *op = &net->ops[i], *bn = op + 1;
+    return (op->kind == SAL_OP_CONV || op->kind == SAL_OP_SAL) && bn->kind == SAL_OP_BN &&
+           bn->in == op->out;
+}
+
 /* Op i forward at batch n in the frame of ctx.  again: a checkpointed segment's second run
  * in backward: its BN applies the (dm, scale) of the first run, touching no statistics. */
 static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const float *params,
@@ -1209,12 +1232,15 @@ static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const 
             break;
         }
         const sal_conv_desc d = conv_desc(op, si, n, threads);
-        const sal_conv_epi e = {bias, res, (int)op->relu, (int)op->res_post, !net->train};
+        const sal_conv_epi e = {bias, res, (int)op->relu, (int)op->res_post, !net->train,
+                                conv_feeds_moments(net, ctx, i, again) ? net->moments : NULL};
         SAL_TRY(sal_conv_fwd_epi(y, in, params + op->p0, &e, &d, scratch));
         break;
     }
     case SAL_OP_SAL: {
-        const sal_sal_desc d = sal_desc(op, si, n, threads, buffers, net->hard, net->beta);
+        const sal_sal_desc d = sal_desc(op, si, n, threads, buffers, net->hard, net->beta,
+                                        conv_feeds_moments(net, ctx, i, again) ? net->moments
+                                                                               : NULL);
         SAL_TRY(sal_sal_fwd(y, in, params + op->p0, params + op->p1, &d, scratch));
         break;
     }
@@ -1249,7 +1275,8 @@ static sal_status forward_op(sal_net *net, const run_ctx *ctx, int64_t i, const 
         break;
     }
     case SAL_OP_BN: {
-        const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, 0};
+        const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, 0,
+                               conv_feeds_moments(net, ctx, i - 1, again) ? net->moments : NULL};
         float *sm = ctx->stats + net->stat_off[i], *sv = sm + xa.c, *affine = sv + xa.c;
         if (again)
             SAL_TRY(sal_bn_replay(y, in, affine, params + op->p1, res, (int)op->relu, &d));
@@ -1388,7 +1415,8 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
             break;
         }
         case SAL_OP_SAL: {
-            const sal_sal_desc d = sal_desc(op, si, n, threads, net->buffers, net->hard, net->beta);
+            const sal_sal_desc d = sal_desc(op, si, n, threads, net->buffers, net->hard,
+                                            net->beta, NULL);
             SAL_TRY((assigns(net, i) ? sal_sal_bwd_assign : sal_sal_bwd)(
                 dx, grads + op->p0, grads + op->p1, dy, in, params + op->p0, params + op->p1, &d,
                 scratch));
@@ -1405,7 +1433,8 @@ static sal_status backward_ops(sal_net *net, float *grads, const float *dlogits,
             break;
         }
         case SAL_OP_BN: {
-            const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, assigns(net, i)};
+            const sal_bn_desc d = {xa, net->train, SAL_BN_MOMENTUM, SAL_BN_EPS, assigns(net, i),
+                                   NULL};
             const float *sm = net->stats + net->stat_off[i], *sv = sm + xa.c;
             if (op->relu)
                 SAL_TRY(sal_bn_relu_bwd(dx, grads + op->p0, grads + op->p1, dres, dy,

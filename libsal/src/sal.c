@@ -290,9 +290,17 @@ sal_status sal_sal_fwd(float *y, const float *x, const float *w, const float *a,
     const sal_parts s = parts_of(d, scratch);
     int64_t nkept;
     SAL_TRY(sal_weights(s.p, s.weff, s.kept, &nkept, w, a, d, fn));
-    if (d->tap_threshold > 0.0 && sal_taps_pays(d, nkept, 0, sal_taps_direct(d, x, NULL, NULL)))
-        return sal_taps_fwd(y, x, s.weff, s.kept, d, scratch);
-    return sal_conv_fwd(y, x, s.weff, &cd, scratch);
+    if (d->tap_threshold > 0.0 && sal_taps_pays(d, nkept, 0, sal_taps_direct(d, x, NULL, NULL))) {
+        SAL_TRY(sal_taps_fwd(y, x, s.weff, s.kept, d, scratch));
+        if (d->moments) {
+            sal_act ya;
+            SAL_TRY(sal_conv_check(&cd, &ya));
+            sal_bn_moments(d->moments, y, ya);
+        }
+        return SAL_OK;
+    }
+    const sal_conv_epi e = {NULL, NULL, 0, 0, 0, d->moments};
+    return sal_conv_fwd_epi(y, x, s.weff, &e, &cd, scratch);
 }
 
 typedef struct {

@@ -38,6 +38,8 @@ typedef struct {
     void (*epi_rows)(float *dst, int64_t sc, int nch, int64_t W, int64_t y0, int64_t x0,
                      int64_t nr, int64_t ncol, const float *bias, const float *res, int relu,
                      int res_post);
+    void (*rows_moments)(double *part, const float *dst, int64_t sc, int nch, int64_t W,
+                         int64_t y0, int64_t x0, int64_t nr, int64_t ncol);
     void (*tf_in)(float *v, const float *xi, int64_t xrow, int64_t nty, int64_t ntx,
                   int64_t t0);
     void (*tf_out)(float *yi, int64_t yrow, const float *m, int64_t nty, int64_t ntx,
@@ -79,6 +81,8 @@ typedef struct {
     int64_t kimg, kty, ktx;    /* block: images, tile rows, tile columns (at most) */
     int64_t nblk, tp;          /* blocks; tile slots per block (even) */
     int64_t nxi, nv, nm, nyi, ndu, per, shared;   /* floats */
+    int64_t nslot, umom;       /* forward: moment slots (blocks x images per block), and the
+                                  float offset of their partials in shared, after U */
     int64_t nv2, nm2;          /* BOTH: V of dy (cop channels), M of dx (cip channels) */
     int nt;                    /* threads that get blocks */
 } wplan;
@@ -147,8 +151,11 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
     const u128 per = ((nxi + r16) & ~r16) + ((nv + r16) & ~r16) + ((nm + r16) & ~r16) +
                      ((nyi + r16) & ~r16) + ((ndu + r16) & ~r16) + ((nv2 + r16) & ~r16) +
                      ((nm2 + r16) & ~r16);
-    const u128 shared =
-        pass == WINO_BWD_WEIGHTS ? 0 : ((36 * (u128)p->cip * (u128)p->cop + r16) & ~r16);
+    /* forward: U, then 3 doubles per slot and output channel (sal_conv_epi.moments) */
+    p->nslot = p->nblk * p->kimg;
+    const u128 nu = pass == WINO_BWD_WEIGHTS ? 0 : ((36 * (u128)p->cip * (u128)p->cop + r16) & ~r16);
+    const u128 nmom = pass == WINO_FWD ? ((6 * (u128)p->nslot * (u128)p->co + r16) & ~r16) : 0;
+    const u128 shared = nu + nmom;
     const u128 lim = (u128)1 << 62;
     if (per > lim || shared + (u128)p->nt * per > lim) return false;
     p->nxi = (int64_t)((nxi + r16) & ~r16);
@@ -160,6 +167,7 @@ static bool wino_plan(wplan *p, const sal_conv_desc *d, int pass, int64_t wl, in
     p->nm2 = (int64_t)((nm2 + r16) & ~r16);
     p->per = (int64_t)per;
     p->shared = (int64_t)shared;
+    p->umom = (int64_t)nu;
     return true;
 }
 
@@ -254,6 +262,7 @@ typedef struct {
     int64_t isn, isc, osn, osc;
     int acc;
     const sal_conv_epi *epi;   /* forward: the epilogue, or NULL */
+    double *part;              /* forward: the moment partials (epi->moments), or NULL */
 } run_task;
 
 static void wino_run_blocks(void *ctx, int tid, int nt) {
@@ -294,6 +303,10 @@ static void wino_run_blocks(void *ctx, int tid, int nt) {
                     k->epi_rows(t->out + off, t->osc, nch, W, 4 * bk.ty0, 4 * bk.tx0, nr, nc,
                                 e->bias ? e->bias + og * wl : NULL, e->res ? e->res + off : NULL,
                                 e->relu, e->res_post);
+                if (t->part)   /* slot b * kimg + i: one image's part, written once */
+                    k->rows_moments(t->part + 3 * ((b * p->kimg + i) * p->co + og * wl),
+                                    t->out + off, t->osc, nch, W, 4 * bk.ty0, 4 * bk.tx0, nr,
+                                    nc);
             }
         }
     }
@@ -322,10 +335,16 @@ static void wino_conv(float *out, const float *in, const float *w, const sal_con
         wino_weights_into(&wt, scratch);
         u = scratch;
     }
+    double *part = NULL;
+    if (pass == WINO_FWD && epi && epi->moments) {
+        part = (double *)(void *)(scratch + p.umom);
+        memset(part, 0, (size_t)(3 * p.nslot * p.co) * sizeof *part);
+    }
     run_task rt = {k, &p, out, in, u, scratch + p.shared, sal_act_sn(ia), sal_act_sc(ia),
-                   sal_act_sn(oa), sal_act_sc(oa), acc, pass == WINO_FWD ? epi : NULL};
+                   sal_act_sn(oa), sal_act_sc(oa), acc, pass == WINO_FWD ? epi : NULL, part};
     sal_parallel(p.nt, wino_run_blocks, &rt);
     sal_wcache_release(pin);
+    if (part) sal_moments_merge(epi->moments, part, p.nslot, p.co);
 }
 
 void sal_wino_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,

@@ -42,6 +42,31 @@ static inline double max_rel_err(const float *a, const float *b, int64_t n, doub
     return m;
 }
 
+/* moments m (2c: mean, biased variance per channel) of y (n images of c planes of hw
+ * floats, image stride sn, plane stride sc) against a two-pass double reference: the worst
+ * error as a fraction of its tolerance (mean: 1e-7 |mean| + 1e-5 std; variance: 2e-5) */
+static inline double moments_err(const double *m, const float *y, int64_t n, int64_t c,
+                                 int64_t hw, int64_t sn, int64_t sc) {
+    double worst = 0.0;
+    for (int64_t o = 0; o < c; o++) {
+        double s = 0.0, v = 0.0;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < hw; j++) s += y[i * sn + o * sc + j];
+        const double mean = s / (double)(n * hw);
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < hw; j++) {
+                const double t = y[i * sn + o * sc + j] - mean;
+                v += t * t;
+            }
+        v /= (double)(n * hw);
+        const double em = fabs(m[2 * o] - mean) / (1e-7 * fabs(mean) + 1e-5 * sqrt(v) + 1e-30);
+        const double ev = fabs(m[2 * o + 1] - v) / (2e-5 * v + 1e-30);
+        if (!(em <= worst)) worst = em;
+        if (!(ev <= worst)) worst = ev;
+    }
+    return worst;
+}
+
 static inline int check_done(const char *name) {
     if (check_failures) fprintf(stderr, "%s: %d failure(s)\n", name, check_failures);
     else printf("%s: all checks passed\n", name);

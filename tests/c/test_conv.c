@@ -1,7 +1,9 @@
 /* Fast convolution against the naive reference: random shapes, both layouts; the fused
  * epilogue (sal_conv_fwd_epi) against sal_conv_fwd and the epilogue written out, bit for
  * bit; the weights cache (a changed weight is always seen, limits, threads) and its
- * digest against the scalar twin. */
+ * digest against the scalar twin; the output's moments (sal_conv_epi.moments) against a
+ * double reference, and a BN given them. */
+#include <math.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -157,6 +159,72 @@ static void epi_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int6
         }
     }
     free(x), free(w), free(b), free(r), free(acc), free(want), free(got), free(sc);
+}
+
+/* sal_conv_epi.moments: y bit for bit as without them; the mean and variance of every
+ * channel against a two-pass double reference over y, also about a large mean (bias 1000:
+ * the partials about a slot's first value must not cancel); with the blocks holding whole
+ * images, the same bits on 1 and 2 threads; a NaN in y stays NaN in its channel's moments;
+ * and a training BN given them (sal_bn_desc.moments) as one that computes its own. */
+static void moments_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t K,
+                         int64_t S, int64_t P, sal_layout L, int whole) {
+    sal_conv_desc d = {{N, C, H, W, L}, O, K, S, P, 2};
+    sal_act ya;
+    if (sal_conv_check(&d, &ya) != SAL_OK) { CHECK(0, "check: %s", sal_last_error()); return; }
+    const int64_t nx = N * C * H * W, nw = O * C * K * K, ny = ya.n * ya.c * ya.h * ya.w;
+    const int64_t sn = sal_act_sn(ya), sc = sal_act_sc(ya);
+    float *x = malloc(nx * 4), *w = malloc(nw * 4), *b = malloc(O * 4), *y0 = malloc(ny * 4);
+    float *y1 = malloc(ny * 4), *scr = malloc(sal_conv_scratch(&d) * 4 + 4);
+    double *m1 = malloc(O * 16), *m2 = malloc(O * 16);
+    fill_uniform(x, nx), fill_uniform(w, nw);
+    const char *algo = sal_conv_algo(&d, SAL_CONV_FORWARD);
+    for (int big = 0; big < 2; big++) {
+        for (int64_t o = 0; o < O; o++) b[o] = big ? 1000.0f + (float)o : 0.1f * (float)o;
+        const sal_conv_epi e0 = {b, NULL, 0, 0, 0, NULL}, e1 = {b, NULL, 0, 0, 0, m1};
+        CHECK(sal_conv_fwd_epi(y0, x, w, &e0, &d, scr) == SAL_OK, "%s", sal_last_error());
+        CHECK(sal_conv_fwd_epi(y1, x, w, &e1, &d, scr) == SAL_OK, "%s", sal_last_error());
+        CHECK(memcmp(y0, y1, ny * 4) == 0, "moments %s: y changed", algo);
+        const double worst = moments_err(m1, y0, N, O, ya.h * ya.w, sn, sc);
+        CHECK(worst <= 1,
+              "moments %s N=%lld C=%lld H=%lld W=%lld O=%lld K=%lld S=%lld L=%d big=%d isa=%s: "
+              "err %g of the tolerance", algo, (long long)N, (long long)C,
+              (long long)H, (long long)W, (long long)O, (long long)K, (long long)S, (int)L, big,
+              sal_get_isa(), worst);
+        if (whole) {   /* the same bits on one thread */
+            sal_conv_desc d1 = d;
+            d1.threads = 1;
+            const sal_conv_epi e2 = {b, NULL, 0, 0, 0, m2};
+            CHECK(sal_conv_fwd_epi(y1, x, w, &e2, &d1, scr) == SAL_OK, "%s", sal_last_error());
+            CHECK(memcmp(m1, m2, O * 16) == 0, "moments %s: 1 and 2 threads differ", algo);
+        }
+    }
+    /* a training BN given the moments normalises as one that computes them */
+    const sal_bn_desc bd0 = {ya, 1, 0.1, 1e-5, 0, NULL}, bd1 = {ya, 1, 0.1, 1e-5, 0, m1};
+    float *z0 = malloc(ny * 4), *z1 = malloc(ny * 4), *st = malloc(O * 16);
+    for (int64_t o = 0; o < O; o++) st[o] = st[2 * O + o] = 0.0f, st[O + o] = st[3 * O + o] = 1.0f;
+    CHECK(sal_bn_fwd(z0, NULL, NULL, st, st + O, y0, NULL, NULL, &bd0) == SAL_OK, "%s",
+          sal_last_error());
+    CHECK(sal_bn_fwd(z1, NULL, NULL, st + 2 * O, st + 3 * O, y0, NULL, NULL, &bd1) == SAL_OK,
+          "%s", sal_last_error());
+    int64_t wi;
+    double e = max_rel_err(z1, z0, ny, 1e-4, 1e-4, &wi);
+    CHECK(e <= 1, "bn with moments (%s): err %g at %lld", algo, e, (long long)wi);
+    e = max_rel_err(st + 2 * O, st, 2 * O, 1e-5, 1e-5, &wi);
+    CHECK(e <= 1, "bn running stats with moments (%s): err %g at %lld", algo, e, (long long)wi);
+    /* NaN in the input: the channels it reaches have NaN moments, not a number */
+    x[0] = NAN;
+    const sal_conv_epi e3 = {NULL, NULL, 0, 0, 0, m1};
+    CHECK(sal_conv_fwd_epi(y1, x, w, &e3, &d, scr) == SAL_OK, "%s", sal_last_error());
+    for (int64_t o = 0; o < O; o++) {
+        int nan = 0;
+        for (int64_t n = 0; n < N && !nan; n++)
+            for (int64_t i = 0; i < ya.h * ya.w && !nan; i++) nan = isnan(y1[n * sn + o * sc + i]);
+        CHECK(!nan || (isnan(m1[2 * o]) && isnan(m1[2 * o + 1])),
+              "moments %s: channel %lld has NaN in y, moments %g %g", algo, (long long)o,
+              m1[2 * o], m1[2 * o + 1]);
+    }
+    free(x), free(w), free(b), free(y0), free(y1), free(scr), free(m1), free(m2), free(z0),
+        free(z1), free(st);
 }
 
 /* sal_conv_bwd_assign: dx written whatever it held (NaN here), equal to sal_conv_bwd into
@@ -451,8 +519,28 @@ int main(void) {
             one_case(1, 1, 5, 5, 1, 3, 1, 1, (sal_layout)L);
         }
     }
-    /* the fused epilogue and the cache, every family, every ISA */
     const char *algos[] = {"auto", "winograd", "direct", "im2col"};
+    /* the moments of the output (sal_conv_epi.moments), every family, every ISA: Winograd
+     * with whole images per block and (1 x 96 x 96) parts of one, the blocked stride-2
+     * kernels, the stem, the 1x1 GEMM and im2col (a pass over y) */
+    for (int i = 0; i < 3; i++) {
+        if (sal_set_isa(ISAS[i]) != SAL_OK) continue;
+        for (int a = 0; a < 4; a++) {
+            CHECK(sal_conv_set_algo(algos[a]) == SAL_OK, "set_algo: %s", sal_last_error());
+            for (int L = 0; L < 2; L++) {
+                moments_case(6, 16, 8, 8, 16, 3, 1, 1, (sal_layout)L, 1);
+                moments_case(3, 17, 9, 11, 19, 3, 1, 1, (sal_layout)L, 1);
+                moments_case(1, 32, 96, 96, 24, 3, 1, 1, (sal_layout)L, 0);
+                moments_case(1, 5, 7, 6, 33, 3, 1, 1, (sal_layout)L, 0);
+                moments_case(4, 16, 9, 7, 33, 3, 2, 1, (sal_layout)L, 1);
+                moments_case(2, 3, 32, 32, 16, 3, 1, 1, (sal_layout)L, 1);
+                moments_case(2, 9, 6, 5, 7, 1, 2, 0, (sal_layout)L, 1);
+                moments_case(2, 6, 5, 5, 4, 1, 1, 0, (sal_layout)L, 1);
+            }
+        }
+    }
+    CHECK(sal_conv_set_algo(NULL) == SAL_OK, "auto");
+    /* the fused epilogue and the cache, every family, every ISA */
     for (int i = 0; i < 3; i++) {
         if (sal_set_isa(ISAS[i]) != SAL_OK) continue;
         digest_case();

@@ -270,6 +270,31 @@ static void assign_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, i
         free(da1), free(sc);
 }
 
+/* sal_sal_desc.moments on the dense (tap_threshold 0) and the sparse path: y bit for bit
+ * as without them, each channel's mean and variance against a two-pass double reference */
+static void moments_case(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t S,
+                         int shared, double t, sal_layout L) {
+    sal_sal_desc d = {{N, C, H, W, L}, O, S, 1, shared, 0, 40.0, NULL, 0, t, NULL};
+    sal_act y;
+    if (sal_sal_check(&d, &y) != SAL_OK) { CHECK(0, "check: %s", sal_last_error()); return; }
+    const int64_t nx = N * C * H * W, ny = numel(y), nw = O * C * 9, na = (shared ? 1 : O) * C * 9;
+    const int64_t sn = sal_act_sn(y), sc = sal_act_sc(y);
+    float *x = malloc(nx * 4), *w = malloc(nw * 4), *a = malloc(na * 4), *y0 = malloc(ny * 4);
+    float *y1 = malloc(ny * 4), *scr = malloc(sal_sal_scratch(&d) * 4 + 4);
+    double *m = malloc(O * 16);
+    fill_uniform(x, nx), fill_uniform(w, nw);
+    for (int64_t i = 0; i < na; i++) a[i] = (rng_uniform() + 1.0f) / 2.0f;
+    CHECK(sal_sal_fwd(y0, x, w, a, &d, scr) == SAL_OK, "%s", sal_last_error());
+    d.moments = m;
+    CHECK(sal_sal_fwd(y1, x, w, a, &d, scr) == SAL_OK, "%s", sal_last_error());
+    CHECK(memcmp(y0, y1, ny * 4) == 0, "moments: y changed (t=%g)", t);
+    const double worst = moments_err(m, y0, N, O, y.h * y.w, sn, sc);
+    CHECK(worst <= 1, "moments N=%lld C=%lld H=%lld W=%lld O=%lld S=%lld sh=%d t=%g L=%d: err %g "
+          "of the tolerance", (long long)N, (long long)C, (long long)H, (long long)W,
+          (long long)O, (long long)S, shared, t, (int)L, worst);
+    free(x), free(w), free(a), free(y0), free(y1), free(scr), free(m);
+}
+
 int main(void) {
     sal_set_num_threads(2);
     for (int sh = 0; sh < 2; sh++)
@@ -279,6 +304,14 @@ int main(void) {
             assign_case(1, 16, 16, 16, 16, 1, sh, t);
             assign_case(3, 7, 11, 9, 9, 2, sh, t);
         }
+    for (int sh = 0; sh < 2; sh++)
+        for (int L = 0; L < 2; L++)
+            for (int k = 0; k < 2; k++) {
+                const double t = k ? SAL_TAP_THRESHOLD_DEFAULT : 0.0;
+                moments_case(2, 16, 16, 16, 16, 1, sh, t, (sal_layout)L);
+                moments_case(3, 5, 9, 7, 6, 1, sh, t, (sal_layout)L);
+                moments_case(2, 7, 11, 9, 9, 2, sh, t, (sal_layout)L);
+            }
     const char *top = sal_get_isa();
     skip_case();
     bad_thresholds();

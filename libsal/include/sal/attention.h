@@ -28,8 +28,11 @@ typedef struct {
     double tap_threshold; /* 0: every call runs the dense 3x3 convolution (bit for bit the
                            path before this field existed); t in (0, 1]: taps with
                            p < t * p_max of their slice are skipped ("Sparse taps" below);
-                           SAL_TAP_THRESHOLD_DEFAULT is the exact choice.  Last field, so
-                           a positional initialiser without it gets 0. */
+                           SAL_TAP_THRESHOLD_DEFAULT is the exact choice.  A positional
+                           initialiser without it gets 0. */
+    double *moments;    /* forward: (2 O) the mean and biased variance of each channel of y,
+                           as sal_conv_epi.moments (gathered while the dense path writes y,
+                           a pass over y after the sparse one); NULL: none.  Last field. */
 } sal_sal_desc;
 
 /* Sparse taps (issue 19).  Once beta has grown, most of a slice's softmax weights are

@@ -48,13 +48,21 @@ sal_status sal_conv_bwd_assign(float *dx, float *dw, const float *dy, const floa
  * always seen, several changes go unseen with probability about 2^-64; wcache.c).  The
  * cache holds at most sal_conv_cache_limit bytes (default 64 MiB, or the environment's
  * SAL_CONV_CACHE_MB, read once; 0: off), freeing the least recently used entries; it is
- * shared by the process's threads (a mutex, never held while weights are prepared). */
+ * shared by the process's threads (a mutex, never held while weights are prepared).
+ *
+ * moments, when not NULL, receives per output channel the mean and the biased variance of
+ * the finished y over N*Ho*Wo (what a training BN that reads y needs: sal_bn_desc.moments).
+ * Winograd and the blocked kernels gather them from each block they have just written,
+ * while it is in the cache, instead of a pass over y: per image (or part of one) and
+ * channel, then merged in image order, so that the moments do not depend on the threads
+ * when the blocks hold whole images.  The other kernels make one pass over y. */
 typedef struct {
     const float *bias;   /* (O), or NULL */
     const float *res;    /* (N, O, Ho, Wo) in y's layout, not y itself; or NULL */
     int relu;            /* 0 or 1 */
     int res_post;        /* 0: y = relu(conv + bias + res); 1: y = relu(conv + bias) + res */
     int reuse;           /* 0 or 1: keep the prepared weights in the weights cache */
+    double *moments;     /* (2 O): mean, variance of channel o at 2o, 2o + 1; or NULL */
 } sal_conv_epi;
 
 sal_status sal_conv_fwd_epi(float *y, const float *x, const float *w, const sal_conv_epi *epi,

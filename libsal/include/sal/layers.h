@@ -28,6 +28,10 @@ typedef struct {
     double eps;       /* invstd = 1 / sqrt(var + eps); PyTorch: 1e-5 */
     int assign;       /* backward: SAL_BN_ASSIGN_DX / _DRES bits: that gradient is written
                        * (=) rather than accumulated (+=), so its caller need not zero it */
+    const double *moments;  /* training forward: (2 C) the batch mean and biased variance of
+                       * each channel of x when the caller has them (sal_conv_epi.moments:
+                       * gathered while the convolution wrote x), saving the pass over x
+                       * that computes them; NULL: computed here.  Ignored in eval mode. */
 } sal_bn_desc;
 
 #define SAL_BN_ASSIGN_DX 1

@@ -73,6 +73,14 @@ void sal_parallel_for(int64_t n, int nt, sal_range_fn fn, void *ctx);
 /* block [lo, hi) of [0, n) for thread tid of nt (the split sal_parallel_for uses) */
 void sal_block(int64_t n, int tid, int nt, int64_t *lo, int64_t *hi);
 
+/* Channel moments (bn.c; sal_conv_epi.moments, sal_bn_desc.moments).  sal_moments_merge:
+ * moments (2C: mean, biased variance per channel) from nslot partials (n, mean, M2 about
+ * that mean) per channel, part[3 (s C + c) + 0..2], merged in slot order (Chan, Golub and
+ * LeVeque's pairwise update, in double); slots with n = 0 are empty.  sal_bn_moments:
+ * moments of x (N, C, H, W) by a pass over it, as a training BN computes them. */
+void sal_moments_merge(double *moments, const double *part, int64_t nslot, int64_t c);
+void sal_bn_moments(double *moments, const float *x, sal_act a);
+
 /* C (m, n) = alpha * A (m, k) * B (k, n) + beta * C, with general strides: element
  * (i, p) of A is a[i*rsa + p*csa] (a transpose is a swap of the two strides).
  * nt: threads for this call (1 inside our own parallel regions). */
