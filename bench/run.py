@@ -356,6 +356,26 @@ def binarised_torch(net, fold=True):
     return t.eval()
 
 
+def exported_net(layer, kw, sz, rng):
+    """(net, salnp.export(net)) of an INFER_MODELS entry: BN not the identity (random affine,
+    running statistics from 3 training forwards), so that folding matters; ASL offsets
+    integers (they export exactly); beta 70, the CIFAR beta_final."""
+    import numpy as np
+    import salnp
+    net = make_net(layer, kw, sz)
+    for name, p in net.named_parameters():
+        if ".bn" in name or name.startswith("bn") or ".shortcut.1." in name:
+            p[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else \
+                rng.uniform(-0.3, 0.3, p.shape)
+        if name.endswith(".shift"):
+            p[...] = np.rint(p * 2)
+    for _ in range(3):
+        net.forward(rng.standard_normal((32, 3, sz["hw"], sz["hw"]), dtype=np.float32),
+                    train=True)
+    net.beta = 70.0
+    return net, salnp.export(net)
+
+
 def ort_session(inf, sz, threads):
     """onnxruntime on salnp's own ONNX export of inf (the file a user would export), with
     the thread budget of the run and every graph optimisation; None without onnxruntime."""
@@ -383,18 +403,7 @@ def worker_infer(args, sz, out):
     for key, label, layer, kw in INFER_MODELS:
         if args.models and key not in args.models.split(","):
             continue
-        net = make_net(layer, kw, sz)
-        for name, p in net.named_parameters():   # BN: not the identity, so folding matters
-            if ".bn" in name or name.startswith("bn") or ".shortcut.1." in name:
-                p[...] = rng.uniform(0.5, 1.5, p.shape) if name.endswith("weight") else \
-                    rng.uniform(-0.3, 0.3, p.shape)
-            if name.endswith(".shift"):           # ASL: integer offsets export exactly
-                p[...] = np.rint(p * 2)
-        for _ in range(3):
-            net.forward(rng.standard_normal((32, 3, sz["hw"], sz["hw"]), dtype=np.float32),
-                        train=True)
-        net.beta = 70.0
-        inf = salnp.export(net)
+        net, inf = exported_net(layer, kw, sz, rng)
         cnt = inf.count()
         torch_models = [] if layer == "asl" else [
             ("torch NCHW", binarised_torch(net), None),

@@ -1,5 +1,5 @@
-"""bench/run.py --quick and bench/ab_builds.py --quick run end to end (tiny sizes: they prove
-the commands work; the numbers they print are not claims)."""
+"""bench/run.py, bench/ab_builds.py and bench/bench_cold.py run end to end with --quick (tiny
+sizes: they prove the commands work; the numbers they print are not claims)."""
 import os
 import subprocess
 import sys
@@ -42,3 +42,17 @@ def test_ab_builds_quick():
                         tree, "--quick", "--pairs", "0", "--reps", "1", "--models", "cl"],
                        capture_output=True, text=True, timeout=600)
     assert q.returncode != 0 and q.stderr.startswith("/nonexistent: the worker"), q.stderr
+
+
+@pytest.mark.slow
+def test_bench_cold_quick():
+    env = dict(os.environ)
+    import salnp
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(salnp.__file__)),
+                                         env.get("PYTHONPATH", "")])
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_cold.py"), "--quick",
+                        "--models", "cl", "--batches", "1"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [ln for ln in p.stdout.splitlines() if ln.startswith("| CL | 1 | ")]
+    assert rows and rows[0].startswith("| CL | 1 | salnp export | "), p.stdout

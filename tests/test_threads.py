@@ -7,6 +7,9 @@
 import multiprocessing as mp
 import os
 import resource
+import subprocess
+import sys
+import threading
 import time
 
 import numpy as np
@@ -121,6 +124,55 @@ def test_woken_workers_keep_their_cpu_masks():
     while narrowed() and time.monotonic() < deadline:   # once it runs: wait for that, under
         time.sleep(0.01)                                 # load too
     assert not narrowed(), f"threads {narrowed()} kept a narrowed CPU mask"
+
+
+_POLLING_CHILD = r"""
+import os, sys, threading, time
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import test_threads as tt
+import salnp
+salnp.set_num_threads(2)
+mask = os.sched_getaffinity(0)
+me = threading.get_native_id()
+cpu = min(mask)
+tt._work(np.random.default_rng(0), n=4)        # the workers exist, with the full mask
+os.sched_setaffinity(0, {cpu})                  # this thread only (Linux: per thread)
+for k in range(30):
+    # the workers poll for 50 ms after a call (SAL_SPIN_US): put them on the caller's CPU
+    # while they poll, their masks left whole, so that the next call finds them there
+    for t in os.listdir("/proc/self/task"):
+        if int(t) != me:
+            os.sched_setaffinity(int(t), {cpu})
+            os.sched_setaffinity(int(t), mask)
+    tt._work(np.random.default_rng(k), n=4)
+os.sched_setaffinity(0, mask)
+deadline = time.monotonic() + 10.0
+def narrowed():
+    return [t for t in os.listdir("/proc/self/task")
+            if int(t) != me and os.sched_getaffinity(int(t)) != mask]
+while narrowed() and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("narrowed", narrowed())
+"""
+
+
+def test_polling_workers_moved_off_the_callers_cpu_get_their_masks_back():
+    """A caller finding a polling worker on its own CPU takes that CPU out of the worker's
+    mask (pool.c move_workers_away; the kernel had woken the caller onto its worker's CPU
+    and the next call ran both on one CPU), and the worker puts its mask back when it takes
+    the call.  A child process (workers polling 50 ms, SAL_SPIN_US) keeps its caller on one
+    CPU and puts its workers there before each call; afterwards every other thread has the
+    mask it started with (this fails with the put-back of the polling case left out)."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 CPUs")
+    env = dict(os.environ, SAL_SPIN_US="50000")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(salnp.__file__)), env.get("PYTHONPATH", "")])
+    p = subprocess.run([sys.executable, "-c", _POLLING_CHILD, os.path.dirname(__file__)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip().splitlines()[-1] == "narrowed []", p.stdout
 
 
 def test_one_and_two_threads_agree():

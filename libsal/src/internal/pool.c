@@ -11,9 +11,10 @@
  *     more than many of the ops of a training step, which follow each other within
  *     microseconds.  A pool nobody calls is asleep within SPIN_NS, and no thread polls
  *     when a task has more threads than the process has CPUs;
- *   - a caller waking sleeping workers keeps them off its own CPU for that wake
- *     (move_sleepers_away: the kernel of the 2-vCPU VM often woke the worker behind the
- *     caller, and a 2-thread call then ran at one thread's speed); no thread stays pinned;
+ *   - a caller waking sleeping workers keeps them off its own CPU for that wake, and moves
+ *     a polling worker that sits on its CPU (move_workers_away: the kernel of the 2-vCPU
+ *     VM often woke the worker behind the caller, or the caller onto the worker's CPU, and
+ *     a 2-thread call then ran at one thread's speed); no thread stays pinned;
  *   - pthread_atfork resets the pool in a forked child, which then starts new workers
  *     on its first parallel call (the parent's workers do not exist there);
  *   - one caller at a time owns the workers: a second thread that calls a parallel op
@@ -56,6 +57,7 @@ static int forks;                 /* child resets (for show_config/tests) */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static _Thread_local int in_task;  /* set while this thread runs a task */
+static _Thread_local atomic_int *my_cpu;  /* a worker's entry of worker_cpu, NULL: caller */
 
 /* ---- bounded polling before sleeping ---- */
 #define SPIN_NS_DEFAULT 100000   /* 100 us */
@@ -100,6 +102,8 @@ static bool spin_until(int done, unsigned long seen) {
     if (spin_ns <= 0 || !atomic_load_explicit(&spin_on, memory_order_relaxed)) return false;
     const int64_t end = now_ns() + spin_ns;
     for (;;) {
+        if (my_cpu)   /* a polling worker says where it polls (move_workers_away) */
+            atomic_store_explicit(my_cpu, sched_getcpu(), memory_order_relaxed);
         for (int i = 0; i < 64; i++) {
             if (done ? atomic_load_explicit(&pending, memory_order_acquire) == 0
                      : atomic_load_explicit(&generation, memory_order_acquire) != seen)
@@ -148,20 +152,27 @@ static void run_claimed(unsigned long gen, sal_task_fn fn, void *ctx, int nt, in
     }
 }
 
-/* Waking a sleeping worker away from its caller's CPU.  On the 2-vCPU VM the kernel
- * often woke the worker onto the CPU its caller was running on (after a pause of the
- * process, while the other vCPU stood idle): it then waits there behind the caller, which
- * runs every task id itself, and a batch-1 forward on 2 threads ran at one thread's speed
- * (the worker got 13-77 us of CPU per 400 us forward, /proc schedstat) for as long as
- * the calls kept coming.  So a caller that wakes sleeping workers first takes its own CPU
- * out of their CPU masks (when they have another CPU), which makes the kernel wake them
- * elsewhere, and each worker puts its mask back as soon as it runs: no thread stays
- * pinned, a mask the user set is kept (only the caller's CPU is left out, for
- * microseconds).  SAL_WAKE_AWAY=0 turns it off. */
+/* Keeping workers off their caller's CPU.  On the 2-vCPU VM the kernel often woke the
+ * worker onto the CPU its caller was running on (after a pause of the process, while the
+ * other vCPU stood idle): it then waits there behind the caller, which runs every task id
+ * itself, and a batch-1 forward on 2 threads ran at one thread's speed (the worker got
+ * 13-77 us of CPU per 400 us forward, /proc schedstat) for as long as the calls kept
+ * coming.  So a caller that wakes sleeping workers first takes its own CPU out of their
+ * CPU masks (when they have another CPU), which makes the kernel wake them elsewhere.
+ * The same happened the other way: a caller that slept on done_cv was woken onto its
+ * worker's CPU, and in the next call, made within the worker's polling time, both shared
+ * one CPU (an exported CL forward at batch 8, 2 threads, right after another: 3.2 ms, one
+ * thread's 3.0, against 2.1 for the first call after a pause, with the vCPUs apart).  So
+ * a worker that polls publishes its CPU (worker_cpu, every round of its polling), and a
+ * caller finding a polling worker on its own CPU takes that CPU out of the worker's mask
+ * too: the kernel then moves it at once.  Each worker puts its mask back as soon as it
+ * has the call: no thread stays pinned, a mask the user set is kept (only the caller's
+ * CPU is left out, for microseconds).  SAL_WAKE_AWAY=0 turns both off. */
 static pid_t worker_tid[POOL_MAX];
 static cpu_set_t worker_mask[POOL_MAX];      /* the mask to put back */
 static atomic_int worker_moved[POOL_MAX];    /* 1: worker_mask to put back */
 static int asleep[POOL_MAX];                 /* on work_cv (under pool_mu): no put-back due */
+static atomic_int worker_cpu[POOL_MAX];      /* a polling worker's CPU, -1: not polling */
 
 static void restore_mask(int id) {
     if (atomic_load_explicit(&worker_moved[id], memory_order_acquire) &&
@@ -169,14 +180,20 @@ static void restore_mask(int id) {
         (void)sched_setaffinity(0, sizeof worker_mask[id], &worker_mask[id]);
 }
 
-/* under pool_mu, before waking sleeping workers: their masks without the caller's CPU
- * (only the asleep, whose last put-back is done, so a narrowed mask is never kept) */
-static void move_sleepers_away(int nt) {
+/* under pool_mu, after posting a call: the masks of the workers that will run it without
+ * the caller's CPU, for those asleep (about to be woken) and those polling on that CPU;
+ * only a worker whose last put-back is done (worker_moved 0: an asleep one, or a polling
+ * one that has put its mask back when it took its last call), so a narrowed mask is never
+ * kept */
+static void move_workers_away(int nt) {
     const int cpu = sched_getcpu();
     if (cpu < 0) return;
     for (int id = 1; id <= n_workers && id < nt; id++) {
         cpu_set_t m;
-        if (!asleep[id] || atomic_load(&worker_moved[id]) ||   /* tid set before asleep */
+        const bool polling_here =
+            !asleep[id] && atomic_load_explicit(&worker_cpu[id], memory_order_relaxed) == cpu;
+        if (!(asleep[id] || polling_here) || worker_tid[id] == 0 ||
+            atomic_load(&worker_moved[id]) ||
             sched_getaffinity(worker_tid[id], sizeof m, &m) != 0 || !CPU_ISSET(cpu, &m) ||
             CPU_COUNT(&m) < 2)
             continue;
@@ -196,9 +213,11 @@ static void *worker_main(void *p) {
     pthread_mutex_lock(&pool_mu);
     worker_tid[id] = gettid();
     pthread_mutex_unlock(&pool_mu);
+    my_cpu = &worker_cpu[id];
     for (;;) {
         (void)spin_until(0, seen);
         pthread_mutex_lock(&pool_mu);
+        atomic_store_explicit(&worker_cpu[id], -1, memory_order_relaxed);   /* not polling */
         while (atomic_load(&generation) == seen) {
             sleepers++, asleep[id] = 1;
             pthread_cond_wait(&work_cv, &pool_mu);
@@ -232,6 +251,7 @@ static void atfork_child(void) {
     for (int i = 0; i < POOL_MAX; i++) {
         atomic_store(&taken[i], 0);
         atomic_store(&worker_moved[i], 0);
+        atomic_store(&worker_cpu[i], -1);
         worker_tid[i] = 0, asleep[i] = 0;
     }
     atomic_store(&generation, 0);
@@ -252,6 +272,7 @@ static void grow(int want) {
         if (!wa) return;
         wa->id = n_workers + 1;
         wa->seen = atomic_load(&generation);
+        atomic_store(&worker_cpu[wa->id], -1);   /* not polling yet */
         pthread_attr_t at;
         pthread_attr_init(&at);
         pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
@@ -289,10 +310,8 @@ void sal_parallel(int nt, sal_task_fn fn, void *ctx) {
     atomic_store(&pending, nt);
     const unsigned long gen = atomic_load(&generation) + 1;
     atomic_store_explicit(&generation, gen, memory_order_release);
-    if (run > 1 && sleepers > 0) {
-        if (wake_away && run <= spin_cpus) move_sleepers_away(nt);
-        pthread_cond_broadcast(&work_cv);
-    }
+    if (run > 1 && wake_away && run <= spin_cpus) move_workers_away(nt);
+    if (run > 1 && sleepers > 0) pthread_cond_broadcast(&work_cv);
     pthread_mutex_unlock(&pool_mu);
     in_task = 1;
     run_claimed(gen, fn, ctx, nt, 0);   /* with the workers; every id a worker did not take */
