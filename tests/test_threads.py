@@ -135,12 +135,14 @@ import salnp
 salnp.set_num_threads(2)
 mask = os.sched_getaffinity(0)
 me = threading.get_native_id()
-cpu = min(mask)
+cpus = sorted(mask)[:2]
 tt._work(np.random.default_rng(0), n=4)        # the workers exist, with the full mask
-os.sched_setaffinity(0, {cpu})                  # this thread only (Linux: per thread)
 for k in range(30):
-    # the workers poll for 50 ms after a call (SAL_SPIN_US): put them on the caller's CPU
-    # while they poll, their masks left whole, so that the next call finds them there
+    # the caller moves to the other CPU (as when the kernel woke it onto its worker's), and
+    # the workers, polling for 50 ms after a call (SAL_SPIN_US), are put there too, their
+    # masks left whole, so that the next call finds one polling on the caller's new CPU
+    cpu = cpus[k % 2]
+    os.sched_setaffinity(0, {cpu})              # this thread only (Linux: per thread)
     for t in os.listdir("/proc/self/task"):
         if int(t) != me:
             os.sched_setaffinity(int(t), {cpu})
@@ -161,9 +163,9 @@ def test_polling_workers_moved_off_the_callers_cpu_get_their_masks_back():
     """A caller finding a polling worker on its own CPU takes that CPU out of the worker's
     mask (pool.c move_workers_away; the kernel had woken the caller onto its worker's CPU
     and the next call ran both on one CPU), and the worker puts its mask back when it takes
-    the call.  A child process (workers polling 50 ms, SAL_SPIN_US) keeps its caller on one
-    CPU and puts its workers there before each call; afterwards every other thread has the
-    mask it started with (this fails with the put-back of the polling case left out)."""
+    the call.  A child process (workers polling 50 ms, SAL_SPIN_US) moves its caller to the
+    other CPU and puts its workers there before each call; afterwards every other thread has
+    the mask it started with (this fails with the put-back of the polling case left out)."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 CPUs")
     env = dict(os.environ, SAL_SPIN_US="50000")
