@@ -66,7 +66,7 @@ def one(tree, args):
         cmd.append("--quick")
     if args.pin is not None:
         cmd = ["taskset", "-c", str(args.pin)] + cmd
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
     if r.returncode != 0:
         sys.exit(f"{tree}: the worker failed:\n{r.stderr[-3000:]}")
     out = json.loads(r.stdout.strip().splitlines()[-1])

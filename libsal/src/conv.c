@@ -252,22 +252,16 @@ static void col2im_add(float *dx, const float *dcol, const sal_conv_desc *d, con
 /* the epilogue as a pass over a finished y (the kernels that do not fuse it), then the
  * moments as another */
 static void conv_epilogue_pass(float *y, const sal_act *ya, const sal_conv_epi *e) {
-    if (e && e->moments) {
-        sal_conv_epi plain = *e;
-        plain.moments = NULL;
-        conv_epilogue_pass(y, ya, &plain);
-        sal_bn_moments(e->moments, y, *ya);
-        return;
-    }
-    if (!e || (!e->bias && !e->res && !e->relu)) return;
+    if (!e) return;
     const int64_t hw = ya->h * ya->w;
-    if (ya->layout == SAL_CNHW) {   /* O planes of N*Ho*Wo */
+    const bool any = e->bias || e->res || e->relu;
+    if (any && ya->layout == SAL_CNHW)   /* O planes of N*Ho*Wo */
         sal_epilogue_planes(y, ya->c, ya->n * hw, e->bias, e->res, e->relu, e->res_post);
-        return;
-    }
-    for (int64_t n = 0; n < ya->n; n++)   /* NCHW: per image, O planes of Ho*Wo */
-        sal_epilogue_planes(y + n * ya->c * hw, ya->c, hw, e->bias,
-                            e->res ? e->res + n * ya->c * hw : NULL, e->relu, e->res_post);
+    else if (any)
+        for (int64_t n = 0; n < ya->n; n++)   /* NCHW: per image, O planes of Ho*Wo */
+            sal_epilogue_planes(y + n * ya->c * hw, ya->c, hw, e->bias,
+                                e->res ? e->res + n * ya->c * hw : NULL, e->relu, e->res_post);
+    if (e->moments) sal_bn_moments(e->moments, y, *ya);
 }
 
 static sal_status conv_fwd(float *y, const float *x, const float *w, const sal_conv_desc *d,

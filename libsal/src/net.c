@@ -676,13 +676,15 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     for (int64_t i = 0; i < nops && s == SAL_OK; i++)
         s = check_op(net, i, &net->ops[i]);
     if (s == SAL_OK) s = check_order(net);
-    int64_t nstats = 0;
+    int64_t nstats = 0, most_c = 1;   /* most_c: the widest BN, for net->moments */
     if (s == SAL_OK) {
         for (int64_t i = 0; i < nops; i++) {    /* mean, invstd and (dm, scale): 4 C per BN */
             const sal_op *op = &net->ops[i];
             net->seg[i] = -1;
             net->stat_off[i] = op->kind == SAL_OP_BN ? nstats : -1;
-            if (op->kind == SAL_OP_BN) nstats += 4 * net->p.shapes[3 * op->in];
+            if (op->kind != SAL_OP_BN) continue;
+            nstats += 4 * net->p.shapes[3 * op->in];
+            if (net->p.shapes[3 * op->in] > most_c) most_c = net->p.shapes[3 * op->in];
         }
         plan_sharing(net);
         s = plan_shiftconv(net);
@@ -696,10 +698,6 @@ sal_status sal_net_create(sal_net **out, const int64_t *shapes, int64_t nbuf, co
     net->nstats = nstats;
     if (s == SAL_OK && !(net->stats = malloc((size_t)(nstats ? nstats : 1) * sizeof *net->stats)))
         s = sal_fail(SAL_ENOMEM, FN, "out of memory");
-    int64_t most_c = 1;
-    for (int64_t i = 0; i < nops && s == SAL_OK; i++)
-        if (net->ops[i].kind == SAL_OP_BN && net->p.shapes[3 * net->ops[i].in] > most_c)
-            most_c = net->p.shapes[3 * net->ops[i].in];
     if (s == SAL_OK && !(net->moments = malloc((size_t)(2 * most_c) * sizeof *net->moments)))
         s = sal_fail(SAL_ENOMEM, FN, "out of memory");
     if (s == SAL_OK) s = plan_grads(net);

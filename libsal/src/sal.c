@@ -284,7 +284,8 @@ static sal_parts parts_of(const sal_sal_desc *d, float *scratch) {
 sal_status sal_sal_fwd(float *y, const float *x, const float *w, const float *a,
                        const sal_sal_desc *d, float *scratch) {
     const char *fn = "sal_sal_fwd";
-    SAL_TRY(sal_sal_check(d, NULL));
+    sal_act ya;
+    SAL_TRY(sal_sal_check(d, &ya));
     SAL_REQUIRE(scratch != NULL, fn, "scratch=NULL: needs %zu floats", sal_sal_scratch(d));
     sal_conv_desc cd = sal_conv_of(d);
     const sal_parts s = parts_of(d, scratch);
@@ -292,11 +293,7 @@ sal_status sal_sal_fwd(float *y, const float *x, const float *w, const float *a,
     SAL_TRY(sal_weights(s.p, s.weff, s.kept, &nkept, w, a, d, fn));
     if (d->tap_threshold > 0.0 && sal_taps_pays(d, nkept, 0, sal_taps_direct(d, x, NULL, NULL))) {
         SAL_TRY(sal_taps_fwd(y, x, s.weff, s.kept, d, scratch));
-        if (d->moments) {
-            sal_act ya;
-            SAL_TRY(sal_conv_check(&cd, &ya));
-            sal_bn_moments(d->moments, y, ya);
-        }
+        if (d->moments) sal_bn_moments(d->moments, y, ya);   /* a pass over y */
         return SAL_OK;
     }
     const sal_conv_epi e = {NULL, NULL, 0, 0, 0, d->moments};

@@ -166,9 +166,10 @@ static void run_claimed(unsigned long gen, sal_task_fn fn, void *ctx, int nt, in
  * a worker that polls publishes its CPU (worker_cpu, every round of its polling), and a
  * caller that may have been moved onto it (it slept in its last call, or runs on another
  * CPU than it ended that call on) and finds a polling worker on its own CPU takes that CPU
- * out of the worker's mask too: the kernel then moves it at once.  Each worker puts its mask back as soon as it
- * has the call: no thread stays pinned, a mask the user set is kept (only the caller's
- * CPU is left out, for microseconds).  SAL_WAKE_AWAY=0 turns both off. */
+ * out of the worker's mask too: the kernel then moves it at once.  Each worker puts its
+ * mask back as soon as it has the call: no thread stays pinned, a mask the user set is
+ * kept (only the caller's CPU is left out, for microseconds).  SAL_WAKE_AWAY=0 turns both
+ * off. */
 static pid_t worker_tid[POOL_MAX];
 static cpu_set_t worker_mask[POOL_MAX];      /* the mask to put back */
 static atomic_int worker_moved[POOL_MAX];    /* 1: worker_mask to put back */
